@@ -1,0 +1,319 @@
+"""`ambidex`: run the local stack, the workload, connectors, dead letters and services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ambidex.stack.config import StackConfig
+from ambidex.stack.local import LocalStack
+
+T = TypeVar("T")
+console = Console(stderr=True)
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def _progress(message: str) -> None:
+    console.print(f"[dim]›[/dim] {message}")
+
+
+def _stack() -> LocalStack:
+    return LocalStack(StackConfig.from_env(), progress=_progress)
+
+
+@click.group()
+def main() -> None:
+    """Ambidex: the real-time integration hub between a CRM and an ERP."""
+
+
+# --------------------------------------------------------------------------- stack
+@main.group()
+def stack() -> None:
+    """The local stack: PostgreSQL (CRM, ERP), Kafka, Kafka Connect with Debezium."""
+
+
+@stack.command("up")
+@click.option("--seed/--no-seed", default=True, help="Load the reference seed data.")
+@click.option("--workload-rate", type=float, default=20.0, show_default=True,
+              help="Business operations per second of the sample workload (0: none).")
+@click.option("--workload-seed", type=int, default=7, show_default=True)
+def stack_up(seed: bool, workload_rate: float, workload_seed: int) -> None:
+    """Bring the whole stack up (idempotent) and start a sample workload."""
+    local = _stack()
+    _run(local.up(seed=seed))
+    if workload_rate > 0:
+        _start_workload(local, workload_rate, workload_seed)
+    _print_status(local, as_json=False)
+
+
+def _start_workload(local: LocalStack, rate: float, seed: int) -> None:
+    from ambidex.stack.processes import DetachedProcess
+
+    workload = DetachedProcess("workload", local.config)
+    if workload.pid() is not None:
+        _progress(f"workload: already running (pid {workload.pid()})")
+        return
+    pid = workload.spawn(
+        [sys.executable, "-m", "ambidex.cli", "workload", "run", "--rate", str(rate),
+         "--duration", "0", "--seed", str(seed), "--quiet"]
+    )
+    _progress(f"workload: {rate:g} operations/s in the background (pid {pid}), "
+              f"log {workload.log_file}")
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop everything; data stays in the state directory for the next `up`."""
+    stopped = _run(_stack().down())
+    _progress("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@stack.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, with every address.")
+@click.option("--watch", is_flag=True, help="Refresh every two seconds until interrupted.")
+def stack_status(as_json: bool, watch: bool) -> None:
+    """Each component, each connector's state and change events per topic."""
+    local = _stack()
+    if not watch:
+        healthy = _print_status(local, as_json=as_json)
+        sys.exit(0 if healthy else 1)
+    try:
+        while True:
+            console.clear()
+            _print_status(local, as_json=as_json)
+    except KeyboardInterrupt:
+        pass
+
+
+@stack.command("fetch")
+def stack_fetch() -> None:
+    """Fetch the Kafka, Connect and Debezium jars into the cache."""
+    layout = _stack().jars
+    _progress(f"jars ready in {layout.root}")
+
+
+def _print_status(local: LocalStack, *, as_json: bool) -> bool:
+    from ambidex.stack.status import gather_status
+
+    status = _run(gather_status(local))
+    if as_json:
+        click.echo(json.dumps(status.as_dict(), indent=2))
+        return status.healthy
+    out = Console()
+    components = Table(title="Components")
+    for column in ("component", "state", "address", "pid"):
+        components.add_column(column)
+    for c in status.components:
+        state = "[green]running[/green]" if c.running else "[red]stopped[/red]"
+        components.add_row(c.name, state, c.address, str(c.pid or "-"))
+    out.print(components)
+    connectors = Table(title="Debezium connectors")
+    for column in ("connector", "state", "tasks"):
+        connectors.add_column(column)
+    for connector in status.connectors:
+        tasks = ", ".join(f"{t['id']}:{t['state']}" for t in connector.get("tasks", []))
+        colour = "green" if connector["state"] == "RUNNING" else "red"
+        connectors.add_row(connector["name"], f"[{colour}]{connector['state']}[/{colour}]", tasks)
+    out.print(connectors)
+    topics = Table(title="Change events per topic")
+    for column in ("topic", "events", "per second"):
+        topics.add_column(column, justify="right" if column != "topic" else "left")
+    for topic in status.topics:
+        topics.add_row(topic.topic, f"{topic.events:,}", f"{topic.per_second:,.1f}")
+    out.print(topics)
+    out.print("healthy" if status.healthy else "[red]not healthy[/red]")
+    return status.healthy
+
+
+# ---------------------------------------------------------------- short aliases
+@main.command("up")
+@click.pass_context
+def up(context: click.Context) -> None:
+    """Same as `ambidex stack up`."""
+    context.invoke(stack_up)
+
+
+@main.command("down")
+@click.pass_context
+def down(context: click.Context) -> None:
+    """Same as `ambidex stack down`."""
+    context.invoke(stack_down)
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(context: click.Context, as_json: bool) -> None:
+    """Same as `ambidex stack status`."""
+    context.invoke(stack_status, as_json=as_json, watch=False)
+
+
+# ------------------------------------------------------------------ connectors
+@main.group()
+def connectors() -> None:
+    """Debezium connectors from deploy/connectors/*.json."""
+
+
+@connectors.command("apply")
+def connectors_apply() -> None:
+    """Create or update every connector and wait until it runs."""
+    _run(_stack().apply_connectors())
+
+
+@connectors.command("status")
+def connectors_status() -> None:
+    """Print each connector's state as JSON."""
+    from ambidex.connectors import ConnectClient, load_connectors
+
+    local = _stack()
+
+    async def statuses() -> list[dict[str, Any]]:
+        async with ConnectClient(local.config.connect_url) as client:
+            found = []
+            for connector in load_connectors(local.connector_values()):
+                state = await client.status(connector.name)
+                found.append(state.as_dict() if state else {"name": connector.name,
+                                                            "state": "ABSENT"})
+            return found
+
+    click.echo(json.dumps(_run(statuses()), indent=2))
+
+
+# ---------------------------------------------------------------------- topics
+@main.group()
+def topics() -> None:
+    """The topic declaration, deploy/topics.yaml."""
+
+
+@topics.command("apply")
+@click.option("--bootstrap", default=None, help="Kafka bootstrap (default: the local stack).")
+def topics_apply(bootstrap: str | None) -> None:
+    """Create every declared topic that is missing."""
+    from ambidex.topics import apply_topics, load_topic_declaration
+
+    local = _stack()
+    report = _run(apply_topics(bootstrap or local.config.kafka_bootstrap,
+                               load_topic_declaration(),
+                               max_replication=None if bootstrap else 1))
+    _progress(f"created {len(report.created)}, present {len(report.existing)}")
+    for line in report.drift:
+        _progress(f"drift: {line}")
+
+
+# -------------------------------------------------------------------- workload
+@main.group()
+def workload() -> None:
+    """The sample workload: CRM users and ERP processes, deterministic by seed."""
+
+
+@workload.command("run")
+@click.option("--rate", type=float, default=20.0, show_default=True,
+              help="Business operations per second.")
+@click.option("--duration", type=float, default=60.0, show_default=True,
+              help="Seconds to run; 0 runs until interrupted.")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--quiet", is_flag=True, help="Progress as a log line every 10 s, no bar.")
+def workload_run(rate: float, duration: float, seed: int, quiet: bool) -> None:
+    """Run business operations against the CRM and ERP databases."""
+    from ambidex.workload import run_workload
+
+    local = _stack()
+    addresses = local.addresses
+    summary = _run(
+        run_workload(
+            addresses.crm_admin_dsn,
+            addresses.erp_admin_dsn,
+            rate=rate,
+            duration=duration if duration > 0 else float("inf"),
+            seed=seed,
+            progress=_workload_progress(quiet),
+        )
+    )
+    click.echo(json.dumps(_jsonable(summary), indent=2, default=str))
+
+
+def _workload_progress(quiet: bool) -> Any:
+    import time
+
+    last = [0.0]
+
+    def report(progress: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] < (10.0 if quiet else 1.0):
+            return
+        last[0] = now
+        console.print(f"[dim]workload[/dim] {progress}")
+
+    return report
+
+
+def _jsonable(value: Any) -> Any:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
+
+
+# ----------------------------------------------------------------- dead letters
+@main.group()
+def deadletters() -> None:
+    """Inspect and replay a service's dead-letter topic (dlq.<service>)."""
+
+
+@deadletters.command("inspect")
+@click.argument("service")
+@click.option("--limit", type=int, default=None)
+@click.option("--bootstrap", default=None, help="Kafka bootstrap (default: the local stack).")
+def deadletters_inspect(service: str, limit: int | None, bootstrap: str | None) -> None:
+    """Print each dead letter as one JSON object per line."""
+    from services.shared.deadletters import read_dead_letters, render_dead_letter
+
+    async def inspect() -> int:
+        count = 0
+        async for offset, letter in read_dead_letters(
+            bootstrap or _stack().config.kafka_bootstrap, service, limit=limit
+        ):
+            click.echo(json.dumps({"offset": offset, **render_dead_letter(letter)}))
+            count += 1
+        return count
+
+    _progress(f"{_run(inspect())} dead letters in dlq.{service}")
+
+
+@deadletters.command("replay")
+@click.argument("service")
+@click.option("--offset", "offsets", type=int, multiple=True,
+              help="Replay only these dead-letter offsets (repeatable); default all.")
+@click.option("--to", "target_topic", default=None,
+              help="Send to this topic instead of each letter's original topic.")
+@click.option("--bootstrap", default=None, help="Kafka bootstrap (default: the local stack).")
+def deadletters_replay(
+    service: str, offsets: tuple[int, ...], target_topic: str | None, bootstrap: str | None
+) -> None:
+    """Send the original bytes back to their topic once the cause is fixed."""
+    from services.shared.deadletters import replay_dead_letters
+
+    replayed = _run(
+        replay_dead_letters(
+            bootstrap or _stack().config.kafka_bootstrap,
+            service,
+            offsets=set(offsets) or None,
+            target_topic=target_topic,
+        )
+    )
+    _progress(f"replayed {replayed} dead letters from dlq.{service}")
+
+
+if __name__ == "__main__":
+    main()

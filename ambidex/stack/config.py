@@ -1,0 +1,127 @@
+"""Where the local stack lives and how it is reached, read once from the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    """Passwords generated on first start and kept (mode 0600) in the state directory."""
+
+    postgres_password: str = field(repr=False)
+    cdc_password: str = field(repr=False)
+    app_password: str = field(repr=False)
+
+    @classmethod
+    def load_or_create(cls, state_dir: Path) -> StackSecrets:
+        path = state_dir / "secrets.json"
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        created = cls(*(secrets.token_urlsafe(18) for _ in range(3)))
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(created.__dict__))
+        return created
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Ports, directories and sizes of one local stack.
+
+    Every field has an ``AMBIDEX_STACK_*`` environment variable (see ``from_env``);
+    tests use :meth:`ephemeral` to get a private stack on free ports.
+    """
+
+    state_dir: Path
+    cache_dir: Path
+    host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    controller_port: int = 9093
+    connect_port: int = 8083
+    crm_port: int = 5433
+    erp_port: int = 5434
+    kafka_heap: str = "768m"
+    connect_heap: str = "768m"
+    heartbeat_interval_ms: int = 2000
+    java_home: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
+        env = os.environ if environ is None else environ
+        default_state = REPO_ROOT / ".state"
+        default_cache = Path(env.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ambidex"
+
+        def port(name: str, default: int) -> int:
+            return int(env.get(f"AMBIDEX_STACK_{name}_PORT", default))
+
+        return cls(
+            state_dir=Path(env.get("AMBIDEX_STATE_DIR", default_state)),
+            cache_dir=Path(env.get("AMBIDEX_CACHE_DIR", default_cache)),
+            kafka_port=port("KAFKA", 9092),
+            controller_port=port("CONTROLLER", 9093),
+            connect_port=port("CONNECT", 8083),
+            crm_port=port("CRM", 5433),
+            erp_port=port("ERP", 5434),
+            kafka_heap=env.get("AMBIDEX_STACK_KAFKA_HEAP", "768m"),
+            connect_heap=env.get("AMBIDEX_STACK_CONNECT_HEAP", "768m"),
+            heartbeat_interval_ms=int(env.get("AMBIDEX_STACK_HEARTBEAT_MS", 2000)),
+            java_home=env.get("AMBIDEX_JAVA_HOME") or None,
+        )
+
+    def ephemeral(self, state_dir: Path) -> StackConfig:
+        """The same stack on free ports in another state directory (for tests)."""
+        ports = _free_ports(5)
+        return replace(
+            self,
+            state_dir=state_dir,
+            kafka_port=ports[0],
+            controller_port=ports[1],
+            connect_port=ports[2],
+            crm_port=ports[3],
+            erp_port=ports[4],
+            heartbeat_interval_ms=1000,
+        )
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def connect_url(self) -> str:
+        return f"http://{self.host}:{self.connect_port}"
+
+    def database_port(self, database: str) -> int:
+        return {"crm": self.crm_port, "erp": self.erp_port}[database]
+
+    def dsn(self, database: str, user: str, password: str) -> str:
+        return f"postgresql://{user}:{password}@{self.host}:{self.database_port(database)}/{database}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def jars_dir(self) -> Path:
+        return self.cache_dir / "jars"
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -1,0 +1,89 @@
+"""Kafka, Kafka Connect and the Debezium plugin as jars from Maven Central.
+
+The poms under ``deploy/local`` name the artifacts; ``mvn dependency:copy-dependencies``
+copies them into a cache directory keyed by the poms' content, so a changed version
+fetches anew and an unchanged one costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ambidex.stack.config import REPO_ROOT
+
+POM_DIR = REPO_ROOT / "deploy" / "local"
+KAFKA_POM = POM_DIR / "jars" / "pom.xml"
+DEBEZIUM_POM = POM_DIR / "debezium" / "pom.xml"
+
+
+@dataclass(frozen=True)
+class JarLayout:
+    root: Path
+
+    @property
+    def kafka_classpath(self) -> str:
+        return str(self.root / "kafka" / "*")
+
+    @property
+    def plugin_path(self) -> Path:
+        """Connect's plugin.path: one sub-directory per plugin."""
+        return self.root / "plugins"
+
+    @property
+    def complete_marker(self) -> Path:
+        return self.root / ".complete"
+
+
+def jar_layout(jars_dir: Path) -> JarLayout:
+    digest = hashlib.sha256(KAFKA_POM.read_bytes() + DEBEZIUM_POM.read_bytes()).hexdigest()[:12]
+    return JarLayout(jars_dir / digest)
+
+
+class JarFetchError(RuntimeError):
+    pass
+
+
+def ensure_jars(jars_dir: Path, progress: Callable[[str], None] = lambda _: None) -> JarLayout:
+    """Fetch the jars unless the cache already holds this exact set."""
+    layout = jar_layout(jars_dir)
+    if layout.complete_marker.exists():
+        return layout
+    if shutil.which("mvn") is None:
+        raise JarFetchError("mvn is not installed (apt-get install maven); bin/ambidex installs it")
+    if layout.root.exists():
+        shutil.rmtree(layout.root)
+    for pom, target in (
+        (KAFKA_POM, layout.root / "kafka"),
+        (DEBEZIUM_POM, layout.plugin_path / "debezium-connector-postgres"),
+    ):
+        _copy_dependencies(pom, target, progress)
+    layout.complete_marker.write_text("ok\n")
+    return layout
+
+
+def _copy_dependencies(pom: Path, target: Path, progress: Callable[[str], None]) -> None:
+    command = [
+        "mvn", "-B", "-f", str(pom), "dependency:copy-dependencies",
+        f"-DoutputDirectory={target}", "-DincludeScope=runtime",
+    ]
+    progress(f"fetching {pom.parent.name} jars from Maven Central")
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    tail: list[str] = []
+    downloaded = 0
+    for line in process.stdout:
+        tail = [*tail[-30:], line.rstrip()]
+        if line.startswith("Downloaded from"):
+            downloaded += 1
+            if downloaded % 25 == 0:
+                progress(f"{pom.parent.name}: {downloaded} artifacts downloaded")
+    if process.wait() != 0:
+        raise JarFetchError(f"mvn failed for {pom}:\n" + "\n".join(tail))
+    progress(f"{pom.parent.name}: {len(list(target.glob('*.jar')))} jars ready")

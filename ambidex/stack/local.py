@@ -1,0 +1,188 @@
+"""The whole local stack, up and down: the one place that knows the start order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from ambidex.connectors import ConnectClient, load_connectors
+from ambidex.stack.config import StackConfig, StackSecrets
+from ambidex.stack.jars import JarLayout, ensure_jars
+from ambidex.stack.processes import ConnectWorker, KafkaBroker, PostgresCluster, StackError
+from ambidex.topics import apply_topics, load_topic_declaration
+
+Progress = Callable[[str], None]
+DATABASES = ("crm", "erp")
+
+
+@dataclass(frozen=True)
+class StackAddresses:
+    """Everything a script needs to reach the stack (no secrets but the local DSNs)."""
+
+    kafka_bootstrap: str
+    connect_url: str
+    crm_dsn: str
+    erp_dsn: str
+    crm_admin_dsn: str
+    erp_admin_dsn: str
+
+    def dsn(self, database: str) -> str:
+        return {"crm": self.crm_dsn, "erp": self.erp_dsn}[database]
+
+    def admin_dsn(self, database: str) -> str:
+        return {"crm": self.crm_admin_dsn, "erp": self.erp_admin_dsn}[database]
+
+
+class LocalStack:
+    def __init__(self, config: StackConfig, progress: Progress = lambda _: None) -> None:
+        self.config = config
+        self.progress = progress
+        self.secrets = StackSecrets.load_or_create(config.state_dir)
+        self.postgres = {db: PostgresCluster(db, config, self.secrets) for db in DATABASES}
+        self._jars: JarLayout | None = None
+
+    @property
+    def jars(self) -> JarLayout:
+        if self._jars is None:
+            self._jars = ensure_jars(self.config.jars_dir, self.progress)
+        return self._jars
+
+    @property
+    def kafka(self) -> KafkaBroker:
+        return KafkaBroker(self.config, self.jars)
+
+    @property
+    def connect(self) -> ConnectWorker:
+        return ConnectWorker(self.config, self.jars, self.secrets)
+
+    @property
+    def addresses(self) -> StackAddresses:
+        c = self.config
+        return StackAddresses(
+            kafka_bootstrap=c.kafka_bootstrap,
+            connect_url=c.connect_url,
+            crm_dsn=c.dsn("crm", "ambidex_app", self.secrets.app_password),
+            erp_dsn=c.dsn("erp", "ambidex_app", self.secrets.app_password),
+            crm_admin_dsn=self.postgres["crm"].admin_dsn("crm"),
+            erp_admin_dsn=self.postgres["erp"].admin_dsn("erp"),
+        )
+
+    def connector_values(self) -> dict[str, str]:
+        return {
+            "crm_db_host": self.config.host,
+            "crm_db_port": str(self.config.crm_port),
+            "erp_db_host": self.config.host,
+            "erp_db_port": str(self.config.erp_port),
+            "heartbeat_interval_ms": str(self.config.heartbeat_interval_ms),
+        }
+
+    async def up(self, *, seed: bool = True) -> StackAddresses:
+        """Bring every component up; each step is a no-op when already done."""
+        self.progress("jars: checking the cache")
+        await asyncio.to_thread(lambda: self.jars)
+        self.progress("postgres: starting the CRM and ERP clusters")
+        await asyncio.gather(*(cluster.start() for cluster in self.postgres.values()))
+        await self._prepare_databases(seed=seed)
+        self.progress("kafka: starting the broker (KRaft)")
+        await self.kafka.start()
+        await self._wait_kafka()
+        self.progress("kafka: applying the topic declaration")
+        report = await apply_topics(
+            self.config.kafka_bootstrap, load_topic_declaration(), max_replication=1
+        )
+        self.progress(f"kafka: {len(report.created)} topics created, {len(report.existing)} present")
+        for line in report.drift:
+            self.progress(f"kafka: drift {line}")
+        self.progress("connect: starting the worker with the Debezium plugin")
+        await self.connect.start()
+        await self.apply_connectors()
+        return self.addresses
+
+    async def _wait_kafka(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.config.kafka_bootstrap)
+            try:
+                await admin.start()
+                await admin.list_topics()
+                return
+            except Exception as error:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise StackError(f"Kafka not answering: {error}") from error
+                await asyncio.sleep(0.5)
+            finally:
+                await admin.close()
+
+    async def _prepare_databases(self, *, seed: bool) -> None:
+        from ambidex.referencedb import apply_reference_schema
+        from ambidex.referencedb import seed as seed_reference_data
+
+        for database, cluster in self.postgres.items():
+            connection = await asyncpg.connect(cluster.admin_dsn("postgres"))
+            try:
+                exists = await connection.fetchval(
+                    "SELECT 1 FROM pg_database WHERE datname = $1", database
+                )
+                if not exists:
+                    await connection.execute(f'CREATE DATABASE "{database}"')
+            finally:
+                await connection.close()
+            self.progress(f"postgres: applying the reference {database.upper()} schema")
+            await apply_reference_schema(
+                cluster.admin_dsn(database),
+                database,  # type: ignore[arg-type]
+                cdc_password=self.secrets.cdc_password,
+                app_password=self.secrets.app_password,
+            )
+        if seed:
+            self.progress("postgres: seeding reference data")
+            await seed_reference_data(self.addresses.crm_admin_dsn, self.addresses.erp_admin_dsn)
+
+    async def apply_connectors(self, *, timeout: float = 180.0) -> None:
+        async with ConnectClient(self.config.connect_url) as client:
+            await _wait_connect_ready(client, timeout=timeout)
+            for connector in load_connectors(self.connector_values()):
+                self.progress(f"connect: applying {connector.name} ({connector.source.name})")
+                await client.apply(connector)
+            for connector in load_connectors(self.connector_values()):
+                await client.wait_running(connector.name, timeout=timeout)
+                self.progress(f"connect: {connector.name} RUNNING")
+
+    async def down(self) -> list[str]:
+        """Stop everything that runs; data stays in the state directory."""
+        stopped = []
+        from ambidex.stack.processes import DetachedProcess
+
+        for name in ("workload", "order-sync", "inventory-projection", "receivables",
+                     "production-status"):
+            if await DetachedProcess(name, self.config).terminate():
+                stopped.append(name)
+        if self._jars is not None or (self.config.state_dir / "run").exists():
+            for process in (DetachedProcess("connect", self.config),
+                            DetachedProcess("kafka", self.config)):
+                if await process.terminate():
+                    stopped.append(process.name)
+        for cluster in self.postgres.values():
+            if await cluster.stop():
+                stopped.append(cluster.name)
+        return stopped
+
+
+async def _wait_connect_ready(client: ConnectClient, *, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    last_error: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            plugins = await client.plugins()
+            if any("PostgresConnector" in plugin for plugin in plugins):
+                return
+            last_error = StackError(f"Debezium plugin missing; Connect has {plugins}")
+        except Exception as error:
+            last_error = error
+        await asyncio.sleep(0.5)
+    raise StackError(f"Kafka Connect not ready: {last_error}")

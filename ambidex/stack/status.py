@@ -1,0 +1,148 @@
+"""What the local stack is doing right now: components, connectors, events per topic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ambidex.connectors import ConnectClient, load_connectors
+from ambidex.stack.local import LocalStack
+from ambidex.stack.processes import DetachedProcess, port_open
+from ambidex.topics import load_topic_declaration
+
+SERVICE_NAMES = ("order-sync", "inventory-projection", "receivables", "production-status")
+SERVICE_METRICS_PORTS = {name: 9401 + index for index, name in enumerate(SERVICE_NAMES)}
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    running: bool
+    address: str
+    pid: int | None = None
+
+
+@dataclass
+class TopicActivity:
+    topic: str
+    events: int
+    per_second: float
+
+
+@dataclass
+class StackStatus:
+    components: list[ComponentStatus]
+    connectors: list[dict[str, Any]]
+    topics: list[TopicActivity]
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        core = [c for c in self.components if c.name in ("postgres-crm", "postgres-erp",
+                                                         "kafka", "connect")]
+        return all(c.running for c in core) and bool(self.connectors) and all(
+            connector.get("state") == "RUNNING"
+            and all(task["state"] == "RUNNING" for task in connector.get("tasks", []))
+            for connector in self.connectors
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "addresses": self.addresses,
+            "components": [asdict(c) for c in self.components],
+            "connectors": self.connectors,
+            "topics": [asdict(t) for t in self.topics],
+        }
+
+
+async def gather_status(stack: LocalStack, *, sample_seconds: float = 1.0) -> StackStatus:
+    config = stack.config
+    components = [
+        ComponentStatus(
+            cluster.name, cluster.running(), f"{config.host}:{cluster.port}"
+        )
+        for cluster in stack.postgres.values()
+    ]
+    for name, address, port in (
+        ("kafka", config.kafka_bootstrap, config.kafka_port),
+        ("connect", config.connect_url, config.connect_port),
+    ):
+        pid = DetachedProcess(name, config).pid()
+        components.append(
+            ComponentStatus(name, pid is not None and port_open(config.host, port), address, pid)
+        )
+    for name in ("workload", *SERVICE_NAMES):
+        pid = DetachedProcess(name, config).pid()
+        address = (
+            f"http://{config.host}:{SERVICE_METRICS_PORTS[name]}/metrics"
+            if name in SERVICE_METRICS_PORTS else "-"
+        )
+        components.append(ComponentStatus(name, pid is not None, address, pid))
+
+    addresses = {
+        "kafka_bootstrap": config.kafka_bootstrap,
+        "connect_url": config.connect_url,
+        "crm_dsn": stack.addresses.crm_dsn,
+        "erp_dsn": stack.addresses.erp_dsn,
+        **{f"{name}_metrics_url": f"http://{config.host}:{port}/metrics"
+           for name, port in SERVICE_METRICS_PORTS.items()},
+    }
+
+    connectors: list[dict[str, Any]] = []
+    kafka_up = any(c.name == "kafka" and c.running for c in components)
+    connect_up = any(c.name == "connect" and c.running for c in components)
+    if connect_up:
+        async with ConnectClient(config.connect_url, timeout=5) as client:
+            for connector in load_connectors(stack.connector_values()):
+                try:
+                    status = await client.status(connector.name)
+                except Exception as error:  # status view must render whatever happens
+                    connectors.append({"name": connector.name, "state": f"UNKNOWN ({error})",
+                                       "tasks": []})
+                    continue
+                connectors.append(
+                    status.as_dict() if status
+                    else {"name": connector.name, "state": "ABSENT", "tasks": []}
+                )
+    topics = await topic_activity(config.kafka_bootstrap, sample_seconds) if kafka_up else []
+    return StackStatus(components, connectors, topics, addresses)
+
+
+async def topic_activity(bootstrap: str, sample_seconds: float) -> list[TopicActivity]:
+    """Messages per CDC topic and the arrival rate over a short sample."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    names = [spec.name for spec in load_topic_declaration() if spec.group in ("cdc", "cdc_meta")]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in names
+            for p in (consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
+        ]
+        if not partitions:
+            return []
+        first = await consumer.end_offsets(partitions)
+        started = time.monotonic()
+        await asyncio.sleep(sample_seconds)
+        second = await consumer.end_offsets(partitions)
+        beginnings = await consumer.beginning_offsets(partitions)
+        elapsed = time.monotonic() - started
+    finally:
+        await consumer.stop()
+    activity = []
+    for topic in names:
+        tps = [tp for tp in partitions if tp.topic == topic]
+        events = sum(second[tp] - beginnings[tp] for tp in tps)
+        arrived = sum(second[tp] - first[tp] for tp in tps)
+        activity.append(TopicActivity(topic, events, round(arrived / elapsed, 1)))
+    return activity
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # metadata of topics not yet subscribed
+    return set(consumer.partitions_for_topic(topic) or ())

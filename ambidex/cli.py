@@ -24,7 +24,7 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def _progress(message: str) -> None:
-    console.print(f"[dim]›[/dim] {message}")
+    console.print(f"[dim]>[/dim] {message}")
 
 
 def _stack() -> LocalStack:
@@ -44,8 +44,13 @@ def stack() -> None:
 
 @stack.command("up")
 @click.option("--seed/--no-seed", default=True, help="Load the reference seed data.")
-@click.option("--workload-rate", type=float, default=20.0, show_default=True,
-              help="Business operations per second of the sample workload (0: none).")
+@click.option(
+    "--workload-rate",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Business operations per second of the sample workload (0: none).",
+)
 @click.option("--workload-seed", type=int, default=7, show_default=True)
 def stack_up(seed: bool, workload_rate: float, workload_seed: int) -> None:
     """Bring the whole stack up (idempotent) and start a sample workload."""
@@ -64,11 +69,25 @@ def _start_workload(local: LocalStack, rate: float, seed: int) -> None:
         _progress(f"workload: already running (pid {workload.pid()})")
         return
     pid = workload.spawn(
-        [sys.executable, "-m", "ambidex.cli", "workload", "run", "--rate", str(rate),
-         "--duration", "0", "--seed", str(seed), "--quiet"]
+        [
+            sys.executable,
+            "-m",
+            "ambidex.cli",
+            "workload",
+            "run",
+            "--rate",
+            str(rate),
+            "--duration",
+            "0",
+            "--seed",
+            str(seed),
+            "--quiet",
+        ],
+        env=local.config.environment(),
     )
-    _progress(f"workload: {rate:g} operations/s in the background (pid {pid}), "
-              f"log {workload.log_file}")
+    _progress(
+        f"workload: {rate:g} operations/s in the background (pid {pid}), log {workload.log_file}"
+    )
 
 
 @stack.command("down")
@@ -182,8 +201,9 @@ def connectors_status() -> None:
             found = []
             for connector in load_connectors(local.connector_values()):
                 state = await client.status(connector.name)
-                found.append(state.as_dict() if state else {"name": connector.name,
-                                                            "state": "ABSENT"})
+                found.append(
+                    state.as_dict() if state else {"name": connector.name, "state": "ABSENT"}
+                )
             return found
 
     click.echo(json.dumps(_run(statuses()), indent=2))
@@ -202,9 +222,13 @@ def topics_apply(bootstrap: str | None) -> None:
     from ambidex.topics import apply_topics, load_topic_declaration
 
     local = _stack()
-    report = _run(apply_topics(bootstrap or local.config.kafka_bootstrap,
-                               load_topic_declaration(),
-                               max_replication=None if bootstrap else 1))
+    report = _run(
+        apply_topics(
+            bootstrap or local.config.kafka_bootstrap,
+            load_topic_declaration(),
+            max_replication=None if bootstrap else 1,
+        )
+    )
     _progress(f"created {len(report.created)}, present {len(report.existing)}")
     for line in report.drift:
         _progress(f"drift: {line}")
@@ -217,10 +241,16 @@ def workload() -> None:
 
 
 @workload.command("run")
-@click.option("--rate", type=float, default=20.0, show_default=True,
-              help="Business operations per second.")
-@click.option("--duration", type=float, default=60.0, show_default=True,
-              help="Seconds to run; 0 runs until interrupted.")
+@click.option(
+    "--rate", type=float, default=20.0, show_default=True, help="Business operations per second."
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to run; 0 runs until interrupted.",
+)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--quiet", is_flag=True, help="Progress as a log line every 10 s, no bar.")
 def workload_run(rate: float, duration: float, seed: int, quiet: bool) -> None:
@@ -293,10 +323,19 @@ def deadletters_inspect(service: str, limit: int | None, bootstrap: str | None) 
 
 @deadletters.command("replay")
 @click.argument("service")
-@click.option("--offset", "offsets", type=int, multiple=True,
-              help="Replay only these dead-letter offsets (repeatable); default all.")
-@click.option("--to", "target_topic", default=None,
-              help="Send to this topic instead of each letter's original topic.")
+@click.option(
+    "--offset",
+    "offsets",
+    type=int,
+    multiple=True,
+    help="Replay only these dead-letter offsets (repeatable); default all.",
+)
+@click.option(
+    "--to",
+    "target_topic",
+    default=None,
+    help="Send to this topic instead of each letter's original topic.",
+)
 @click.option("--bootstrap", default=None, help="Kafka bootstrap (default: the local stack).")
 def deadletters_replay(
     service: str, offsets: tuple[int, ...], target_topic: str | None, bootstrap: str | None

@@ -41,8 +41,10 @@ class ConnectorStatus:
 
     @property
     def running(self) -> bool:
-        return self.state == "RUNNING" and bool(self.tasks) and all(
-            state == "RUNNING" for _, state, _ in self.tasks
+        return (
+            self.state == "RUNNING"
+            and bool(self.tasks)
+            and all(state == "RUNNING" for _, state, _ in self.tasks)
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,7 +65,9 @@ def load_connectors(
     definitions = []
     for path in sorted(directory.glob("*.json")):
         document = json.loads(path.read_text())
-        config = {key: _fill(path, key, str(value), values) for key, value in document["config"].items()}
+        config = {
+            key: _fill(path, key, str(value), values) for key, value in document["config"].items()
+        }
         definitions.append(
             ConnectorDefinition(document["name"], int(document.get("version", 1)), config, path)
         )

@@ -117,9 +117,7 @@ async def apply_topics(
         present = [spec for spec in specs if spec.name in existing]
         if present:
             described = await admin.describe_topics([spec.name for spec in present])
-            partitions_by_name = {
-                topic["topic"]: len(topic["partitions"]) for topic in described
-            }
+            partitions_by_name = {topic["topic"]: len(topic["partitions"]) for topic in described}
             for spec in present:
                 actual = partitions_by_name.get(spec.name)
                 if actual is not None and actual != spec.partitions:

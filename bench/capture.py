@@ -60,7 +60,9 @@ async def _account_id(dsn: str) -> int:
         await connection.close()
 
 
-async def _drive(dsn: str, rate: float, seconds: float, rows_per_tx: int, stop: asyncio.Event) -> int:
+async def _drive(
+    dsn: str, rate: float, seconds: float, rows_per_tx: int, stop: asyncio.Event
+) -> int:
     """Insert contacts at ``rate`` rows/s in transactions of ``rows_per_tx`` rows."""
     account = await _account_id(dsn)
     pool = await asyncpg.create_pool(dsn, min_size=4, max_size=4)
@@ -113,12 +115,16 @@ async def _slot_lag(admin_dsn: str) -> int:
 
 async def _consumer(bootstrap: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5,
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=5,
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     await consumer.start()
-    partitions = [TopicPartition(TOPIC, p) for p in sorted(consumer.partitions_for_topic(TOPIC) or
-                                                              await _partitions(consumer))]
+    partitions = [
+        TopicPartition(TOPIC, p)
+        for p in sorted(consumer.partitions_for_topic(TOPIC) or await _partitions(consumer))
+    ]
     consumer.assign(partitions)
     await consumer.seek_to_end(*partitions)
     return consumer, partitions
@@ -157,8 +163,11 @@ async def throughput(stack: LocalStack, rate: float, seconds: float) -> LoadResu
             last_at = now
             captured += arrived
         if now - last_report >= 5:
-            print(f"  … {now - started:5.1f}s: {captured:,} events captured, slot lag "
-                  f"{(lags[-1] if lags else 0):,} bytes", file=sys.stderr)
+            print(
+                f"  … {now - started:5.1f}s: {captured:,} events captured, slot lag "
+                f"{(lags[-1] if lags else 0):,} bytes",
+                file=sys.stderr,
+            )
             last_report = now
         if driver.done() and now - last_at > 20:
             break  # nothing more is coming
@@ -210,9 +219,12 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--use-running", action="store_true",
-                        help="measure the stack started by `bin/ambidex up`")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--use-running", action="store_true", help="measure the stack started by `bin/ambidex up`"
+    )
     parser.add_argument("--rate", type=float, default=8000, help="offered rows/s in phase 1")
     parser.add_argument("--seconds", type=float, default=30, help="phase 1 duration")
     parser.add_argument("--latency-rate", type=float, default=1000, help="rows/s in phase 2")
@@ -225,15 +237,21 @@ async def main() -> None:
     else:
         state_dir = Path(tempfile.mkdtemp(prefix="ambidex-bench-"))
         state_dir.chmod(0o755)
-        stack = LocalStack(StackConfig.from_env().ephemeral(state_dir),
-                           progress=lambda m: print(f"  stack: {m}", file=sys.stderr))
+        stack = LocalStack(
+            StackConfig.from_env().ephemeral(state_dir),
+            progress=lambda m: print(f"  stack: {m}", file=sys.stderr),
+        )
         await stack.up(seed=True)
     try:
-        print(f"phase 1: offering {args.rate:,.0f} row changes/s for {args.seconds:.0f}s",
-              file=sys.stderr)
+        print(
+            f"phase 1: offering {args.rate:,.0f} row changes/s for {args.seconds:.0f}s",
+            file=sys.stderr,
+        )
         load = await throughput(stack, args.rate, args.seconds)
-        print(f"phase 2: {args.latency_rate:,.0f} row changes/s for {args.latency_seconds:.0f}s",
-              file=sys.stderr)
+        print(
+            f"phase 2: {args.latency_rate:,.0f} row changes/s for {args.latency_seconds:.0f}s",
+            file=sys.stderr,
+        )
         latencies = await latency(stack, args.latency_rate, args.latency_seconds)
     finally:
         if state_dir is not None:
@@ -242,17 +260,26 @@ async def main() -> None:
 
     command = "uv run python -m bench.capture " + " ".join(sys.argv[1:])
     print()
-    print("Ambidex capture benchmark (Debezium 3.6.1 PostgreSQL -> Kafka 4.1, one machine, "
-          f"{os.cpu_count()} cores)")
+    print(
+        "Ambidex capture benchmark (Debezium 3.6.1 PostgreSQL -> Kafka 4.1, one machine, "
+        f"{os.cpu_count()} cores)"
+    )
     print(f"  offered load            {load.offered_per_second:10,.0f} row changes/s")
-    print(f"  captured                {load.captured_per_second:10,.0f} change events/s "
-          f"({load.events:,} events in {load.seconds:.1f}s)")
-    print(f"  replication slot lag    max {load.max_slot_lag_bytes:,} bytes, "
-          f"after drain {load.final_slot_lag_bytes:,} bytes")
+    print(
+        f"  captured                {load.captured_per_second:10,.0f} change events/s "
+        f"({load.events:,} events in {load.seconds:.1f}s)"
+    )
+    print(
+        f"  replication slot lag    max {load.max_slot_lag_bytes:,} bytes, "
+        f"after drain {load.final_slot_lag_bytes:,} bytes"
+    )
     if latencies:
-        print(f"  commit->Kafka latency   at {args.latency_rate:,.0f}/s over {len(latencies):,} events:"
-              f" p50 {_percentile(latencies, 0.5):.0f} ms, p99 {_percentile(latencies, 0.99):.0f} ms,"
-              f" max {max(latencies):.0f} ms, mean {statistics.fmean(latencies):.0f} ms")
+        print(
+            f"  commit->Kafka latency   at {args.latency_rate:,.0f}/s "
+            f"over {len(latencies):,} events:"
+            f" p50 {_percentile(latencies, 0.5):.0f} ms, p99 {_percentile(latencies, 0.99):.0f} ms,"
+            f" max {max(latencies):.0f} ms, mean {statistics.fmean(latencies):.0f} ms"
+        )
     print(f"  reproduce: {command}")
 
 

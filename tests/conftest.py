@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,3 +82,25 @@ async def wait_until(predicate: object, *, timeout: float = 60.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout:.0f}s")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def fresh_database(local_stack: LocalStack) -> Callable[[str, str], Awaitable[str]]:
+    """Factory: a new, empty database in the stack's CRM or ERP cluster (admin DSN).
+
+    For tests that need a whole database of their own (schema scripts, sinks) without
+    starting another PostgreSQL; these databases are not captured by the connectors.
+    """
+    import asyncpg
+
+    async def create(cluster: str, prefix: str) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        server = local_stack.postgres[cluster]
+        connection = await asyncpg.connect(server.admin_dsn("postgres"))
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+        return server.admin_dsn(name)
+
+    return create

@@ -91,6 +91,24 @@ class StackConfig:
             heartbeat_interval_ms=1000,
         )
 
+    def environment(self) -> dict[str, str]:
+        """Environment variables under which ``from_env`` gives back this configuration."""
+        env = {
+            "AMBIDEX_STATE_DIR": str(self.state_dir),
+            "AMBIDEX_CACHE_DIR": str(self.cache_dir),
+            "AMBIDEX_STACK_KAFKA_PORT": str(self.kafka_port),
+            "AMBIDEX_STACK_CONTROLLER_PORT": str(self.controller_port),
+            "AMBIDEX_STACK_CONNECT_PORT": str(self.connect_port),
+            "AMBIDEX_STACK_CRM_PORT": str(self.crm_port),
+            "AMBIDEX_STACK_ERP_PORT": str(self.erp_port),
+            "AMBIDEX_STACK_KAFKA_HEAP": self.kafka_heap,
+            "AMBIDEX_STACK_CONNECT_HEAP": self.connect_heap,
+            "AMBIDEX_STACK_HEARTBEAT_MS": str(self.heartbeat_interval_ms),
+        }
+        if self.java_home:
+            env["AMBIDEX_JAVA_HOME"] = self.java_home
+        return env
+
     @property
     def kafka_bootstrap(self) -> str:
         return f"{self.host}:{self.kafka_port}"
@@ -103,7 +121,9 @@ class StackConfig:
         return {"crm": self.crm_port, "erp": self.erp_port}[database]
 
     def dsn(self, database: str, user: str, password: str) -> str:
-        return f"postgresql://{user}:{password}@{self.host}:{self.database_port(database)}/{database}"
+        return (
+            f"postgresql://{user}:{password}@{self.host}:{self.database_port(database)}/{database}"
+        )
 
     @property
     def logs_dir(self) -> Path:

@@ -68,13 +68,16 @@ def ensure_jars(jars_dir: Path, progress: Callable[[str], None] = lambda _: None
 
 def _copy_dependencies(pom: Path, target: Path, progress: Callable[[str], None]) -> None:
     command = [
-        "mvn", "-B", "-f", str(pom), "dependency:copy-dependencies",
-        f"-DoutputDirectory={target}", "-DincludeScope=runtime",
+        "mvn",
+        "-B",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={target}",
+        "-DincludeScope=runtime",
     ]
     progress(f"fetching {pom.parent.name} jars from Maven Central")
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     tail: list[str] = []
     downloaded = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -20,14 +20,15 @@ DATABASES = ("crm", "erp")
 
 @dataclass(frozen=True)
 class StackAddresses:
-    """Everything a script needs to reach the stack (no secrets but the local DSNs)."""
+    """Everything a script needs to reach the stack. The DSNs carry the local stack's
+    generated passwords, so they are kept out of ``repr`` (and so out of logs)."""
 
     kafka_bootstrap: str
     connect_url: str
-    crm_dsn: str
-    erp_dsn: str
-    crm_admin_dsn: str
-    erp_admin_dsn: str
+    crm_dsn: str = field(repr=False)
+    erp_dsn: str = field(repr=False)
+    crm_admin_dsn: str = field(repr=False)
+    erp_admin_dsn: str = field(repr=False)
 
     def dsn(self, database: str) -> str:
         return {"crm": self.crm_dsn, "erp": self.erp_dsn}[database]
@@ -93,7 +94,9 @@ class LocalStack:
         report = await apply_topics(
             self.config.kafka_bootstrap, load_topic_declaration(), max_replication=1
         )
-        self.progress(f"kafka: {len(report.created)} topics created, {len(report.existing)} present")
+        self.progress(
+            f"kafka: {len(report.created)} topics created, {len(report.existing)} present"
+        )
         for line in report.drift:
             self.progress(f"kafka: drift {line}")
         self.progress("connect: starting the worker with the Debezium plugin")
@@ -158,13 +161,20 @@ class LocalStack:
         stopped = []
         from ambidex.stack.processes import DetachedProcess
 
-        for name in ("workload", "order-sync", "inventory-projection", "receivables",
-                     "production-status"):
+        for name in (
+            "workload",
+            "order-sync",
+            "inventory-projection",
+            "receivables",
+            "production-status",
+        ):
             if await DetachedProcess(name, self.config).terminate():
                 stopped.append(name)
         if self._jars is not None or (self.config.state_dir / "run").exists():
-            for process in (DetachedProcess("connect", self.config),
-                            DetachedProcess("kafka", self.config)):
+            for process in (
+                DetachedProcess("connect", self.config),
+                DetachedProcess("kafka", self.config),
+            ):
                 if await process.terminate():
                     stopped.append(process.name)
         for cluster in self.postgres.values():

@@ -22,7 +22,11 @@ from pathlib import Path
 from ambidex.stack.config import StackConfig, StackSecrets
 from ambidex.stack.jars import JarLayout
 
-PG_BIN_CANDIDATES = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
+PG_BIN_CANDIDATES = (
+    "/usr/lib/postgresql/17/bin",
+    "/usr/lib/postgresql/16/bin",
+    "/usr/lib/postgresql/15/bin",
+)
 
 
 class StackError(RuntimeError):
@@ -129,7 +133,9 @@ def _postgres_bin(tool: str) -> str:
             return str(candidate)
     found = shutil.which(tool)
     if found is None:
-        raise StackError(f"{tool} not found: install Debian's postgresql package (bin/ambidex does)")
+        raise StackError(
+            f"{tool} not found: install Debian's postgresql package (bin/ambidex does)"
+        )
     return found
 
 
@@ -182,13 +188,24 @@ class PostgresCluster:
             return
         await _run(
             self._as_owner(
-                [_postgres_bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                 "-w", "-t", "60", "start"]
+                [
+                    _postgres_bin("pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_file),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
             ),
             f"start {self.name}",
         )
         await wait_for(
-            self.name, lambda: port_open(self.config.host, self.port), timeout=30,
+            self.name,
+            lambda: port_open(self.config.host, self.port),
+            timeout=30,
             log=self.log_file,
         )
 
@@ -201,9 +218,19 @@ class PostgresCluster:
         try:
             await _run(
                 self._as_owner(
-                    [_postgres_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                     "--auth-local=trust", "--auth-host=scram-sha-256",
-                     f"--pwfile={password_file}", "-E", "UTF8", "--locale=C.UTF-8"]
+                    [
+                        _postgres_bin("initdb"),
+                        "-D",
+                        str(self.data_dir),
+                        "-U",
+                        "postgres",
+                        "--auth-local=trust",
+                        "--auth-host=scram-sha-256",
+                        f"--pwfile={password_file}",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                    ]
                 ),
                 f"initdb {self.name}",
             )
@@ -230,8 +257,9 @@ class PostgresCluster:
         if not (self.data_dir / "postmaster.pid").exists():
             return False
         await _run(
-            self._as_owner([_postgres_bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast",
-                            "-w", "stop"]),
+            self._as_owner(
+                [_postgres_bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]
+            ),
             f"stop {self.name}",
             check=False,
         )
@@ -288,18 +316,37 @@ class KafkaBroker(DetachedProcess):
         if not (self.data_dir / "meta.properties").exists():
             cluster_id = _kafka_cluster_id()
             await _run(
-                [*_java(self.config), "-cp", self.jars.kafka_classpath, "kafka.tools.StorageTool",
-                 "format", "-t", cluster_id, "-c", str(self.properties), "--ignore-formatted"],
+                [
+                    *_java(self.config),
+                    "-cp",
+                    self.jars.kafka_classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(self.properties),
+                    "--ignore-formatted",
+                ],
                 "format Kafka storage",
             )
         self.spawn(
-            [*_java(self.config), f"-Xms256m", f"-Xmx{self.config.kafka_heap}",
-             *_log4j(self.config, self.name), "-cp", self.jars.kafka_classpath,
-             "kafka.Kafka", str(self.properties)]
+            [
+                *_java(self.config),
+                "-Xms256m",
+                f"-Xmx{self.config.kafka_heap}",
+                *_log4j(self.config, self.name),
+                "-cp",
+                self.jars.kafka_classpath,
+                "kafka.Kafka",
+                str(self.properties),
+            ]
         )
         await wait_for(
-            "Kafka broker", lambda: port_open(self.config.host, self.config.kafka_port),
-            timeout=60, log=self.log_file,
+            "Kafka broker",
+            lambda: port_open(self.config.host, self.config.kafka_port),
+            timeout=60,
+            log=self.log_file,
         )
 
 
@@ -338,7 +385,9 @@ class ConnectWorker(DetachedProcess):
             "plugin.path": str(self.jars.plugin_path),
             "plugin.discovery": "hybrid_warn",
             "config.providers": "env",
-            "config.providers.env.class": "org.apache.kafka.common.config.provider.EnvVarConfigProvider",
+            "config.providers.env.class": (
+                "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
+            ),
             # commit->Kafka latency: send small batches quickly, compress them cheaply
             "producer.linger.ms": "5",
             "producer.batch.size": "262144",
@@ -356,14 +405,23 @@ class ConnectWorker(DetachedProcess):
             return
         self._write_properties()
         self.spawn(
-            [*_java(self.config), "-Xms256m", f"-Xmx{self.config.connect_heap}",
-             *_log4j(self.config, self.name), "-cp", self.jars.kafka_classpath,
-             "org.apache.kafka.connect.cli.ConnectDistributed", str(self.properties)],
+            [
+                *_java(self.config),
+                "-Xms256m",
+                f"-Xmx{self.config.connect_heap}",
+                *_log4j(self.config, self.name),
+                "-cp",
+                self.jars.kafka_classpath,
+                "org.apache.kafka.connect.cli.ConnectDistributed",
+                str(self.properties),
+            ],
             env={"AMBIDEX_CDC_PASSWORD": self.secrets.cdc_password},
         )
         await wait_for(
-            "Kafka Connect REST", lambda: port_open(self.config.host, self.config.connect_port),
-            timeout=120, log=self.log_file,
+            "Kafka Connect REST",
+            lambda: port_open(self.config.host, self.config.connect_port),
+            timeout=120,
+            log=self.log_file,
         )
 
 

@@ -40,12 +40,19 @@ class StackStatus:
 
     @property
     def healthy(self) -> bool:
-        core = [c for c in self.components if c.name in ("postgres-crm", "postgres-erp",
-                                                         "kafka", "connect")]
-        return all(c.running for c in core) and bool(self.connectors) and all(
-            connector.get("state") == "RUNNING"
-            and all(task["state"] == "RUNNING" for task in connector.get("tasks", []))
-            for connector in self.connectors
+        core = [
+            c
+            for c in self.components
+            if c.name in ("postgres-crm", "postgres-erp", "kafka", "connect")
+        ]
+        return (
+            all(c.running for c in core)
+            and bool(self.connectors)
+            and all(
+                connector.get("state") == "RUNNING"
+                and all(task["state"] == "RUNNING" for task in connector.get("tasks", []))
+                for connector in self.connectors
+            )
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,9 +68,7 @@ class StackStatus:
 async def gather_status(stack: LocalStack, *, sample_seconds: float = 1.0) -> StackStatus:
     config = stack.config
     components = [
-        ComponentStatus(
-            cluster.name, cluster.running(), f"{config.host}:{cluster.port}"
-        )
+        ComponentStatus(cluster.name, cluster.running(), f"{config.host}:{cluster.port}")
         for cluster in stack.postgres.values()
     ]
     for name, address, port in (
@@ -78,7 +83,8 @@ async def gather_status(stack: LocalStack, *, sample_seconds: float = 1.0) -> St
         pid = DetachedProcess(name, config).pid()
         address = (
             f"http://{config.host}:{SERVICE_METRICS_PORTS[name]}/metrics"
-            if name in SERVICE_METRICS_PORTS else "-"
+            if name in SERVICE_METRICS_PORTS
+            else "-"
         )
         components.append(ComponentStatus(name, pid is not None, address, pid))
 
@@ -87,8 +93,10 @@ async def gather_status(stack: LocalStack, *, sample_seconds: float = 1.0) -> St
         "connect_url": config.connect_url,
         "crm_dsn": stack.addresses.crm_dsn,
         "erp_dsn": stack.addresses.erp_dsn,
-        **{f"{name}_metrics_url": f"http://{config.host}:{port}/metrics"
-           for name, port in SERVICE_METRICS_PORTS.items()},
+        **{
+            f"{name}_metrics_url": f"http://{config.host}:{port}/metrics"
+            for name, port in SERVICE_METRICS_PORTS.items()
+        },
     }
 
     connectors: list[dict[str, Any]] = []
@@ -100,11 +108,13 @@ async def gather_status(stack: LocalStack, *, sample_seconds: float = 1.0) -> St
                 try:
                     status = await client.status(connector.name)
                 except Exception as error:  # status view must render whatever happens
-                    connectors.append({"name": connector.name, "state": f"UNKNOWN ({error})",
-                                       "tasks": []})
+                    connectors.append(
+                        {"name": connector.name, "state": f"UNKNOWN ({error})", "tasks": []}
+                    )
                     continue
                 connectors.append(
-                    status.as_dict() if status
+                    status.as_dict()
+                    if status
                     else {"name": connector.name, "state": "ABSENT", "tasks": []}
                 )
     topics = await topic_activity(config.kafka_bootstrap, sample_seconds) if kafka_up else []

@@ -1,0 +1,270 @@
+"""What the workload knows about the two databases: connection pools and id pools.
+
+Targets for an operation (an open quote, an open ERP order, a pending inspection…)
+are picked from in-memory id pools, refreshed from the databases every few seconds
+with cheap queries on partial indexes, and updated as operations create or finish
+documents. A pool may be stale: every operation re-checks the row's state inside its
+transaction, so a stale pick only costs a skipped operation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import asyncpg
+
+
+class IdPool:
+    """A set of ids with O(1) add, discard and random choice."""
+
+    __slots__ = ("_index", "_items")
+
+    def __init__(self, ids: list[int] | None = None) -> None:
+        self._items: list[int] = []
+        self._index: dict[int, int] = {}
+        for i in ids or ():
+            self.add(i)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._index
+
+    def add(self, item: int) -> None:
+        if item not in self._index:
+            self._index[item] = len(self._items)
+            self._items.append(item)
+
+    def discard(self, item: int) -> None:
+        pos = self._index.pop(item, None)
+        if pos is None:
+            return
+        last = self._items.pop()
+        if pos < len(self._items):
+            self._items[pos] = last
+            self._index[last] = pos
+
+    def replace(self, ids: list[int]) -> None:
+        self._items = []
+        self._index = {}
+        for i in ids:
+            self.add(i)
+
+    def choice(self, rng: random.Random, busy: set[tuple[str, int]], tag: str) -> int | None:
+        """A random id not currently claimed under ``tag`` (``None`` if none found)."""
+        if not self._items:
+            return None
+        for _ in range(6):
+            item = self._items[rng.randrange(len(self._items))]
+            if (tag, item) not in busy:
+                return item
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    id: int
+    list_price: Decimal
+    uom: str
+    make_to_order: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContractInfo:
+    account_id: int
+    sales_order_id: int | None
+    number: str
+    currency_code: str
+    installments: tuple[tuple[int, Decimal, object], ...]  # (seq, amount, due_date)
+
+
+@dataclass
+class World:
+    """Shared state of one workload run."""
+
+    crm: asyncpg.Pool
+    erp: asyncpg.Pool
+    seed: int
+    busy: set[tuple[str, int]] = field(default_factory=set)
+    # CRM master data and documents
+    accounts: dict[int, str] = field(default_factory=dict)  # id -> currency
+    account_ids: IdPool = field(default_factory=IdPool)
+    products: list[Product] = field(default_factory=list)
+    open_quotes: IdPool = field(default_factory=IdPool)
+    draft_orders: IdPool = field(default_factory=IdPool)
+    live_orders: IdPool = field(default_factory=IdPool)
+    active_contracts: IdPool = field(default_factory=IdPool)
+    contracts: dict[int, ContractInfo] = field(default_factory=dict)
+    open_cases: IdPool = field(default_factory=IdPool)
+    # ERP master data and documents
+    customers: dict[int, str] = field(default_factory=dict)  # id -> currency
+    customer_ids: IdPool = field(default_factory=IdPool)
+    items: list[Product] = field(default_factory=list)
+    stocked_items: list[Product] = field(default_factory=list)
+    warehouses: dict[int, str] = field(default_factory=dict)  # id -> code
+    open_erp_orders: IdPool = field(default_factory=IdPool)
+    orders_with_reservations: IdPool = field(default_factory=IdPool)
+    #: (item, warehouse) pairs a reservation recently found short; purchasing
+    #: replenishes them first.
+    shortages: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=500))
+    active_production: IdPool = field(default_factory=IdPool)
+    pending_inspections: IdPool = field(default_factory=IdPool)
+    shipments_in_transit: IdPool = field(default_factory=IdPool)
+    orders_to_invoice: IdPool = field(default_factory=IdPool)
+    open_invoices: IdPool = field(default_factory=IdPool)
+
+    @contextlib.contextmanager
+    def claim(self, tag: str, item: int) -> Iterator[None]:
+        """Keep other workers of this run off ``(tag, item)`` while one works on it."""
+        key = (tag, item)
+        self.busy.add(key)
+        try:
+            yield
+        finally:
+            self.busy.discard(key)
+
+    async def load_master_data(self) -> None:
+        async with self.crm.acquire() as conn:
+            rows = await conn.fetch("SELECT id, currency_code FROM crm.account")
+            self.accounts = {r["id"]: r["currency_code"] for r in rows}
+            self.account_ids.replace(list(self.accounts))
+            self.products = [
+                Product(r["id"], r["list_price"], r["uom"])
+                for r in await conn.fetch(
+                    "SELECT id, list_price, uom FROM crm.product WHERE active ORDER BY id"
+                )
+            ]
+        async with self.erp.acquire() as conn:
+            self.items = [
+                Product(r["id"], r["list_price"], r["uom"], r["make_to_order"])
+                for r in await conn.fetch(
+                    "SELECT id, list_price, uom, make_to_order FROM erp.item WHERE active"
+                    " ORDER BY id"
+                )
+            ]
+            self.stocked_items = [i for i in self.items if not i.make_to_order]
+            self.warehouses = {
+                r["id"]: r["code"]
+                for r in await conn.fetch(
+                    "SELECT id, code FROM erp.warehouse WHERE active ORDER BY id"
+                )
+            }
+        if not self.products or not self.items or not self.warehouses or not self.accounts:
+            raise RuntimeError("reference databases are not seeded (run the seeder first)")
+
+    async def refresh(self) -> None:
+        """Re-read the open documents from both databases (cheap, index-backed)."""
+        async with self.crm.acquire() as conn:
+            self.open_quotes.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM crm.quote WHERE state IN ('draft', 'sent')
+                ORDER BY id DESC LIMIT 5000""",
+                )
+            )
+            self.draft_orders.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM crm.sales_order WHERE state = 'draft'
+                ORDER BY id DESC LIMIT 5000""",
+                )
+            )
+            self.live_orders.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM crm.sales_order WHERE state IN ('confirmed', 'amended')
+                ORDER BY state, id DESC LIMIT 10000""",
+                )
+            )
+            self.active_contracts.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM crm.contract WHERE state = 'active'
+                ORDER BY id DESC LIMIT 5000""",
+                )
+            )
+            self.open_cases.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM crm.service_case WHERE state IN ('new', 'open', 'waiting')
+                ORDER BY id DESC LIMIT 5000""",
+                )
+            )
+        async with self.erp.acquire() as conn:
+            rows = await conn.fetch("SELECT id, currency_code FROM erp.customer WHERE active")
+            self.customers = {r["id"]: r["currency_code"] for r in rows}
+            self.customer_ids.replace(list(self.customers))
+            self.open_erp_orders.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM erp.sales_order
+                WHERE state IN ('open', 'reserved', 'in_production')
+                ORDER BY id DESC LIMIT 10000""",
+                )
+            )
+            self.orders_with_reservations.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT DISTINCT l.order_id FROM erp.stock_reservation r
+                JOIN erp.sales_order_line l ON l.id = r.sales_order_line_id
+                WHERE r.state = 'active' LIMIT 5000""",
+                )
+            )
+            self.active_production.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM erp.production_order
+                WHERE state IN ('planned', 'confirmed', 'in_progress') AND qty_produced < quantity
+                ORDER BY id DESC LIMIT 5000""",
+                )
+            )
+            self.pending_inspections.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM erp.quality_inspection WHERE state = 'pending'
+                ORDER BY id DESC LIMIT 5000""",
+                )
+            )
+            self.shipments_in_transit.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM erp.shipment WHERE state = 'shipped'
+                ORDER BY id DESC LIMIT 5000""",
+                )
+            )
+            self.orders_to_invoice.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT DISTINCT order_id FROM erp.sales_order_line
+                WHERE qty_delivered > qty_invoiced LIMIT 5000""",
+                )
+            )
+            self.open_invoices.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM erp.invoice WHERE state = 'posted' AND amount_residual > 0
+                ORDER BY id DESC LIMIT 5000""",
+                )
+            )
+
+
+async def _ids(conn: asyncpg.Connection, query: str) -> list[int]:
+    return [r[0] for r in await conn.fetch(query)]

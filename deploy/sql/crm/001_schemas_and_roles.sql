@@ -1,0 +1,31 @@
+-- Reference CRM: schemas and the two platform roles.
+-- Idempotent: safe to apply any number of times. Roles are cluster-wide, so the ERP
+-- files create them the same way; passwords are set by the caller (never in SQL).
+
+CREATE SCHEMA IF NOT EXISTS crm;              -- source tables (captured by Debezium)
+CREATE SCHEMA IF NOT EXISTS crm_integration;  -- write-back tables (never captured)
+CREATE SCHEMA IF NOT EXISTS ambidex_cdc;      -- heartbeat table (captured)
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ambidex_cdc') THEN
+        CREATE ROLE ambidex_cdc LOGIN REPLICATION;
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;  -- created concurrently
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ambidex_app') THEN
+        CREATE ROLE ambidex_app LOGIN;
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END
+$$;
+
+-- Document numbers, as the CRM assigns them.
+CREATE SEQUENCE IF NOT EXISTS crm.quote_number_seq;
+CREATE SEQUENCE IF NOT EXISTS crm.sales_order_number_seq;
+CREATE SEQUENCE IF NOT EXISTS crm.contract_number_seq;
+CREATE SEQUENCE IF NOT EXISTS crm.service_case_number_seq;

@@ -1,0 +1,479 @@
+"""Metrics, health endpoints and structured logs shared by every Ambidex service.
+
+- :class:`ServiceMetrics` registers the platform metrics on a registry the service
+  creates and passes in (no global registry, nothing registered at import); services
+  add their business metrics to the same registry.
+- :class:`HealthState` holds liveness (event loop ticking, no fatal error) and
+  readiness (named checks, pushed with :meth:`HealthState.set_check` or probed on
+  request with :meth:`HealthState.add_probe`).
+- :func:`start_observability_server` serves ``/metrics``, ``/healthz``, ``/readyz``.
+- :func:`configure_logging` installs a JSON (or console) formatter that masks secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, TextIO
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# --------------------------------------------------------------------------- metrics
+
+EventOutcome = Literal["applied", "skipped_stale", "dead_lettered"]
+SinkOutcome = Literal["written", "stale"]
+EVENT_OUTCOMES: Final = frozenset({"applied", "skipped_stale", "dead_lettered"})
+SINK_OUTCOMES: Final = frozenset({"written", "stale"})
+
+#: Source commit -> effect: 5 ms .. 60 s.
+END_TO_END_LAG_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+)
+#: One sink transaction: 0.5 ms .. 10 s.
+SINK_LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class ServiceMetrics:
+    """The platform metrics of one service, registered on ``registry``.
+
+    Every metric carries a ``service`` label (so one Prometheus job can scrape all four
+    services); the helper methods fill it in. Label values that come from a closed set
+    (outcomes) are checked, so a typo cannot create a new time series.
+    """
+
+    def __init__(self, service: str, registry: CollectorRegistry) -> None:
+        self.service = service
+        self.registry = registry
+        self.events_total = Counter(
+            "ambidex_events_total",
+            "Events consumed, by outcome (applied, skipped_stale, dead_lettered).",
+            ("service", "topic", "outcome"),
+            registry=registry,
+        )
+        self.dead_letters_total = Counter(
+            "ambidex_dead_letters_total",
+            "Events sent to the dead-letter topic, by kind of reason.",
+            ("service", "reason_kind"),
+            registry=registry,
+        )
+        self.end_to_end_lag_seconds = Histogram(
+            "ambidex_end_to_end_lag_seconds",
+            "Time from the source transaction's commit to its effect (write-back/publish).",
+            ("service", "path"),
+            buckets=END_TO_END_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.consumer_lag_messages = Gauge(
+            "ambidex_consumer_lag_messages",
+            "Messages between the consumer's position and the partition's high watermark.",
+            ("service", "topic", "partition"),
+            registry=registry,
+        )
+        self.table_rows = Gauge(
+            "ambidex_table_rows",
+            "Rows (keys) in a materialized Faust table on this worker.",
+            ("service", "table"),
+            registry=registry,
+        )
+        self.sink_latency_seconds = Histogram(
+            "ambidex_sink_latency_seconds",
+            "Duration of one sink transaction (one or more source transactions).",
+            ("service", "sink"),
+            buckets=SINK_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.sink_rows_total = Counter(
+            "ambidex_sink_rows_total",
+            "Rows handed to a sink, by outcome (written, stale = older than stored).",
+            ("service", "sink", "outcome"),
+            registry=registry,
+        )
+        self.last_source_commit_timestamp_seconds = Gauge(
+            "ambidex_last_source_commit_timestamp_seconds",
+            "Commit time (Unix seconds) of the newest source transaction processed.",
+            ("service", "database"),
+            registry=registry,
+        )
+        self._last_commit: dict[str, float] = {}
+
+    # -- helpers --------------------------------------------------------------------
+
+    def event(self, topic: str, outcome: EventOutcome, count: int = 1) -> None:
+        if outcome not in EVENT_OUTCOMES:
+            raise ValueError(f"unknown event outcome {outcome!r}")
+        self.events_total.labels(self.service, topic, outcome).inc(count)
+
+    def dead_letter(self, reason_kind: str) -> None:
+        """``reason_kind`` is a class of reasons (e.g. ``SchemaViolation``), not the text."""
+        self.dead_letters_total.labels(self.service, reason_kind).inc()
+
+    def observe_end_to_end_lag(
+        self, path: str, source_commit_ts: float, now: float | None = None
+    ) -> float:
+        """Record ``now - source_commit_ts`` (Unix seconds) for ``path``; returns it."""
+        lag = max(0.0, (time.time() if now is None else now) - source_commit_ts)
+        self.end_to_end_lag_seconds.labels(self.service, path).observe(lag)
+        return lag
+
+    def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lag_messages.labels(self.service, topic, str(partition)).set(lag)
+
+    def set_table_rows(self, table: str, rows: int) -> None:
+        self.table_rows.labels(self.service, table).set(rows)
+
+    def source_commit_seen(self, database: str, commit_ts: float) -> None:
+        """Advance the last-commit gauge of ``database`` (never moves it backwards)."""
+        if commit_ts > self._last_commit.get(database, float("-inf")):
+            self._last_commit[database] = commit_ts
+            self.last_source_commit_timestamp_seconds.labels(self.service, database).set(
+                commit_ts
+            )
+
+    def record_sink(self, sink: str, seconds: float, written: int, stale: int) -> None:
+        self.sink_latency_seconds.labels(self.service, sink).observe(seconds)
+        if written:
+            self.sink_rows_total.labels(self.service, sink, "written").inc(written)
+        if stale:
+            self.sink_rows_total.labels(self.service, sink, "stale").inc(stale)
+
+    @contextlib.contextmanager
+    def sink_timer(self, sink: str) -> Iterator[None]:
+        """Time a block into ``ambidex_sink_latency_seconds{sink}``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sink_latency_seconds.labels(self.service, sink).observe(
+                time.perf_counter() - start
+            )
+
+
+# ---------------------------------------------------------------------------- health
+
+Probe = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+@dataclass
+class CheckStatus:
+    ok: bool
+    detail: str = ""
+    since: float = field(default_factory=time.time)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "detail": self.detail, "since": _iso(self.since)}
+
+
+class HealthState:
+    """Liveness and readiness of one service process.
+
+    - Liveness fails once :meth:`record_fatal` was called, or when the watchdog
+      started with :meth:`start_watchdog` has not ticked for ``stall_after`` seconds
+      (the event loop was blocked).
+    - Readiness needs liveness and every named check passing. Checks are declared with
+      :meth:`expect` (failing until first reported), set with :meth:`set_check`, or
+      probed on each request with :meth:`add_probe` (an async callable returning
+      ``(ok, detail)``; a probe that raises or exceeds ``probe_timeout`` fails).
+    """
+
+    def __init__(self, *, stall_after: float = 30.0, probe_timeout: float = 2.0) -> None:
+        self.stall_after = stall_after
+        self.probe_timeout = probe_timeout
+        self._checks: dict[str, CheckStatus] = {}
+        self._probes: dict[str, Probe] = {}
+        self._fatal: str | None = None
+        self._last_tick: float | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    # -- checks ---------------------------------------------------------------------
+
+    def expect(self, *names: str) -> None:
+        for name in names:
+            self._checks.setdefault(name, CheckStatus(False, "not reported yet"))
+
+    def set_check(self, name: str, ok: bool, detail: str = "") -> None:
+        current = self._checks.get(name)
+        if current is not None and current.ok == ok:
+            current.detail = detail
+        else:
+            self._checks[name] = CheckStatus(ok, detail)
+
+    def add_probe(self, name: str, probe: Probe) -> None:
+        self._probes[name] = probe
+
+    def record_fatal(self, reason: str) -> None:
+        """Something the process cannot recover from: liveness fails from now on."""
+        if self._fatal is None:
+            self._fatal = reason
+
+    @property
+    def fatal(self) -> str | None:
+        return self._fatal
+
+    # -- watchdog -------------------------------------------------------------------
+
+    def start_watchdog(self, interval: float = 1.0) -> asyncio.Task[None]:
+        """Tick every ``interval`` s on the running loop (call from inside the loop)."""
+        self._last_tick = time.monotonic()
+
+        async def tick() -> None:
+            while True:
+                self._last_tick = time.monotonic()
+                await asyncio.sleep(interval)
+
+        self._watchdog = asyncio.get_running_loop().create_task(tick(), name="health-watchdog")
+        return self._watchdog
+
+    def stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    # -- answers --------------------------------------------------------------------
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        checks: dict[str, Any] = {}
+        checks["fatal_error"] = CheckStatus(self._fatal is None, self._fatal or "").as_json()
+        if self._last_tick is not None:
+            age = time.monotonic() - self._last_tick
+            checks["event_loop"] = CheckStatus(
+                age < self.stall_after, f"last tick {age:.1f}s ago"
+            ).as_json()
+        ok = all(c["ok"] for c in checks.values())
+        return ok, {"status": "ok" if ok else "failing", "checks": checks}
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        live, _ = self.liveness()
+        checks: dict[str, Any] = {"live": {"ok": live, "detail": "", "since": _iso(time.time())}}
+        checks.update({name: status.as_json() for name, status in self._checks.items()})
+        names = list(self._probes)
+        results = await asyncio.gather(*(self._run_probe(self._probes[n]) for n in names))
+        for name, (ok, detail) in zip(names, results, strict=True):
+            self.set_check(name, ok, detail)
+            checks[name] = self._checks[name].as_json()
+        ok = all(c["ok"] for c in checks.values())
+        return ok, {"status": "ok" if ok else "failing", "checks": checks}
+
+    async def _run_probe(self, probe: Probe) -> tuple[bool, str]:
+        try:
+            return await asyncio.wait_for(probe(), self.probe_timeout)
+        except TimeoutError:
+            return False, f"probe timed out after {self.probe_timeout}s"
+        except Exception as exc:  # a failing probe is an answer, not a crash
+            return False, mask_secrets(f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class ObservabilityServer:
+    """A running ``/metrics`` + health server; ``port`` is the bound port."""
+
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+def observability_app(registry: CollectorRegistry, health: HealthState) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok, body = health.liveness()
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok, body = await health.readiness()
+        return web.json_response(body, status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def start_observability_server(
+    host: str, port: int, registry: CollectorRegistry, health: HealthState
+) -> ObservabilityServer:
+    """Serve ``/metrics``, ``/healthz``, ``/readyz`` on ``host:port`` (0 = a free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    runner = web.AppRunner(observability_app(registry, health), access_log=None)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    return ObservabilityServer(runner=runner, host=host, port=sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- logging
+
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@?#'\"\\]*:)([^\s@/'\"\\]+)(@)")
+_KV_PASSWORD = re.compile(
+    r"""(?ix)
+    ( (?:password|passwd|pwd|secret|api[_-]?key|token)
+      [\\"']* \s* [=:] \s* [\\"']* )
+    ( [^\s"',;&}\\]+ )
+    """
+)
+_SECRET_KEY = re.compile(r"(?i)password|passwd|secret|token|api[_-]?key|dsn")
+MASK: Final = "***"
+
+# Attributes every LogRecord has; anything else came from ``extra=``.
+_RECORD_ATTRS: Final = frozenset(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__
+) | {"message", "asctime", "service", "taskName"}
+
+
+def mask_secrets(text: str) -> str:
+    """Mask URL passwords (``scheme://user:PW@``) and ``password=PW``-like pairs."""
+    text = _URL_PASSWORD.sub(rf"\1{MASK}\3", text)
+    return _KV_PASSWORD.sub(rf"\1{MASK}", text)
+
+
+def _mask_value(key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        if _SECRET_KEY.search(key) and not key.endswith("_kind"):
+            masked = mask_secrets(value)
+            # A bare secret (no URL/kv shape) under a secret-looking key: hide it all.
+            return masked if masked != value or "://" in value else MASK
+        return mask_secrets(value)
+    if isinstance(value, Mapping):
+        return {str(k): _mask_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask_value(key, v) for v in value]
+    return value
+
+
+class SecretMaskingFilter(logging.Filter):
+    """Rewrites each record's message and string extras with secrets masked.
+
+    Installed on the handler by :func:`configure_logging`; the formatters mask their
+    final output again, so a secret in an exception text is caught too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the record
+            message = f"{record.msg!r} % {record.args!r}"
+        record.msg = mask_secrets(message)
+        record.args = None
+        for key, value in list(record.__dict__.items()):
+            if key not in _RECORD_ATTRS:
+                record.__dict__[key] = _mask_value(key, value)
+        return True
+
+
+class _ServiceFilter(logging.Filter):
+    def __init__(self, service: str | None) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "service"):
+            record.service = self.service
+        return True
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, service, extras, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": _iso(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "service": getattr(record, "service", None),
+        }
+        for key, value in _extras(record).items():
+            entry.setdefault(key, value)
+        if record.exc_info:
+            entry["exception"] = mask_secrets(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = mask_secrets(self.formatStack(record.stack_info))
+        return mask_secrets(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``2024-05-01T12:00:00.000Z INFO  logger [service] message key=value``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        line = (
+            f"{_iso(record.created)} {record.levelname:<7} {record.name}"
+            f" [{getattr(record, 'service', None) or '-'}] {record.getMessage()}"
+        )
+        if extras:
+            line += f"  {extras}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return mask_secrets(line)
+
+
+_HANDLER_MARK: Final = "_ambidex_handler"
+
+
+def configure_logging(
+    format: Literal["json", "console"] = "json",
+    level: str | int = "INFO",
+    *,
+    service: str | None = None,
+    stream: TextIO | None = None,
+) -> logging.Handler:
+    """Install the Ambidex handler on the root logger (replacing a previous one).
+
+    Returns the handler (tests read what it wrote through ``stream``).
+    """
+    if format not in ("json", "console"):
+        raise ValueError(f"log format must be 'json' or 'console', not {format!r}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if format == "json" else ConsoleFormatter())
+    handler.addFilter(_ServiceFilter(service))
+    handler.addFilter(SecretMaskingFilter())
+    setattr(handler, _HANDLER_MARK, True)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _HANDLER_MARK, False):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    return handler

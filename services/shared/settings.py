@@ -1,0 +1,246 @@
+"""Service settings: read once from ``AMBIDEX_*`` environment variables, then passed in.
+
+Every Faust service calls :func:`load_settings` exactly once at start-up and hands the
+frozen :class:`ServiceSettings` to whatever needs it; nothing reads the environment
+later. Database DSNs carry passwords, so they are :class:`pydantic.SecretStr`: they
+never show in ``repr``/``str`` of the settings, and :meth:`ServiceSettings.redacted`
+gives a loggable view with the password masked.
+
+The table in ``docs/configuration.md`` is generated from this model by
+:func:`configuration_reference_markdown` (a unit test fails if it is stale).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "AMBIDEX_"
+
+#: Fields that are not read from the environment (they are given by the service code).
+CODE_ONLY_FIELDS = frozenset({"service_name"})
+
+LogFormat = Literal["json", "console"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+_SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_DSN_PASSWORD = re.compile(r"^(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@?#]*:)(?P<pw>[^@]*)(?P<at>@)")
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a valid configuration; names the variable(s)."""
+
+
+class ServiceSettings(BaseSettings):
+    """Configuration shared by every Ambidex service (frozen; see ``docs/configuration.md``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    service_name: str = Field(
+        default="ambidex",
+        description=(
+            "Name of the service (metrics label, log field, consumer group, dead-letter "
+            "topic). Given by the service's code to `load_settings`, not read from the "
+            "environment."
+        ),
+    )
+    kafka_bootstrap: str = Field(
+        default="localhost:9092",
+        description="Kafka bootstrap servers, comma-separated `host:port` list.",
+    )
+    crm_dsn: SecretStr = Field(
+        default=SecretStr("postgresql://ambidex_app@localhost:5433/crm"),
+        description=(
+            "asyncpg DSN of the CRM database (write-back user). Secret: never logged. "
+            "Without a password in it, `PGPASSWORD` or `~/.pgpass` is used."
+        ),
+    )
+    erp_dsn: SecretStr = Field(
+        default=SecretStr("postgresql://ambidex_app@localhost:5434/erp"),
+        description=(
+            "asyncpg DSN of the ERP database (write-back user). Secret: never logged. "
+            "Without a password in it, `PGPASSWORD` or `~/.pgpass` is used."
+        ),
+    )
+    connect_url: str = Field(
+        default="http://localhost:8083",
+        description="Kafka Connect REST URL (connector status for readiness and tooling).",
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0",
+        description="Address the `/metrics`, `/healthz`, `/readyz` server binds to.",
+    )
+    metrics_port: int = Field(
+        default=9400,
+        ge=0,
+        le=65535,
+        description="Port of the observability server (0 = any free port).",
+    )
+    log_format: LogFormat = Field(
+        default="json",
+        description="`json` (one object per line, for collectors) or `console` (humans).",
+    )
+    log_level: LogLevel = Field(
+        default="INFO",
+        description="Root log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    )
+    schemas_dir: Path = Field(
+        default=Path("schemas"),
+        description="Directory holding the Avro schemas (`schemas/` of the project).",
+    )
+    table_state_dir: Path = Field(
+        default=Path("state"),
+        description=(
+            "Directory for the Faust tables' local state (RocksDB); each service uses the "
+            "sub-directory named after it. Rebuilt from changelog topics if lost."
+        ),
+    )
+    sink_batch_max_rows: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description=(
+            "Most rows one sink transaction writes; whole source transactions are never split."
+        ),
+    )
+    dead_letter_topic_prefix: str = Field(
+        default="dlq.",
+        min_length=1,
+        description="Prefix of the dead-letter topic; the topic is `<prefix><service_name>`.",
+    )
+
+    @field_validator("service_name")
+    @classmethod
+    def _check_service_name(cls, value: str) -> str:
+        if not _SERVICE_NAME.match(value):
+            raise ValueError(
+                "must be lower-case letters, digits, '-' or '_', starting with a letter"
+            )
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("crm_dsn", "erp_dsn")
+    @classmethod
+    def _check_dsn(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if not text.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for part in value.split(","):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError("must be a comma-separated list of host:port")
+        return value
+
+    # -- derived values --------------------------------------------------------------
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.dead_letter_topic_prefix}{self.service_name}"
+
+    @property
+    def service_state_dir(self) -> Path:
+        """Faust ``datadir`` of this service."""
+        return self.table_state_dir / self.service_name
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting as plain JSON-able values, passwords masked: safe to log."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                out[name] = redact_dsn(value.get_secret_value())
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+def redact_dsn(dsn: str) -> str:
+    """``postgresql://u:pw@h/db`` -> ``postgresql://u:***@h/db``; ``password=`` too."""
+    masked = _DSN_PASSWORD.sub(r"\g<head>***\g<at>", dsn)
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", masked)
+
+
+def env_var(field_name: str) -> str:
+    return f"{ENV_PREFIX}{field_name.upper()}"
+
+
+def load_settings(service_name: str, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+    """Read the settings of ``service_name`` from ``environ`` (default ``os.environ``).
+
+    Only ``AMBIDEX_<FIELD>`` variables (any case) are read; other ``AMBIDEX_*``
+    variables belong to other tools (the local stack) and are ignored. Raises
+    :class:`SettingsError` with one message naming every bad variable; secret values
+    are never echoed in it.
+    """
+    env = os.environ if environ is None else environ
+    by_upper = {key.upper(): value for key, value in env.items()}
+    values: dict[str, Any] = {"service_name": service_name}
+    for name in ServiceSettings.model_fields:
+        if name in CODE_ONLY_FIELDS:
+            continue
+        raw = by_upper.get(env_var(name))
+        if raw is not None:
+            values[name] = raw
+    try:
+        # model_validate skips pydantic-settings' own sources: ``environ`` is the only input.
+        return ServiceSettings.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        info = ServiceSettings.model_fields.get(field)
+        where = "service name (argument)" if field in CODE_ONLY_FIELDS else env_var(field)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        secret = info is not None and info.annotation is SecretStr
+        if not secret and "input" in error:
+            message += f" (got {error['input']!r})"
+        problems.append(f"{where}: {message}")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def configuration_reference_markdown() -> str:
+    """The variables table of ``docs/configuration.md``, generated from the model."""
+    lines = [
+        "| variable | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for name, info in ServiceSettings.model_fields.items():
+        default = info.default
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
+        variable = "(code)" if name in CODE_ONLY_FIELDS else f"`{env_var(name)}`"
+        description = info.description or ""
+        lines.append(f"| {variable} | `{default}` | {description} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,319 @@
+"""Assembling whole source transactions from change events and transaction markers.
+
+With ``provide.transaction.metadata=true`` Debezium writes a BEGIN and an END marker per
+source transaction to ``cdc.<db>.transaction`` and tags each change event with a
+``transaction`` block (id, ``total_order``, ``data_collection_order``). The END marker
+says how many events the transaction produced per table (``data_collections``).
+
+:class:`TransactionAssembler` buffers the change events of each transaction and hands
+back a :class:`CompleteTransaction` once the END marker has arrived *and* every table
+the consumer subscribes to has delivered the number of events END announced — so a
+service applies an order header and all its lines together, never a part (invariant 3).
+The assembler is pure (no I/O) and tolerates what at-least-once delivery across several
+topics does: END before the events, interleaved transactions, redelivered events and
+markers, and transactions that touched none of the subscribed tables.
+
+Ids: Debezium's PostgreSQL transaction id is ``"<xid>:<lsn>"`` with the LSN of the
+moment each record was written, so it differs between BEGIN, the events and END; the
+assembler matches on the ``<xid>`` part (:func:`services.shared.changes.transaction_xid`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from services.shared.changes import ChangeEvent, transaction_xid
+from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
+from services.shared.position import SourcePosition
+
+
+class TransactionStatus(StrEnum):
+    BEGIN = "BEGIN"
+    END = "END"
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionMarker:
+    """A BEGIN or END record of the transaction-metadata topic.
+
+    ``transaction_id`` is the xid (matches :attr:`ChangeEvent.transaction_id`);
+    ``raw_id`` is Debezium's full ``"<xid>:<lsn>"``. ``data_collections`` maps
+    ``schema.table`` to its event count (empty for BEGIN).
+    """
+
+    status: TransactionStatus
+    transaction_id: str
+    raw_id: str
+    event_count: int | None
+    data_collections: Mapping[str, int]
+    ts: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteTransaction:
+    """All subscribed-table events of one source transaction, in source order.
+
+    ``id`` is the xid, or ``None`` for a change that had no transaction block (snapshot
+    reads), which is delivered alone. ``position`` is the highest source position of
+    its events, ``commit_time`` the source commit time.
+    """
+
+    id: str | None
+    events: tuple[ChangeEvent, ...]
+    commit_time: datetime
+    position: SourcePosition
+
+
+class TooManyOpenTransactions(RuntimeError):
+    """The assembler's memory bound was reached: END markers or events are not arriving
+    (a transaction topic not consumed, or consumers far behind one another)."""
+
+
+class InconsistentTransaction(BadInput):
+    """Events and the END marker of a transaction disagree (more events than announced).
+
+    The assembler drops the transaction's buffered state; ``events`` holds what had been
+    buffered so the caller can dead-letter it together with the triggering record.
+    """
+
+    def __init__(self, reason: str, events: tuple[ChangeEvent, ...] = ()) -> None:
+        super().__init__(reason)
+        self.events = events
+
+
+# --------------------------------------------------------------------------- markers
+
+
+def decode_marker(value: bytes) -> TransactionMarker:
+    """Decode a transaction-metadata record value (JSON, schemas.enable=false)."""
+    try:
+        document = json.loads(value)
+    except (ValueError, RecursionError) as error:
+        raise MalformedEvent(f"transaction marker is not JSON: {error}") from None
+    except TypeError as error:
+        raise MalformedEvent(f"transaction marker is not bytes: {error}") from None
+    if not isinstance(document, dict):
+        raise SchemaViolation("transaction marker is not a JSON object")
+
+    status_text = document.get("status")
+    if status_text not in (TransactionStatus.BEGIN, TransactionStatus.END):
+        raise SchemaViolation(f"transaction marker status {status_text!r} is not BEGIN/END")
+    status = TransactionStatus(status_text)
+    raw_id = document.get("id")
+    if not isinstance(raw_id, str) or not raw_id:
+        raise SchemaViolation(f"transaction marker id {raw_id!r} is not a string")
+    event_count = document.get("event_count")
+    if event_count is not None and not _is_count(event_count):
+        raise SchemaViolation(f"transaction marker event_count {event_count!r} is not a count")
+    ts_ms = document.get("ts_ms")
+    if ts_ms is not None and (not isinstance(ts_ms, int) or isinstance(ts_ms, bool)):
+        raise SchemaViolation(f"transaction marker ts_ms {ts_ms!r} is not an integer")
+
+    collections: dict[str, int] = {}
+    raw_collections = document.get("data_collections")
+    if raw_collections is not None:
+        if not isinstance(raw_collections, list):
+            raise SchemaViolation("transaction marker data_collections is not a list")
+        for entry in raw_collections:
+            name = entry.get("data_collection") if isinstance(entry, dict) else None
+            count = entry.get("event_count") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or not isinstance(count, int) or not _is_count(count):
+                raise SchemaViolation(f"transaction marker data_collections entry {entry!r}")
+            collections[name] = collections.get(name, 0) + count
+    if status is TransactionStatus.END:
+        if event_count is None:
+            raise SchemaViolation("END marker without event_count")
+        if sum(collections.values()) != event_count:
+            raise SchemaViolation(
+                f"END marker event_count {event_count} != sum of data_collections "
+                f"{sum(collections.values())}"
+            )
+    return TransactionMarker(
+        status=status,
+        transaction_id=transaction_xid(raw_id),
+        raw_id=raw_id,
+        event_count=event_count,
+        data_collections=collections,
+        ts=None if ts_ms is None else datetime.fromtimestamp(ts_ms / 1000, UTC),
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# --------------------------------------------------------------------------- assembler
+
+
+@dataclass
+class _Open:
+    events: dict[int, ChangeEvent] = field(default_factory=dict)
+    expected: dict[str, int] | None = None  # subscribed collections only, set by END
+
+
+class TransactionAssembler:
+    """Groups change events into whole transactions; see the module docstring.
+
+    ``data_collections`` are the ``schema.table`` names this consumer subscribes to
+    (e.g. ``{"crm.sales_order", "crm.sales_order_line"}``); END counts of other tables
+    are ignored. At most ``max_open_transactions`` transactions and
+    ``max_buffered_events`` events are held; beyond that :class:`TooManyOpenTransactions`
+    is raised. The ids of the last ``remember_completed`` transactions are kept so that
+    their redelivered events and markers are recognised and ignored.
+
+    Completed transactions are returned in the order they complete, which across topics
+    need not be commit order; consumers order per business key by
+    :attr:`CompleteTransaction.position` (invariant 2), not by arrival.
+    """
+
+    def __init__(
+        self,
+        data_collections: Iterable[str],
+        *,
+        max_open_transactions: int = 10_000,
+        max_buffered_events: int = 1_000_000,
+        remember_completed: int = 100_000,
+    ) -> None:
+        self._subscribed = frozenset(data_collections)
+        if not self._subscribed:
+            raise ValueError("TransactionAssembler needs at least one data collection")
+        unqualified = sorted(name for name in self._subscribed if "." not in name)
+        if unqualified:
+            raise ValueError(f"data collections must be 'schema.table', got {unqualified}")
+        if max_open_transactions < 1 or max_buffered_events < 1 or remember_completed < 0:
+            raise ValueError("TransactionAssembler limits must be positive")
+        self._max_open = max_open_transactions
+        self._max_events = max_buffered_events
+        self._remember = remember_completed
+        self._open: dict[str, _Open] = {}
+        self._buffered = 0
+        self._completed: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def open_transactions(self) -> int:
+        """Transactions with buffered events or an END still waiting for events."""
+        return len(self._open)
+
+    @property
+    def buffered_events(self) -> int:
+        return self._buffered
+
+    @property
+    def data_collections(self) -> frozenset[str]:
+        return self._subscribed
+
+    def add_change(self, event: ChangeEvent) -> list[CompleteTransaction]:
+        if event.is_snapshot or event.transaction_id is None or event.total_order is None:
+            # Snapshot reads are not part of a streamed transaction (Debezium emits no
+            # markers for them); holding them would only fill the buffer.
+            return [CompleteTransaction(None, (event,), event.commit_time, event.position)]
+        if event.data_collection not in self._subscribed:
+            raise ValueError(
+                f"{event.data_collection} is not one of this assembler's data collections "
+                f"{sorted(self._subscribed)}"
+            )
+        xid = event.transaction_id
+        if xid in self._completed:
+            return []  # redelivery of an already assembled transaction
+        state = self._open.get(xid)
+        if state is None:
+            state = self._admit(xid)
+        if event.total_order in state.events:
+            return []  # redelivered event
+        if self._buffered >= self._max_events:
+            raise TooManyOpenTransactions(
+                f"{self._buffered} change events buffered (limit {self._max_events}) "
+                f"across {len(self._open)} open transactions"
+            )
+        state.events[event.total_order] = event
+        self._buffered += 1
+        return self._try_complete(xid, state)
+
+    def add_marker(self, marker: TransactionMarker) -> list[CompleteTransaction]:
+        if marker.status is TransactionStatus.BEGIN:
+            return []  # nothing to learn before END; buffering starts with the events
+        xid = marker.transaction_id
+        if xid in self._completed:
+            return []
+        expected = {
+            name: count
+            for name, count in marker.data_collections.items()
+            if name in self._subscribed and count > 0
+        }
+        state = self._open.get(xid)
+        if state is None:
+            if not expected:
+                self._remember_completed(xid)
+                return []  # touched none of our tables
+            state = self._admit(xid)
+        state.expected = expected
+        return self._try_complete(xid, state)
+
+    def discard(self, transaction_id: str) -> tuple[ChangeEvent, ...]:
+        """Forget an open transaction (operator action); returns its buffered events."""
+        state = self._open.pop(transaction_id, None)
+        if state is None:
+            return ()
+        self._buffered -= len(state.events)
+        return tuple(state.events[order] for order in sorted(state.events))
+
+    def open_transaction_ids(self) -> list[str]:
+        return list(self._open)
+
+    # ------------------------------------------------------------------ internals
+
+    def _admit(self, xid: str) -> _Open:
+        if len(self._open) >= self._max_open:
+            raise TooManyOpenTransactions(
+                f"{len(self._open)} open transactions (limit {self._max_open}); "
+                f"oldest waiting: {next(iter(self._open))}"
+            )
+        state = _Open()
+        self._open[xid] = state
+        return state
+
+    def _try_complete(self, xid: str, state: _Open) -> list[CompleteTransaction]:
+        if state.expected is None:
+            return []
+        received: dict[str, int] = {}
+        for event in state.events.values():
+            name = event.data_collection
+            received[name] = received.get(name, 0) + 1
+        for name, count in received.items():
+            if count > state.expected.get(name, 0):
+                events = self.discard(xid)
+                raise InconsistentTransaction(
+                    f"transaction {xid}: received {count} events of {name}, "
+                    f"END announced {state.expected.get(name, 0)}",
+                    events,
+                )
+        if received != state.expected:
+            return []
+        del self._open[xid]
+        self._buffered -= len(state.events)
+        self._remember_completed(xid)
+        if not state.events:
+            return []
+        events = tuple(state.events[order] for order in sorted(state.events))
+        return [
+            CompleteTransaction(
+                id=xid,
+                events=events,
+                commit_time=events[0].commit_time,
+                position=max(event.position for event in events),
+            )
+        ]
+
+    def _remember_completed(self, xid: str) -> None:
+        if self._remember == 0:
+            return
+        self._completed[xid] = None
+        self._completed.move_to_end(xid)
+        while len(self._completed) > self._remember:
+            self._completed.popitem(last=False)

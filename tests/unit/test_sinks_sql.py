@@ -1,0 +1,254 @@
+"""Sink SQL generation, batch planning and the in-memory sink (no database).
+
+Protects: the position guard is in every generated statement (invariant 2); names are
+always quoted (no SQL injection through identifiers); deletes are tombstone upserts,
+never DELETE (invariant 1/6: no resurrection on replay); several writes to one key in a
+batch reduce to the newest; InMemorySink follows the same rules and counts; tracking
+offsets never move backwards.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from services.shared.position import SourcePosition
+from services.shared.sinks import (
+    DeleteSpec,
+    InMemorySink,
+    Sink,
+    SinkResult,
+    SinkWrite,
+    TrackingRecord,
+    Upsert,
+    UpsertSpec,
+    delete_sql,
+    plan_batch,
+    position_columns_ddl,
+    quote_ident,
+    quote_table,
+    tombstone_column_ddl,
+    tracked_offsets_sql,
+    tracking_table_ddl,
+    tracking_upsert_sql,
+    upsert_sql,
+)
+
+P = SourcePosition
+ORDERS = UpsertSpec("crm_integration.order_status", ("crm_order_id",), ("status", "amount"))
+TYPES = {"crm_order_id": "bigint", "status": "text", "amount": "numeric(18,2)"}
+GUARD = (
+    "WHERE (target.source_commit_lsn, target.source_lsn) "
+    "< (EXCLUDED.source_commit_lsn, EXCLUDED.source_lsn)"
+)
+
+
+def _flat(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+# ----------------------------------------------------------------------------- SQL
+
+
+def test_quote_ident_and_table() -> None:
+    assert quote_ident("orders") == '"orders"'
+    assert quote_ident('a"b') == '"a""b"'
+    assert quote_table("crm_integration.order_status") == '"crm_integration"."order_status"'
+    assert quote_table('x"; DROP TABLE y; --') == '"x""; DROP TABLE y; --"'
+    for bad in ("", "a\x00b", "x" * 64):
+        with pytest.raises(ValueError):
+            quote_ident(bad)
+    with pytest.raises(ValueError):
+        quote_table("a.b.c")
+
+
+def test_ddl_fragments() -> None:
+    assert position_columns_ddl() == "source_commit_lsn bigint not null, source_lsn bigint not null"
+    assert tombstone_column_ddl() == "deleted boolean not null default false"
+    ddl = _flat(tracking_table_ddl("erp_integration"))
+    assert ddl.startswith('CREATE TABLE IF NOT EXISTS "erp_integration"."ambidex_tracking" (')
+    assert "PRIMARY KEY (consumer, topic, kafka_partition)" in ddl
+
+
+def test_upsert_sql() -> None:
+    sql = _flat(upsert_sql(ORDERS, TYPES))
+    assert sql == _flat(
+        'INSERT INTO "crm_integration"."order_status" AS target '
+        '("crm_order_id", "status", "amount", deleted, source_commit_lsn, source_lsn) '
+        'SELECT "crm_order_id", "status", "amount", false, source_commit_lsn, source_lsn '
+        "FROM unnest($1::bigint[], $2::text[], $3::numeric(18,2)[], $4::bigint[], $5::bigint[]) "
+        'AS u("crm_order_id", "status", "amount", source_commit_lsn, source_lsn) '
+        'ON CONFLICT ("crm_order_id") DO UPDATE SET "status" = EXCLUDED."status", '
+        '"amount" = EXCLUDED."amount", deleted = false, '
+        "source_commit_lsn = EXCLUDED.source_commit_lsn, source_lsn = EXCLUDED.source_lsn "
+        + GUARD
+    )
+
+
+def test_upsert_sql_without_tombstones_and_with_composite_key() -> None:
+    spec = UpsertSpec("lines", ("order_id", "line_no"), ("qty",), tombstones=False)
+    sql = _flat(upsert_sql(spec, {"order_id": "bigint", "line_no": "integer",
+                                  "qty": "numeric(14,3)"}))
+    assert "deleted" not in sql
+    assert 'ON CONFLICT ("order_id", "line_no")' in sql
+    assert sql.endswith(GUARD)
+
+
+def test_delete_is_a_guarded_tombstone_upsert_never_a_delete() -> None:
+    sql = _flat(delete_sql(ORDERS.delete_spec(), TYPES))
+    assert "DELETE" not in sql.upper().replace("DELETED", "")
+    assert sql == _flat(
+        'INSERT INTO "crm_integration"."order_status" AS target '
+        '("crm_order_id", "status", "amount", deleted, source_commit_lsn, source_lsn) '
+        'SELECT "crm_order_id", NULL::text, NULL::numeric(18,2), true, source_commit_lsn, '
+        "source_lsn FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) "
+        'AS u("crm_order_id", source_commit_lsn, source_lsn) '
+        'ON CONFLICT ("crm_order_id") DO UPDATE SET "status" = NULL, "amount" = NULL, '
+        "deleted = true, source_commit_lsn = EXCLUDED.source_commit_lsn, "
+        "source_lsn = EXCLUDED.source_lsn " + GUARD
+    )
+
+
+def test_tracking_sql_is_monotonic() -> None:
+    sql = _flat(tracking_upsert_sql("crm_integration"))
+    assert '"crm_integration"."ambidex_tracking"' in sql
+    assert sql.endswith("WHERE target.kafka_offset < EXCLUDED.kafka_offset")
+    assert "consumer = $1" in tracked_offsets_sql("crm_integration")
+
+
+def test_hostile_names_only_appear_quoted() -> None:
+    spec = UpsertSpec('s.t"; DROP TABLE x; --', ('k") --',), ("v v",))
+    sql = upsert_sql(spec, {'k") --': "text", "v v": "text"})
+    assert '"t""; DROP TABLE x; --"' in sql
+    assert '"k"") --"' in sql
+    assert '"v v" = EXCLUDED."v v"' in sql
+
+
+# -------------------------------------------------------------------------- specs
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(ValueError, match="key column"):
+        UpsertSpec("t", (), ("v",))
+    with pytest.raises(ValueError, match="duplicate"):
+        UpsertSpec("t", ("k",), ("k",))
+    with pytest.raises(ValueError, match="managed by the sink"):
+        UpsertSpec("t", ("k",), ("source_lsn",))
+    with pytest.raises(ValueError, match="managed by the sink"):
+        DeleteSpec("t", ("k",), ("deleted",))
+    with pytest.raises(ValueError, match="tombstones"):
+        UpsertSpec("t", ("k",), ("v",), tombstones=False).delete_spec()
+
+
+def test_write_validation() -> None:
+    with pytest.raises(ValueError, match="missing"):
+        ORDERS.upsert({"crm_order_id": 1, "status": "x"}, P(1, 1))
+    with pytest.raises(ValueError, match="unknown"):
+        ORDERS.upsert({"crm_order_id": 1, "status": "x", "amount": 1, "oops": 2}, P(1, 1))
+    with pytest.raises(ValueError, match="NULL"):
+        ORDERS.upsert({"crm_order_id": None, "status": "x", "amount": 1}, P(1, 1))
+    with pytest.raises(TypeError, match="SourcePosition"):
+        ORDERS.upsert({"crm_order_id": 1, "status": "x", "amount": 1}, (1, 1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not key"):
+        ORDERS.delete({"crm_order_id": 1, "status": "x"}, P(1, 1))
+
+
+# ------------------------------------------------------------------------- planning
+
+
+def _o(oid: int, status: str, pos: SourcePosition) -> Upsert:
+    return ORDERS.upsert({"crm_order_id": oid, "status": status, "amount": Decimal("1")}, pos)
+
+
+def test_plan_keeps_the_newest_write_per_key_in_key_order() -> None:
+    lines = UpsertSpec("crm_integration.lines", ("id",), ("q",))
+    batch: list[SinkWrite] = [
+        ORDERS.upsert({"crm_order_id": 2, "status": "a", "amount": 1}, P(5, 1)),
+        ORDERS.upsert({"crm_order_id": 1, "status": "b", "amount": 1}, P(5, 2)),
+        ORDERS.upsert({"crm_order_id": 2, "status": "c", "amount": 1}, P(5, 3)),
+        ORDERS.delete({"crm_order_id": 1}, P(4, 9)),  # older than the upsert of 1
+        lines.upsert({"id": 1, "q": 1}, P(5, 4)),
+        ORDERS.delete({"crm_order_id": 3}, P(6, 1)),
+    ]
+    plan = plan_batch(batch)
+    assert plan.total == 6 and plan.superseded == 2
+    assert [t.table for t in plan.tables] == ["crm_integration.lines",
+                                             "crm_integration.order_status"]
+    orders = plan.tables[1]
+    assert [(w.key, w.values) for w in orders.upserts] == [((1,), ("b", 1)), ((2,), ("c", 1))]
+    assert [w.key for w in orders.deletes] == [(3,)]
+
+
+def test_plan_tie_keeps_the_first() -> None:
+    a = ORDERS.upsert({"crm_order_id": 1, "status": "first", "amount": 1}, P(1, 1))
+    b = ORDERS.upsert({"crm_order_id": 1, "status": "second", "amount": 1}, P(1, 1))
+    assert plan_batch([a, b]).tables[0].upserts == [a]
+
+
+def test_plan_refuses_inconsistent_specs() -> None:
+    other = UpsertSpec(ORDERS.table, ("crm_order_id",), ("status",))
+    with pytest.raises(ValueError, match="two different"):
+        plan_batch([
+            ORDERS.upsert({"crm_order_id": 1, "status": "a", "amount": 1}, P(1, 1)),
+            other.upsert({"crm_order_id": 2, "status": "a"}, P(1, 2)),
+        ])
+    no_tomb = UpsertSpec("t", ("k",), ("v",), tombstones=False)
+    with pytest.raises(ValueError, match="tombstones"):
+        plan_batch([no_tomb.upsert({"k": 1, "v": 1}, P(1, 1)),
+                    DeleteSpec("t", ("k",)).delete({"k": 2}, P(1, 2))])
+
+
+# -------------------------------------------------------------------- in-memory sink
+
+
+async def test_in_memory_sink_is_a_sink() -> None:
+    assert isinstance(InMemorySink(), Sink)
+
+
+async def test_in_memory_stale_never_overwrites_newer() -> None:
+    sink = InMemorySink()
+    assert await sink.apply([_o(1, "shipped", P(20, 1))]) == SinkResult(1, 0)
+    assert await sink.apply([_o(1, "confirmed", P(10, 1))]) == SinkResult(0, 1)
+    assert await sink.apply([_o(1, "again", P(20, 1))]) == SinkResult(0, 1)
+    assert sink.live_rows(ORDERS.table) == {(1,): {"status": "shipped", "amount": Decimal("1")}}
+
+
+async def test_in_memory_delete_is_a_tombstone_that_blocks_older_replays() -> None:
+    sink = InMemorySink()
+    insert, delete = _o(1, "a", P(1, 1)), ORDERS.delete({"crm_order_id": 1}, P(2, 1))
+    assert await sink.apply([insert, delete]) == SinkResult(1, 1)
+    row = sink.row(ORDERS.table, (1,))
+    assert row is not None and row.deleted and row.position == P(2, 1)
+    assert dict(row.values) == {"status": None, "amount": None}
+    assert await sink.apply([insert]) == SinkResult(0, 1)
+    assert sink.live_rows(ORDERS.table) == {}
+    assert await sink.apply([_o(1, "new", P(3, 1))]) == SinkResult(1, 0)
+    assert sink.live_rows(ORDERS.table) == {(1,): {"status": "new", "amount": Decimal("1")}}
+
+
+async def test_in_memory_failing_batch_changes_nothing() -> None:
+    sink = InMemorySink()
+    await sink.apply([_o(1, "a", P(1, 1))])
+    other = UpsertSpec(ORDERS.table, ("crm_order_id",), ("status",))
+    with pytest.raises(ValueError):
+        await sink.apply(
+            [_o(1, "b", P(2, 1)), other.upsert({"crm_order_id": 2, "status": "x"}, P(2, 2))],
+            tracking=TrackingRecord("c", "t", 0, 5),
+        )
+    assert sink.live_rows(ORDERS.table)[(1,)]["status"] == "a"
+    assert await sink.tracked_offsets("c") == {}
+
+
+async def test_in_memory_tracking_is_monotonic_per_partition() -> None:
+    sink = InMemorySink()
+    await sink.apply([], tracking=[TrackingRecord("c", "t", 0, 5), TrackingRecord("c", "t", 1, 2)])
+    await sink.apply([], tracking=TrackingRecord("c", "t", 0, 3))
+    await sink.apply([], tracking=TrackingRecord("d", "t", 0, 9))
+    assert await sink.tracked_offsets("c") == {("t", 0): 5, ("t", 1): 2}
+    with pytest.raises(ValueError):
+        await sink.apply([], tracking=TrackingRecord("c", "t", 0, -1))
+
+
+def test_sink_result_adds() -> None:
+    assert SinkResult(1, 2) + SinkResult(3, 4) == SinkResult(4, 6)

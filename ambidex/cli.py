@@ -282,7 +282,13 @@ def _workload_progress(quiet: bool) -> Any:
         if now - last[0] < (10.0 if quiet else 1.0):
             return
         last[0] = now
-        console.print(f"[dim]workload[/dim] {progress}")
+        of = "" if progress.duration == float("inf") else f"/{progress.duration:.0f}"
+        console.print(
+            f"[dim]workload[/dim] {progress.elapsed:6.1f}{of}s  "
+            f"{progress.completed:,} operations ({progress.achieved_rate:,.1f}/s of "
+            f"{progress.target_rate:g}/s)  {progress.row_changes:,} row changes  "
+            f"{progress.skipped:,} skipped (no target)  {progress.failed:,} failed"
+        )
 
     return report
 

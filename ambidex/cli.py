@@ -52,10 +52,20 @@ def stack() -> None:
     help="Business operations per second of the sample workload (0: none).",
 )
 @click.option("--workload-seed", type=int, default=7, show_default=True)
-def stack_up(seed: bool, workload_rate: float, workload_seed: int) -> None:
-    """Bring the whole stack up (idempotent) and start a sample workload."""
+@click.option(
+    "--services/--no-services",
+    "with_services",
+    default=True,
+    help="Start every service this build has, each in its own process.",
+)
+def stack_up(seed: bool, workload_rate: float, workload_seed: int, with_services: bool) -> None:
+    """Bring the whole stack up (idempotent) with the services and a sample workload."""
+    from services.registry import available_services
+
     local = _stack()
     _run(local.up(seed=seed))
+    if with_services:
+        local.start_services(available_services())
     if workload_rate > 0:
         _start_workload(local, workload_rate, workload_seed)
     _print_status(local, as_json=False)
@@ -175,6 +185,26 @@ def down(context: click.Context) -> None:
 def status(context: click.Context, as_json: bool) -> None:
     """Same as `ambidex stack status`."""
     context.invoke(stack_status, as_json=as_json, watch=False)
+
+
+# -------------------------------------------------------------------- services
+@main.command("run")
+@click.argument("service")
+def run(service: str) -> None:
+    """Run one service in the foreground (settings from AMBIDEX_* variables).
+
+    Inside the local stack, `ambidex stack up` starts every service this way.
+    """
+    from services.registry import service_builder
+    from services.shared.runtime import run_service
+    from services.shared.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(service)
+        builder = service_builder(service)
+    except (SettingsError, KeyError) as error:
+        raise click.ClickException(str(error)) from error
+    run_service(builder(settings))
 
 
 # ------------------------------------------------------------------ connectors

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from ambidex.connectors import ConnectClient, load_connectors
-from ambidex.stack.config import StackConfig, StackSecrets
+from ambidex.stack.config import REPO_ROOT, StackConfig, StackSecrets
 from ambidex.stack.jars import JarLayout, ensure_jars
 from ambidex.stack.processes import ConnectWorker, KafkaBroker, PostgresCluster, StackError
 from ambidex.topics import apply_topics, load_topic_declaration
@@ -79,6 +79,41 @@ class LocalStack:
             "erp_db_port": str(self.config.erp_port),
             "heartbeat_interval_ms": str(self.config.heartbeat_interval_ms),
         }
+
+    def service_environment(self, service: str) -> dict[str, str]:
+        """The ``AMBIDEX_*`` settings a service process gets in the local stack."""
+        from services.registry import METRICS_PORTS
+
+        addresses = self.addresses
+        return {
+            "AMBIDEX_KAFKA_BOOTSTRAP": addresses.kafka_bootstrap,
+            "AMBIDEX_CRM_DSN": addresses.crm_dsn,
+            "AMBIDEX_ERP_DSN": addresses.erp_dsn,
+            "AMBIDEX_CONNECT_URL": addresses.connect_url,
+            "AMBIDEX_METRICS_HOST": self.config.host,
+            "AMBIDEX_METRICS_PORT": str(METRICS_PORTS[service]),
+            "AMBIDEX_TABLE_STATE_DIR": str(self.config.state_dir / "services"),
+            "AMBIDEX_SCHEMAS_DIR": str(REPO_ROOT / "schemas"),
+            "AMBIDEX_LOG_FORMAT": "json",
+        }
+
+    def start_services(self, names: list[str]) -> dict[str, int]:
+        """Start each service as its own process (skipping those already running)."""
+        import sys
+
+        from ambidex.stack.processes import DetachedProcess
+
+        started = {}
+        for name in names:
+            process = DetachedProcess(name, self.config)
+            if process.pid() is not None:
+                continue
+            started[name] = process.spawn(
+                [sys.executable, "-m", "ambidex.cli", "run", name],
+                env={**self.config.environment(), **self.service_environment(name)},
+            )
+            self.progress(f"{name}: started (pid {started[name]}), log {process.log_file}")
+        return started
 
     async def up(self, *, seed: bool = True) -> StackAddresses:
         """Bring every component up; each step is a no-op when already done."""

@@ -11,9 +11,9 @@ from ambidex.connectors import ConnectClient, load_connectors
 from ambidex.stack.local import LocalStack
 from ambidex.stack.processes import DetachedProcess, port_open
 from ambidex.topics import load_topic_declaration
+from services.registry import METRICS_PORTS as SERVICE_METRICS_PORTS
 
-SERVICE_NAMES = ("order-sync", "inventory-projection", "receivables", "production-status")
-SERVICE_METRICS_PORTS = {name: 9401 + index for index, name in enumerate(SERVICE_NAMES)}
+SERVICE_NAMES = tuple(SERVICE_METRICS_PORTS)
 
 
 @dataclass

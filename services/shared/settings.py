@@ -107,6 +107,14 @@ class ServiceSettings(BaseSettings):
             "sub-directory named after it. Rebuilt from changelog topics if lost."
         ),
     )
+    table_store: Literal["rocksdb", "memory"] = Field(
+        default="rocksdb",
+        description=(
+            "Where Faust keeps table state between restarts: `rocksdb` (production: on disk, "
+            "restored from the changelog only when lost) or `memory` (tests, small tools: "
+            "restored from the changelog at every start)."
+        ),
+    )
     sink_batch_max_rows: int = Field(
         default=1000,
         ge=1,

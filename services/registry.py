@@ -1,0 +1,42 @@
+"""The services this distribution can run, by name; each module offers ``build_service``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.shared.runtime import Service
+    from services.shared.settings import ServiceSettings
+
+SERVICE_MODULES = {
+    "order-sync": "services.order_sync.app",
+    "inventory-projection": "services.inventory_projection.app",
+}
+METRICS_PORTS = {
+    "order-sync": 9401,
+    "inventory-projection": 9402,
+    "receivables": 9403,
+    "production-status": 9404,
+}
+
+
+def available_services() -> list[str]:
+    """Services whose module is present in this build."""
+    found = []
+    for name, module in SERVICE_MODULES.items():
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def service_builder(name: str) -> Callable[[ServiceSettings], Service]:
+    if name not in SERVICE_MODULES:
+        raise KeyError(f"unknown service {name!r}; known: {', '.join(SERVICE_MODULES)}")
+    module = importlib.import_module(SERVICE_MODULES[name])
+    builder: Callable[[ServiceSettings], Service] = module.build_service
+    return builder

@@ -1,0 +1,261 @@
+"""What every Ambidex service process is made of, built once from its settings.
+
+A service is a Faust app (at_least_once, concurrency 1 per agent, raw-bytes source
+topics) plus the shared pieces around it: the change decoder and dead-letter intake, an
+Avro publisher for what it announces, Prometheus metrics and health endpoints, and JSON
+logs. :func:`build_service` connects to nothing; :func:`run_service` starts the worker.
+
+Why raw bytes and manual acks: a record that turns out to be bad must reach the
+dead-letter topic byte for byte, and an event held back (e.g. waiting for the rest of
+its source transaction) must not be acknowledged, because Faust commits every offset up
+to the first unacknowledged one. Faust's exactly_once mode is not used (it has a record
+of hangs and duplicates); effects are idempotent instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+
+from services.shared.avro import AvroCodec, SchemaCatalogue
+from services.shared.cdc_schemas import load_envelope_schemas
+from services.shared.changes import ChangeDecoder
+from services.shared.deadletters import KafkaDeadLetterPublisher
+from services.shared.intake import ChangeIntake
+from services.shared.observability import (
+    HealthState,
+    ObservabilityServer,
+    ServiceMetrics,
+    configure_logging,
+    start_observability_server,
+)
+from services.shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+StartHook = Callable[["Service"], Awaitable[None]]
+
+
+class FaustRecord:
+    """A Faust message seen through the :class:`~services.shared.intake.ConsumedRecord`
+    port: Faust gives the timestamp in seconds, the port (like aiokafka) in ms."""
+
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
+
+    def __init__(self, message: Any) -> None:
+        self.topic: str = message.topic
+        self.partition: int = message.partition
+        self.offset: int = message.offset
+        self.key: bytes | None = message.key
+        self.value: bytes | None = message.value
+        self.timestamp: int | None = (
+            int(message.timestamp * 1000) if message.timestamp is not None else None
+        )
+        headers = message.headers
+        if isinstance(headers, dict):
+            headers = list(headers.items())
+        self.headers: Sequence[tuple[str, bytes]] = list(headers or ())
+
+
+class AvroPublisher:
+    """Publishes Avro events (single-object encoding) and waits for the broker's ack."""
+
+    def __init__(self, producer: AIOKafkaProducer, codec: AvroCodec) -> None:
+        self._producer = producer
+        self._codec = codec
+
+    async def publish(
+        self, topic: str, schema: str, key: bytes, record: dict[str, Any]
+    ) -> None:
+        value = self._codec.encode(schema, record)
+        await self._producer.send_and_wait(
+            topic, value=value, key=key, headers=self._codec.headers(schema)
+        )
+
+    async def publish_many(
+        self, items: Sequence[tuple[str, str, bytes, dict[str, Any]]]
+    ) -> None:
+        """Send a batch and wait for all acks (one round trip per batch, not per event)."""
+        futures = [
+            await self._producer.send(
+                topic,
+                value=self._codec.encode(schema, record),
+                key=key,
+                headers=self._codec.headers(schema),
+            )
+            for topic, schema, key, record in items
+        ]
+        if futures:
+            await asyncio.gather(*futures)
+
+
+@dataclass
+class Service:
+    """One service process's parts. ``producer`` exists only while the app runs."""
+
+    settings: ServiceSettings
+    app: faust.App
+    registry: CollectorRegistry
+    metrics: ServiceMetrics
+    health: HealthState
+    codec: AvroCodec
+    decoder: ChangeDecoder
+    on_start: list[StartHook] = field(default_factory=list)
+    on_stop: list[StartHook] = field(default_factory=list)
+    producer: AIOKafkaProducer | None = None
+    intake: ChangeIntake | None = None
+    publisher: AvroPublisher | None = None
+    server: ObservabilityServer | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_started(self) -> None:
+        await self.started.wait()
+
+    @property
+    def name(self) -> str:
+        return self.settings.service_name
+
+    def raw_topic(self, *names: str) -> faust.TopicT:
+        """A source topic read as raw bytes (never created by Faust: topics.yaml does)."""
+        return self.app.topic(
+            *names,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            internal=False,
+        )
+
+    def require_intake(self) -> ChangeIntake:
+        if self.intake is None:
+            raise RuntimeError(f"{self.name} is not started: no intake yet")
+        return self.intake
+
+    def require_publisher(self) -> AvroPublisher:
+        if self.publisher is None:
+            raise RuntimeError(f"{self.name} is not started: no publisher yet")
+        return self.publisher
+
+
+def build_service(settings: ServiceSettings, *, schemas_dir: Path | None = None) -> Service:
+    """Assemble a service from its settings; nothing connects until it runs."""
+    schemas_root = schemas_dir or settings.schemas_dir
+    app = faust.App(
+        f"ambidex-{settings.service_name}",
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        store="rocksdb://" if settings.table_store == "rocksdb" else "memory://",
+        datadir=str(settings.service_state_dir),
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        producer_acks=-1,
+        topic_replication_factor=1,
+        topic_partitions=6,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=8192,
+        table_cleanup_interval=30.0,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+    )
+    registry = CollectorRegistry()
+    catalogue = SchemaCatalogue.load(schemas_root)
+    return Service(
+        settings=settings,
+        app=app,
+        registry=registry,
+        metrics=ServiceMetrics(settings.service_name, registry),
+        health=HealthState(),
+        codec=AvroCodec(catalogue),
+        decoder=ChangeDecoder(load_envelope_schemas(schemas_root / "cdc")),
+    )
+
+
+def attach_lifecycle(service: Service) -> None:
+    """Start and stop the shared parts with the Faust app.
+
+    Faust starts user services after table recovery, while agents may already hold
+    their first event: agents call ``await service.wait_started()`` before using the
+    intake or publisher.
+    """
+    import mode
+
+    class SharedParts(mode.Service):
+        async def on_start(self) -> None:
+            await _start_parts(service)
+
+        async def on_stop(self) -> None:
+            await _stop_parts(service)
+
+    service.app.service(SharedParts)
+
+
+async def _start_parts(service: Service) -> None:
+    settings = service.settings
+    service.health.expect("kafka", "started")
+    service.server = await start_observability_server(
+        settings.metrics_host, settings.metrics_port, service.registry, service.health
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        compression_type="lz4",
+        client_id=f"ambidex-{settings.service_name}",
+    )
+    await producer.start()
+    service.producer = producer
+    service.publisher = AvroPublisher(producer, service.codec)
+    service.intake = ChangeIntake(
+        settings.service_name,
+        service.decoder,
+        KafkaDeadLetterPublisher(producer, service.codec),
+        service.metrics,
+    )
+    service.health.set_check("kafka", True, "producer connected")
+    for hook in service.on_start:
+        await hook(service)
+    service.health.set_check("started", True)
+    service.health.start_watchdog()
+    service.started.set()
+    log.info(
+        "service started",
+        extra={"metrics_url": service.server.url, "settings": settings.redacted()},
+    )
+
+
+async def _stop_parts(service: Service) -> None:
+    service.health.set_check("started", False, "shutting down")
+    for hook in service.on_stop:
+        await hook(service)
+    if service.producer is not None:
+        await service.producer.stop()
+    if service.server is not None:
+        await service.server.close()
+    service.health.stop_watchdog()
+
+
+def run_service(service: Service) -> None:
+    """Run the service's Faust worker in this process until it is stopped."""
+    settings = service.settings
+    settings.service_state_dir.mkdir(parents=True, exist_ok=True)
+    attach_lifecycle(service)
+
+    class Worker(faust.Worker):
+        def _setup_logging(self) -> None:
+            # one JSON object per line (or console lines), secrets masked: ours, not Faust's
+            configure_logging(
+                settings.log_format, settings.log_level, service=settings.service_name
+            )
+
+    Worker(service.app, loglevel=settings.log_level, redirect_stdouts=False, quiet=True,
+           ).execute_from_commandline()

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -104,3 +107,90 @@ def fresh_database(local_stack: LocalStack) -> Callable[[str, str], Awaitable[st
         return server.admin_dsn(name)
 
     return create
+
+
+class ServiceProcess:
+    """One service running as its own OS process against the test stack, as in production.
+
+    ``kill()`` is SIGKILL (no shutdown hooks, offsets not committed), ``start()`` starts
+    it again with the same settings and state directory.
+    """
+
+    def __init__(self, name: str, stack: LocalStack, environment: dict[str, str]) -> None:
+        self.name = name
+        self.stack = stack
+        self.environment = environment
+        self.log_path = stack.config.logs_dir / f"test-{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.environment['AMBIDEX_METRICS_PORT']}"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ambidex.cli", "run", self.name],
+                env={**os.environ, **self.environment},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    async def wait_ready(self, timeout: float = 120.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise AssertionError(f"{self.name} exited: {self.log_tail()}")
+                try:
+                    if (await client.get(f"{self.metrics_url}/readyz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.3)
+        raise AssertionError(f"{self.name} not ready after {timeout:.0f}s: {self.log_tail()}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def service_process(local_stack: LocalStack) -> Iterator[Callable[[str], ServiceProcess]]:
+    """Factory: start a service (once per session and name) as a real process."""
+    from ambidex.stack.config import _free_ports
+
+    running: dict[str, ServiceProcess] = {}
+
+    def start(name: str) -> ServiceProcess:
+        if name not in running:
+            environment = {
+                **local_stack.service_environment(name),
+                "AMBIDEX_METRICS_PORT": str(_free_ports(1)[0]),
+                "AMBIDEX_LOG_FORMAT": "json",
+            }
+            running[name] = ServiceProcess(name, local_stack, environment)
+            running[name].start()
+        return running[name]
+
+    yield start
+    for process in running.values():
+        process.stop()

@@ -306,8 +306,7 @@ class KafkaBroker(DetachedProcess):
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.check.interval.ms": "60000",
         }
-        self.properties.parent.mkdir(parents=True, exist_ok=True)
-        self.properties.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+        _write_properties(self.properties, properties)
 
     async def start(self) -> None:
         if self.running():
@@ -397,8 +396,7 @@ class ConnectWorker(DetachedProcess):
             "topic.creation.enable": "false",
             "scheduled.rebalance.max.delay.ms": "0",
         }
-        self.properties.parent.mkdir(parents=True, exist_ok=True)
-        self.properties.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+        _write_properties(self.properties, properties)
 
     async def start(self) -> None:
         if self.running():
@@ -423,6 +421,11 @@ class ConnectWorker(DetachedProcess):
             timeout=120,
             log=self.log_file,
         )
+
+
+def _write_properties(path: Path, properties: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
 
 
 def _kafka_cluster_id() -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from decimal import Decimal
 
 import asyncpg
@@ -22,7 +23,7 @@ import pytest
 from ambidex.referencedb import apply_reference_schema, seed
 from ambidex.stack.local import LocalStack
 from ambidex.workload import run_workload
-from services.inventory_projection.domain import ZERO, AvailabilityKey
+from services.inventory_projection.domain import ZERO, AvailabilityKey, Incoming
 from services.inventory_projection.recompute import (
     AVAILABILITY_SPEC,
     availability_row,
@@ -31,7 +32,7 @@ from services.inventory_projection.recompute import (
     recompute_availability,
 )
 from services.shared.position import SourcePosition
-from services.shared.sinks import PositionGuardedSink
+from services.shared.sinks import PositionGuardedSink, SinkResult
 
 pytestmark = pytest.mark.integration
 
@@ -285,5 +286,32 @@ async def test_write_back_reads_back_and_diff_reports_differences(
                 continue
             assert row["available_now"] == a.available_now(row["quantity"]), row
             assert row["available_from"] == a.earliest_date_for(row["quantity"], today), row
+
+        # dated supply: a short quote line becomes available on the date the cumulative
+        # incoming covers it, never before today
+        line = rows[0]
+        base = overall.get(line["sku"])
+        assert base is not None
+        q = line["quantity"]
+        supplied = dataclasses.replace(
+            base,
+            available_to_promise=q - 10,
+            incoming=(
+                Incoming(today - timedelta(days=3), Decimal(3)),
+                Incoming(today + timedelta(days=7), Decimal(3)),
+                Incoming(today + timedelta(days=9), Decimal(10)),
+            ),
+        )
+        write = AVAILABILITY_SPEC.upsert(availability_row(supplied), SourcePosition(2, 2))
+        assert await sink.apply([write]) == SinkResult(1, 0)
+        answer = await pool.fetchrow(
+            """SELECT available_now, available_from, next_incoming_date
+               FROM crm_integration.quote_line_availability WHERE quote_line_id = $1""",
+            line["quote_line_id"],
+        )
+        assert answer["available_now"] is False
+        assert answer["available_from"] == today + timedelta(days=9)
+        assert answer["available_from"] == supplied.earliest_date_for(line["quantity"], today)
+        assert answer["next_incoming_date"] == today - timedelta(days=3)
     finally:
         await pool.close()

@@ -140,11 +140,11 @@ def _print_status(local: LocalStack, *, as_json: bool) -> bool:
         return status.healthy
     out = Console()
     components = Table(title="Components")
-    for column in ("component", "state", "address", "pid"):
+    for column in ("component", "state", "address", "pid", "health"):
         components.add_column(column)
     for c in status.components:
         state = "[green]running[/green]" if c.running else "[red]stopped[/red]"
-        components.add_row(c.name, state, c.address, str(c.pid or "-"))
+        components.add_row(c.name, state, c.address, str(c.pid or "-"), c.detail or "-")
     out.print(components)
     connectors = Table(title="Debezium connectors")
     for column in ("connector", "state", "tasks"):

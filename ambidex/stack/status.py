@@ -22,6 +22,7 @@ class ComponentStatus:
     running: bool
     address: str
     pid: int | None = None
+    detail: str = ""
 
 
 @dataclass
@@ -86,7 +87,10 @@ async def gather_status(stack: LocalStack, *, sample_seconds: float = 1.0) -> St
             if name in SERVICE_METRICS_PORTS
             else "-"
         )
-        components.append(ComponentStatus(name, pid is not None, address, pid))
+        detail = ""
+        if pid is not None and name in SERVICE_METRICS_PORTS:
+            detail = await _readiness(f"http://{config.host}:{SERVICE_METRICS_PORTS[name]}")
+        components.append(ComponentStatus(name, pid is not None, address, pid, detail))
 
     addresses = {
         "kafka_bootstrap": config.kafka_bootstrap,
@@ -119,6 +123,23 @@ async def gather_status(stack: LocalStack, *, sample_seconds: float = 1.0) -> St
                 )
     topics = await topic_activity(config.kafka_bootstrap, sample_seconds) if kafka_up else []
     return StackStatus(components, connectors, topics, addresses)
+
+
+async def _readiness(base_url: str) -> str:
+    """``ready`` or why not, from the service's own /readyz."""
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            response = await client.get(f"{base_url}/readyz")
+    except httpx.HTTPError as error:
+        return f"not answering ({type(error).__name__})"
+    if response.status_code == 200:
+        return "ready"
+    failing = [
+        name for name, check in response.json().get("checks", {}).items() if not check.get("ok")
+    ]
+    return "not ready: " + ", ".join(failing)
 
 
 async def topic_activity(bootstrap: str, sample_seconds: float) -> list[TopicActivity]:

@@ -207,6 +207,34 @@ def run(service: str) -> None:
     run_service(builder(settings))
 
 
+# ------------------------------------------------------------------- manifests
+@main.group()
+def manifests() -> None:
+    """Kubernetes manifests (Strimzi and the services) in deploy/kubernetes/."""
+
+
+@manifests.command("render")
+@click.option("--check", is_flag=True, help="Only report whether the files are up to date.")
+def manifests_render(check: bool) -> None:
+    """Render deploy/kubernetes/ from topics.yaml, the connectors and the services."""
+    from ambidex.manifests import DEFAULT_OUTPUT, render, write
+
+    if check:
+        stale = [
+            name
+            for name, text in render().items()
+            if not (DEFAULT_OUTPUT / name).exists() or (DEFAULT_OUTPUT / name).read_text() != text
+        ]
+        if stale:
+            raise click.ClickException(
+                "stale: " + ", ".join(stale) + " (run: ambidex manifests render)"
+            )
+        _progress("deploy/kubernetes is up to date")
+        return
+    for path in write():
+        _progress(f"wrote {path}")
+
+
 # ------------------------------------------------------------------ connectors
 @main.group()
 def connectors() -> None:

@@ -21,6 +21,38 @@ DEFAULT_CONNECTOR_DIR = Path(__file__).resolve().parent.parent / "deploy" / "con
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
 
 
+_ENV_CONFIG_PROVIDER = "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
+
+
+def connect_worker_config(*, replication: int) -> dict[str, str]:
+    """Worker settings every deployment shares (local stack and Strimzi alike)."""
+    factor = str(replication)
+    return {
+        "group.id": "ambidex-connect",
+        "config.storage.topic": "_ambidex-connect-configs",
+        "offset.storage.topic": "_ambidex-connect-offsets",
+        "status.storage.topic": "_ambidex-connect-status",
+        "config.storage.replication.factor": factor,
+        "offset.storage.replication.factor": factor,
+        "status.storage.replication.factor": factor,
+        "offset.flush.interval.ms": "1000",
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "key.converter.schemas.enable": "false",
+        "value.converter.schemas.enable": "false",
+        # secrets come from the worker's environment, never through the REST API
+        "config.providers": "env",
+        "config.providers.env.class": _ENV_CONFIG_PROVIDER,
+        # commit->Kafka latency: send small batches quickly, compress them cheaply
+        "producer.linger.ms": "5",
+        "producer.batch.size": "262144",
+        "producer.compression.type": "lz4",
+        "producer.acks": "all",
+        "producer.enable.idempotence": "true",
+        "topic.creation.enable": "false",
+    }
+
+
 class ConnectorError(RuntimeError):
     """A connector could not be applied, or did not reach RUNNING."""
 

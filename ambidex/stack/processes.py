@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ambidex.connectors import connect_worker_config
 from ambidex.stack.config import StackConfig, StackSecrets
 from ambidex.stack.jars import JarLayout
 
@@ -364,36 +365,14 @@ class ConnectWorker(DetachedProcess):
     def _write_properties(self) -> None:
         c = self.config
         properties = {
+            **connect_worker_config(replication=1),
             "bootstrap.servers": c.kafka_bootstrap,
-            "group.id": "ambidex-connect",
-            "config.storage.topic": "_ambidex-connect-configs",
-            "offset.storage.topic": "_ambidex-connect-offsets",
-            "status.storage.topic": "_ambidex-connect-status",
-            "config.storage.replication.factor": "1",
-            "offset.storage.replication.factor": "1",
-            "status.storage.replication.factor": "1",
             "offset.storage.partitions": "5",
-            "offset.flush.interval.ms": "1000",
-            "key.converter": "org.apache.kafka.connect.json.JsonConverter",
-            "value.converter": "org.apache.kafka.connect.json.JsonConverter",
-            "key.converter.schemas.enable": "false",
-            "value.converter.schemas.enable": "false",
             "listeners": f"http://{c.host}:{c.connect_port}",
             "rest.advertised.host.name": c.host,
             "rest.advertised.port": str(c.connect_port),
             "plugin.path": str(self.jars.plugin_path),
             "plugin.discovery": "hybrid_warn",
-            "config.providers": "env",
-            "config.providers.env.class": (
-                "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
-            ),
-            # commit->Kafka latency: send small batches quickly, compress them cheaply
-            "producer.linger.ms": "5",
-            "producer.batch.size": "262144",
-            "producer.compression.type": "lz4",
-            "producer.acks": "all",
-            "producer.enable.idempotence": "true",
-            "topic.creation.enable": "false",
             "scheduled.rebalance.max.delay.ms": "0",
         }
         _write_properties(self.properties, properties)

@@ -1,0 +1,28 @@
+# The Ambidex services image: `docker build -t ambidex .`, then
+# `docker run ambidex run order-sync` (settings from AMBIDEX_* variables, see
+# docs/configuration.md). Kubernetes manifests in deploy/kubernetes/ run it the same way.
+FROM python:3.11-slim-bookworm AS build
+COPY --from=ghcr.io/astral-sh/uv:0.9 /uv /usr/local/bin/uv
+WORKDIR /app
+ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --extra rocksdb --no-install-project
+COPY ambidex ambidex
+COPY services services
+COPY schemas schemas
+COPY deploy/topics.yaml deploy/topics.yaml
+COPY deploy/connectors deploy/connectors
+RUN uv sync --frozen --no-dev --extra rocksdb
+
+FROM python:3.11-slim-bookworm
+RUN useradd --uid 10001 --create-home ambidex
+WORKDIR /app
+COPY --from=build --chown=10001:10001 /app /app
+ENV PATH="/app/.venv/bin:$PATH" \
+    AMBIDEX_SCHEMAS_DIR=/app/schemas \
+    AMBIDEX_TABLE_STATE_DIR=/state \
+    AMBIDEX_LOG_FORMAT=json
+USER 10001
+EXPOSE 9400
+ENTRYPOINT ["ambidex"]
+CMD ["--help"]

@@ -1,0 +1,117 @@
+"""The Kubernetes manifests are generated from the project's declarations and stay so:
+the committed files equal what `ambidex manifests render` produces, every declared topic
+has a KafkaTopic, every connector a KafkaConnector with the same configuration, and
+every core resource validates against the Kubernetes schema; service pods probe the
+health endpoints, run as non-root with memory limits, and never run two side by side."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from ambidex.connectors import load_connectors
+from ambidex.manifests import DEFAULT_OUTPUT, DeploymentValues, render
+from ambidex.topics import load_topic_declaration
+
+RENDERED = render()
+DOCUMENTS = [
+    document
+    for text in RENDERED.values()
+    for document in yaml.safe_load_all(text)
+    if document and document.get("kind") != "Kustomization"
+]
+CORE_KINDS = {"Namespace", "Deployment", "Service", "PodDisruptionBudget"}
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def _kind(kind: str) -> list[dict[str, Any]]:
+    return [document for document in DOCUMENTS if document["kind"] == kind]
+
+
+def test_committed_manifests_are_what_the_declarations_render() -> None:
+    for name, text in RENDERED.items():
+        path = DEFAULT_OUTPUT / name
+        assert path.exists() and path.read_text() == text, (
+            f"deploy/kubernetes/{name} is stale: run `ambidex manifests render`"
+        )
+    assert {p.name for p in DEFAULT_OUTPUT.glob("*.yaml")} == set(RENDERED)
+
+
+def test_kustomization_lists_every_file() -> None:
+    kustomization = yaml.safe_load(RENDERED["kustomization.yaml"])
+    assert set(kustomization["resources"]) == set(RENDERED) - {"kustomization.yaml"}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [d for d in DOCUMENTS if d["kind"] in CORE_KINDS],
+    ids=lambda d: f"{d['kind']}/{d['metadata']['name']}",
+)
+def test_core_resources_validate_against_the_kubernetes_schema(document: dict[str, Any]) -> None:
+    kubernetes_validate.validate(document, "1.30", strict=True)
+
+
+def test_every_declared_topic_has_a_kafka_topic() -> None:
+    topics = {t["spec"]["topicName"]: t for t in _kind("KafkaTopic")}
+    for spec in load_topic_declaration():
+        topic = topics[spec.name]
+        assert DNS_SUBDOMAIN.match(topic["metadata"]["name"])
+        assert topic["spec"]["partitions"] == spec.partitions
+        assert topic["spec"]["config"] == dict(spec.config)
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "ambidex"
+
+
+def test_connectors_match_their_versioned_configuration() -> None:
+    values = DeploymentValues()
+    expected = {
+        c.name: c
+        for c in load_connectors(
+            {
+                "crm_db_host": values.crm_db_host,
+                "crm_db_port": values.crm_db_port,
+                "erp_db_host": values.erp_db_host,
+                "erp_db_port": values.erp_db_port,
+                "heartbeat_interval_ms": values.heartbeat_interval_ms,
+            }
+        )
+    }
+    rendered = {c["metadata"]["name"]: c for c in _kind("KafkaConnector")}
+    assert set(rendered) == set(expected)
+    for name, connector in rendered.items():
+        config = dict(expected[name].config)
+        assert connector["spec"]["class"] == config.pop("connector.class")
+        assert connector["spec"]["tasksMax"] == int(config.pop("tasks.max"))
+        assert connector["spec"]["config"] == config
+        assert connector["spec"]["config"]["database.password"].startswith("${env:")
+
+
+def test_service_pods_are_probed_limited_and_never_doubled() -> None:
+    deployments = _kind("Deployment")
+    assert deployments
+    for deployment in deployments:
+        spec = deployment["spec"]
+        assert spec["strategy"]["type"] == "Recreate" and spec["replicas"] == 1
+        pod = spec["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        (container,) = pod["containers"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["resources"]["limits"]["memory"]
+        secrets = [e for e in container["env"] if e["name"].endswith("_DSN")]
+        assert secrets and all("secretKeyRef" in e["valueFrom"] for e in secrets)
+    monitored = {m["metadata"]["name"] for m in _kind("ServiceMonitor")}
+    assert monitored == {d["metadata"]["name"] for d in deployments}
+
+
+def test_alert_rules_name_metrics_the_services_expose() -> None:
+    (rule,) = _kind("PrometheusRule")
+    exprs = " ".join(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
+    observability = (Path(__file__).parents[2] / "services/shared/observability.py").read_text()
+    for metric in set(re.findall(r"ambidex_[a-z_]+", exprs)):
+        base = re.sub(r"_(bucket|count|sum)$", "", metric)
+        assert f'"{base}"' in observability, f"alert uses unknown metric {metric}"

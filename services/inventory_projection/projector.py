@@ -1,0 +1,376 @@
+"""The batch step of inventory-projection, without I/O: what the Faust shell calls.
+
+:class:`Projector` sits between the consumed records and the effects. The shell decodes
+each record (dead-lettering undecodable ones) and hands the projector typed inputs
+with an opaque *handle* (the Faust event, to acknowledge later): change events,
+transaction markers, heartbeats. :meth:`Projector.step` then returns one
+:class:`Step`: the availability rows to write back and publish, the shortages to raise,
+the events to dead-letter with their reason, the table entries to persist, and the
+handles that may be acknowledged once all of that is durable.
+
+Invariants kept here (DESIGN.md 3, 4, 6):
+
+* **A source transaction is applied whole.** Change events go through a
+  :class:`~services.shared.transactions.TransactionAssembler` (the shell also consumes
+  ``cdc.<db>.transaction``); a transaction's events, and its END marker, are held
+  (not acknowledged) until every event it announced for the folded tables is there.
+  A transaction still open after :attr:`Projector.hold_seconds` is applied with what
+  arrived (logged and counted): after a crash, the committed offsets of different
+  partitions can split an already-applied transaction, and its redelivered part must
+  not wait forever. Applying a part twice is harmless (state is per row version).
+* **State is a function of the latest row versions.** Everything is folded into the
+  :class:`~services.inventory_projection.domain.RowStore`; recomputed keys are whole
+  figures, never increments; a redelivered or replayed event changes nothing.
+* **Bad input is dead-lettered, never dropped.** A row the store refuses (malformed)
+  and a negative stock quant (folded as zero) come back in :attr:`Step.dead_letters`.
+* **Shortages once per CRM order version**: :attr:`Projector.evaluated` (persisted
+  by the shell) remembers the last version evaluated per order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from services.inventory_projection.domain import (
+    CRM,
+    ERP,
+    OVERALL_CODE,
+    SOURCE_TABLES,
+    Availability,
+    AvailabilityKey,
+    RowStore,
+    Shortage,
+    Version,
+    evaluate_order,
+    parse_storage_key,
+)
+from services.shared.changes import ChangeEvent
+from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
+from services.shared.transactions import (
+    CompleteTransaction,
+    InconsistentTransaction,
+    TransactionAssembler,
+    TransactionMarker,
+    TransactionStatus,
+)
+
+log = logging.getLogger(__name__)
+
+H = TypeVar("H")
+
+#: ``schema.table`` names (as in Debezium's transaction metadata) the projection folds.
+DATA_COLLECTIONS = frozenset(name for name in SOURCE_TABLES)
+#: The reference schemas use the database name as the PostgreSQL schema name.
+META_KEY = "store"
+
+
+def parse_heartbeat(value: bytes | None) -> datetime:
+    """A Debezium heartbeat value (JSON ``{"ts_ms": ...}``) -> its time (UTC)."""
+    if value is None:
+        raise MalformedEvent("heartbeat without a value")
+    try:
+        document = json.loads(value)
+    except (ValueError, TypeError, RecursionError) as error:
+        raise MalformedEvent(f"heartbeat is not JSON: {error}") from None
+    ts_ms = document.get("ts_ms") if isinstance(document, dict) else None
+    if isinstance(ts_ms, bool) or not isinstance(ts_ms, int):
+        raise SchemaViolation(f"heartbeat ts_ms {ts_ms!r} is not an integer")
+    return datetime.fromtimestamp(ts_ms / 1000, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """A key that no longer has an availability: tombstone it (DB row and topic key)."""
+
+    item_id: int
+    sku: str
+    warehouse_code: str
+
+
+@dataclass
+class Step(Generic[H]):
+    """The effects of one batch, in the order the shell makes them durable."""
+
+    availability: list[Availability] = field(default_factory=list)
+    removed: list[Removed] = field(default_factory=list)
+    shortages: list[Shortage] = field(default_factory=list)
+    dead_letters: list[tuple[H, BadInput]] = field(default_factory=list)
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Row versions to persist (Faust table key -> value)."""
+    evaluated: dict[str, int] = field(default_factory=dict)
+    """CRM order id (text) -> last evaluated version, to persist."""
+    meta: dict[str, Any] | None = None
+    """The store's meta (revision, watermarks) when it changed."""
+    release: list[H] = field(default_factory=list)
+    """Handles to acknowledge once everything above is durable."""
+    commit_times: list[datetime] = field(default_factory=list)
+    """Source commit time of each applied transaction (end-to-end latency)."""
+    applied: int = 0
+    stale: int = 0
+    partial_transactions: int = 0
+
+    @property
+    def writes_anything(self) -> bool:
+        return bool(self.availability or self.removed)
+
+
+@dataclass
+class _Held(Generic[H]):
+    handles: list[H] = field(default_factory=list)
+    since: float = 0.0
+
+
+class Projector(Generic[H]):
+    """Folds decoded inputs into a :class:`RowStore`; see the module docstring."""
+
+    def __init__(
+        self,
+        store: RowStore | None = None,
+        evaluated: Mapping[int, int] | None = None,
+        *,
+        hold_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store or RowStore()
+        self.evaluated: dict[int, int] = dict(evaluated or {})
+        self.hold_seconds = hold_seconds
+        self._clock = clock
+        # one per database: transaction ids (xids) of the two databases collide
+        self._assemblers = {
+            db: TransactionAssembler(c for c in DATA_COLLECTIONS if c.startswith(f"{db}."))
+            for db in (CRM, ERP)
+        }
+        self._held: dict[tuple[str, str], _Held[H]] = {}
+        self._handles: dict[int, H] = {}  # id(ChangeEvent) -> handle
+        self._ready: list[CompleteTransaction] = []
+        self._release: list[H] = []
+        self._dead: list[tuple[H, BadInput]] = []
+        self._meta_dirty = False
+        self._partial = 0
+
+    # ------------------------------------------------------------------ restore
+
+    @classmethod
+    def restore(
+        cls,
+        rows: Iterable[tuple[str, Mapping[str, Any]]],
+        meta: Iterable[Mapping[str, Any]],
+        evaluated: Iterable[tuple[str, int]],
+        **kwargs: Any,
+    ) -> Projector[H]:
+        """Rebuild from persisted tables. A key seen twice (a store may keep a key in
+        more than one partition) keeps its newest version, meta its highest revision."""
+        newest: dict[str, Mapping[str, Any]] = {}
+        for key, data in rows:
+            current = newest.get(key)
+            if current is None or _position(data) > _position(current):
+                newest[key] = data
+        best_meta: Mapping[str, Any] | None = None
+        for candidate in meta:
+            if best_meta is None or _meta_rank(candidate) > _meta_rank(best_meta):
+                best_meta = candidate
+        versions: dict[int, int] = {}
+        for order_id, version in evaluated:
+            versions[int(order_id)] = max(int(version), versions.get(int(order_id), 0))
+        store = RowStore.restore(newest.items(), best_meta)
+        return cls(store, versions, **kwargs)
+
+    # ------------------------------------------------------------------ intake
+
+    @property
+    def open_transactions(self) -> int:
+        return sum(a.open_transactions for a in self._assemblers.values())
+
+    def change(self, event: ChangeEvent, handle: H) -> None:
+        """A decoded change event of a folded table."""
+        db = event.database
+        try:
+            completed = self._assemblers[db].add_change(event)
+        except InconsistentTransaction as error:
+            self._inconsistent(db, error, handle)
+            return
+        xid = event.transaction_id
+        if any(event is e for t in completed for e in t.events):
+            self._handles[id(event)] = handle
+            self._release.append(handle)
+        elif xid is not None and self._assembler_has(db, xid):
+            self._handles[id(event)] = handle
+            self._hold((db, xid), handle)
+        else:  # a redelivery of a transaction already assembled and applied
+            self._release.append(handle)
+        self._complete(db, completed)
+
+    def marker(self, database: str, marker: TransactionMarker, handle: H) -> None:
+        """A BEGIN/END record of ``cdc.<database>.transaction``."""
+        if marker.status is TransactionStatus.BEGIN:
+            self._release.append(handle)
+            return
+        try:
+            completed = self._assemblers[database].add_marker(marker)
+        except InconsistentTransaction as error:
+            self._inconsistent(database, error, handle)
+            return
+        xid = marker.transaction_id
+        if self._assembler_has(database, xid):
+            self._hold((database, xid), handle)
+        else:
+            self._release.append(handle)
+        self._complete(database, completed)
+
+    def heartbeat(self, database: str, at: datetime, handle: H) -> None:
+        if database not in (CRM, ERP):
+            raise ValueError(f"unknown source database {database!r}")
+        if self.store.observe(database, at):
+            self._meta_dirty = True
+        self._release.append(handle)
+
+    def release(self, handle: H) -> None:
+        """An input with nothing to fold (e.g. a Debezium tombstone)."""
+        self._release.append(handle)
+
+    def expire(self) -> None:
+        """Apply transactions open longer than :attr:`hold_seconds` with what arrived."""
+        now = self._clock()
+        expired = [x for x, held in self._held.items() if now - held.since > self.hold_seconds]
+        for db, xid in expired:
+            events = self._assemblers[db].discard(xid)
+            held = self._held.pop((db, xid))
+            self._release.extend(held.handles)
+            if events:
+                self._partial += 1
+                log.warning(
+                    "transaction %s incomplete after %.0fs: applying the %d events that arrived",
+                    xid,
+                    self.hold_seconds,
+                    len(events),
+                    extra={"transaction": xid, "events": len(events)},
+                )
+                self._ready.append(
+                    CompleteTransaction(
+                        xid, events, events[0].commit_time, max(e.position for e in events)
+                    )
+                )
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self) -> Step[H]:
+        """Fold every complete transaction; the effects to make durable, then release."""
+        self.expire()
+        out: Step[H] = Step(dead_letters=self._dead, release=self._release)
+        out.partial_transactions = self._partial
+        self._dead, self._release, self._partial = [], [], 0
+        ready, self._ready = self._ready, []
+        store = self.store
+        keys: set[AvailabilityKey] = set()
+        orders: set[int] = set()
+        for transaction in ready:
+            folded = False
+            for event in transaction.events:
+                handle = self._handles.pop(id(event), None)
+                try:
+                    applied = store.apply(event)
+                except BadInput as error:
+                    if handle is not None:
+                        out.dead_letters.append((handle, error))
+                    continue
+                if applied.as_of_moved:
+                    self._meta_dirty = True
+                if not applied.changed:
+                    out.stale += 1
+                    continue
+                folded = True
+                out.applied += 1
+                self._meta_dirty = True
+                keys |= applied.keys
+                orders |= applied.orders
+                if applied.entry is not None:
+                    out.rows[applied.entry[0]] = applied.entry[1]
+                if applied.flagged is not None and handle is not None:
+                    out.dead_letters.append((handle, applied.flagged))
+            if folded:
+                out.commit_times.append(transaction.commit_time)
+        for key in sorted(keys, key=lambda k: (k.item_id, k.warehouse_id or 0)):
+            availability = store.availability(key)
+            if availability is not None:
+                out.availability.append(availability)
+                continue
+            removed = self._removed(key)
+            if removed is not None:
+                out.removed.append(removed)
+        for order_id in sorted(orders):
+            last = self.evaluated.get(order_id)
+            version, shortages = evaluate_order(store, order_id, last)
+            if version is not None and version != last:
+                self.evaluated[order_id] = version
+                out.evaluated[str(order_id)] = version
+            out.shortages.extend(shortages)
+        if self._meta_dirty:
+            out.meta = store.meta()
+            self._meta_dirty = False
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _removed(self, key: AvailabilityKey) -> Removed | None:
+        item = self.store.item(key.item_id)
+        if item is None:
+            return None  # the item itself is gone: nothing names the key any more
+        if key.warehouse_id is None:
+            return Removed(item.id, item.sku, OVERALL_CODE)
+        warehouse = self.store.warehouse(key.warehouse_id)
+        return None if warehouse is None else Removed(item.id, item.sku, warehouse.code)
+
+    def _assembler_has(self, database: str, xid: str) -> bool:
+        return xid in set(self._assemblers[database].open_transaction_ids())
+
+    def _hold(self, slot: tuple[str, str], handle: H) -> None:
+        held = self._held.get(slot)
+        if held is None:
+            held = self._held[slot] = _Held(since=self._clock())
+        held.handles.append(handle)
+
+    def _complete(self, database: str, completed: list[CompleteTransaction]) -> None:
+        for transaction in completed:
+            if transaction.id is not None:
+                held = self._held.pop((database, transaction.id), None)
+                if held is not None:
+                    self._release.extend(held.handles)
+            self._ready.append(transaction)
+
+    def _inconsistent(self, database: str, error: InconsistentTransaction, handle: H) -> None:
+        """More events than END announced: dead-letter the trigger, apply the rest."""
+        self._dead.append((handle, error))
+        self._release.append(handle)
+        events = error.events
+        if events and events[0].transaction_id is not None:
+            held = self._held.pop((database, events[0].transaction_id), None)
+            if held is not None:
+                self._release.extend(held.handles)
+            self._ready.append(
+                CompleteTransaction(
+                    events[0].transaction_id,
+                    events,
+                    events[0].commit_time,
+                    max(e.position for e in events),
+                )
+            )
+
+
+def _position(data: Mapping[str, Any]) -> tuple[int, int]:
+    return int(data["commit_lsn"]), int(data["lsn"])
+
+
+def _meta_rank(meta: Mapping[str, Any]) -> tuple[int, str, str]:
+    return int(meta.get("revision", 0)), str(meta.get("crm", "")), str(meta.get("erp", ""))
+
+
+def row_version(key: str, data: Mapping[str, Any]) -> Version:
+    """A persisted row version, for tools that read the table (e.g. a debugger)."""
+    table, _ = parse_storage_key(key)
+    return Version.from_dict(table, data)

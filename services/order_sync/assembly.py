@@ -1,0 +1,153 @@
+"""Whole CRM source transactions, with the Kafka messages to acknowledge once applied.
+
+:class:`HeldTransactions` wraps :class:`~services.shared.transactions.TransactionAssembler`
+and keeps, per open transaction, the *handles* (Faust events) of every record that
+belongs to it: its change events and its END marker. A handle is returned for
+acknowledgement only together with its complete transaction (the caller acks after
+applying it) or when it carries nothing to apply (BEGIN markers, markers of transactions
+that touched none of our tables, redeliveries of transactions already assembled). So the
+consumer never commits an offset past a change whose transaction is not applied
+(invariants 1 and 3).
+
+Orphans: after a crash the consumer may resume in the middle of a transaction whose END
+marker (and possibly some events) had already been committed — they were acknowledged,
+hence applied, together. Its remaining events would wait for an END that never comes
+and block the commit of their partitions. Because END markers share one partition and
+transactions commit in source order, once the END of a *later* transaction (higher
+position) has been seen, an open transaction that has seen no END is such an orphan:
+its handles are released for acknowledgement without applying anything (what they
+carry is already in the ERP; re-applying would be a no-op anyway).
+
+Pure: no I/O, handles are opaque.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from services.shared.changes import ChangeEvent
+from services.shared.transactions import (
+    CompleteTransaction,
+    TransactionAssembler,
+    TransactionMarker,
+    TransactionStatus,
+)
+
+H = TypeVar("H")
+
+
+@dataclass
+class Released(Generic[H]):
+    """What one added record released: complete transactions with the handles to ack
+    after applying each, and handles to ack right away (nothing to apply)."""
+
+    complete: list[tuple[CompleteTransaction, list[H]]] = field(default_factory=list)
+    ack_now: list[H] = field(default_factory=list)
+    orphans: int = 0
+
+
+class HeldTransactions(Generic[H]):
+    def __init__(
+        self,
+        data_collections: Iterable[str],
+        *,
+        remember_completed: int = 100_000,
+        max_open_transactions: int = 10_000,
+    ) -> None:
+        self.assembler = TransactionAssembler(
+            data_collections,
+            remember_completed=remember_completed,
+            max_open_transactions=max_open_transactions,
+        )
+        self._subscribed = self.assembler.data_collections
+        self._handles: dict[str, list[H]] = {}
+        self._first_commit: dict[str, int] = {}
+        self._ended: set[str] = set()
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember_completed
+
+    @property
+    def open_transactions(self) -> int:
+        return len(self._handles)
+
+    def add_change(self, event: ChangeEvent, handle: H) -> Released[H]:
+        released: Released[H] = Released()
+        xid = event.transaction_id
+        complete = self.assembler.add_change(event)
+        if xid is None or event.is_snapshot or event.total_order is None:
+            released.complete = [(c, [handle]) for c in complete]
+            return released
+        if complete:
+            self._finish(xid, complete, handle, released)
+            return released
+        if xid in self._done:
+            released.ack_now.append(handle)  # redelivery of an assembled transaction
+            return released
+        self._handles.setdefault(xid, []).append(handle)
+        commit = event.position.commit_lsn
+        if commit < self._first_commit.get(xid, commit + 1):
+            self._first_commit[xid] = commit
+        return released
+
+    def add_marker(self, marker: TransactionMarker, handle: H) -> Released[H]:
+        released: Released[H] = Released()
+        xid = marker.transaction_id
+        if marker.status is TransactionStatus.BEGIN:
+            released.ack_now.append(handle)
+            return released
+        complete = self.assembler.add_marker(marker)
+        if complete:
+            self._finish(xid, complete, handle, released)
+            return released
+        ours = any(
+            count > 0 and name in self._subscribed
+            for name, count in marker.data_collections.items()
+        )
+        if not ours or xid in self._done:
+            released.ack_now.append(handle)
+            return released
+        self._handles.setdefault(xid, []).append(handle)
+        self._ended.add(xid)
+        return released
+
+    def discard(self, xid: str) -> list[H]:
+        """Forget an open transaction (e.g. inconsistent: dead-lettered); its handles."""
+        self.assembler.discard(xid)
+        self._ended.discard(xid)
+        self._first_commit.pop(xid, None)
+        self._remember_done(xid)
+        return self._handles.pop(xid, [])
+
+    # ------------------------------------------------------------------ internals
+
+    def _finish(
+        self, xid: str, complete: list[CompleteTransaction], handle: H, released: Released[H]
+    ) -> None:
+        handles = self._handles.pop(xid, [])
+        handles.append(handle)
+        self._ended.discard(xid)
+        self._first_commit.pop(xid, None)
+        self._remember_done(xid)
+        for transaction in complete:
+            released.complete.append((transaction, handles))
+            handles = []
+            self._release_orphans(transaction.position.commit_lsn, released)
+
+    def _release_orphans(self, commit_lsn: int, released: Released[H]) -> None:
+        orphans = [
+            xid
+            for xid, first in self._first_commit.items()
+            if xid not in self._ended and first < commit_lsn
+        ]
+        for xid in orphans:
+            released.ack_now.extend(self.discard(xid))
+            released.orphans += 1
+
+    def _remember_done(self, xid: str) -> None:
+        self._done[xid] = None
+        self._done.move_to_end(xid)
+        while len(self._done) > self._remember:
+            self._done.popitem(last=False)

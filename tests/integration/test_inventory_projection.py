@@ -1,0 +1,550 @@
+"""inventory-projection against the real stack (Debezium -> Kafka -> service -> CRM).
+
+Invariants shown here, each on a fresh ERP item, warehouse and CRM product:
+
+* State is a function of the latest version of each source row (DESIGN.md 6): stock
+  receipts, issues, reservations, releases, production (planned and completed), CRM
+  confirmations and cancellations move on hand, reserved, pending CRM demand, incoming
+  and ATP in ``crm_integration.availability`` exactly (per warehouse and overall), and
+  equal the batch recomputation.
+* Bad input (4): a negative quant and undecodable records reach dlq.inventory-projection
+  with their reason; the service goes on.
+* A shortage is raised once per CRM order version, not once per redelivery.
+* The as-of time advances with Debezium heartbeats on an idle key (CRM table and topic).
+* Replaying every source topic from the beginning changes no figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from ambidex.stack.local import StackAddresses
+from services.inventory_projection.app import CHANGE_TOPICS, HEARTBEAT_TOPICS, MARKER_TOPICS
+from services.inventory_projection.domain import AvailabilityKey
+from services.inventory_projection.recompute import (
+    diff_availability,
+    read_projection,
+    recompute_availability,
+)
+from services.shared.avro import AvroCodec, SchemaCatalogue
+from services.shared.deadletters import read_dead_letters
+from tests.conftest import ServiceProcess, wait_until
+from tests.integration.support import topic_partitions
+
+pytestmark = pytest.mark.integration
+
+SERVICE = "inventory-projection"
+GROUP = "ambidex-inventory-projection"
+
+FIGURES = """
+SELECT on_hand, reserved, pending_crm_demand, available_to_promise, incoming, as_of
+FROM crm_integration.availability
+WHERE item_id = $1 AND warehouse_code = $2 AND NOT deleted"""
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """One fresh item in one fresh warehouse, known to both databases."""
+
+    sku: str
+    item_id: int
+    product_id: int
+    warehouse_id: int
+    warehouse_code: str
+    account_id: int
+    customer_id: int
+
+
+async def new_fixture(stack: StackAddresses, tag: str) -> Fixture:
+    crm = await asyncpg.connect(stack.crm_admin_dsn)
+    erp = await asyncpg.connect(stack.erp_admin_dsn)
+    try:
+        sku = f"INV-{tag}"
+        code = f"WH-{tag}"
+        item_id = await erp.fetchval(
+            """INSERT INTO erp.item (sku, name, currency_code) VALUES ($1, $1, 'EUR')
+               RETURNING id""",
+            sku,
+        )
+        warehouse_id = await erp.fetchval(
+            "INSERT INTO erp.warehouse (code, name) VALUES ($1, $1) RETURNING id", code
+        )
+        customer_id = await erp.fetchval("SELECT min(id) FROM erp.customer")
+        product_id = await crm.fetchval(
+            """INSERT INTO crm.product (sku, name, list_price, currency_code)
+               VALUES ($1, $1, 10, 'EUR') RETURNING id""",
+            sku,
+        )
+        account_id = await crm.fetchval("SELECT min(id) FROM crm.account")
+    finally:
+        await crm.close()
+        await erp.close()
+    return Fixture(sku, item_id, product_id, warehouse_id, code, account_id, customer_id)
+
+
+@dataclass(frozen=True)
+class Figures:
+    on_hand: Decimal
+    reserved: Decimal
+    pending: Decimal
+    atp: Decimal
+    incoming: list[tuple[str | None, Decimal]]
+    as_of: datetime
+
+
+async def figures(stack: StackAddresses, item_id: int, code: str) -> Figures | None:
+    crm = await asyncpg.connect(stack.crm_admin_dsn)
+    try:
+        row = await crm.fetchrow(FIGURES, item_id, code)
+    finally:
+        await crm.close()
+    if row is None:
+        return None
+    incoming = json.loads(row["incoming"]) if row["incoming"] else []
+    return Figures(
+        row["on_hand"],
+        row["reserved"],
+        row["pending_crm_demand"],
+        row["available_to_promise"],
+        [(e["date"], Decimal(e["quantity"])) for e in incoming],
+        row["as_of"],
+    )
+
+
+def expecting(
+    stack: StackAddresses,
+    item_id: int,
+    code: str,
+    check: Callable[[Figures], bool],
+    seen: list[Figures | None],
+) -> Callable[[], Any]:
+    """A wait_until predicate: the key's figures satisfy ``check`` (last seen kept)."""
+
+    async def predicate() -> bool:
+        current = await figures(stack, item_id, code)
+        seen.append(current)
+        return current is not None and check(current)
+
+    return predicate
+
+
+def quantities(
+    on_hand: int | str, reserved: int | str, pending: int | str, atp: int | str
+) -> Callable[[Figures], bool]:
+    want = tuple(Decimal(str(v)) for v in (on_hand, reserved, pending, atp))
+    return lambda f: (f.on_hand, f.reserved, f.pending, f.atp) == want
+
+
+async def read_topic(
+    bootstrap: str, topic: str, accept: Callable[[bytes | None], bool], *, raw: bool = False
+) -> list[tuple[bytes | None, Any]]:
+    """Every record of ``topic`` from the beginning whose key ``accept`` takes, as
+    ``(key, decoded Avro value, None for a tombstone)`` (``raw``: the value's bytes)."""
+    codec = AvroCodec(SchemaCatalogue.load())
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(bootstrap, [topic])
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        found: list[tuple[bytes | None, Any]] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    if accept(record.key) and raw:
+                        found.append((record.key, record.value))
+                    elif accept(record.key):
+                        value = None if record.value is None else codec.decode(record.value)
+                        found.append((record.key, None if value is None else dict(value.record)))
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def metric(process: ServiceProcess, name: str) -> float:
+    """Sum of a Prometheus metric's samples on the service's /metrics."""
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{process.metrics_url}/metrics")).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            head = line.split(" ")[0]
+            if head == name or head.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+async def projection(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
+    process = service_process(SERVICE)
+    if process.process is None or process.process.poll() is not None:
+        process.start()  # a previous test stopped or killed it
+    await process.wait_ready()
+    return process
+
+
+async def expect(
+    stack: StackAddresses,
+    fx: Fixture,
+    check: Callable[[Figures], bool],
+    code: str | None = None,
+    timeout: float = 90.0,
+) -> Figures:
+    """Wait until the key (the fixture's warehouse, or ``code``) satisfies ``check``."""
+    seen: list[Figures | None] = [None]
+    where = code or fx.warehouse_code
+    try:
+        await wait_until(expecting(stack, fx.item_id, where, check, seen), timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"{fx.sku}@{where}: last figures {seen[-1]}") from None
+    last = seen[-1]
+    assert last is not None
+    return last
+
+
+async def connections(stack: StackAddresses) -> tuple[asyncpg.Connection, asyncpg.Connection]:
+    return await asyncpg.connect(stack.crm_admin_dsn), await asyncpg.connect(stack.erp_admin_dsn)
+
+
+async def confirm_order(crm: asyncpg.Connection, fx: Fixture, qty: int) -> tuple[int, int]:
+    """A confirmed CRM order with one line, header and line in one transaction."""
+    async with crm.transaction():
+        order_id = await crm.fetchval(
+            """INSERT INTO crm.sales_order (account_id, state, currency_code, warehouse_code,
+                   confirmed_at)
+               VALUES ($1, 'confirmed', 'EUR', $2, now()) RETURNING id""",
+            fx.account_id,
+            fx.warehouse_code,
+        )
+        line_id = await crm.fetchval(
+            """INSERT INTO crm.sales_order_line (order_id, line_no, product_id, quantity,
+                   unit_price)
+               VALUES ($1, 1, $2, $3, 10) RETURNING id""",
+            order_id,
+            fx.product_id,
+            qty,
+        )
+    return int(order_id), int(line_id)
+
+
+async def receive(erp: asyncpg.Connection, fx: Fixture, qty: int) -> int:
+    return int(
+        await erp.fetchval(
+            """INSERT INTO erp.stock_quant (item_id, warehouse_id, quantity)
+               VALUES ($1, $2, $3) RETURNING id""",
+            fx.item_id,
+            fx.warehouse_id,
+            qty,
+        )
+    )
+
+
+# -------------------------------------------------------------------------------- tests
+
+
+async def test_movements_move_the_figures_exactly(
+    projection: ServiceProcess, stack: StackAddresses, unique: str
+) -> None:
+    fx = await new_fixture(stack, unique)
+    crm, erp = await connections(stack)
+    try:
+        # receipt
+        quant = await receive(erp, fx, 100)
+        await expect(stack, fx, quantities(100, 0, 0, 100))
+        await expect(stack, fx, quantities(100, 0, 0, 100), code="*")
+        # issue
+        await erp.execute(
+            "UPDATE erp.stock_quant SET quantity = quantity - 30 WHERE id = $1", quant
+        )
+        await expect(stack, fx, quantities(70, 0, 0, 70))
+        # reservation for an ERP-native order, then its release
+        async with erp.transaction():
+            so = await erp.fetchval(
+                """INSERT INTO erp.sales_order (customer_id, state, currency_code, warehouse_id)
+                   VALUES ($1, 'open', 'EUR', $2) RETURNING id""",
+                fx.customer_id,
+                fx.warehouse_id,
+            )
+            so_line = await erp.fetchval(
+                """INSERT INTO erp.sales_order_line (order_id, line_no, item_id, quantity,
+                       unit_price, qty_reserved)
+                   VALUES ($1, 1, $2, 20, 10, 20) RETURNING id""",
+                so,
+                fx.item_id,
+            )
+            reservation = await erp.fetchval(
+                """INSERT INTO erp.stock_reservation (item_id, warehouse_id,
+                       sales_order_line_id, quantity, state)
+                   VALUES ($1, $2, $3, 20, 'active') RETURNING id""",
+                fx.item_id,
+                fx.warehouse_id,
+                so_line,
+            )
+        await expect(stack, fx, quantities(70, 20, 0, 50))
+        await erp.execute(
+            "UPDATE erp.stock_reservation SET state = 'released' WHERE id = $1", reservation
+        )
+        await expect(stack, fx, quantities(70, 0, 0, 70))
+        # production: incoming with its date, then completion books the output to stock
+        finish = date.today() + timedelta(days=10)
+        mo = await erp.fetchval(
+            """INSERT INTO erp.production_order (item_id, warehouse_id, quantity, state,
+                   date_planned_finish)
+               VALUES ($1, $2, 30, 'confirmed', $3) RETURNING id""",
+            fx.item_id,
+            fx.warehouse_id,
+            finish,
+        )
+        incoming = [(finish.isoformat(), Decimal("30.000"))]
+        await expect(stack, fx, lambda f: quantities(70, 0, 0, 70)(f) and f.incoming == incoming)
+        async with erp.transaction():
+            await erp.execute(
+                """UPDATE erp.production_order SET state = 'done', qty_produced = quantity,
+                       date_finished = now() WHERE id = $1""",
+                mo,
+            )
+            await erp.execute(
+                "UPDATE erp.stock_quant SET quantity = quantity + 30 WHERE id = $1", quant
+            )
+        await expect(stack, fx, lambda f: quantities(100, 0, 0, 100)(f) and f.incoming == [])
+        # CRM confirmation: pending demand; cancellation: gone again
+        order_id, _ = await confirm_order(crm, fx, 15)
+        await expect(stack, fx, quantities(100, 0, 15, 85))
+        await expect(stack, fx, quantities(100, 0, 15, 85), code="*")
+        await crm.execute(
+            """UPDATE crm.sales_order SET state = 'cancelled', cancelled_at = now()
+               WHERE id = $1""",
+            order_id,
+        )
+        await expect(stack, fx, quantities(100, 0, 0, 100))
+        await expect(stack, fx, quantities(100, 0, 0, 100), code="*")
+    finally:
+        await crm.close()
+        await erp.close()
+    # and the figures are what a batch recomputation from the databases says
+    keys = {AvailabilityKey(fx.item_id, fx.warehouse_id), AvailabilityKey(fx.item_id, None)}
+    recomputed = await recompute_availability(stack.crm_admin_dsn, stack.erp_admin_dsn)
+    projected = await read_projection(stack.crm_admin_dsn)
+    assert keys <= set(projected)
+    mine = {k: projected[k] for k in keys}
+    assert diff_availability(mine, {k: recomputed[k] for k in keys}) == []
+
+
+async def test_bad_input_goes_to_the_dead_letter_topic(
+    projection: ServiceProcess, stack: StackAddresses, unique: str
+) -> None:
+    fx = await new_fixture(stack, unique)
+    crm, erp = await connections(stack)
+    garbage = f"not json {unique}".encode()
+    try:
+        quant = await receive(erp, fx, 5)
+        await expect(stack, fx, quantities(5, 0, 0, 5))
+        # a negative quant is folded as zero and dead-lettered with its reason
+        await erp.execute("UPDATE erp.stock_quant SET quantity = -5 WHERE id = $1", quant)
+        await expect(stack, fx, quantities(0, 0, 0, 0))
+        # an undecodable record does not stop the service
+        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait("cdc.erp.stock_quant", key=b'{"id": 1}', value=garbage)
+        finally:
+            await producer.stop()
+        await erp.execute("UPDATE erp.stock_quant SET quantity = 12 WHERE id = $1", quant)
+        await expect(stack, fx, quantities(12, 0, 0, 12))
+    finally:
+        await crm.close()
+        await erp.close()
+
+    async def both_dead_lettered() -> bool:
+        negative = malformed = False
+        async for _, letter in read_dead_letters(
+            stack.kafka_bootstrap, SERVICE, limit=None, idle_timeout_s=5.0
+        ):
+            if f"erp.stock_quant {quant}:" in letter.reason and "negative" in letter.reason:
+                negative = letter.source_topic == "cdc.erp.stock_quant"
+            if letter.value == garbage:
+                malformed = "JSON" in letter.reason
+        return negative and malformed
+
+    await wait_until(both_dead_lettered, timeout=60, interval=1.0)
+    assert await metric(projection, "ambidex_dead_letters_total") >= 2
+
+
+async def test_shortage_is_raised_once_per_order_version(
+    projection: ServiceProcess, stack: StackAddresses, unique: str
+) -> None:
+    fx = await new_fixture(stack, unique)
+    crm, erp = await connections(stack)
+    try:
+        quant = await receive(erp, fx, 10)
+        await expect(stack, fx, quantities(10, 0, 0, 10))
+        order_id, line_id = await confirm_order(crm, fx, 25)
+        await expect(stack, fx, quantities(10, 0, 25, -15))
+
+        # redelivery: the order's and its line's change records, byte for byte, again
+        originals = [
+            *await read_topic(
+                stack.kafka_bootstrap,
+                "cdc.crm.sales_order",
+                lambda k: k is not None and json.loads(k).get("id") == order_id,
+                raw=True,
+            ),
+            *await read_topic(
+                stack.kafka_bootstrap,
+                "cdc.crm.sales_order_line",
+                lambda k: k is not None and json.loads(k).get("id") == line_id,
+                raw=True,
+            ),
+        ]
+        assert len(originals) == 2
+        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+        await producer.start()
+        try:
+            for topic, (key, value) in zip(
+                ("cdc.crm.sales_order", "cdc.crm.sales_order_line"), originals, strict=True
+            ):
+                assert isinstance(value, bytes)
+                await producer.send_and_wait(topic, key=key, value=value)
+        finally:
+            await producer.stop()
+        # stock moves later: the same order version is not evaluated again
+        await erp.execute("UPDATE erp.stock_quant SET quantity = 11 WHERE id = $1", quant)
+        await expect(stack, fx, quantities(11, 0, 25, -14))
+        # an amendment is a new version: evaluated again
+        async with crm.transaction():
+            await crm.execute(
+                "UPDATE crm.sales_order SET state = 'amended', version = 2 WHERE id = $1",
+                order_id,
+            )
+            await crm.execute(
+                "UPDATE crm.sales_order_line SET quantity = 30 WHERE id = $1", line_id
+            )
+        await expect(stack, fx, quantities(11, 0, 30, -19))
+    finally:
+        await crm.close()
+        await erp.close()
+
+    key = str(order_id).encode()
+
+    async def two_shortages() -> list[dict[str, Any]] | None:
+        found = await read_topic(stack.kafka_bootstrap, "ambidex.shortages", lambda k: k == key)
+        records = [v for _, v in found if isinstance(v, dict)]
+        return records if len(records) >= 2 else None
+
+    await wait_until(two_shortages, timeout=60, interval=1.0)
+    await asyncio.sleep(2.0)  # let any duplicate show up before counting
+    records = await two_shortages()
+    assert records is not None
+    assert [r["crm_order_version"] for r in records] == [1, 2], records
+    first, second = records
+    assert first["shortage_id"] == f"{order_id}:1:{fx.sku}:{fx.warehouse_code}"
+    assert (first["ordered_quantity"], first["available_before"], first["short_quantity"]) == (
+        Decimal("25.000"),
+        Decimal("10.000"),
+        Decimal("15.000"),
+    )
+    assert (second["ordered_quantity"], second["short_quantity"]) == (
+        Decimal("30.000"),
+        Decimal("19.000"),
+    )
+
+
+async def test_heartbeats_advance_the_as_of_time_of_an_idle_key(
+    projection: ServiceProcess, stack: StackAddresses, unique: str
+) -> None:
+    fx = await new_fixture(stack, unique)
+    _, erp = await connections(stack)
+    try:
+        await receive(erp, fx, 3)
+    finally:
+        await erp.close()
+    first = await expect(stack, fx, quantities(3, 0, 0, 3))
+    # nothing touches the key any more; the as-of time still moves, figures stay
+    later = await expect(stack, fx, lambda f: quantities(3, 0, 0, 3)(f) and f.as_of > first.as_of)
+    assert later.as_of > first.as_of
+    # and the compacted topic carries the advanced as-of too
+    from services.inventory_projection.domain import topic_key
+
+    wanted = topic_key(fx.sku, fx.warehouse_code)
+
+    async def republished() -> bool:
+        found = await read_topic(
+            stack.kafka_bootstrap, "ambidex.availability", lambda k: k == wanted
+        )
+        stamps = {v["as_of"] for _, v in found if isinstance(v, dict)}
+        return len(stamps) >= 2
+
+    await wait_until(republished, timeout=60, interval=1.0)
+
+
+async def test_replay_from_the_beginning_changes_nothing(
+    projection: ServiceProcess, stack: StackAddresses, unique: str
+) -> None:
+    fx = await new_fixture(stack, unique)
+    crm, erp = await connections(stack)
+    try:
+        await receive(erp, fx, 8)
+        await confirm_order(crm, fx, 3)
+    finally:
+        await crm.close()
+        await erp.close()
+    await expect(stack, fx, quantities(8, 0, 3, 5))
+    projection.stop()
+    before = await read_projection(stack.crm_admin_dsn)
+
+    # every source topic from the beginning, and no local table state
+    topics = [*CHANGE_TOPICS, *MARKER_TOPICS, *HEARTBEAT_TOPICS]
+    partitions = await topic_partitions(stack.kafka_bootstrap, topics)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        earliest = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.commit(dict(earliest.items()))
+    finally:
+        await consumer.stop()
+    state_dir = projection.environment["AMBIDEX_TABLE_STATE_DIR"]
+    shutil.rmtree(f"{state_dir}/{SERVICE}", ignore_errors=True)
+
+    projection.start()
+    await projection.wait_ready()
+
+    async def caught_up() -> bool:
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP, enable_auto_commit=False
+        )
+        await probe.start()
+        try:
+            for tp in partitions:
+                committed = await probe.committed(tp)
+                if committed is None or committed < ends[tp]:
+                    return False
+            return True
+        finally:
+            await probe.stop()
+
+    await wait_until(caught_up, timeout=180, interval=1.0)
+    after = await read_projection(stack.crm_admin_dsn)
+    assert set(after) >= set(before)
+    assert diff_availability(after, before) == []

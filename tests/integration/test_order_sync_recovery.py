@@ -1,0 +1,261 @@
+"""order-sync keeps exactly one ERP order per CRM order through replays and crashes.
+
+Invariants (DESIGN.md 1, 3, 6):
+
+* replaying the whole input (the service's consumer group reset to the beginning of
+  every topic, the process restarted) leaves the ERP tables — orders, lines,
+  customers, identity — and the CRM status rows exactly as they were, byte for byte
+  (not even ``updated_at`` moves): every effect is an idempotent function of the
+  latest source state;
+* a worker killed with SIGKILL in the middle of 1,000 confirmations and restarted
+  leaves exactly one ERP order per CRM order, each with exactly the CRM order's lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
+
+from ambidex.stack.local import StackAddresses
+from services.order_sync.app import CRM_TOPICS, ERP_TOPICS
+from tests.conftest import ServiceProcess, wait_until
+from tests.integration.support import topic_partitions
+from tests.integration.test_order_sync import (
+    SERVICE,
+    Dbs,
+    catalogue,
+    metric,
+    new_account,
+    new_order,
+    wait_status,
+)
+
+GROUP = "ambidex-order-sync"  # the Faust app id is the consumer group
+
+
+@pytest.fixture
+async def dbs(stack: StackAddresses) -> AsyncIterator[Dbs]:
+    crm = await asyncpg.connect(stack.crm_admin_dsn)
+    erp = await asyncpg.connect(stack.erp_admin_dsn)
+    try:
+        yield crm, erp
+    finally:
+        await crm.close()
+        await erp.close()
+
+
+async def _erp_image(erp: asyncpg.Connection, crm: asyncpg.Connection) -> dict[str, Any]:
+    """Everything order-sync owns or wrote, as comparable values."""
+    return {
+        "orders": [dict(r) for r in await erp.fetch(
+            "SELECT * FROM erp.sales_order WHERE origin = 'ambidex' ORDER BY id")],
+        "lines": [dict(r) for r in await erp.fetch(
+            """SELECT l.* FROM erp.sales_order_line l JOIN erp.sales_order o ON o.id = l.order_id
+               WHERE o.origin = 'ambidex' ORDER BY l.id""")],
+        "customers": [dict(r) for r in await erp.fetch(
+            "SELECT * FROM erp.customer WHERE crm_account_id IS NOT NULL ORDER BY id")],
+        "identity": [dict(r) for r in await erp.fetch(
+            "SELECT * FROM erp_integration.order_identity ORDER BY crm_order_id")],
+        "status": [dict(r) for r in await crm.fetch(
+            "SELECT * FROM crm_integration.order_sync_status ORDER BY crm_order_id")],
+    }
+
+
+async def _reset_group_to_beginning(bootstrap: str) -> dict[TopicPartition, int]:
+    """Commit the beginning offset of every input partition for the (stopped) service's
+    group; returns the end offsets at that moment (what the replay must get through)."""
+    partitions = await topic_partitions(bootstrap, [*CRM_TOPICS, *ERP_TOPICS])
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        begin = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in begin.items()})
+    finally:
+        await consumer.stop()
+    return ends
+
+
+async def _caught_up(bootstrap: str, ends: dict[TopicPartition, int]) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(GROUP)
+    finally:
+        await admin.close()
+    return all(
+        end == 0 or (tp in committed and committed[tp].offset >= end) for tp, end in ends.items()
+    )
+
+
+async def test_replaying_every_input_from_the_beginning_changes_nothing(
+    service_process: Callable[[str], ServiceProcess], dbs: Dbs, stack: StackAddresses,
+    unique: str,
+) -> None:
+    crm, erp = dbs
+    process = service_process(SERVICE)
+    if process.process is None or process.process.poll() is not None:
+        process.start()
+    await process.wait_ready()
+    cat = await catalogue(stack)
+    (p1, _, _), (p2, _, _), (p3, _, _) = cat.products[12:15]
+    account = await new_account(crm, unique)
+    kept = await new_order(crm, account, [(1, p1, "2", "3.00"), (2, p2, "1", "4.00")],
+                           warehouse_code=cat.warehouse_code)
+    amended = await new_order(crm, account, [(1, p3, "5", "6.00")],
+                              warehouse_code=cat.warehouse_code)
+    cancelled = await new_order(crm, account, [(1, p1, "1", "1.00")],
+                                warehouse_code=cat.warehouse_code)
+    for order_id in (kept, amended, cancelled):
+        await wait_status(crm, order_id, "synced")
+    async with crm.transaction():
+        await crm.execute(
+            "UPDATE crm.sales_order_line SET quantity = 9 WHERE order_id = $1", amended
+        )
+        await crm.execute(
+            "UPDATE crm.sales_order SET state = 'amended', version = 2 WHERE id = $1", amended
+        )
+    await crm.execute(
+        "UPDATE crm.sales_order SET state = 'cancelled', cancelled_at = now() WHERE id = $1",
+        cancelled,
+    )
+    await wait_status(crm, cancelled, "cancelled")
+
+    async def amendment_applied() -> bool:
+        version = await erp.fetchval(
+            "SELECT crm_order_version FROM erp.sales_order WHERE crm_order_id = $1", amended
+        )
+        return bool(version == 2)
+
+    await wait_until(amendment_applied, timeout=60)
+
+    async def amendment_reported() -> bool:
+        version = await crm.fetchval(
+            """SELECT crm_order_version FROM crm_integration.order_sync_status
+               WHERE crm_order_id = $1""",
+            amended,
+        )
+        return bool(version == 2)
+
+    await wait_until(amendment_reported, timeout=60)
+    # let everything already in the topics be processed before taking the image
+    process.stop()
+    ends = await _reset_group_to_beginning(stack.kafka_bootstrap)
+    before = await _erp_image(erp, crm)
+    assert len(before["orders"]) >= 3
+
+    process.start()
+    await process.wait_ready()
+    await wait_until(lambda: _caught_up(stack.kafka_bootstrap, ends), timeout=240)
+    await asyncio.sleep(1)  # the last batch's CRM write-back follows its ack closely
+    after = await _erp_image(erp, crm)
+    assert after == before
+    # ... and it was a real replay: the restarted worker decided these orders again
+    assert await metric(process, 'ambidex_order_sync_orders_total{outcome="nothing"}') >= 3
+
+
+async def test_sigkill_during_a_thousand_confirmations_leaves_one_erp_order_each(
+    service_process: Callable[[str], ServiceProcess], dbs: Dbs, stack: StackAddresses,
+    unique: str,
+) -> None:
+    crm, erp = dbs
+    process = service_process(SERVICE)
+    if process.process is None or process.process.poll() is not None:
+        process.start()
+    await process.wait_ready()
+    cat = await catalogue(stack)
+    rng = random.Random(unique)
+    account = await new_account(crm, unique)
+    pool = await asyncpg.create_pool(stack.crm_admin_dsn, min_size=4, max_size=4)
+    assert pool is not None
+    try:
+        semaphore = asyncio.Semaphore(4)
+
+        async def draft(index: int) -> int:
+            products = rng.sample(cat.products, rng.randint(3, 5))
+            lines = [
+                (no, product, str(rng.randint(1, 20)), f"{rng.randint(100, 99999) / 100:.2f}")
+                for no, (product, _, _) in enumerate(products, 1)
+            ]
+            async with semaphore, pool.acquire() as conn:
+                return await new_order(conn, account, lines, warehouse_code=cat.warehouse_code,
+                                       state="draft")
+
+        orders = list(await asyncio.gather(*(draft(i) for i in range(1000))))
+
+        async def confirm(order_id: int) -> None:
+            async with semaphore, pool.acquire() as conn:
+                await conn.execute(
+                    """UPDATE crm.sales_order SET state = 'confirmed', confirmed_at = now()
+                       WHERE id = $1""",
+                    order_id,
+                )
+
+        confirming = asyncio.gather(*(confirm(o) for o in orders))
+
+        async def synced_count() -> int:
+            return int(await erp.fetchval(
+                "SELECT count(*) FROM erp.sales_order WHERE crm_order_id = ANY($1::bigint[])",
+                orders,
+            ))
+
+        async def some_synced() -> bool:
+            return await synced_count() >= 100
+
+        await wait_until(some_synced, timeout=180, interval=0.05)
+        process.kill()  # SIGKILL: no shutdown, offsets of applied work possibly not committed
+        killed_at = await synced_count()
+        await confirming
+        process.start()
+        await process.wait_ready()
+
+        async def all_synced() -> bool:
+            return await synced_count() == len(orders)
+
+        await wait_until(all_synced, timeout=300)
+        assert killed_at < len(orders), "the kill came too late to prove anything"
+    finally:
+        await pool.close()
+
+    counts = await erp.fetch(
+        """SELECT crm_order_id, count(*) AS n FROM erp.sales_order
+           WHERE crm_order_id = ANY($1::bigint[]) GROUP BY crm_order_id""",
+        orders,
+    )
+    assert len(counts) == len(orders) and all(r["n"] == 1 for r in counts)
+    item_of = {product: item for product, _, item in cat.products}
+    crm_lines = await crm.fetch(
+        """SELECT order_id, line_no, product_id, quantity, unit_price
+           FROM crm.sales_order_line WHERE order_id = ANY($1::bigint[])""",
+        orders,
+    )
+    erp_lines = await erp.fetch(
+        """SELECT o.crm_order_id, l.line_no, l.item_id, l.quantity, l.unit_price
+           FROM erp.sales_order_line l JOIN erp.sales_order o ON o.id = l.order_id
+           WHERE o.crm_order_id = ANY($1::bigint[])""",
+        orders,
+    )
+    expected = sorted(
+        (r["order_id"], r["line_no"], item_of[r["product_id"]], r["quantity"], r["unit_price"])
+        for r in crm_lines
+    )
+    actual = sorted(
+        (r["crm_order_id"], r["line_no"], r["item_id"], r["quantity"], r["unit_price"])
+        for r in erp_lines
+    )
+    assert actual == expected
+    assert all(isinstance(q, Decimal) for *_, q, _ in actual)
+    for order_id in rng.sample(orders, 20):
+        await wait_status(crm, order_id, "synced")

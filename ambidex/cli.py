@@ -418,5 +418,13 @@ def deadletters_replay(
     _progress(f"replayed {replayed} dead letters from dlq.{service}")
 
 
+def _register_service_commands() -> None:
+    from services.inventory_projection.reconcile_cli import reconcile
+
+    main.add_command(reconcile)
+
+
+_register_service_commands()
+
 if __name__ == "__main__":
     main()

@@ -23,12 +23,13 @@ store ignores versions it has, the sink ignores positions it has, shortages are 
 by ``shortage_id`` and remembered per order version), so the figures converge.
 
 As-of time: heartbeats advance the store's ``as_of`` even when nothing changes. At most
-every :data:`AS_OF_INTERVAL` s (when it moved) the shell stamps the new ``as_of`` on
-every write-back row in one set-based, position-guarded ``UPDATE`` (a reader of the
-CRM table tells a fresh zero from a stale one by ``as_of``), and republishes a slice of
-at most :data:`REPUBLISH_SLICE` keys to the compacted topic (round robin: with up to
-that many keys every key's ``as_of`` on the topic advances every interval; beyond it,
-every ``keys / REPUBLISH_SLICE`` intervals).
+every :data:`AS_OF_INTERVAL` s (when it moved) the shell takes the next slice of at most
+:data:`REPUBLISH_SLICE` keys (round robin over all keys), rewrites their rows with the
+same figures and the new ``as_of`` (position-guarded, like any write) and republishes
+them to the compacted topic. So a reader of the CRM table or the topic tells a fresh
+zero from a stale one by ``as_of``: with up to that many keys every key's ``as_of``
+advances every interval; beyond it, every ``keys / REPUBLISH_SLICE`` intervals (the
+cost per interval is bounded whatever the number of keys).
 
 On start the projector is rebuilt from the tables (a restarted worker rebuilds from
 the changelogs alone) and its write position is lifted to at least the highest one in
@@ -101,17 +102,13 @@ AVAILABILITY_SCHEMA = "availability"
 SHORTAGE_SCHEMA = "shortage"
 
 BATCH_MAX = 5000
-BATCH_WITHIN = 0.02
+BATCH_WITHIN = 0.05
 AS_OF_INTERVAL = 5.0
-REPUBLISH_SLICE = 10_000
+REPUBLISH_SLICE = 2_000
 HOLD_SECONDS = 10.0
 #: Partitions of the tables' changelog topics (the CDC topics' count, see topics.yaml).
 TABLE_PARTITIONS = 3
 
-REFRESH_AS_OF = """
-UPDATE crm_integration.availability
-   SET as_of = $1, source_commit_lsn = $2, source_lsn = $3
- WHERE NOT deleted AND (source_commit_lsn, source_lsn) < ($2, $3)"""
 MAX_WRITE_POSITION = """
 SELECT source_commit_lsn, source_lsn FROM crm_integration.availability
 ORDER BY source_commit_lsn DESC, source_lsn DESC LIMIT 1"""
@@ -355,24 +352,26 @@ class Shell:
     # ------------------------------------------------------------------ as-of
 
     async def _maybe_refresh(self, events: Sequence[Event]) -> None:
+        """Stamp the advanced as-of on the next slice of keys (round robin): rewrite
+        their rows (same figures, new ``as_of``, position-guarded) and republish them."""
         now = time.monotonic()
         store = self.projector.store
         if now - self._last_refresh < AS_OF_INTERVAL or store.as_of <= self._refreshed_as_of:
             return
         self._last_refresh = now
         self._refreshed_as_of = store.as_of
-        assert self.pool is not None
-        position = store.write_position()
-        await self.pool.execute(REFRESH_AS_OF, store.as_of, position.commit_lsn, position.lsn)
         if not self._republish:
             self._republish = sorted(
                 store.keys(), key=lambda k: (k.item_id, k.warehouse_id or 0), reverse=True
             )
-        batch: list[tuple[str, str, bytes, dict[str, Any]]] = []
-        while self._republish and len(batch) < REPUBLISH_SLICE:
+        position = store.write_position()
+        writes: list[SinkWrite] = []
+        published: list[tuple[str, str, bytes, dict[str, Any]]] = []
+        while self._republish and len(published) < REPUBLISH_SLICE:
             availability = store.availability(self._republish.pop())
             if availability is not None:
-                batch.append(
+                writes.append(AVAILABILITY_SPEC.upsert(availability_row(availability), position))
+                published.append(
                     (
                         AVAILABILITY_TOPIC,
                         AVAILABILITY_SCHEMA,
@@ -380,7 +379,9 @@ class Shell:
                         availability.to_avro(),
                     )
                 )
-        await self.service.require_publisher().publish_many(batch)
+        assert self.sink is not None
+        await self.sink.apply(writes)
+        await self.service.require_publisher().publish_many(published)
         self._update_lag()
 
     def _update_lag(self) -> None:

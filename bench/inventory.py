@@ -1,0 +1,464 @@
+"""inventory-projection benchmark: replay rate, restore rate, memory, end-to-end latency.
+
+Not a test: it prints figures and the command that reproduces them.
+
+    uv run python -m bench.inventory                      # a private stack on free ports
+    uv run python -m bench.inventory --changes 200000     # smaller, quicker
+
+The service runs as in production: its own process (``ambidex run inventory-projection``),
+RocksDB tables, write-back into the CRM database, publishing to Kafka.
+
+Phase 1 (replay): synthetic Debezium envelopes (made from a real captured record of
+each topic, so they pass the envelope schemas) are produced straight onto the CDC
+topics: ``--items`` items, ``--warehouses`` warehouses and ``--changes`` stock-quant
+inserts over distinct item x warehouse keys. Then, in the same run, a raw aiokafka
+consumer reads the stock-quant topic (the ceiling), and the service starts and replays
+everything; its rate is changes / (time from its first committed offset to catching
+up). Its RSS is read once it has caught up (``--changes`` keys live in it).
+Phase 2 (restore): the service is stopped, its local RocksDB state deleted, and started
+again: time until ready = rebuilding the tables from the changelog topics, beside a raw
+read of those changelog topics.
+Phase 3 (latency): real row changes (updates of seeded ``erp.stock_quant`` rows, 10 per
+transaction) at ``--rate`` per second through PostgreSQL and Debezium; the service's
+``ambidex_end_to_end_lag_seconds{path="crm_write_back"}`` histogram (ERP commit ->
+CRM write-back committed, one observation per source transaction) gives p50/p99,
+interpolated within its buckets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from ambidex.stack.config import StackConfig, _free_ports
+from ambidex.stack.local import LocalStack
+
+SERVICE = "inventory-projection"
+GROUP = "ambidex-inventory-projection"
+QUANT_TOPIC = "cdc.erp.stock_quant"
+BASE_ID = 10_000_000
+BASE_LSN = 1 << 40
+
+
+def log(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ synthetic input
+
+
+async def _template(bootstrap: str, topic: str) -> dict[str, Any]:
+    """One real envelope of ``topic`` (from the seed snapshot) to copy."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()  # type: ignore[attr-defined]
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    if record.value:
+                        envelope: dict[str, Any] = json.loads(record.value)
+                        return envelope
+        raise RuntimeError(f"no record on {topic} to use as a template")
+    finally:
+        await consumer.stop()
+
+
+def _envelope(template: dict[str, Any], row: dict[str, Any], lsn: int, ts_ms: int) -> bytes:
+    after = {**template["after"], **row}
+    source = {
+        **template["source"],
+        "snapshot": "false",
+        "ts_ms": ts_ms,
+        "lsn": lsn,
+        "sequence": json.dumps([str(lsn), str(lsn)]),
+    }
+    return json.dumps(
+        {
+            "before": None,
+            "after": after,
+            "source": source,
+            "op": "c",
+            "ts_ms": ts_ms,
+            "transaction": None,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+async def produce_synthetic(bootstrap: str, items: int, warehouses: int, changes: int) -> None:
+    templates = {
+        t: await _template(bootstrap, f"cdc.erp.{t}") for t in ("item", "warehouse", "stock_quant")
+    }
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        max_batch_size=512 * 1024,
+        compression_type="lz4",
+        acks=1,
+    )
+    await producer.start()
+    lsn = BASE_LSN
+    now_ms = int(time.time() * 1000)
+    started = time.monotonic()
+    try:
+        pending = []
+        for i in range(items):
+            lsn += 1
+            row = {"id": BASE_ID + i, "sku": f"BENCH-{i:06d}"}
+            value = _envelope(templates["item"], row, lsn, now_ms)
+            pending.append(await producer.send("cdc.erp.item", value, key=_key(row["id"])))
+        for w in range(warehouses):
+            lsn += 1
+            row = {"id": BASE_ID + w, "code": f"BW-{w:05d}", "name": f"Bench {w}"}
+            value = _envelope(templates["warehouse"], row, lsn, now_ms)
+            pending.append(await producer.send("cdc.erp.warehouse", value, key=_key(row["id"])))
+        await asyncio.gather(*pending)
+        pending = []
+        for k in range(changes):
+            lsn += 1
+            row = {
+                "id": BASE_ID + k,
+                "item_id": BASE_ID + (k // warehouses) % items,
+                "warehouse_id": BASE_ID + k % warehouses,
+                "quantity": f"{(k % 97) + 1}.000",
+            }
+            value = _envelope(templates["stock_quant"], row, lsn, now_ms)
+            pending.append(await producer.send(QUANT_TOPIC, value, key=_key(row["id"])))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending = []
+                if k % 200_000 < 20_000:
+                    log(f"produced {k:,} stock changes")
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    log(f"produced {changes:,} changes in {time.monotonic() - started:.1f}s")
+
+
+def _key(row_id: int) -> bytes:
+    return json.dumps({"id": row_id}, separators=(",", ":")).encode()
+
+
+async def raw_consume(bootstrap: str, topics: list[str]) -> tuple[int, float]:
+    """(records, seconds) to read ``topics`` from the beginning to their current end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()  # type: ignore[attr-defined]
+        partitions = [
+            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        started = time.monotonic()
+        count = 0
+        while True:
+            behind = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
+            if not behind:
+                break
+            for records in (await consumer.getmany(timeout_ms=500, max_records=50_000)).values():
+                count += len(records)
+        return count, time.monotonic() - started
+    finally:
+        await consumer.stop()
+
+
+# ------------------------------------------------------------------ the service
+
+
+class ServiceUnderTest:
+    def __init__(self, stack: LocalStack, state_dir: Path) -> None:
+        self.port = _free_ports(1)[0]
+        self.environment = {
+            **stack.service_environment(SERVICE),
+            "AMBIDEX_METRICS_PORT": str(self.port),
+            "AMBIDEX_LOG_LEVEL": "WARNING",
+            "AMBIDEX_TABLE_STATE_DIR": str(state_dir),
+        }
+        self.log_path = stack.config.logs_dir / "bench-inventory-projection.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ambidex.cli", "run", SERVICE],
+                env={**os.environ, **self.environment},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    async def wait_ready(self, timeout: float = 1800) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"service exited, see {self.log_path}")
+                try:
+                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz")
+                    if response.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise RuntimeError("service not ready")
+
+    def rss_mb(self) -> float:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    async def metrics(self) -> str:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
+
+
+async def committed(bootstrap: str, partitions: list[TopicPartition]) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP)
+    await consumer.start()
+    try:
+        total = 0
+        for tp in partitions:
+            total += await consumer.committed(tp) or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+async def replay(stack: LocalStack, service: ServiceUnderTest, changes: int) -> tuple[float, float]:
+    """(changes/s from the first committed progress to caught up, total seconds)."""
+    bootstrap = stack.addresses.kafka_bootstrap
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await consumer._client.force_metadata_update()  # type: ignore[attr-defined]
+    partitions = [
+        TopicPartition(QUANT_TOPIC, p) for p in consumer.partitions_for_topic(QUANT_TOPIC)
+    ]
+    end = sum((await consumer.end_offsets(partitions)).values())
+    await consumer.stop()
+    started = time.monotonic()
+    service.start()
+    first: tuple[float, int] | None = None
+    last_log = started
+    while True:
+        done = await committed(bootstrap, partitions)
+        now = time.monotonic()
+        if first is None and done > 0:
+            first = (now, done)
+        if now - last_log > 10:
+            log(f"replay: {done:,}/{end:,} committed after {now - started:.0f}s")
+            last_log = now
+        if done >= end:
+            break
+        if service.process is not None and service.process.poll() is not None:
+            raise RuntimeError(f"service exited, see {service.log_path}")
+        await asyncio.sleep(0.5)
+    assert first is not None
+    elapsed = max(now - first[0], 1e-9)
+    return (end - first[1]) / elapsed, now - started
+
+
+# ------------------------------------------------------------------ latency
+
+
+async def drive(dsn: str, rate: float, seconds: float, rows_per_tx: int = 10) -> int:
+    pool = await asyncpg.create_pool(dsn, min_size=4, max_size=4)
+    assert pool is not None
+    ids = [r["id"] for r in await pool.fetch("SELECT id FROM erp.stock_quant ORDER BY id")]
+    update = """UPDATE erp.stock_quant SET quantity = quantity + 1, updated_at = now()
+                WHERE id = ANY($1::bigint[])"""
+    written, cursor = 0, 0
+    interval = rows_per_tx / rate
+    started = time.monotonic()
+    next_at = started
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def one(batch: list[int]) -> None:
+        async with pool.acquire() as connection:
+            await connection.execute(update, batch)
+
+    try:
+        while time.monotonic() - started < seconds:
+            batch = [ids[(cursor + i) % len(ids)] for i in range(rows_per_tx)]
+            cursor += rows_per_tx
+            task = asyncio.create_task(one(batch))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            written += rows_per_tx
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if in_flight:
+            await asyncio.gather(*in_flight)
+    finally:
+        await pool.close()
+    return written
+
+
+def histogram(text: str, name: str, label: str) -> list[tuple[float, float]]:
+    """Cumulative ``(le, count)`` buckets of one labelled histogram."""
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{") and label in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+    return sorted(buckets)
+
+
+def quantile(
+    before: list[tuple[float, float]], after: list[tuple[float, float]], q: float
+) -> float:
+    start = dict(before)
+    delta = [(le, count - start.get(le, 0.0)) for le, count in after]
+    total = delta[-1][1] if delta else 0.0
+    if total <= 0:
+        return float("nan")
+    target = q * total
+    lower_le, lower_count = 0.0, 0.0
+    for le, count in delta:
+        if count >= target:
+            if le == float("inf"):
+                return lower_le
+            span = count - lower_count
+            fraction = (target - lower_count) / span if span else 1.0
+            return lower_le + (le - lower_le) * fraction
+        lower_le, lower_count = le, count
+    return lower_le
+
+
+# ------------------------------------------------------------------ main
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--changes", type=int, default=1_000_000)
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--warehouses", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=1000, help="row changes/s in phase 3")
+    parser.add_argument("--seconds", type=float, default=30, help="phase 3 duration")
+    args = parser.parse_args()
+
+    state_dir = Path(tempfile.mkdtemp(prefix="ambidex-bench-"))
+    state_dir.chmod(0o755)
+    stack = LocalStack(StackConfig.from_env().ephemeral(state_dir), progress=log)
+    service_state = state_dir / "services-bench"
+    results: dict[str, Any] = {}
+    await stack.up(seed=True)
+    service = ServiceUnderTest(stack, service_state)
+    bootstrap = stack.addresses.kafka_bootstrap
+    try:
+        log("phase 1: producing synthetic stock changes")
+        await produce_synthetic(bootstrap, args.items, args.warehouses, args.changes)
+        raw_n, raw_s = await raw_consume(bootstrap, [QUANT_TOPIC])
+        results["raw"] = raw_n / raw_s
+        log(f"raw consume: {raw_n:,} records in {raw_s:.1f}s")
+        rate, total = await replay(stack, service, args.changes)
+        results["replay"] = rate
+        results["replay_total"] = total
+        results["rss_after_replay"] = service.rss_mb()
+        log(f"replay: {rate:,.0f} changes/s, RSS {results['rss_after_replay']:.0f} MB")
+
+        log("phase 2: restore from the changelog")
+        service.stop()
+        changelogs = [f"{GROUP}-inventory-{t}-changelog" for t in ("rows", "meta", "evaluated")]
+        entries, raw_cl_s = await raw_consume(bootstrap, changelogs)
+        shutil.rmtree(service_state / SERVICE, ignore_errors=True)
+        started = time.monotonic()
+        service.start()
+        await service.wait_ready()
+        restore_s = time.monotonic() - started
+        results["restore"] = entries / restore_s
+        results["raw_changelog"] = entries / raw_cl_s
+        results["changelog_entries"] = entries
+        results["rss_after_restore"] = service.rss_mb()
+        log(f"restore: {entries:,} entries in {restore_s:.1f}s")
+
+        log(f"phase 3: {args.rate:,.0f} row changes/s for {args.seconds:.0f}s")
+        name, label = "ambidex_end_to_end_lag_seconds", 'path="crm_write_back"'
+        before = histogram(await service.metrics(), name, label)
+        written = await drive(stack.addresses.erp_admin_dsn, args.rate, args.seconds)
+        await asyncio.sleep(5)
+        after = histogram(await service.metrics(), name, label)
+        results["latency_n"] = (after[-1][1] if after else 0) - (dict(before).get(float("inf"), 0))
+        results["p50"] = quantile(before, after, 0.5)
+        results["p99"] = quantile(before, after, 0.99)
+        results["offered"] = written / args.seconds
+        results["rss_final"] = service.rss_mb()
+    finally:
+        service.stop()
+        kept = Path(tempfile.gettempdir()) / "bench-inventory-projection.log"
+        if service.log_path.exists():
+            shutil.copy(service.log_path, kept)
+            log(f"service log kept at {kept}")
+        await stack.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+    command = "uv run python -m bench.inventory " + " ".join(sys.argv[1:])
+    print()
+    print(f"Ambidex inventory-projection benchmark (one machine, {os.cpu_count()} cores)")
+    print(
+        f"  replay                  {results['replay']:10,.0f} changes/s "
+        f"({args.changes:,} stock changes, {args.items:,} items x {args.warehouses:,} "
+        f"warehouses; {results['replay_total']:.0f}s incl. start)"
+    )
+    print(f"  raw aiokafka consume    {results['raw']:10,.0f} records/s (same topic, same run)")
+    print(f"  replay / raw            {results['replay'] / results['raw']:10.2f}")
+    print(
+        f"  table restore           {results['restore']:10,.0f} entries/s "
+        f"({results['changelog_entries']:,} changelog entries; raw read "
+        f"{results['raw_changelog']:,.0f}/s, ratio "
+        f"{results['restore'] / results['raw_changelog']:.2f})"
+    )
+    print(
+        f"  worker RSS              {results['rss_after_replay']:10.0f} MB after replay, "
+        f"{results['rss_after_restore']:.0f} MB after restore, {results['rss_final']:.0f} MB at end"
+    )
+    print(
+        f"  ERP commit -> CRM write-back at {results['offered']:,.0f} changes/s: "
+        f"p50 {results['p50'] * 1000:.0f} ms, p99 {results['p99'] * 1000:.0f} ms "
+        f"({results['latency_n']:.0f} source transactions; bucket-interpolated)"
+    )
+    print(f"  reproduce: {command}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,27 +1,34 @@
 """order-sync: confirmed CRM orders become ERP orders; ERP progress flows back.
 
-Process shape (``ambidex run order-sync``; Faust app ``ambidex-order-sync``, its own
-consumer group):
+Process shape (``ambidex run order-sync``; Faust worker ``ambidex-order-sync``):
 
-* **CRM agent** (concurrency 1) over ``cdc.crm.{sales_order, sales_order_line, account,
-  product, transaction}``, manual acks. Every record is decoded by the shared intake
-  (bad input -> ``dlq.order-sync``, then acked); change events and END markers are held
-  by :class:`~services.order_sync.assembly.HeldTransactions` until their source
-  transaction is complete. Complete transactions go to a bounded queue; the **CRM
-  writer** task takes everything that is ready (up to ``sink_batch_max_rows`` events),
-  applies it in ONE ERP transaction (:class:`~services.order_sync.store.ErpStore`),
-  writes the CRM status / publishes (:class:`~services.order_sync.store.StatusWriter`)
-  and only then acks the batch's records — so Faust never commits an offset past
-  unapplied work, and a crash anywhere means redelivery of whole transactions, which
-  fold and decide to NothingToDo (exactly one ERP order per CRM order).
-* **ERP agent** over ``cdc.erp.{sales_order, sales_order_line, item, currency,
-  warehouse}``: order/line changes that are not order-sync's own writes (echo
-  fingerprints) become progress (``domain.progress_status`` of the ERP order as it is
-  now) in ``crm_integration.order_sync_status`` and on ``ambidex.order-status``; item,
-  currency and warehouse changes re-decide the orders last rejected (the fix of an
-  unknown item or currency is picked up without replaying anything). Account changes
-  (CRM agent) update linked ERP customers and re-decide that account's rejected
-  orders; product changes re-decide all rejected orders.
+* **CRM source** (:class:`~services.shared.batches.BatchSource`, consumer group
+  ``ambidex-order-sync.crm``) over ``cdc.crm.{sales_order, sales_order_line, account,
+  product, transaction}``. Each fetch (up to 5,000 records) is decoded by the shared
+  intake (bad input -> ``dlq.order-sync``); change events and END markers are held by
+  :class:`~services.order_sync.assembly.HeldTransactions` (their offsets stay
+  uncommitted) until their source transaction is complete. Every transaction the fetch
+  completed is applied in ONE ERP transaction (:class:`~services.order_sync.store.ErpStore`;
+  up to ``sink_batch_max_rows`` events per ERP transaction), then the CRM status is
+  written and published (:class:`~services.order_sync.store.StatusWriter`), and only
+  then are their records released for commit. A crash anywhere means redelivery of
+  whole transactions, which fold and decide to NothingToDo (exactly one ERP order per
+  CRM order). Batching per fetch is what makes order-sync fast: the per-order cost is a
+  share of a dozen round trips per batch, not a dozen round trips per order.
+* **ERP source** (group ``ambidex-order-sync.erp``) over ``cdc.erp.{sales_order,
+  sales_order_line, item, currency, warehouse}``: order/line changes that are not
+  order-sync's own writes become progress (``domain.progress_status`` of the ERP order
+  as it is now) in ``crm_integration.order_sync_status`` and on
+  ``ambidex.order-status``. Own writes (echoes) are recognised by the fingerprints
+  order-sync recorded when it wrote the rows: from :class:`~services.order_sync.store.EchoMemory`
+  (what this process wrote recently) and, for anything it does not remember, from
+  ``erp_integration.written_row``. Item, currency and warehouse changes re-decide the
+  orders last rejected (the fix of an unknown item or currency is picked up without
+  replaying anything). Account changes (CRM source) update linked ERP customers and
+  re-decide that account's rejected orders; product changes re-decide all rejected
+  orders.
+
+The two sources run side by side, so ERP echo traffic never delays CRM orders.
 
 State: nothing lives only in this process. The CRM order fold and the last decision
 are in ``erp_integration.order_state`` (written in the same ERP transaction as the
@@ -42,8 +49,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING
 
 import asyncpg
 from prometheus_client import Counter, Gauge
@@ -54,17 +60,22 @@ from services.order_sync.store import (
     ACCOUNT_TABLE,
     PRODUCT_TABLE,
     BatchResult,
+    EchoMemory,
     ErpStore,
     ProgressReader,
     StatusWriter,
     TransientStoreError,
 )
+from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
 from services.shared.changes import ChangeEvent, ChangeOp, Tombstone
 from services.shared.errors import BadInput
-from services.shared.runtime import FaustRecord, Service
+from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_shared_service
 from services.shared.settings import ServiceSettings
 from services.shared.transactions import CompleteTransaction, InconsistentTransaction
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
 
 log = logging.getLogger(__name__)
 
@@ -87,33 +98,6 @@ ERP_TOPICS = (
 ERP_ORDER_TABLES = frozenset({"sales_order", "sales_order_line"})
 ERP_CATALOGUE_TABLES = frozenset({"item", "currency", "warehouse"})
 
-QUEUE_TRANSACTIONS = 4096
-ERP_BATCH_EVENTS = 2000
-
-T = TypeVar("T")
-
-
-class BatchQueue(Generic[T]):
-    """A bounded queue whose consumer takes everything that is ready (up to a weight)."""
-
-    def __init__(self, maxsize: int, weight: Callable[[T], int] = lambda _: 1) -> None:
-        self._queue: asyncio.Queue[T] = asyncio.Queue(maxsize)
-        self._weight = weight
-
-    async def put(self, item: T) -> None:
-        await self._queue.put(item)
-
-    async def take(self, max_weight: int) -> list[T]:
-        items = [await self._queue.get()]
-        total = self._weight(items[0])
-        while total < max_weight and not self._queue.empty():
-            item = self._queue.get_nowait()
-            items.append(item)
-            total += self._weight(item)
-        return items
-
-    def qsize(self) -> int:
-        return self._queue.qsize()
 
 
 class OrderSyncMetrics:
@@ -158,11 +142,6 @@ class OrderSyncMetrics:
             "CRM source transactions waiting for the rest of their events.",
             registry=registry,
         )
-        self.queued = Gauge(
-            "ambidex_order_sync_queued_transactions",
-            "Complete CRM transactions waiting for the writer.",
-            registry=registry,
-        )
 
 
 _TRANSIENT = (
@@ -184,28 +163,26 @@ def _is_unavailable(error: BaseException) -> bool:
     return name.startswith(("aiokafka", "kafka"))
 
 
-@dataclass
-class _Held:
-    transaction: CompleteTransaction
-    handles: list[Any] = field(default_factory=list)
+Handle = tuple["ConsumerRecord[bytes, bytes]", Hold]
 
 
 class OrderSync:
-    """The service's shell: two agents, two writer tasks, the stores."""
+    """The service's shell: two batch sources (CRM, ERP), the stores."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
         self.metrics = OrderSyncMetrics(service)
-        self.held: HeldTransactions[Any] = HeldTransactions(CRM_COLLECTIONS)
-        self.crm_queue: BatchQueue[_Held] = BatchQueue(
-            QUEUE_TRANSACTIONS, lambda h: len(h.transaction.events)
+        self.held: HeldTransactions[Handle] = HeldTransactions(CRM_COLLECTIONS)
+        self.crm_source = BatchSource(
+            service, "crm", CRM_TOPICS, self.on_crm_batch, on_reset=self.reset_crm
         )
-        self.erp_queue: BatchQueue[tuple[ChangeEvent, Any]] = BatchQueue(QUEUE_TRANSACTIONS * 4)
+        self.erp_source = BatchSource(service, "erp", ERP_TOPICS, self.on_erp_batch)
         self.crm_pool: asyncpg.Pool | None = None
         self.erp_pool: asyncpg.Pool | None = None
         self.store: ErpStore | None = None
         self.progress: ProgressReader | None = None
         self.status: StatusWriter | None = None
+        self.echo_memory = EchoMemory()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -218,8 +195,8 @@ class OrderSync:
             settings.erp_dsn.get_secret_value(), min_size=1, max_size=4
         )
         assert self.crm_pool is not None and self.erp_pool is not None
-        self.store = ErpStore(self.crm_pool, self.erp_pool)
-        self.progress = ProgressReader(self.erp_pool)
+        self.store = ErpStore(self.crm_pool, self.erp_pool, self.echo_memory)
+        self.progress = ProgressReader(self.erp_pool, self.echo_memory)
         self.status = StatusWriter(self.crm_pool, service.require_publisher())
         service.health.set_check("databases", True, "pools open")
 
@@ -235,84 +212,84 @@ class OrderSync:
 
     # ------------------------------------------------------------------ CRM side
 
-    async def consume_crm(self, stream: Any) -> None:
-        await self.service.wait_started()
-        intake = self.service.require_intake()
-        writer = asyncio.create_task(self._crm_writer(stream), name="order-sync-crm-writer")
-        try:
-            async for event in stream.noack().events():
-                record = FaustRecord(event.message)
-                if record.topic == CRM_TRANSACTION_TOPIC:
-                    marker = await intake.marker(record)
-                    if marker is None:
-                        await stream.ack(event)
-                        continue
-                    released = self.held.add_marker(marker, event)
-                else:
-                    change = await intake.change(record)
-                    if change is None or isinstance(change, Tombstone):
-                        await stream.ack(event)
-                        continue
-                    if change.op is ChangeOp.TRUNCATE:
-                        await intake.reject(record, BadInput(
-                            f"TRUNCATE of {change.data_collection} cannot be synced row by row"
-                        ))
-                        await stream.ack(event)
-                        continue
-                    try:
-                        released = self.held.add_change(change, event)
-                    except InconsistentTransaction as error:
-                        await self._dead_letter_transaction(stream, change, event, error)
-                        continue
-                for handle in released.ack_now:
-                    await stream.ack(handle)
-                if released.orphans:
-                    self.metrics.orphans.inc(released.orphans)
-                for transaction, handles in released.complete:
-                    await self.crm_queue.put(_Held(transaction, handles))
-                self.metrics.open_transactions.set(self.held.open_transactions)
-                self.metrics.queued.set(self.crm_queue.qsize())
-                if writer.done():
-                    self._surface(writer)
-        finally:
-            writer.cancel()
+    async def reset_crm(self) -> None:
+        """After a rebalance every uncommitted record is redelivered: start afresh."""
+        self.held = HeldTransactions(CRM_COLLECTIONS)
+        self.metrics.open_transactions.set(0)
 
-    def _surface(self, writer: asyncio.Task[None]) -> None:
-        """A writer task never ends by itself: report its crash as fatal (liveness)."""
-        error = writer.exception()
-        self.service.health.record_fatal(f"{writer.get_name()} stopped: {error!r}")
-        raise RuntimeError(f"{writer.get_name()} stopped") from error
+    async def on_crm_batch(self, batch: RecordBatch) -> None:
+        """Assemble whole CRM transactions from one fetch and apply the complete ones.
+
+        Every change and END marker is held (uncommitted) until its transaction is
+        applied; transactions still incomplete stay held into the next batches.
+        """
+        intake = self.service.require_intake()
+        complete: list[tuple[CompleteTransaction, list[Handle]]] = []
+        release: list[Handle] = []
+        for record in batch.records:
+            if record.topic == CRM_TRANSACTION_TOPIC:
+                marker = await intake.marker(record)
+                if marker is None:
+                    continue
+                released = self.held.add_marker(marker, (record, batch.hold(record)))
+            else:
+                change = await intake.change(record)
+                if change is None or isinstance(change, Tombstone):
+                    continue
+                if change.op is ChangeOp.TRUNCATE:
+                    await intake.reject(record, BadInput(
+                        f"TRUNCATE of {change.data_collection} cannot be synced row by row"
+                    ))
+                    continue
+                try:
+                    released = self.held.add_change(change, (record, batch.hold(record)))
+                except InconsistentTransaction as error:
+                    await self._dead_letter_transaction(change, record, error)
+                    continue
+            release.extend(released.ack_now)
+            if released.orphans:
+                self.metrics.orphans.inc(released.orphans)
+            complete.extend(released.complete)
+        self.crm_source.release(h for _, h in release)
+        self.metrics.open_transactions.set(self.held.open_transactions)
+        limit = self.service.settings.sink_batch_max_rows
+        chunk: list[tuple[CompleteTransaction, list[Handle]]] = []
+        size = 0
+        for item in complete:
+            chunk.append(item)
+            size += len(item[0].events)
+            if size >= limit:
+                await self._apply_and_release(chunk)
+                chunk, size = [], 0
+        if chunk:
+            await self._apply_and_release(chunk)
+
+    async def _apply_and_release(
+        self, chunk: list[tuple[CompleteTransaction, list[Handle]]]
+    ) -> None:
+        await self._apply_crm(chunk)
+        now = time.time()
+        metrics = self.service.metrics
+        for transaction, handles in chunk:
+            metrics.observe_end_to_end_lag("crm_to_erp", transaction.commit_time.timestamp(), now)
+            for event in transaction.events:
+                metrics.event(event.origin.topic, "applied")
+            self.crm_source.release(h for _, h in handles)
 
     async def _dead_letter_transaction(
-        self, stream: Any, change: ChangeEvent, event: Any, error: InconsistentTransaction
+        self, change: ChangeEvent, record: ConsumerRecord[bytes, bytes],
+        error: InconsistentTransaction,
     ) -> None:
         intake = self.service.require_intake()
         handles = self.held.discard(change.transaction_id or "")
-        for handle in [*handles, event]:
-            record = FaustRecord(handle.message)
-            if record.topic != CRM_TRANSACTION_TOPIC:
-                await intake.reject(record, error)
-            await stream.ack(handle)
+        for held_record, _ in handles:
+            if held_record.topic != CRM_TRANSACTION_TOPIC:
+                await intake.reject(held_record, error)
+        await intake.reject(record, error)
+        self.crm_source.release(h for _, h in handles)
 
-    async def _crm_writer(self, stream: Any) -> None:
-        batch_limit = self.service.settings.sink_batch_max_rows
-        while True:
-            batch = await self.crm_queue.take(batch_limit)
-            await self._apply_crm(stream, batch)
-            now = time.time()
-            for held in batch:
-                self.service.metrics.observe_end_to_end_lag(
-                    "crm_to_erp", held.transaction.commit_time.timestamp(), now
-                )
-                for event in held.transaction.events:
-                    self.service.metrics.event(event.origin.topic, "applied")
-            for held in batch:
-                for handle in held.handles:
-                    await stream.ack(handle)
-            self.metrics.queued.set(self.crm_queue.qsize())
-
-    async def _apply_crm(self, stream: Any, batch: list[_Held]) -> None:
-        events = [event for held in batch for event in held.transaction.events]
+    async def _apply_crm(self, chunk: list[tuple[CompleteTransaction, list[Handle]]]) -> None:
+        events = [event for transaction, _ in chunk for event in transaction.events]
 
         async def attempt() -> None:
             await self.apply_events(events)
@@ -320,15 +297,14 @@ class OrderSync:
         failure = await self._with_retries(attempt)
         if failure is None:
             return
-        if len(batch) > 1:
+        if len(chunk) > 1:
             self.metrics.retries.labels("split").inc()
-            for held in batch:
-                await self._apply_crm(stream, [held])
+            for item in chunk:
+                await self._apply_crm([item])
             return
         intake = self.service.require_intake()
         reason = BadInput(f"the ERP refused this CRM transaction: {failure}")
-        for handle in batch[0].handles:
-            record = FaustRecord(handle.message)
+        for record, _ in chunk[0][1]:
             if record.topic != CRM_TRANSACTION_TOPIC:
                 await intake.reject(record, reason)
 
@@ -391,40 +367,30 @@ class OrderSync:
 
     # ------------------------------------------------------------------ ERP side
 
-    async def consume_erp(self, stream: Any) -> None:
-        await self.service.wait_started()
+    async def on_erp_batch(self, batch: RecordBatch) -> None:
+        """ERP changes of one fetch: progress of synced orders, re-decisions on
+        reference data; nothing is held (each batch is applied before the next)."""
         intake = self.service.require_intake()
-        writer = asyncio.create_task(self._erp_writer(stream), name="order-sync-erp-writer")
-        try:
-            async for event in stream.noack().events():
-                change = await intake.change(FaustRecord(event.message))
-                if change is None or isinstance(change, Tombstone):
-                    await stream.ack(event)
-                    continue
-                await self.erp_queue.put((change, event))
-                if writer.done():
-                    self._surface(writer)
-        finally:
-            writer.cancel()
+        changes: list[ChangeEvent] = []
+        for record in batch.records:
+            change = await intake.change(record)
+            if change is not None and not isinstance(change, Tombstone):
+                changes.append(change)
+        if not changes:
+            return
 
-    async def _erp_writer(self, stream: Any) -> None:
-        while True:
-            batch = await self.erp_queue.take(ERP_BATCH_EVENTS)
-            changes = [change for change, _ in batch]
+        async def attempt() -> None:
+            await self.apply_erp_changes(changes)
 
-            async def attempt(changes: list[ChangeEvent] = changes) -> None:
-                await self.apply_erp_changes(changes)
-
-            failure = await self._with_retries(attempt)
-            if failure is not None:
-                log.error("ERP progress batch failed: %s", failure)
-            now = time.time()
-            for change, handle in batch:
-                self.service.metrics.event(change.origin.topic, "applied")
-                self.service.metrics.observe_end_to_end_lag(
-                    "erp_to_crm", change.commit_time.timestamp(), now
-                )
-                await stream.ack(handle)
+        failure = await self._with_retries(attempt)
+        if failure is not None:
+            log.error("ERP progress batch failed: %s", failure)
+        now = time.time()
+        metrics = self.service.metrics
+        for change in changes:
+            metrics.event(change.origin.topic, "applied")
+        newest = max(change.commit_time.timestamp() for change in changes)
+        metrics.observe_end_to_end_lag("erp_to_crm", newest, now)
 
     async def apply_erp_changes(self, changes: Sequence[ChangeEvent]) -> None:
         store, progress, status = self._parts()
@@ -460,16 +426,5 @@ def build_service(settings: ServiceSettings) -> Service:
     service.on_start.append(sync.start)
     service.on_stop.append(sync.stop)
 
-    async def crm_agent(stream: Any) -> None:
-        await sync.consume_crm(stream)
-
-    async def erp_agent(stream: Any) -> None:
-        await sync.consume_erp(stream)
-
-    service.app.agent(service.raw_topic(*CRM_TOPICS), name="order-sync-crm", concurrency=1)(
-        crm_agent
-    )
-    service.app.agent(service.raw_topic(*ERP_TOPICS), name="order-sync-erp", concurrency=1)(
-        erp_agent
-    )
+    attach_sources(service, sync.crm_source, sync.erp_source)
     return service

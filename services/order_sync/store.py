@@ -271,12 +271,56 @@ class TransientStoreError(RuntimeError):
 # --------------------------------------------------------------------------- the ERP side
 
 
+class EchoMemory:
+    """What this process wrote to the ERP recently, to recognise echoes without a query.
+
+    Per ERP row the fingerprints order-sync recorded for it (newest first, as in
+    ``erp_integration.written_row``), per ERP order the CRM order it belongs to. Filled
+    only after the ERP transaction that wrote them committed, so it never knows more
+    than the database; a row it does not know (older, or written by another worker) is
+    looked up in the database. Bounded: two generations of ``capacity`` entries each,
+    the older dropped whole when the newer fills (cheaper than an LRU per lookup).
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._rows: dict[tuple[str, int], list[str]] = {}
+        self._old_rows: dict[tuple[str, int], list[str]] = {}
+        self._orders: dict[int, tuple[int, str]] = {}
+        self._old_orders: dict[int, tuple[int, str]] = {}
+
+    def remember_writes(self, fingerprints: Iterable[tuple[str, int, str]]) -> None:
+        for table, row_id, fingerprint in fingerprints:
+            key = (table, row_id)
+            history = self.history(table, row_id) or []
+            self._rows[key] = [fingerprint, *history][:FINGERPRINT_HISTORY]
+        if len(self._rows) > self.capacity:
+            self._old_rows, self._rows = self._rows, {}
+
+    def remember_order(self, erp_order_id: int, crm_order_id: int, erp_order_name: str) -> None:
+        self._orders[erp_order_id] = (crm_order_id, erp_order_name)
+        if len(self._orders) > self.capacity:
+            self._old_orders, self._orders = self._orders, {}
+
+    def history(self, table: str, row_id: int) -> list[str] | None:
+        key = (table, row_id)
+        found = self._rows.get(key)
+        return found if found is not None else self._old_rows.get(key)
+
+    def order(self, erp_order_id: int) -> tuple[int, str] | None:
+        found = self._orders.get(erp_order_id)
+        return found if found is not None else self._old_orders.get(erp_order_id)
+
+
 class ErpStore:
     """CRM->ERP effects; see the module docstring."""
 
-    def __init__(self, crm: asyncpg.Pool, erp: asyncpg.Pool) -> None:
+    def __init__(
+        self, crm: asyncpg.Pool, erp: asyncpg.Pool, memory: EchoMemory | None = None
+    ) -> None:
         self.crm = crm
         self.erp = erp
+        self.memory = memory if memory is not None else EchoMemory()
 
     async def rejected_orders(self, account_ids: Sequence[int] | None = None) -> list[int]:
         """CRM orders whose last decision was a rejection (re-decided when reference
@@ -419,6 +463,13 @@ class ErpStore:
                 or stored_decisions.get(i) != (_kind(decisions[i]) if i in decisions else None)
             }
             await self._write_states(conn, touched, orders, decisions)
+        # committed: from now on these rows' echoes are recognised from memory
+        self.memory.remember_writes(writes.fingerprints)
+        for _, identity, _ in identities:
+            self.memory.remember_order(
+                int(identity["erp_order_id"]), int(identity["crm_order_id"]),
+                str(identity["erp_order_name"]),
+            )
         return result
 
     # ------------------------------------------------------------------ reads
@@ -755,15 +806,21 @@ class ProgressReader:
     """The ERP side: which ERP changes are order-sync's own (echoes) and the current
     snapshot of the ERP orders that changed otherwise."""
 
-    def __init__(self, erp: asyncpg.Pool) -> None:
+    def __init__(self, erp: asyncpg.Pool, memory: EchoMemory | None = None) -> None:
         self.erp = erp
+        self.memory = memory if memory is not None else EchoMemory()
 
     async def classify(
         self, events: Sequence[ChangeEvent]
     ) -> tuple[dict[int, ProgressCandidate], int, int]:
-        """``(candidates by erp order id, echoes, foreign)`` for ERP order/line changes."""
+        """``(candidates by erp order id, echoes, foreign)`` for ERP order/line changes.
+
+        Rows and orders this process wrote are answered from :class:`EchoMemory`; only
+        the rest is looked up (one query each for identities and fingerprints).
+        """
         from services.order_sync.domain import is_echo
 
+        memory = self.memory
         order_of: list[tuple[ChangeEvent, int]] = []
         for event in events:
             row = event.row or {}
@@ -772,18 +829,37 @@ class ProgressReader:
                 order_of.append((event, erp_id))
         if not order_of:
             return {}, 0, 0
-        async with self.erp.acquire() as conn:
-            identity = {
-                int(r["erp_order_id"]): (int(r["crm_order_id"]), str(r["erp_order_name"]))
-                for r in await conn.fetch(_IDENTITY_BY_ERP, _ids(i for _, i in order_of))
-            }
-            keys = sorted({(e.table, rid) for e, _ in order_of if (rid := _row_id(e)) is not None})
-            written = {
-                (str(r["tbl"]), int(r["row_id"])): list(r["fingerprints"])
-                for r in await conn.fetch(
-                    _FINGERPRINTS_READ, [t for t, _ in keys], [r for _, r in keys]
-                )
-            } if keys else {}
+        identity: dict[int, tuple[int, str]] = {}
+        written: dict[tuple[str, int], list[str]] = {}
+        unknown_orders: set[int] = set()
+        unknown_rows: set[tuple[str, int]] = set()
+        for event, erp_id in order_of:
+            known = memory.order(erp_id)
+            if known is None:
+                unknown_orders.add(erp_id)
+            else:
+                identity[erp_id] = known
+            row_id = _row_id(event)
+            if row_id is None:
+                continue
+            history = memory.history(event.table, row_id)
+            if history is not None and _matching(event, history) == _own_fingerprint(event):
+                written[(event.table, row_id)] = history
+            else:
+                unknown_rows.add((event.table, row_id))
+        if unknown_orders or unknown_rows:
+            async with self.erp.acquire() as conn:
+                if unknown_orders:
+                    for r in await conn.fetch(_IDENTITY_BY_ERP, _ids(unknown_orders)):
+                        identity[int(r["erp_order_id"])] = (
+                            int(r["crm_order_id"]), str(r["erp_order_name"])
+                        )
+                if unknown_rows:
+                    keys = sorted(unknown_rows)
+                    for r in await conn.fetch(
+                        _FINGERPRINTS_READ, [t for t, _ in keys], [i for _, i in keys]
+                    ):
+                        written[(str(r["tbl"]), int(r["row_id"]))] = list(r["fingerprints"])
         candidates: dict[int, ProgressCandidate] = {}
         echoes = foreign = 0
         for event, erp_id in order_of:
@@ -804,6 +880,13 @@ class ProgressReader:
         async with self.erp.acquire() as conn:
             headers = await conn.fetch(_ERP_ORDERS_BY_ID, list(erp_order_ids))
             return await _snapshots(conn, headers, key="id")
+
+
+def _own_fingerprint(event: ChangeEvent) -> str | None:
+    """The fingerprint this change would carry if order-sync had written it."""
+    if event.is_delete:
+        return ROW_DELETED
+    return row_fingerprint(event.table, event.after) if event.after is not None else None
 
 
 def _matching(event: ChangeEvent, history: Sequence[str]) -> str | None:

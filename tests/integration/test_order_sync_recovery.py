@@ -39,7 +39,8 @@ from tests.integration.test_order_sync import (
     wait_status,
 )
 
-GROUP = "ambidex-order-sync"  # the Faust app id is the consumer group
+#: one consumer group per batch source (services.shared.batches.BatchSource)
+GROUPS = {"ambidex-order-sync.crm": CRM_TOPICS, "ambidex-order-sync.erp": ERP_TOPICS}
 
 
 @pytest.fixture
@@ -70,34 +71,43 @@ async def _erp_image(erp: asyncpg.Connection, crm: asyncpg.Connection) -> dict[s
     }
 
 
-async def _reset_group_to_beginning(bootstrap: str) -> dict[TopicPartition, int]:
+async def _reset_group_to_beginning(bootstrap: str) -> dict[str, dict[TopicPartition, int]]:
     """Commit the beginning offset of every input partition for the (stopped) service's
-    group; returns the end offsets at that moment (what the replay must get through)."""
-    partitions = await topic_partitions(bootstrap, [*CRM_TOPICS, *ERP_TOPICS])
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        begin = await consumer.beginning_offsets(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in begin.items()})
-    finally:
-        await consumer.stop()
+    groups; returns per group the end offsets at that moment (what the replay must get
+    through)."""
+    ends: dict[str, dict[TopicPartition, int]] = {}
+    for group, topics in GROUPS.items():
+        partitions = await topic_partitions(bootstrap, list(topics))
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            begin = await consumer.beginning_offsets(partitions)
+            ends[group] = await consumer.end_offsets(partitions)
+            await consumer.commit(
+                {tp: OffsetAndMetadata(offset, "") for tp, offset in begin.items()}
+            )
+        finally:
+            await consumer.stop()
     return ends
 
 
-async def _caught_up(bootstrap: str, ends: dict[TopicPartition, int]) -> bool:
+async def _caught_up(bootstrap: str, ends: dict[str, dict[TopicPartition, int]]) -> bool:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets(GROUP)
+        for group, group_ends in ends.items():
+            committed = await admin.list_consumer_group_offsets(group)
+            if not all(
+                end == 0 or (tp in committed and committed[tp].offset >= end)
+                for tp, end in group_ends.items()
+            ):
+                return False
+        return True
     finally:
         await admin.close()
-    return all(
-        end == 0 or (tp in committed and committed[tp].offset >= end) for tp, end in ends.items()
-    )
 
 
 async def test_replaying_every_input_from_the_beginning_changes_nothing(

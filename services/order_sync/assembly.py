@@ -23,6 +23,7 @@ Pure: no I/O, handles are opaque.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -64,7 +65,10 @@ class HeldTransactions(Generic[H]):
         )
         self._subscribed = self.assembler.data_collections
         self._handles: dict[str, list[H]] = {}
-        self._first_commit: dict[str, int] = {}
+        # open transactions whose END has not been seen, by commit LSN (orphan check);
+        # the heap has stale entries for those that since ended (skipped when popped)
+        self._no_end: dict[str, int] = {}
+        self._no_end_heap: list[tuple[int, str]] = []
         self._ended: set[str] = set()
         self._done: OrderedDict[str, None] = OrderedDict()
         self._remember = remember_completed
@@ -87,9 +91,10 @@ class HeldTransactions(Generic[H]):
             released.ack_now.append(handle)  # redelivery of an assembled transaction
             return released
         self._handles.setdefault(xid, []).append(handle)
-        commit = event.position.commit_lsn
-        if commit < self._first_commit.get(xid, commit + 1):
-            self._first_commit[xid] = commit
+        if xid not in self._ended and xid not in self._no_end:
+            commit = event.position.commit_lsn
+            self._no_end[xid] = commit
+            heapq.heappush(self._no_end_heap, (commit, xid))
         return released
 
     def add_marker(self, marker: TransactionMarker, handle: H) -> Released[H]:
@@ -111,13 +116,14 @@ class HeldTransactions(Generic[H]):
             return released
         self._handles.setdefault(xid, []).append(handle)
         self._ended.add(xid)
+        self._no_end.pop(xid, None)
         return released
 
     def discard(self, xid: str) -> list[H]:
         """Forget an open transaction (e.g. inconsistent: dead-lettered); its handles."""
         self.assembler.discard(xid)
         self._ended.discard(xid)
-        self._first_commit.pop(xid, None)
+        self._no_end.pop(xid, None)
         self._remember_done(xid)
         return self._handles.pop(xid, [])
 
@@ -129,7 +135,7 @@ class HeldTransactions(Generic[H]):
         handles = self._handles.pop(xid, [])
         handles.append(handle)
         self._ended.discard(xid)
-        self._first_commit.pop(xid, None)
+        self._no_end.pop(xid, None)
         self._remember_done(xid)
         for transaction in complete:
             released.complete.append((transaction, handles))
@@ -137,11 +143,14 @@ class HeldTransactions(Generic[H]):
             self._release_orphans(transaction.position.commit_lsn, released)
 
     def _release_orphans(self, commit_lsn: int, released: Released[H]) -> None:
-        orphans = [
-            xid
-            for xid, first in self._first_commit.items()
-            if xid not in self._ended and first < commit_lsn
-        ]
+        # END markers share one partition in commit order: an open transaction of an
+        # earlier commit whose END has not come before this one's never will
+        orphans: list[str] = []
+        heap = self._no_end_heap
+        while heap and heap[0][0] < commit_lsn:
+            first, xid = heapq.heappop(heap)
+            if self._no_end.get(xid) == first:
+                orphans.append(xid)
         for xid in orphans:
             released.ack_now.extend(self.discard(xid))
             released.orphans += 1

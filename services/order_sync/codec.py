@@ -16,13 +16,14 @@ No I/O here.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
+
+import orjson
 
 from services.order_sync.domain import OrderDraft, RowVersion
 from services.shared.position import SourcePosition
@@ -92,14 +93,14 @@ def encode_draft(draft: OrderDraft) -> str:
         "header": None if draft.header is None else _encode_version(draft.header),
         "lines": {str(i): _encode_version(v) for i, v in sorted(draft.lines.items())},
     }
-    return json.dumps(document, separators=(",", ":"))
+    return orjson.dumps(document).decode()
 
 
 def decode_draft(text: str | None, order_id: int) -> OrderDraft:
     """The draft stored as ``text`` (an empty draft of ``order_id`` for None)."""
     if text is None:
         return OrderDraft(order_id)
-    document = json.loads(text)
+    document = orjson.loads(text)
     if document.get("order_id") != order_id:
         raise ValueError(f"stored draft of order {document.get('order_id')} read as {order_id}")
     header = document.get("header")

@@ -106,7 +106,6 @@ Echo suppression (:func:`is_echo`)
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -114,6 +113,8 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol, Self, TypeAlias
+
+import orjson
 
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.errors import BadInput
@@ -1396,8 +1397,8 @@ def row_fingerprint(table: str, row: Mapping[str, Any]) -> str:
     document: dict[str, Any] = {name: _canonical(row.get(name)) for name in columns}
     if table == ERP_ORDER_TABLE:
         document["cancelled"] = row.get("state") == ErpOrderState.CANCELLED
-    text = json.dumps([table, document], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    text = orjson.dumps([table, document], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(text).hexdigest()
 
 
 def header_row(
@@ -1441,12 +1442,15 @@ def _erp_owned_changed(table: str, before: Mapping[str, Any], after: Mapping[str
     return False
 
 
-def is_echo(change: ChangeEvent, last_written: str | None) -> bool:
+def is_echo(
+    change: ChangeEvent, last_written: str | None, *, fingerprint: str | None = None
+) -> bool:
     """True iff this ERP change carries nothing but order-sync's own write.
 
     ``last_written`` is what order-sync recorded for that row before writing it: the
     :func:`row_fingerprint` of the row as written, :data:`ROW_DELETED`, or None if it
     never wrote the row. Only meaningful for rows of ``ambidex`` orders.
+    ``fingerprint`` is the change's own :func:`row_fingerprint` when the caller has it.
     """
     if change.table not in SYNC_OWNED_COLUMNS or last_written is None:
         return False
@@ -1455,7 +1459,9 @@ def is_echo(change: ChangeEvent, last_written: str | None) -> bool:
     if change.is_delete:
         return last_written == ROW_DELETED
     after = change.after
-    if after is None or row_fingerprint(change.table, after) != last_written:
+    if after is None:
+        return False
+    if (fingerprint or row_fingerprint(change.table, after)) != last_written:
         return False
     if change.before is None:
         return True  # an insert with exactly what order-sync wrote

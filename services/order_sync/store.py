@@ -831,6 +831,7 @@ class ProgressReader:
             return {}, 0, 0
         identity: dict[int, tuple[int, str]] = {}
         written: dict[tuple[str, int], list[str]] = {}
+        own: list[str | None] = []
         unknown_orders: set[int] = set()
         unknown_rows: set[tuple[str, int]] = set()
         for event, erp_id in order_of:
@@ -839,11 +840,13 @@ class ProgressReader:
                 unknown_orders.add(erp_id)
             else:
                 identity[erp_id] = known
+            mine = _own_fingerprint(event)
+            own.append(mine)
             row_id = _row_id(event)
             if row_id is None:
                 continue
             history = memory.history(event.table, row_id)
-            if history is not None and _matching(event, history) == _own_fingerprint(event):
+            if history is not None and mine is not None and mine in history:
                 written[(event.table, row_id)] = history
             else:
                 unknown_rows.add((event.table, row_id))
@@ -862,13 +865,13 @@ class ProgressReader:
                         written[(str(r["tbl"]), int(r["row_id"]))] = list(r["fingerprints"])
         candidates: dict[int, ProgressCandidate] = {}
         echoes = foreign = 0
-        for event, erp_id in order_of:
+        for (event, erp_id), mine in zip(order_of, own, strict=True):
             mapped = identity.get(erp_id)
             if mapped is None:
                 foreign += 1
                 continue
             history = written.get((event.table, _row_id(event) or -1), [])
-            if is_echo(event, _matching(event, history)):
+            if is_echo(event, _matching(history, mine), fingerprint=mine):
                 echoes += 1
                 continue
             current = candidates.get(erp_id)
@@ -889,17 +892,13 @@ def _own_fingerprint(event: ChangeEvent) -> str | None:
     return row_fingerprint(event.table, event.after) if event.after is not None else None
 
 
-def _matching(event: ChangeEvent, history: Sequence[str]) -> str | None:
-    """The recorded write this change may be the echo of: the one whose fingerprint it
-    carries (order-sync may have written the row again since), else the newest."""
+def _matching(history: Sequence[str], mine: str | None) -> str | None:
+    """The recorded write a change may be the echo of: the one whose fingerprint it
+    carries (``mine``; order-sync may have written the row again since), else the newest."""
     if not history:
         return None
-    if event.is_delete:
-        return ROW_DELETED if ROW_DELETED in history else history[0]
-    if event.after is not None:
-        mine = row_fingerprint(event.table, event.after)
-        if mine in history:
-            return mine
+    if mine is not None and mine in history:
+        return mine
     return history[0]
 
 

@@ -31,6 +31,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from fastavro._validate_common import ValidationError
 from fastavro.validation import validate
 
@@ -326,7 +327,7 @@ def transaction_xid(transaction_id: str) -> str:
 
 def _parse_json(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data)
+        return orjson.loads(data)
     except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError
         raise MalformedEvent(f"{what} is not JSON: {error}") from None
     except TypeError as error:

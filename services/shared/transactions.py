@@ -20,13 +20,14 @@ assembler matches on the ``<xid>`` part (:func:`services.shared.changes.transact
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from services.shared.changes import ChangeEvent, transaction_xid
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
@@ -93,7 +94,7 @@ class InconsistentTransaction(BadInput):
 def decode_marker(value: bytes) -> TransactionMarker:
     """Decode a transaction-metadata record value (JSON, schemas.enable=false)."""
     try:
-        document = json.loads(value)
+        document = orjson.loads(value)
     except (ValueError, RecursionError) as error:
         raise MalformedEvent(f"transaction marker is not JSON: {error}") from None
     except TypeError as error:
@@ -155,6 +156,7 @@ def _is_count(value: Any) -> bool:
 class _Open:
     events: dict[int, ChangeEvent] = field(default_factory=dict)
     expected: dict[str, int] | None = None  # subscribed collections only, set by END
+    received: dict[str, int] = field(default_factory=dict)  # running count per collection
 
 
 class TransactionAssembler:
@@ -232,6 +234,8 @@ class TransactionAssembler:
                 f"across {len(self._open)} open transactions"
             )
         state.events[event.total_order] = event
+        name = event.data_collection
+        state.received[name] = state.received.get(name, 0) + 1
         self._buffered += 1
         return self._try_complete(xid, state)
 
@@ -281,10 +285,7 @@ class TransactionAssembler:
     def _try_complete(self, xid: str, state: _Open) -> list[CompleteTransaction]:
         if state.expected is None:
             return []
-        received: dict[str, int] = {}
-        for event in state.events.values():
-            name = event.data_collection
-            received[name] = received.get(name, 0) + 1
+        received = state.received
         for name, count in received.items():
             if count > state.expected.get(name, 0):
                 events = self.discard(xid)

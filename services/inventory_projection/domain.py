@@ -102,6 +102,16 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, ClassVar, NamedTuple
 
+import orjson
+
+from services.inventory_projection.ledger import (
+    INCOMING,
+    ON_HAND,
+    RESERVED,
+    Contribution,
+    StockLedger,
+)
+from services.inventory_projection.state import KeyValue, MemoryState
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition
@@ -637,6 +647,28 @@ RECORD_TYPES: dict[Table, Any] = {
         ErpOrderLine,
     )
 }
+#: Tables folded into the :class:`~.ledger.StockLedger` (compact, one row per key or more).
+STOCK_TABLES = frozenset({STOCK_QUANT, RESERVATION, PRODUCTION_ORDER})
+META_KEY = b"m"
+
+
+def _contribution(record: Any) -> Contribution | None:
+    """What a present stock row adds to its key (None: deleted)."""
+    if isinstance(record, StockQuant):
+        return Contribution(record.item_id, record.warehouse_id, ON_HAND, record.on_hand)
+    if isinstance(record, Reservation):
+        return Contribution(record.item_id, record.warehouse_id, RESERVED, record.reserved)
+    if isinstance(record, ProductionOrder):
+        return Contribution(
+            record.item_id,
+            record.warehouse_id,
+            INCOMING,
+            record.incoming,
+            record.date_planned_finish,
+        )
+    return None
+
+
 #: ``database.table`` of every source table the projection folds.
 SOURCE_TABLES = frozenset(f"{db}.{table}" for db, table in RECORD_TYPES)
 
@@ -1087,10 +1119,15 @@ class _Watermarks:
 class RowStore:
     """The fold of every source row the projection needs, plus derived indexes.
 
-    Persist :attr:`Applied.entry` and :meth:`meta` (e.g. in Faust tables) and rebuild
-    with :meth:`restore`; the indexes are derived and never persisted.
+    Stock rows (:data:`STOCK_TABLES`, a million keys in production) live compactly in
+    the :class:`~.ledger.StockLedger` over :attr:`kv`; every other row version (the
+    catalogue and the orders, needed whole to resolve CRM demand) is kept in
+    :attr:`versions` and written through to :attr:`kv` (``v:`` keys) as it changes, the
+    meta with :meth:`save_meta`. :meth:`load` rebuilds a store from a ``kv``; the
+    in-memory indexes are derived and never persisted.
     """
 
+    kv: KeyValue = field(default_factory=MemoryState)
     versions: dict[tuple[Table, int], Version] = field(default_factory=dict)
     revision: int = 0
     watermarks: _Watermarks = field(default_factory=_Watermarks)
@@ -1098,7 +1135,6 @@ class RowStore:
     _items_by_sku: dict[str, set[int]] = field(default_factory=dict)
     _warehouses_by_code: dict[str, set[int]] = field(default_factory=dict)
     _products_by_sku: dict[str, set[int]] = field(default_factory=dict)
-    _stock_rows: dict[Table, dict[AvailabilityKey, set[int]]] = field(default_factory=dict)
     _lines_by_order: dict[int, set[int]] = field(default_factory=dict)
     _lines_by_product: dict[int, set[int]] = field(default_factory=dict)
     _orders_by_code: dict[str | None, set[int]] = field(default_factory=dict)
@@ -1106,7 +1142,13 @@ class RowStore:
     _erp_lines_by_order: dict[int, set[int]] = field(default_factory=dict)
     _demand: dict[int, CrmDemandLine | Unresolved] = field(default_factory=dict)
     _demand_by_key: dict[AvailabilityKey, set[int]] = field(default_factory=dict)
+    #: per item, the warehouses it has resolved CRM demand in (count of lines)
     _warehouses_of_item: dict[int, dict[int, int]] = field(default_factory=dict)
+    _unknown_cache: tuple[tuple[int, int], frozenset[int]] | None = None
+    _catalogue_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        self.ledger = StockLedger(self.kv)
 
     # ------------------------------------------------------------------ persistence
 
@@ -1118,24 +1160,54 @@ class RowStore:
             "erp": self.watermarks.erp.isoformat(),
         }
 
+    def save_meta(self) -> None:
+        self.kv.put(META_KEY, orjson.dumps(self.meta()))
+
+    def _load_meta(self, meta: Mapping[str, Any]) -> None:
+        self.revision = int(meta["revision"])
+        self.watermarks = _Watermarks(
+            datetime.fromisoformat(meta["crm"]), datetime.fromisoformat(meta["erp"])
+        )
+
+    @classmethod
+    def load(cls, kv: KeyValue) -> RowStore:
+        """The store persisted in ``kv`` (empty ``kv``: an empty store)."""
+        store = cls(kv)
+        for key, raw in kv.scan(b"v:"):
+            table, row_id = parse_storage_key(key[2:].decode())
+            store._put(table, row_id, Version.from_dict(table, orjson.loads(raw)))
+        store._resolve_all()
+        meta = kv.get(META_KEY)
+        if meta is not None:
+            store._load_meta(orjson.loads(meta))
+        return store
+
     @classmethod
     def restore(
-        cls, entries: Iterable[tuple[str, Mapping[str, Any]]], meta: Mapping[str, Any] | None
+        cls,
+        entries: Iterable[tuple[str, Mapping[str, Any]]],
+        meta: Mapping[str, Any] | None,
+        kv: KeyValue | None = None,
     ) -> RowStore:
-        store = cls()
+        """A store from row versions (``storage_key`` -> ``Version.to_dict``), e.g. for
+        tools; stock rows are re-folded into ``kv``'s ledger."""
+        store = cls(kv if kv is not None else MemoryState())
         for key, data in entries:
             table, row_id = parse_storage_key(key)
             version = Version.from_dict(table, data)
-            store._put(table, row_id, version)
+            if table in STOCK_TABLES:
+                store.ledger.apply(
+                    table[1], row_id, version.position, _contribution(version.record)
+                )
+            else:
+                store._put(table, row_id, version)
         store._resolve_all()
         if meta:
-            store.revision = int(meta["revision"])
-            store.watermarks = _Watermarks(
-                datetime.fromisoformat(meta["crm"]), datetime.fromisoformat(meta["erp"])
-            )
+            store._load_meta(meta)
         return store
 
     def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Row versions of the catalogue and order tables (stock rows are in the ledger)."""
         for (table, row_id), version in self.versions.items():
             yield storage_key(table, row_id), version.to_dict()
 
@@ -1197,6 +1269,22 @@ class RowStore:
         record = None if row is None else record_from_row(table, row)  # BadInput: unchanged
         if record is not None and record.id != row_id:
             raise BadInput(f"{table[0]}.{table[1]} key id {row_id} != row id {record.id}")
+        flagged: BadInput | None = None
+        if isinstance(record, StockQuant) and record.quantity < 0:
+            flagged = NegativeStock(
+                f"erp.stock_quant {record.id}: negative on-hand quantity {record.quantity} "
+                f"(item {record.item_id}, warehouse {record.warehouse_id}); counted as 0"
+            )
+        if table in STOCK_TABLES:
+            changed, touched = self.ledger.apply(
+                table[1], row_id, position, _contribution(record)
+            )
+            if not changed:
+                return _UNCHANGED
+            self.revision += 1
+            stock_keys = {AvailabilityKey(i, w) for i, w in touched}
+            stock_keys |= {k.overall for k in stock_keys}
+            return Applied(changed=True, keys=frozenset(stock_keys), flagged=flagged)
         current = self.versions.get((table, row_id))
         if current is not None and position <= current.position:
             return _UNCHANGED
@@ -1206,23 +1294,21 @@ class RowStore:
         self._remove(table, row_id, old)
         self.versions[(table, row_id)] = version
         self._add_record(table, row_id, record)
+        key = storage_key(table, row_id)
+        self.kv.put(b"v:" + key.encode(), orjson.dumps(version.to_dict()))
+        if table == WAREHOUSE:
+            self._catalogue_epoch += 1
         after_keys, after_orders = self._dependents(table, record)
         orders = before_orders | after_orders
         keys = set(before_keys | after_keys)
         keys |= self._reresolve(self._lines_of(table, old, record, orders))
         keys |= {k.overall for k in keys}
         self.revision += 1
-        flagged: BadInput | None = None
-        if isinstance(record, StockQuant) and record.quantity < 0:
-            flagged = NegativeStock(
-                f"erp.stock_quant {record.id}: negative on-hand quantity {record.quantity} "
-                f"(item {record.item_id}, warehouse {record.warehouse_id}); counted as 0"
-            )
         return Applied(
             changed=True,
             keys=frozenset(keys),
             orders=frozenset(orders),
-            entry=(storage_key(table, row_id), version.to_dict()),
+            entry=(key, version.to_dict()),
             flagged=flagged,
         )
 
@@ -1255,10 +1341,6 @@ class RowStore:
             put(self._warehouses_by_code, record.code)
         elif isinstance(record, CrmProduct):
             put(self._products_by_sku, record.sku)
-        elif isinstance(record, StockQuant | Reservation | ProductionOrder):
-            key = AvailabilityKey(record.item_id, record.warehouse_id)
-            put(self._stock_rows.setdefault(table, {}), key)
-            self._count_warehouse(key, 1 if add else -1)
         elif isinstance(record, CrmOrder):
             put(self._orders_by_code, record.warehouse_code)
         elif isinstance(record, CrmOrderLine):
@@ -1287,17 +1369,15 @@ class RowStore:
         orders: set[int] = set()
         if record is None:
             return keys, orders
-        if isinstance(record, StockQuant | Reservation | ProductionOrder):
-            keys.add(AvailabilityKey(record.item_id, record.warehouse_id))
-        elif isinstance(record, ErpItem):
+        if isinstance(record, ErpItem):
             keys |= {AvailabilityKey(record.id, wh) for wh in self.warehouses_of(record.id)}
             keys.add(AvailabilityKey(record.id, None))
             for product_id in self._products_by_sku.get(record.sku, ()):
                 orders |= self._orders_of_product(product_id)
         elif isinstance(record, Warehouse):
-            for item_id, counts in self._warehouses_of_item.items():
-                if record.id in counts:
-                    keys.add(AvailabilityKey(item_id, record.id))
+            items = self.ledger.items_in(record.id)
+            items |= {i for i, counts in self._warehouses_of_item.items() if record.id in counts}
+            keys |= {AvailabilityKey(item_id, record.id) for item_id in items}
             orders |= set(self._orders_by_code.get(record.code, ()))
         elif isinstance(record, CrmProduct):
             orders |= self._orders_of_product(record.id)
@@ -1410,25 +1490,53 @@ class RowStore:
 
     def warehouses_of(self, item_id: int) -> set[int]:
         """Warehouses in which the item has any stock row or demand (known or not)."""
-        return set(self._warehouses_of_item.get(item_id, {}))
+        return self.ledger.warehouses_of(item_id) | set(self._warehouses_of_item.get(item_id, {}))
+
+    def _known_warehouse(self, warehouse_id: int) -> bool:
+        return self.warehouse(warehouse_id) is not None
+
+    def _unknown_stock_warehouses(self) -> frozenset[int]:
+        """Warehouses stock rows name that ``erp.warehouse`` does not know (cached)."""
+        stamp = (self._catalogue_epoch, len(self.ledger.warehouses))
+        if self._unknown_cache is None or self._unknown_cache[0] != stamp:
+            unknown = frozenset(
+                w for w in self.ledger.warehouses if not self._known_warehouse(w)
+            )
+            self._unknown_cache = (stamp, unknown)
+        return self._unknown_cache[1]
 
     def keys(self) -> set[AvailabilityKey]:
         """Every key with a known item (and, per warehouse, a known warehouse)."""
-        keys: set[AvailabilityKey] = set()
-        for item_id, counts in self._warehouses_of_item.items():
+        return set(self.iter_keys())
+
+    def iter_keys(self, after: AvailabilityKey | None = None) -> Iterator[AvailabilityKey]:
+        """:meth:`keys` in ``(item, warehouse)`` order, each item's overall key first,
+        from after ``after`` on (stock keys from the ledger, then demand-only keys)."""
+        demand: dict[int, set[int]] = {i: set(c) for i, c in self._warehouses_of_item.items()}
+        start = None
+        if after is not None:
+            wh = after.warehouse_id
+            start = (after.item_id, -(1 << 62) if wh is None else wh)
+        seen_items: set[int] = set()
+        for item_id, warehouse_id in self.ledger.keys(start):
+            if self.item(item_id) is None or not self._known_warehouse(warehouse_id):
+                continue
+            if item_id not in seen_items:
+                seen_items.add(item_id)
+                if after is None or item_id > after.item_id:
+                    yield AvailabilityKey(item_id, None)
+            demand.get(item_id, set()).discard(warehouse_id)
+            yield AvailabilityKey(item_id, warehouse_id)
+        if after is not None:
+            return  # demand-only keys are listed on the first pass of a round only
+        for item_id, warehouses in sorted(demand.items()):
             if self.item(item_id) is None:
                 continue
-            known = [wh for wh in counts if self.warehouse(wh) is not None]
-            if known:
-                keys.add(AvailabilityKey(item_id, None))
-                keys |= {AvailabilityKey(item_id, wh) for wh in known}
-        return keys
-
-    def _rows(self, table: Table, key: AvailabilityKey) -> Iterator[Any]:
-        for row_id in self._stock_rows.get(table, {}).get(key, ()):
-            record = self._record(table, row_id)
-            if record is not None:
-                yield record
+            known = sorted(w for w in warehouses if self._known_warehouse(w))
+            if known and item_id not in seen_items:
+                yield AvailabilityKey(item_id, None)
+            for warehouse_id in known:
+                yield AvailabilityKey(item_id, warehouse_id)
 
     def demand_lines(self, key: AvailabilityKey) -> list[CrmDemandLine]:
         lines = (self._demand.get(i) for i in self._demand_by_key.get(key, ()))
@@ -1441,25 +1549,45 @@ class RowStore:
         if item is None:
             return None
         if key.warehouse_id is None:
-            parts = [
-                a
-                for wh in sorted(self.warehouses_of(key.item_id))
-                if (a := self.availability(AvailabilityKey(key.item_id, wh))) is not None
-            ]
-            return overall_availability(item, parts, self.as_of) if parts else None
+            return self._overall(item)
         warehouse = self.warehouse(key.warehouse_id)
         if warehouse is None:
             return None
-        quants: Iterable[StockQuant] = self._rows(STOCK_QUANT, key)
-        reservations: Iterable[Reservation] = self._rows(RESERVATION, key)
-        productions: Iterable[ProductionOrder] = self._rows(PRODUCTION_ORDER, key)
+        stock = self.ledger.aggregate(key.item_id, key.warehouse_id)
         return make_availability(
             item,
             warehouse,
-            on_hand=sum((q.on_hand for q in quants), ZERO),
-            reserved=sum((r.reserved for r in reservations), ZERO),
+            on_hand=stock.on_hand,
+            reserved=stock.reserved,
             pending_crm_demand=sum((d.pending for d in self.demand_lines(key)), ZERO),
-            incoming=[(p.date_planned_finish, p.incoming) for p in productions],
+            incoming=stock.incoming_entries(),
+            as_of=self.as_of,
+        )
+
+    def _overall(self, item: ErpItem) -> Availability | None:
+        """The item over its known warehouses: the ledger's per-item total less the
+        warehouses ``erp.warehouse`` does not know, plus the demand in known ones."""
+        stock = self.ledger.total(item.id)
+        for warehouse_id in self._unknown_stock_warehouses():
+            if stock.rows <= 0:
+                break
+            stock.subtract(self.ledger.aggregate(item.id, warehouse_id))
+        demand_warehouses = [
+            w for w in self._warehouses_of_item.get(item.id, {}) if self._known_warehouse(w)
+        ]
+        if stock.rows <= 0 and not demand_warehouses:
+            return None
+        pending = ZERO
+        for warehouse_id in demand_warehouses:
+            key = AvailabilityKey(item.id, warehouse_id)
+            pending += sum((d.pending for d in self.demand_lines(key)), ZERO)
+        return make_availability(
+            item,
+            None,
+            on_hand=stock.on_hand,
+            reserved=stock.reserved,
+            pending_crm_demand=pending,
+            incoming=stock.incoming_entries(),
             as_of=self.as_of,
         )
 
@@ -1478,18 +1606,17 @@ class RowStore:
             for d in self._demand.values()
             if isinstance(d, Unresolved)
         ]
-        for table, index in self._stock_rows.items():
-            for key, ids in index.items():
-                missing = []
-                if self.item(key.item_id) is None:
-                    missing.append(f"item {key.item_id}")
-                if key.warehouse_id is not None and self.warehouse(key.warehouse_id) is None:
-                    missing.append(f"warehouse {key.warehouse_id}")
-                if missing:
-                    held.extend(
-                        f"{table[0]}.{table[1]} {i}: unknown {' and '.join(missing)}"
-                        for i in sorted(ids)
-                    )
+        for item_id, warehouse_id in self.ledger.keys(None):
+            missing = []
+            if self.item(item_id) is None:
+                missing.append(f"item {item_id}")
+            if not self._known_warehouse(warehouse_id):
+                missing.append(f"warehouse {warehouse_id}")
+            if missing:
+                held.append(
+                    f"erp stock rows of item {item_id} in warehouse {warehouse_id}: "
+                    f"unknown {' and '.join(missing)}"
+                )
         return sorted(held)
 
     # ------------------------------------------------------------------ shortages

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -50,6 +50,7 @@ from services.inventory_projection.domain import (
     evaluate_order,
     parse_storage_key,
 )
+from services.inventory_projection.state import KeyValue
 from services.shared.changes import ChangeEvent
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
 from services.shared.transactions import (
@@ -66,8 +67,12 @@ H = TypeVar("H")
 
 #: ``schema.table`` names (as in Debezium's transaction metadata) the projection folds.
 DATA_COLLECTIONS = frozenset(name for name in SOURCE_TABLES)
-#: The reference schemas use the database name as the PostgreSQL schema name.
-META_KEY = "store"
+#: State keys of the last evaluated version per CRM order (see :mod:`.state`).
+EVALUATED_PREFIX = b"e:"
+
+
+def evaluated_key(order_id: int) -> bytes:
+    return EVALUATED_PREFIX + order_id.to_bytes(8, "big", signed=True)
 
 
 def parse_heartbeat(value: bytes | None) -> datetime:
@@ -101,12 +106,10 @@ class Step(Generic[H]):
     removed: list[Removed] = field(default_factory=list)
     shortages: list[Shortage] = field(default_factory=list)
     dead_letters: list[tuple[H, BadInput]] = field(default_factory=list)
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Row versions to persist (Faust table key -> value)."""
     evaluated: dict[str, int] = field(default_factory=dict)
-    """CRM order id (text) -> last evaluated version, to persist."""
+    """CRM order id (text) -> last evaluated version (already written to the state)."""
     meta: dict[str, Any] | None = None
-    """The store's meta (revision, watermarks) when it changed."""
+    """The store's meta (revision, watermarks) when it changed (already written)."""
     release: list[H] = field(default_factory=list)
     """Handles to acknowledge once everything above is durable."""
     commit_times: list[datetime] = field(default_factory=list)
@@ -157,29 +160,14 @@ class Projector(Generic[H]):
     # ------------------------------------------------------------------ restore
 
     @classmethod
-    def restore(
-        cls,
-        rows: Iterable[tuple[str, Mapping[str, Any]]],
-        meta: Iterable[Mapping[str, Any]],
-        evaluated: Iterable[tuple[str, int]],
-        **kwargs: Any,
-    ) -> Projector[H]:
-        """Rebuild from persisted tables. A key seen twice (a store may keep a key in
-        more than one partition) keeps its newest version, meta its highest revision."""
-        newest: dict[str, Mapping[str, Any]] = {}
-        for key, data in rows:
-            current = newest.get(key)
-            if current is None or _position(data) > _position(current):
-                newest[key] = data
-        best_meta: Mapping[str, Any] | None = None
-        for candidate in meta:
-            if best_meta is None or _meta_rank(candidate) > _meta_rank(best_meta):
-                best_meta = candidate
-        versions: dict[int, int] = {}
-        for order_id, version in evaluated:
-            versions[int(order_id)] = max(int(version), versions.get(int(order_id), 0))
-        store = RowStore.restore(newest.items(), best_meta)
-        return cls(store, versions, **kwargs)
+    def load(cls, kv: KeyValue, **kwargs: Any) -> Projector[H]:
+        """The projector whose state is persisted in ``kv`` (the store's rows and meta,
+        the evaluated order versions); an empty ``kv`` gives an empty projector."""
+        evaluated = {
+            int.from_bytes(key[2:], "big", signed=True): int(raw)
+            for key, raw in kv.scan(EVALUATED_PREFIX)
+        }
+        return cls(RowStore.load(kv), evaluated, **kwargs)
 
     # ------------------------------------------------------------------ intake
 
@@ -289,8 +277,6 @@ class Projector(Generic[H]):
                 self._meta_dirty = True
                 keys |= applied.keys
                 orders |= applied.orders
-                if applied.entry is not None:
-                    out.rows[applied.entry[0]] = applied.entry[1]
                 if applied.flagged is not None and handle is not None:
                     out.dead_letters.append((handle, applied.flagged))
             if folded:
@@ -309,9 +295,11 @@ class Projector(Generic[H]):
             if version is not None and version != last:
                 self.evaluated[order_id] = version
                 out.evaluated[str(order_id)] = version
+                store.kv.put(evaluated_key(order_id), str(version).encode())
             out.shortages.extend(shortages)
         if self._meta_dirty:
             out.meta = store.meta()
+            store.save_meta()
             self._meta_dirty = False
         return out
 
@@ -360,14 +348,6 @@ class Projector(Generic[H]):
                     max(e.position for e in events),
                 )
             )
-
-
-def _position(data: Mapping[str, Any]) -> tuple[int, int]:
-    return int(data["commit_lsn"]), int(data["lsn"])
-
-
-def _meta_rank(meta: Mapping[str, Any]) -> tuple[int, str, str]:
-    return int(meta.get("revision", 0)), str(meta.get("crm", "")), str(meta.get("erp", ""))
 
 
 def row_version(key: str, data: Mapping[str, Any]) -> Version:

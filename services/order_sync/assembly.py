@@ -77,6 +77,16 @@ class HeldTransactions(Generic[H]):
     def open_transactions(self) -> int:
         return len(self._handles)
 
+    @property
+    def waiting_for_end(self) -> int:
+        """Open transactions with events but no END marker yet (markers lag behind)."""
+        return len(self._no_end)
+
+    @property
+    def waiting_for_events(self) -> int:
+        """Open transactions whose END came before all their events (changes lag)."""
+        return len(self._ended)
+
     def add_change(self, event: ChangeEvent, handle: H) -> Released[H]:
         released: Released[H] = Released()
         xid = event.transaction_id

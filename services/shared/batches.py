@@ -157,6 +157,8 @@ class BatchSource:
         on_reset: ResetHandler | None = None,
         resume_from: ResumePositions | None = None,
         max_records: int = 5000,
+        partition_fetch_bytes: int = 512 * 1024,
+        align_window_ms: int | None = 250,
         fetch_wait_ms: int = 20,
         commit_interval: float = 1.0,
     ) -> None:
@@ -168,6 +170,9 @@ class BatchSource:
         self._on_reset = on_reset
         self._resume_from = resume_from
         self._max_records = max_records
+        self._partition_fetch_bytes = partition_fetch_bytes
+        self._align_window_ms = align_window_ms
+        self._last_timestamp: dict[TopicPartition, int] = {}
         self._fetch_wait_ms = fetch_wait_ms
         self._commit_interval = commit_interval
         self.ledger = OffsetLedger()
@@ -190,7 +195,9 @@ class BatchSource:
             isolation_level="read_committed",
             max_poll_records=self._max_records,
             fetch_max_wait_ms=self._fetch_wait_ms,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # small per-partition fetches keep partitions of related topics (changes and
+            # their transaction markers) close together in a backlog
+            max_partition_fetch_bytes=self._partition_fetch_bytes,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             # a slow batch (database unavailable, retrying) must not cost the assignment
@@ -252,7 +259,10 @@ class BatchSource:
                     if generation == self.ledger.generation:
                         for tp, part in fetched.items():
                             self.ledger.fetched(tp, part[-1].offset + 1)
+                            self._last_timestamp[tp] = part[-1].timestamp
                     self.records_handled += len(records)
+                    if self._align_window_ms is not None:
+                        await self._align()
                 now = time.monotonic()
                 if now - self._last_commit >= self._commit_interval:
                     await self.commit()
@@ -263,9 +273,47 @@ class BatchSource:
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            # a bug, not bad input (that goes to the dead-letter topic): fail loudly and
+            # stop the worker, so its supervisor restarts it from the committed offsets
             health.record_fatal(f"{self.group_id} stopped: {error!r}")
             log.exception("batch source stopped", extra={"group": self.group_id})
+            await self.service.app.crash(error)
             raise
+
+    async def _align(self) -> None:
+        """Keep the partitions' read positions within ``align_window_ms`` of each other.
+
+        A change and its transaction's other changes and markers sit on different
+        partitions; in a backlog Kafka may hand out thousands of records of one before
+        the others, and everything waiting for the rest would pile up in memory. Record
+        timestamps are Connect's production times, in capture order across all
+        partitions, so a partition whose last record is more than the window ahead of
+        the slowest partition that still has records to fetch is paused until that one
+        catches up. The slowest is never paused, so reading always progresses.
+        """
+        assert self.consumer is not None
+        consumer = self.consumer
+        behind: list[int] = []
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None or await consumer.position(tp) >= highwater:
+                continue  # caught up (or not fetched yet): constrains nobody
+            behind.append(self._last_timestamp.get(tp, -1))
+        paused = consumer.paused()
+        if not behind:
+            if paused:
+                consumer.resume(*paused)
+            return
+        limit = min(behind) + self._align_window_ms  # type: ignore[operator]
+        to_pause = [
+            tp for tp, ts in self._last_timestamp.items()
+            if ts > limit and tp not in paused and tp in consumer.assignment()
+        ]
+        to_resume = [tp for tp in paused if self._last_timestamp.get(tp, -1) <= limit]
+        if to_pause:
+            consumer.pause(*to_pause)
+        if to_resume:
+            consumer.resume(*to_resume)
 
     def _report_lag(self) -> None:
         if self.consumer is None:
@@ -283,6 +331,7 @@ class BatchSource:
     async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
         await self.commit()
         self.ledger.reset()
+        self._last_timestamp.clear()
         if self._on_reset is not None:
             await self._on_reset()
 

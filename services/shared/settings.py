@@ -103,14 +103,16 @@ class ServiceSettings(BaseSettings):
     table_state_dir: Path = Field(
         default=Path("state"),
         description=(
-            "Directory for the Faust tables' local state (RocksDB); each service uses the "
-            "sub-directory named after it. Rebuilt from changelog topics if lost."
+            "Directory for the services' local state (RocksDB: Faust tables, and "
+            "inventory-projection's own store in `<service>/state`); each service uses the "
+            "sub-directory named after it. Rebuilt from changelog topics if lost "
+            "(inventory-projection: `state.inventory-projection`)."
         ),
     )
     table_store: Literal["rocksdb", "memory"] = Field(
         default="rocksdb",
         description=(
-            "Where Faust keeps table state between restarts: `rocksdb` (production: on disk, "
+            "Where a service keeps its state between restarts: `rocksdb` (production: on disk, "
             "restored from the changelog only when lost) or `memory` (tests, small tools: "
             "restored from the changelog at every start)."
         ),

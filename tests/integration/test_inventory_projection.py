@@ -11,17 +11,22 @@ Invariants shown here, each on a fresh ERP item, warehouse and CRM product:
   with their reason; the service goes on.
 * A shortage is raised once per CRM order version, not once per redelivery.
 * The as-of time advances with Debezium heartbeats on an idle key (CRM table and topic).
-* Replaying every source topic from the beginning changes no figure.
+* Replaying every source topic from the beginning changes no figure: with the group
+  offsets reset AND the local state and its changelog gone (a new pod after a lost
+  disk), the restarted worker resumes every partition from its beginning and converges
+  to the same figures and to the reconcile recomputation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -29,7 +34,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ambidex.stack.local import StackAddresses
-from services.inventory_projection.app import CHANGE_TOPICS, HEARTBEAT_TOPICS, MARKER_TOPICS
+from services.inventory_projection.app import (
+    CHANGE_TOPICS,
+    HEARTBEAT_TOPICS,
+    MARKER_TOPICS,
+    STATE_TOPIC,
+)
 from services.inventory_projection.domain import AvailabilityKey
 from services.inventory_projection.recompute import (
     diff_availability,
@@ -44,7 +54,7 @@ from tests.integration.support import topic_partitions
 pytestmark = pytest.mark.integration
 
 SERVICE = "inventory-projection"
-GROUP = "ambidex-inventory-projection"
+GROUP = "ambidex-inventory-projection.changes"  # its BatchSource's consumer group
 
 FIGURES = """
 SELECT on_hand, reserved, pending_crm_demand, available_to_promise, incoming, as_of
@@ -523,8 +533,19 @@ async def test_replay_from_the_beginning_changes_nothing(
         await consumer.commit(dict(earliest.items()))
     finally:
         await consumer.stop()
-    # (local table state is kept: see the report about a fresh RocksDB store plus reset
-    # offsets, where Faust does not resume the change-topic partitions)
+    # no local state and no changelog to restore it from: nothing but the source topics
+    shutil.rmtree(Path(projection.environment["AMBIDEX_TABLE_STATE_DIR"]) / SERVICE)
+    # (a compacted topic refuses delete-records: tombstone every key it holds instead,
+    # the offsets entry last, so a restore finds an empty state)
+    keys = {k for k, _ in await read_topic(stack.kafka_bootstrap, STATE_TOPIC, bool, raw=True)}
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    await producer.start()
+    try:
+        for key in sorted(k for k in keys if k is not None and k != b"o"):
+            await producer.send(STATE_TOPIC, key=key, value=None, partition=0)
+        await producer.send_and_wait(STATE_TOPIC, key=b"o", value=None, partition=0)
+    finally:
+        await producer.stop()
 
     projection.start()
     await projection.wait_ready()
@@ -547,3 +568,6 @@ async def test_replay_from_the_beginning_changes_nothing(
     after = await read_projection(stack.crm_admin_dsn)
     assert set(after) >= set(before)
     assert diff_availability(after, before) == []
+    keys = {AvailabilityKey(fx.item_id, fx.warehouse_id), AvailabilityKey(fx.item_id, None)}
+    recomputed = await recompute_availability(stack.crm_admin_dsn, stack.erp_admin_dsn)
+    assert diff_availability({k: after[k] for k in keys}, {k: recomputed[k] for k in keys}) == []

@@ -1,0 +1,172 @@
+"""Where inventory-projection keeps its state: a small ordered key-value port (no I/O here).
+
+The pure core (:mod:`~services.inventory_projection.domain`,
+:mod:`~services.inventory_projection.ledger`, :mod:`~services.inventory_projection.projector`)
+reads and writes raw ``bytes -> bytes`` entries through :class:`KeyValue`. Why a port
+and not Python dicts: with a million item x warehouse keys the state does not fit the
+worker's memory budget as objects (about 1.4 KB per row version as dicts), so in
+production it lives in a local RocksDB (:mod:`~services.inventory_projection.rocks`) and
+only the keys a batch touches are decoded. Unit tests use :class:`MemoryState`.
+
+:class:`Overlay` is the per-batch write buffer over a :class:`StateStore`: reads see the
+batch's own writes, and :meth:`Overlay.drain` hands the whole change set to the shell,
+which writes it (with the source offsets it covers) in ONE atomic write and produces it
+to the changelog topic. Nothing is written to the backing store before that, so a crash
+in the middle of a batch leaves the previous batch's state, never half of one.
+
+Key layout (all ids 8-byte big-endian, so byte order = numeric order):
+
+* ``v:<db>.<table>:<id>`` -> a catalogue/order row version (JSON), see ``RowStore``;
+* ``r:<table code><id>`` -> a stock row's position and contribution (ledger);
+* ``a:<item><warehouse>`` -> the aggregates of one key, ``t:<item>`` -> of the item
+  over all warehouses, ``x:<warehouse><item>`` -> key presence by warehouse,
+  ``w:<warehouse>`` -> a warehouse referenced by stock rows (ledger);
+* ``e:<crm order id>`` -> last evaluated order version; ``m`` -> meta; ``o`` -> the
+  source offsets the state covers (written last in every batch).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol
+
+
+class KeyValue(Protocol):
+    """Ordered raw key-value access, what the pure core needs."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
+
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Entries whose key starts with ``prefix``, in key order, from ``start`` on."""
+        ...
+
+
+class StateStore(Protocol):
+    """A durable :class:`KeyValue` whose writes are applied as whole change sets."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def write(self, changes: Mapping[bytes, bytes | None]) -> None:
+        """Apply every put (value) and delete (None) atomically."""
+        ...
+
+    def is_empty(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def _end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class MemoryState:
+    """:class:`StateStore` in a dict (unit tests, ``table_store=memory``)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self._sorted: list[bytes] | None = None
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if key not in self.data:
+            self._sorted = None
+        self.data[key] = value
+
+    def delete(self, key: bytes) -> None:
+        if self.data.pop(key, None) is not None:
+            self._sorted = None
+
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        if self._sorted is None:
+            self._sorted = sorted(self.data)
+        keys = self._sorted
+        low = max(prefix, start) if start is not None else prefix
+        end = _end(prefix)
+        i = bisect.bisect_left(keys, low)
+        while i < len(keys):
+            key = keys[i]
+            if end is not None and key >= end:
+                break
+            value = self.data.get(key)
+            if value is not None:
+                yield key, value
+            i += 1
+
+    def write(self, changes: Mapping[bytes, bytes | None]) -> None:
+        for key, value in changes.items():
+            if value is None:
+                self.delete(key)
+            else:
+                self.put(key, value)
+
+    def is_empty(self) -> bool:
+        return not self.data
+
+    def close(self) -> None:
+        return None
+
+
+class Overlay:
+    """A batch's writes buffered over ``base``; see the module docstring."""
+
+    def __init__(self, base: StateStore) -> None:
+        self.base = base
+        self.pending: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.pending:
+            return self.pending[key]
+        return self.base.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.pending[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.pending[key] = None
+
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        if not self.pending:
+            yield from self.base.scan(prefix, start)
+            return
+        low = max(prefix, start) if start is not None else prefix
+        mine = sorted(k for k in self.pending if k.startswith(prefix) and k >= low)
+        if not mine:
+            yield from self.base.scan(prefix, start)
+            return
+        merged = dict(self.base.scan(prefix, start))
+        for key in mine:
+            value = self.pending[key]
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        for key in sorted(merged):
+            yield key, merged[key]
+
+    def drain(self) -> dict[bytes, bytes | None]:
+        """The batch's change set; the overlay is empty afterwards."""
+        changes, self.pending = self.pending, {}
+        return changes
+
+    def discard(self) -> None:
+        self.pending = {}
+
+
+def copy_into(store: StateStore, entries: Iterable[tuple[bytes, bytes]]) -> None:
+    store.write(dict(entries))
+
+
+__all__ = ["KeyValue", "MemoryState", "Overlay", "StateStore", "copy_into"]

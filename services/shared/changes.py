@@ -9,8 +9,9 @@ else into :class:`~services.shared.errors.MalformedEvent` (not readable JSON) or
 schema declares). No other exception type leaves :meth:`ChangeDecoder.decode`.
 
 Hot path: per topic, the parsed schema and the list of column converters are built
-once; each event is parsed once (``json.loads``), validated once (fastavro's compiled
-validator) and converted in one pass over the columns that need it.
+once; each event is parsed once (orjson), checked once against the topic's schema (a
+check generated from it, :mod:`services.shared.avro_check`; fastavro only explains what
+that check refuses) and converted in one pass over the columns that need it.
 
 Transaction identity: since Debezium 2.1 the PostgreSQL transaction id in the
 ``transaction`` block and on the transaction topic is ``"<xid>:<lsn>"`` where the LSN is
@@ -22,7 +23,6 @@ transaction carry *different* ids. :attr:`ChangeEvent.transaction_id` (and
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +35,7 @@ import orjson
 from fastavro._validate_common import ValidationError
 from fastavro.validation import validate
 
+from services.shared.avro_check import compile_check
 from services.shared.cdc_schemas import (
     DATE,
     DECIMAL,
@@ -178,12 +179,13 @@ _SNAPSHOT_FALSE = (None, "false")
 class _TopicDecoder:
     """Per-topic precomputed state: parsed schema and the columns needing conversion."""
 
-    __slots__ = ("conversions", "database", "key_columns", "parsed", "topic")
+    __slots__ = ("check", "conversions", "database", "key_columns", "parsed", "topic")
 
     def __init__(self, schema: TopicSchema) -> None:
         self.topic = schema.topic
         self.database = schema.database
         self.parsed = schema.parsed
+        self.check = compile_check(schema.parsed)
         self.key_columns = schema.key_columns
         self.conversions: tuple[tuple[str, Converter], ...] = tuple(
             (column.name, converter)
@@ -242,10 +244,13 @@ class ChangeDecoder:
         envelope = _parse_json(value, "value")
         if not isinstance(envelope, dict):
             raise SchemaViolation(f"value is a JSON {type(envelope).__name__}, not an envelope")
-        # raise_errors=False is the fast check: with raise_errors=True fastavro builds
-        # an error object (and JSON text) for every union branch it rules out, even on
-        # valid input. Only a failing event is validated again, to explain why.
-        if not validate(envelope, decoder.parsed, raise_errors=False):
+        # The compiled check is the fast path (never more lenient than fastavro); only
+        # what it refuses goes to fastavro, which accepts it after all or explains why
+        # not. raise_errors=False first: with raise_errors=True fastavro builds an error
+        # object (and JSON text) for every union branch it rules out, even on valid input.
+        if not decoder.check(envelope) and not validate(
+            envelope, decoder.parsed, raise_errors=False
+        ):
             try:
                 validate(envelope, decoder.parsed, raise_errors=True)
             except ValidationError as error:
@@ -356,7 +361,7 @@ def _streaming_position(sequence: str | None, lsn: int | None) -> SourcePosition
     change: int | None = lsn
     if sequence is not None:
         try:
-            pair = json.loads(sequence)
+            pair = orjson.loads(sequence)
             if not isinstance(pair, list) or len(pair) != 2:
                 raise ValueError("not a pair")
             commit = None if pair[0] is None else int(pair[0])

@@ -116,11 +116,14 @@ class ServiceProcess:
     it again with the same settings and state directory.
     """
 
-    def __init__(self, name: str, stack: LocalStack, environment: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, stack: LocalStack, environment: dict[str, str], *,
+        label: str | None = None,
+    ) -> None:
         self.name = name
         self.stack = stack
         self.environment = environment
-        self.log_path = stack.config.logs_dir / f"test-{name}.log"
+        self.log_path = stack.config.logs_dir / f"test-{label or name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -39,6 +39,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.errors import CommitFailedError, KafkaError
 
 if TYPE_CHECKING:
@@ -122,6 +127,47 @@ class OffsetLedger:
         self._committed.clear()
 
 
+class WholeSourceAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
+    """Every partition of the group to ONE member; the others stand by.
+
+    A source transaction's changes and its END marker sit on different partitions (the
+    marker topic has one), so a member holding only some of them could never complete
+    a transaction, and would keep the others from completing theirs. The owner keeps
+    ownership when a standby joins (it says so in its subscription's user data), so a
+    new replica causes one rebalance, not a handover.
+    """
+
+    name = "ambidex-whole-source"
+    version = 0
+
+    def __init__(self) -> None:
+        self.owns = False
+
+    def assign(
+        self, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        topics = sorted({t for m in members.values() for t in m.subscription})
+        owners = sorted(m for m, meta in members.items() if meta.user_data == b"owner")
+        chosen = owners[0] if owners else min(members)
+        partitions = [
+            (topic, sorted(cluster.partitions_for_topic(topic) or ())) for topic in topics
+        ]
+        return {
+            member: ConsumerProtocolMemberAssignment(
+                self.version, partitions if member == chosen else [], b""
+            )
+            for member in members
+        }
+
+    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        return ConsumerProtocolMemberMetadata(
+            self.version, list(topics), b"owner" if self.owns else b""
+        )
+
+    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
+        self.owns = bool(assignment.partitions())
+
+
 class RecordBatch:
     """What one fetch returned, in offset order per partition, for one handler call."""
 
@@ -191,6 +237,7 @@ class BatchSource:
             group_id=self.group_id,
             client_id=self.group_id,
             enable_auto_commit=False,
+            partition_assignment_strategy=(WholeSourceAssignor(),),
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=self._max_records,

@@ -25,12 +25,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
-from ambidex.stack.local import StackAddresses
+from ambidex.stack.config import _free_ports
+from ambidex.stack.local import LocalStack, StackAddresses
 from services.order_sync.app import CRM_TOPICS, ERP_TOPICS
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.support import topic_partitions
 from tests.integration.test_order_sync import (
     SERVICE,
+    Catalogue,
     Dbs,
     catalogue,
     metric,
@@ -239,6 +241,80 @@ async def test_sigkill_during_a_thousand_confirmations_leaves_one_erp_order_each
     finally:
         await pool.close()
 
+    await _assert_exactly_one_erp_order_each(crm, erp, cat, orders)
+    for order_id in rng.sample(orders, 20):
+        await wait_status(crm, order_id, "synced")
+
+
+async def test_two_workers_through_rebalances_leave_one_erp_order_each(
+    service_process: Callable[[str], ServiceProcess], local_stack: LocalStack, dbs: Dbs,
+    stack: StackAddresses, unique: str,
+) -> None:
+    """A second worker joins and the first leaves while orders are confirmed: every
+    rebalance moves the whole CRM source to one worker, uncommitted work is redone by
+    the new owner, and still exactly one ERP order per CRM order results."""
+    crm, erp = dbs
+    first = service_process(SERVICE)
+    if first.process is None or first.process.poll() is not None:
+        first.start()
+    await first.wait_ready()
+    second = ServiceProcess(SERVICE, local_stack, {
+        **first.environment,
+        "AMBIDEX_METRICS_PORT": str(_free_ports(1)[0]),
+        "AMBIDEX_TABLE_STATE_DIR": str(local_stack.config.state_dir / f"second-{unique}"),
+    }, label=f"{SERVICE}-second")
+    cat = await catalogue(stack)
+    rng = random.Random(unique)
+    account = await new_account(crm, unique)
+    pool = await asyncpg.create_pool(stack.crm_admin_dsn, min_size=4, max_size=4)
+    assert pool is not None
+    try:
+        semaphore = asyncio.Semaphore(4)
+
+        async def confirmed(index: int) -> int:
+            products = rng.sample(cat.products, rng.randint(3, 5))
+            lines = [
+                (no, product, str(rng.randint(1, 20)), f"{rng.randint(100, 99999) / 100:.2f}")
+                for no, (product, _, _) in enumerate(products, 1)
+            ]
+            await asyncio.sleep(0.01 * index)  # spread over the handovers below
+            async with semaphore, pool.acquire() as conn:
+                return await new_order(conn, account, lines, warehouse_code=cat.warehouse_code)
+
+        confirming = asyncio.gather(*(confirmed(i) for i in range(1200)))
+        second.start()
+        await second.wait_ready()  # rebalance 1: a standby joins
+        await asyncio.sleep(2)
+        first.stop()  # rebalance 2: the owner leaves, the standby takes the whole source
+        await asyncio.sleep(2)
+        first.start()
+        await first.wait_ready()  # rebalance 3: the standby that took over keeps the source
+
+        async def second_worked() -> bool:
+            return await metric(second, 'ambidex_order_sync_orders_total{outcome="create"}') > 0
+
+        await wait_until(second_worked, timeout=120)
+        orders = list(await confirming)
+        second.stop()  # rebalance 4
+
+        async def all_synced() -> bool:
+            count = await erp.fetchval(
+                "SELECT count(*) FROM erp.sales_order WHERE crm_order_id = ANY($1::bigint[])",
+                orders,
+            )
+            return bool(count == len(orders))
+
+        await wait_until(all_synced, timeout=300)
+    finally:
+        second.stop()
+        await pool.close()
+    await _assert_exactly_one_erp_order_each(crm, erp, cat, orders)
+
+
+async def _assert_exactly_one_erp_order_each(
+    crm: asyncpg.Connection, erp: asyncpg.Connection, cat: Catalogue, orders: list[int]
+) -> None:
+    """One ERP order per CRM order, each with exactly the CRM order's lines."""
     counts = await erp.fetch(
         """SELECT crm_order_id, count(*) AS n FROM erp.sales_order
            WHERE crm_order_id = ANY($1::bigint[]) GROUP BY crm_order_id""",
@@ -267,5 +343,3 @@ async def test_sigkill_during_a_thousand_confirmations_leaves_one_erp_order_each
     )
     assert actual == expected
     assert all(isinstance(q, Decimal) for *_, q, _ in actual)
-    for order_id in rng.sample(orders, 20):
-        await wait_status(crm, order_id, "synced")

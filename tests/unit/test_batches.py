@@ -3,13 +3,19 @@
 Invariant (DESIGN.md 1 and 3, at-least-once): per partition the committable offset is
 the lowest offset still held, or the next offset to fetch when nothing is held; holds
 taken before a reset (rebalance) can neither release nor advance anything afterwards.
+And a source is never split between workers (whole transactions need all of its
+partitions): one member owns every partition, the others stand by.
 """
 
 from __future__ import annotations
 
 from aiokafka import TopicPartition
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 
-from services.shared.batches import OffsetLedger
+from services.shared.batches import OffsetLedger, WholeSourceAssignor
 
 A = TopicPartition("cdc.crm.sales_order", 0)
 B = TopicPartition("cdc.crm.transaction", 0)
@@ -82,3 +88,48 @@ def test_fetch_positions_never_move_backwards() -> None:
     ledger.fetched(A, 10)
     ledger.fetched(A, 7)
     assert ledger.safe_offsets() == {A: 10}
+
+
+class _Cluster:
+    def __init__(self, partitions: dict[str, set[int]]) -> None:
+        self._partitions = partitions
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return self._partitions.get(topic)
+
+
+def _members(*owners: tuple[str, bool]) -> dict[str, ConsumerProtocolMemberMetadata]:
+    topics = ["cdc.crm.sales_order", "cdc.crm.transaction"]
+    return {
+        member: ConsumerProtocolMemberMetadata(0, topics, b"owner" if owns else b"")
+        for member, owns in owners
+    }
+
+
+CLUSTER = _Cluster({"cdc.crm.sales_order": {0, 1, 2}, "cdc.crm.transaction": {0}})
+
+
+def test_one_member_gets_every_partition_of_the_source() -> None:
+    """A transaction's changes and END marker must meet in one member."""
+    assignment = WholeSourceAssignor().assign(CLUSTER, _members(("b", False), ("a", False)))
+    assert sorted(assignment["a"].partitions()) == [
+        TopicPartition("cdc.crm.sales_order", 0), TopicPartition("cdc.crm.sales_order", 1),
+        TopicPartition("cdc.crm.sales_order", 2), TopicPartition("cdc.crm.transaction", 0),
+    ]
+    assert assignment["b"].partitions() == []
+
+
+def test_the_current_owner_keeps_the_source_when_a_standby_joins() -> None:
+    assignment = WholeSourceAssignor().assign(CLUSTER, _members(("a", False), ("z", True)))
+    assert len(assignment["z"].partitions()) == 4
+    assert assignment["a"].partitions() == []
+
+
+def test_a_member_knows_it_owns_the_source_after_its_assignment() -> None:
+    assignor = WholeSourceAssignor()
+    assert assignor.metadata(["t"]).user_data == b""
+    assignment = assignor.assign(CLUSTER, _members(("a", False)))
+    assignor.on_assignment(assignment["a"])
+    assert assignor.metadata(["t"]).user_data == b"owner"
+    assignor.on_assignment(ConsumerProtocolMemberAssignment(0, [], b""))
+    assert assignor.metadata(["t"]).user_data == b""

@@ -531,3 +531,68 @@ async def test_bad_records_are_dead_lettered_and_later_orders_still_sync(
     assert by_key[garbage_key].value is not None and unique.encode() in by_key[garbage_key].value
     assert "JSON" in by_key[garbage_key].reason
     assert by_key[invalid_key].reason
+
+
+async def test_a_transaction_the_erp_refuses_is_dead_lettered_with_its_reason(
+    order_sync: ServiceProcess, dbs: Dbs, stack: StackAddresses, unique: str
+) -> None:
+    """Invariant 4 for effects: an amendment the ERP refuses (a line still referenced
+    by a draft shipment cannot be deleted) goes to the dead-letter topic with the
+    database's reason, the ERP order stays as it was, and later orders still sync."""
+    crm, erp = dbs
+    cat = await catalogue(stack)
+    (p1, _, item1), (p2, _, item2), (p3, _, _) = cat.products[16:19]
+    account = await new_account(crm, unique)
+    order_id = await new_order(
+        crm, account, [(1, p1, "2", "10.00"), (2, p2, "3", "5.00")],
+        warehouse_code=cat.warehouse_code,
+    )
+    await wait_status(crm, order_id, "synced")
+    order = await erp_order(erp, order_id)
+    assert order is not None
+    line_two = next(line for line in order["lines"] if line["line_no"] == 2)
+    # an ERP user plans a shipment of line 2 (draft: nothing shipped yet, so the CRM
+    # change is no conflict — but the ERP will not let the line go)
+    async with erp.transaction():
+        shipment = await erp.fetchval(
+            """INSERT INTO erp.shipment (sales_order_id, warehouse_id)
+               VALUES ($1, $2) RETURNING id""",
+            order["header"]["id"], order["header"]["warehouse_id"],
+        )
+        await erp.execute(
+            """INSERT INTO erp.shipment_line (shipment_id, sales_order_line_id, item_id,
+                   quantity) VALUES ($1, $2, $3, 3)""",
+            shipment, line_two["id"], item2,
+        )
+    async with crm.transaction():
+        await crm.execute(
+            "DELETE FROM crm.sales_order_line WHERE order_id = $1 AND line_no = 2", order_id
+        )
+        await crm.execute(
+            "UPDATE crm.sales_order SET state = 'amended', version = 2 WHERE id = $1", order_id
+        )
+    later = await new_order(crm, account, [(1, p3, "1", "1.00")],
+                            warehouse_code=cat.warehouse_code)
+    await wait_status(crm, later, "synced")
+
+    async def refused() -> list[Any]:
+        return [
+            letter
+            async for _, letter in read_dead_letters(stack.kafka_bootstrap, SERVICE, limit=None)
+            if letter.source_topic == "cdc.crm.sales_order" and letter.key is not None
+            and json.loads(letter.key) == {"id": order_id}
+        ]
+
+    async def dead_lettered() -> bool:
+        return bool(await refused())
+
+    await wait_until(dead_lettered, timeout=90)
+    letter = (await refused())[-1]
+    assert "the ERP refused this CRM transaction" in letter.reason
+    assert "ForeignKeyViolation" in letter.reason
+    after = await erp_order(erp, order_id)
+    assert after is not None
+    assert lines_of(after) == lines_of(order)  # untouched: all of the transaction or none
+    assert after["header"]["crm_order_version"] == 1
+    assert await erp_order_count(erp, order_id) == 1
+    assert item1 in {line["item_id"] for line in after["lines"]}

@@ -48,11 +48,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import asyncpg
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter as MetricCounter
+from prometheus_client import Gauge
 
 from services.order_sync.assembly import HeldTransactions
 from services.order_sync.domain import progress_status
@@ -103,36 +105,36 @@ ERP_CATALOGUE_TABLES = frozenset({"item", "currency", "warehouse"})
 class OrderSyncMetrics:
     def __init__(self, service: Service) -> None:
         registry = service.registry
-        self.orders = Counter(
+        self.orders = MetricCounter(
             "ambidex_order_sync_orders_total",
             "CRM order decisions applied, by outcome (create, amend, cancel, reject, "
             "conflict, nothing).",
             ("outcome",),
             registry=registry,
         )
-        self.echoes = Counter(
+        self.echoes = MetricCounter(
             "ambidex_order_sync_echoes_total",
             "ERP changes recognised as order-sync's own writes (not synced back).",
             registry=registry,
         )
-        self.customers = Counter(
+        self.customers = MetricCounter(
             "ambidex_order_sync_customers_written_total",
             "ERP customers created or updated from CRM accounts.",
             registry=registry,
         )
-        self.status_changes = Counter(
+        self.status_changes = MetricCounter(
             "ambidex_order_sync_status_changes_total",
             "CRM status rows changed (and published), by side (crm, erp).",
             ("side",),
             registry=registry,
         )
-        self.retries = Counter(
+        self.retries = MetricCounter(
             "ambidex_order_sync_retries_total",
             "Batches retried, by cause (conflict, unavailable, split).",
             ("cause",),
             registry=registry,
         )
-        self.orphans = Counter(
+        self.orphans = MetricCounter(
             "ambidex_order_sync_orphan_transactions_total",
             "Partially redelivered transactions already applied before a restart.",
             registry=registry,
@@ -270,11 +272,13 @@ class OrderSync:
         await self._apply_crm(chunk)
         now = time.time()
         metrics = self.service.metrics
+        applied: Counter[str] = Counter()
         for transaction, handles in chunk:
             metrics.observe_end_to_end_lag("crm_to_erp", transaction.commit_time.timestamp(), now)
-            for event in transaction.events:
-                metrics.event(event.origin.topic, "applied")
+            applied.update(event.origin.topic for event in transaction.events)
             self.crm_source.release(h for _, h in handles)
+        for topic, count in applied.items():
+            metrics.event(topic, "applied", count)
 
     async def _dead_letter_transaction(
         self, change: ChangeEvent, record: ConsumerRecord[bytes, bytes],
@@ -387,8 +391,8 @@ class OrderSync:
             log.error("ERP progress batch failed: %s", failure)
         now = time.time()
         metrics = self.service.metrics
-        for change in changes:
-            metrics.event(change.origin.topic, "applied")
+        for topic, count in Counter(change.origin.topic for change in changes).items():
+            metrics.event(topic, "applied", count)
         newest = max(change.commit_time.timestamp() for change in changes)
         metrics.observe_end_to_end_lag("erp_to_crm", newest, now)
 

@@ -57,13 +57,20 @@ from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
 
 from services.order_sync.assembly import HeldTransactions
-from services.order_sync.domain import progress_status
+from services.order_sync.codec import StatusRow
+from services.order_sync.domain import (
+    CRM_LINE_TABLE,
+    CRM_ORDER_TABLE,
+    order_ids_of,
+    progress_status,
+)
 from services.order_sync.store import (
     ACCOUNT_TABLE,
     PRODUCT_TABLE,
     BatchResult,
     EchoMemory,
     ErpStore,
+    OrderOutcome,
     ProgressReader,
     StatusWriter,
     TransientStoreError,
@@ -311,6 +318,35 @@ class OrderSync:
         for record, _ in chunk[0][1]:
             if record.topic != CRM_TRANSACTION_TOPIC:
                 await intake.reject(record, reason)
+        await self._report_refused(chunk[0][0], reason.reason)
+
+    async def _report_refused(self, transaction: CompleteTransaction, reason: str) -> None:
+        """Tell the CRM why its orders' change did not reach the ERP (the records are in
+        the dead-letter topic, to replay once the cause is fixed)."""
+        versions: dict[int, int | None] = {}
+        for event in transaction.events:
+            if event.table not in (CRM_ORDER_TABLE, CRM_LINE_TABLE):
+                continue
+            for order_id in order_ids_of(event):
+                versions.setdefault(order_id, None)
+            if event.table == CRM_ORDER_TABLE and event.after is not None:
+                version = event.after.get("version")
+                if isinstance(version, int):
+                    versions[int(event.key.get("id", 0))] = version
+        outcomes = [
+            OrderOutcome(
+                order_id, "reject",
+                StatusRow(order_id, "rejected", None, reason, version, None, None),
+                transaction.position,
+            )
+            for order_id, version in sorted(versions.items())
+        ]
+        async def attempt() -> None:
+            await self._write_back(BatchResult(outcomes=outcomes))
+
+        failure = await self._with_retries(attempt)
+        if failure is not None:
+            log.error("could not report a refused transaction to the CRM: %s", failure)
 
     async def apply_events(self, events: Sequence[ChangeEvent]) -> None:
         """Fold, decide and apply CRM changes (whole transactions) and write back."""

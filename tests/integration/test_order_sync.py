@@ -538,7 +538,8 @@ async def test_a_transaction_the_erp_refuses_is_dead_lettered_with_its_reason(
 ) -> None:
     """Invariant 4 for effects: an amendment the ERP refuses (a line still referenced
     by a draft shipment cannot be deleted) goes to the dead-letter topic with the
-    database's reason, the ERP order stays as it was, and later orders still sync."""
+    database's reason, the CRM status says rejected and why, the ERP order stays as it
+    was, and later orders still sync."""
     crm, erp = dbs
     cat = await catalogue(stack)
     (p1, _, item1), (p2, _, item2), (p3, _, _) = cat.products[16:19]
@@ -596,3 +597,10 @@ async def test_a_transaction_the_erp_refuses_is_dead_lettered_with_its_reason(
     assert after["header"]["crm_order_version"] == 1
     assert await erp_order_count(erp, order_id) == 1
     assert item1 in {line["item_id"] for line in after["lines"]}
+    await wait_status(crm, order_id, "rejected")
+    status = await crm.fetchrow(
+        "SELECT reason, crm_order_version FROM crm_integration.order_sync_status "
+        "WHERE crm_order_id = $1", order_id,
+    )
+    assert status is not None and status["crm_order_version"] == 2
+    assert "refused" in status["reason"] and "ForeignKeyViolation" in status["reason"]

@@ -95,7 +95,7 @@ As-of time and write position
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -753,8 +753,10 @@ class Incoming:
     quantity: Decimal
 
 
-def merge_incoming(entries: Iterable[tuple[date | None, Decimal]]) -> tuple[Incoming, ...]:
+def merge_incoming(entries: Collection[tuple[date | None, Decimal]]) -> tuple[Incoming, ...]:
     """Sum by date, dated ascending then undated; zero quantities dropped."""
+    if not entries:
+        return ()  # most keys have no incoming supply: skip the sort
     totals: dict[date | None, Decimal] = {}
     for when, qty in entries:
         totals[when] = totals.get(when, ZERO) + qty
@@ -882,7 +884,7 @@ def make_availability(
     on_hand: Decimal,
     reserved: Decimal,
     pending_crm_demand: Decimal,
-    incoming: Iterable[tuple[date | None, Decimal]],
+    incoming: Collection[tuple[date | None, Decimal]],
     as_of: datetime,
 ) -> Availability:
     """The one formula: ``available_to_promise = on_hand - reserved - pending``."""
@@ -1161,7 +1163,13 @@ class RowStore:
         }
 
     def save_meta(self) -> None:
+        """Persist the meta, and the ledger's aggregates folded since the last flush."""
+        self.flush()
         self.kv.put(META_KEY, orjson.dumps(self.meta()))
+
+    def flush(self) -> None:
+        """Write what is only cached (the ledger's aggregates) to :attr:`kv`."""
+        self.ledger.flush()
 
     def _load_meta(self, meta: Mapping[str, Any]) -> None:
         self.revision = int(meta["revision"])
@@ -1201,6 +1209,7 @@ class RowStore:
                 )
             else:
                 store._put(table, row_id, version)
+        store.flush()
         store._resolve_all()
         if meta:
             store._load_meta(meta)
@@ -1282,8 +1291,8 @@ class RowStore:
             if not changed:
                 return _UNCHANGED
             self.revision += 1
-            stock_keys = {AvailabilityKey(i, w) for i, w in touched}
-            stock_keys |= {k.overall for k in stock_keys}
+            stock_keys = [AvailabilityKey(i, w) for i, w in touched]
+            stock_keys += [AvailabilityKey(i, None) for i, _ in touched]
             return Applied(changed=True, keys=frozenset(stock_keys), flagged=flagged)
         current = self.versions.get((table, row_id))
         if current is not None and position <= current.position:
@@ -1539,7 +1548,10 @@ class RowStore:
                 yield AvailabilityKey(item_id, warehouse_id)
 
     def demand_lines(self, key: AvailabilityKey) -> list[CrmDemandLine]:
-        lines = (self._demand.get(i) for i in self._demand_by_key.get(key, ()))
+        ids = self._demand_by_key.get(key)
+        if not ids:
+            return []
+        lines = (self._demand.get(i) for i in ids)
         return [d for d in lines if isinstance(d, CrmDemandLine)]
 
     def availability(self, key: AvailabilityKey) -> Availability | None:
@@ -1568,7 +1580,10 @@ class RowStore:
         """The item over its known warehouses: the ledger's per-item total less the
         warehouses ``erp.warehouse`` does not know, plus the demand in known ones."""
         stock = self.ledger.total(item.id)
-        for warehouse_id in self._unknown_stock_warehouses():
+        unknown = self._unknown_stock_warehouses()
+        if unknown:
+            stock = replace(stock, incoming=dict(stock.incoming or {}))  # the ledger's
+        for warehouse_id in unknown:
             if stock.rows <= 0:
                 break
             stock.subtract(self.ledger.aggregate(item.id, warehouse_id))

@@ -163,6 +163,12 @@ class StockLedger:
         self.kv = kv
         #: warehouses named by stock rows (a handful; loaded once, never shrinks)
         self.warehouses: set[int] = {_decode_id(k[2:]) for k, _ in kv.scan(b"w:")}
+        # Aggregates decoded during the current batch, written back (encoded once) by
+        # :meth:`flush`. A batch folds thousands of rows into the same per-item total
+        # (and often the same key): decoding and encoding it per row was a third of
+        # the fold. Cleared by every flush, so memory stays per batch, not per key.
+        self._cache: dict[bytes, Aggregate] = {}
+        self._dirty: set[bytes] = set()
 
     def apply(
         self, table: str, row_id: int, position: SourcePosition, new: Contribution | None
@@ -190,32 +196,52 @@ class StockLedger:
 
     def _add(self, c: Contribution, sign: int) -> None:
         key = agg_key(c.item_id, c.warehouse_id)
-        aggregate = Aggregate.decode(self.kv.get(key))
+        aggregate = self._load(key)
         aggregate.add(c, sign)
+        self._dirty.add(key)
+        # the warehouse index changes only when a key appears or disappears: written
+        # at once (idempotent), so items_in never needs a flush
         if aggregate.rows <= 0:
-            self.kv.delete(key)
             self.kv.delete(_index_key(c.warehouse_id, c.item_id))
-        else:
-            if aggregate.rows == 1 and sign > 0:
-                self.kv.put(_index_key(c.warehouse_id, c.item_id), b"")
-            self.kv.put(key, aggregate.encode())
-        total = Aggregate.decode(self.kv.get(total_key(c.item_id)))
-        total.add(c, sign)
-        if total.rows <= 0:
-            self.kv.delete(total_key(c.item_id))
-        else:
-            self.kv.put(total_key(c.item_id), total.encode())
+        elif aggregate.rows == 1 and sign > 0:
+            self.kv.put(_index_key(c.warehouse_id, c.item_id), b"")
+        total = total_key(c.item_id)
+        self._load(total).add(c, sign)
+        self._dirty.add(total)
+
+    def _load(self, key: bytes) -> Aggregate:
+        aggregate = self._cache.get(key)
+        if aggregate is None:
+            aggregate = self._cache[key] = Aggregate.decode(self.kv.get(key))
+        return aggregate
+
+    def flush(self, *, keep: bool = False) -> None:
+        """Write the aggregates changed since the last flush to the key-value state
+        (a key without rows is deleted); ``keep`` the decoded cache (mid-batch)."""
+        kv = self.kv
+        for key in sorted(self._dirty):
+            aggregate = self._cache[key]
+            if aggregate.rows <= 0:
+                kv.delete(key)
+            else:
+                kv.put(key, aggregate.encode())
+        self._dirty.clear()
+        if not keep:
+            self._cache.clear()
 
     # ------------------------------------------------------------------ reads
 
     def aggregate(self, item_id: int, warehouse_id: int) -> Aggregate:
-        return Aggregate.decode(self.kv.get(agg_key(item_id, warehouse_id)))
+        """The sums of one key (the batch's cached object: do not modify it)."""
+        return self._load(agg_key(item_id, warehouse_id))
 
     def total(self, item_id: int) -> Aggregate:
-        return Aggregate.decode(self.kv.get(total_key(item_id)))
+        """The sums of one item over every warehouse (cached: do not modify it)."""
+        return self._load(total_key(item_id))
 
     def warehouses_of(self, item_id: int) -> set[int]:
         """Warehouses in which the item has stock rows present."""
+        self.flush(keep=True)  # key presence comes from a scan of the state
         prefix = b"a:" + _id(item_id)
         return {_decode_id(k[10:18]) for k, _ in self.kv.scan(prefix)}
 
@@ -228,6 +254,7 @@ class StockLedger:
 
     def keys(self, after: tuple[int, int] | None = None) -> Iterator[tuple[int, int]]:
         """Every item x warehouse key with rows present, in order (from after ``after``)."""
+        self.flush(keep=True)
         start = None if after is None else agg_key(*after) + b"\x00"
         for key, _ in self.kv.scan(b"a:", start):
             yield _decode_id(key[2:10]), _decode_id(key[10:18])

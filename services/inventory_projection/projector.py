@@ -301,6 +301,7 @@ class Projector(Generic[H]):
             out.meta = store.meta()
             store.save_meta()
             self._meta_dirty = False
+        store.flush()  # everything the batch changed is in the state to persist
         return out
 
     # ------------------------------------------------------------------ internals

@@ -49,6 +49,9 @@ class RocksState:
     def write_raw(self, batch: WriteBatch) -> None:
         self.db.write(batch)
 
+    def writer(self) -> RocksWriter:
+        return RocksWriter(self.db)
+
     def is_empty(self) -> bool:
         iterator = self.db.iter()
         iterator.seek_to_first()
@@ -56,3 +59,25 @@ class RocksState:
 
     def close(self) -> None:
         self.db.close()
+
+
+class RocksWriter:
+    """A ``WriteBatch`` filled entry by entry (no intermediate dict: a restore copies
+    millions of entries), applied by :meth:`commit` in one atomic write."""
+
+    def __init__(self, db: Rdict) -> None:
+        self.db = db
+        self.batch = WriteBatch(raw_mode=True)
+        self.count = 0
+
+    def set(self, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self.batch.delete(key)
+        else:
+            self.batch.put(key, value)
+        self.count += 1
+
+    def commit(self) -> int:
+        if self.count:
+            self.db.write(self.batch)
+        return self.count

@@ -46,6 +46,18 @@ class KeyValue(Protocol):
         ...
 
 
+class StateWriter(Protocol):
+    """One atomic change set being built (later puts of a key win)."""
+
+    def set(self, key: bytes, value: bytes | None) -> None:
+        """Put ``value`` (None: delete the key)."""
+        ...
+
+    def commit(self) -> int:
+        """Apply the change set atomically; the number of operations it held."""
+        ...
+
+
 class StateStore(Protocol):
     """A durable :class:`KeyValue` whose writes are applied as whole change sets."""
 
@@ -55,6 +67,10 @@ class StateStore(Protocol):
 
     def write(self, changes: Mapping[bytes, bytes | None]) -> None:
         """Apply every put (value) and delete (None) atomically."""
+        ...
+
+    def writer(self) -> StateWriter:
+        """A change set built entry by entry (a restore copies raw entries into it)."""
         ...
 
     def is_empty(self) -> bool: ...
@@ -112,11 +128,28 @@ class MemoryState:
             else:
                 self.put(key, value)
 
+    def writer(self) -> StateWriter:
+        return _DictWriter(self)
+
     def is_empty(self) -> bool:
         return not self.data
 
     def close(self) -> None:
         return None
+
+
+class _DictWriter:
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.changes: dict[bytes, bytes | None] = {}
+
+    def set(self, key: bytes, value: bytes | None) -> None:
+        self.changes[key] = value
+
+    def commit(self) -> int:
+        if self.changes:
+            self.store.write(self.changes)
+        return len(self.changes)
 
 
 class Overlay:
@@ -169,4 +202,4 @@ def copy_into(store: StateStore, entries: Iterable[tuple[bytes, bytes]]) -> None
     store.write(dict(entries))
 
 
-__all__ = ["KeyValue", "MemoryState", "Overlay", "StateStore", "copy_into"]
+__all__ = ["KeyValue", "MemoryState", "Overlay", "StateStore", "StateWriter", "copy_into"]

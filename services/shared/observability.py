@@ -20,7 +20,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TextIO
@@ -127,6 +127,16 @@ class ServiceMetrics:
         lag = max(0.0, (time.time() if now is None else now) - source_commit_ts)
         self.end_to_end_lag_seconds.labels(self.service, path).observe(lag)
         return lag
+
+    def observe_end_to_end_lags(
+        self, path: str, source_commit_ts: Iterable[float], now: float | None = None
+    ) -> None:
+        """:meth:`observe_end_to_end_lag` for many commits (e.g. every source transaction
+        of a batch): the labelled histogram is looked up once, not per observation."""
+        at = time.time() if now is None else now
+        histogram = self.end_to_end_lag_seconds.labels(self.service, path)
+        for ts in source_commit_ts:
+            histogram.observe(max(0.0, at - ts))
 
     def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         self.consumer_lag_messages.labels(self.service, topic, str(partition)).set(lag)

@@ -1,0 +1,184 @@
+"""What inventory-projection emits per availability, on the per-change hot path (pure).
+
+A replay publishes one availability record per touched key, so the generic paths cost
+more than the projection itself: the schema-driven Avro writer with its validator
+(~13 us a record), JSON for the Kafka key, a dict per write-back row, and
+``producer.send`` computing the partition per record. Here the availability record's
+fixed shape is encoded directly (:class:`AvailabilityEncoder`, checked byte for byte
+against fastavro in ``tests/unit/test_inventory_emit.py``, with the same single-object
+encoding header as :class:`~services.shared.avro.AvroCodec`), the topic key is built
+without ``json.dumps`` when it is plain ASCII, and :func:`partition_for` picks the
+partition exactly like the producer's default partitioner (murmur2 of the key), so a
+key lands on the same partition whether it was sent one by one or in a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from services.inventory_projection.domain import Availability, topic_key
+from services.shared.avro import SchemaEntry
+
+#: the field names of ``availability`` v1 in order; the encoder refuses any other shape
+AVAILABILITY_FIELDS = (
+    "sku",
+    "warehouse_code",
+    "item_id",
+    "warehouse_id",
+    "on_hand",
+    "reserved",
+    "pending_crm_demand",
+    "available_to_promise",
+    "incoming",
+    "next_incoming_date",
+    "as_of",
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal()
+_DECIMAL_LIMIT = 10**14  # decimal(14, 3): at most 14 digits unscaled
+_SMALL = [bytes([(n << 1) if n >= 0 else ((-n << 1) - 1)]) for n in range(-64, 64)]
+
+
+def _long(n: int) -> bytes:
+    """Avro ``long``: zig-zag, then base-128 varint (little end first)."""
+    if -64 <= n < 64:
+        return _SMALL[n + 64]
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode()
+    return _long(len(raw)) + raw
+
+
+def _decimal(value: Decimal) -> bytes:
+    """``bytes`` with logical type ``decimal(14, 3)``: the unscaled integer, two's
+    complement big-endian, sized as fastavro sizes it (from the magnitude)."""
+    if not value:
+        return b"\x02\x00"  # zero (also -0): one byte 0x00; reserved and demand mostly are
+    scaled = value.scaleb(3)
+    unscaled = int(scaled)
+    if unscaled != scaled or not -_DECIMAL_LIMIT < unscaled < _DECIMAL_LIMIT:
+        raise ValueError(f"{value} does not fit decimal(14, 3)")
+    raw = unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
+    return _long(len(raw)) + raw
+
+
+def _millis(at: datetime) -> int:
+    if at.tzinfo is None:
+        raise ValueError(f"as_of {at!r} has no time zone")
+    delta = at - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+class AvailabilityEncoder:
+    """Single-object Avro encoding of :class:`Availability` in schema ``entry``."""
+
+    def __init__(self, entry: SchemaEntry) -> None:
+        names = tuple(f["name"] for f in entry.schema["fields"])
+        if names != AVAILABILITY_FIELDS:
+            raise ValueError(
+                f"{entry.name} v{entry.version}: fields {names} are not the "
+                "shape this encoder writes; update emit.py with the schema"
+            )
+        self.prefix = entry.prefix
+        self.headers = list(entry.headers)
+
+    def encode(self, a: Availability) -> bytes:
+        parts = [
+            self.prefix,
+            _string(a.sku),
+            _string(a.warehouse_code),
+            _long(a.item_id),
+            b"\x00" if a.warehouse_id is None else b"\x02" + _long(a.warehouse_id),
+            _decimal(a.on_hand),
+            _decimal(a.reserved),
+            _decimal(a.pending_crm_demand),
+            _decimal(a.available_to_promise),
+        ]
+        next_date = None
+        if a.incoming:
+            parts.append(_long(len(a.incoming)))
+            for entry in a.incoming:
+                if entry.date is None:
+                    parts.append(b"\x00")
+                else:
+                    parts.append(b"\x02" + _long(entry.date.toordinal() - _EPOCH_ORDINAL))
+                    if next_date is None:
+                        next_date = entry.date
+                parts.append(_decimal(entry.quantity))
+        parts.append(b"\x00")  # end of the array (its only block, or the empty array)
+        if next_date is None:
+            parts.append(b"\x00")
+        else:
+            parts.append(b"\x02" + _long(next_date.toordinal() - _EPOCH_ORDINAL))
+        parts.append(_long(_millis(a.as_of)))
+        return b"".join(parts)
+
+
+def availability_topic_key(sku: str, warehouse_code: str) -> bytes:
+    """:func:`~.domain.topic_key`, built directly for ASCII text (the common case):
+    ``json.dumps`` (ASCII output, sorted keys) escapes only ``"``, ``\\`` and control
+    characters there, which ``json.dumps`` of each string alone does identically."""
+    if sku.isascii() and warehouse_code.isascii():
+        return (
+            '{"sku":'
+            + json.encoder.encode_basestring_ascii(sku)
+            + ',"warehouse":'
+            + json.encoder.encode_basestring_ascii(warehouse_code)
+            + "}"
+        ).encode()
+    return topic_key(sku, warehouse_code)
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+_WORDS = struct.Struct("<I")
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``), as aiokafka's
+    :func:`aiokafka.partitioner.murmur2`, with fewer operations per word."""
+    length = len(data)
+    h = (0x9747B28C ^ length) & _MASK
+    body = length & ~3
+    for (k,) in _WORDS.iter_unpack(data[:body]):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    extra = length & 3
+    if extra >= 3:
+        h ^= data[body + 2] << 16
+    if extra >= 2:
+        h ^= data[body + 1] << 8
+    if extra >= 1:
+        h ^= data[body]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h
+
+
+def partition_for(key: bytes, partitions: list[int]) -> int:
+    """The partition the producer's default partitioner gives ``key`` (``partitions``
+    sorted, as aiokafka passes them)."""
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+
+__all__ = [
+    "AvailabilityEncoder",
+    "availability_topic_key",
+    "murmur2",
+    "partition_for",
+]

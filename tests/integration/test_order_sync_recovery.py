@@ -196,11 +196,7 @@ async def test_sigkill_during_a_thousand_confirmations_leaves_one_erp_order_each
         semaphore = asyncio.Semaphore(4)
 
         async def draft(index: int) -> int:
-            products = rng.sample(cat.products, rng.randint(3, 5))
-            lines = [
-                (no, product, str(rng.randint(1, 20)), f"{rng.randint(100, 99999) / 100:.2f}")
-                for no, (product, _, _) in enumerate(products, 1)
-            ]
+            lines = _random_lines(rng, cat)
             async with semaphore, pool.acquire() as conn:
                 return await new_order(conn, account, lines, warehouse_code=cat.warehouse_code,
                                        state="draft")
@@ -272,11 +268,7 @@ async def test_two_workers_through_rebalances_leave_one_erp_order_each(
         semaphore = asyncio.Semaphore(4)
 
         async def confirmed(index: int) -> int:
-            products = rng.sample(cat.products, rng.randint(3, 5))
-            lines = [
-                (no, product, str(rng.randint(1, 20)), f"{rng.randint(100, 99999) / 100:.2f}")
-                for no, (product, _, _) in enumerate(products, 1)
-            ]
+            lines = _random_lines(rng, cat)
             await asyncio.sleep(0.01 * index)  # spread over the handovers below
             async with semaphore, pool.acquire() as conn:
                 return await new_order(conn, account, lines, warehouse_code=cat.warehouse_code)
@@ -343,3 +335,12 @@ async def _assert_exactly_one_erp_order_each(
     )
     assert actual == expected
     assert all(isinstance(q, Decimal) for *_, q, _ in actual)
+
+
+def _random_lines(rng: random.Random, cat: Catalogue) -> list[tuple[int, int, str, str]]:
+    """3-5 order lines of distinct catalogue products: (line_no, product, qty, price)."""
+    products = rng.sample(cat.products, rng.randint(3, 5))
+    return [
+        (no, product, str(rng.randint(1, 20)), f"{rng.randint(100, 99999) / 100:.2f}")
+        for no, (product, _, _) in enumerate(products, 1)
+    ]

@@ -246,9 +246,10 @@ async def test_two_workers_through_rebalances_leave_one_erp_order_each(
     service_process: Callable[[str], ServiceProcess], local_stack: LocalStack, dbs: Dbs,
     stack: StackAddresses, unique: str,
 ) -> None:
-    """A second worker joins and the first leaves while orders are confirmed: every
-    rebalance moves the whole CRM source to one worker, uncommitted work is redone by
-    the new owner, and still exactly one ERP order per CRM order results."""
+    """A second worker joins and the first leaves while orders are confirmed (and the
+    other way round): every rebalance moves the whole CRM source to one worker,
+    uncommitted work is redone by the new owner, and still exactly one ERP order per CRM
+    order results, with the right lines."""
     crm, erp = dbs
     first = service_process(SERVICE)
     if first.process is None or first.process.poll() is not None:
@@ -264,39 +265,43 @@ async def test_two_workers_through_rebalances_leave_one_erp_order_each(
     account = await new_account(crm, unique)
     pool = await asyncpg.create_pool(stack.crm_admin_dsn, min_size=4, max_size=4)
     assert pool is not None
+    orders: list[int] = []
     try:
         semaphore = asyncio.Semaphore(4)
 
-        async def confirmed(index: int) -> int:
+        async def confirmed() -> int:
             lines = _random_lines(rng, cat)
-            await asyncio.sleep(0.01 * index)  # spread over the handovers below
             async with semaphore, pool.acquire() as conn:
                 return await new_order(conn, account, lines, warehouse_code=cat.warehouse_code)
 
-        confirming = asyncio.gather(*(confirmed(i) for i in range(1200)))
-        second.start()
-        await second.wait_ready()  # rebalance 1: a standby joins
-        await asyncio.sleep(2)
-        first.stop()  # rebalance 2: the owner leaves, the standby takes the whole source
-        await asyncio.sleep(2)
-        first.start()
-        await first.wait_ready()  # rebalance 3: the standby that took over keeps the source
+        def confirm(count: int) -> asyncio.Future[list[int]]:
+            return asyncio.gather(*(confirmed() for _ in range(count)))
 
-        async def second_worked() -> bool:
-            return await metric(second, 'ambidex_order_sync_orders_total{outcome="create"}') > 0
-
-        await wait_until(second_worked, timeout=120)
-        orders = list(await confirming)
-        second.stop()  # rebalance 4
-
-        async def all_synced() -> bool:
+        async def synced(ids: list[int]) -> bool:
             count = await erp.fetchval(
                 "SELECT count(*) FROM erp.sales_order WHERE crm_order_id = ANY($1::bigint[])",
-                orders,
+                ids,
             )
-            return bool(count == len(orders))
+            return bool(count == len(ids))
 
-        await wait_until(all_synced, timeout=300)
+        orders += await confirm(300)  # the first worker owns the source
+        joining = confirm(300)
+        second.start()
+        await second.wait_ready()  # rebalance 1: a standby joins while orders arrive
+        orders += await joining
+        leaving = confirm(300)
+        first.stop()  # rebalance 2: the owner leaves, the standby takes the whole source
+        orders += await leaving
+        alone = await confirm(300)  # only the second worker is up: it must sync these
+        orders += alone
+        await wait_until(lambda: synced(alone), timeout=300)
+        assert await metric(second, 'ambidex_order_sync_orders_total{outcome="create"}') > 0
+        first.start()
+        await first.wait_ready()  # rebalance 3: the standby that took over keeps the source
+        leaving = confirm(300)
+        second.stop()  # rebalance 4: back to the first worker
+        orders += await leaving
+        await wait_until(lambda: synced(orders), timeout=300)
     finally:
         second.stop()
         await pool.close()

@@ -15,6 +15,7 @@ of hangs and duplicates); effects are idempotent instead.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -224,6 +225,7 @@ async def _start_parts(service: Service) -> None:
     service.health.set_check("kafka", True, "producer connected")
     for hook in service.on_start:
         await hook(service)
+    relax_garbage_collector()
     service.health.set_check("started", True)
     service.health.start_watchdog()
     service.started.set()
@@ -231,6 +233,19 @@ async def _start_parts(service: Service) -> None:
         "service started",
         extra={"metrics_url": service.server.url, "settings": settings.redacted()},
     )
+
+
+def relax_garbage_collector() -> None:
+    """Move what start-up built out of the collector's way and collect less often.
+
+    A batch allocates tens of thousands of short-lived objects (decoded events, rows);
+    with the default thresholds the cyclic collector runs every 700 allocations and its
+    passes over the old generations showed up as ~10% of a replay in py-spy. Reference
+    counting frees almost all of it anyway; the collector is for rare cycles.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 async def _stop_parts(service: Service) -> None:

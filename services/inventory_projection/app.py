@@ -18,11 +18,13 @@ with a million item x warehouse keys). Per batch :meth:`Shell.on_batch`:
    source database: CRM and ERP reuse xids); events of transactions not complete yet
    are *held* (``batch.hold``) and released once applied;
 2. writes the recomputed availability into ``crm_integration.availability`` in ONE
-   position-guarded transaction, publishes availability and shortages (broker acks),
-   sends dead letters;
-3. produces the batch's state changes to the compacted changelog
+   position-guarded statement (transaction when keys are tombstoned), publishes
+   availability and shortages (broker acks), sends dead letters; meanwhile (overlapping
+   those round trips) produces the batch's state changes to the compacted changelog
    :data:`STATE_TOPIC` (one message per state key, every message headed with the batch
-   number; the source offsets entry ``o`` last), and waits for the acks;
+   number) and waits for their acks;
+3. once all of step 2 is acknowledged, produces the source offsets entry ``o`` (the
+   batch's last, what makes it complete in the changelog) and waits for its ack;
 4. writes the same change set AND the source offsets it covers (per partition: the
    lowest offset still held, else the next one) in ONE RocksDB write — the tracking
    record in the same write as the projection;
@@ -32,8 +34,10 @@ Restart with local state: ``resume_from`` seeks every partition to the offsets s
 the state, so nothing is replayed twice or skipped, whatever the group offsets say.
 Start without local state (new pod, lost disk): the state is rebuilt from the changelog
 (:func:`restore_from_changelog`: raw bytes straight into RocksDB write batches, no
-decoding; a trailing batch that was cut short by a crash is dropped) and the source is
-resumed from the offsets it contains; with no changelog either, every partition starts
+decoding; a trailing batch that was cut short by a crash is dropped; a ``restoring``
+marker in the state until the copy is whole and durable, so a restore that crashed half
+way is wiped and done again on the next start, never taken for a whole state) and the
+source is resumed from the offsets it contains; with no changelog either, every partition starts
 from its beginning (a full replay), never from a group offset that state does not
 cover. A crash between steps 2-4 redoes the batch: every effect is idempotent (guarded
 write-back, shortages remembered per order version in the state, identical changelog
@@ -58,7 +62,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import asyncpg
 import orjson
@@ -76,16 +80,18 @@ from services.inventory_projection.domain import (
 )
 from services.inventory_projection.emit import (
     AvailabilityEncoder,
+    TopicKeys,
     availability_topic_key,
-    partition_for,
 )
-from services.inventory_projection.projector import Projector, Step, parse_heartbeat
+from services.inventory_projection.projector import Projector, Removed, Step, parse_heartbeat
 from services.inventory_projection.recompute import AVAILABILITY_SPEC, availability_upsert
 from services.inventory_projection.rocks import RocksState
 from services.inventory_projection.state import MemoryState, Overlay, StateStore
+from services.inventory_projection.writeback import write_availability
 from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
 from services.shared.changes import ChangeEvent
 from services.shared.errors import BadInput
+from services.shared.position import SourcePosition
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
@@ -213,13 +219,100 @@ def _batch_of(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
     return next((v for k, v in headers if k == BATCH_HEADER), None)
 
 
-async def restore_from_changelog(bootstrap: str, state: StateStore) -> Restored:
-    """Copy :data:`STATE_TOPIC` into an empty ``state``: raw bytes, no decoding.
+#: In the local state (never in the changelog) while a restore copies into it: a state
+#: that still has it on start is a restore that did not finish, wiped and done again.
+#: ``~`` sorts after every other key and is no prefix the core scans.
+RESTORING_KEY = b"~restoring"
+
+
+class ChangelogRecord(Protocol):
+    """What the copy reads of a changelog record (aiokafka's ``ConsumerRecord``)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+def needs_restore(state: StateStore) -> bool:
+    """Whether ``state`` must be rebuilt from the changelog: it is empty, or it holds
+    the marker of a restore that crashed half way (then it is wiped first: a partial
+    state would otherwise be taken for a whole one, and stay partial, silently)."""
+    if state.get(RESTORING_KEY) is not None:
+        log.warning("the last restore of the state did not finish: restoring it again")
+        state.clear()
+        return True
+    return state.is_empty()
+
+
+class ChangelogCopy:
+    """Copies changelog records into an empty ``state``: raw bytes, no decoding.
 
     Entries are buffered per producing batch (header :data:`BATCH_HEADER`) and written
     when a newer batch starts; the last batch only if it is complete (its offsets entry,
     written last, is there): a crash in the middle of producing a batch leaves a prefix
     that the local state never had, and its input is redone after the restore anyway.
+
+    The :data:`RESTORING_KEY` marker is written (durably) before the first entry and
+    removed by :meth:`finish` once everything copied is durable, so a crash anywhere in
+    between is seen on the next start (:func:`needs_restore`). That is also what makes
+    it safe to copy with bulk writes (RocksDB without its WAL): what a crash loses of
+    them is redone, never trusted.
+    """
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+        state.write({RESTORING_KEY: b"1"})
+        state.sync()
+        self.records = 0
+        self.entries = 0
+        self._pending = state.writer(bulk=True)
+        self._current: bytes | None = None
+        self._last_key: bytes | None = None
+
+    def add(self, records: Sequence[ChangelogRecord]) -> None:
+        """Copy one fetched run of records (in changelog order)."""
+        state, pending, current = self.state, self._pending, self._current
+        entries = 0
+        for record in records:
+            headers = record.headers
+            # every entry carries exactly the batch header: the fast path
+            if headers and headers[0][0] == BATCH_HEADER:
+                batch: bytes | None = headers[0][1]
+            else:
+                batch = _batch_of(headers)
+            if batch != current:
+                entries += pending.commit()
+                pending = state.writer(bulk=True)
+                current = batch
+            key = record.key
+            if key is None:
+                continue  # not a state entry (the shell writes none without a key)
+            pending.set(key, record.value)
+        if records:
+            self._last_key = records[-1].key
+        self.records += len(records)
+        self.entries += entries
+        self._pending, self._current = pending, current
+
+    def finish(self) -> None:
+        """Write the last batch if it is complete, make the copy durable, then remove
+        the marker: only a state that is whole is ever without it."""
+        if self._last_key == OFFSETS_KEY:  # the last batch is complete
+            self.entries += self._pending.commit()
+        self._pending = self.state.writer(bulk=True)
+        self.state.sync()
+        self.state.write({RESTORING_KEY: None})
+        self.state.sync()
+
+
+async def restore_from_changelog(bootstrap: str, state: StateStore) -> Restored:
+    """Copy :data:`STATE_TOPIC` into an empty ``state`` (:class:`ChangelogCopy`).
+
     Large fetches, and nothing per record but a header check and an entry in the state's
     write batch (:meth:`~.state.StateStore.writer`): the rate is close to aiokafka's own.
     """
@@ -231,46 +324,28 @@ async def restore_from_changelog(bootstrap: str, state: StateStore) -> Restored:
         fetch_max_bytes=64 * 1024 * 1024,
     )
     await consumer.start()
-    records_read = entries = 0
+    copy = ChangelogCopy(state)
     try:
         await consumer._client.force_metadata_update()
         partitions = [
             TopicPartition(STATE_TOPIC, p)
             for p in sorted(consumer.partitions_for_topic(STATE_TOPIC) or ())
         ]
-        if not partitions:
-            return Restored(0, 0, time.monotonic() - started)
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        positions = {tp: await consumer.position(tp) for tp in partitions}
-        pending = state.writer()
-        current: bytes | None = None
-        last_key: bytes | None = None
-        while any(positions[tp] < ends[tp] for tp in partitions):
-            fetched = await consumer.getmany(timeout_ms=500, max_records=100_000)
-            for tp, records in fetched.items():
-                records_read += len(records)
-                for record in records:
-                    headers = record.headers
-                    # every entry carries exactly the batch header: the fast path
-                    if headers and headers[0][0] == BATCH_HEADER:
-                        batch: bytes | None = headers[0][1]
-                    else:
-                        batch = _batch_of(headers)
-                    if batch != current:
-                        entries += pending.commit()
-                        pending = state.writer()
-                        current = batch
-                    last_key = record.key
-                    pending.set(last_key, record.value)
-                positions[tp] = records[-1].offset + 1
-            for tp in partitions:
-                if positions[tp] < ends[tp] and not fetched.get(tp):
-                    positions[tp] = await consumer.position(tp)
-        if last_key == OFFSETS_KEY:  # the last batch is complete
-            entries += pending.commit()
-        return Restored(records_read, entries, time.monotonic() - started)
+        if partitions:
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            positions = {tp: await consumer.position(tp) for tp in partitions}
+            while any(positions[tp] < ends[tp] for tp in partitions):
+                fetched = await consumer.getmany(timeout_ms=500, max_records=100_000)
+                for tp, records in fetched.items():
+                    copy.add(records)
+                    positions[tp] = records[-1].offset + 1
+                for tp in partitions:
+                    if positions[tp] < ends[tp] and not fetched.get(tp):
+                        positions[tp] = await consumer.position(tp)
+        copy.finish()
+        return Restored(copy.records, copy.entries, time.monotonic() - started)
     finally:
         await consumer.stop()
 
@@ -308,6 +383,7 @@ class Shell:
         self._cursor: AvailabilityKey | None = None
         self.restored_entries = 0
         self.encoder: AvailabilityEncoder | None = None
+        self.topic_keys = TopicKeys()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -316,7 +392,7 @@ class Shell:
         started = time.monotonic()
         settings = service.settings
         self.state = open_state(settings)
-        if self.state.is_empty():
+        if needs_restore(self.state):
             restored = await restore_from_changelog(settings.kafka_bootstrap, self.state)
             self.restored_entries = restored.entries
             self.metrics.restore_seconds.set(restored.seconds)
@@ -427,9 +503,21 @@ class Shell:
                 else:
                     projector.release(record)  # dead-lettered, or a Debezium tombstone
         step = projector.step()
-        await self._make_durable(step)
+        changes = self.overlay.drain()
+        self._batch += 1
+        headers = [(BATCH_HEADER, self._batch.to_bytes(8, "big"))]
+        # The batch's state entries go to the changelog while the write-back and the
+        # publishing are under way (their round trips overlap); only the offsets entry,
+        # which makes the batch count as complete in the changelog, waits for them.
+        entries = asyncio.ensure_future(self._produce_entries(changes, headers))
+        try:
+            await self._make_durable(step)
+        except BaseException:
+            await asyncio.gather(entries, return_exceptions=True)
+            raise
+        await entries
         self._track(batch, step)
-        await self._commit_state()
+        await self._commit_state(changes, headers)
         await self._maybe_refresh()
 
     def _guard(self, method: Any, item: Any, record: Handle) -> None:
@@ -473,16 +561,18 @@ class Shell:
             covered[f"{tp.topic}:{tp.partition}"] = min(held) if held else next_offset
         return covered
 
-    async def _commit_state(self) -> None:
-        """Changelog first (acks), then the local write: a local state is never ahead
-        of the changelog a lost disk would be rebuilt from."""
-        self.overlay.put(OFFSETS_KEY, orjson.dumps(self._covered()))
-        changes = self.overlay.drain()
-        changes[OFFSETS_KEY] = changes.pop(OFFSETS_KEY)  # the batch's last entry
+    async def _produce_entries(
+        self, changes: Mapping[bytes, bytes | None], headers: list[tuple[str, bytes]]
+    ) -> None:
+        """Produce a batch's state entries to the changelog and wait for the acks.
+
+        Without the batch's offsets entry they do not count: a restore drops a trailing
+        batch without it, and an earlier one is followed by the redo of the same input
+        (the local state never recorded it), which rewrites every key it touched."""
+        if not changes:
+            return
         producer = self.service.producer
         assert producer is not None
-        self._batch += 1
-        headers = [(BATCH_HEADER, self._batch.to_bytes(8, "big"))]
         builder = producer.create_batch()
         sent = []
         for key, value in changes.items():
@@ -492,25 +582,33 @@ class Shell:
                 builder.append(key=key, value=value, timestamp=None, headers=headers)
         sent.append(await producer.send_batch(builder, STATE_TOPIC, partition=0))
         await asyncio.gather(*sent)
+
+    async def _commit_state(
+        self, changes: dict[bytes, bytes | None], headers: list[tuple[str, bytes]]
+    ) -> None:
+        """After the batch's effects and its state entries are acknowledged: its offsets
+        entry to the changelog (acks), then the local write of the whole change set and
+        those offsets: a local state is never ahead of the changelog a lost disk would
+        be rebuilt from."""
+        offsets = orjson.dumps(self._covered())
+        producer = self.service.producer
+        assert producer is not None
+        builder = producer.create_batch()
+        builder.append(key=OFFSETS_KEY, value=offsets, timestamp=None, headers=headers)
+        await (await producer.send_batch(builder, STATE_TOPIC, partition=0))
+        changes[OFFSETS_KEY] = offsets
         self.state.write(changes)
 
     async def _make_durable(self, step: Step[Handle]) -> None:
         service = self.service
         store = self.projector.store
         if step.writes_anything:
-            assert self.sink is not None
             position = store.write_position()
-            writes: list[SinkWrite] = [availability_upsert(a, position) for a in step.availability]
-            writes += [
-                AVAILABILITY_SPEC.delete(
-                    {"item_id": r.item_id, "warehouse_code": r.warehouse_code}, position
-                )
-                for r in step.removed
-            ]
             # the write-back and the publishing are independent: overlap their round
             # trips (both are done before the state records the batch as applied)
             await asyncio.gather(
-                self.sink.apply(writes), self._publish_availability(step.availability)
+                self._write_back(step.availability, step.removed, position),
+                self._publish_availability(step.availability),
             )
             service.metrics.observe_end_to_end_lags(
                 "crm_write_back", [t.timestamp() for t in step.commit_times], time.time()
@@ -548,6 +646,30 @@ class Shell:
         m.open_transactions.set(self.projector.open_transactions)
         m.as_of.set(store.as_of.timestamp())
 
+    async def _write_back(
+        self,
+        availability: Sequence[Availability],
+        removed: Sequence[Removed],
+        position: SourcePosition,
+    ) -> None:
+        """Upsert (and tombstone) in ``crm_integration.availability`` at ``position``.
+        Without tombstones (the replay's case) one dedicated statement
+        (:mod:`.writeback`); with them, both in one transaction through the generic sink,
+        as every batch before."""
+        if not removed:
+            assert self.pool is not None
+            await write_availability(self.pool, availability, position, self.service.metrics)
+            return
+        assert self.sink is not None
+        writes: list[SinkWrite] = [availability_upsert(a, position) for a in availability]
+        writes += [
+            AVAILABILITY_SPEC.delete(
+                {"item_id": r.item_id, "warehouse_code": r.warehouse_code}, position
+            )
+            for r in removed
+        ]
+        await self.sink.apply(writes)
+
     async def _publish_availability(self, availability: Sequence[Availability]) -> None:
         """Publish one record per availability and wait for the acks: one producer batch
         per partition (the partition the default partitioner gives the key, as ``send``
@@ -561,13 +683,16 @@ class Shell:
                 self.service.codec.catalogue.latest(AVAILABILITY_SCHEMA)
             )
         encode, headers = self.encoder.encode, self.encoder.headers
+        key_and_hash = self.topic_keys.key_and_hash
         partitions = sorted(await producer.partitions_for(AVAILABILITY_TOPIC))
+        count = len(partitions)
         builders: dict[int, BatchBuilder] = {}
         sent = []
         for a in availability:
-            key = availability_topic_key(a.sku, a.warehouse_code)
+            key, hashed = key_and_hash(a.sku, a.warehouse_code)
             value = encode(a)
-            partition = partition_for(key, partitions)
+            # the default partitioner's choice (partition_for), from the cached hash
+            partition = partitions[(hashed & 0x7FFFFFFF) % count]
             builder = builders.get(partition)
             if builder is None:
                 builder = builders[partition] = producer.create_batch()
@@ -605,8 +730,7 @@ class Shell:
         else:
             self._cursor = None  # the round is complete: start over next time
         store.flush()  # reading cached aggregates (nothing changed: writes nothing)
-        assert self.sink is not None
-        await self.sink.apply([availability_upsert(a, position) for a in stamped])
+        await self._write_back(stamped, (), position)
         await self._publish_availability(stamped)
         self.service.metrics.set_table_rows("availability_keys_written", self._keys_written)
 

@@ -1231,14 +1231,22 @@ class RowStore:
         moved (then republish/rewrite every key with the new ``as_of``)."""
         if at.tzinfo is None:
             raise BadInput(f"time {at!r} has no time zone")
-        before = self.as_of
+        marks = self.watermarks
+        # called per change: return early when the watermark does not move (the max()
+        # and the two as_of computations were a visible share of the fold)
         if database == CRM:
-            self.watermarks.crm = max(self.watermarks.crm, at)
+            if at <= marks.crm:
+                return False
+            before = min(marks.crm, marks.erp)
+            marks.crm = at
         elif database == ERP:
-            self.watermarks.erp = max(self.watermarks.erp, at)
+            if at <= marks.erp:
+                return False
+            before = min(marks.crm, marks.erp)
+            marks.erp = at
         else:
             raise ValueError(f"unknown source database {database!r}")
-        return self.as_of != before
+        return min(marks.crm, marks.erp) != before
 
     def write_position(self) -> SourcePosition:
         """Position for the guarded write-back: (as_of in ms, revision); see module doc."""

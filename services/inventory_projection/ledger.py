@@ -20,6 +20,7 @@ caller (:meth:`~.domain.RowStore.availability`); they are few and kept in memory
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -40,12 +41,14 @@ TABLE_CODES = {"stock_quant": b"q", "stock_reservation": b"s", "production_order
 ON_HAND, RESERVED, INCOMING = 1, 2, 3
 
 
-def _id(value: int) -> bytes:
-    return value.to_bytes(8, "big", signed=True)
+# struct packing: the same bytes as ``int.to_bytes(8, "big", signed=True)``, with less
+# call overhead; a change builds up to four keys
+_id = struct.Struct(">q").pack
+_pair = struct.Struct(">qq").pack
 
 
 def agg_key(item_id: int, warehouse_id: int) -> bytes:
-    return b"a:" + _id(item_id) + _id(warehouse_id)
+    return b"a:" + _pair(item_id, warehouse_id)
 
 
 def total_key(item_id: int) -> bytes:
@@ -53,7 +56,7 @@ def total_key(item_id: int) -> bytes:
 
 
 def _index_key(warehouse_id: int, item_id: int) -> bytes:
-    return b"x:" + _id(warehouse_id) + _id(item_id)
+    return b"x:" + _pair(warehouse_id, item_id)
 
 
 def _decode_id(raw: bytes) -> int:

@@ -184,7 +184,7 @@ class Projector(Generic[H]):
             self._inconsistent(db, error, handle)
             return
         xid = event.transaction_id
-        if any(event is e for t in completed for e in t.events):
+        if completed and _completed_by(event, completed):
             self._handles[id(event)] = handle
             self._release.append(handle)
         elif xid is not None and self._assembler_has(db, xid):
@@ -349,6 +349,20 @@ class Projector(Generic[H]):
                     max(e.position for e in events),
                 )
             )
+
+
+def _completed_by(event: ChangeEvent, completed: list[CompleteTransaction]) -> bool:
+    """Whether ``event`` (the same object, not an equal redelivery) is in ``completed``.
+    Checked per change: the completing event is usually the last one, so look there
+    first, then scan with a plain loop (a generator per change showed in profiles)."""
+    for transaction in completed:
+        events = transaction.events
+        if events and events[-1] is event:
+            return True
+        for e in events:
+            if e is event:
+                return True
+    return False
 
 
 def row_version(key: str, data: Mapping[str, Any]) -> Version:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
 
 class RocksState:
@@ -20,7 +20,16 @@ class RocksState:
         path.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
+        # Every change reads its row's key and its aggregate's key, and for a new row
+        # or key (a receipt in a new place, a replay) the key is absent: a Bloom filter
+        # (10 bits a key, ~1% false positives) answers those reads without searching
+        # the table files (~3 -> ~2 us a read measured with 2M keys). Files written
+        # before it had none; compactions add it.
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)
+        options.set_block_based_table_factory(table)
         self.path = path
+        self.options = options
         self.db = Rdict(str(path), options)
 
     def get(self, key: bytes) -> bytes | None:
@@ -49,8 +58,20 @@ class RocksState:
     def write_raw(self, batch: WriteBatch) -> None:
         self.db.write(batch)
 
-    def writer(self) -> RocksWriter:
-        return RocksWriter(self.db)
+    def writer(self, *, bulk: bool = False) -> RocksWriter:
+        return RocksWriter(self.db, _NO_WAL if bulk else None)
+
+    def sync(self) -> None:
+        """Flush the memtables to table files: writes made without the WAL are only in
+        memory until then, and the WAL alone would not bring them back after a crash."""
+        self.db.flush(wait=True)
+        self.db.flush_wal(sync=True)
+
+    def clear(self) -> None:
+        """Destroy the database and open an empty one in its place."""
+        self.db.close()
+        Rdict.destroy(str(self.path), self.options)
+        self.db = Rdict(str(self.path), self.options)
 
     def is_empty(self) -> bool:
         iterator = self.db.iter()
@@ -61,12 +82,24 @@ class RocksState:
         self.db.close()
 
 
+def _without_wal() -> WriteOptions:
+    options = WriteOptions()
+    # a property at run time; rocksdict's stub declares it a method
+    setattr(options, "disable_wal", True)  # noqa: B010
+    return options
+
+
+#: bulk writes (a restore) skip the WAL: every entry is written twice otherwise
+_NO_WAL = _without_wal()
+
+
 class RocksWriter:
     """A ``WriteBatch`` filled entry by entry (no intermediate dict: a restore copies
     millions of entries), applied by :meth:`commit` in one atomic write."""
 
-    def __init__(self, db: Rdict) -> None:
+    def __init__(self, db: Rdict, options: WriteOptions | None = None) -> None:
         self.db = db
+        self.options = options
         self.batch = WriteBatch(raw_mode=True)
         self.count = 0
 
@@ -79,5 +112,5 @@ class RocksWriter:
 
     def commit(self) -> int:
         if self.count:
-            self.db.write(self.batch)
+            self.db.write(self.batch, self.options)
         return self.count

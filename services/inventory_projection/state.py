@@ -69,8 +69,20 @@ class StateStore(Protocol):
         """Apply every put (value) and delete (None) atomically."""
         ...
 
-    def writer(self) -> StateWriter:
-        """A change set built entry by entry (a restore copies raw entries into it)."""
+    def writer(self, *, bulk: bool = False) -> StateWriter:
+        """A change set built entry by entry (a restore copies raw entries into it).
+
+        ``bulk``: the write may skip the store's crash journal (RocksDB's WAL), so a
+        crash can lose it; only for a restore, which is guarded by its marker and made
+        durable by :meth:`sync` before the marker is removed."""
+        ...
+
+    def sync(self) -> None:
+        """Make every write so far durable, bulk ones included."""
+        ...
+
+    def clear(self) -> None:
+        """Delete every entry (a restore that did not finish is started over)."""
         ...
 
     def is_empty(self) -> bool: ...
@@ -128,8 +140,15 @@ class MemoryState:
             else:
                 self.put(key, value)
 
-    def writer(self) -> StateWriter:
+    def writer(self, *, bulk: bool = False) -> StateWriter:
         return _DictWriter(self)
+
+    def sync(self) -> None:
+        return None
+
+    def clear(self) -> None:
+        self.data.clear()
+        self._sorted = None
 
     def is_empty(self) -> bool:
         return not self.data

@@ -7,9 +7,12 @@ Invariants protected here:
   catalogue, whatever the figures (negative, zero, large, many incoming dates, undated
   supply, overall keys without a warehouse, as-of before and after the epoch).
 * The availability topic key is the documented compact sorted JSON, for any text.
-* The write-back row of an availability is the generic upsert of its row, exactly.
+* The write-back row of an availability is the generic upsert of its row, exactly; the
+  column arrays of the dedicated write-back statement hold those same rows, in the
+  generic spec's column order (quantities as their exact decimal text).
 * A key is published to the partition the producer's default partitioner would choose
-  (murmur2), so batching the sends never moves a compacted key to another partition.
+  (murmur2), so batching the sends never moves a compacted key to another partition;
+  the hash from a cached mid-state of the key's sku part is murmur2 of the whole key.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from services.inventory_projection.domain import Availability, Incoming, topic_key
 from services.inventory_projection.emit import (
     AvailabilityEncoder,
+    TopicKeys,
     availability_topic_key,
     murmur2,
     partition_for,
@@ -33,6 +37,11 @@ from services.inventory_projection.recompute import (
     AVAILABILITY_SPEC,
     availability_row,
     availability_upsert,
+)
+from services.inventory_projection.writeback import (
+    NUMERIC_COLUMNS,
+    UPSERT_AVAILABILITY,
+    availability_columns,
 )
 from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.position import SourcePosition
@@ -129,3 +138,37 @@ def test_availability_upsert_equals_the_generic_row_write() -> None:
         assert availability_upsert(a, position) == AVAILABILITY_SPEC.upsert(
             availability_row(a), position
         )
+
+
+def test_write_back_columns_are_the_generic_rows() -> None:
+    rng = random.Random(6)
+    position = SourcePosition(1_700_000_000_000, 42)
+    rows = [_availability(rng) for _ in range(300)]
+    columns = availability_columns(rows)
+    assert len(columns) == len(AVAILABILITY_SPEC.columns) - 1  # as_of: one scalar
+    for i, a in enumerate(rows):
+        upsert = availability_upsert(a, position)
+        *values, as_of = upsert.values
+        assert as_of == a.as_of
+        expected = [*upsert.key, *values]
+        for c in NUMERIC_COLUMNS:  # quantities travel as their exact decimal text
+            if expected[c] is not None:
+                assert isinstance(expected[c], Decimal)
+                expected[c] = str(expected[c])
+        assert [column[i] for column in columns] == expected
+    listed = UPSERT_AVAILABILITY.split("(", 2)[1].split(")")[0]
+    names = [n.strip() for n in listed.split(",")]
+    assert names[: len(AVAILABILITY_SPEC.columns)] == list(AVAILABILITY_SPEC.columns)
+
+
+def test_topic_keys_hash_is_murmur2_of_the_key() -> None:
+    rng = random.Random(7)
+    skus = ["A", "SKU-ÄÖ-ü€", "BENCH-000001", "x" * 37, "", 'q"uo\\te', "BENCH-0000012"]
+    codes = ["W", "*", "BW-00001", "Lager Süd", "tab\there", "", "BW-000011", "BW-0000111"]
+    for limit in (1, 3, 100_000):
+        keys = TopicKeys(limit=limit)
+        for _ in range(500):
+            sku, code = rng.choice(skus), rng.choice(codes)
+            key, hashed = keys.key_and_hash(sku, code)
+            assert key == availability_topic_key(sku, code)
+            assert hashed == aiokafka_murmur2(key)

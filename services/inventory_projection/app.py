@@ -56,7 +56,6 @@ runs as ONE worker (its Deployment has one replica).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -417,14 +416,7 @@ class Shell:
         store = self.projector.store
         self._refreshed_as_of = store.as_of
         service.health.set_check("projection", True, "state loaded")
-        # Everything loaded so far (Faust, schemas, the catalogue rows) lives as long as
-        # the process: freeze it out of the cyclic collector, and collect the young
-        # generation less often. A batch allocates tens of thousands of short-lived
-        # objects; with the default thresholds the collector ran every 700 of them and
-        # its passes over the old generations showed up as ~10% of a replay in py-spy.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
+        # (the shared runtime relaxes the garbage collector once every start hook ran)
         log.info(
             "projection state loaded",
             extra={
@@ -497,10 +489,12 @@ class Shell:
                 else:
                     self._guard(partial(projector.marker, MARKER_TOPICS[topic]), marker, record)
             else:
-                change = await intake.change(record)
-                if isinstance(change, ChangeEvent):
+                change = intake.decode(record)
+                if type(change) is ChangeEvent:
                     self._guard(projector.change, change, record)
                 else:
+                    if isinstance(change, BadInput):
+                        await intake.reject(record, change)
                     projector.release(record)  # dead-lettered, or a Debezium tombstone
         step = projector.step()
         changes = self.overlay.drain()

@@ -242,8 +242,11 @@ class OrderSync:
                     continue
                 released = self.held.add_marker(marker, (record, batch.hold(record)))
             else:
-                change = await intake.change(record)
-                if change is None or isinstance(change, Tombstone):
+                change = intake.decode(record)
+                if isinstance(change, BadInput):
+                    await intake.reject(record, change)
+                    continue
+                if isinstance(change, Tombstone):
                     continue
                 if change.op is ChangeOp.TRUNCATE:
                     await intake.reject(record, BadInput(
@@ -413,9 +416,11 @@ class OrderSync:
         intake = self.service.require_intake()
         changes: list[ChangeEvent] = []
         for record in batch.records:
-            change = await intake.change(record)
-            if change is not None and not isinstance(change, Tombstone):
+            change = intake.decode(record)
+            if type(change) is ChangeEvent:
                 changes.append(change)
+            elif isinstance(change, BadInput):
+                await intake.reject(record, change)
         if not changes:
             return
 

@@ -37,6 +37,11 @@ restarted worker (or a second one during a rebalance) needs nothing but Kafka an
 databases. No Faust tables, hence no co-partitioning constraints; more than one worker
 is safe (row locks serialize per order) but only one is needed.
 
+A source transaction that cannot be assembled — inconsistent (more events than its END
+announced) or beyond what a worker may hold (``TooManyOpenTransactions``: the
+transaction holding the most records is the one given up) — goes whole to the dead
+letters with the reason, including its records that arrive later; the service goes on.
+
 A batch that the ERP refuses for a data reason (e.g. a line referenced by an ERP
 document cannot be removed) is split into single transactions; a single transaction the
 ERP still refuses is dead-lettered with the database's reason and processing continues.
@@ -50,13 +55,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 import asyncpg
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
 
-from services.order_sync.assembly import HeldTransactions
+from services.order_sync.assembly import HeldTransactions, Released
 from services.order_sync.codec import StatusRow
 from services.order_sync.domain import (
     CRM_LINE_TABLE,
@@ -81,7 +87,11 @@ from services.shared.errors import BadInput
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_shared_service
 from services.shared.settings import ServiceSettings
-from services.shared.transactions import CompleteTransaction, InconsistentTransaction
+from services.shared.transactions import (
+    CompleteTransaction,
+    InconsistentTransaction,
+    TooManyOpenTransactions,
+)
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -240,7 +250,15 @@ class OrderSync:
                 marker = await intake.marker(record)
                 if marker is None:
                     continue
-                released = self.held.add_marker(marker, (record, batch.hold(record)))
+                handle = (record, batch.hold(record))
+                try:
+                    released = await self._hold(
+                        partial(self.held.add_marker, marker), handle, marker.transaction_id
+                    )
+                except InconsistentTransaction as error:
+                    await self._give_up(marker.transaction_id, error)
+                    release.append(handle)
+                    continue
             else:
                 change = intake.decode(record)
                 if isinstance(change, BadInput):
@@ -254,10 +272,17 @@ class OrderSync:
                     ))
                     continue
                 try:
-                    released = self.held.add_change(change, (record, batch.hold(record)))
+                    released = await self._hold(
+                        partial(self.held.add_change, change), (record, batch.hold(record)),
+                        change.transaction_id,
+                    )
                 except InconsistentTransaction as error:
-                    await self._dead_letter_transaction(change, record, error)
+                    await self._give_up(change.transaction_id or "", error)
+                    await intake.reject(record, error)
                     continue
+            for (dead, hold), reason in released.dead:
+                await intake.reject(dead, BadInput(reason))
+                release.append((dead, hold))
             release.extend(released.ack_now)
             if released.orphans:
                 self.metrics.orphans.inc(released.orphans)
@@ -290,16 +315,39 @@ class OrderSync:
         for topic, count in applied.items():
             metrics.event(topic, "applied", count)
 
-    async def _dead_letter_transaction(
-        self, change: ChangeEvent, record: ConsumerRecord[bytes, bytes],
-        error: InconsistentTransaction,
-    ) -> None:
+    async def _hold(
+        self, add: Callable[[Handle], Released[Handle]], handle: Handle, xid: str | None
+    ) -> Released[Handle]:
+        """Hold a record with its transaction; at the assembler's limits, give up the
+        transaction holding the most records (all of it to the dead letters, to replay
+        once the limits are raised) rather than stop the service."""
+        while True:
+            try:
+                return add(handle)
+            except TooManyOpenTransactions as error:
+                victim = self.held.largest_open()
+                if victim is None:
+                    raise
+                reason = BadInput(
+                    f"source transaction {victim} given up: more than this worker may hold "
+                    f"({error})"
+                )
+                await self._give_up(victim, reason)
+                if victim == xid:
+                    released: Released[Handle] = Released()
+                    if handle[0].topic == CRM_TRANSACTION_TOPIC:
+                        released.ack_now.append(handle)
+                    else:
+                        released.dead.append((handle, reason.reason))
+                    return released
+
+    async def _give_up(self, xid: str, error: BadInput) -> None:
+        """Dead-letter what is held of ``xid``; later records of it follow (Released.dead)."""
         intake = self.service.require_intake()
-        handles = self.held.discard(change.transaction_id or "")
+        handles = self.held.give_up(xid, error.reason)
         for held_record, _ in handles:
             if held_record.topic != CRM_TRANSACTION_TOPIC:
                 await intake.reject(held_record, error)
-        await intake.reject(record, error)
         self.crm_source.release(h for _, h in handles)
 
     async def _apply_crm(self, chunk: list[tuple[CompleteTransaction, list[Handle]]]) -> None:

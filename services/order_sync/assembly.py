@@ -48,6 +48,9 @@ class Released(Generic[H]):
     complete: list[tuple[CompleteTransaction, list[H]]] = field(default_factory=list)
     ack_now: list[H] = field(default_factory=list)
     orphans: int = 0
+    #: records of a transaction given up earlier (:meth:`HeldTransactions.give_up`), with
+    #: its reason: to dead-letter, never to apply or drop
+    dead: list[tuple[H, str]] = field(default_factory=list)
 
 
 class HeldTransactions(Generic[H]):
@@ -57,11 +60,13 @@ class HeldTransactions(Generic[H]):
         *,
         remember_completed: int = 100_000,
         max_open_transactions: int = 10_000,
+        max_buffered_events: int = 1_000_000,
     ) -> None:
         self.assembler = TransactionAssembler(
             data_collections,
             remember_completed=remember_completed,
             max_open_transactions=max_open_transactions,
+            max_buffered_events=max_buffered_events,
         )
         self._subscribed = self.assembler.data_collections
         self._handles: dict[str, list[H]] = {}
@@ -71,6 +76,7 @@ class HeldTransactions(Generic[H]):
         self._no_end_heap: list[tuple[int, str]] = []
         self._ended: set[str] = set()
         self._done: OrderedDict[str, None] = OrderedDict()
+        self._given_up: OrderedDict[str, str] = OrderedDict()
         self._remember = remember_completed
 
     @property
@@ -90,6 +96,9 @@ class HeldTransactions(Generic[H]):
     def add_change(self, event: ChangeEvent, handle: H) -> Released[H]:
         released: Released[H] = Released()
         xid = event.transaction_id
+        if xid is not None and xid in self._given_up:
+            released.dead.append((handle, self._given_up[xid]))
+            return released
         complete = self.assembler.add_change(event)
         if xid is None or event.is_snapshot or event.total_order is None:
             released.complete = [(c, [handle]) for c in complete]
@@ -113,6 +122,9 @@ class HeldTransactions(Generic[H]):
         if marker.status is TransactionStatus.BEGIN:
             released.ack_now.append(handle)
             return released
+        if xid in self._given_up:
+            released.ack_now.append(handle)  # its events are dead letters; a marker is not
+            return released
         complete = self.assembler.add_marker(marker)
         if complete:
             self._finish(xid, complete, handle, released)
@@ -128,6 +140,24 @@ class HeldTransactions(Generic[H]):
         self._ended.add(xid)
         self._no_end.pop(xid, None)
         return released
+
+    def give_up(self, xid: str, reason: str) -> list[H]:
+        """Stop assembling ``xid`` for good (inconsistent, or too large to hold): returns
+        the records held so far; records of it that arrive later come back as
+        :attr:`Released.dead` with ``reason``, so all of it reaches the dead letters."""
+        handles = self.discard(xid)
+        self._done.pop(xid, None)
+        self._given_up[xid] = reason
+        while len(self._given_up) > self._remember:
+            self._given_up.popitem(last=False)
+        return handles
+
+    def largest_open(self) -> str | None:
+        """The open transaction holding the most records (the one to give up when the
+        limits are reached), or None."""
+        if not self._handles:
+            return None
+        return max(self._handles, key=lambda xid: len(self._handles[xid]))
 
     def discard(self, xid: str) -> list[H]:
         """Forget an open transaction (e.g. inconsistent: dead-lettered); its handles."""

@@ -4,8 +4,9 @@ CRM demand, as available-to-promise per item and warehouse.
 The pure core is :mod:`services.inventory_projection.domain` (canonical records, the
 position-guarded row fold :class:`~.domain.RowStore`, the availability formula,
 shortages). :mod:`services.inventory_projection.recompute` computes the same figures
-straight from the two databases for the reconcile command. The I/O shell (Faust agent,
-asyncpg sink) lives beside them and only executes what they decide.
+straight from the two databases for the reconcile command. The I/O shell (a batch
+source, the RocksDB state, the write-back and publishing) lives beside them and only
+executes what they decide.
 """
 
 from services.inventory_projection.domain import (

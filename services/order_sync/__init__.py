@@ -2,8 +2,8 @@
 
 The pure core is :mod:`services.order_sync.domain`: folding CRM/ERP change events into
 order records, deciding what to write in the ERP (:func:`~.domain.decide`), the
-CRM-facing progress status and the echo predicate. The I/O shell (Faust agent, asyncpg
-sinks) lives beside it and only executes decisions.
+CRM-facing progress status and the echo predicate. The I/O shell (two batch
+sources, asyncpg stores, publishing) lives beside it and only executes decisions.
 """
 
 from services.order_sync.domain import (

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack
+from bench.common import reproduce_line
 
 TOPIC = "cdc.crm.contact"
 
@@ -258,7 +259,7 @@ async def main() -> None:
             await stack.down()
             shutil.rmtree(state_dir, ignore_errors=True)
 
-    command = "uv run python -m bench.capture " + " ".join(sys.argv[1:])
+    command = reproduce_line("bench.capture")
     print()
     print(
         "Ambidex capture benchmark (Debezium 3.6.1 PostgreSQL -> Kafka 4.1, one machine, "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import orjson
 from fastavro.validation import validate
 
+from bench.common import reproduce_line
 from services.shared.avro_check import compile_check
 from services.shared.cdc_schemas import load_envelope_schemas
 from services.shared.changes import ChangeDecoder
@@ -114,7 +114,7 @@ def main() -> None:
               f"{fast:6.1f}us {generic:7.1f}us")
     print("  (decode = the whole ChangeDecoder.decode; check = the generated schema check it "
           "uses; fastavro = the generic validate it replaces on the hot path)")
-    print("reproduce: uv run python -m bench.decode " + " ".join(sys.argv[1:]))
+    print(f"reproduce: {reproduce_line('bench.decode')}")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ambidex.stack.config import StackConfig, _free_ports
+from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack
+from bench.common import BenchedService, reproduce_line
 
 SERVICE = "inventory-projection"
 GROUP = "ambidex-inventory-projection.changes"  # the service's BatchSource group
@@ -193,77 +191,19 @@ async def raw_consume(bootstrap: str, topics: list[str]) -> tuple[int, float]:
 # ------------------------------------------------------------------ the service
 
 
-class ServiceUnderTest:
+class ServiceUnderTest(BenchedService):
     def __init__(self, stack: LocalStack, state_dir: Path) -> None:
-        self.port = _free_ports(1)[0]
-        self.environment = {
+        super().__init__(SERVICE, {
             **stack.service_environment(SERVICE),
-            "AMBIDEX_METRICS_PORT": str(self.port),
             "AMBIDEX_LOG_LEVEL": "WARNING",
             "AMBIDEX_TABLE_STATE_DIR": str(state_dir),
-        }
-        self.log_path = stack.config.logs_dir / "bench-inventory-projection.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ambidex.cli", "run", SERVICE],
-                env={**os.environ, **self.environment},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    async def wait_ready(self, timeout: float = 1800) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"service exited, see {self.log_path}")
-                self.sample_rss()
-                try:
-                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz")
-                    if response.status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise RuntimeError("service not ready")
-
-    def rss_mb(self) -> float:
-        assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def sample_rss(self) -> float:
-        """Read the RSS now and keep the peak (:attr:`peak_rss`) of the samples."""
-        rss = self.rss_mb()
-        self.peak_rss = max(self.peak_rss, rss)
-        return rss
-
-    peak_rss = 0.0
+        }, stack.config.logs_dir / "bench-inventory-projection.log")
 
     async def gauge(self, name: str) -> float:
         for line in (await self.metrics()).splitlines():
             if line.startswith(name + "{") or line.startswith(name + " "):
                 return float(line.split()[-1])
         raise RuntimeError(f"{name} not in the service's metrics")
-
-    async def metrics(self) -> str:
-        async with httpx.AsyncClient(timeout=30) as client:
-            return (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
 
 
 async def committed(bootstrap: str, partitions: list[TopicPartition]) -> int:
@@ -460,7 +400,7 @@ async def main() -> None:
         await stack.down()
         shutil.rmtree(state_dir, ignore_errors=True)
 
-    command = "uv run python -m bench.inventory " + " ".join(sys.argv[1:])
+    command = reproduce_line("bench.inventory")
     print()
     print(f"Ambidex inventory-projection benchmark (one machine, {os.cpu_count()} cores)")
     print(

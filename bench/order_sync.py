@@ -30,7 +30,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,76 +37,28 @@ from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
-import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ambidex.stack.config import StackConfig, _free_ports
+from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack
+from bench.common import BenchedService, reproduce_line
 
 CRM_TOPICS = ["cdc.crm.sales_order", "cdc.crm.sales_order_line", "cdc.crm.transaction"]
 
 
-class Worker:
+class Worker(BenchedService):
     """order-sync as its own process (as in production)."""
 
     def __init__(self, stack: LocalStack, log: Path) -> None:
-        self.port = _free_ports(1)[0]
-        self.env = {
-            **os.environ,
+        super().__init__("order-sync", {
             **stack.config.environment(),
             **stack.service_environment("order-sync"),
-            "AMBIDEX_METRICS_PORT": str(self.port),
             "AMBIDEX_LOG_LEVEL": "WARNING",
-        }
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-        self.max_rss_mb = 0.0
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ambidex.cli", "run", "order-sync"],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    async def ready(self) -> None:
-        async with httpx.AsyncClient() as client:
-            for _ in range(600):
-                try:
-                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz")
-                    if response.status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise RuntimeError("order-sync did not become ready")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=60)
-
-    def sample_rss(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    self.max_rss_mb = max(self.max_rss_mb, int(line.split()[1]) / 1024)
-        except OSError:
-            pass
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the worker process has used so far."""
-        if self.process is None:
-            return 0.0
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        }, log)
 
     async def lag_buckets(self) -> dict[float, float]:
         """The service's CRM->ERP end-to-end histogram: cumulative count per bound."""
-        async with httpx.AsyncClient() as client:
-            text = (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
+        text = await self.metrics()
         buckets: dict[float, float] = {}
         for line in text.splitlines():
             if line.startswith("ambidex_end_to_end_lag_seconds_bucket") and "crm_to_erp" in line:
@@ -367,7 +318,7 @@ async def main() -> None:
     try:
         products, warehouse, account = await _catalogue(stack)
         worker.start()  # joins the group at the end of the topics, then leaves
-        await worker.ready()
+        await worker.wait_ready()
         await asyncio.sleep(5)
         worker.stop()
         start_offsets = await _end_offsets(addresses.kafka_bootstrap)
@@ -380,7 +331,7 @@ async def main() -> None:
         await _wait_captured(stack, backlog)
         print("phase 1: order-sync drains the backlog", file=sys.stderr)
         worker.start()
-        await worker.ready()
+        await worker.wait_ready()
         began = time.monotonic()
         cpu_began = worker.cpu_seconds()
         finished = await _wait_synced(addresses.erp_admin_dsn, backlog, timeout=1800)
@@ -423,7 +374,7 @@ async def main() -> None:
     def pct(q: float) -> float:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
 
-    command = "uv run python -m bench.order_sync " + " ".join(sys.argv[1:])
+    command = reproduce_line("bench.order_sync")
     print()
     print(f"Ambidex order-sync benchmark (one machine, {os.cpu_count()} cores, whole stack)")
     print(f"  phase 1 backlog            {len(backlog):,} confirmed orders, 3-5 lines "
@@ -439,7 +390,7 @@ async def main() -> None:
           f"max {latencies[-1]:.0f} ms   (target p99 <= 1000 ms)")
     print(f"  service histogram          p50 <= {quantiles['p50_le']} s, "
           f"p99 <= {quantiles['p99_le']} s (bucket bounds)")
-    print(f"  worker RSS (max)           {worker.max_rss_mb:,.0f} MB   (target <= 512 MB)")
+    print(f"  worker RSS (max)           {worker.peak_rss:,.0f} MB   (target <= 512 MB)")
     print(f"  median of latencies        {statistics.median(latencies):.0f} ms")
     print(f"reproduce: {command}")
 

@@ -87,7 +87,13 @@ from services.inventory_projection.recompute import AVAILABILITY_SPEC, availabil
 from services.inventory_projection.rocks import RocksState
 from services.inventory_projection.state import MemoryState, Overlay, StateStore
 from services.inventory_projection.writeback import write_availability
-from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
+from services.shared.batches import (
+    BatchSource,
+    Hold,
+    OffsetLedger,
+    RecordBatch,
+    attach_sources,
+)
 from services.shared.changes import ChangeEvent
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition
@@ -373,9 +379,11 @@ class Shell:
             # every batch pays its round trips (write-back, acks, changelog)
             partition_fetch_bytes=2 * 1024 * 1024,
         )
-        self._holds: dict[int, Hold] = {}
-        self._held: dict[TopicPartition, dict[int, int]] = {}
-        self._next: dict[TopicPartition, int] = {}
+        # per held record: its hold on the source's commit, and on what the state covers
+        self._holds: dict[int, tuple[Hold, Hold]] = {}
+        #: the per-partition offsets the state covers (the same rule as the source's
+        #: commits: the lowest offset still held, else the next one)
+        self._coverage = OffsetLedger()
         self._batch = time.time_ns()
         self._last_refresh = 0.0
         self._refreshed_as_of = self.projector.store.as_of
@@ -407,7 +415,7 @@ class Shell:
             )
         self.overlay = Overlay(self.state)
         self.projector = Projector.load(self.overlay, hold_seconds=HOLD_SECONDS)
-        self._next = _offsets_of(self.state.get(OFFSETS_KEY))
+        self._cover_stored()
         self.pool = await asyncpg.create_pool(
             settings.crm_dsn.get_secret_value(), min_size=1, max_size=2
         )
@@ -465,8 +473,7 @@ class Shell:
         self.overlay.discard()
         self.projector = Projector.load(self.overlay, hold_seconds=HOLD_SECONDS)
         self._holds.clear()
-        self._held.clear()
-        self._next = _offsets_of(self.state.get(OFFSETS_KEY))
+        self._cover_stored()
 
     # ------------------------------------------------------------------ the batch
 
@@ -530,30 +537,31 @@ class Shell:
         released = {id(r) for r in step.release}
         freed: list[Hold] = []
         for record in step.release:
-            hold = self._holds.pop(id(record), None)
-            if hold is not None:
-                freed.append(hold)
-                counts = self._held[hold.partition]
-                counts[hold.offset] -= 1
-                if counts[hold.offset] <= 0:
-                    del counts[hold.offset]
+            holds = self._holds.pop(id(record), None)
+            if holds is not None:
+                source_hold, covered_hold = holds
+                freed.append(source_hold)
+                self._coverage.release([covered_hold])
         for record in batch.records:
             tp = TopicPartition(record.topic, record.partition)
-            if record.offset + 1 > self._next.get(tp, -1):
-                self._next[tp] = record.offset + 1
+            self._coverage.fetched(tp, record.offset + 1)
             if id(record) not in released:
-                hold = batch.hold(record)
-                self._holds[id(record)] = hold
-                counts = self._held.setdefault(tp, {})
-                counts[record.offset] = counts.get(record.offset, 0) + 1
+                self._holds[id(record)] = (
+                    batch.hold(record), self._coverage.hold(tp, record.offset)
+                )
         self.source.release(freed)
 
+    def _cover_stored(self) -> None:
+        """Start covering from the offsets the durable state records."""
+        self._coverage.reset()
+        for tp, offset in _offsets_of(self.state.get(OFFSETS_KEY)).items():
+            self._coverage.fetched(tp, offset)
+
     def _covered(self) -> dict[str, int]:
-        covered: dict[str, int] = {}
-        for tp, next_offset in self._next.items():
-            held = self._held.get(tp)
-            covered[f"{tp.topic}:{tp.partition}"] = min(held) if held else next_offset
-        return covered
+        return {
+            f"{tp.topic}:{tp.partition}": offset
+            for tp, offset in self._coverage.safe_offsets().items()
+        }
 
     async def _produce_entries(
         self, changes: Mapping[bytes, bytes | None], headers: list[tuple[str, bytes]]

@@ -1,0 +1,101 @@
+"""What the service benchmarks share: a service run as its own process, as in production.
+
+:class:`BenchedService` starts ``ambidex run <service>`` with the given environment on a
+free metrics port, waits for ``/readyz``, samples its resident memory (keeping the
+peak) and CPU time from ``/proc``, reads its ``/metrics`` and stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from ambidex.stack.config import _free_ports
+
+
+class BenchedService:
+    def __init__(self, name: str, environment: Mapping[str, str], log_path: Path) -> None:
+        self.name = name
+        self.port = _free_ports(1)[0]
+        self.environment = {**environment, "AMBIDEX_METRICS_PORT": str(self.port)}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.peak_rss = 0.0
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ambidex.cli", "run", self.name],
+                env={**os.environ, **self.environment},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self, timeout: float = 120) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    async def wait_ready(self, timeout: float = 1800) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited, see {self.log_path}")
+                self.sample_rss()
+                try:
+                    response = await client.get(f"http://127.0.0.1:{self.port}/readyz")
+                    if response.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s")
+
+    def rss_mb(self) -> float:
+        """Resident memory now (MB); NaN when the process is gone."""
+        if self.process is None:
+            return float("nan")
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def sample_rss(self) -> float:
+        """Read the RSS now and keep the peak (:attr:`peak_rss`) of the samples."""
+        rss = self.rss_mb()
+        if rss == rss:  # not NaN
+            self.peak_rss = max(self.peak_rss, rss)
+        return rss
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far."""
+        if self.process is None:
+            return 0.0
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def metrics(self) -> str:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
+
+
+def reproduce_line(module: str) -> str:
+    """The command that reproduces this run (module and the arguments given)."""
+    return f"uv run python -m {module} " + " ".join(sys.argv[1:])

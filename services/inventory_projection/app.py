@@ -121,6 +121,12 @@ CHANGE_TOPICS = (
     *(f"cdc.crm.{t}" for t in CRM_TABLES),
 )
 MARKER_TOPICS = {"cdc.erp.transaction": ERP, "cdc.crm.transaction": CRM}
+#: per database, the topics whose rows others refer to (unknown-reference verdicts on
+#: that database wait until these are read to their end: Projector.step)
+REFERENCE_TOPICS = {
+    ERP: ("cdc.erp.item", "cdc.erp.warehouse"),
+    CRM: ("cdc.crm.product", "cdc.crm.sales_order"),
+}
 HEARTBEAT_TOPICS = {"heartbeat.cdc.erp": ERP, "heartbeat.cdc.crm": CRM}
 AVAILABILITY_TOPIC = "ambidex.availability"
 SHORTAGE_TOPIC = "ambidex.shortages"
@@ -168,6 +174,18 @@ class ProjectionMetrics:
         self.open_transactions = Gauge(
             "ambidex_inventory_open_transactions",
             "Source transactions waiting for the rest of their events.",
+            ("service",),
+            registry=registry,
+        ).labels(name)
+        self.awaiting_verdicts = Gauge(
+            "ambidex_inventory_awaiting_verdicts",
+            "Changes held for an unknown reference, waiting for their grace to pass.",
+            ("service",),
+            registry=registry,
+        ).labels(name)
+        self.unjudged_references = Gauge(
+            "ambidex_inventory_unjudged_references",
+            "Held changes released without a verdict since start (too many waiting).",
             ("service",),
             registry=registry,
         ).labels(name)
@@ -503,7 +521,9 @@ class Shell:
                     if isinstance(change, BadInput):
                         await intake.reject(record, change)
                     projector.release(record)  # dead-lettered, or a Debezium tombstone
-        step = projector.step()
+        step = projector.step(
+            [db for db, topics in REFERENCE_TOPICS.items() if await self.source.caught_up(topics)]
+        )
         changes = self.overlay.drain()
         self._batch += 1
         headers = [(BATCH_HEADER, self._batch.to_bytes(8, "big"))]
@@ -646,6 +666,8 @@ class Shell:
         if step.stale:
             service.metrics.event("cdc", "skipped_stale", step.stale)
         m.open_transactions.set(self.projector.open_transactions)
+        m.awaiting_verdicts.set(self.projector.awaiting_verdicts)
+        m.unjudged_references.set(self.projector.unjudged)
         m.as_of.set(store.as_of.timestamp())
 
     async def _write_back(

@@ -58,13 +58,32 @@ Pending CRM demand (:func:`resolve_demand_line`)
       nor delivered in the ERP. (The reserved part is in ``reserved``, the delivered part
       has left ``on_hand``; ERP-native orders are not CRM demand.)
 
-Unknown references: hold, don't reject
+Unknown references: hold, and dead-letter once when really missing
     * A row whose item, warehouse, CRM product, SKU or warehouse code is not (yet)
       known is **held**: stored, contributing nowhere, listed by
       :meth:`RowStore.unresolved`, and counted as soon as the reference arrives (the
       catalogue comes on other topics, so arriving first is normal, e.g. during
       snapshots). An availability is only produced for a known item and warehouse.
       The batch recomputation joins the same way, so both agree.
+    * Late is normal, missing is bad input: a change whose row (after the fold) has an
+      unknown reference comes back with :attr:`Applied.held` (a :class:`HeldRow`) and
+      *awaits a verdict*. References: the stock rows' ``item_id`` (``erp.item``) and
+      ``warehouse_id`` (``erp.warehouse``); a CRM line's :class:`Unresolved` reason,
+      supplied by the ERP (no item with the product's SKU, the order's
+      ``warehouse_code`` no ERP warehouse) or by the CRM (order or product not seen).
+      A CRM order's own change is judged for its unresolved lines when it makes them
+      demand (a draft confirmed: no line change does) or changes its warehouse code.
+      The verdict is due when the watermark of the database that supplies the
+      reference reaches the change's commit time + :data:`UNKNOWN_REFERENCE_GRACE`
+      (source time: commits and Debezium heartbeats, so replays decide the same way).
+      :meth:`RowStore.held_reference` then says whether that row version is still
+      held; if so the change is dead-lettered as :class:`UnknownReference` (once per
+      row version, see :mod:`.projector`), and the row *stays held*: it is counted
+      as soon as the reference appears, whenever that is. (Tested with the projector
+      in ``tests/unit/test_inventory_unknown_references.py``.)
+    * Cost: per applied stock change one set lookup each for the item's and the
+      warehouse's known-ness (ids of the present ``erp.item`` / ``erp.warehouse``
+      rows, a derived index); nothing more unless one is unknown.
 
 Dates
     * :meth:`Availability.earliest_date_for` ``(qty, today)``: ``today`` when
@@ -97,7 +116,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, ClassVar, NamedTuple
@@ -108,8 +127,10 @@ from services.inventory_projection.ledger import (
     INCOMING,
     ON_HAND,
     RESERVED,
+    TABLE_CODES,
     Contribution,
     StockLedger,
+    _decode_row,
 )
 from services.inventory_projection.state import KeyValue, MemoryState
 from services.shared.changes import ChangeEvent, ChangeOp
@@ -122,6 +143,9 @@ QUANTUM = Decimal("0.001")  # numeric(14,3)
 ZERO = Decimal("0.000")
 OVERALL_CODE = "*"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: How long (source time) a row may name a reference that is not known before it is
+#: dead-lettered as :class:`UnknownReference` (it stays held; see the module doc).
+UNKNOWN_REFERENCE_GRACE = timedelta(seconds=5)
 
 CRM = "crm"
 ERP = "erp"
@@ -165,6 +189,11 @@ ERP_ORDER_CANCELLED = "cancelled"
 
 class NegativeStock(BadInput):
     """A stock quant with a negative quantity: folded, counted as zero, dead-lettered."""
+
+
+class UnknownReference(BadInput):
+    """A row still naming an unknown reference :data:`UNKNOWN_REFERENCE_GRACE` after its
+    commit: dead-lettered once, and still held (counted once the reference appears)."""
 
 
 # --------------------------------------------------------------------------- row access
@@ -948,10 +977,12 @@ def pending_quantity(ordered: Decimal, covered: Decimal) -> Decimal:
 
 @dataclass(frozen=True, slots=True)
 class Unresolved:
-    """A CRM demand line that cannot be counted (yet); see "hold, don't reject"."""
+    """A CRM demand line that cannot be counted (yet); see "Unknown references"."""
 
     crm_line_id: int
     reason: str
+    source: str = CRM
+    """The database whose rows would resolve it (:data:`CRM` or :data:`ERP`)."""
 
 
 def resolve_demand_line(
@@ -974,11 +1005,12 @@ def resolve_demand_line(
     if product_sku is None:
         return Unresolved(line.id, f"CRM product {line.product_id} not seen")
     if item is None:
-        return Unresolved(line.id, f"no ERP item with SKU {product_sku!r}")
+        return Unresolved(line.id, f"no ERP item with SKU {product_sku!r}", ERP)
     if warehouse is None:
         return Unresolved(
             line.id,
             f"CRM order {order.id} warehouse_code {order.warehouse_code!r} is no ERP warehouse",
+            ERP,
         )
     covered = sum(
         (e.covered for e in erp_lines if e.line_no == line.line_no and e.item_id == item.id),
@@ -1091,6 +1123,27 @@ class Applied:
     """Folded, but to be dead-lettered with this reason (negative stock)."""
     as_of_moved: bool = False
     """The store's ``as_of`` advanced: every key's ``as_of`` (and write position) moved."""
+    held: HeldRow | None = None
+    """The row version (applied now, or redelivered at the position already stored)
+    names a reference not known: it awaits a verdict (see "Unknown references")."""
+
+
+class HeldRow(NamedTuple):
+    """A row version held for an unknown reference, awaiting its verdict."""
+
+    table: Table
+    row_id: int
+    position: SourcePosition
+    database: str
+    """Whose watermark decides: the database that would supply the reference."""
+
+
+class HeldReference(NamedTuple):
+    """Why a row version is held now (:meth:`RowStore.held_reference`)."""
+
+    database: str
+    """The database that would supply the missing reference."""
+    reason: str
 
 
 _UNCHANGED = Applied(changed=False)
@@ -1147,6 +1200,9 @@ class RowStore:
     #: per item, the warehouses it has resolved CRM demand in (count of lines)
     _warehouses_of_item: dict[int, dict[int, int]] = field(default_factory=dict)
     _unknown_cache: tuple[tuple[int, int], frozenset[int]] | None = None
+    #: ids of the items and warehouses present (the stock fold's known-ness check)
+    _item_ids: set[int] = field(default_factory=set)
+    _warehouse_ids: set[int] = field(default_factory=set)
     _catalogue_epoch: int = 0
 
     def __post_init__(self) -> None:
@@ -1248,6 +1304,14 @@ class RowStore:
             raise ValueError(f"unknown source database {database!r}")
         return min(marks.crm, marks.erp) != before
 
+    def watermark(self, database: str) -> datetime:
+        """Latest commit or heartbeat time seen from ``database``."""
+        if database == CRM:
+            return self.watermarks.crm
+        if database == ERP:
+            return self.watermarks.erp
+        raise ValueError(f"unknown source database {database!r}")
+
     def write_position(self) -> SourcePosition:
         """Position for the guarded write-back: (as_of in ms, revision); see module doc."""
         return SourcePosition(as_of_ms(self.as_of), self.revision)
@@ -1293,17 +1357,31 @@ class RowStore:
                 f"(item {record.item_id}, warehouse {record.warehouse_id}); counted as 0"
             )
         if table in STOCK_TABLES:
-            changed, touched = self.ledger.apply(
-                table[1], row_id, position, _contribution(record)
-            )
+            contribution = _contribution(record)
+            changed, touched = self.ledger.apply(table[1], row_id, position, contribution)
+            held: HeldRow | None = None
+            if contribution is not None and (
+                # the hot path's whole cost of "unknown references": one lookup each
+                contribution.item_id not in self._item_ids
+                or contribution.warehouse_id not in self._warehouse_ids
+            ):
+                held = HeldRow(table, row_id, position, ERP)
             if not changed:
+                # a redelivery of the version stored may still await its verdict
+                if held is not None and self._stock_position(table, row_id) == position:
+                    return Applied(changed=False, held=held)
                 return _UNCHANGED
             self.revision += 1
             stock_keys = [AvailabilityKey(i, w) for i, w in touched]
             stock_keys += [AvailabilityKey(i, None) for i, _ in touched]
-            return Applied(changed=True, keys=frozenset(stock_keys), flagged=flagged)
+            return Applied(
+                changed=True, keys=frozenset(stock_keys), flagged=flagged, held=held
+            )
         current = self.versions.get((table, row_id))
         if current is not None and position <= current.position:
+            if position == current.position and table in (CRM_ORDER_LINE, CRM_ORDER):
+                # a redelivery of the version stored may still await its verdict
+                return Applied(changed=False, held=self._held_crm(table, row_id, position))
             return _UNCHANGED
         old = None if current is None else current.record
         version = Version(position, record)
@@ -1321,13 +1399,108 @@ class RowStore:
         keys |= self._reresolve(self._lines_of(table, old, record, orders))
         keys |= {k.overall for k in keys}
         self.revision += 1
+        held = None
+        if table == CRM_ORDER_LINE or (
+            # an order's own change is judged when it makes its stored lines demand
+            # (draft -> confirmed) or names another warehouse: no line change did
+            isinstance(record, CrmOrder)
+            and record.is_live
+            and (
+                not isinstance(old, CrmOrder)
+                or not old.is_live
+                or old.warehouse_code != record.warehouse_code
+            )
+        ):
+            held = self._held_crm(table, row_id, position)
         return Applied(
             changed=True,
             keys=frozenset(keys),
             orders=frozenset(orders),
             entry=(key, version.to_dict()),
             flagged=flagged,
+            held=held,
         )
+
+    # ------------------------------------------------------------------ held rows
+
+    def _held_crm(self, table: Table, row_id: int, position: SourcePosition) -> HeldRow | None:
+        """A CRM line that is :class:`Unresolved`, or a live CRM order with such lines."""
+        unresolved = self._unresolved_lines(table, row_id)
+        if not unresolved:
+            return None
+        return HeldRow(table, row_id, position, unresolved[0].source)
+
+    def _unresolved_lines(self, table: Table, row_id: int) -> list[Unresolved]:
+        if table == CRM_ORDER_LINE:
+            line_ids: Iterable[int] = (row_id,)
+        else:
+            order = self._record(CRM_ORDER, row_id)
+            if not isinstance(order, CrmOrder) or not order.is_live:
+                return []
+            line_ids = sorted(self._lines_by_order.get(row_id, ()))
+        lines = (self._demand.get(line_id) for line_id in line_ids)
+        return [d for d in lines if isinstance(d, Unresolved)]
+
+    def _stock_position(self, table: Table, row_id: int) -> SourcePosition | None:
+        row = self._stock_row(table, row_id)
+        return None if row is None else row[0]
+
+    def _stock_row(
+        self, table: Table, row_id: int
+    ) -> tuple[SourcePosition, Contribution | None] | None:
+        """The ledger's stored version of one stock row (position, contribution): its
+        row key and encoding as :meth:`.ledger.StockLedger.apply` writes them (read
+        only for rows naming an unknown reference, never on the common path)."""
+        key = b"r:" + TABLE_CODES[table[1]] + row_id.to_bytes(8, "big", signed=True)
+        raw = self.kv.get(key)
+        return None if raw is None else _decode_row(raw)
+
+    def held_reference(
+        self, table: Table, row_id: int, position: SourcePosition
+    ) -> HeldReference | None:
+        """Why the version at ``position`` of a row is held for an unknown reference
+        now; None when it is not (or no longer) the stored version, or nothing it names
+        is unknown any more. The reason names the row, what is unknown, and that the
+        row stays held."""
+        name = f"{table[0]}.{table[1]} {row_id}"
+        grace = f"{UNKNOWN_REFERENCE_GRACE.total_seconds():g} s"
+        if table in STOCK_TABLES:
+            row = self._stock_row(table, row_id)
+            if row is None or row[0] != position or row[1] is None:
+                return None
+            c = row[1]
+            missing = []
+            if self.item(c.item_id) is None:
+                missing.append(f"item {c.item_id} (erp.item)")
+            if not self._known_warehouse(c.warehouse_id):
+                missing.append(f"warehouse {c.warehouse_id} (erp.warehouse)")
+            if not missing:
+                return None
+            return HeldReference(
+                ERP,
+                f"{name}: unknown {' and '.join(missing)}, still {grace} (source time) "
+                f"after the change; the row is held and counted once the reference appears",
+            )
+        if table in (CRM_ORDER_LINE, CRM_ORDER):
+            version = self.versions.get((table, row_id))
+            if version is None or version.position != position:
+                return None
+            unresolved = self._unresolved_lines(table, row_id)
+            if not unresolved:
+                return None
+            if table == CRM_ORDER_LINE:
+                return HeldReference(
+                    unresolved[0].source,
+                    f"{name}: {unresolved[0].reason}, still {grace} (source time) after the "
+                    f"change; the row is held and counted once the reference appears",
+                )
+            lines = "; ".join(f"line {d.crm_line_id}: {d.reason}" for d in unresolved)
+            return HeldReference(
+                unresolved[0].source,
+                f"{name} is live but {lines}, still {grace} (source time) after the "
+                f"change; the lines are held and counted once the reference appears",
+            )
+        return None
 
     # ------------------------------------------------------------------ internals
 
@@ -1354,8 +1527,10 @@ class RowStore:
 
         if isinstance(record, ErpItem):
             put(self._items_by_sku, record.sku)
+            (self._item_ids.add if add else self._item_ids.discard)(row_id)
         elif isinstance(record, Warehouse):
             put(self._warehouses_by_code, record.code)
+            (self._warehouse_ids.add if add else self._warehouse_ids.discard)(row_id)
         elif isinstance(record, CrmProduct):
             put(self._products_by_sku, record.sku)
         elif isinstance(record, CrmOrder):
@@ -1720,6 +1895,7 @@ __all__ = [
     "ERP",
     "OVERALL_CODE",
     "SOURCE_TABLES",
+    "UNKNOWN_REFERENCE_GRACE",
     "Applied",
     "Availability",
     "AvailabilityKey",
@@ -1730,6 +1906,8 @@ __all__ = [
     "ErpItem",
     "ErpOrder",
     "ErpOrderLine",
+    "HeldReference",
+    "HeldRow",
     "Incoming",
     "NegativeStock",
     "OrderRef",
@@ -1738,6 +1916,7 @@ __all__ = [
     "RowStore",
     "Shortage",
     "StockQuant",
+    "UnknownReference",
     "Unresolved",
     "Version",
     "Warehouse",

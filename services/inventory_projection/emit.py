@@ -40,10 +40,28 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal()
 _DECIMAL_LIMIT = 10**14  # decimal(14, 3): at most 14 digits unscaled
 _SMALL = [bytes([(n << 1) if n >= 0 else ((-n << 1) - 1)]) for n in range(-64, 64)]
+_CACHE_LIMIT = 50_000
+
+
+#: encoded longs by value: ids, dates and the as-of time repeat across a batch's records,
+#: and the varint loop per id was ~3% of a replay's CPU; bounded by :data:`_CACHE_LIMIT`
+_LONGS: dict[int, bytes] = {n: _SMALL[n + 64] for n in range(-64, 64)}
 
 
 def _long(n: int) -> bytes:
     """Avro ``long``: zig-zag, then base-128 varint (little end first)."""
+    cached = _LONGS.get(n)
+    if cached is not None:
+        return cached
+    encoded = _encode_long(n)
+    if len(_LONGS) >= _CACHE_LIMIT:
+        _LONGS.clear()
+        _LONGS.update({n: _SMALL[n + 64] for n in range(-64, 64)})
+    _LONGS[n] = encoded
+    return encoded
+
+
+def _encode_long(n: int) -> bytes:
     if -64 <= n < 64:
         return _SMALL[n + 64]
     z = (n << 1) ^ (n >> 63)
@@ -63,7 +81,6 @@ def _string(text: str) -> bytes:
 #: encoded quantities by value: stock figures repeat (a few distinct quantities per
 #: item), and a dict lookup is a fraction of the encoding; bounded by :data:`_CACHE_LIMIT`
 _DECIMALS: dict[Decimal, bytes] = {}
-_CACHE_LIMIT = 50_000
 
 
 def _decimal(value: Decimal) -> bytes:
@@ -110,6 +127,8 @@ class AvailabilityEncoder:
             )
         self.prefix = entry.prefix
         self.headers = list(entry.headers)
+        self._as_of: datetime | None = None
+        self._as_of_encoded = b""
 
     def encode(self, a: Availability) -> bytes:
         parts = [
@@ -139,7 +158,10 @@ class AvailabilityEncoder:
             parts.append(b"\x00")
         else:
             parts.append(b"\x02" + _long(next_date.toordinal() - _EPOCH_ORDINAL))
-        parts.append(_long(_millis(a.as_of)))
+        as_of = a.as_of
+        if as_of is not self._as_of:  # one as-of for a whole batch, mostly
+            self._as_of, self._as_of_encoded = as_of, _long(_millis(as_of))
+        parts.append(self._as_of_encoded)
         return b"".join(parts)
 
 

@@ -23,36 +23,69 @@ Invariants kept here (DESIGN.md 3, 4, 6):
   figures, never increments; a redelivered or replayed event changes nothing.
 * **Bad input is dead-lettered, never dropped.** A row the store refuses (malformed)
   and a negative stock quant (folded as zero) come back in :attr:`Step.dead_letters`.
+* **An unknown reference is held, and dead-lettered once when it is really missing**
+  (the rule is in :mod:`.domain`, "Unknown references"). A change the store returns
+  with :attr:`~.domain.Applied.held` *awaits its verdict*: its handle is kept out of
+  :attr:`Step.release` (like an event of an open transaction: its offset is not
+  covered, so a restart redelivers it) until the watermark of the database that
+  supplies the reference reaches its commit time +
+  :data:`~.domain.UNKNOWN_REFERENCE_GRACE` AND the consumer has read that database's
+  reference topics to their end (``step(caught_up=...)``: in a backlog one topic runs
+  far ahead of another in source time). At most :data:`AWAITING_LIMIT` row versions
+  wait; beyond that they are released unjudged (:attr:`Projector.unjudged`), still
+  held. Verdicts are given in source order: before a transaction of that database
+  with a commit time at or past the due time is applied, and at the end of every step
+  against the store's watermarks (heartbeats included), so a verdict already due is
+  given in the step that applied the change.
+  Still held then: the handle goes to :attr:`Step.dead_letters` as
+  :class:`~.domain.UnknownReference`; resolved (or superseded by a newer version of
+  the row): just released. The row stays held either way and is counted once the
+  reference appears. A verdict given is recorded in the state
+  (``u:<db>.<table>:<id>`` -> the row version's position, :func:`verdict_key`), so a
+  redelivery of the same version (the fold says unchanged; the store still returns
+  it as held) after a restart gets a verdict only if none was given, and a replay
+  never dead-letters the same row version twice. (An older, stale version is not
+  held: it was superseded.)
 * **Shortages once per CRM order version**: :attr:`Projector.evaluated` (persisted
   by the shell) remembers the last version evaluated per order.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
+
+import orjson
 
 from services.inventory_projection.domain import (
     CRM,
     ERP,
     OVERALL_CODE,
     SOURCE_TABLES,
+    UNKNOWN_REFERENCE_GRACE,
     Availability,
     AvailabilityKey,
+    HeldRow,
     RowStore,
     Shortage,
+    Table,
+    UnknownReference,
     Version,
     evaluate_order,
     parse_storage_key,
+    storage_key,
 )
 from services.inventory_projection.state import KeyValue
 from services.shared.changes import ChangeEvent
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
+from services.shared.position import SourcePosition
 from services.shared.transactions import (
     CompleteTransaction,
     InconsistentTransaction,
@@ -73,6 +106,19 @@ EVALUATED_PREFIX = b"e:"
 
 def evaluated_key(order_id: int) -> bytes:
     return EVALUATED_PREFIX + order_id.to_bytes(8, "big", signed=True)
+
+
+#: At most this many row versions await an unknown-reference verdict (their handles,
+#: i.e. consumed records, are kept until then); more are released unjudged.
+AWAITING_LIMIT = 10_000
+
+#: State keys of the unknown-reference verdicts given: ``u:<db>.<table>:<id>`` -> the
+#: position (JSON ``[commit_lsn, lsn]``) of the row version that got its verdict.
+VERDICT_PREFIX = b"u:"
+
+
+def verdict_key(table: Table, row_id: int) -> bytes:
+    return VERDICT_PREFIX + storage_key(table, row_id).encode()
 
 
 def parse_heartbeat(value: bytes | None) -> datetime:
@@ -129,6 +175,23 @@ class _Held(Generic[H]):
     since: float = 0.0
 
 
+#: one row version: (table, row id, position)
+_RowVersion = tuple[Table, int, SourcePosition]
+
+
+@dataclass(eq=False)
+class _Awaiting(Generic[H]):
+    """A row version awaiting its unknown-reference verdict, and the handles of the
+    changes that carried it (more than one: a source-side duplicate)."""
+
+    version: _RowVersion
+    due: datetime
+    withheld: list[H] = field(default_factory=list)
+    """Handles kept out of an earlier step's release: released with the verdict."""
+    fresh: list[H] = field(default_factory=list)
+    """Handles registered in the current step (still in its release list)."""
+
+
 class Projector(Generic[H]):
     """Folds decoded inputs into a :class:`RowStore`; see the module docstring."""
 
@@ -156,6 +219,14 @@ class Projector(Generic[H]):
         self._dead: list[tuple[H, BadInput]] = []
         self._meta_dirty = False
         self._partial = 0
+        # unknown references awaiting a verdict, per row version; per database a heap
+        # of (due, sequence, row version) for the ones whose watermark decides
+        self._awaiting: dict[_RowVersion, _Awaiting[H]] = {}
+        self._due: dict[str, list[tuple[datetime, int, _RowVersion]]] = {CRM: [], ERP: []}
+        self._sequence = itertools.count()
+        self._caught_up: Collection[str] = (CRM, ERP)
+        #: held rows released without a verdict because :data:`AWAITING_LIMIT` was reached
+        self.unjudged = 0
 
     # ------------------------------------------------------------------ restore
 
@@ -174,6 +245,11 @@ class Projector(Generic[H]):
     @property
     def open_transactions(self) -> int:
         return sum(a.open_transactions for a in self._assemblers.values())
+
+    @property
+    def awaiting_verdicts(self) -> int:
+        """Row versions held for an unknown reference whose verdict is not due yet."""
+        return len(self._awaiting)
 
     def change(self, event: ChangeEvent, handle: H) -> None:
         """A decoded change event of a folded table."""
@@ -247,9 +323,16 @@ class Projector(Generic[H]):
 
     # ------------------------------------------------------------------ the step
 
-    def step(self) -> Step[H]:
-        """Fold every complete transaction; the effects to make durable, then release."""
+    def step(self, caught_up: Collection[str] = (CRM, ERP)) -> Step[H]:
+        """Fold every complete transaction; the effects to make durable, then release.
+
+        ``caught_up``: the databases whose reference topics (catalogue, orders) the
+        consumer has read to their end; unknown-reference verdicts waiting on another
+        database are not given yet (in a backlog a topic can run minutes of source
+        time ahead of another, so the watermark alone would judge rows whose item or
+        warehouse is merely late)."""
         self.expire()
+        self._caught_up = caught_up
         out: Step[H] = Step(dead_letters=self._dead, release=self._release)
         out.partial_transactions = self._partial
         self._dead, self._release, self._partial = [], [], 0
@@ -257,8 +340,13 @@ class Projector(Generic[H]):
         store = self.store
         keys: set[AvailabilityKey] = set()
         orders: set[int] = set()
+        registered: list[_Awaiting[H]] = []
         for transaction in ready:
             folded = False
+            if self._awaiting and transaction.events:  # due before this commit
+                database = transaction.events[0].database
+                if database in caught_up:
+                    self._verdicts(database, transaction.commit_time, out)
             for event in transaction.events:
                 handle = self._handles.pop(id(event), None)
                 try:
@@ -269,6 +357,8 @@ class Projector(Generic[H]):
                     continue
                 if applied.as_of_moved:
                     self._meta_dirty = True
+                if applied.held is not None and handle is not None:
+                    self._await(applied.held, event.commit_time, handle, registered)
                 if not applied.changed:
                     out.stale += 1
                     continue
@@ -281,6 +371,10 @@ class Projector(Generic[H]):
                     out.dead_letters.append((handle, applied.flagged))
             if folded:
                 out.commit_times.append(transaction.commit_time)
+        if self._awaiting:
+            self._due_verdicts(out)
+        if registered:
+            self._withhold(registered, out)
         for key in sorted(keys, key=lambda k: (k.item_id, k.warehouse_id or 0)):
             availability = store.availability(key)
             if availability is not None:
@@ -303,6 +397,96 @@ class Projector(Generic[H]):
             self._meta_dirty = False
         store.flush()  # everything the batch changed is in the state to persist
         return out
+
+    # ------------------------------------------------------------------ verdicts
+
+    def _await(
+        self, row: HeldRow, commit_time: datetime, handle: H, registered: list[_Awaiting[H]]
+    ) -> None:
+        """Keep ``handle`` until the verdict on ``row`` (unless already given)."""
+        version = (row.table, row.row_id, row.position)
+        entry = self._awaiting.get(version)
+        if entry is None:
+            if self._verdict_given(version):
+                return  # a redelivery of a version already judged: released as usual
+            if len(self._awaiting) >= AWAITING_LIMIT:
+                # a backlog whose references lag far behind: bounded memory and
+                # commits first; the row stays held and listed (RowStore.unresolved,
+                # the reconcile command), only its dead letter is not given
+                self.unjudged += 1
+                return
+            entry = _Awaiting(version, commit_time + UNKNOWN_REFERENCE_GRACE)
+            self._awaiting[version] = entry
+            heapq.heappush(self._due[row.database], (entry.due, next(self._sequence), version))
+        if not entry.fresh:
+            registered.append(entry)
+        entry.fresh.append(handle)
+
+    def _verdict_given(self, version: _RowVersion) -> bool:
+        table, row_id, position = version
+        raw = self.store.kv.get(verdict_key(table, row_id))
+        if raw is None:
+            return False
+        commit_lsn, lsn = orjson.loads(raw)
+        return SourcePosition(commit_lsn, lsn) == position
+
+    def _due_verdicts(self, out: Step[H]) -> None:
+        """Every verdict due by the store's watermarks (heartbeats included); a row whose
+        reason moved to the other database is judged by that one's watermark."""
+        moved = True
+        while moved:
+            moved = False
+            for database in self._caught_up:
+                watermark = self.store.watermark(database)
+                moved = self._verdicts(database, watermark, out) or moved
+
+    def _verdicts(self, database: str, until: datetime, out: Step[H]) -> bool:
+        """Give the verdicts waiting on ``database`` due at ``until``; whether one moved
+        to the other database's queue (its reason is now supplied by that one)."""
+        heap = self._due[database]
+        moved = False
+        while heap and heap[0][0] <= until:
+            _, _, version = heapq.heappop(heap)
+            entry = self._awaiting.get(version)
+            if entry is None:
+                continue
+            table, row_id, position = version
+            held = self.store.held_reference(table, row_id, position)
+            if held is not None and held.database != database:
+                due = (entry.due, next(self._sequence), version)
+                heapq.heappush(self._due[held.database], due)
+                moved = True
+                continue
+            del self._awaiting[version]
+            if held is not None and not self._verdict_given(version):
+                handle = (entry.withheld or entry.fresh)[0]
+                out.dead_letters.append((handle, UnknownReference(held.reason)))
+                given = orjson.dumps([position.commit_lsn, position.lsn])
+                self.store.kv.put(verdict_key(table, row_id), given)
+            out.release.extend(entry.withheld)  # the fresh ones are in it already
+            entry.withheld, entry.fresh = [], []
+        return moved
+
+    def _withhold(self, registered: list[_Awaiting[H]], out: Step[H]) -> None:
+        """Take the handles of changes still awaiting a verdict out of the release."""
+        counts: dict[int, int] = {}
+        for entry in registered:
+            if not entry.fresh:
+                continue  # judged in this step: released
+            for handle in entry.fresh:
+                counts[id(handle)] = counts.get(id(handle), 0) + 1
+            entry.withheld.extend(entry.fresh)
+            entry.fresh = []
+        if not counts:
+            return
+        kept: list[H] = []
+        for handle in out.release:
+            left = counts.get(id(handle), 0)
+            if left:
+                counts[id(handle)] = left - 1
+            else:
+                kept.append(handle)
+        out.release = kept
 
     # ------------------------------------------------------------------ internals
 

@@ -21,8 +21,10 @@ Key layout (all ids 8-byte big-endian, so byte order = numeric order):
 * ``a:<item><warehouse>`` -> the aggregates of one key, ``t:<item>`` -> of the item
   over all warehouses, ``x:<warehouse><item>`` -> key presence by warehouse,
   ``w:<warehouse>`` -> a warehouse referenced by stock rows (ledger);
-* ``e:<crm order id>`` -> last evaluated order version; ``m`` -> meta; ``o`` -> the
-  source offsets the state covers (written last in every batch).
+* ``e:<crm order id>`` -> last evaluated order version; ``u:<db>.<table>:<id>`` -> the
+  position of the row version dead-lettered for an unknown reference (projector);
+  ``m`` -> meta; ``o`` -> the source offsets the state covers (written last in every
+  batch).
 """
 
 from __future__ import annotations

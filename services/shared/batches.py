@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -361,6 +361,20 @@ class BatchSource:
             consumer.pause(*to_pause)
         if to_resume:
             consumer.resume(*to_resume)
+
+    async def caught_up(self, topics: Collection[str]) -> bool:
+        """Whether every assigned partition of ``topics`` has been read to its end (as
+        of the last fetch); False while a partition's end is not known yet."""
+        consumer = self.consumer
+        if consumer is None:
+            return False
+        for tp in consumer.assignment():
+            if tp.topic not in topics:
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None or await consumer.position(tp) < highwater:
+                return False
+        return True
 
     def _report_lag(self) -> None:
         if self.consumer is None:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -44,6 +45,38 @@ END_TO_END_LAG_BUCKETS: Final = (
 SINK_LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """``histogram.observe(a)`` for every amount, with one locked increment per bucket
+    and one for the sum instead of two per observation: a replay observes thousands of
+    source transactions a batch, and ``observe`` one by one was ~2% of its CPU.
+
+    Uses the client's bucket bounds and values (``_upper_bounds``, ``_buckets``,
+    ``_sum``); without them (another client version) it falls back to ``observe``.
+    ``tests/unit/test_observability.py`` checks both give the same exposition."""
+    upper_bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if upper_bounds is None or buckets is None or total is None:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    counts: dict[int, int] = {}
+    observed = 0.0
+    for amount in amounts:
+        if amount != amount:  # NaN: no bucket takes it; leave it to the client
+            histogram.observe(amount)
+            continue
+        # the first bucket whose bound is >= amount, as ``observe`` picks it
+        index = bisect.bisect_left(upper_bounds, amount)
+        counts[index] = counts.get(index, 0) + 1
+        observed += amount
+    if not counts:
+        return
+    total.inc(observed)
+    for index, count in counts.items():
+        buckets[index].inc(count)
 
 
 class ServiceMetrics:
@@ -134,9 +167,10 @@ class ServiceMetrics:
         """:meth:`observe_end_to_end_lag` for many commits (e.g. every source transaction
         of a batch): the labelled histogram is looked up once, not per observation."""
         at = time.time() if now is None else now
-        histogram = self.end_to_end_lag_seconds.labels(self.service, path)
-        for ts in source_commit_ts:
-            histogram.observe(max(0.0, at - ts))
+        observe_many(
+            self.end_to_end_lag_seconds.labels(self.service, path),
+            [max(0.0, at - ts) for ts in source_commit_ts],
+        )
 
     def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         self.consumer_lag_messages.labels(self.service, topic, str(partition)).set(lag)

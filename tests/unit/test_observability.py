@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.shared.observability import (
@@ -27,6 +27,7 @@ from services.shared.observability import (
     ServiceMetrics,
     configure_logging,
     mask_secrets,
+    observe_many,
     start_observability_server,
 )
 
@@ -80,6 +81,32 @@ def test_metric_names_labels_and_values() -> None:
 def test_lag_buckets_span_5ms_to_60s() -> None:
     assert END_TO_END_LAG_BUCKETS[0] == 0.005 and END_TO_END_LAG_BUCKETS[-1] == 60.0
     assert list(END_TO_END_LAG_BUCKETS) == sorted(END_TO_END_LAG_BUCKETS)
+
+
+def test_observe_many_exposes_what_observing_one_by_one_does() -> None:
+    """The batched histogram update (bucket bounds hit exactly, beyond the last finite
+    bound, zero, a NaN) leaves the same exposition as ``observe`` per amount."""
+    amounts = [0.0, 0.005, 0.0051, *END_TO_END_LAG_BUCKETS, 61.0, 1e9, 0.2, 0.2, float("nan")]
+    exposed = []
+    for batched in (False, True):
+        metrics = ServiceMetrics("svc", CollectorRegistry())
+        histogram = metrics.end_to_end_lag_seconds.labels("svc", "p")
+        if batched:
+            observe_many(histogram, amounts)
+        else:
+            for amount in amounts:
+                histogram.observe(amount)
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(
+                generate_latest(metrics.registry).decode()
+            )
+            if family.name == "ambidex_end_to_end_lag_seconds"
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+        exposed.append(samples)
+    assert exposed[0] and repr(exposed[0]) == repr(exposed[1])  # repr: NaN == NaN
 
 
 def test_unknown_outcome_is_refused() -> None:

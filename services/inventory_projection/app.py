@@ -562,10 +562,11 @@ class Shell:
                 source_hold, covered_hold = holds
                 freed.append(source_hold)
                 self._coverage.release([covered_hold])
+        for tp, end in batch.ends.items():
+            self._coverage.fetched(tp, end)
         for record in batch.records:
-            tp = TopicPartition(record.topic, record.partition)
-            self._coverage.fetched(tp, record.offset + 1)
             if id(record) not in released:
+                tp = TopicPartition(record.topic, record.partition)
                 self._holds[id(record)] = (
                     batch.hold(record), self._coverage.hold(tp, record.offset)
                 )

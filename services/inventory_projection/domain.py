@@ -210,6 +210,9 @@ def _column(row: Mapping[str, Any], name: str, table: str) -> Any:
 
 
 def _int(row: Mapping[str, Any], name: str, table: str) -> int:
+    value = row.get(name)
+    if type(value) is int:  # the common case, checked first (bool is no int here)
+        return value
     value = _column(row, name, table)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadInput(f"{table}.{name} is {value!r}, not an integer")
@@ -1107,9 +1110,9 @@ def shortage_for(
 # --------------------------------------------------------------------------- the store
 
 
-@dataclass(frozen=True)
-class Applied:
-    """What one change did to the store."""
+class Applied(NamedTuple):
+    """What one change did to the store. (A NamedTuple, not a frozen dataclass: one is
+    built per folded change, ~0.3 instead of ~0.8 us.)"""
 
     changed: bool
     """False: stale, redelivered, or a table the projection ignores."""
@@ -1334,7 +1337,7 @@ class RowStore:
             table, row_id, change.position, None if change.is_delete else change.after
         )
         if self.observe(change.database, change.commit_time):
-            return replace(applied, as_of_moved=True)
+            return applied._replace(as_of_moved=True)
         return applied
 
     def apply_row(

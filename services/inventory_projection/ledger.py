@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -63,9 +63,9 @@ def _decode_id(raw: bytes) -> int:
     return int.from_bytes(raw, "big", signed=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Contribution:
-    """What one present stock row adds to its key."""
+class Contribution(NamedTuple):
+    """What one present stock row adds to its key. (A NamedTuple, not a frozen
+    dataclass: one or two are built per folded stock change.)"""
 
     item_id: int
     warehouse_id: int

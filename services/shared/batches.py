@@ -171,11 +171,20 @@ class WholeSourceAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
 class RecordBatch:
     """What one fetch returned, in offset order per partition, for one handler call."""
 
-    __slots__ = ("_ledger", "records")
+    __slots__ = ("_ledger", "ends", "records")
 
-    def __init__(self, records: list[ConsumerRecord[bytes, bytes]], ledger: OffsetLedger) -> None:
+    def __init__(
+        self,
+        records: list[ConsumerRecord[bytes, bytes]],
+        ledger: OffsetLedger,
+        ends: Mapping[TopicPartition, int] | None = None,
+    ) -> None:
         self.records = records
         self._ledger = ledger
+        #: per partition, the offset after its last record in this batch
+        self.ends: Mapping[TopicPartition, int] = (
+            ends if ends is not None else _ends_of(records)
+        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -183,6 +192,14 @@ class RecordBatch:
     def hold(self, record: ConsumerRecord[bytes, bytes]) -> Hold:
         """Keep ``record`` uncommitted past this handler call, until released."""
         return self._ledger.hold(TopicPartition(record.topic, record.partition), record.offset)
+
+
+def _ends_of(records: Sequence[ConsumerRecord[bytes, bytes]]) -> dict[TopicPartition, int]:
+    ends: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        ends[tp] = max(ends.get(tp, 0), record.offset + 1)
+    return ends
 
 
 BatchHandler = Callable[[RecordBatch], Awaitable[None]]
@@ -302,10 +319,11 @@ class BatchSource:
                     records: list[ConsumerRecord[bytes, bytes]] = []
                     for part in fetched.values():
                         records.extend(part)
-                    await self._handler(RecordBatch(records, self.ledger))
+                    ends = {tp: part[-1].offset + 1 for tp, part in fetched.items()}
+                    await self._handler(RecordBatch(records, self.ledger, ends))
                     if generation == self.ledger.generation:
                         for tp, part in fetched.items():
-                            self.ledger.fetched(tp, part[-1].offset + 1)
+                            self.ledger.fetched(tp, ends[tp])
                             self._last_timestamp[tp] = part[-1].timestamp
                     self.records_handled += len(records)
                     if self._align_window_ms is not None:

@@ -766,6 +766,9 @@ class AvailabilityKey(NamedTuple):
         return f"{self.item_id}:{'*' if self.warehouse_id is None else self.warehouse_id}"
 
 
+_new_tuple = tuple.__new__
+
+
 def topic_key(sku: str, warehouse_code: str) -> bytes:
     """Kafka key of the availability topic: ``{"sku": ..., "warehouse": ...}`` as compact
     JSON with sorted keys (``warehouse`` = code, ``*`` overall)."""
@@ -813,10 +816,10 @@ def earliest_date(
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Availability:
+class Availability(NamedTuple):
     """What can be promised of one item, in one warehouse or (``warehouse_id`` None)
-    over all warehouses. ``available_to_promise = on_hand - reserved - pending``."""
+    over all warehouses. ``available_to_promise = on_hand - reserved - pending``.
+    (A NamedTuple, not a frozen dataclass: a replay builds one or two per change.)"""
 
     item_id: int
     sku: str
@@ -971,6 +974,11 @@ class CrmDemandLine:
     @property
     def pending(self) -> Decimal:
         return pending_quantity(self.quantity, self.covered)
+
+
+def pending_demand(lines: Collection[CrmDemandLine]) -> Decimal:
+    """The pending CRM demand of these lines (most keys have none: no generator)."""
+    return sum((d.pending for d in lines), ZERO) if lines else ZERO
 
 
 def pending_quantity(ordered: Decimal, covered: Decimal) -> Decimal:
@@ -1375,11 +1383,11 @@ class RowStore:
                     return Applied(changed=False, held=held)
                 return _UNCHANGED
             self.revision += 1
-            stock_keys = [AvailabilityKey(i, w) for i, w in touched]
-            stock_keys += [AvailabilityKey(i, None) for i, _ in touched]
-            return Applied(
-                changed=True, keys=frozenset(stock_keys), flagged=flagged, held=held
-            )
+            # tuple.__new__: the NamedTuple without its Python-level constructor (two
+            # keys per stock change)
+            stock_keys = [_new_tuple(AvailabilityKey, (i, w)) for i, w in touched]
+            stock_keys += [_new_tuple(AvailabilityKey, (i, None)) for i, _ in touched]
+            return Applied(True, frozenset(stock_keys), flagged=flagged, held=held)
         current = self.versions.get((table, row_id))
         if current is not None and position <= current.position:
             if position == current.position and table in (CRM_ORDER_LINE, CRM_ORDER):
@@ -1757,7 +1765,7 @@ class RowStore:
             warehouse,
             on_hand=stock.on_hand,
             reserved=stock.reserved,
-            pending_crm_demand=sum((d.pending for d in self.demand_lines(key)), ZERO),
+            pending_crm_demand=pending_demand(self.demand_lines(key)),
             incoming=stock.incoming_entries(),
             as_of=self.as_of,
         )

@@ -117,6 +117,8 @@ class Aggregate:
         return list((self.incoming or {}).items())
 
     def encode(self) -> bytes:
+        if not self.incoming:  # most keys: no incoming supply
+            return orjson.dumps([self.rows, str(self.on_hand), str(self.reserved), {}])
         incoming = {
             (UNDATED if d is None else d.isoformat()): str(q)
             for d, q in (self.incoming or {}).items()
@@ -222,7 +224,7 @@ class StockLedger:
         """Write the aggregates changed since the last flush to the key-value state
         (a key without rows is deleted); ``keep`` the decoded cache (mid-batch)."""
         kv = self.kv
-        for key in sorted(self._dirty):
+        for key in self._dirty:  # (a change set: the order of its keys means nothing)
             aggregate = self._cache[key]
             if aggregate.rows <= 0:
                 kv.delete(key)

@@ -366,7 +366,8 @@ class Projector(Generic[H]):
                 out.applied += 1
                 self._meta_dirty = True
                 keys |= applied.keys
-                orders |= applied.orders
+                if applied.orders:  # stock changes (most of a replay) touch no order
+                    orders |= applied.orders
                 if applied.flagged is not None and handle is not None:
                     out.dead_letters.append((handle, applied.flagged))
             if folded:
@@ -375,7 +376,11 @@ class Projector(Generic[H]):
             self._due_verdicts(out)
         if registered:
             self._withhold(registered, out)
-        for key in sorted(keys, key=lambda k: (k.item_id, k.warehouse_id or 0)):
+        # per warehouse in key order, then the overall keys (plain tuple order: no key
+        # function per key, and None is never compared with a warehouse id)
+        ordered = sorted(k for k in keys if k.warehouse_id is not None)
+        ordered += sorted(k for k in keys if k.warehouse_id is None)
+        for key in ordered:
             availability = store.availability(key)
             if availability is not None:
                 out.availability.append(availability)

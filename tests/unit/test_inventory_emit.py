@@ -108,7 +108,7 @@ def test_a_quantity_beyond_the_schema_is_refused() -> None:
 
 
 def _fields(a: Availability) -> dict[str, object]:
-    return {name: getattr(a, name) for name in Availability.__dataclass_fields__}
+    return a._asdict()
 
 
 @pytest.mark.parametrize(

@@ -218,7 +218,10 @@ async def committed(bootstrap: str, partitions: list[TopicPartition]) -> int:
         await consumer.stop()
 
 
-async def replay(stack: LocalStack, service: ServiceUnderTest, changes: int) -> tuple[float, float]:
+async def replay(
+    stack: LocalStack, service: ServiceUnderTest, changes: int
+) -> tuple[float, float, float]:
+    """(changes/s, seconds from start, worker CPU seconds per change while replaying)."""
     """(changes/s from the first committed progress to caught up, total seconds)."""
     bootstrap = stack.addresses.kafka_bootstrap
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
@@ -232,6 +235,7 @@ async def replay(stack: LocalStack, service: ServiceUnderTest, changes: int) -> 
     started = time.monotonic()
     service.start()
     first: tuple[float, int] | None = None
+    cpu_first = 0.0
     last_log = started
     while True:
         done = await committed(bootstrap, partitions)
@@ -239,6 +243,7 @@ async def replay(stack: LocalStack, service: ServiceUnderTest, changes: int) -> 
         service.sample_rss()
         if first is None and done > 0:
             first = (now, done)
+            cpu_first = service.cpu_seconds()
         if now - last_log > 10:
             log(f"replay: {done:,}/{end:,} committed after {now - started:.0f}s")
             last_log = now
@@ -249,7 +254,8 @@ async def replay(stack: LocalStack, service: ServiceUnderTest, changes: int) -> 
         await asyncio.sleep(0.5)
     assert first is not None
     elapsed = max(now - first[0], 1e-9)
-    return (end - first[1]) / elapsed, now - started
+    cpu_per_change = (service.cpu_seconds() - cpu_first) / max(end - first[1], 1)
+    return (end - first[1]) / elapsed, now - started, cpu_per_change
 
 
 # ------------------------------------------------------------------ latency
@@ -349,8 +355,9 @@ async def main() -> None:
         raw_n, raw_s = await raw_consume(bootstrap, [QUANT_TOPIC])
         results["raw"] = raw_n / raw_s
         log(f"raw consume: {raw_n:,} records in {raw_s:.1f}s")
-        rate, total = await replay(stack, service, args.changes)
+        rate, total, cpu = await replay(stack, service, args.changes)
         results["replay"] = rate
+        results["replay_cpu_us"] = cpu * 1e6
         results["replay_total"] = total
         results["rss_after_replay"] = service.rss_mb()
         results["rss_peak_replay"] = service.peak_rss
@@ -407,6 +414,11 @@ async def main() -> None:
         f"  replay                  {results['replay']:10,.0f} changes/s "
         f"({args.changes:,} stock changes, {args.items:,} items x {args.warehouses:,} "
         f"warehouses; {results['replay_total']:.0f}s incl. start)"
+    )
+    busy = results["replay_cpu_us"] * results["replay"] / 1e4
+    print(
+        f"  worker CPU per change   {results['replay_cpu_us']:10.1f} us "
+        f"(user+system while replaying; busy {busy:.0f}% of one core)"
     )
     print(f"  raw aiokafka consume    {results['raw']:10,.0f} records/s (same topic, same run)")
     print(f"  replay / raw            {results['replay'] / results['raw']:10.2f}")

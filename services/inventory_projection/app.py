@@ -24,10 +24,10 @@ with a million item x warehouse keys). Per batch :meth:`Shell.on_batch`:
    :data:`STATE_TOPIC` (one message per state key, every message headed with the batch
    number) and waits for their acks;
 3. once all of step 2 is acknowledged, produces the source offsets entry ``o`` (the
-   batch's last, what makes it complete in the changelog) and waits for its ack;
+   batch's last, what makes it complete in the changelog) and, while it is in flight,
 4. writes the same change set AND the source offsets it covers (per partition: the
    lowest offset still held, else the next one) in ONE RocksDB write — the tracking
-   record in the same write as the projection;
+   record in the same write as the projection — then waits for the entry's ack;
 5. returns; BatchSource commits group offsets behind it (for lag only).
 
 Restart with local state: ``resume_from`` seeks every partition to the offsets stored in
@@ -610,17 +610,23 @@ class Shell:
         self, changes: dict[bytes, bytes | None], headers: list[tuple[str, bytes]]
     ) -> None:
         """After the batch's effects and its state entries are acknowledged: its offsets
-        entry to the changelog (acks), then the local write of the whole change set and
-        those offsets: a local state is never ahead of the changelog a lost disk would
-        be rebuilt from."""
+        entry to the changelog and, while that is in flight, the local write of the whole
+        change set and those offsets; returns once the entry is acknowledged.
+
+        The local state is never ahead of the changelog's *entries* (acknowledged
+        before): if the offsets entry is lost with the process, a restart with the disk
+        resumes from the local offsets (the next batch's offsets entry completes the
+        changelog: a restore writes a batch's entries once a newer batch starts), and a
+        restore without the disk drops the trailing batch and redoes its input."""
         offsets = orjson.dumps(self._covered())
         producer = self.service.producer
         assert producer is not None
         builder = producer.create_batch()
         builder.append(key=OFFSETS_KEY, value=offsets, timestamp=None, headers=headers)
-        await (await producer.send_batch(builder, STATE_TOPIC, partition=0))
+        acknowledged = await producer.send_batch(builder, STATE_TOPIC, partition=0)
         changes[OFFSETS_KEY] = offsets
         self.state.write(changes)
+        await acknowledged
 
     async def _make_durable(self, step: Step[Handle]) -> None:
         service = self.service

@@ -218,6 +218,11 @@ async def _start_parts(service: Service) -> None:
         # default level is ~6x cheaper here AND compresses changelog/JSON batches ~2x
         # smaller (bench/inventory.py, docs/benchmarks.md)
         compression_type="zstd",
+        # Batches of up to 512 KiB per partition (default 16 KiB): an idempotent
+        # producer has one request in flight per broker, so a replay's changelog (tens
+        # of thousands of entries a batch, one partition) went out as hundreds of
+        # sequential round trips; the worker waited ~0.1 s a batch on them.
+        max_batch_size=512 * 1024,
         client_id=f"ambidex-{settings.service_name}",
     )
     await producer.start()

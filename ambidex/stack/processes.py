@@ -408,9 +408,15 @@ def _write_properties(path: Path, properties: dict[str, str]) -> None:
 
 
 def _kafka_cluster_id() -> str:
+    """A random cluster id as Kafka makes them (``Uuid.randomUuid``): URL-safe base64 of
+    16 random bytes, never starting with ``-`` (the storage tool would take it for an
+    option: "argument --cluster-id/-t: expected one argument", one start in 64)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _java(config: StackConfig) -> list[str]:

@@ -12,7 +12,6 @@ quote line exactly what the pure availability rules say.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
@@ -259,8 +258,7 @@ async def test_write_back_reads_back_and_diff_reports_differences(
             "available_to_promise",
             "incoming",
         }
-        zero = dataclasses.replace(
-            victim,
+        zero = victim._replace(
             on_hand=ZERO,
             reserved=ZERO,
             pending_crm_demand=ZERO,
@@ -293,8 +291,7 @@ async def test_write_back_reads_back_and_diff_reports_differences(
         base = overall.get(line["sku"])
         assert base is not None
         q = line["quantity"]
-        supplied = dataclasses.replace(
-            base,
+        supplied = base._replace(
             available_to_promise=q - 10,
             incoming=(
                 Incoming(today - timedelta(days=3), Decimal(3)),

@@ -434,6 +434,7 @@ class Shell:
         self.overlay = Overlay(self.state)
         self.projector = Projector.load(self.overlay, hold_seconds=HOLD_SECONDS)
         self._cover_stored()
+        service.metrics.set_table_rows("availability", self.projector.store.ledger.key_count)
         self.pool = await asyncpg.create_pool(
             settings.crm_dsn.get_secret_value(), min_size=1, max_size=2
         )
@@ -671,8 +672,9 @@ class Shell:
         if step.applied:
             m.changes_applied.inc(step.applied)
             service.metrics.event("cdc", "applied", step.applied)
-        if step.availability:
-            self._keys_written += len(step.availability)
+        # the table's size: item x warehouse keys with stock rows (the overall keys are
+        # one per item on top)
+        service.metrics.set_table_rows("availability", store.ledger.key_count)
         if step.shortages:
             m.shortages.inc(len(step.shortages))
         if step.partial_transactions:
@@ -770,9 +772,6 @@ class Shell:
         store.flush()  # reading cached aggregates (nothing changed: writes nothing)
         await self._write_back(stamped, (), position)
         await self._publish_availability(stamped)
-        self.service.metrics.set_table_rows("availability_keys_written", self._keys_written)
-
-    _keys_written = 0
 
 
 def build_service(settings: ServiceSettings) -> Service:

@@ -1227,6 +1227,7 @@ class RowStore:
             "revision": self.revision,
             "crm": self.watermarks.crm.isoformat(),
             "erp": self.watermarks.erp.isoformat(),
+            "stock_keys": self.ledger.key_count,
         }
 
     def save_meta(self) -> None:
@@ -1243,6 +1244,10 @@ class RowStore:
         self.watermarks = _Watermarks(
             datetime.fromisoformat(meta["crm"]), datetime.fromisoformat(meta["erp"])
         )
+        if "stock_keys" in meta:
+            self.ledger.key_count = int(meta["stock_keys"])
+        else:  # a state from before the count: count the presence index once
+            self.ledger.key_count = sum(1 for _ in self.kv.scan(b"x:"))
 
     @classmethod
     def load(cls, kv: KeyValue) -> RowStore:

@@ -174,6 +174,9 @@ class StockLedger:
         # the fold. Cleared by every flush, so memory stays per batch, not per key.
         self._cache: dict[bytes, Aggregate] = {}
         self._dirty: set[bytes] = set()
+        #: item x warehouse keys with rows present (the table's size; kept in the
+        #: store's meta, moved exactly where the presence index ``x:`` is)
+        self.key_count = 0
 
     def apply(
         self, table: str, row_id: int, position: SourcePosition, new: Contribution | None
@@ -208,8 +211,11 @@ class StockLedger:
         # at once (idempotent), so items_in never needs a flush
         if aggregate.rows <= 0:
             self.kv.delete(_index_key(c.warehouse_id, c.item_id))
+            if sign < 0 and aggregate.rows == 0:
+                self.key_count -= 1
         elif aggregate.rows == 1 and sign > 0:
             self.kv.put(_index_key(c.warehouse_id, c.item_id), b"")
+            self.key_count += 1
         total = total_key(c.item_id)
         self._load(total).add(c, sign)
         self._dirty.add(total)

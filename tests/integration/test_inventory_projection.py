@@ -274,11 +274,15 @@ async def test_movements_move_the_figures_exactly(
 ) -> None:
     fx = await new_fixture(stack, unique)
     crm, erp = await connections(stack)
+    table_size = 'ambidex_table_rows{service="inventory-projection",table="availability"}'
+    keys_before = await metric(projection, table_size)
     try:
         # receipt
         quant = await receive(erp, fx, 100)
         await expect(stack, fx, quantities(100, 0, 0, 100))
         await expect(stack, fx, quantities(100, 0, 0, 100), code="*")
+        # the table's size counts the new item x warehouse key
+        assert await metric(projection, table_size) >= keys_before + 1
         # issue
         await erp.execute(
             "UPDATE erp.stock_quant SET quantity = quantity - 30 WHERE id = $1", quant

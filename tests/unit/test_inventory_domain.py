@@ -339,6 +339,26 @@ def test_stale_change_never_wins_and_delete_is_remembered(feed: Feed) -> None:
     assert feed.fig(KEY1).on_hand == D(8)
 
 
+def test_stock_key_count_is_the_number_of_keys_with_rows(feed: Feed) -> None:
+    """The table size (``ledger.key_count``, a metric) moves exactly when a key gains
+    its first row or loses its last one, whatever the kind of row, and is persisted."""
+    def keys_with_rows() -> int:
+        feed.store.flush()
+        return sum(1 for _ in feed.store.kv.scan(b"a:"))
+
+    feed.change(STOCK_QUANT, quant(1, "5"))
+    feed.change(STOCK_QUANT, quant(2, "3"))  # same key
+    feed.change(RESERVATION, reservation(3, "1", wh=WH2))
+    assert feed.store.ledger.key_count == keys_with_rows() == 2
+    feed.change(STOCK_QUANT, quant(1, "6", wh=WH2))  # moves to WH2: WH1 keeps row 2
+    feed.change(STOCK_QUANT, None, before=quant(2, "3"))  # WH1 loses its last row
+    assert feed.store.ledger.key_count == keys_with_rows() == 1
+    feed.store.apply(feed.log[0])  # stale redelivery: nothing moves
+    assert feed.store.ledger.key_count == 1
+    feed.store.save_meta()
+    assert RowStore.load(feed.store.kv).ledger.key_count == 1
+
+
 def test_state_survives_persistence_round_trip(feed: Feed) -> None:
     _scenario(feed)
     feed.store.save_meta()

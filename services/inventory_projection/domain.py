@@ -127,10 +127,8 @@ from services.inventory_projection.ledger import (
     INCOMING,
     ON_HAND,
     RESERVED,
-    TABLE_CODES,
     Contribution,
     StockLedger,
-    _decode_row,
 )
 from services.inventory_projection.state import KeyValue, MemoryState
 from services.shared.changes import ChangeEvent, ChangeOp
@@ -1464,12 +1462,9 @@ class RowStore:
     def _stock_row(
         self, table: Table, row_id: int
     ) -> tuple[SourcePosition, Contribution | None] | None:
-        """The ledger's stored version of one stock row (position, contribution): its
-        row key and encoding as :meth:`.ledger.StockLedger.apply` writes them (read
-        only for rows naming an unknown reference, never on the common path)."""
-        key = b"r:" + TABLE_CODES[table[1]] + row_id.to_bytes(8, "big", signed=True)
-        raw = self.kv.get(key)
-        return None if raw is None else _decode_row(raw)
+        """The ledger's stored version of one stock row (position, contribution); read
+        only for rows naming an unknown reference, never on the common path."""
+        return self.ledger.row(table[1], row_id)
 
     def held_reference(
         self, table: Table, row_id: int, position: SourcePosition

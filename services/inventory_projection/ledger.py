@@ -55,6 +55,10 @@ def total_key(item_id: int) -> bytes:
     return b"t:" + _id(item_id)
 
 
+def _row_key(table: str, row_id: int) -> bytes:
+    return b"r:" + TABLE_CODES[table] + _id(row_id)
+
+
 def _index_key(warehouse_id: int, item_id: int) -> bytes:
     return b"x:" + _pair(warehouse_id, item_id)
 
@@ -182,7 +186,7 @@ class StockLedger:
         self, table: str, row_id: int, position: SourcePosition, new: Contribution | None
     ) -> tuple[bool, set[tuple[int, int]]]:
         """Fold one row version; ``(changed, item x warehouse keys touched)``."""
-        row_key = b"r:" + TABLE_CODES[table] + _id(row_id)
+        row_key = _row_key(table, row_id)
         raw = self.kv.get(row_key)
         old: Contribution | None = None
         if raw is not None:
@@ -241,6 +245,12 @@ class StockLedger:
             self._cache.clear()
 
     # ------------------------------------------------------------------ reads
+
+    def row(self, table: str, row_id: int) -> tuple[SourcePosition, Contribution | None] | None:
+        """The stored version of one stock row: its position and contribution (None:
+        deleted); None when the row was never seen."""
+        raw = self.kv.get(_row_key(table, row_id))
+        return None if raw is None else _decode_row(raw)
 
     def aggregate(self, item_id: int, warehouse_id: int) -> Aggregate:
         """The sums of one key (the batch's cached object: do not modify it)."""

@@ -18,6 +18,7 @@ import json
 import struct
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from services.inventory_projection.domain import Availability, topic_key
 from services.shared.avro import SchemaEntry
@@ -43,22 +44,23 @@ _SMALL = [bytes([(n << 1) if n >= 0 else ((-n << 1) - 1)]) for n in range(-64, 6
 _CACHE_LIMIT = 50_000
 
 
+def _remember(cache: dict[Any, bytes], value: Any, encoded: bytes) -> bytes:
+    """Keep ``encoded`` for ``value`` in a bounded cache (dropped whole when full)."""
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[value] = encoded
+    return encoded
+
+
 #: encoded longs by value: ids, dates and the as-of time repeat across a batch's records,
-#: and the varint loop per id was ~3% of a replay's CPU; bounded by :data:`_CACHE_LIMIT`
-_LONGS: dict[int, bytes] = {n: _SMALL[n + 64] for n in range(-64, 64)}
+#: and the varint loop per id was ~3% of a replay's CPU
+_LONGS: dict[int, bytes] = {}
 
 
 def _long(n: int) -> bytes:
     """Avro ``long``: zig-zag, then base-128 varint (little end first)."""
     cached = _LONGS.get(n)
-    if cached is not None:
-        return cached
-    encoded = _encode_long(n)
-    if len(_LONGS) >= _CACHE_LIMIT:
-        _LONGS.clear()
-        _LONGS.update({n: _SMALL[n + 64] for n in range(-64, 64)})
-    _LONGS[n] = encoded
-    return encoded
+    return cached if cached is not None else _remember(_LONGS, n, _encode_long(n))
 
 
 def _encode_long(n: int) -> bytes:
@@ -79,7 +81,7 @@ def _string(text: str) -> bytes:
 
 
 #: encoded quantities by value: stock figures repeat (a few distinct quantities per
-#: item), and a dict lookup is a fraction of the encoding; bounded by :data:`_CACHE_LIMIT`
+#: item), and a dict lookup is a fraction of the encoding
 _DECIMALS: dict[Decimal, bytes] = {}
 
 
@@ -88,13 +90,7 @@ def _decimal(value: Decimal) -> bytes:
     complement big-endian, sized as fastavro sizes it (from the magnitude). Equal
     values (``1`` and ``1.000``) encode alike, so the cache is keyed by value."""
     cached = _DECIMALS.get(value)
-    if cached is not None:
-        return cached
-    encoded = _encode_decimal(value)
-    if len(_DECIMALS) >= _CACHE_LIMIT:
-        _DECIMALS.clear()
-    _DECIMALS[value] = encoded
-    return encoded
+    return cached if cached is not None else _remember(_DECIMALS, value, _encode_decimal(value))
 
 
 def _encode_decimal(value: Decimal) -> bytes:

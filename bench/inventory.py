@@ -346,7 +346,12 @@ async def main() -> None:
     stack = LocalStack(StackConfig.from_env().ephemeral(state_dir), progress=log)
     service_state = state_dir / "services-bench"
     results: dict[str, Any] = {}
-    await stack.up(seed=True)
+    try:
+        await stack.up(seed=True)
+    except BaseException:
+        await stack.down()  # what did start (e.g. both PostgreSQL servers)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        raise
     service = ServiceUnderTest(stack, service_state)
     bootstrap = stack.addresses.kafka_bootstrap
     try:

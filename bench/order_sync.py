@@ -310,7 +310,12 @@ async def main() -> None:
         StackConfig.from_env().ephemeral(state_dir),
         progress=lambda m: print(f"  stack: {m}", file=sys.stderr),
     )
-    await stack.up(seed=True)
+    try:
+        await stack.up(seed=True)
+    except BaseException:
+        await stack.down()  # what did start (e.g. both PostgreSQL servers)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        raise
     worker = Worker(stack, state_dir / "order-sync.log")
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sampler(worker, stop))

@@ -23,7 +23,7 @@ import asyncio
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -368,6 +368,15 @@ async def test_bad_input_goes_to_the_dead_letter_topic(
     crm, erp = await connections(stack)
     garbage = f"not json {unique}".encode()
     try:
+        # a confirmed CRM line whose product's SKU no ERP item has: held, and dead-lettered
+        # once the ERP's heartbeats pass its commit by the grace (5 s of source time)
+        unknown_sku = f"NOERP-{unique}"
+        product = await crm.fetchval(
+            """INSERT INTO crm.product (sku, name, list_price, currency_code)
+               VALUES ($1, $1, 10, 'EUR') RETURNING id""",
+            unknown_sku,
+        )
+        _, unknown_line = await confirm_order(crm, replace(fx, product_id=product), 3)
         quant = await receive(erp, fx, 5)
         await expect(stack, fx, quantities(5, 0, 0, 5))
         # a negative quant is folded as zero and dead-lettered with its reason
@@ -386,8 +395,11 @@ async def test_bad_input_goes_to_the_dead_letter_topic(
         await crm.close()
         await erp.close()
 
-    async def both_dead_lettered() -> bool:
+    unknown_letters: list[str] = []
+
+    async def all_dead_lettered() -> bool:
         negative = malformed = False
+        unknown_letters.clear()
         async for _, letter in read_dead_letters(
             stack.kafka_bootstrap, SERVICE, limit=None, idle_timeout_s=5.0
         ):
@@ -395,10 +407,16 @@ async def test_bad_input_goes_to_the_dead_letter_topic(
                 negative = letter.source_topic == "cdc.erp.stock_quant"
             if letter.value == garbage:
                 malformed = "JSON" in letter.reason
-        return negative and malformed
+            if letter.reason.startswith(f"crm.sales_order_line {unknown_line}:"):
+                assert letter.source_topic == "cdc.crm.sales_order_line"
+                unknown_letters.append(letter.reason)
+        return negative and malformed and bool(unknown_letters)
 
-    await wait_until(both_dead_lettered, timeout=60, interval=1.0)
-    assert await metric(projection, "ambidex_dead_letters_total") >= 2
+    await wait_until(all_dead_lettered, timeout=90, interval=1.0)
+    assert await metric(projection, "ambidex_dead_letters_total") >= 3
+    (reason,) = unknown_letters  # once, not per redelivery or heartbeat
+    assert f"no ERP item with SKU '{unknown_sku}'" in reason
+    assert "held and counted once the reference appears" in reason
 
 
 async def test_shortage_is_raised_once_per_order_version(

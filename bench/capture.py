@@ -22,7 +22,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack
-from bench.common import reproduce_line
+from bench.common import reproduce_line, start_private_stack
 
 TOPIC = "cdc.crm.contact"
 
@@ -236,13 +235,9 @@ async def main() -> None:
     if args.use_running:
         stack = LocalStack(StackConfig.from_env())
     else:
-        state_dir = Path(tempfile.mkdtemp(prefix="ambidex-bench-"))
-        state_dir.chmod(0o755)
-        stack = LocalStack(
-            StackConfig.from_env().ephemeral(state_dir),
-            progress=lambda m: print(f"  stack: {m}", file=sys.stderr),
+        stack, state_dir = await start_private_stack(
+            lambda m: print(f"  stack: {m}", file=sys.stderr)
         )
-        await stack.up(seed=True)
     try:
         print(
             f"phase 1: offering {args.rate:,.0f} row changes/s for {args.seconds:.0f}s",

@@ -1,24 +1,29 @@
-"""What the service benchmarks share: a service run as its own process, as in production.
+"""What the benchmarks share: a private stack, and a service run as its own process.
 
-:class:`BenchedService` starts ``ambidex run <service>`` with the given environment on a
-free metrics port, waits for ``/readyz``, samples its resident memory (keeping the
-peak) and CPU time from ``/proc``, reads its ``/metrics`` and stops it.
+:func:`start_private_stack` brings up a whole stack (seeded) on free ports in a fresh
+temporary directory. :class:`BenchedService` starts ``ambidex run <service>`` with the
+given environment on a free metrics port, waits for ``/readyz``, samples its resident
+memory (keeping the peak) and CPU time from ``/proc``, reads its ``/metrics`` and stops
+it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
 
-from ambidex.stack.config import _free_ports
+from ambidex.stack.config import StackConfig, _free_ports
+from ambidex.stack.local import LocalStack
 
 
 class BenchedService:
@@ -94,6 +99,22 @@ class BenchedService:
     async def metrics(self) -> str:
         async with httpx.AsyncClient(timeout=30) as client:
             return (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
+
+
+async def start_private_stack(progress: Callable[[str], None]) -> tuple[LocalStack, Path]:
+    """A seeded stack on free ports in a new temporary directory (the caller stops it
+    and removes the directory). A start that fails stops what did start (e.g. both
+    PostgreSQL servers) and removes the directory before the error goes on."""
+    state_dir = Path(tempfile.mkdtemp(prefix="ambidex-bench-"))
+    state_dir.chmod(0o755)
+    stack = LocalStack(StackConfig.from_env().ephemeral(state_dir), progress=progress)
+    try:
+        await stack.up(seed=True)
+    except BaseException:
+        await stack.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
+        raise
+    return stack, state_dir
 
 
 def reproduce_line(module: str) -> str:

@@ -42,9 +42,8 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack
-from bench.common import BenchedService, reproduce_line
+from bench.common import BenchedService, reproduce_line, start_private_stack
 
 SERVICE = "inventory-projection"
 GROUP = "ambidex-inventory-projection.changes"  # the service's BatchSource group
@@ -341,17 +340,9 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="phase 3 duration")
     args = parser.parse_args()
 
-    state_dir = Path(tempfile.mkdtemp(prefix="ambidex-bench-"))
-    state_dir.chmod(0o755)
-    stack = LocalStack(StackConfig.from_env().ephemeral(state_dir), progress=log)
+    stack, state_dir = await start_private_stack(log)
     service_state = state_dir / "services-bench"
     results: dict[str, Any] = {}
-    try:
-        await stack.up(seed=True)
-    except BaseException:
-        await stack.down()  # what did start (e.g. both PostgreSQL servers)
-        shutil.rmtree(state_dir, ignore_errors=True)
-        raise
     service = ServiceUnderTest(stack, service_state)
     bootstrap = stack.addresses.kafka_bootstrap
     try:

@@ -31,7 +31,6 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -39,9 +38,8 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack
-from bench.common import BenchedService, reproduce_line
+from bench.common import BenchedService, reproduce_line, start_private_stack
 
 CRM_TOPICS = ["cdc.crm.sales_order", "cdc.crm.sales_order_line", "cdc.crm.transaction"]
 
@@ -304,18 +302,9 @@ async def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=30)
     args = parser.parse_args()
 
-    state_dir = Path(tempfile.mkdtemp(prefix="ambidex-bench-"))
-    state_dir.chmod(0o755)
-    stack = LocalStack(
-        StackConfig.from_env().ephemeral(state_dir),
-        progress=lambda m: print(f"  stack: {m}", file=sys.stderr),
+    stack, state_dir = await start_private_stack(
+        lambda m: print(f"  stack: {m}", file=sys.stderr)
     )
-    try:
-        await stack.up(seed=True)
-    except BaseException:
-        await stack.down()  # what did start (e.g. both PostgreSQL servers)
-        shutil.rmtree(state_dir, ignore_errors=True)
-        raise
     worker = Worker(stack, state_dir / "order-sync.log")
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sampler(worker, stop))

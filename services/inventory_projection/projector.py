@@ -224,7 +224,6 @@ class Projector(Generic[H]):
         self._awaiting: dict[_RowVersion, _Awaiting[H]] = {}
         self._due: dict[str, list[tuple[datetime, int, _RowVersion]]] = {CRM: [], ERP: []}
         self._sequence = itertools.count()
-        self._caught_up: Collection[str] = (CRM, ERP)
         #: held rows released without a verdict because :data:`AWAITING_LIMIT` was reached
         self.unjudged = 0
 
@@ -332,7 +331,6 @@ class Projector(Generic[H]):
         time ahead of another, so the watermark alone would judge rows whose item or
         warehouse is merely late)."""
         self.expire()
-        self._caught_up = caught_up
         out: Step[H] = Step(dead_letters=self._dead, release=self._release)
         out.partial_transactions = self._partial
         self._dead, self._release, self._partial = [], [], 0
@@ -373,7 +371,7 @@ class Projector(Generic[H]):
             if folded:
                 out.commit_times.append(transaction.commit_time)
         if self._awaiting:
-            self._due_verdicts(out)
+            self._due_verdicts(caught_up, out)
         if registered:
             self._withhold(registered, out)
         # per warehouse in key order, then the overall keys (plain tuple order: no key
@@ -435,13 +433,13 @@ class Projector(Generic[H]):
         commit_lsn, lsn = orjson.loads(raw)
         return SourcePosition(commit_lsn, lsn) == position
 
-    def _due_verdicts(self, out: Step[H]) -> None:
+    def _due_verdicts(self, caught_up: Collection[str], out: Step[H]) -> None:
         """Every verdict due by the store's watermarks (heartbeats included); a row whose
         reason moved to the other database is judged by that one's watermark."""
         moved = True
         while moved:
             moved = False
-            for database in self._caught_up:
+            for database in caught_up:
                 watermark = self.store.watermark(database)
                 moved = self._verdicts(database, watermark, out) or moved
 

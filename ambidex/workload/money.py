@@ -1,7 +1,8 @@
 """Exact money arithmetic for the reference data and the workload.
 
 Every amount is a :class:`~decimal.Decimal` quantized to its currency's minor unit
-(two places, none for JPY) with half-up rounding, as an ERP posts it. Nothing here
+(two places, none for JPY) with half-up rounding, as an ERP posts it
+(:mod:`services.shared.money`, the one rounding rule). Nothing here
 ever touches a float.
 """
 
@@ -9,11 +10,10 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
+from services.shared.money import DECIMAL_PLACES, line_net, round_money
+
 CENT = Decimal("0.01")
 QTY_STEP = Decimal("0.001")
-
-#: Minor units per currency (ISO 4217 exponent); unknown currencies use two places.
-DECIMAL_PLACES: dict[str, int] = {"EUR": 2, "USD": 2, "GBP": 2, "CHF": 2, "JPY": 0, "SEK": 2}
 
 #: Reference conversion rates from the catalogue currency (EUR), fixed so seeding is
 #: deterministic. Only used to price a product in an account's currency.
@@ -42,9 +42,9 @@ def minor_unit(currency: str) -> Decimal:
 
 
 def quantize_money(amount: Decimal, currency: str) -> Decimal:
-    """Round ``amount`` half-up to the currency's minor unit, never beyond cents."""
-    unit = minor_unit(currency)
-    return amount.quantize(unit, rounding=ROUND_HALF_UP).quantize(CENT)
+    """Round ``amount`` half-up to the currency's minor unit, never beyond cents
+    (:func:`services.shared.money.round_money`, the ERP's rule)."""
+    return round_money(amount, currency)
 
 
 def quantize_qty(quantity: Decimal) -> Decimal:
@@ -64,8 +64,7 @@ def line_amount(
     quantity: Decimal, unit_price: Decimal, discount_pct: Decimal, currency: str
 ) -> Decimal:
     """Net amount of one order or invoice line: qty x price x (1 - discount%)."""
-    gross = quantity * unit_price * (Decimal(100) - discount_pct) / Decimal(100)
-    return quantize_money(gross, currency)
+    return line_net(quantity, unit_price, discount_pct, currency)
 
 
 def tax_amount(untaxed: Decimal, tax_pct: Decimal, currency: str) -> Decimal:

@@ -52,8 +52,10 @@ Customer master (:func:`decide_customer`, on account changes)
 Money
     * Decimal everywhere, never float, and always with a currency (:class:`Money`).
     * Line amount = quantity x unit price x (100 - discount%) / 100, rounded once to
-      0.01 with ROUND_HALF_EVEN (banker's rounding: no upward bias over many lines),
-      computed with 50 digits of precision. ERP ``amount_total`` = sum of line amounts.
+      the currency's minor unit half away from zero — the ERP's own rule (PostgreSQL
+      ``round()``), :func:`services.shared.money.round_money`, the one rounding
+      function of Ambidex — computed with 50 digits of precision. ERP ``amount_total``
+      = sum of line amounts, so it equals the ERP's ``sum(round(...))`` of its lines.
 
 Amending (CRM order differs from an ERP order that is not cancelled)
     * ERP states ``draft/open/reserved/in_production`` are *open*; ``shipped/invoiced/done``
@@ -109,7 +111,7 @@ import hashlib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import Decimal
 from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol, Self, TypeAlias
@@ -118,13 +120,14 @@ import orjson
 
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.errors import BadInput
+from services.shared.money import MONEY_ROUNDING, line_net
 from services.shared.position import SourcePosition
 
 # --------------------------------------------------------------------------- constants
 
 CENT = Decimal("0.01")
-#: Rounding of line amounts (and hence totals) to 0.01; see the module docstring.
-LINE_ROUNDING = ROUND_HALF_EVEN
+#: Rounding of line amounts (and hence totals); see the module docstring.
+LINE_ROUNDING = MONEY_ROUNDING
 QUANTITY_PLACES = 3  # numeric(14,3)
 PRICE_PLACES = 2  # numeric(18,2)
 _HUNDRED = Decimal(100)
@@ -212,11 +215,9 @@ class Money:
 
 
 def line_amount(quantity: Decimal, unit_price: Money, discount_pct: Decimal) -> Money:
-    """Net line amount, rounded once to 0.01 with :data:`LINE_ROUNDING`."""
-    with localcontext() as context:
-        context.prec = 50  # numeric(14,3) x numeric(18,2) x 100 needs more than 28 digits
-        gross = quantity * unit_price.amount * (_HUNDRED - discount_pct) / _HUNDRED
-        return Money(gross.quantize(CENT, rounding=LINE_ROUNDING), unit_price.currency)
+    """Net line amount, rounded once by the ERP's rule (:func:`~services.shared.money.line_net`)."""
+    return Money(line_net(quantity, unit_price.amount, discount_pct, unit_price.currency),
+                 unit_price.currency)
 
 
 # --------------------------------------------------------------------------- row access

@@ -14,7 +14,8 @@ Invariants protected here:
   applies nothing and lists every conflict.
 * Bad input is never silently dropped (invariant 4): unknown rows/states raise BadInput;
   unsyncable orders give Reject with reasons.
-* Money is exact (invariant 5): Decimal with currency, ROUND_HALF_EVEN to 0.01, no float.
+* Money is exact (invariant 5): Decimal with currency, rounded as the ERP's round()
+  (half away from zero), no float.
 * The ERP is not contradicted: changes that conflict with what the ERP already shipped
   or invoiced become Conflicts with a reason (rules in the domain module docstring).
 * ERP progress maps to the CRM status; order-sync's own ERP writes are recognised as
@@ -233,18 +234,18 @@ class TestMoney:
         ("quantity", "price", "discount", "expected"),
         [
             ("10", "5.00", "0", "50.00"),
-            ("1", "0.125", "0", "0.12"),  # half-even: ties go to the even cent
+            ("1", "0.125", "0", "0.13"),  # the ERP's round(): ties away from zero
             ("1", "0.135", "0", "0.14"),
-            ("1", "0.145", "0", "0.14"),
+            ("1", "0.145", "0", "0.15"),
             ("3", "19.99", "10", "53.97"),  # 59.97 * 0.9 = 53.973
-            ("2.5", "0.01", "0", "0.02"),  # 0.025 -> 0.02 (even)
+            ("2.5", "0.01", "0", "0.03"),  # 0.025 -> 0.03 (away from zero)
             ("0.001", "0.01", "0", "0.00"),
             # 123456789012369999629629632.96289: 32 digits; the default 28-digit context
             # cannot even quantize it (InvalidOperation)
             ("12345678901.237", "9999999999999999.97", "0", "123456789012369999629629632.96"),
         ],
     )
-    def test_line_amount_is_exact_and_half_even(
+    def test_line_amount_is_exact_and_rounds_as_the_erp(
         self, quantity: str, price: str, discount: str, expected: str
     ) -> None:
         amount = line_amount(D(quantity), Money(D(price), EUR), D(discount))
@@ -260,11 +261,11 @@ class TestMoney:
             Money(D("NaN"), EUR)
 
     def test_totals_are_sum_of_rounded_lines_in_order_currency(self) -> None:
-        crm = order(lines=[line(1, quantity="0.5", price="0.25"),  # 0.125 -> 0.12
+        crm = order(lines=[line(1, quantity="0.5", price="0.25"),  # 0.125 -> 0.13
                            line(2, product_id=2, quantity="0.5", price="0.27")])  # 0.14
         decision = run(crm)
         assert isinstance(decision, CreateErpOrder)
-        assert decision.header.amount_total == Money(D("0.26"), EUR)
+        assert decision.header.amount_total == Money(D("0.27"), EUR)
 
 
 # --------------------------------------------------------------------------- create

@@ -1,0 +1,51 @@
+"""The one money-rounding rule of Ambidex: the ERP's.
+
+The ERP computes amounts with PostgreSQL ``round(numeric, places)``, which rounds half
+away from zero (``ROUND_HALF_UP`` in :mod:`decimal` terms), at the currency's minor
+units. Every amount Ambidex derives — order-sync's ERP line amounts and totals, the
+workload's CRM and ERP totals, any CRM-side total — goes through :func:`round_money`,
+so a total computed here equals what the ERP's own SQL computes from the same lines
+(half-even would drift by a cent every few lines of an order).
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+
+#: Rounding of money: half away from zero, as PostgreSQL's numeric ``round()``.
+MONEY_ROUNDING = ROUND_HALF_UP
+
+#: Minor units per currency (ISO 4217 exponent); unknown currencies use two places.
+DECIMAL_PLACES: dict[str, int] = {"EUR": 2, "USD": 2, "GBP": 2, "CHF": 2, "JPY": 0, "SEK": 2}
+
+_HUNDRED = Decimal(100)
+
+
+def currency_places(currency: str) -> int:
+    """Decimal places of ``currency``'s minor unit (2 unless ISO 4217 says otherwise)."""
+    return DECIMAL_PLACES.get(currency.strip().upper(), 2)
+
+
+def round_money(amount: Decimal, currency: str) -> Decimal:
+    """``amount`` rounded half away from zero to ``currency``'s minor unit, written
+    with two places (``numeric(18,2)`` columns): 1234.5 JPY -> ``1235.00``.
+
+    Exactly PostgreSQL's ``round(amount, places)``; 50 digits of precision so the
+    product of ``numeric(14,3)`` and ``numeric(18,2)`` never loses a digit.
+    """
+    if not amount.is_finite():
+        raise ValueError(f"amount {amount} is not finite")
+    with localcontext() as context:
+        context.prec = 50
+        unit = Decimal(1).scaleb(-currency_places(currency))
+        return amount.quantize(unit, rounding=MONEY_ROUNDING).quantize(Decimal("0.01"))
+
+
+def line_net(quantity: Decimal, unit_price: Decimal, discount_pct: Decimal,
+             currency: str) -> Decimal:
+    """Net amount of one order line, ``round(qty * price * (100 - discount) / 100)``
+    at the currency's minor unit — the ERP's line formula."""
+    with localcontext() as context:
+        context.prec = 50
+        gross = quantity * unit_price * (_HUNDRED - discount_pct) / _HUNDRED
+    return round_money(gross, currency)

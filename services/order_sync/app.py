@@ -42,10 +42,21 @@ announced) or beyond what a worker may hold (``TooManyOpenTransactions``: the
 transaction holding the most records is the one given up) — goes whole to the dead
 letters with the reason, including its records that arrive later; the service goes on.
 
-A batch that the ERP refuses for a data reason (e.g. a line referenced by an ERP
-document cannot be removed) is split into single transactions; a single transaction the
-ERP still refuses is dead-lettered with the database's reason and processing continues.
-Connection problems are retried with backoff (readiness reports them).
+What the ERP can no longer change (lines pinned by reservations, production orders,
+shipments, invoices) is read before writing and decided as a conflict in business words
+(:mod:`services.order_sync.holds`). A batch the ERP still refuses for a data reason is
+split into single transactions; a single transaction the ERP still refuses is recorded
+in an ERP transaction of its own (``ErpStore.apply(refused=...)``): the CRM change is
+kept in the drafts, its orders are in conflict with a reason in business words (the
+database's error goes to the log only) and are re-decided on later CRM changes, on ERP
+changes of their order and on reference-data changes — never dead-lettered, never
+reported ``synced`` while the ERP differs. Only if even that cannot be recorded are the
+records dead-lettered. Connection problems are retried with backoff (readiness reports
+them).
+
+Progress is recomputed after order-sync's own amendments and cancellations too (their
+echoes are not synced back, but an own write can change the progress: the only line
+left undelivered removed), for orders whose progress the ERP has already reported.
 """
 
 from __future__ import annotations
@@ -70,6 +81,7 @@ from services.order_sync.domain import (
     order_ids_of,
     progress_status,
 )
+from services.order_sync.holds import refusal_reason
 from services.order_sync.store import (
     ACCOUNT_TABLE,
     PRODUCT_TABLE,
@@ -180,6 +192,11 @@ def _is_unavailable(error: BaseException) -> bool:
         return sqlstate.startswith(("08", "53", "57"))  # connection, resources, shutdown
     name = type(error).__module__
     return name.startswith(("aiokafka", "kafka"))
+
+
+def _error_text(error: BaseException | None) -> str:
+    """A database error for logs and dead letters (never for the CRM status)."""
+    return "" if error is None else f"{type(error).__name__}: {error}"
 
 
 Handle = tuple["ConsumerRecord[bytes, bytes]", Hold]
@@ -364,12 +381,47 @@ class OrderSync:
             for item in chunk:
                 await self._apply_crm([item])
             return
+        if await self._record_refusal(events, failure):
+            return
         intake = self.service.require_intake()
-        reason = BadInput(f"the ERP refused this CRM transaction: {failure}")
+        reason = BadInput(f"the ERP refused this CRM transaction: {_error_text(failure)}")
         for record, _ in chunk[0][1]:
             if record.topic != CRM_TRANSACTION_TOPIC:
                 await intake.reject(record, reason)
-        await self._report_refused(chunk[0][0], reason.reason)
+        await self._report_refused(chunk[0][0], refusal_reason(None, None, None))
+
+    async def _record_refusal(self, events: Sequence[ChangeEvent], failure: Exception) -> bool:
+        """The ERP refused one whole CRM transaction: record that in an ERP transaction
+        of its own (the refused one was rolled back) — the CRM change kept in the
+        drafts, the orders in conflict with a reason in business words, re-decided on
+        later changes. No dead letter: nothing needs replaying. False if even that
+        could not be recorded (then the records are dead-lettered)."""
+        store, _, _ = self._parts()
+        reason = refusal_reason(
+            getattr(failure, "sqlstate", None), getattr(failure, "table_name", None),
+            getattr(failure, "constraint_name", None),
+        )
+        log.warning("the ERP refused a CRM transaction; recorded as a conflict: %s",
+                    _error_text(failure))
+        outcome: list[BatchResult] = []
+
+        async def attempt() -> None:
+            outcome[:] = [await store.apply(events, refused=reason)]
+
+        again = await self._with_retries(attempt)
+        if again is not None or not outcome:
+            log.error("could not record a refused CRM transaction: %s", _error_text(again))
+            return False
+        self.metrics.retries.labels("refused").inc()
+
+        async def write_back() -> None:
+            await self._write_back(outcome[0])
+
+        failure_back = await self._with_retries(write_back)
+        if failure_back is not None:
+            log.error("could not report a refused transaction to the CRM: %s",
+                      _error_text(failure_back))
+        return True
 
     async def _report_refused(self, transaction: CompleteTransaction, reason: str) -> None:
         """Tell the CRM why its orders' change did not reach the ERP (the records are in
@@ -397,7 +449,8 @@ class OrderSync:
 
         failure = await self._with_retries(attempt)
         if failure is not None:
-            log.error("could not report a refused transaction to the CRM: %s", failure)
+            log.error("could not report a refused transaction to the CRM: %s",
+                      _error_text(failure))
 
     async def apply_events(self, events: Sequence[ChangeEvent]) -> None:
         """Fold, decide and apply CRM changes (whole transactions) and write back."""
@@ -429,8 +482,9 @@ class OrderSync:
         if changed:
             self.metrics.status_changes.labels("crm").inc(changed)
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[None]]) -> str | None:
-        """Run ``attempt`` until it succeeds (None) or fails for a data reason (text)."""
+    async def _with_retries(self, attempt: Callable[[], Awaitable[None]]) -> Exception | None:
+        """Run ``attempt`` until it succeeds (None) or fails for a data reason (the
+        database's error)."""
         delay = 0.1
         while True:
             try:
@@ -446,7 +500,8 @@ class OrderSync:
             except Exception as error:
                 if not _is_unavailable(error) and isinstance(error, asyncpg.PostgresError):
                     log.warning("the ERP refused a batch: %s", error)
-                    return f"{type(error).__name__}: {error}"
+                    refused: Exception = error
+                    return refused
                 if not _is_unavailable(error):
                     raise
                 self.metrics.retries.labels("unavailable").inc()
@@ -477,7 +532,7 @@ class OrderSync:
 
         failure = await self._with_retries(attempt)
         if failure is not None:
-            log.error("ERP progress batch failed: %s", failure)
+            log.error("ERP progress batch failed: %s", _error_text(failure))
         now = time.time()
         metrics = self.service.metrics
         for topic, count in Counter(change.origin.topic for change in changes).items():
@@ -491,25 +546,32 @@ class OrderSync:
             c for c in changes
             if c.table in ERP_ORDER_TABLES and c.op is not ChangeOp.TRUNCATE
         ]
+        unsettled: list[int] = []
         if orders:
-            candidates, echoes, _ = await progress.classify(orders)
+            candidates, echoes, _, amended = await progress.classify_all(orders)
             if echoes:
                 self.metrics.echoes.inc(echoes)
-            if candidates:
-                snapshots = await progress.snapshots(sorted(candidates))
-                updates = [
-                    (candidate, str(progress_status(snapshots[erp_id])))
-                    for erp_id, candidate in sorted(candidates.items())
-                    if erp_id in snapshots
-                ]
-                changed = await status.write_progress(updates)
+            if candidates or amended:
+                snapshots = await progress.snapshots(sorted({*candidates, *amended}))
+                changed = 0
+                for found, known_only in ((candidates, False), (amended, True)):
+                    updates = [
+                        (candidate, str(progress_status(snapshots[erp_id])))
+                        for erp_id, candidate in sorted(found.items())
+                        if erp_id in snapshots
+                    ]
+                    changed += await status.write_progress(updates, known_only=known_only)
                 if changed:
                     self.metrics.status_changes.labels("erp").inc(changed)
+            # the ERP changed an order in conflict (e.g. released a reservation): re-decide
+            unsettled = await store.unsettled(
+                sorted({c.crm_order_id for c in candidates.values()})
+            )
         if any(c.table in ERP_CATALOGUE_TABLES for c in changes):
-            rejected = await store.rejected_orders()
-            if rejected:
-                result = await store.apply([], redecide=rejected)
-                await self._write_back(result)
+            unsettled = sorted({*unsettled, *await store.rejected_orders()})
+        if unsettled:
+            result = await store.apply([], redecide=unsettled)
+            await self._write_back(result)
 
 
 def build_service(settings: ServiceSettings) -> Service:

@@ -72,6 +72,11 @@ Amending (CRM order differs from an ERP order that is not cancelled)
         - item (product) changed: conflicts if committed > 0.
     * Open ERP order, header: currency, customer (account) and warehouse changes conflict
       once any line has committed > 0; a requested-date change is allowed.
+    * ERP documents pinning a line (reservations, production orders, shipments,
+      invoices; :mod:`services.order_sync.holds`) make removing it, changing its item,
+      lowering its quantity below what they pin, changing its price while invoiced and
+      moving the order to another warehouse while reserved a conflict, in business
+      words, decided before anything is written.
     * Bookkeeping (crm_order_version, client_order_ref, derived amount_total) follows
       any applied amendment; on a closed order a difference in bookkeeping alone is
       not a change (nothing to do).
@@ -108,7 +113,7 @@ Echo suppression (:func:`is_echo`)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
@@ -118,6 +123,16 @@ from typing import Any, Protocol, Self, TypeAlias
 
 import orjson
 
+from services.order_sync.holds import (
+    NO_HOLDS,
+    Holds,
+    LineHold,
+    item_conflict,
+    price_conflict,
+    quantity_conflict,
+    removal_conflict,
+    warehouse_conflict,
+)
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.errors import BadInput
 from services.shared.money import MONEY_ROUNDING, line_net
@@ -1119,11 +1134,14 @@ def decide(
     accepted_currencies: Collection[str],
     *,
     erp_customer: ErpCustomer | None,
+    holds: Holds = NO_HOLDS,
 ) -> SyncDecision:
     """What to do in the ERP about the latest version of ``order``; see the module doc.
 
     ``erp_customer`` is the ERP customer linked to ``account`` (crm_account_id), None if
     there is none yet. ``erp_order`` is the ERP order with ``crm_order_id`` = order.id.
+    ``holds`` are the ERP documents pinning its lines, by ERP line id
+    (:mod:`services.order_sync.holds`).
     """
     if erp_order is not None and erp_order.crm_order_id != order.id:
         raise ValueError(f"ERP order {erp_order.id} belongs to CRM order "
@@ -1152,7 +1170,7 @@ def decide(
         return Reject(order.id, order.version, tuple(problems))
     if erp_order is None:
         return CreateErpOrder(header, tuple(lines), customer, order.position)
-    return _decide_amend(order, header, lines, customer, erp_order)
+    return _decide_amend(order, header, lines, customer, erp_order, holds)
 
 
 def _decide_cancel(order: CrmOrder, erp_order: ErpOrderSnapshot | None) -> SyncDecision:
@@ -1208,6 +1226,27 @@ def _line_conflicts(
     return reasons
 
 
+def _held_line_conflicts(
+    spec: ErpLineSpec, changes: list[FieldChange], holds: Sequence[LineHold]
+) -> list[str]:
+    """Changes of an open order's line that ERP documents pinning it forbid."""
+    if not holds:
+        return []
+    reasons: list[str] = []
+    for change in changes:
+        reason: str | None = None
+        if change.field == "item_id":
+            reason = item_conflict(spec.line_no, spec.sku, holds)
+        elif change.field == "quantity":
+            reason = quantity_conflict(spec.line_no, spec.quantity, holds)
+        elif change.field in ("unit_price", "discount_pct"):
+            reason = price_conflict(spec.line_no, _describe(change).split(" changed")[0],
+                                    holds)
+        if reason is not None and reason not in reasons:
+            reasons.append(reason)
+    return reasons
+
+
 def _describe(change: FieldChange) -> str:
     names = {"item_id": "item", "quantity": "quantity", "unit_price": "unit price",
              "discount_pct": "discount", "customer_id": "customer", "currency": "currency",
@@ -1222,6 +1261,7 @@ def _decide_amend(
     lines: list[ErpLineSpec],
     customer: CustomerUpsert | None,
     erp_order: ErpOrderSnapshot,
+    holds: Holds = NO_HOLDS,
 ) -> SyncDecision:
     closed = str(erp_order.state) if erp_order.is_closed else None
     any_committed = any(line.committed > 0 for line in erp_order.lines)
@@ -1244,6 +1284,8 @@ def _decide_amend(
             removals.append(LineRemoval(line.id, line_no))
             if closed is not None:
                 conflicts.append(f"line {line_no} removed but the ERP order is already {closed}")
+            elif (pinned := removal_conflict(line_no, holds.get(line.id, ()))) is not None:
+                conflicts.append(pinned)
             elif line.committed > 0:
                 conflicts.append(f"line {line_no} removed but {line.committed} already "
                                  f"{line.committed_as}")
@@ -1251,7 +1293,10 @@ def _decide_amend(
             changes = _line_field_changes(spec, line)
             if changes:
                 updates.append(LineUpdate(line.id, spec, tuple(changes)))
-                conflicts.extend(_line_conflicts(spec, line, changes, closed))
+                reasons = _line_conflicts(spec, line, changes, closed)
+                if not reasons and closed is None:
+                    reasons = _held_line_conflicts(spec, changes, holds.get(line.id, ()))
+                conflicts.extend(reasons)
 
     # -- header: business fields
     business: list[FieldChange] = []
@@ -1271,6 +1316,10 @@ def _decide_amend(
         elif change.field != "requested_date" and any_committed:
             conflicts.append(f"{_describe(change)} but the ERP order has shipped or invoiced "
                              "quantities")
+        elif change.field == "warehouse_id" and (moved := warehouse_conflict(
+            order.warehouse_code, holds, {line.id: line.line_no for line in erp_order.lines}
+        )) is not None:
+            conflicts.append(moved)
 
     # -- header: bookkeeping (follows any applied amendment; ignored on a closed order)
     bookkeeping: list[FieldChange] = []

@@ -74,7 +74,8 @@ from services.order_sync.domain import (
     line_row,
     row_fingerprint,
 )
-from services.shared.changes import ChangeEvent
+from services.order_sync.holds import HoldKind, LineHold, holds_by_line
+from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition
 from services.shared.runtime import AvroPublisher
@@ -130,7 +131,30 @@ WHERE s.crm_order_id = u.id
 """
 _REJECTED = """
 SELECT crm_order_id FROM erp_integration.order_state
-WHERE last_decision = 'reject' AND ($1::bigint[] IS NULL OR crm_account_id = ANY($1::bigint[]))
+WHERE last_decision IN ('reject', 'conflict')
+  AND ($1::bigint[] IS NULL OR crm_account_id = ANY($1::bigint[]))
+"""
+_UNSETTLED = """
+SELECT crm_order_id FROM erp_integration.order_state
+WHERE crm_order_id = ANY($1::bigint[]) AND last_decision IN ('reject', 'conflict')
+"""
+#: The ERP documents that pin order lines (services/order_sync/holds.py).
+_HOLDS = """
+SELECT r.sales_order_line_id AS line_id, 'reservation' AS kind, w.code AS document,
+       r.quantity, r.state
+FROM erp.stock_reservation r JOIN erp.warehouse w ON w.id = r.warehouse_id
+WHERE r.sales_order_line_id = ANY($1::bigint[])
+UNION ALL
+SELECT p.sales_order_line_id, 'production', p.name, p.quantity, p.state
+FROM erp.production_order p WHERE p.sales_order_line_id = ANY($1::bigint[])
+UNION ALL
+SELECT sl.sales_order_line_id, 'shipment', s.name, sl.quantity, s.state
+FROM erp.shipment_line sl JOIN erp.shipment s ON s.id = sl.shipment_id
+WHERE sl.sales_order_line_id = ANY($1::bigint[])
+UNION ALL
+SELECT il.sales_order_line_id, 'invoice', i.name, il.quantity, i.state
+FROM erp.invoice_line il JOIN erp.invoice i ON i.id = il.invoice_id
+WHERE il.sales_order_line_id = ANY($1::bigint[])
 """
 _ACCOUNTS = """
 SELECT id, name, street, city, postal_code, country_code, vat_number, currency_code
@@ -323,10 +347,19 @@ class ErpStore:
         self.memory = memory if memory is not None else EchoMemory()
 
     async def rejected_orders(self, account_ids: Sequence[int] | None = None) -> list[int]:
-        """CRM orders whose last decision was a rejection (re-decided when reference
-        data change); ``account_ids`` narrows to those accounts' orders."""
+        """CRM orders whose last decision was a rejection or a conflict (re-decided when
+        reference data change); ``account_ids`` narrows to those accounts' orders."""
         rows = await self.erp.fetch(_REJECTED, None if account_ids is None else list(account_ids))
         return [int(r["crm_order_id"]) for r in rows]
+
+    async def unsettled(self, crm_order_ids: Sequence[int]) -> list[int]:
+        """Those of ``crm_order_ids`` whose last decision was a rejection or a conflict
+        (re-decided when their ERP order changes: the ERP may have released what
+        pinned a line)."""
+        if not crm_order_ids:
+            return []
+        rows = await self.erp.fetch(_UNSETTLED, list(crm_order_ids))
+        return sorted(int(r["crm_order_id"]) for r in rows)
 
     async def apply(
         self,
@@ -334,9 +367,19 @@ class ErpStore:
         *,
         redecide: Iterable[int] = (),
         changed_accounts: Iterable[int] = (),
+        refused: str | None = None,
     ) -> BatchResult:
         """Fold ``events`` (whole CRM transactions), decide every order they touch plus
-        ``redecide``, sync the customers of ``changed_accounts``; one ERP transaction."""
+        ``redecide``, sync the customers of ``changed_accounts``; one ERP transaction.
+
+        ``refused``: the ERP refused these events' effects (the transaction that tried
+        was rolled back). Then nothing is written to the ERP, but the refusal is
+        recorded in a transaction of its own: the CRM change is folded into the stored
+        drafts (so the next change is decided against the CRM as it really is, and
+        against the ERP as it really is), every order that would have been written
+        becomes a conflict (a rejection if it has no ERP order yet) with ``refused`` as
+        its reason — re-decided on later changes like every unsettled order.
+        """
         order_ids = _ids([*order_ids_in(events), *redecide])
         account_changes = _ids(changed_accounts)
         result = BatchResult()
@@ -381,6 +424,7 @@ class ErpStore:
                 for r in await conn.fetch(_CUSTOMERS, account_ids)
             }
             snapshots = await self._erp_orders(conn, order_ids)
+            holds = await self._holds(conn, snapshots.values())
             catalogue = StaticCatalogue(skus, items, warehouses, default_code)
 
             writes = _Writes()
@@ -398,7 +442,10 @@ class ErpStore:
                     catalogue,
                     currencies,
                     erp_customer=customers.get(order.account_id),
+                    holds=holds,
                 )
+                if refused is not None:
+                    decision = _refusal(decision, snapshots.get(order_id), refused)
                 decisions[order_id] = decision
                 if isinstance(decision, CreateErpOrder):
                     writes.creates.append(decision)
@@ -410,7 +457,7 @@ class ErpStore:
                         writes.customers[decision.customer.crm_account_id] = decision.customer
                 elif isinstance(decision, CancelErpOrder):
                     writes.cancels.append(decision)
-            for account_id in account_changes:
+            for account_id in account_changes if refused is None else ():
                 account = accounts.get(account_id)
                 if account is None or account_id in writes.customers:
                     continue
@@ -483,6 +530,24 @@ class ErpStore:
         accounts = {int(r["id"]): CrmAccount.from_row(dict(r)) for r in account_rows}
         skus = {int(r["id"]): str(r["sku"]) for r in product_rows}
         return accounts, skus
+
+    @staticmethod
+    async def _holds(
+        conn: asyncpg.Connection, snapshots: Iterable[ErpOrderSnapshot]
+    ) -> dict[int, tuple[LineHold, ...]]:
+        """The ERP documents pinning the lines of ``snapshots`` (open orders only: a
+        closed or cancelled order takes no line change anyway)."""
+        line_ids = sorted(
+            line.id for snapshot in snapshots if snapshot.is_open for line in snapshot.lines
+        )
+        if not line_ids:
+            return {}
+        rows = await conn.fetch(_HOLDS, line_ids)
+        return holds_by_line(
+            LineHold(int(r["line_id"]), HoldKind(r["kind"]), str(r["document"]),
+                     Decimal(r["quantity"]), str(r["state"]))
+            for r in rows
+        )
 
     @staticmethod
     async def _erp_orders(
@@ -732,6 +797,23 @@ class ErpStore:
         return OrderOutcome(order_id, kind, status, position, identity, conflict)
 
 
+def _refusal(
+    decision: SyncDecision, snapshot: ErpOrderSnapshot | None, reason: str
+) -> SyncDecision:
+    """What a decision the ERP refused becomes (see :meth:`ErpStore.apply`)."""
+    if isinstance(decision, CreateErpOrder):
+        header = decision.header
+        return Reject(header.crm_order_id, header.crm_order_version, (reason,))
+    if isinstance(decision, AmendErpOrder):
+        header = decision.header
+        return Conflict(header.crm_order_id, header.crm_order_version, decision.erp_order_id,
+                        (reason,))
+    if isinstance(decision, CancelErpOrder):
+        return Conflict(decision.crm_order_id, decision.crm_order_version,
+                        decision.erp_order_id, (reason,))
+    return decision
+
+
 def _line_values(erp_order_id: int, spec: Any) -> tuple[Any, ...]:
     return (erp_order_id, spec.line_no, spec.item_id, spec.quantity, spec.unit_price.amount,
             spec.discount_pct)
@@ -818,6 +900,15 @@ class ProgressReader:
         Rows and orders this process wrote are answered from :class:`EchoMemory`; only
         the rest is looked up (one query each for identities and fingerprints).
         """
+        candidates, echoes, foreign, _ = await self.classify_all(events)
+        return candidates, echoes, foreign
+
+    async def classify_all(
+        self, events: Sequence[ChangeEvent]
+    ) -> tuple[dict[int, ProgressCandidate], int, int, dict[int, ProgressCandidate]]:
+        """:meth:`classify` plus the orders order-sync itself amended or cancelled (echoes
+        of updates and deletes, not of creates): their progress is recomputed too, since
+        an own write can change it (the only line left undelivered removed)."""
         from services.order_sync.domain import is_echo
 
         memory = self.memory
@@ -828,7 +919,7 @@ class ProgressReader:
             if isinstance(erp_id, int):
                 order_of.append((event, erp_id))
         if not order_of:
-            return {}, 0, 0
+            return {}, 0, 0, {}
         identity: dict[int, tuple[int, str]] = {}
         written: dict[tuple[str, int], list[str]] = {}
         own: list[str | None] = []
@@ -864,6 +955,7 @@ class ProgressReader:
                     ):
                         written[(str(r["tbl"]), int(r["row_id"]))] = list(r["fingerprints"])
         candidates: dict[int, ProgressCandidate] = {}
+        amended: dict[int, ProgressCandidate] = {}
         echoes = foreign = 0
         for (event, erp_id), mine in zip(order_of, own, strict=True):
             mapped = identity.get(erp_id)
@@ -871,13 +963,16 @@ class ProgressReader:
                 foreign += 1
                 continue
             history = written.get((event.table, _row_id(event) or -1), [])
+            target = candidates
             if is_echo(event, _matching(history, mine), fingerprint=mine):
                 echoes += 1
-                continue
-            current = candidates.get(erp_id)
+                if event.op not in (ChangeOp.UPDATE, ChangeOp.DELETE):
+                    continue
+                target = amended
+            current = target.get(erp_id)
             if current is None or current.position < event.position:
-                candidates[erp_id] = ProgressCandidate(mapped[0], erp_id, mapped[1], event.position)
-        return candidates, echoes, foreign
+                target[erp_id] = ProgressCandidate(mapped[0], erp_id, mapped[1], event.position)
+        return candidates, echoes, foreign, amended
 
     async def snapshots(self, erp_order_ids: Sequence[int]) -> dict[int, ErpOrderSnapshot]:
         async with self.erp.acquire() as conn:
@@ -1010,9 +1105,12 @@ class StatusWriter:
             return len(changed)
 
     async def write_progress(
-        self, progress: Sequence[tuple[ProgressCandidate, str]]
+        self, progress: Sequence[tuple[ProgressCandidate, str]], *, known_only: bool = False
     ) -> int:
-        """ERP-side progress per CRM order; returns how many rows changed."""
+        """ERP-side progress per CRM order; returns how many rows changed.
+
+        ``known_only``: only rows that already have a progress (after order-sync's own
+        amendment: an order the ERP has not touched yet has none to correct)."""
         if not progress:
             return 0
         async with self._lock:
@@ -1021,6 +1119,8 @@ class StatusWriter:
             items: list[PublishItem] = []
             for candidate, status in sorted(progress, key=lambda p: p[0].crm_order_id):
                 row = stored.get(candidate.crm_order_id)
+                if known_only and (row is None or row["progress"] is None):
+                    continue
                 if row is not None and (
                     (row["erp_commit_lsn"], row["erp_lsn"])
                     > (candidate.position.commit_lsn, candidate.position.lsn)

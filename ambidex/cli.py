@@ -419,8 +419,24 @@ def deadletters_replay(
 
 
 def _register_service_commands() -> None:
-    from services.inventory_projection.reconcile_cli import reconcile
+    from services.inventory_projection.reconcile_cli import reconcile as inventory
+    from services.order_sync.reconcile_cli import reconcile_order_sync
 
+    @click.pass_context
+    def run_inventory(context: click.Context, /, **options: Any) -> None:
+        if context.invoked_subcommand is None:
+            context.invoke(inventory, **options)
+
+    # `ambidex reconcile [options]` stays inventory-projection's check;
+    # `ambidex reconcile order-sync` compares the orders.
+    reconcile = click.Group(
+        "reconcile", callback=run_inventory, params=list(inventory.params),
+        invoke_without_command=True,
+        help=f"{inventory.help}\n\n`reconcile order-sync` compares every CRM order with its "
+        "ERP order instead.",
+    )
+    reconcile.add_command(inventory, "inventory")
+    reconcile.add_command(reconcile_order_sync, "order-sync")
     main.add_command(reconcile)
 
 

@@ -78,13 +78,18 @@ async def amend(crm: asyncpg.Connection, order_id: int, version: int, *statement
 
 
 async def wait_version(
-    crm: asyncpg.Connection, order_id: int, version: int, *statuses: str
+    crm: asyncpg.Connection, order_id: int, version: int, *states: str
 ) -> dict[str, Any]:
+    """The status row once order-sync decided ``version`` into one of ``states``
+    (``sync_state``: the CRM-side outcome, whatever the ERP progress says)."""
+    statuses = states
     found: dict[str, Any] = {}
 
     async def reached() -> bool:
         row = await sync_status(crm, order_id)
-        if row is not None and row["crm_order_version"] == version and row["status"] in statuses:
+        if row is not None and row["crm_order_version"] == version and (
+            row["sync_state"] in statuses
+        ):
             found.update(row)
             return True
         return False
@@ -276,9 +281,10 @@ async def test_order_totals_equal_the_erps_own_rounding(
         await crm.execute(
             """INSERT INTO crm.sales_order_line (order_id, line_no, product_id, quantity,
                    unit_price, discount_pct)
-               SELECT $1, g, $2, 1, 0.05 + 0.20 * g, 50 FROM generate_series(2, 6) g
+               SELECT $1::bigint, g, $2::bigint, 1, 0.05 + 0.20 * g, 50
+               FROM generate_series(2, 6) g
                UNION ALL
-               SELECT $1, g, $2, 1 + g % 7, 10.00 + (g % 13) * 0.37, g % 5
+               SELECT $1::bigint, g, $2::bigint, 1 + g % 7, 10.00 + (g % 13) * 0.37, g % 5
                FROM generate_series(7, 300) g""",
             order_id, product,
         )

@@ -2,7 +2,8 @@
 production order, shipment or invoice) is known before anything is written and becomes
 a Conflict in business words — never a database error — while changes the documents
 allow still go through; a change the ERP still refuses becomes a conflict (or, with no
-ERP order yet, a rejection) whose reason is never the raw database error."""
+ERP order yet, a rejection) whose reason is never the raw database error; order-sync's
+own amendments are echoes whose order's progress is still recomputed."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from decimal import Decimal
 import pytest
 
 from services.order_sync.domain import (
+    ROW_DELETED,
     AmendErpOrder,
     CancelErpOrder,
     Conflict,
     CreateErpOrder,
     Reject,
     decide,
+    row_fingerprint,
 )
 from services.order_sync.holds import (
     HoldKind,
@@ -25,7 +28,8 @@ from services.order_sync.holds import (
     refusal_reason,
     units_text,
 )
-from services.order_sync.store import _refusal
+from services.order_sync.store import EchoMemory, ProgressReader, _refusal
+from services.shared.changes import ChangeOp
 from services.shared.position import SourcePosition
 from tests.unit.test_order_sync_domain import (
     ACCEPTED,
@@ -33,7 +37,10 @@ from tests.unit.test_order_sync_domain import (
     BASE_LINES,
     CATALOGUE,
     CUSTOMER,
+    ERP_ORDER_ID,
     amended,
+    erp_event,
+    erp_rows,
     line,
     run,
     synced,
@@ -166,3 +173,36 @@ def test_a_refused_write_becomes_a_conflict_or_a_rejection() -> None:
     assert isinstance(_refusal(create, None, "x"), Reject)
     cancel = CancelErpOrder(erp.id, 100, 3, SourcePosition(1, 1))
     assert isinstance(_refusal(cancel, erp, "x"), Conflict)
+
+
+# --------------------------------------------------------------------------- own writes
+
+
+async def test_own_amendments_are_echoes_whose_progress_is_still_recomputed() -> None:
+    """The echo of order-sync's own insert changes nothing; the echoes of its own
+    amendment (an update, a line delete) are not synced back but their order's progress
+    is recomputed (issue 9, 7b); an ERP user's change stays a plain candidate."""
+    head, row, head_fp, line_fp = erp_rows()
+    amended_head = {**head, "crm_order_version": 2}
+    memory = EchoMemory()
+    memory.remember_order(ERP_ORDER_ID, 100, "S000900")
+    memory.remember_writes([("sales_order", ERP_ORDER_ID, head_fp),
+                            ("sales_order_line", 5001, line_fp),
+                            ("sales_order", ERP_ORDER_ID,
+                             row_fingerprint("sales_order", amended_head)),
+                            ("sales_order_line", 5001, ROW_DELETED)])
+    reader = ProgressReader(None, memory)  # type: ignore[arg-type]  # all in memory
+    created = [erp_event("sales_order", None, head), erp_event("sales_order_line", None, row)]
+    candidates, echoes, foreign, amended_orders = await reader.classify_all(created)
+    assert (candidates, echoes, foreign, amended_orders) == ({}, 2, 0, {})
+
+    own_amendment = [erp_event("sales_order", head, amended_head),
+                     erp_event("sales_order_line", row, None, ChangeOp.DELETE)]
+    candidates, echoes, _, amended_orders = await reader.classify_all(own_amendment)
+    assert candidates == {} and echoes == 2
+    assert list(amended_orders) == [ERP_ORDER_ID]
+    assert amended_orders[ERP_ORDER_ID].crm_order_id == 100
+
+    shipped = [erp_event("sales_order_line", row, {**row, "qty_delivered": D(1)})]
+    candidates, echoes, _, amended_orders = await reader.classify_all(shipped)
+    assert list(candidates) == [ERP_ORDER_ID] and echoes == 0 and amended_orders == {}

@@ -23,10 +23,12 @@ Process shape (``ambidex run order-sync``; Faust worker ``ambidex-order-sync``):
   order-sync recorded when it wrote the rows: from :class:`~services.order_sync.store.EchoMemory`
   (what this process wrote recently) and, for anything it does not remember, from
   ``erp_integration.written_row``. Item, currency and warehouse changes re-decide the
-  orders last rejected (the fix of an unknown item or currency is picked up without
-  replaying anything). Account changes (CRM source) update linked ERP customers and
-  re-decide that account's rejected orders; product changes re-decide all rejected
-  orders.
+  orders last rejected or in conflict (the fix of an unknown item or currency is
+  picked up without replaying anything); a change of an order in conflict, or of a
+  document pinning one of its lines (``cdc.erp.{stock_reservation, production_order,
+  shipment_line, invoice_line}``: a reservation released), re-decides that order.
+  Account changes (CRM source) update linked ERP customers and re-decide that
+  account's rejected and conflicting orders; product changes re-decide all of them.
 
 The two sources run side by side, so ERP echo traffic never delays CRM orders.
 
@@ -125,9 +127,18 @@ ERP_TOPICS = (
     "cdc.erp.item",
     "cdc.erp.currency",
     "cdc.erp.warehouse",
+    "cdc.erp.stock_reservation",
+    "cdc.erp.production_order",
+    "cdc.erp.shipment_line",
+    "cdc.erp.invoice_line",
 )
 ERP_ORDER_TABLES = frozenset({"sales_order", "sales_order_line"})
 ERP_CATALOGUE_TABLES = frozenset({"item", "currency", "warehouse"})
+#: ERP documents that pin order lines (services/order_sync/holds.py): a change of one
+#: re-decides the orders in conflict whose lines it references.
+ERP_DOCUMENT_TABLES = frozenset(
+    {"stock_reservation", "production_order", "shipment_line", "invoice_line"}
+)
 
 
 
@@ -567,6 +578,14 @@ class OrderSync:
             unsettled = await store.unsettled(
                 sorted({c.crm_order_id for c in candidates.values()})
             )
+        pinned = sorted({
+            line_id
+            for c in changes if c.table in ERP_DOCUMENT_TABLES
+            for row in (c.before, c.after) if row is not None
+            if isinstance(line_id := row.get("sales_order_line_id"), int)
+        })
+        if pinned:
+            unsettled = sorted({*unsettled, *await store.unsettled_by_lines(pinned)})
         if any(c.table in ERP_CATALOGUE_TABLES for c in changes):
             unsettled = sorted({*unsettled, *await store.rejected_orders()})
         if unsettled:

@@ -134,6 +134,12 @@ SELECT crm_order_id FROM erp_integration.order_state
 WHERE last_decision IN ('reject', 'conflict')
   AND ($1::bigint[] IS NULL OR crm_account_id = ANY($1::bigint[]))
 """
+_UNSETTLED_BY_LINES = """
+SELECT DISTINCT s.crm_order_id FROM erp.sales_order_line l
+JOIN erp.sales_order o ON o.id = l.order_id
+JOIN erp_integration.order_state s ON s.crm_order_id = o.crm_order_id
+WHERE l.id = ANY($1::bigint[]) AND s.last_decision IN ('reject', 'conflict')
+"""
 _UNSETTLED = """
 SELECT crm_order_id FROM erp_integration.order_state
 WHERE crm_order_id = ANY($1::bigint[]) AND last_decision IN ('reject', 'conflict')
@@ -361,6 +367,13 @@ class ErpStore:
         rows = await self.erp.fetch(_UNSETTLED, list(crm_order_ids))
         return sorted(int(r["crm_order_id"]) for r in rows)
 
+    async def unsettled_by_lines(self, erp_line_ids: Sequence[int]) -> list[int]:
+        """CRM orders in conflict (or rejected) owning any of these ERP order lines."""
+        if not erp_line_ids:
+            return []
+        rows = await self.erp.fetch(_UNSETTLED_BY_LINES, list(erp_line_ids))
+        return sorted(int(r["crm_order_id"]) for r in rows)
+
     async def apply(
         self,
         events: Sequence[ChangeEvent],
@@ -373,8 +386,9 @@ class ErpStore:
         ``redecide``, sync the customers of ``changed_accounts``; one ERP transaction.
 
         ``refused``: the ERP refused these events' effects (the transaction that tried
-        was rolled back). Then nothing is written to the ERP, but the refusal is
-        recorded in a transaction of its own: the CRM change is folded into the stored
+        was rolled back). Then no order is written to the ERP (an account's billing
+        change still is; if that was the refused part, this fails too), but the refusal
+        is recorded in a transaction of its own: the CRM change is folded into the stored
         drafts (so the next change is decided against the CRM as it really is, and
         against the ERP as it really is), every order that would have been written
         becomes a conflict (a rejection if it has no ERP order yet) with ``refused`` as
@@ -457,7 +471,7 @@ class ErpStore:
                         writes.customers[decision.customer.crm_account_id] = decision.customer
                 elif isinstance(decision, CancelErpOrder):
                     writes.cancels.append(decision)
-            for account_id in account_changes if refused is None else ():
+            for account_id in account_changes:
                 account = accounts.get(account_id)
                 if account is None or account_id in writes.customers:
                     continue

@@ -60,12 +60,17 @@ def stack() -> None:
 )
 def stack_up(seed: bool, workload_rate: float, workload_seed: int, with_services: bool) -> None:
     """Bring the whole stack up (idempotent) with the services and a sample workload."""
+    from ambidex.migrations import MigrationError
+    from ambidex.stack.ports import PortInUse
     from services.registry import available_services
 
     local = _stack()
-    _run(local.up(seed=seed))
-    if with_services:
-        local.start_services(available_services())
+    try:
+        _run(local.up(seed=seed))
+        if with_services:
+            local.start_services(available_services())
+    except (MigrationError, PortInUse) as error:  # a person must act: say what, no traceback
+        raise click.ClickException(str(error)) from error
     if workload_rate > 0:
         _start_workload(local, workload_rate, workload_seed)
     _print_status(local, as_json=False)

@@ -7,11 +7,12 @@ transaction together with its record, and touches nothing when every file is rec
 restarting a stack never takes a lock on a table in use. Editing a file after it was
 applied is refused with a message saying what to do instead (a new numbered file).
 
-A file added with a number below an applied one (two branches each adding a file) is
-applied as well, in version order among the pending ones. A migration waits at most
-``lock_timeout`` for each table lock and is retried whole, with backoff, when it timed
-out or was chosen as a deadlock victim, so a migration on a live database makes the
-business wait briefly rather than fail.
+A database set up before migrations were recorded gets every file once (those files
+were written to be re-runnable). A file added with a number below an applied one (two
+branches each adding a file) is applied as well, in version order among the pending
+ones. A migration waits at most ``lock_timeout`` for each table lock and is retried
+whole, with backoff, when it timed out or was chosen as a deadlock victim, so a
+migration on a live database makes the business wait briefly rather than fail.
 
 :func:`plan` is the pure part (ordering, checksums, refusals) and is unit-tested.
 """

@@ -230,7 +230,12 @@ async def _apply_one(
                     round((loop.time() - started) * 1000),
                 )
             return
-        except RETRYABLE as error:
+        except asyncpg.PostgresError as error:
+            if not isinstance(error, RETRYABLE):
+                raise MigrationError(
+                    f"{migration.name} failed, nothing of it was applied: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
             if attempt == attempts:
                 raise MigrationError(
                     f"{migration.name}: tables stayed locked by other transactions "

@@ -356,7 +356,7 @@ class KafkaBroker(DetachedProcess):
         await wait_for(
             "Kafka broker",
             lambda: port_open(self.config.host, self.config.kafka_port),
-            timeout=60,
+            timeout=180,  # a loaded machine (2 cores, several stacks) needed 45 s
             log=self.log_file,
         )
 
@@ -408,7 +408,7 @@ class ConnectWorker(DetachedProcess):
         await wait_for(
             "Kafka Connect REST",
             lambda: port_open(self.config.host, self.config.connect_port),
-            timeout=120,
+            timeout=300,  # plugin scanning alone took over 120 s under load
             log=self.log_file,
         )
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ambidex.migrations import MigrationError
+from ambidex.migrations import MigrationError, migrate
 from ambidex.referencedb import SQL_ROOT, apply_reference_schema
 from ambidex.stack.local import LocalStack
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +93,44 @@ async def test_an_edited_applied_file_is_refused_and_nothing_runs(
         assert await connection.fetchval("SELECT to_regclass('crm.probe')") is None
     finally:
         await connection.close()
+
+
+async def test_a_migration_yields_to_a_business_transaction_and_applies_after_it(
+    fresh_database: Callable[[str, str], Awaitable[str]],
+    local_stack: LocalStack,
+    tmp_path: Path,
+) -> None:
+    """A pending migration on a busy table waits a short lock_timeout, gives the table
+    back, and is retried whole: the business transaction is never the victim."""
+    dsn = await fresh_database("erp", "migrate")
+    sql_root = tmp_path / "sql"
+    shutil.copytree(SQL_ROOT / "erp", sql_root / "erp")
+    await apply_reference_schema(
+        dsn, "erp", sql_root=sql_root,
+        cdc_password=local_stack.secrets.cdc_password,
+        app_password=local_stack.secrets.app_password,
+    )
+    (sql_root / "erp" / "097_test_column.sql").write_text(
+        "ALTER TABLE erp.item ADD COLUMN probe integer;\n"
+    )
+    business = await asyncpg.connect(dsn)
+    migrator = await asyncpg.connect(dsn)
+    retries: list[str] = []
+    try:
+        transaction = business.transaction()
+        await transaction.start()
+        await business.execute("UPDATE erp.item SET name = name WHERE id = -1")  # holds the table
+        migration = asyncio.create_task(
+            migrate(migrator, "erp", sql_root / "erp", lock_timeout="100ms", attempts=50,
+                    progress=retries.append)
+        )
+        await wait_until(lambda: any("retrying whole" in line for line in retries), timeout=60)
+        assert not migration.done()
+        await business.execute("UPDATE erp.item SET name = name WHERE id = -2")  # still ours
+        await transaction.commit()
+        report = await migration
+    finally:
+        await business.close()
+        await migrator.close()
+    assert report.applied == ("097_test_column.sql",)
+    assert [r["name"] for r in await _records(dsn)][-1] == "097_test_column.sql"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ambidex.connectors import ConnectClient, load_connectors
@@ -136,6 +137,8 @@ async def _service_status(stack: LocalStack, name: str, port: int | None) -> Com
         return ComponentStatus(name, False, address)
     state = read_state(config.state_dir, name)
     if state is None or state.get("supervisor_pid") != supervisor:
+        if _is_supervisor(supervisor):
+            return ComponentStatus(name, False, address, None, "supervisor starting")
         # started before services were supervised: the pid file names the service
         detail = await _readiness(f"http://{config.host}:{port}") if port else ""
         return ComponentStatus(name, True, address, supervisor, f"{detail} (unsupervised)")
@@ -153,6 +156,13 @@ async def _service_status(stack: LocalStack, name: str, port: int | None) -> Com
     else:
         detail = f"supervisor {state.get('state')}"
     return ComponentStatus(name, False, address, None, detail, restarts)
+
+
+def _is_supervisor(pid: int) -> bool:
+    try:
+        return b"supervise" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 async def _readiness(base_url: str) -> str:

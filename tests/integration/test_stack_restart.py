@@ -99,6 +99,8 @@ async def _stack_up(local_stack: LocalStack) -> str:
     return text
 
 
+# restarting Connect took over 3 minutes on the shared 2-core machine
+@pytest.mark.timeout(1200)
 async def test_up_on_a_running_stack_restarts_connect_and_runs_no_ddl(
     local_stack: LocalStack, ddl_logged: dict[str, int]
 ) -> None:

@@ -40,6 +40,8 @@ async def supervised(local_stack: LocalStack) -> AsyncIterator[DetachedProcess]:
     await supervisor.terminate()
 
 
+# the session stack's start counts against the first test that uses it
+@pytest.mark.timeout(900)
 async def test_a_killed_service_comes_back_ready_and_the_restart_is_counted(
     local_stack: LocalStack, supervised: DetachedProcess
 ) -> None:

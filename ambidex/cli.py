@@ -60,12 +60,17 @@ def stack() -> None:
 )
 def stack_up(seed: bool, workload_rate: float, workload_seed: int, with_services: bool) -> None:
     """Bring the whole stack up (idempotent) with the services and a sample workload."""
+    from ambidex.migrations import MigrationError
+    from ambidex.stack.ports import PortInUse
     from services.registry import available_services
 
     local = _stack()
-    _run(local.up(seed=seed))
-    if with_services:
-        local.start_services(available_services())
+    try:
+        _run(local.up(seed=seed))
+        if with_services:
+            local.start_services(available_services())
+    except (MigrationError, PortInUse) as error:  # a person must act: say what, no traceback
+        raise click.ClickException(str(error)) from error
     if workload_rate > 0:
         _start_workload(local, workload_rate, workload_seed)
     _print_status(local, as_json=False)
@@ -124,6 +129,22 @@ def stack_status(as_json: bool, watch: bool) -> None:
         pass
 
 
+@stack.command("supervise", hidden=True)
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True)
+@click.option("--backoff", type=float, default=1.0, help="First restart delay, seconds.")
+@click.option("--backoff-max", type=float, default=60.0, help="Longest restart delay.")
+def stack_supervise(
+    name: str, command: tuple[str, ...], backoff: float, backoff_max: float
+) -> None:
+    """Run COMMAND and restart it whenever it exits (what `stack up` runs per service)."""
+    from ambidex.stack.supervisor import BackoffPolicy, Supervisor
+
+    policy = BackoffPolicy(initial=backoff, maximum=backoff_max)
+    state_dir = StackConfig.from_env().state_dir
+    sys.exit(Supervisor(name, command, state_dir, policy).run())
+
+
 @stack.command("fetch")
 def stack_fetch() -> None:
     """Fetch the Kafka, Connect and Debezium jars into the cache."""
@@ -140,11 +161,12 @@ def _print_status(local: LocalStack, *, as_json: bool) -> bool:
         return status.healthy
     out = Console()
     components = Table(title="Components")
-    for column in ("component", "state", "address", "pid", "health"):
+    for column in ("component", "state", "address", "pid", "restarts", "health"):
         components.add_column(column)
     for c in status.components:
         state = "[green]running[/green]" if c.running else "[red]stopped[/red]"
-        components.add_row(c.name, state, c.address, str(c.pid or "-"), c.detail or "-")
+        restarts = "-" if c.restarts is None else str(c.restarts)
+        components.add_row(c.name, state, c.address, str(c.pid or "-"), restarts, c.detail or "-")
     out.print(components)
     connectors = Table(title="Debezium connectors")
     for column in ("connector", "state", "tasks"):

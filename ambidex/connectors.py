@@ -139,8 +139,24 @@ class ConnectClient:
         response.raise_for_status()
         return [plugin["class"] for plugin in response.json()]
 
-    async def apply(self, connector: ConnectorDefinition) -> None:
-        """Create or update the connector (PUT is idempotent in the Connect API)."""
+    async def config(self, name: str) -> dict[str, str] | None:
+        """The connector's current configuration, or None when there is no such connector."""
+        response = await self._http.get(f"/connectors/{name}/config")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        config: dict[str, str] = response.json()
+        return config
+
+    async def apply(self, connector: ConnectorDefinition) -> bool:
+        """Create or update the connector; False (and nothing sent) when it is unchanged.
+
+        A PUT of the same configuration still makes Connect restart the connector and
+        its tasks, so a running connector is left alone unless its definition changed.
+        """
+        current = await self.config(connector.name)
+        if current is not None and _same_config(current, connector):
+            return False
         response = await self._http.put(
             f"/connectors/{connector.name}/config", json=dict(connector.config)
         )
@@ -149,6 +165,7 @@ class ConnectClient:
                 f"Connect refused {connector.name} ({connector.source.name}): "
                 f"{response.status_code} {response.text}"
             )
+        return True
 
     async def status(self, name: str) -> ConnectorStatus | None:
         response = await self._http.get(f"/connectors/{name}/status")
@@ -190,3 +207,8 @@ class ConnectClient:
                     raise ConnectorError(f"{name} FAILED: {' '.join(first_trace)}")
             await asyncio.sleep(0.5)
         raise ConnectorError(f"{name} not RUNNING after {timeout:.0f}s (last: {last})")
+
+
+def _same_config(current: Mapping[str, str], connector: ConnectorDefinition) -> bool:
+    wanted = {"name": connector.name, **connector.config}
+    return {k: str(v) for k, v in current.items()} == {k: str(v) for k, v in wanted.items()}

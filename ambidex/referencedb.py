@@ -1,17 +1,21 @@
 """The reference CRM and ERP databases: schema installation and master-data seeding.
 
-``apply_reference_schema`` runs ``deploy/sql/<database>/*.sql`` in file-name order
-(each file is idempotent) and then sets the passwords of the two platform roles.
+``apply_reference_schema`` applies the versioned migrations ``deploy/sql/<database>/*.sql``
+that the database has not had yet (``ambidex.migrations``: each file once, recorded in
+``ambidex_meta.schema_migrations``) and sets the passwords of the two platform roles
+when they do not already work; on an up-to-date database it runs no DDL at all.
 ``seed`` fills both databases with realistic, deterministic master data: a shared
 product catalogue (CRM products and ERP items carry the same SKUs), accounts in
 several currencies (a few in JPY, which the ERP does not accept), warehouses, opening
 stock, and ERP customers for some of the accounts. Seeding again adds nothing that is
-already there.
+already there; ``seed_once`` (what ``stack up`` uses) records the seed in both databases
+and does not touch live tables again.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +23,13 @@ from typing import Literal
 
 import asyncpg
 
+from ambidex.migrations import (
+    MigrationReport,
+    load_migrations,
+    migrate,
+    record_seed,
+    seed_recorded,
+)
 from ambidex.workload import catalog
 
 SQL_ROOT = Path(__file__).resolve().parent.parent / "deploy" / "sql"
@@ -63,12 +74,9 @@ ERP_ONLY_CUSTOMER_SHARE = 0.1
 
 
 def sql_files(database: Literal["crm", "erp"], sql_root: Path | None = None) -> list[Path]:
-    """The schema files of ``database`` in the order they are applied."""
+    """The migration files of ``database`` in the order they are applied."""
     folder = (sql_root or SQL_ROOT) / database
-    files = sorted(folder.glob("*.sql"))
-    if not files:
-        raise FileNotFoundError(f"no SQL files in {folder}")
-    return files
+    return [folder / m.name for m in load_migrations(folder)]
 
 
 async def apply_reference_schema(
@@ -78,26 +86,80 @@ async def apply_reference_schema(
     cdc_password: str,
     app_password: str,
     sql_root: Path | None = None,
-) -> None:
-    """Install (or re-install, harmlessly) the reference schema of ``database``.
+    progress: Callable[[str], None] = lambda _: None,
+) -> MigrationReport:
+    """Bring the reference schema of ``database`` up to date (pending migrations only).
 
     ``dsn`` must connect as a superuser (publications for whole schemas and
-    REPLICATION roles need it). Each file runs in its own transaction.
+    REPLICATION roles need it). Each migration runs in its own transaction.
     """
     if database not in CAPTURED_TABLES:
         raise ValueError(f"unknown reference database {database!r}")
     conn = await asyncpg.connect(dsn)
     try:
-        for path in sql_files(database, sql_root):
-            async with conn.transaction():
-                await conn.execute(path.read_text(encoding="utf-8"))
+        report = await migrate(conn, database, (sql_root or SQL_ROOT) / database, progress=progress)
         for role, password in (("ambidex_cdc", cdc_password), ("ambidex_app", app_password)):
+            if await _password_works(dsn, role, password):
+                continue  # ALTER ROLE is DDL too: not on every start
             statement = await conn.fetchval(
                 "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)", role, password
             )
             await conn.execute(statement)
     finally:
         await conn.close()
+    return report
+
+
+async def _password_works(dsn: str, role: str, password: str) -> bool:
+    try:
+        connection = await asyncpg.connect(dsn, user=role, password=password)
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+        return False
+    await connection.close()
+    return True
+
+
+#: The seed ``stack up`` loads, recorded under this name in ``ambidex_meta.seed``.
+REFERENCE_SEED = "reference"
+
+
+async def seed_once(
+    crm_dsn: str,
+    erp_dsn: str,
+    *,
+    seed_value: int = 42,
+    products: int = 200,
+    accounts: int = 100,
+    warehouses: int = 3,
+) -> SeedSummary | None:
+    """Seed both databases unless both record the reference seed; None when skipped.
+
+    A seed interrupted half-way is recorded in neither (or one) database and runs again
+    (it adds only what is missing).
+    """
+    recorded = []
+    for dsn in (crm_dsn, erp_dsn):
+        connection = await asyncpg.connect(dsn)
+        try:
+            recorded.append(await seed_recorded(connection, REFERENCE_SEED))
+        finally:
+            await connection.close()
+    if all(r is not None for r in recorded):
+        return None
+    parameters = {
+        "seed": seed_value,
+        "products": products,
+        "accounts": accounts,
+        "warehouses": warehouses,
+    }
+    summary = await seed(crm_dsn, erp_dsn, **parameters)
+    for dsn in (crm_dsn, erp_dsn):
+        connection = await asyncpg.connect(dsn)
+        try:
+            await record_seed(connection, REFERENCE_SEED, parameters)
+        finally:
+            await connection.close()
+    return summary
 
 
 @dataclass(frozen=True, slots=True)

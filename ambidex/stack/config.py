@@ -53,6 +53,11 @@ class StackConfig:
     connect_heap: str = "768m"
     heartbeat_interval_ms: int = 2000
     java_home: str | None = None
+    #: AMBIDEX_METRICS_PORT: None = registry defaults where free, 0 = any free ports,
+    #: N = the services on N, N+1, ... (see ambidex.stack.ports)
+    metrics_port: int | None = None
+    restart_backoff_s: float = 1.0
+    restart_backoff_max_s: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
@@ -75,6 +80,11 @@ class StackConfig:
             connect_heap=env.get("AMBIDEX_STACK_CONNECT_HEAP", "768m"),
             heartbeat_interval_ms=int(env.get("AMBIDEX_STACK_HEARTBEAT_MS", 2000)),
             java_home=env.get("AMBIDEX_JAVA_HOME") or None,
+            metrics_port=int(env["AMBIDEX_METRICS_PORT"])
+            if env.get("AMBIDEX_METRICS_PORT")
+            else None,
+            restart_backoff_s=float(env.get("AMBIDEX_STACK_RESTART_BACKOFF_S", 1.0)),
+            restart_backoff_max_s=float(env.get("AMBIDEX_STACK_RESTART_BACKOFF_MAX_S", 60.0)),
         )
 
     def ephemeral(self, state_dir: Path) -> StackConfig:
@@ -89,6 +99,7 @@ class StackConfig:
             crm_port=ports[3],
             erp_port=ports[4],
             heartbeat_interval_ms=1000,
+            metrics_port=0,
         )
 
     def environment(self) -> dict[str, str]:
@@ -104,7 +115,11 @@ class StackConfig:
             "AMBIDEX_STACK_KAFKA_HEAP": self.kafka_heap,
             "AMBIDEX_STACK_CONNECT_HEAP": self.connect_heap,
             "AMBIDEX_STACK_HEARTBEAT_MS": str(self.heartbeat_interval_ms),
+            "AMBIDEX_STACK_RESTART_BACKOFF_S": str(self.restart_backoff_s),
+            "AMBIDEX_STACK_RESTART_BACKOFF_MAX_S": str(self.restart_backoff_max_s),
         }
+        if self.metrics_port is not None:
+            env["AMBIDEX_METRICS_PORT"] = str(self.metrics_port)
         if self.java_home:
             env["AMBIDEX_JAVA_HOME"] = self.java_home
         return env

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from ambidex.connectors import ConnectClient, load_connectors
-from ambidex.stack.config import REPO_ROOT, StackConfig, StackSecrets
+from ambidex.stack.config import REPO_ROOT, StackConfig, StackSecrets, _free_ports
 from ambidex.stack.jars import JarLayout, ensure_jars
-from ambidex.stack.processes import ConnectWorker, KafkaBroker, PostgresCluster, StackError
+from ambidex.stack.ports import choose_service_ports, record_ports, recorded_ports
+from ambidex.stack.processes import (
+    ConnectWorker,
+    DetachedProcess,
+    KafkaBroker,
+    PostgresCluster,
+    StackError,
+    port_free,
+)
 from ambidex.topics import apply_topics, load_topic_declaration
 
 Progress = Callable[[str], None]
@@ -80,39 +89,77 @@ class LocalStack:
             "heartbeat_interval_ms": str(self.config.heartbeat_interval_ms),
         }
 
-    def service_environment(self, service: str) -> dict[str, str]:
-        """The ``AMBIDEX_*`` settings a service process gets in the local stack."""
-        from services.registry import METRICS_PORTS
-
+    def service_environment(self, service: str, metrics_port: int | None = None) -> dict[str, str]:
+        """The ``AMBIDEX_*`` settings a service process gets in the local stack (its
+        metrics port: the given one, else the one this stack recorded, else any free)."""
         addresses = self.addresses
+        if metrics_port is None:
+            metrics_port = recorded_ports(self.config.state_dir).get(service, 0)
         return {
             "AMBIDEX_KAFKA_BOOTSTRAP": addresses.kafka_bootstrap,
             "AMBIDEX_CRM_DSN": addresses.crm_dsn,
             "AMBIDEX_ERP_DSN": addresses.erp_dsn,
             "AMBIDEX_CONNECT_URL": addresses.connect_url,
             "AMBIDEX_METRICS_HOST": self.config.host,
-            "AMBIDEX_METRICS_PORT": str(METRICS_PORTS[service]),
+            "AMBIDEX_METRICS_PORT": str(metrics_port),
             "AMBIDEX_TABLE_STATE_DIR": str(self.config.state_dir / "services"),
             "AMBIDEX_SCHEMAS_DIR": str(REPO_ROOT / "schemas"),
             "AMBIDEX_LOG_FORMAT": "json",
         }
 
+    def choose_service_ports(self, names: list[str]) -> dict[str, int]:
+        """Each service's metrics port (``ambidex.stack.ports``), recorded in services.json."""
+        from services.registry import METRICS_PORTS
+
+        config = self.config
+        recorded = recorded_ports(config.state_dir)
+        ports = choose_service_ports(
+            names,
+            order=[*METRICS_PORTS, *(n for n in names if n not in METRICS_PORTS)],
+            requested=config.metrics_port,
+            recorded=recorded,
+            running=frozenset(n for n in names if DetachedProcess(n, config).pid() is not None),
+            defaults=METRICS_PORTS,
+            port_free=lambda port: port_free(config.host, port),
+            any_free_port=lambda: _free_ports(1)[0],
+        )
+        record_ports(config.state_dir, {**recorded, **ports})
+        return ports
+
     def start_services(self, names: list[str]) -> dict[str, int]:
-        """Start each service as its own process (skipping those already running)."""
-        import sys
-
-        from ambidex.stack.processes import DetachedProcess
-
+        """Start each service under its own supervisor (restarted on exit, with backoff);
+        a service whose supervisor runs is left alone. Returns the supervisors' pids."""
+        ports = self.choose_service_ports(names)
         started = {}
         for name in names:
             process = DetachedProcess(name, self.config)
-            if process.pid() is not None:
+            if (pid := process.pid()) is not None:
+                self.progress(f"{name}: running (pid {pid}), left alone")
                 continue
+            c = self.config
             started[name] = process.spawn(
-                [sys.executable, "-m", "ambidex.cli", "run", name],
-                env={**self.config.environment(), **self.service_environment(name)},
+                [
+                    sys.executable,
+                    "-m",
+                    "ambidex.cli",
+                    "stack",
+                    "supervise",
+                    name,
+                    f"--backoff={c.restart_backoff_s:g}",
+                    f"--backoff-max={c.restart_backoff_max_s:g}",
+                    "--",
+                    sys.executable,
+                    "-m",
+                    "ambidex.cli",
+                    "run",
+                    name,
+                ],
+                env={**c.environment(), **self.service_environment(name, ports[name])},
             )
-            self.progress(f"{name}: started (pid {started[name]}), log {process.log_file}")
+            self.progress(
+                f"{name}: started under a supervisor (pid {started[name]}), metrics on port "
+                f"{ports[name]}, log {process.log_file}"
+            )
         return started
 
     async def up(self, *, seed: bool = True) -> StackAddresses:
@@ -157,8 +204,9 @@ class LocalStack:
                 await admin.close()
 
     async def _prepare_databases(self, *, seed: bool) -> None:
-        from ambidex.referencedb import apply_reference_schema
-        from ambidex.referencedb import seed as seed_reference_data
+        """Create the databases, apply pending migrations, seed once: on a stack that is
+        up to date this reads a few rows and changes nothing (no DDL on live tables)."""
+        from ambidex.referencedb import apply_reference_schema, seed_once
 
         for database, cluster in self.postgres.items():
             connection = await asyncpg.connect(cluster.admin_dsn("postgres"))
@@ -170,23 +218,40 @@ class LocalStack:
                     await connection.execute(f'CREATE DATABASE "{database}"')
             finally:
                 await connection.close()
-            self.progress(f"postgres: applying the reference {database.upper()} schema")
-            await apply_reference_schema(
+            report = await apply_reference_schema(
                 cluster.admin_dsn(database),
                 database,  # type: ignore[arg-type]
                 cdc_password=self.secrets.cdc_password,
                 app_password=self.secrets.app_password,
+                progress=lambda line: self.progress(f"postgres: {line}"),
+            )
+            self.progress(
+                f"postgres: {database.upper()} schema up to date "
+                f"({len(report.applied)} migrations applied now, {report.already} before)"
             )
         if seed:
-            self.progress("postgres: seeding reference data")
-            await seed_reference_data(self.addresses.crm_admin_dsn, self.addresses.erp_admin_dsn)
+            summary = await seed_once(self.addresses.crm_admin_dsn, self.addresses.erp_admin_dsn)
+            self.progress(
+                "postgres: reference data already seeded"
+                if summary is None
+                else f"postgres: reference data seeded ({summary.total} rows)"
+            )
 
     async def apply_connectors(self, *, timeout: float = 180.0) -> None:
         async with ConnectClient(self.config.connect_url) as client:
             await _wait_connect_ready(client, timeout=timeout)
             for connector in load_connectors(self.connector_values()):
-                self.progress(f"connect: applying {connector.name} ({connector.source.name})")
-                await client.apply(connector)
+                if await client.apply(connector):
+                    self.progress(f"connect: applied {connector.name} ({connector.source.name})")
+                    continue
+                status = await client.status(connector.name)
+                if status is not None and (
+                    status.state == "FAILED" or any(t[1] == "FAILED" for t in status.tasks)
+                ):
+                    self.progress(f"connect: {connector.name} FAILED, restarting it")
+                    await client.restart_failed(connector.name)
+                else:
+                    self.progress(f"connect: {connector.name} unchanged, left running")
             for connector in load_connectors(self.connector_values()):
                 await client.wait_running(connector.name, timeout=timeout)
                 self.progress(f"connect: {connector.name} RUNNING")
@@ -194,15 +259,10 @@ class LocalStack:
     async def down(self) -> list[str]:
         """Stop everything that runs; data stays in the state directory."""
         stopped = []
-        from ambidex.stack.processes import DetachedProcess
+        from services.registry import METRICS_PORTS
 
-        for name in (
-            "workload",
-            "order-sync",
-            "inventory-projection",
-            "receivables",
-            "production-status",
-        ):
+        services = dict.fromkeys([*METRICS_PORTS, *recorded_ports(self.config.state_dir)])
+        for name in ("workload", *services):
             if await DetachedProcess(name, self.config).terminate():
                 stopped.append(name)
         if self._jars is not None or (self.config.state_dir / "run").exists():

@@ -42,6 +42,17 @@ def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
         return False
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (as asyncio's would: SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -345,7 +356,7 @@ class KafkaBroker(DetachedProcess):
         await wait_for(
             "Kafka broker",
             lambda: port_open(self.config.host, self.config.kafka_port),
-            timeout=60,
+            timeout=180,  # a loaded machine (2 cores, several stacks) needed 45 s
             log=self.log_file,
         )
 
@@ -397,7 +408,7 @@ class ConnectWorker(DetachedProcess):
         await wait_for(
             "Kafka Connect REST",
             lambda: port_open(self.config.host, self.config.connect_port),
-            timeout=120,
+            timeout=300,  # plugin scanning alone took over 120 s under load
             log=self.log_file,
         )
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ambidex.connectors import ConnectClient, load_connectors
 from ambidex.stack.local import LocalStack
-from ambidex.stack.processes import DetachedProcess, port_open
+from ambidex.stack.ports import recorded_ports
+from ambidex.stack.processes import DetachedProcess, pid_alive, port_open
+from ambidex.stack.supervisor import read_state
 from ambidex.topics import load_topic_declaration
 from services.registry import METRICS_PORTS as SERVICE_METRICS_PORTS
 
@@ -23,6 +26,8 @@ class ComponentStatus:
     address: str
     pid: int | None = None
     detail: str = ""
+    #: services: times the supervisor restarted it (None: not supervised)
+    restarts: int | None = None
 
 
 @dataclass
@@ -80,17 +85,10 @@ async def gather_status(stack: LocalStack, *, sample_seconds: float = 1.0) -> St
         components.append(
             ComponentStatus(name, pid is not None and port_open(config.host, port), address, pid)
         )
-    for name in ("workload", *SERVICE_NAMES):
-        pid = DetachedProcess(name, config).pid()
-        address = (
-            f"http://{config.host}:{SERVICE_METRICS_PORTS[name]}/metrics"
-            if name in SERVICE_METRICS_PORTS
-            else "-"
-        )
-        detail = ""
-        if pid is not None and name in SERVICE_METRICS_PORTS:
-            detail = await _readiness(f"http://{config.host}:{SERVICE_METRICS_PORTS[name]}")
-        components.append(ComponentStatus(name, pid is not None, address, pid, detail))
+    ports = recorded_ports(config.state_dir)
+    components.append(_plain_process("workload", stack))
+    for name in dict.fromkeys([*SERVICE_NAMES, *ports]):
+        components.append(await _service_status(stack, name, ports.get(name)))
 
     addresses = {
         "kafka_bootstrap": config.kafka_bootstrap,
@@ -99,7 +97,7 @@ async def gather_status(stack: LocalStack, *, sample_seconds: float = 1.0) -> St
         "erp_dsn": stack.addresses.erp_dsn,
         **{
             f"{name}_metrics_url": f"http://{config.host}:{port}/metrics"
-            for name, port in SERVICE_METRICS_PORTS.items()
+            for name, port in ports.items()
         },
     }
 
@@ -123,6 +121,48 @@ async def gather_status(stack: LocalStack, *, sample_seconds: float = 1.0) -> St
                 )
     topics = await topic_activity(config.kafka_bootstrap, sample_seconds) if kafka_up else []
     return StackStatus(components, connectors, topics, addresses)
+
+
+def _plain_process(name: str, stack: LocalStack) -> ComponentStatus:
+    pid = DetachedProcess(name, stack.config).pid()
+    return ComponentStatus(name, pid is not None, "-", pid)
+
+
+async def _service_status(stack: LocalStack, name: str, port: int | None) -> ComponentStatus:
+    """A service as this stack recorded it: its own metrics port, its supervisor's state."""
+    config = stack.config
+    address = f"http://{config.host}:{port}/metrics" if port else "-"
+    supervisor = DetachedProcess(name, config).pid()
+    if supervisor is None:
+        return ComponentStatus(name, False, address)
+    state = read_state(config.state_dir, name)
+    if state is None or state.get("supervisor_pid") != supervisor:
+        if _is_supervisor(supervisor):
+            return ComponentStatus(name, False, address, None, "supervisor starting")
+        # started before services were supervised: the pid file names the service
+        detail = await _readiness(f"http://{config.host}:{port}") if port else ""
+        return ComponentStatus(name, True, address, supervisor, f"{detail} (unsupervised)")
+    restarts = int(state.get("restarts", 0))
+    last = (state.get("last_exit") or {}).get("reason")
+    child = state.get("pid")
+    if state.get("state") == "running" and isinstance(child, int) and pid_alive(child):
+        detail = await _readiness(f"http://{config.host}:{port}") if port else ""
+        if last:
+            detail += f"; last restart: {last}"
+        return ComponentStatus(name, True, address, child, detail, restarts)
+    if state.get("state") == "backoff":
+        wait = max(0.0, float(state.get("restart_at", 0)) - time.time())
+        detail = f"CrashLoopBackOff: {last}, restart in {wait:.0f}s"
+    else:
+        detail = f"supervisor {state.get('state')}"
+    return ComponentStatus(name, False, address, None, detail, restarts)
+
+
+def _is_supervisor(pid: int) -> bool:
+    try:
+        return b"supervise" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 async def _readiness(base_url: str) -> str:

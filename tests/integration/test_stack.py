@@ -16,6 +16,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ambidex.stack.local import LocalStack, StackAddresses
+from ambidex.stack.ports import recorded_ports
 from ambidex.stack.status import gather_status
 from ambidex.topics import load_topic_declaration
 
@@ -73,7 +74,11 @@ def test_status_json_names_every_address(local_stack: LocalStack) -> None:
     assert addresses["connect_url"] == local_stack.config.connect_url
     assert addresses["crm_dsn"].endswith(f":{local_stack.config.crm_port}/crm")
     assert addresses["erp_dsn"].endswith(f":{local_stack.config.erp_port}/erp")
-    assert {"order-sync_metrics_url", "inventory-projection_metrics_url"} <= set(addresses)
+    # each service's metrics address is the port this stack recorded for it, none other
+    assert {k: v for k, v in addresses.items() if k.endswith("_metrics_url")} == {
+        f"{name}_metrics_url": f"http://{local_stack.config.host}:{port}/metrics"
+        for name, port in recorded_ports(local_stack.config.state_dir).items()
+    }
     topics = {topic["topic"] for topic in status["topics"]}
     assert "cdc.crm.sales_order" in topics and "cdc.erp.stock_quant" in topics
 

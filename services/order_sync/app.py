@@ -81,9 +81,10 @@ from services.order_sync.store import (
     StatusWriter,
     TransientStoreError,
 )
+from services.order_sync.truncates import ANSWERS
 from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
 from services.shared.changes import ChangeEvent, ChangeOp, Tombstone
-from services.shared.errors import BadInput
+from services.shared.errors import BadInput, Cause
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_shared_service
 from services.shared.settings import ServiceSettings
@@ -92,6 +93,7 @@ from services.shared.transactions import (
     InconsistentTransaction,
     TooManyOpenTransactions,
 )
+from services.shared.truncates import TruncateAnswers, TruncateCounter, split_truncates
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -116,6 +118,8 @@ ERP_TOPICS = (
 )
 ERP_ORDER_TABLES = frozenset({"sales_order", "sales_order_line"})
 ERP_CATALOGUE_TABLES = frozenset({"item", "currency", "warehouse"})
+#: the declared answer per consumed table (.truncates), checked complete here
+TRUNCATES = TruncateAnswers.for_topics("order-sync", ANSWERS, (*CRM_TOPICS, *ERP_TOPICS))
 
 
 
@@ -191,6 +195,7 @@ class OrderSync:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.metrics = OrderSyncMetrics(service)
+        self.truncates = TruncateCounter(service.registry, service.name)
         self.held: HeldTransactions[Handle] = HeldTransactions(CRM_COLLECTIONS)
         self.crm_source = BatchSource(
             service, "crm", CRM_TOPICS, self.on_crm_batch, on_reset=self.reset_crm
@@ -266,11 +271,6 @@ class OrderSync:
                     continue
                 if isinstance(change, Tombstone):
                     continue
-                if change.op is ChangeOp.TRUNCATE:
-                    await intake.reject(record, BadInput(
-                        f"TRUNCATE of {change.data_collection} cannot be synced row by row"
-                    ))
-                    continue
                 try:
                     released = await self._hold(
                         partial(self.held.add_change, change), (record, batch.hold(record)),
@@ -289,6 +289,7 @@ class OrderSync:
             complete.extend(released.complete)
         self.crm_source.release(h for _, h in release)
         self.metrics.open_transactions.set(self.held.open_transactions)
+        complete = [await self._answer_truncates(*item) for item in complete]
         limit = self.service.settings.sink_batch_max_rows
         chunk: list[tuple[CompleteTransaction, list[Handle]]] = []
         size = 0
@@ -300,6 +301,27 @@ class OrderSync:
                 chunk, size = [], 0
         if chunk:
             await self._apply_and_release(chunk)
+
+    async def _answer_truncates(
+        self, transaction: CompleteTransaction, handles: list[Handle]
+    ) -> tuple[CompleteTransaction, list[Handle]]:
+        """The declared answer (.truncates) to each truncate of a complete transaction;
+        the rest of it is applied as usual."""
+        transaction, truncates = split_truncates(transaction)
+        if truncates:
+            records = {(r.topic, r.partition, r.offset): r for r, _ in handles}
+            for event in truncates:
+                origin = event.origin
+                await self._answer_truncate(
+                    event, records[(origin.topic, origin.partition, origin.offset)]
+                )
+        return transaction, handles
+
+    async def _answer_truncate(
+        self, event: ChangeEvent, record: ConsumerRecord[bytes, bytes]
+    ) -> None:
+        self.truncates.seen(event, TRUNCATES.answer(event))  # all: needs_resnapshot
+        await self.service.require_intake().reject(record, TRUNCATES.error(event))
 
     async def _apply_and_release(
         self, chunk: list[tuple[CompleteTransaction, list[Handle]]]
@@ -365,7 +387,8 @@ class OrderSync:
                 await self._apply_crm([item])
             return
         intake = self.service.require_intake()
-        reason = BadInput(f"the ERP refused this CRM transaction: {failure}")
+        # the ERP's own state refused it: a replay of the same records fails again
+        reason = BadInput(f"the ERP refused this CRM transaction: {failure}", Cause.ERP_STATE)
         for record, _ in chunk[0][1]:
             if record.topic != CRM_TRANSACTION_TOPIC:
                 await intake.reject(record, reason)
@@ -465,7 +488,9 @@ class OrderSync:
         changes: list[ChangeEvent] = []
         for record in batch.records:
             change = intake.decode(record)
-            if type(change) is ChangeEvent:
+            if type(change) is ChangeEvent and change.op is ChangeOp.TRUNCATE:
+                await self._answer_truncate(change, record)
+            elif type(change) is ChangeEvent:
                 changes.append(change)
             elif isinstance(change, BadInput):
                 await intake.reject(record, change)

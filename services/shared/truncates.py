@@ -22,13 +22,14 @@ counts it, so a truncate never disappears without a trace.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter
 
-from services.shared.changes import ChangeEvent
+from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.errors import NeedsResnapshot
+from services.shared.transactions import CompleteTransaction
 
 METRIC = "ambidex_source_truncates_total"
 
@@ -105,3 +106,15 @@ class TruncateCounter:
 
     def seen(self, change: ChangeEvent, answer: TruncateAnswer) -> None:
         self.counter.labels(self.service, change.data_collection, answer.value).inc()
+
+
+def split_truncates(
+    transaction: CompleteTransaction,
+) -> tuple[CompleteTransaction, list[ChangeEvent]]:
+    """``transaction`` without its truncates, and the truncates (for a service that
+    answers them apart and applies the rest of the transaction as usual)."""
+    truncates = [e for e in transaction.events if e.op is ChangeOp.TRUNCATE]
+    if not truncates:
+        return transaction, truncates
+    kept = tuple(e for e in transaction.events if e.op is not ChangeOp.TRUNCATE)
+    return replace(transaction, events=kept), truncates

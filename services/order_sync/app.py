@@ -312,16 +312,19 @@ class OrderSync:
             records = {(r.topic, r.partition, r.offset): r for r, _ in handles}
             for event in truncates:
                 origin = event.origin
-                await self._answer_truncate(
-                    event, records[(origin.topic, origin.partition, origin.offset)]
-                )
+                record = records.get((origin.topic, origin.partition, origin.offset))
+                await self._answer_truncate(event, record)
         return transaction, handles
 
     async def _answer_truncate(
-        self, event: ChangeEvent, record: ConsumerRecord[bytes, bytes]
+        self, event: ChangeEvent, record: ConsumerRecord[bytes, bytes] | None
     ) -> None:
         self.truncates.seen(event, TRUNCATES.answer(event))  # all: needs_resnapshot
-        await self.service.require_intake().reject(record, TRUNCATES.error(event))
+        error = TRUNCATES.error(event)
+        if record is None:  # not held by this worker (cannot happen: logged, counted)
+            log.error("%s (not dead-lettered: record not held)", error.reason)
+            return
+        await self.service.require_intake().reject(record, error)
 
     async def _apply_and_release(
         self, chunk: list[tuple[CompleteTransaction, list[Handle]]]

@@ -7,6 +7,8 @@ Invariants protected here:
 * Every captured table a service consumes has ONE declared answer (clear, or dead
   letter + alert: needs re-snapshot); a declaration missing a consumed table fails
   when the service is built.
+* order-sync dead-letters a truncate (cause needs_resnapshot) and applies the rest of
+  its source transaction; nothing stays held.
 * inventory-projection clears a stock table: every row's contribution is gone at the
   truncate's position, newer rows stay, and a change from before the truncate arriving
   later (another partition, a redelivery, a replay, after a restart) cannot bring a row
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -245,3 +248,67 @@ def test_truncated_positions_are_persisted(projector: Projector[str]) -> None:
     _send(projector, _truncate("erp", "stock_quant", 100))
     raw = projector.store.kv.get(inventory_truncates.truncated_key("erp.stock_quant"))
     assert raw is not None and orjson.loads(raw) == [100, 100]
+
+
+# ----------------------------------------------------------------------------- order-sync
+
+
+async def test_order_sync_dead_letters_a_truncate_and_applies_the_rest_of_it() -> None:
+    from aiokafka import TopicPartition
+    from aiokafka.structs import ConsumerRecord
+
+    from services.order_sync.app import CRM_TRANSACTION_TOPIC, OrderSync
+    from services.shared.batches import RecordBatch
+    from services.shared.errors import BadInput
+    from services.shared.runtime import build_service
+    from services.shared.settings import load_settings
+    from tests.unit.test_transactions import change, end
+
+    lines = "cdc.crm.sales_order_line"
+    line = change("30", 1, "sales_order_line", row_id=301)
+    truncate = replace(
+        _event("crm", "sales_order_line", ChangeOp.TRUNCATE, None, 1_002, order=2, xid="30"),
+        origin=RecordOrigin(lines, 0, 1),
+    )
+    items: dict[tuple[str, int], Any] = {
+        (lines, 0): line,
+        (lines, 1): truncate,
+        (CRM_TRANSACTION_TOPIC, 0): end("30", {"crm.sales_order_line": 2}),
+    }
+    rejected: list[tuple[int, BadInput]] = []
+    applied: list[list[ChangeEvent]] = []
+
+    class Intake:
+        def decode(self, record: Any) -> Any:
+            return items[(record.topic, record.offset)]
+
+        async def marker(self, record: Any) -> Any:
+            return items[(record.topic, record.offset)]
+
+        async def reject(self, record: Any, error: BadInput) -> None:
+            rejected.append((record.offset, error))
+
+    async def apply_events(events: Any) -> None:
+        applied.append(list(events))
+
+    sync = OrderSync(build_service(load_settings("order-sync", {})))
+    sync.service.intake = Intake()  # type: ignore[assignment]
+    setattr(sync, "apply_events", apply_events)  # noqa: B010  (no ERP in a unit test)
+    ledger = sync.crm_source.ledger
+    records = [
+        ConsumerRecord(t, 0, o, 0, 0, b"k", b"v", None, 1, 1, ())
+        for t, o in ((lines, 0), (lines, 1), (CRM_TRANSACTION_TOPIC, 0))
+    ]
+    await sync.on_crm_batch(RecordBatch(records, ledger))
+    ledger.fetched(TopicPartition(lines, 0), 2)
+    ledger.fetched(TopicPartition(CRM_TRANSACTION_TOPIC, 0), 1)
+
+    assert applied == [[line]]  # the rest of the transaction, without the truncate
+    ((offset, error),) = rejected
+    assert offset == 1 and error.cause is Cause.NEEDS_RESNAPSHOT
+    assert "TRUNCATE of crm.sales_order_line" in error.reason
+    # nothing stays held: every record of the transaction may be committed
+    safe = ledger.safe_offsets()
+    assert safe[TopicPartition(lines, 0)] == 2
+    assert safe[TopicPartition(CRM_TRANSACTION_TOPIC, 0)] == 1
+    assert sync.held.open_transactions == 0

@@ -534,11 +534,13 @@ async def test_replay_from_the_beginning_changes_nothing(
     fx = await new_fixture(stack, unique)
     crm, erp = await connections(stack)
     try:
-        await receive(erp, fx, 8)
+        negative = await receive(erp, fx, 8)
         await confirm_order(crm, fx, 3)
-        # bad input the replay meets again: a negative quant, folded as zero
-        negative = await receive(erp, fx, 1)
-        await erp.execute("UPDATE erp.stock_quant SET quantity = -1 WHERE id = $1", negative)
+        # bad input the replay meets again: a negative quant (folded as zero), corrected
+        for quantity in (-1, 8):
+            await erp.execute(
+                "UPDATE erp.stock_quant SET quantity = $2 WHERE id = $1", negative, quantity
+            )
     finally:
         await crm.close()
         await erp.close()

@@ -422,22 +422,40 @@ def deadletters_inspect(service: str, limit: int | None, bootstrap: str | None) 
     default=None,
     help="Send to this topic instead of each letter's original topic.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also replay letters whose cause can only fail again (erp_state, needs_resnapshot).",
+)
 @click.option("--bootstrap", default=None, help="Kafka bootstrap (default: the local stack).")
 def deadletters_replay(
-    service: str, offsets: tuple[int, ...], target_topic: str | None, bootstrap: str | None
+    service: str,
+    offsets: tuple[int, ...],
+    target_topic: str | None,
+    force: bool,
+    bootstrap: str | None,
 ) -> None:
-    """Send the original bytes back to their topic once the cause is fixed."""
+    """Send the original bytes back to their topic once the cause is fixed (once per
+    origin; letters whose cause is ERP state or a truncate only with --force)."""
     from services.shared.deadletters import replay_dead_letters
 
-    replayed = _run(
+    result = _run(
         replay_dead_letters(
             bootstrap or _stack().config.kafka_bootstrap,
             service,
             offsets=set(offsets) or None,
             target_topic=target_topic,
+            force=force,
         )
     )
-    _progress(f"replayed {replayed} dead letters from dlq.{service}")
+    _progress(f"replayed {result.replayed} dead letters from dlq.{service}")
+    if result.not_replayable:
+        _progress(
+            f"left {result.not_replayable} whose cause can only fail again "
+            "(erp_state, needs_resnapshot; --force to replay them anyway)"
+        )
+    if result.repeats:
+        _progress(f"skipped {result.repeats} repeated letters of an origin already replayed")
 
 
 def _register_service_commands() -> None:

@@ -355,6 +355,20 @@ def alert_rules() -> dict[str, Any]:
             "labels": {"severity": "warning"},
             "annotations": {"summary": "{{ $labels.service }} is behind on {{ $labels.topic }}"},
         },
+        {
+            # services/shared/truncates.py: a TRUNCATE the service cannot clear
+            "alert": "AmbidexSourceTruncated",
+            "expr": 'increase(ambidex_source_truncates_total{answer="needs_resnapshot"}[24h]) > 0',
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "{{ $labels.table }} was truncated: {{ $labels.service }} needs a "
+                "re-snapshot",
+                "description": "A TRUNCATE removed every row of {{ $labels.table }} at once; "
+                "{{ $labels.service }} cannot fold it and its state from that table is stale. "
+                "Rebuild it from a fresh snapshot of the table (the truncate is in "
+                "`ambidex deadletters inspect {{ $labels.service }}`, cause needs_resnapshot).",
+            },
+        },
     ]
     return {
         "apiVersion": "monitoring.coreos.com/v1",

@@ -102,6 +102,7 @@ from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
 from services.shared.sinks import PositionGuardedSink, SinkWrite
 from services.shared.transactions import TooManyOpenTransactions
+from services.shared.truncates import TruncateCounter
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +380,7 @@ class Shell:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.metrics = ProjectionMetrics(service)
+        self.truncates = TruncateCounter(service.registry, service.name)
         self.state: StateStore = MemoryState()
         self.overlay = Overlay(self.state)
         self.projector: Projector[Handle] = Projector(hold_seconds=HOLD_SECONDS)
@@ -668,6 +670,8 @@ class Shell:
         intake = service.require_intake()
         for handle, error in step.dead_letters:
             await intake.reject(handle, error)
+        for change, answer in step.truncates:  # declared in .truncates
+            self.truncates.seen(change, answer)
         m = self.metrics
         if step.applied:
             m.changes_applied.inc(step.applied)

@@ -132,7 +132,7 @@ from services.inventory_projection.ledger import (
 )
 from services.inventory_projection.state import KeyValue, MemoryState
 from services.shared.changes import ChangeEvent, ChangeOp
-from services.shared.errors import BadInput
+from services.shared.errors import BadInput, Cause
 from services.shared.position import SourcePosition
 
 # --------------------------------------------------------------------------- constants
@@ -192,6 +192,8 @@ class NegativeStock(BadInput):
 class UnknownReference(BadInput):
     """A row still naming an unknown reference :data:`UNKNOWN_REFERENCE_GRACE` after its
     commit: dead-lettered once, and still held (counted once the reference appears)."""
+
+    cause = Cause.UNKNOWN_REFERENCE
 
 
 # --------------------------------------------------------------------------- row access

@@ -46,6 +46,11 @@ Invariants kept here (DESIGN.md 3, 4, 6):
   it as held) after a restart gets a verdict only if none was given, and a replay
   never dead-letters the same row version twice. (An older, stale version is not
   held: it was superseded.)
+* **A TRUNCATE gets the table's declared answer** (:mod:`.truncates`): a stock table
+  is cleared (every row deleted at the truncate's position, its keys recomputed, the
+  position kept so an older change of the table arriving later is stale); any other
+  table's truncate is dead-lettered (cause ``needs_resnapshot``). Both are listed in
+  :attr:`Step.truncates` for the shell's metric.
 * **Shortages once per CRM order version**: :attr:`Projector.evaluated` (persisted
   by the shell) remembers the last version evaluated per order.
 """
@@ -83,7 +88,13 @@ from services.inventory_projection.domain import (
     storage_key,
 )
 from services.inventory_projection.state import KeyValue
-from services.shared.changes import ChangeEvent
+from services.inventory_projection.truncates import (
+    ANSWERS,
+    clear_table,
+    load_truncated,
+    truncated_key,
+)
+from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
 from services.shared.position import SourcePosition
 from services.shared.transactions import (
@@ -93,6 +104,7 @@ from services.shared.transactions import (
     TransactionMarker,
     TransactionStatus,
 )
+from services.shared.truncates import TruncateAnswer, TruncateAnswers
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +172,8 @@ class Step(Generic[H]):
     """Handles to acknowledge once everything above is durable."""
     commit_times: list[datetime] = field(default_factory=list)
     """Source commit time of each applied transaction (end-to-end latency)."""
+    truncates: list[tuple[ChangeEvent, TruncateAnswer]] = field(default_factory=list)
+    """TRUNCATEs folded in this step, with the answer given (the shell counts them)."""
     applied: int = 0
     stale: int = 0
     partial_transactions: int = 0
@@ -202,9 +216,15 @@ class Projector(Generic[H]):
         *,
         hold_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        truncated: Mapping[str, SourcePosition] | None = None,
     ) -> None:
         self.store = store or RowStore()
         self.evaluated: dict[int, int] = dict(evaluated or {})
+        self.truncates = TruncateAnswers(
+            "inventory-projection", ANSWERS, frozenset(DATA_COLLECTIONS)
+        )
+        #: per ``db.table``, the position of its last cleared truncate
+        self._truncated: dict[str, SourcePosition] = dict(truncated or {})
         self.hold_seconds = hold_seconds
         self._clock = clock
         # one per database: transaction ids (xids) of the two databases collide
@@ -237,7 +257,7 @@ class Projector(Generic[H]):
             int.from_bytes(key[2:], "big", signed=True): int(raw)
             for key, raw in kv.scan(EVALUATED_PREFIX)
         }
-        return cls(RowStore.load(kv), evaluated, **kwargs)
+        return cls(RowStore.load(kv), evaluated, truncated=load_truncated(kv), **kwargs)
 
     # ------------------------------------------------------------------ intake
 
@@ -347,6 +367,14 @@ class Projector(Generic[H]):
                     self._verdicts(database, transaction.commit_time, out)
             for event in transaction.events:
                 handle = self._handles.pop(id(event), None)
+                if event.op is ChangeOp.TRUNCATE:
+                    folded = self._truncate(event, handle, out, keys) or folded
+                    continue
+                if self._truncated:
+                    since = self._truncated.get(event.data_collection)
+                    if since is not None and event.position < since:
+                        out.stale += 1  # from before a truncate: that row is gone
+                        continue
                 try:
                     applied = store.apply(event)
                 except BadInput as error:
@@ -400,6 +428,42 @@ class Projector(Generic[H]):
             self._meta_dirty = False
         store.flush()  # everything the batch changed is in the state to persist
         return out
+
+    # ------------------------------------------------------------------ truncates
+
+    def _truncate(
+        self, event: ChangeEvent, handle: H | None, out: Step[H], keys: set[AvailabilityKey]
+    ) -> bool:
+        """The declared answer to a TRUNCATE; whether it changed the state."""
+        answer = self.truncates.answer(event)
+        collection = event.data_collection
+        since = self._truncated.get(collection)
+        if since is not None and event.position <= since:
+            out.stale += 1  # a redelivery of a truncate already cleared
+            return False
+        out.truncates.append((event, answer))
+        if answer is not TruncateAnswer.CLEAR:
+            if handle is not None:
+                out.dead_letters.append((handle, self.truncates.error(event)))
+            return False
+        store = self.store
+        count, touched = clear_table(store, (event.database, event.table), event.position)
+        self._truncated[collection] = event.position
+        store.kv.put(
+            truncated_key(collection),
+            orjson.dumps([event.position.commit_lsn, event.position.lsn]),
+        )
+        store.observe(event.database, event.commit_time)
+        self._meta_dirty = True
+        keys |= touched
+        out.applied += 1
+        log.warning(
+            "TRUNCATE of %s: cleared its %d rows from the projection",
+            collection,
+            count,
+            extra={"table": collection, "rows": count},
+        )
+        return True
 
     # ------------------------------------------------------------------ verdicts
 

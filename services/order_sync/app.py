@@ -95,9 +95,10 @@ from services.order_sync.store import (
     StatusWriter,
     TransientStoreError,
 )
+from services.order_sync.truncates import ANSWERS
 from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
 from services.shared.changes import ChangeEvent, ChangeOp, Tombstone
-from services.shared.errors import BadInput
+from services.shared.errors import BadInput, Cause
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_shared_service
 from services.shared.settings import ServiceSettings
@@ -106,6 +107,7 @@ from services.shared.transactions import (
     InconsistentTransaction,
     TooManyOpenTransactions,
 )
+from services.shared.truncates import TruncateAnswers, TruncateCounter, split_truncates
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -139,6 +141,8 @@ ERP_CATALOGUE_TABLES = frozenset({"item", "currency", "warehouse"})
 ERP_DOCUMENT_TABLES = frozenset(
     {"stock_reservation", "production_order", "shipment_line", "invoice_line"}
 )
+#: the declared answer per consumed table (.truncates), checked complete here
+TRUNCATES = TruncateAnswers.for_topics("order-sync", ANSWERS, (*CRM_TOPICS, *ERP_TOPICS))
 
 
 
@@ -219,6 +223,7 @@ class OrderSync:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.metrics = OrderSyncMetrics(service)
+        self.truncates = TruncateCounter(service.registry, service.name)
         self.held: HeldTransactions[Handle] = HeldTransactions(CRM_COLLECTIONS)
         self.crm_source = BatchSource(
             service, "crm", CRM_TOPICS, self.on_crm_batch, on_reset=self.reset_crm
@@ -294,11 +299,6 @@ class OrderSync:
                     continue
                 if isinstance(change, Tombstone):
                     continue
-                if change.op is ChangeOp.TRUNCATE:
-                    await intake.reject(record, BadInput(
-                        f"TRUNCATE of {change.data_collection} cannot be synced row by row"
-                    ))
-                    continue
                 try:
                     released = await self._hold(
                         partial(self.held.add_change, change), (record, batch.hold(record)),
@@ -317,6 +317,7 @@ class OrderSync:
             complete.extend(released.complete)
         self.crm_source.release(h for _, h in release)
         self.metrics.open_transactions.set(self.held.open_transactions)
+        complete = [await self._answer_truncates(*item) for item in complete]
         limit = self.service.settings.sink_batch_max_rows
         chunk: list[tuple[CompleteTransaction, list[Handle]]] = []
         size = 0
@@ -328,6 +329,30 @@ class OrderSync:
                 chunk, size = [], 0
         if chunk:
             await self._apply_and_release(chunk)
+
+    async def _answer_truncates(
+        self, transaction: CompleteTransaction, handles: list[Handle]
+    ) -> tuple[CompleteTransaction, list[Handle]]:
+        """The declared answer (.truncates) to each truncate of a complete transaction;
+        the rest of it is applied as usual."""
+        transaction, truncates = split_truncates(transaction)
+        if truncates:
+            records = {(r.topic, r.partition, r.offset): r for r, _ in handles}
+            for event in truncates:
+                origin = event.origin
+                record = records.get((origin.topic, origin.partition, origin.offset))
+                await self._answer_truncate(event, record)
+        return transaction, handles
+
+    async def _answer_truncate(
+        self, event: ChangeEvent, record: ConsumerRecord[bytes, bytes] | None
+    ) -> None:
+        self.truncates.seen(event, TRUNCATES.answer(event))  # all: needs_resnapshot
+        error = TRUNCATES.error(event)
+        if record is None:  # not held by this worker (cannot happen: logged, counted)
+            log.error("%s (not dead-lettered: record not held)", error.reason)
+            return
+        await self.service.require_intake().reject(record, error)
 
     async def _apply_and_release(
         self, chunk: list[tuple[CompleteTransaction, list[Handle]]]
@@ -395,7 +420,10 @@ class OrderSync:
         if await self._record_refusal(events, failure):
             return
         intake = self.service.require_intake()
-        reason = BadInput(f"the ERP refused this CRM transaction: {_error_text(failure)}")
+        # the ERP's own state refused it: a replay of the same records fails again
+        reason = BadInput(
+            f"the ERP refused this CRM transaction: {_error_text(failure)}", Cause.ERP_STATE
+        )
         for record, _ in chunk[0][1]:
             if record.topic != CRM_TRANSACTION_TOPIC:
                 await intake.reject(record, reason)
@@ -531,7 +559,9 @@ class OrderSync:
         changes: list[ChangeEvent] = []
         for record in batch.records:
             change = intake.decode(record)
-            if type(change) is ChangeEvent:
+            if type(change) is ChangeEvent and change.op is ChangeOp.TRUNCATE:
+                await self._answer_truncate(change, record)
+            elif type(change) is ChangeEvent:
                 changes.append(change)
             elif isinstance(change, BadInput):
                 await intake.reject(record, change)

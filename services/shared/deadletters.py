@@ -5,14 +5,23 @@ it into a :class:`DeadLetter` (:func:`dead_letter_from`) holding the reason, the
 original key/value/header bytes untouched and where the event came from, and publishes
 it to its dead-letter topic ``dlq.<service>`` (:func:`dead_letter_topic`) through a
 :class:`DeadLetterPublisher`. Dead letters use the Ambidex wire format (Avro
-single-object encoding, schema ``schemas/ambidex/dead_letter.avsc``) and are keyed by
-``<source topic>:<partition>:<offset>``, so a redelivered failure of the same record
+single-object encoding, schema ``schemas/ambidex/dead_letter/v<N>.avsc``) and are keyed
+by ``<source topic>:<partition>:<offset>``, so a redelivered failure of the same record
 carries the same key.
+
+Each letter carries a :class:`~services.shared.errors.Cause` (``bad_input``,
+``unknown_reference``, ``erp_state``, ``needs_resnapshot``). Dead-lettering is
+idempotent per origin and cause: the publisher learns the letters already in the topic
+when the service starts (:meth:`KafkaDeadLetterPublisher.load_index`, the last
+:data:`INDEX_LIMIT` of them) and remembers what it publishes, so a replay of the source
+topics (or a redelivery after a crash) does not write the same letter again.
 
 Operators inspect them (:func:`read_dead_letters`, :func:`render_dead_letter`) and,
 once the cause is fixed, replay them (:func:`replay_dead_letters`): the *original*
 bytes go back to the original topic (or another one) with a header
-``ambidex.replayed-from = dlq.<service>:<offset>``.
+``ambidex.replayed-from = dlq.<service>:<offset>``, once per origin; letters whose
+cause is not replayable (``erp_state``, ``needs_resnapshot``: the same record can only
+fail again) only with ``force``.
 
 Dead-letter topics have **one partition** (dead letters are rare, and one partition
 makes ``offset`` a unique address for ``inspect``/``replay``); the reading functions
@@ -24,6 +33,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import functools
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,10 +42,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.shared.avro import AvroCodec, SchemaCatalogue
-from services.shared.errors import BadInput, MalformedEvent
+from services.shared.errors import BadInput, Cause, MalformedEvent
 
 __all__ = [
     "DEAD_LETTER_SCHEMA",
+    "INDEX_LIMIT",
     "REPLAYED_FROM_HEADER",
     "DeadLetter",
     "DeadLetterPublisher",
@@ -43,6 +54,7 @@ __all__ = [
     "InMemoryDeadLetterPublisher",
     "KafkaDeadLetterPublisher",
     "PublishedDeadLetter",
+    "ReplayResult",
     "dead_letter_from",
     "dead_letter_topic",
     "read_dead_letters",
@@ -54,6 +66,12 @@ DEAD_LETTER_SCHEMA = "ambidex.platform.DeadLetter"
 """Full name of the dead-letter schema (catalogue key ``dead_letter``)."""
 REPLAYED_FROM_HEADER = "ambidex.replayed-from"
 """Header added to a replayed record: ``dlq.<service>:<offset>``."""
+
+INDEX_LIMIT = 100_000
+"""How many of the newest letters a publisher reads at start to skip repeats (bounded
+memory and start time; dead letters are rare, so this covers a topic's retention)."""
+
+log = logging.getLogger(__name__)
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 _MS = _dt.timedelta(milliseconds=1)
@@ -87,6 +105,7 @@ class DeadLetter:
     failed_at: _dt.datetime
     """When the service rejected it (timezone-aware UTC, millisecond precision)."""
     attempts: int = 1
+    cause: Cause = Cause.BAD_INPUT
 
     @property
     def topic(self) -> str:
@@ -97,6 +116,12 @@ class DeadLetter:
     def dlq_key(self) -> bytes:
         """Kafka key on the dead-letter topic: ``<topic>:<partition>:<offset>``."""
         return f"{self.source_topic}:{self.source_partition}:{self.source_offset}".encode()
+
+    @property
+    def identity(self) -> tuple[bytes, str]:
+        """What makes two letters the same: the origin and the cause (a record rejected
+        again for the same class of reason, e.g. on a replay, is not a new letter)."""
+        return self.dlq_key, self.cause.value
 
     def to_record(self) -> dict[str, Any]:
         """The Avro record (schema ``ambidex.platform.DeadLetter``)."""
@@ -115,6 +140,7 @@ class DeadLetter:
             "original_timestamp": self.timestamp_ms,
             "failed_at": self.failed_at,
             "attempts": self.attempts,
+            "cause": self.cause.value,
         }
 
     @classmethod
@@ -136,7 +162,15 @@ class DeadLetter:
             timestamp_ms=_to_ms(record["original_timestamp"]),
             failed_at=_to_datetime(record["failed_at"]),
             attempts=record["attempts"],
+            cause=_cause(record.get("cause")),
         )
+
+
+def _cause(value: object) -> Cause:
+    try:
+        return Cause(str(value))
+    except ValueError:  # a cause a newer writer knows: treat it as plain bad input
+        return Cause.BAD_INPUT
 
 
 def dead_letter_from(
@@ -177,6 +211,7 @@ def dead_letter_from(
         timestamp_ms=timestamp_ms if timestamp_ms is not None and timestamp_ms >= 0 else None,
         failed_at=when,
         attempts=attempts,
+        cause=error.cause,
     )
 
 
@@ -186,8 +221,10 @@ def dead_letter_from(
 class DeadLetterPublisher(Protocol):
     """Port: where a service sends its dead letters."""
 
-    async def publish(self, letter: DeadLetter) -> None:
-        """Store ``letter`` durably; returns only once it is acknowledged."""
+    async def publish(self, letter: DeadLetter) -> bool:
+        """Store ``letter`` durably; returns only once it is acknowledged. False (and
+        nothing written) when a letter with the same :attr:`DeadLetter.identity` is
+        already there."""
         ...
 
 
@@ -204,12 +241,34 @@ class KafkaDeadLetterPublisher:
         self._producer = producer
         self._codec = codec
         self._headers = codec.headers(DEAD_LETTER_SCHEMA)
+        self.known: set[tuple[bytes, str]] = set()
+        """Identities of the letters in the topic (loaded at start, then published)."""
 
-    async def publish(self, letter: DeadLetter) -> None:
+    async def load_index(
+        self, bootstrap: str, service: str, *, limit: int = INDEX_LIMIT
+    ) -> int:
+        """Learn the identities of the newest ``limit`` letters in ``dlq.<service>``;
+        how many are known. A topic that cannot be read leaves the index empty
+        (logged): a repeated letter is better than a service that does not start."""
+        try:
+            async for _, letter in read_dead_letters(
+                bootstrap, service, limit=None, tail=limit, codec=self._codec
+            ):
+                self.known.add(letter.identity)
+        except (DeadLetterTopicError, TimeoutError, BadInput) as error:
+            log.warning("dead-letter index not loaded: %s", error)
+        return len(self.known)
+
+    async def publish(self, letter: DeadLetter) -> bool:
+        identity = letter.identity
+        if identity in self.known:
+            return False
         value = self._codec.encode(DEAD_LETTER_SCHEMA, letter.to_record())
         await self._producer.send_and_wait(
             letter.topic, value=value, key=letter.dlq_key, headers=self._headers
         )
+        self.known.add(identity)
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,14 +287,19 @@ class InMemoryDeadLetterPublisher:
 
     codec: AvroCodec
     records: list[PublishedDeadLetter] = field(default_factory=list)
+    known: set[tuple[bytes, str]] = field(default_factory=set)
 
-    async def publish(self, letter: DeadLetter) -> None:
+    async def publish(self, letter: DeadLetter) -> bool:
+        if letter.identity in self.known:
+            return False
+        self.known.add(letter.identity)
         value = self.codec.encode(DEAD_LETTER_SCHEMA, letter.to_record())
         self.records.append(
             PublishedDeadLetter(
                 letter.topic, letter.dlq_key, value, tuple(self.codec.headers(DEAD_LETTER_SCHEMA))
             )
         )
+        return True
 
     @property
     def letters(self) -> list[DeadLetter]:
@@ -268,6 +332,8 @@ def render_dead_letter(letter: DeadLetter) -> dict[str, Any]:
     """
     return {
         "service": letter.service,
+        "cause": letter.cause.value,
+        "replayable": letter.cause.replayable,
         "error_type": letter.error_type,
         "reason": letter.reason,
         "source": {
@@ -312,11 +378,13 @@ async def read_dead_letters(
     *,
     limit: int | None,
     since_offset: int = 0,
+    tail: int | None = None,
     codec: AvroCodec | None = None,
     idle_timeout_s: float = 30.0,
 ) -> AsyncIterator[tuple[int, DeadLetter]]:
     """Yield ``(offset, letter)`` from ``dlq.<service>``, from ``since_offset`` up to the
-    end the topic had when reading started, then stop.
+    end the topic had when reading started, then stop; with ``tail``, only from the
+    last ``tail`` offsets before that end.
 
     No consumer group, no commits: reading changes nothing. ``limit`` caps the number
     of letters. Raises :class:`DeadLetterTopicError` for a missing or multi-partition
@@ -339,6 +407,8 @@ async def read_dead_letters(
     try:
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
+        if tail is not None:
+            since_offset = max(since_offset, end - tail)
         if since_offset > 0:
             consumer.seek(tp, since_offset)
         else:
@@ -400,44 +470,84 @@ def replay_headers(letter: DeadLetter, service: str, offset: int) -> list[tuple[
     return kept
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What :func:`replay_dead_letters` did."""
+
+    replayed: int
+    not_replayable: int
+    """Letters left alone because their cause can only fail again (no ``force``)."""
+    repeats: int
+    """Further letters of an origin already replayed in this run (written before
+    dead-lettering was idempotent, or for another cause)."""
+
+
+def replay_selection(
+    letters: Iterable[tuple[int, DeadLetter]], *, offsets: set[int] | None, force: bool
+) -> tuple[list[tuple[int, DeadLetter]], int, int]:
+    """Which letters a replay sends: ``(to send, not replayable, repeats)``.
+
+    Pure: selected by ``offsets`` (None: all), only those whose cause is replayable
+    unless ``force``, and one per origin (the first)."""
+    chosen: list[tuple[int, DeadLetter]] = []
+    seen: set[bytes] = set()
+    not_replayable = repeats = 0
+    for offset, letter in letters:
+        if offsets is not None and offset not in offsets:
+            continue
+        if not force and not letter.cause.replayable:
+            not_replayable += 1
+            continue
+        if letter.dlq_key in seen:
+            repeats += 1
+            continue
+        seen.add(letter.dlq_key)
+        chosen.append((offset, letter))
+    return chosen, not_replayable, repeats
+
+
 async def replay_dead_letters(
     bootstrap: str,
     service: str,
     *,
     offsets: set[int] | None,
     target_topic: str | None,
+    force: bool = False,
     codec: AvroCodec | None = None,
-) -> int:
-    """Re-produce the original key, value and headers of dead letters; return how many.
+) -> ReplayResult:
+    """Re-produce the original key, value and headers of dead letters.
 
     ``offsets`` selects letters by their offset in ``dlq.<service>`` (``None``: all
-    of them up to the current end). Each goes to its original topic, or to
-    ``target_topic``, with the header ``ambidex.replayed-from = dlq.<service>:<offset>``.
-    Every send is acknowledged (``acks=all``, idempotent producer) before returning.
-    Offsets that do not exist are ignored (compare the count).
+    of them up to the current end); :func:`replay_selection` keeps one per origin and,
+    without ``force``, none whose cause is not replayable. Each goes to its original
+    topic, or to ``target_topic``, with the header
+    ``ambidex.replayed-from = dlq.<service>:<offset>``. Every send is acknowledged
+    (``acks=all``, idempotent producer) before returning. Offsets that do not exist are
+    ignored (compare the count).
     """
     if offsets is not None and not offsets:
-        return 0
+        return ReplayResult(0, 0, 0)
     since = min(offsets) if offsets else 0
+    letters = [
+        item
+        async for item in read_dead_letters(
+            bootstrap, service, limit=None, since_offset=since, codec=codec
+        )
+    ]
+    chosen, not_replayable, repeats = replay_selection(letters, offsets=offsets, force=force)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
-    replayed = 0
     try:
-        async for offset, letter in read_dead_letters(
-            bootstrap, service, limit=None, since_offset=since, codec=codec
-        ):
-            if offsets is not None and offset not in offsets:
-                continue
+        for offset, letter in chosen:
             await producer.send_and_wait(
                 target_topic or letter.source_topic,
                 value=letter.value,
                 key=letter.key,
                 headers=replay_headers(letter, service, offset),
             )
-            replayed += 1
     finally:
         await producer.stop()
-    return replayed
+    return ReplayResult(len(chosen), not_replayable, repeats)
 
 
 # --------------------------------------------------------------------------- helpers

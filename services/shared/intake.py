@@ -101,7 +101,13 @@ class ChangeIntake:
             headers=list(record.headers or ()),
             timestamp_ms=int(timestamp) if timestamp is not None else None,
         )
-        await self._dead_letters.publish(letter)
+        if not await self._dead_letters.publish(letter):
+            # the same origin and cause is in the topic already (a replay, a redelivery)
+            log.info(
+                "already dead-lettered %s:%s@%s (%s)",
+                record.topic, record.partition, record.offset, error.cause.value,
+            )
+            return
         log.warning(
             "dead-lettered %s:%s@%s: %s",
             record.topic,
@@ -114,6 +120,7 @@ class ChangeIntake:
                 "offset": record.offset,
                 "reason": error.reason,
                 "error_type": type(error).__name__,
+                "cause": error.cause.value,
             },
         )
         if self._metrics is not None:

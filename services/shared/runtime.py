@@ -228,11 +228,11 @@ async def _start_parts(service: Service) -> None:
     await producer.start()
     service.producer = producer
     service.publisher = AvroPublisher(producer, service.codec)
+    dead_letters = KafkaDeadLetterPublisher(producer, service.codec)
+    # letters already written are not written again (a replay, a redelivery)
+    await dead_letters.load_index(settings.kafka_bootstrap, settings.service_name)
     service.intake = ChangeIntake(
-        settings.service_name,
-        service.decoder,
-        KafkaDeadLetterPublisher(producer, service.codec),
-        service.metrics,
+        settings.service_name, service.decoder, dead_letters, service.metrics
     )
     service.health.set_check("kafka", True, "producer connected")
     for hook in service.on_start:

@@ -139,7 +139,7 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_can_be_replayed(
     replayed = await replay_dead_letters(
         stack.kafka_bootstrap, service, offsets=None, target_topic=replay_topic
     )
-    assert replayed == 2
+    assert replayed.replayed == 2
     consumer = AIOKafkaConsumer(
         replay_topic,
         bootstrap_servers=stack.kafka_bootstrap,

@@ -14,7 +14,8 @@ Invariants shown here, each on a fresh ERP item, warehouse and CRM product:
 * Replaying every source topic from the beginning changes no figure: with the group
   offsets reset AND the local state and its changelog gone (a new pod after a lost
   disk), the restarted worker resumes every partition from its beginning and converges
-  to the same figures and to the reconcile recomputation.
+  to the same figures and to the reconcile recomputation; and it dead-letters no
+  source record again (one letter per origin and cause, issue 9 case 7).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
@@ -532,12 +534,27 @@ async def test_replay_from_the_beginning_changes_nothing(
     fx = await new_fixture(stack, unique)
     crm, erp = await connections(stack)
     try:
-        await receive(erp, fx, 8)
+        negative = await receive(erp, fx, 8)
         await confirm_order(crm, fx, 3)
+        # bad input the replay meets again: a negative quant (folded as zero), corrected
+        for quantity in (-1, 8):
+            await erp.execute(
+                "UPDATE erp.stock_quant SET quantity = $2 WHERE id = $1", negative, quantity
+            )
     finally:
         await crm.close()
         await erp.close()
     await expect(stack, fx, quantities(8, 0, 3, 5))
+
+    async def negative_dead_lettered() -> bool:
+        async for _, letter in read_dead_letters(
+            stack.kafka_bootstrap, SERVICE, limit=None, idle_timeout_s=5.0
+        ):
+            if f"erp.stock_quant {negative}:" in letter.reason:
+                return True
+        return False
+
+    await wait_until(negative_dead_lettered, timeout=60, interval=1.0)
     projection.stop()
     before = await read_projection(stack.crm_admin_dsn)
 
@@ -587,6 +604,16 @@ async def test_replay_from_the_beginning_changes_nothing(
             await probe.stop()
 
     await wait_until(caught_up, timeout=180, interval=1.0)
+    # no source record is dead-lettered twice (for the same cause)
+    letters = [
+        letter
+        async for _, letter in read_dead_letters(
+            stack.kafka_bootstrap, SERVICE, limit=None, idle_timeout_s=5.0
+        )
+    ]
+    assert [f"erp.stock_quant {negative}:" in letter.reason for letter in letters].count(True) == 1
+    repeated = [i for i, n in Counter(letter.identity for letter in letters).items() if n > 1]
+    assert repeated == []
     after = await read_projection(stack.crm_admin_dsn)
     assert set(after) >= set(before)
     assert diff_availability(after, before) == []

@@ -1,7 +1,8 @@
 """Connector configurations keep the capture guarantees the services rely on: exact
 decimals, transaction metadata, pgoutput with a pre-created publication, heartbeats,
-topics named cdc.<db>.<table>, and the password left to the worker's config provider;
-placeholders must all be filled before anything reaches Connect."""
+topics named cdc.<db>.<table>, the password left to the worker's config provider and
+truncates emitted (never skipped); placeholders must all be filled before anything
+reaches Connect."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def test_capture_guarantees(database: str) -> None:
     assert config["schema.include.list"] == database  # integration schema never captured
     assert config["database.password"].startswith("${env:")
     assert int(config["heartbeat.interval.ms"]) > 0
+    # Debezium's default skips truncates: a TRUNCATE would vanish without a trace
+    assert config["skipped.operations"] == "none"
 
 
 @pytest.mark.parametrize("database", ["crm", "erp"])

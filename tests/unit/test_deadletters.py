@@ -10,6 +10,12 @@ Invariants protected here (DESIGN invariant 4: bad input is never silently dropp
 * The Kafka publisher awaits the acknowledgment of each letter before returning.
 * Rendering for operators is JSON-able and lossless (UTF-8 text, otherwise base64).
 * A replay re-sends the original headers plus exactly one ``ambidex.replayed-from``.
+* Every letter carries its cause class (bad input, unknown reference, ERP state, needs
+  re-snapshot) through the wire format (a v1 letter reads as bad input); inspect shows it.
+* Dead-lettering is idempotent per origin and cause: a publisher never writes a letter
+  whose identity it knows (loaded from the topic at start, or published since).
+* A replay sends each origin once and leaves letters whose cause can only fail again
+  (ERP state, needs re-snapshot) unless forced.
 """
 
 from __future__ import annotations
@@ -34,8 +40,15 @@ from services.shared.deadletters import (
     decode_dead_letter,
     render_dead_letter,
     replay_headers,
+    replay_selection,
 )
-from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
+from services.shared.errors import (
+    BadInput,
+    Cause,
+    MalformedEvent,
+    NeedsResnapshot,
+    SchemaViolation,
+)
 
 NOW = dt.datetime(2024, 6, 3, 9, 15, 42, 123456, tzinfo=dt.UTC)
 AVRO_LIKE = b"\xc3\x01\xff\xfe\x00binary"
@@ -194,3 +207,81 @@ def test_replay_headers_keep_originals_and_mark_origin_once() -> None:
         ("b", None),
         (REPLAYED_FROM_HEADER, b"dlq.order-sync:99"),
     ]
+
+
+# ----------------------------------------------------------------------------- causes
+
+
+def test_cause_comes_from_the_error_and_survives_the_wire(codec: AvroCodec) -> None:
+    plain = letter()
+    refused = letter(error=BadInput("the ERP refused it", cause=Cause.ERP_STATE))
+    truncated = letter(error=NeedsResnapshot("TRUNCATE of erp.item"))
+    assert [plain.cause, refused.cause, truncated.cause] == [
+        Cause.BAD_INPUT, Cause.ERP_STATE, Cause.NEEDS_RESNAPSHOT,
+    ]
+    for dl in (plain, refused, truncated):
+        data = codec.encode(DEAD_LETTER_SCHEMA, dl.to_record())
+        assert decode_dead_letter(codec, data) == dl
+
+
+def test_a_letter_written_with_v1_reads_as_bad_input(codec: AvroCodec) -> None:
+    record = letter(error=BadInput("x", cause=Cause.ERP_STATE)).to_record()
+    del record["cause"]
+    data = codec.encode(DEAD_LETTER_SCHEMA, record, version=1)
+    assert decode_dead_letter(codec, data).cause is Cause.BAD_INPUT
+
+
+def test_inspect_shows_the_cause_and_whether_it_is_replayable() -> None:
+    shown = render_dead_letter(letter(error=BadInput("refused", cause=Cause.ERP_STATE)))
+    assert shown["cause"] == "erp_state" and shown["replayable"] is False
+    shown = render_dead_letter(letter())
+    assert shown["cause"] == "bad_input" and shown["replayable"] is True
+
+
+def test_only_erp_state_and_truncates_are_not_replayable() -> None:
+    assert {c for c in Cause if not c.replayable} == {Cause.ERP_STATE, Cause.NEEDS_RESNAPSHOT}
+
+
+# ----------------------------------------------------------------------- idempotence
+
+
+async def test_publisher_writes_one_letter_per_origin_and_cause(codec: AvroCodec) -> None:
+    publisher = InMemoryDeadLetterPublisher(codec)
+    assert await publisher.publish(letter())
+    # the same record rejected again (a replay of the source topic, a redelivery)
+    assert not await publisher.publish(letter(failed_at=NOW + dt.timedelta(hours=1)))
+    assert await publisher.publish(letter(offset=8))  # another record
+    assert await publisher.publish(  # the same record for another class of reason
+        letter(error=BadInput("refused", cause=Cause.ERP_STATE))
+    )
+    assert len(publisher.records) == 3
+
+
+async def test_kafka_publisher_skips_letters_already_in_the_topic(codec: AvroCodec) -> None:
+    producer = _RecordingProducer()
+    publisher = KafkaDeadLetterPublisher(cast(Any, producer), codec)
+    publisher.known.add(letter().identity)  # what load_index found in dlq.<service>
+    assert not await publisher.publish(letter())
+    assert await publisher.publish(letter(offset=9))
+    assert not await publisher.publish(letter(offset=9))
+    assert [decode_dead_letter(codec, s["value"]).source_offset for s in producer.sent] == [9]
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+def test_replay_offers_each_origin_once_and_no_erp_state_unless_forced() -> None:
+    bad = letter(offset=1)
+    refused = letter(offset=2, error=BadInput("refused", cause=Cause.ERP_STATE))
+    truncate = letter(offset=3, error=NeedsResnapshot("TRUNCATE of erp.item"))
+    repeat = letter(offset=1, failed_at=NOW + dt.timedelta(days=1))  # an older repeat
+    letters = [(0, bad), (1, refused), (2, truncate), (3, repeat)]
+
+    chosen, not_replayable, repeats = replay_selection(letters, offsets=None, force=False)
+    assert chosen == [(0, bad)] and not_replayable == 2 and repeats == 1
+
+    chosen, not_replayable, repeats = replay_selection(letters, offsets=None, force=True)
+    assert [o for o, _ in chosen] == [0, 1, 2] and not_replayable == 0 and repeats == 1
+
+    chosen, _, _ = replay_selection(letters, offsets={1, 3}, force=False)
+    assert [o for o, _ in chosen] == [3]

@@ -1,0 +1,99 @@
+"""inventory-projection's answer to a TRUNCATE of each table it folds (pure).
+
+The stock tables contribute one figure per row (on hand, reserved, incoming): a
+truncate means none of their rows exists any more, so the projection CLEARS them
+(:func:`clear_table`: a delete of every stored row at the truncate's position, the keys
+they touched recomputed) and remembers the position per table (:func:`truncated_key`),
+so a change of that table from before the truncate that arrives later (another
+partition, a redelivery, a replay) is stale and cannot bring a row back.
+
+The catalogue and the orders are what every other figure is resolved against (an item
+truncated would hold every stock row of it as an unknown reference, orders truncated
+would drop CRM demand the ERP still has): the service cannot tell what such a truncate
+means, so it answers NEEDS_RESNAPSHOT (dead letter + alert, see
+:mod:`services.shared.truncates`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+
+from services.inventory_projection.domain import (
+    SOURCE_TABLES,
+    STOCK_TABLES,
+    AvailabilityKey,
+    RowStore,
+    Table,
+)
+from services.inventory_projection.state import KeyValue
+from services.shared.position import SourcePosition
+from services.shared.truncates import TruncateAnswer
+
+CLEAR, RESNAPSHOT = TruncateAnswer.CLEAR, TruncateAnswer.NEEDS_RESNAPSHOT
+
+#: THE declaration: every table the projection folds (``db.table``) -> its answer
+ANSWERS: Mapping[str, TruncateAnswer] = {
+    "erp.stock_quant": CLEAR,
+    "erp.stock_reservation": CLEAR,
+    "erp.production_order": CLEAR,
+    "erp.item": RESNAPSHOT,
+    "erp.warehouse": RESNAPSHOT,
+    "erp.sales_order": RESNAPSHOT,
+    "erp.sales_order_line": RESNAPSHOT,
+    "crm.product": RESNAPSHOT,
+    "crm.sales_order": RESNAPSHOT,
+    "crm.sales_order_line": RESNAPSHOT,
+}
+
+#: State keys ``T:<db>.<table>`` -> JSON ``[commit_lsn, lsn]`` of the table's last
+#: cleared truncate (``T``: no other key of the state starts with it)
+TRUNCATED_PREFIX = b"T:"
+
+
+def truncated_key(collection: str) -> bytes:
+    return TRUNCATED_PREFIX + collection.encode()
+
+
+def load_truncated(kv: KeyValue) -> dict[str, SourcePosition]:
+    """Per ``db.table``, the position of its last cleared truncate."""
+    out: dict[str, SourcePosition] = {}
+    for key, raw in kv.scan(TRUNCATED_PREFIX):
+        commit_lsn, lsn = orjson.loads(raw)
+        out[key[len(TRUNCATED_PREFIX):].decode()] = SourcePosition(commit_lsn, lsn)
+    return out
+
+
+def clear_table(
+    store: RowStore, table: Table, position: SourcePosition
+) -> tuple[int, set[AvailabilityKey]]:
+    """Delete every stored row of stock ``table`` older than ``position`` (a truncate
+    there); ``(rows deleted, keys to recompute)``. Rows newer than the truncate (written
+    after it, seen first from another partition) stay."""
+    if table not in STOCK_TABLES:
+        raise ValueError(f"{table[0]}.{table[1]} is not a stock table: it cannot be cleared")
+    doomed = [
+        row_id
+        for name, row_id, stored, contribution in store.ledger.rows()
+        if name == table[1] and contribution is not None and stored < position
+    ]
+    keys: set[AvailabilityKey] = set()
+    for row_id in doomed:
+        applied = store.apply_row(table, row_id, position, None)
+        keys |= applied.keys
+    return len(doomed), keys
+
+
+def check_declared() -> None:
+    """Every folded table has an answer; only stock tables are cleared."""
+    missing = sorted(SOURCE_TABLES - set(ANSWERS))
+    if missing:
+        raise ValueError(f"inventory-projection: no TRUNCATE answer for {', '.join(missing)}")
+    for collection, answer in ANSWERS.items():
+        db, table = collection.split(".")
+        if answer is CLEAR and (db, table) not in STOCK_TABLES:
+            raise ValueError(f"{collection}: only stock tables can be cleared")
+
+
+check_declared()

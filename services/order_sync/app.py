@@ -51,7 +51,8 @@ Nothing is held without bound: a transaction still incomplete after
 ``AMBIDEX_MAX_HOLD_SECONDS`` of source time (once the topics it waits for are read to
 their end) is rejected the same way — or, without an END while a later END was read,
 released as the leftover of a transaction applied before a restart.
-``ambidex_oldest_held_transaction_age_seconds`` is the oldest one's age in source time.
+``ambidex_oldest_held_transaction_age_seconds`` is how long (clock time) the oldest one
+has been held.
 
 A batch that the ERP refuses for a data reason (e.g. a line referenced by an ERP
 document cannot be removed) is split into single transactions; a single transaction the
@@ -170,12 +171,6 @@ class OrderSyncMetrics:
             "CRM source transactions waiting for the rest of their events.",
             registry=registry,
         )
-        self.oldest_held = Gauge(
-            "ambidex_oldest_held_transaction_age_seconds",
-            "Age in source time of the oldest source transaction held for the rest of its "
-            "records (0 when none); bounded by AMBIDEX_MAX_HOLD_SECONDS.",
-            registry=registry,
-        )
         self.rejected_transactions = MetricCounter(
             "ambidex_order_sync_rejected_transactions_total",
             "CRM source transactions rejected whole, by cause (undecodable, incomplete).",
@@ -256,7 +251,7 @@ class OrderSync:
         """After a rebalance every uncommitted record is redelivered: start afresh."""
         self.held = HeldTransactions(CRM_COLLECTIONS)
         self.metrics.open_transactions.set(0)
-        self.metrics.oldest_held.set(0)
+        self.service.metrics.set_oldest_held_transaction_age("crm", 0.0)
 
     async def on_crm_batch(self, batch: RecordBatch) -> None:
         """Assemble whole CRM transactions from one fetch and apply the complete ones.
@@ -332,7 +327,7 @@ class OrderSync:
                 good.append((transaction, handles))
         await self._end_overdue()
         self.metrics.open_transactions.set(self.held.open_transactions)
-        self.metrics.oldest_held.set(self.held.oldest_age())
+        self.service.metrics.set_oldest_held_transaction_age("crm", self.held.oldest_held_for())
         limit = self.service.settings.sink_batch_max_rows
         chunk: list[tuple[CompleteTransaction, list[Handle]]] = []
         size = 0

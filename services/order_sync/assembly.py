@@ -183,6 +183,10 @@ class HeldTransactions(Generic[H]):
         """Source-time seconds the oldest open transaction has been held."""
         return self.assembler.oldest_open_age()
 
+    def oldest_held_for(self) -> float:
+        """Clock seconds this process has held its oldest open transaction."""
+        return self.assembler.oldest_open_held_for()
+
     def add_marker(self, marker: TransactionMarker, handle: H) -> Released[H]:
         released: Released[H] = Released()
         xid = marker.transaction_id

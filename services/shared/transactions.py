@@ -26,6 +26,9 @@ commit time of the first record of each open transaction.
 in source time, and :meth:`TransactionAssembler.oldest_open_age` gives the age of the
 oldest. Source time, not the wall clock: a replay or a consumer far behind decides the
 same as the live run did (a transaction is not given up because the worker was slow).
+For monitoring, :meth:`TransactionAssembler.oldest_open_held_for` is how long (clock
+time) this process has held its oldest open transaction: a replay reads hours of source
+time in minutes, and an alert must not fire on that.
 
 Ids: Debezium's PostgreSQL transaction id is ``"<xid>:<lsn>"`` with the LSN of the
 moment each record was written, so it differs between BEGIN, the events and END; the
@@ -34,8 +37,9 @@ assembler matches on the ``<xid>`` part (:func:`services.shared.changes.transact
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -179,6 +183,7 @@ class _Open:
     received: dict[str, int] = field(default_factory=dict)  # running count per collection
     defects: dict[int, UndecodedChange] = field(default_factory=dict)  # by total_order
     since: datetime | None = None  # source time of its first record
+    seen_at: float = 0.0  # clock time this process first held a record of it
 
 
 class TransactionAssembler:
@@ -203,7 +208,9 @@ class TransactionAssembler:
         max_open_transactions: int = 10_000,
         max_buffered_events: int = 1_000_000,
         remember_completed: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._subscribed = frozenset(data_collections)
         if not self._subscribed:
             raise ValueError("TransactionAssembler needs at least one data collection")
@@ -237,6 +244,12 @@ class TransactionAssembler:
             return 0.0
         oldest = min((s.since for s in self._open.values() if s.since is not None), default=None)
         return 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+
+    def oldest_open_held_for(self) -> float:
+        """Clock seconds this process has held its oldest open transaction (0 if none)."""
+        if not self._open:
+            return 0.0
+        return max(0.0, self._clock() - min(s.seen_at for s in self._open.values()))
 
     def overdue(self, bound: timedelta) -> list[str]:
         """Open transactions held longer than ``bound`` of source time, oldest first."""
@@ -385,7 +398,7 @@ class TransactionAssembler:
             )
         # held since its own commit time; a record without one (an END marker without
         # ts_ms) counts from the source time now
-        state = _Open(since=since or self._source_time)
+        state = _Open(since=since or self._source_time, seen_at=self._clock())
         self._open[xid] = state
         return state
 

@@ -524,3 +524,15 @@ def test_held_time_is_source_time() -> None:
     assert assembler.missing_collections("805") == frozenset({LINES})
     events, defects, since = assembler.peek("805")
     assert len(events) == 1 and defects == () and since == COMMIT
+
+
+def test_monitoring_reports_how_long_this_process_has_held_a_transaction() -> None:
+    now = [100.0]
+    assembler = TransactionAssembler(SUBSCRIBED, clock=lambda: now[0])
+    assert assembler.oldest_open_held_for() == 0.0
+    assembler.add_change(change("807", 1, "sales_order", row_id=807))
+    now[0] = 112.5
+    assembler.observe(COMMIT + timedelta(hours=3))  # a replay: source time races ahead
+    assert assembler.oldest_open_held_for() == 12.5
+    assembler.add_marker(end("807", {ORDERS: 1}))
+    assert assembler.oldest_open_held_for() == 0.0

@@ -8,6 +8,7 @@ makes the command exit 1; the figures of every other row are still recomputed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -79,7 +80,10 @@ async def test_nan_quantities_are_reported_not_a_crash(
         NonFiniteRow("crm.sales_order_line", line, "quantity", "NaN"),
     ]
 
-    result = CliRunner().invoke(reconcile, ["--crm-dsn", crm_dsn, "--erp-dsn", erp_dsn])
+    # the command runs its own event loop: off this test's loop
+    result = await asyncio.to_thread(
+        CliRunner().invoke, reconcile, ["--crm-dsn", crm_dsn, "--erp-dsn", erp_dsn]
+    )
     assert result.exit_code == 1, result.output
     assert f"erp.stock_quant id={quant['id']}: quantity is NaN" in result.output
     assert f"crm.sales_order_line id={line}: quantity is NaN" in result.output

@@ -349,6 +349,23 @@ def alert_rules() -> dict[str, Any]:
             },
         },
         {
+            # order-sync rejects a transaction held beyond AMBIDEX_MAX_HOLD_SECONDS of source
+            # time (300 s by default; heartbeats move source time every few seconds) and
+            # inventory-projection applies one after 10 s: one held for 15 minutes means
+            # the bound is not enforced, or source time stopped (capture down)
+            "alert": "AmbidexTransactionHeldTooLong",
+            "expr": "max by (service, database) "
+            "(ambidex_oldest_held_transaction_age_seconds) > 900",
+            "for": "5m",
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "{{ $labels.service }} has held a {{ $labels.database }} source "
+                "transaction for more than 15 minutes",
+                "description": "Offsets are not committed past it. See the service log "
+                "('incomplete after') and `ambidex deadletters inspect {{ $labels.service }}`.",
+            },
+        },
+        {
             "alert": "AmbidexConsumerLagHigh",
             "expr": "sum by (service, topic) (ambidex_consumer_lag_messages) > 100000",
             "for": "10m",

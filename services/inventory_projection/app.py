@@ -94,7 +94,7 @@ from services.shared.batches import (
     RecordBatch,
     attach_sources,
 )
-from services.shared.changes import ChangeEvent
+from services.shared.changes import ChangeEvent, undecoded_change
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition
 from services.shared.runtime import Service
@@ -520,10 +520,17 @@ class Shell:
                 change = intake.decode(record)
                 if type(change) is ChangeEvent:
                     self._guard(projector.change, change, record)
+                elif isinstance(change, BadInput):
+                    await intake.reject(record, change)
+                    member = undecoded_change(
+                        record.topic, record.partition, record.offset, record.value, change
+                    )
+                    if member is None:
+                        projector.release(record)
+                    else:  # counted, so its transaction is not held waiting for it
+                        self._guard(projector.undecodable, member, record)
                 else:
-                    if isinstance(change, BadInput):
-                        await intake.reject(record, change)
-                    projector.release(record)  # dead-lettered, or a Debezium tombstone
+                    projector.release(record)  # a Debezium tombstone
         step = projector.step(
             [db for db, topics in REFERENCE_TOPICS.items() if await self.source.caught_up(topics)]
         )
@@ -686,6 +693,8 @@ class Shell:
         if step.stale:
             service.metrics.event("cdc", "skipped_stale", step.stale)
         m.open_transactions.set(self.projector.open_transactions)
+        for database, age in self.projector.oldest_held_ages().items():
+            service.metrics.set_oldest_held_transaction_age(database, age)
         m.awaiting_verdicts.set(self.projector.awaiting_verdicts)
         m.unjudged_references.set(self.projector.unjudged)
         m.as_of.set(store.as_of.timestamp())

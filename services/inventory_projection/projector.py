@@ -18,6 +18,11 @@ Invariants kept here (DESIGN.md 3, 4, 6):
   arrived (logged and counted): after a crash, the committed offsets of different
   partitions can split an already-applied transaction, and its redelivered part must
   not wait forever. Applying a part twice is harmless (state is per row version).
+  A member that cannot be decoded (:meth:`Projector.undecodable`; the shell has
+  dead-lettered it) is counted, so its transaction completes at once and its readable
+  rows are applied: the projection reflects every row it can read, like the batch
+  recomputation, which skips rows holding NaN. :meth:`Projector.oldest_held_ages` is how
+  long (clock time) the oldest open transaction per database has been held.
 * **State is a function of the latest row versions.** Everything is folded into the
   :class:`~services.inventory_projection.domain.RowStore`; recomputed keys are whole
   figures, never increments; a redelivered or replayed event changes nothing.
@@ -94,7 +99,7 @@ from services.inventory_projection.truncates import (
     load_truncated,
     truncated_key,
 )
-from services.shared.changes import ChangeEvent, ChangeOp
+from services.shared.changes import ChangeEvent, ChangeOp, UndecodedChange
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
 from services.shared.position import SourcePosition
 from services.shared.transactions import (
@@ -229,7 +234,9 @@ class Projector(Generic[H]):
         self._clock = clock
         # one per database: transaction ids (xids) of the two databases collide
         self._assemblers = {
-            db: TransactionAssembler(c for c in DATA_COLLECTIONS if c.startswith(f"{db}."))
+            db: TransactionAssembler(
+                (c for c in DATA_COLLECTIONS if c.startswith(f"{db}.")), clock=clock
+            )
             for db in (CRM, ERP)
         }
         self._held: dict[tuple[str, str], _Held[H]] = {}
@@ -265,6 +272,11 @@ class Projector(Generic[H]):
     def open_transactions(self) -> int:
         return sum(a.open_transactions for a in self._assemblers.values())
 
+    def oldest_held_ages(self) -> dict[str, float]:
+        """Per source database, the clock seconds its oldest open transaction has been
+        held (0 if none)."""
+        return {db: a.oldest_open_held_for() for db, a in self._assemblers.items()}
+
     @property
     def awaiting_verdicts(self) -> int:
         """Row versions held for an unknown reference whose verdict is not due yet."""
@@ -289,6 +301,21 @@ class Projector(Generic[H]):
             self._release.append(handle)
         self._complete(db, completed)
 
+    def undecodable(self, change: UndecodedChange, handle: H) -> None:
+        """A change that could not be decoded (already dead-lettered): counted as a
+        member of its transaction, so the rest of it is not held waiting for it."""
+        database = change.origin.topic.split(".")[1]  # cdc.<database>.<table>
+        assembler = self._assemblers.get(database)
+        self._release.append(handle)
+        if assembler is None:
+            return
+        try:
+            completed = assembler.add_undecodable(change)
+        except InconsistentTransaction as error:
+            self._inconsistent(database, error, None)
+            return
+        self._complete(database, completed)
+
     def marker(self, database: str, marker: TransactionMarker, handle: H) -> None:
         """A BEGIN/END record of ``cdc.<database>.transaction``."""
         if marker.status is TransactionStatus.BEGIN:
@@ -311,6 +338,7 @@ class Projector(Generic[H]):
             raise ValueError(f"unknown source database {database!r}")
         if self.store.observe(database, at):
             self._meta_dirty = True
+        self._assemblers[database].observe(at)
         self._release.append(handle)
 
     def release(self, handle: H) -> None:
@@ -583,10 +611,14 @@ class Projector(Generic[H]):
                     self._release.extend(held.handles)
             self._ready.append(transaction)
 
-    def _inconsistent(self, database: str, error: InconsistentTransaction, handle: H) -> None:
-        """More events than END announced: dead-letter the trigger, apply the rest."""
-        self._dead.append((handle, error))
-        self._release.append(handle)
+    def _inconsistent(
+        self, database: str, error: InconsistentTransaction, handle: H | None
+    ) -> None:
+        """More events than END announced: dead-letter the trigger (unless it is already
+        a dead letter: ``handle`` None), apply the rest."""
+        if handle is not None:
+            self._dead.append((handle, error))
+            self._release.append(handle)
         events = error.events
         if events and events[0].transaction_id is not None:
             held = self._held.pop((database, events[0].transaction_id), None)

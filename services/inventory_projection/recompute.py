@@ -10,6 +10,11 @@ only differ when the projection is wrong or behind. :func:`diff_availability` li
 every difference for the reconcile command; :func:`read_projection` reads what the
 service wrote back (``crm_integration.availability``).
 
+A row holding NaN or ±Infinity in a quantity column (possible where the reference
+schema's ``*_finite`` checks are missing) is left out of the recomputation — the stream
+dead-letters such a change too — and listed by :func:`non_finite_rows`, so the reconcile
+command reports it instead of failing on ``decimal.InvalidOperation``.
+
 The two databases are read in two separate snapshots (one REPEATABLE READ transaction
 each): on live systems, differences for keys touched between the two reads are
 expected and vanish on a second run.
@@ -49,32 +54,85 @@ from services.shared.sinks import Upsert, UpsertSpec
 
 ERP_ITEMS = "SELECT id, sku FROM erp.item"
 ERP_WAREHOUSES = "SELECT id, code FROM erp.warehouse"
-ERP_ON_HAND = """
+#: SQL condition: a numeric value that is a number (not NaN, not ±Infinity).
+def _finite(column: str) -> str:
+    return f"{column} NOT IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)"
+
+
+ERP_ON_HAND = f"""
     SELECT item_id, warehouse_id, sum(GREATEST(quantity, 0)) AS on_hand
-    FROM erp.stock_quant GROUP BY item_id, warehouse_id"""
-ERP_RESERVED = """
+    FROM erp.stock_quant WHERE {_finite("quantity")} GROUP BY item_id, warehouse_id"""
+ERP_RESERVED = f"""
     SELECT item_id, warehouse_id,
            coalesce(sum(quantity) FILTER (WHERE state = 'active'), 0) AS reserved
-    FROM erp.stock_reservation GROUP BY item_id, warehouse_id"""
-ERP_INCOMING = """
+    FROM erp.stock_reservation WHERE {_finite("quantity")} GROUP BY item_id, warehouse_id"""
+ERP_INCOMING = f"""
     SELECT item_id, warehouse_id, date_planned_finish,
            coalesce(sum(quantity)
                     FILTER (WHERE state IN ('planned', 'confirmed', 'in_progress')), 0) AS qty
-    FROM erp.production_order GROUP BY item_id, warehouse_id, date_planned_finish"""
+    FROM erp.production_order WHERE {_finite("quantity")}
+    GROUP BY item_id, warehouse_id, date_planned_finish"""
 #: ERP lines of the ERP orders that cover CRM orders (order-sync's identity).
-ERP_COVERAGE = """
+ERP_COVERAGE = f"""
     SELECT o.crm_order_id, l.id, l.order_id, l.line_no, l.item_id,
            l.qty_reserved, l.qty_delivered
     FROM erp.sales_order o JOIN erp.sales_order_line l ON l.order_id = o.id
-    WHERE o.crm_order_id IS NOT NULL AND o.state <> 'cancelled'"""
+    WHERE o.crm_order_id IS NOT NULL AND o.state <> 'cancelled'
+      AND {_finite("l.qty_reserved")} AND {_finite("l.qty_delivered")}"""
 #: Lines of live CRM orders with their product's SKU.
-CRM_DEMAND = """
+CRM_DEMAND = f"""
     SELECT l.id, l.order_id, l.line_no, l.product_id, l.quantity,
            o.number, o.account_id, o.state, o.warehouse_code, o.version, p.sku
     FROM crm.sales_order o
     JOIN crm.sales_order_line l ON l.order_id = o.id
     JOIN crm.product p ON p.id = l.product_id
-    WHERE o.state IN ('confirmed', 'amended')"""
+    WHERE o.state IN ('confirmed', 'amended') AND {_finite("l.quantity")}"""
+
+#: The quantity columns the recomputation reads, per database: (table, column).
+QUANTITY_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "erp": (
+        ("stock_quant", "quantity"),
+        ("stock_reservation", "quantity"),
+        ("production_order", "quantity"),
+        ("sales_order_line", "qty_reserved"),
+        ("sales_order_line", "qty_delivered"),
+    ),
+    "crm": (("sales_order_line", "quantity"),),
+}
+
+
+def non_finite_query(database: str) -> str:
+    """Rows whose quantity columns hold NaN or ±Infinity: (tbl, id, col, value)."""
+    return "\nUNION ALL\n".join(
+        f"SELECT '{database}.{table}' AS tbl, id, '{column}' AS col, {column}::text AS value "
+        f"FROM {database}.{table} WHERE NOT ({_finite(column)})"
+        for table, column in QUANTITY_COLUMNS[database]
+    ) + "\nORDER BY tbl, id, col"
+
+
+@dataclass(frozen=True, slots=True)
+class NonFiniteRow:
+    """A source row left out of the recomputation: a quantity is NaN or infinite."""
+
+    table: str
+    row_id: int
+    column: str
+    value: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.table} id={self.row_id}: {self.column} is {self.value}, not a number "
+            "(left out of the recomputation)"
+        )
+
+
+async def non_finite_rows(crm_dsn: str, erp_dsn: str) -> list[NonFiniteRow]:
+    """Every source row :func:`recompute_availability` leaves out (NaN, ±Infinity)."""
+    found: list[NonFiniteRow] = []
+    for dsn, database in ((erp_dsn, "erp"), (crm_dsn, "crm")):
+        (rows,) = await _fetch_all(dsn, non_finite_query(database))
+        found += [NonFiniteRow(r["tbl"], r["id"], r["col"], r["value"]) for r in rows]
+    return found
 PROJECTION = """
     SELECT item_id, sku, warehouse_id, warehouse_code, on_hand, reserved,
            pending_crm_demand, available_to_promise, incoming, as_of

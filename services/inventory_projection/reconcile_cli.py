@@ -4,8 +4,10 @@ Compares :func:`~services.inventory_projection.recompute.read_projection` (what 
 service wrote into ``crm_integration.availability``) with
 :func:`~services.inventory_projection.recompute.recompute_availability` (what the two
 source databases say now), prints every difference, one per line, and exits 1 if there
-is any (0 when they agree). On a live system a key touched between the reads may differ
-once; run it again (``--retries``) before calling it a defect.
+is any (0 when they agree). Source rows holding NaN or ±Infinity in a quantity are
+listed too (they are left out of the recomputation) and also make it exit 1. On a live
+system a key touched between the reads may differ once; run it again (``--retries``)
+before calling it a defect.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import click
 
 from services.inventory_projection.recompute import (
     Difference,
+    NonFiniteRow,
     diff_availability,
+    non_finite_rows,
     read_projection,
     recompute_availability,
 )
@@ -29,6 +33,20 @@ async def reconcile_once(crm_dsn: str, erp_dsn: str) -> tuple[int, list[Differen
     recomputed = await recompute_availability(crm_dsn, erp_dsn)
     projected = await read_projection(crm_dsn)
     return len(set(recomputed) | set(projected)), diff_availability(projected, recomputed)
+
+
+async def reconcile_all(
+    crm_dsn: str, erp_dsn: str, retries: int = 0
+) -> tuple[int, list[Difference], list[NonFiniteRow]]:
+    """:func:`reconcile_once` (again up to ``retries`` times, 2 s apart, while there are
+    differences), and the source rows left out because a quantity is not a number."""
+    keys, differences = await reconcile_once(crm_dsn, erp_dsn)
+    for _ in range(retries):
+        if not differences:
+            break
+        await asyncio.sleep(2.0)
+        keys, differences = await reconcile_once(crm_dsn, erp_dsn)
+    return keys, differences, await non_finite_rows(crm_dsn, erp_dsn)
 
 
 @click.command("reconcile")
@@ -53,17 +71,14 @@ def reconcile(crm_dsn: str | None, erp_dsn: str | None, retries: int, as_json: b
         crm_dsn = crm_dsn or addresses.crm_admin_dsn
         erp_dsn = erp_dsn or addresses.erp_admin_dsn
 
-    async def run() -> tuple[int, list[Difference]]:
-        assert crm_dsn is not None and erp_dsn is not None
-        keys, differences = await reconcile_once(crm_dsn, erp_dsn)
-        for _ in range(retries):
-            if not differences:
-                break
-            await asyncio.sleep(2.0)
-            keys, differences = await reconcile_once(crm_dsn, erp_dsn)
-        return keys, differences
-
-    keys, differences = asyncio.run(run())
+    assert crm_dsn is not None and erp_dsn is not None
+    keys, differences, bad_rows = asyncio.run(reconcile_all(crm_dsn, erp_dsn, retries))
+    for row in bad_rows:
+        if as_json:
+            click.echo(json.dumps({"table": row.table, "id": row.row_id,
+                                   "field": row.column, "value": row.value}))
+        else:
+            click.echo(str(row))
     for difference in differences:
         if as_json:
             click.echo(
@@ -81,5 +96,9 @@ def reconcile(crm_dsn: str | None, erp_dsn: str | None, retries: int, as_json: b
             )
         else:
             click.echo(str(difference))
-    click.echo(f"{keys} keys compared, {len(differences)} differences", err=True)
-    sys.exit(1 if differences else 0)
+    click.echo(
+        f"{keys} keys compared, {len(differences)} differences, "
+        f"{len(bad_rows)} source rows not a number",
+        err=True,
+    )
+    sys.exit(1 if differences or bad_rows else 0)

@@ -44,6 +44,18 @@ announced) or beyond what a worker may hold (``TooManyOpenTransactions``: the
 transaction holding the most records is the one given up) — goes whole to the dead
 letters with the reason, including its records that arrive later; the service goes on.
 
+A source transaction with a member that cannot be decoded (e.g. a line whose unit price is
+NaN) is still complete when its END count is reached (the member is counted,
+:meth:`~services.order_sync.assembly.HeldTransactions.add_undecodable`) and is rejected
+whole: every record of it to the dead letters, every CRM order it touched ``rejected``
+with a reason in business words (:mod:`~services.order_sync.rejection`), offsets move on.
+Nothing is held without bound: a transaction still incomplete after
+``AMBIDEX_MAX_HOLD_SECONDS`` of source time (once the topics it waits for are read to
+their end) is rejected the same way — or, without an END while a later END was read,
+released as the leftover of a transaction applied before a restart.
+``ambidex_oldest_held_transaction_age_seconds`` is how long (clock time) the oldest one
+has been held.
+
 What the ERP can no longer change (lines pinned by reservations, production orders,
 shipments, invoices) is read before writing and decided as a conflict in business words
 (:mod:`services.order_sync.holds`). A batch the ERP still refuses for a data reason is
@@ -68,6 +80,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -78,12 +91,10 @@ from prometheus_client import Gauge
 from services.order_sync.assembly import HeldTransactions, Released
 from services.order_sync.codec import StatusRow
 from services.order_sync.domain import (
-    CRM_LINE_TABLE,
-    CRM_ORDER_TABLE,
-    order_ids_of,
     progress_status,
 )
 from services.order_sync.holds import refusal_reason
+from services.order_sync.rejection import Rejection, rejection_of
 from services.order_sync.store import (
     ACCOUNT_TABLE,
     PRODUCT_TABLE,
@@ -97,8 +108,9 @@ from services.order_sync.store import (
 )
 from services.order_sync.truncates import ANSWERS
 from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
-from services.shared.changes import ChangeEvent, ChangeOp, Tombstone
+from services.shared.changes import ChangeEvent, ChangeOp, Tombstone, undecoded_change
 from services.shared.errors import BadInput, Cause
+from services.shared.position import SourcePosition
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_shared_service
 from services.shared.settings import ServiceSettings
@@ -188,6 +200,12 @@ class OrderSyncMetrics:
             "CRM source transactions waiting for the rest of their events.",
             registry=registry,
         )
+        self.rejected_transactions = MetricCounter(
+            "ambidex_order_sync_rejected_transactions_total",
+            "CRM source transactions rejected whole, by cause (undecodable, incomplete).",
+            ("cause",),
+            registry=registry,
+        )
 
 
 _TRANSIENT = (
@@ -268,6 +286,7 @@ class OrderSync:
         """After a rebalance every uncommitted record is redelivered: start afresh."""
         self.held = HeldTransactions(CRM_COLLECTIONS)
         self.metrics.open_transactions.set(0)
+        self.service.metrics.set_oldest_held_transaction_age("crm", 0.0)
 
     async def on_crm_batch(self, batch: RecordBatch) -> None:
         """Assemble whole CRM transactions from one fetch and apply the complete ones.
@@ -295,7 +314,21 @@ class OrderSync:
             else:
                 change = intake.decode(record)
                 if isinstance(change, BadInput):
-                    await intake.reject(record, change)
+                    member = undecoded_change(
+                        record.topic, record.partition, record.offset, record.value, change
+                    )
+                    if member is None:  # says not even its transaction: the bound ends it
+                        await intake.reject(record, change)
+                        continue
+                    released = await self._hold(
+                        partial(self.held.add_undecodable, member),
+                        (record, batch.hold(record)), member.transaction_id,
+                    )
+                    for (dead, hold), reason in released.dead:
+                        await intake.reject(dead, BadInput(reason))
+                        release.append((dead, hold))
+                    release.extend(released.ack_now)
+                    complete.extend(released.complete)
                     continue
                 if isinstance(change, Tombstone):
                     continue
@@ -316,12 +349,20 @@ class OrderSync:
                 self.metrics.orphans.inc(released.orphans)
             complete.extend(released.complete)
         self.crm_source.release(h for _, h in release)
+        good: list[tuple[CompleteTransaction, list[Handle]]] = []
+        for transaction, handles in complete:
+            if transaction.rejected:
+                await self._reject_undecodable(transaction, handles)
+            else:
+                good.append((transaction, handles))
+        await self._end_overdue()
         self.metrics.open_transactions.set(self.held.open_transactions)
-        complete = [await self._answer_truncates(*item) for item in complete]
+        self.service.metrics.set_oldest_held_transaction_age("crm", self.held.oldest_held_for())
+        good = [await self._answer_truncates(*item) for item in good]
         limit = self.service.settings.sink_batch_max_rows
         chunk: list[tuple[CompleteTransaction, list[Handle]]] = []
         size = 0
-        for item in complete:
+        for item in good:
             chunk.append(item)
             size += len(item[0].events)
             if size >= limit:
@@ -462,27 +503,95 @@ class OrderSync:
                       _error_text(failure_back))
         return True
 
+    async def _reject_undecodable(
+        self, transaction: CompleteTransaction, handles: list[Handle]
+    ) -> None:
+        """A complete transaction with members that cannot be decoded: nothing of it is
+        applied; every record of it to the dead letters, its orders reported rejected."""
+        intake = self.service.require_intake()
+        own = {
+            (d.origin.topic, d.origin.partition, d.origin.offset): d for d in transaction.defects
+        }
+        summary = "; ".join(
+            f"{d.origin.topic}@{d.origin.partition}:{d.origin.offset}: {d.reason}"
+            for d in transaction.defects
+        )
+        for record, _ in handles:
+            if record.topic == CRM_TRANSACTION_TOPIC:
+                continue
+            defect = own.get((record.topic, record.partition, record.offset))
+            reason = (
+                f"{defect.reason} (source transaction {transaction.id} rejected whole)"
+                if defect is not None
+                else f"source transaction {transaction.id} rejected whole: {summary}"
+            )
+            await intake.reject(record, BadInput(reason))
+        self.metrics.rejected_transactions.labels("undecodable").inc()
+        await self._report_rejected(rejection_of(transaction), transaction.position)
+        self.crm_source.release(h for _, h in handles)
+
+    async def _end_overdue(self) -> None:
+        """End every transaction held beyond the bound (source time), once the topics it
+        waits for are read to their end: rejected whole, or (no END, a later END read)
+        released as the leftover of a transaction applied before a restart."""
+        bound = timedelta(seconds=self.service.settings.max_hold_seconds)
+        for xid in self.held.overdue(bound):
+            missing = self.held.missing_topics_of(xid)
+            waits_for = (
+                CRM_TOPICS if missing is None
+                else tuple(f"cdc.{name}" for name in sorted(missing))
+            )
+            if not await self.crm_source.caught_up(waits_for):
+                continue  # its records may still be on their way (a backlog)
+            if missing is None and self.held.already_applied(xid):
+                self.crm_source.release(h for _, h in self.held.release_orphan(xid))
+                self.metrics.orphans.inc()
+                continue
+            events, defects = self.held.held(xid)
+            reason = BadInput(
+                f"source transaction {xid} incomplete after "
+                f"{bound.total_seconds():.0f} s of source time "
+                + ("(its END marker never came)" if missing is None
+                   else f"(records of {', '.join(sorted(missing))} never came)")
+                + "; rejected whole"
+            )
+            log.warning("%s", reason.reason, extra={"transaction": xid})
+            await self._give_up(xid, reason)
+            self.metrics.rejected_transactions.labels("incomplete").inc()
+            position = max(
+                [e.position for e in events] + [d.position for d in defects], default=None
+            )
+            if position is not None:
+                rejection = rejection_of(
+                    None, events, defects,
+                    general="the change could not be read completely from the CRM",
+                )
+                await self._report_rejected(rejection, position)
+
     async def _report_refused(self, transaction: CompleteTransaction, reason: str) -> None:
         """Tell the CRM why its orders' change did not reach the ERP (the records are in
         the dead-letter topic, to replay once the cause is fixed)."""
-        versions: dict[int, int | None] = {}
-        for event in transaction.events:
-            if event.table not in (CRM_ORDER_TABLE, CRM_LINE_TABLE):
-                continue
-            for order_id in order_ids_of(event):
-                versions.setdefault(order_id, None)
-            if event.table == CRM_ORDER_TABLE and event.after is not None:
-                version = event.after.get("version")
-                if isinstance(version, int):
-                    versions[int(event.key.get("id", 0))] = version
+        await self._report_rejected(rejection_of(transaction, general=reason), transaction.position,
+                                    override=reason)
+
+    async def _report_rejected(
+        self, rejection: Rejection, position: SourcePosition, *, override: str | None = None
+    ) -> None:
+        """Mark every order of ``rejection`` rejected with its reason; log the accounts."""
+        for account, why in sorted(rejection.accounts.items()):
+            log.warning("account change not synced: %s", override or why,
+                        extra={"crm_account_id": account})
         outcomes = [
             OrderOutcome(
                 order_id, "reject",
-                StatusRow(order_id, "rejected", None, reason, version, None, None),
-                transaction.position,
+                StatusRow(order_id, "rejected", None, override or why, version, None, None),
+                position,
             )
-            for order_id, version in sorted(versions.items())
+            for order_id, (version, why) in sorted(rejection.orders.items())
         ]
+        if not outcomes:
+            return
+
         async def attempt() -> None:
             await self._write_back(BatchResult(outcomes=outcomes))
 

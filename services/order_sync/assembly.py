@@ -18,6 +18,12 @@ position) has been seen, an open transaction that has seen no END is such an orp
 its handles are released for acknowledgement without applying anything (what they
 carry is already in the ERP; re-applying would be a no-op anyway).
 
+Undecodable members (:meth:`HeldTransactions.add_undecodable`) are counted, so their
+transaction completes and comes back with :attr:`CompleteTransaction.defects` for the
+caller to reject whole. A transaction still open after the hold bound of source time
+(:meth:`HeldTransactions.overdue`) is for the caller to give up (:meth:`give_up`): all of
+it to the dead letters.
+
 Pure: no I/O, handles are opaque.
 """
 
@@ -27,9 +33,10 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from services.shared.changes import ChangeEvent
+from services.shared.changes import ChangeEvent, UndecodedChange
 from services.shared.transactions import (
     CompleteTransaction,
     TransactionAssembler,
@@ -78,6 +85,7 @@ class HeldTransactions(Generic[H]):
         self._done: OrderedDict[str, None] = OrderedDict()
         self._given_up: OrderedDict[str, str] = OrderedDict()
         self._remember = remember_completed
+        self._last_end: datetime | None = None  # commit time of the newest END seen
 
     @property
     def open_transactions(self) -> int:
@@ -116,9 +124,75 @@ class HeldTransactions(Generic[H]):
             heapq.heappush(self._no_end_heap, (commit, xid))
         return released
 
+    def add_undecodable(self, change: UndecodedChange, handle: H) -> Released[H]:
+        """A member of ``change.transaction_id`` that could not be decoded (the caller has
+        its reason): held and counted like an event; its transaction completes rejected."""
+        released: Released[H] = Released()
+        xid = change.transaction_id
+        if xid in self._given_up:
+            released.dead.append((handle, self._given_up[xid]))
+            return released
+        complete = self.assembler.add_undecodable(change)
+        if complete:
+            self._finish(xid, complete, handle, released)
+            return released
+        if xid in self._done or change.data_collection not in self._subscribed:
+            # a redelivery of an assembled transaction, or not ours: dead-lettered alone
+            released.dead.append((handle, change.reason))
+            return released
+        self._handles.setdefault(xid, []).append(handle)
+        if xid not in self._ended and xid not in self._no_end:
+            commit = change.position.commit_lsn
+            self._no_end[xid] = commit
+            heapq.heappush(self._no_end_heap, (commit, xid))
+        return released
+
+    def overdue(self, bound: timedelta) -> list[str]:
+        """Open transactions held longer than ``bound`` of source time, oldest first."""
+        return self.assembler.overdue(bound)
+
+    def held(
+        self, xid: str
+    ) -> tuple[tuple[ChangeEvent, ...], tuple[UndecodedChange, ...]]:
+        """What is held of an open transaction: its events and undecodable members."""
+        events, defects, _ = self.assembler.peek(xid)
+        return events, defects
+
+    def missing_topics_of(self, xid: str) -> frozenset[str] | None:
+        """``schema.table`` names an open transaction still waits for; None when its END
+        has not been seen (it may wait for any of them, and the END)."""
+        return self.assembler.missing_collections(xid)
+
+    def already_applied(self, xid: str) -> bool:
+        """An open transaction without END whose END must have come before an END seen
+        (END markers share one partition in commit order, and one with a later commit
+        time has been read): a leftover of a transaction applied before a restart."""
+        _, _, since = self.assembler.peek(xid)
+        return (
+            xid in self._no_end
+            and since is not None
+            and self._last_end is not None
+            and self._last_end > since
+        )
+
+    def release_orphan(self, xid: str) -> list[H]:
+        """Let go of an :meth:`already_applied` transaction's records (nothing to do)."""
+        return self.discard(xid)
+
+    def oldest_age(self) -> float:
+        """Source-time seconds the oldest open transaction has been held."""
+        return self.assembler.oldest_open_age()
+
+    def oldest_held_for(self) -> float:
+        """Clock seconds this process has held its oldest open transaction."""
+        return self.assembler.oldest_open_held_for()
+
     def add_marker(self, marker: TransactionMarker, handle: H) -> Released[H]:
         released: Released[H] = Released()
         xid = marker.transaction_id
+        ended_at = marker.ts if marker.status is TransactionStatus.END else None
+        if ended_at is not None and (self._last_end is None or ended_at > self._last_end):
+            self._last_end = ended_at
         if marker.status is TransactionStatus.BEGIN:
             released.ack_now.append(handle)
             return released

@@ -119,6 +119,99 @@ class Tombstone:
     origin: RecordOrigin
 
 
+class BadValue(SchemaViolation):
+    """One column of a row image holds a value that cannot be used (e.g. NaN).
+
+    ``side`` is ``before``, ``after`` or ``key``; ``problem`` says what is wrong in
+    words a person who typed the value understands (``is not a number (NaN)``).
+    """
+
+    def __init__(self, reason: str, side: str, column: str, problem: str) -> None:
+        super().__init__(reason)
+        self.side = side
+        self.column = column
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class UndecodedChange:
+    """What can still be read of a change event that failed to decode: enough to count
+    it as a member of its source transaction (so the transaction is rejected whole
+    instead of waiting for it forever) and to say which business rows it touched.
+
+    ``row`` is the raw (untyped) row image the change reports (``before`` for deletes,
+    else ``after``), or None; ``column``/``problem`` are set for a :class:`BadValue`.
+    """
+
+    transaction_id: str
+    total_order: int
+    schema: str
+    table: str
+    op: str | None
+    row: Mapping[str, Any] | None
+    commit_time: datetime
+    position: SourcePosition
+    reason: str
+    column: str | None
+    problem: str | None
+    origin: RecordOrigin
+
+    @property
+    def data_collection(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+def undecoded_change(
+    topic: str, partition: int, offset: int, value: bytes | None, error: BadInput
+) -> UndecodedChange | None:
+    """The transaction membership of a change event the decoder refused with ``error``,
+    or None when the record does not even say which transaction it belongs to (not
+    JSON, no ``transaction`` block, a snapshot read): such a record is only
+    dead-lettered, and a transaction missing it ends by the hold bound."""
+    if value is None:
+        return None
+    try:
+        envelope = orjson.loads(value)
+        if not isinstance(envelope, dict):
+            return None
+        block, source = envelope.get("transaction"), envelope.get("source")
+        if not isinstance(block, dict) or not isinstance(source, dict):
+            return None
+        raw_id, total_order = block.get("id"), block.get("total_order")
+        schema, table = source.get("schema"), source.get("table")
+        if not (isinstance(raw_id, str) and isinstance(total_order, int)):
+            return None
+        if not (isinstance(schema, str) and isinstance(table, str)):
+            return None
+        xid = transaction_xid(raw_id)
+        op = envelope.get("op")
+        image = envelope.get("before" if op == ChangeOp.DELETE.value else "after")
+        ts_ms = source.get("ts_ms")
+        lsn = source.get("lsn")
+        try:
+            position = _streaming_position(source.get("sequence"), lsn)
+        except SchemaViolation:
+            position = SourcePosition(0, 0)
+    except (ValueError, TypeError, RecursionError, BadInput):
+        return None
+    return UndecodedChange(
+        transaction_id=xid,
+        total_order=total_order,
+        schema=schema,
+        table=table,
+        op=op if isinstance(op, str) else None,
+        row=image if isinstance(image, dict) else None,
+        commit_time=_EPOCH_UTC + timedelta(
+            milliseconds=ts_ms if isinstance(ts_ms, int) and not isinstance(ts_ms, bool) else 0
+        ),
+        position=position,
+        reason=error.reason,
+        column=error.column if isinstance(error, BadValue) else None,
+        problem=error.problem if isinstance(error, BadValue) else None,
+        origin=RecordOrigin(topic, partition, offset),
+    )
+
+
 # --------------------------------------------------------------------------- converters
 
 _EPOCH_DATE = date(1970, 1, 1)
@@ -129,10 +222,26 @@ _DECIMAL_TEXT = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 Converter = Callable[[Any], Any]
 
 
+_NOT_FINITE = {"nan": "is not a number (NaN)", "infinity": "is infinite", "inf": "is infinite"}
+
+
 def _to_decimal(value: str) -> Decimal:
     if _DECIMAL_TEXT.fullmatch(value) is None:
+        # PostgreSQL numeric admits NaN and ±Infinity; Debezium (string mode) sends them
+        # as "NAN" / "INFINITY": never a quantity or an amount anything can compute with
+        problem = _NOT_FINITE.get(value.strip().lstrip("+-").lower())
+        if problem is not None:
+            raise NotFiniteNumber(f"{value!r} {problem}", problem)
         raise ValueError(f"{value!r} is not a decimal number")
     return Decimal(value)
+
+
+class NotFiniteNumber(ValueError):
+    """A numeric value that is NaN or infinite; ``problem`` says which, in words."""
+
+    def __init__(self, message: str, problem: str) -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
 def _to_date(value: int) -> date:
@@ -203,8 +312,12 @@ class _TopicDecoder:
             if value is not None:
                 try:
                     row[name] = converter(value)
+                except NotFiniteNumber as error:
+                    raise BadValue(f"{side}.{name}: {error}", side, name, error.problem) from None
                 except (ValueError, ArithmeticError) as error:
-                    raise SchemaViolation(f"{side}.{name}: {error}") from None
+                    raise BadValue(
+                        f"{side}.{name}: {error}", side, name, "is not a valid value"
+                    ) from None
         return row
 
 

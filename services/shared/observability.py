@@ -140,6 +140,14 @@ class ServiceMetrics:
             ("service", "database"),
             registry=registry,
         )
+        self.oldest_held_transaction_age_seconds = Gauge(
+            "ambidex_oldest_held_transaction_age_seconds",
+            "Seconds this process has held its oldest source transaction waiting for the "
+            "rest of its records (0 when none); ended after AMBIDEX_MAX_HOLD_SECONDS of "
+            "source time (order-sync) or 10 s (inventory-projection).",
+            ("service", "database"),
+            registry=registry,
+        )
         self._last_commit: dict[str, float] = {}
 
     # -- helpers --------------------------------------------------------------------
@@ -177,6 +185,9 @@ class ServiceMetrics:
 
     def set_table_rows(self, table: str, rows: int) -> None:
         self.table_rows.labels(self.service, table).set(rows)
+
+    def set_oldest_held_transaction_age(self, database: str, seconds: float) -> None:
+        self.oldest_held_transaction_age_seconds.labels(self.service, database).set(seconds)
 
     def source_commit_seen(self, database: str, commit_ts: float) -> None:
         """Advance the last-commit gauge of ``database`` (never moves it backwards)."""

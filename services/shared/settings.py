@@ -125,6 +125,19 @@ class ServiceSettings(BaseSettings):
             "Most rows one sink transaction writes; whole source transactions are never split."
         ),
     )
+    max_hold_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "Longest order-sync holds a CRM source transaction waiting for the rest of its "
+            "records, in source time (commit times seen, heartbeats included, so a replay "
+            "decides the same), once it has read the topics of the missing records to their "
+            "end; then the transaction is rejected whole to the dead letters. "
+            "(inventory-projection applies a transaction still incomplete after 10 s with "
+            "what arrived: its state is per row version.)"
+        ),
+    )
     dead_letter_topic_prefix: str = Field(
         default="dlq.",
         min_length=1,

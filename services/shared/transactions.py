@@ -13,6 +13,23 @@ The assembler is pure (no I/O) and tolerates what at-least-once delivery across 
 topics does: END before the events, interleaved transactions, redelivered events and
 markers, and transactions that touched none of the subscribed tables.
 
+A change event that cannot be decoded but still says which transaction it belongs to
+(:class:`~services.shared.changes.UndecodedChange`) is counted like any member
+(:meth:`TransactionAssembler.add_undecodable`): the transaction completes as usual and
+comes back with :attr:`CompleteTransaction.defects`, for the consumer to reject whole —
+never applied in part, never waiting for an END count it cannot reach.
+
+Hold bound: the assembler keeps *source time* — the newest commit time of any event or
+marker it saw (heartbeat transactions included, so it moves on an idle system) — and the
+commit time of the first record of each open transaction.
+:meth:`TransactionAssembler.overdue` lists the transactions open for longer than a bound
+in source time, and :meth:`TransactionAssembler.oldest_open_age` gives the age of the
+oldest. Source time, not the wall clock: a replay or a consumer far behind decides the
+same as the live run did (a transaction is not given up because the worker was slow).
+For monitoring, :meth:`TransactionAssembler.oldest_open_held_for` is how long (clock
+time) this process has held its oldest open transaction: a replay reads hours of source
+time in minutes, and an alert must not fire on that.
+
 Ids: Debezium's PostgreSQL transaction id is ``"<xid>:<lsn>"`` with the LSN of the
 moment each record was written, so it differs between BEGIN, the events and END; the
 assembler matches on the ``<xid>`` part (:func:`services.shared.changes.transaction_xid`).
@@ -20,16 +37,17 @@ assembler matches on the ``<xid>`` part (:func:`services.shared.changes.transact
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import orjson
 
-from services.shared.changes import ChangeEvent, transaction_xid
+from services.shared.changes import ChangeEvent, UndecodedChange, transaction_xid
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
 from services.shared.position import SourcePosition
 
@@ -69,6 +87,12 @@ class CompleteTransaction:
     events: tuple[ChangeEvent, ...]
     commit_time: datetime
     position: SourcePosition
+    #: members that could not be decoded: the transaction must be rejected whole
+    defects: tuple[UndecodedChange, ...] = ()
+
+    @property
+    def rejected(self) -> bool:
+        return bool(self.defects)
 
 
 class TooManyOpenTransactions(RuntimeError):
@@ -157,6 +181,9 @@ class _Open:
     events: dict[int, ChangeEvent] = field(default_factory=dict)
     expected: dict[str, int] | None = None  # subscribed collections only, set by END
     received: dict[str, int] = field(default_factory=dict)  # running count per collection
+    defects: dict[int, UndecodedChange] = field(default_factory=dict)  # by total_order
+    since: datetime | None = None  # source time of its first record
+    seen_at: float = 0.0  # clock time this process first held a record of it
 
 
 class TransactionAssembler:
@@ -181,7 +208,9 @@ class TransactionAssembler:
         max_open_transactions: int = 10_000,
         max_buffered_events: int = 1_000_000,
         remember_completed: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._subscribed = frozenset(data_collections)
         if not self._subscribed:
             raise ValueError("TransactionAssembler needs at least one data collection")
@@ -196,6 +225,53 @@ class TransactionAssembler:
         self._open: dict[str, _Open] = {}
         self._buffered = 0
         self._completed: OrderedDict[str, None] = OrderedDict()
+        self._source_time: datetime | None = None
+
+    @property
+    def source_time(self) -> datetime | None:
+        """The newest source commit time seen (events, markers, :meth:`observe`)."""
+        return self._source_time
+
+    def observe(self, at: datetime | None) -> None:
+        """Advance source time (e.g. from a heartbeat)."""
+        if at is not None and (self._source_time is None or at > self._source_time):
+            self._source_time = at
+
+    def oldest_open_age(self) -> float:
+        """Seconds of source time the oldest open transaction has been held (0 if none)."""
+        now = self._source_time
+        if now is None:
+            return 0.0
+        oldest = min((s.since for s in self._open.values() if s.since is not None), default=None)
+        return 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+
+    def oldest_open_held_for(self) -> float:
+        """Clock seconds this process has held its oldest open transaction (0 if none)."""
+        if not self._open:
+            return 0.0
+        return max(0.0, self._clock() - min(s.seen_at for s in self._open.values()))
+
+    def overdue(self, bound: timedelta) -> list[str]:
+        """Open transactions held longer than ``bound`` of source time, oldest first."""
+        now = self._source_time
+        if now is None:
+            return []
+        late = [
+            (state.since, xid)
+            for xid, state in self._open.items()
+            if state.since is not None and now - state.since > bound
+        ]
+        return [xid for _, xid in sorted(late)]
+
+    def missing_collections(self, xid: str) -> frozenset[str] | None:
+        """The collections an open transaction still waits for (None: no END yet)."""
+        state = self._open.get(xid)
+        if state is None or state.expected is None:
+            return None
+        return frozenset(
+            name for name, count in state.expected.items()
+            if state.received.get(name, 0) < count
+        )
 
     @property
     def open_transactions(self) -> int:
@@ -221,12 +297,13 @@ class TransactionAssembler:
                 f"{sorted(self._subscribed)}"
             )
         xid = event.transaction_id
+        self.observe(event.commit_time)
         if xid in self._completed:
             return []  # redelivery of an already assembled transaction
         state = self._open.get(xid)
         if state is None:
-            state = self._admit(xid)
-        if event.total_order in state.events:
+            state = self._admit(xid, event.commit_time)
+        if event.total_order in state.events or event.total_order in state.defects:
             return []  # redelivered event
         if self._buffered >= self._max_events:
             raise TooManyOpenTransactions(
@@ -239,7 +316,35 @@ class TransactionAssembler:
         self._buffered += 1
         return self._try_complete(xid, state)
 
+    def add_undecodable(self, change: UndecodedChange) -> list[CompleteTransaction]:
+        """Count a member that could not be decoded; its transaction completes with it
+        in :attr:`CompleteTransaction.defects`. A change of a table this assembler does
+        not fold is ignored (returns nothing)."""
+        if change.data_collection not in self._subscribed:
+            return []
+        xid = change.transaction_id
+        self.observe(change.commit_time)
+        if xid in self._completed:
+            return []
+        state = self._open.get(xid)
+        if state is None:
+            state = self._admit(xid, change.commit_time)
+        order = change.total_order
+        if order in state.events or order in state.defects:
+            return []
+        if self._buffered >= self._max_events:
+            raise TooManyOpenTransactions(
+                f"{self._buffered} change events buffered (limit {self._max_events}) "
+                f"across {len(self._open)} open transactions"
+            )
+        state.defects[order] = change
+        name = change.data_collection
+        state.received[name] = state.received.get(name, 0) + 1
+        self._buffered += 1
+        return self._try_complete(xid, state)
+
     def add_marker(self, marker: TransactionMarker) -> list[CompleteTransaction]:
+        self.observe(marker.ts)
         if marker.status is TransactionStatus.BEGIN:
             return []  # nothing to learn before END; buffering starts with the events
         xid = marker.transaction_id
@@ -255,7 +360,7 @@ class TransactionAssembler:
             if not expected:
                 self._remember_completed(xid)
                 return []  # touched none of our tables
-            state = self._admit(xid)
+            state = self._admit(xid, marker.ts)
         state.expected = expected
         return self._try_complete(xid, state)
 
@@ -264,21 +369,36 @@ class TransactionAssembler:
         state = self._open.pop(transaction_id, None)
         if state is None:
             return ()
-        self._buffered -= len(state.events)
+        self._buffered -= len(state.events) + len(state.defects)
         return tuple(state.events[order] for order in sorted(state.events))
+
+    def peek(
+        self, transaction_id: str
+    ) -> tuple[tuple[ChangeEvent, ...], tuple[UndecodedChange, ...], datetime | None]:
+        """An open transaction's buffered events, undecodable members and hold start."""
+        state = self._open.get(transaction_id)
+        if state is None:
+            return (), (), None
+        return (
+            tuple(state.events[order] for order in sorted(state.events)),
+            tuple(state.defects[order] for order in sorted(state.defects)),
+            state.since,
+        )
 
     def open_transaction_ids(self) -> list[str]:
         return list(self._open)
 
     # ------------------------------------------------------------------ internals
 
-    def _admit(self, xid: str) -> _Open:
+    def _admit(self, xid: str, since: datetime | None) -> _Open:
         if len(self._open) >= self._max_open:
             raise TooManyOpenTransactions(
                 f"{len(self._open)} open transactions (limit {self._max_open}); "
                 f"oldest waiting: {next(iter(self._open))}"
             )
-        state = _Open()
+        # held since its own commit time; a record without one (an END marker without
+        # ts_ms) counts from the source time now
+        state = _Open(since=since or self._source_time, seen_at=self._clock())
         self._open[xid] = state
         return state
 
@@ -297,17 +417,19 @@ class TransactionAssembler:
         if received != state.expected:
             return []
         del self._open[xid]
-        self._buffered -= len(state.events)
+        self._buffered -= len(state.events) + len(state.defects)
         self._remember_completed(xid)
-        if not state.events:
+        if not state.events and not state.defects:
             return []
         events = tuple(state.events[order] for order in sorted(state.events))
+        defects = tuple(state.defects[order] for order in sorted(state.defects))
         return [
             CompleteTransaction(
                 id=xid,
                 events=events,
-                commit_time=events[0].commit_time,
-                position=max(event.position for event in events),
+                commit_time=min([e.commit_time for e in events] + [d.commit_time for d in defects]),
+                position=max([e.position for e in events] + [d.position for d in defects]),
+                defects=defects,
             )
         ]
 

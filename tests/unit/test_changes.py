@@ -12,6 +12,9 @@ Invariants protected here:
   raise ``MalformedEvent``, envelopes that break the topic's Avro schema raise
   ``SchemaViolation`` with a reason that names the field.
 * Deletes are followed by tombstones, which decode to an explicit ``Tombstone``.
+* NaN and ±Infinity in a numeric column are bad values naming the column and the
+  problem; a change refused that way still says which transaction and row it belongs
+  to (:func:`undecoded_change`), so its transaction can be rejected whole.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import pytest
 
 from services.shared.cdc_schemas import ColumnInfo, EnvelopeSchemas, build_envelope_schema
 from services.shared.changes import (
+    BadValue,
     ChangeDecoder,
     ChangeEvent,
     ChangeOp,
     RecordOrigin,
     Tombstone,
     transaction_xid,
+    undecoded_change,
 )
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
 from services.shared.position import SourcePosition
@@ -410,3 +415,45 @@ def test_decode_throughput_smoke(decoder: ChangeDecoder) -> None:
         decoder.decode(TOPIC, 0, offset, KEY, data)
     per_second = count / (time.perf_counter() - started)
     assert per_second > 2_000
+
+
+# --------------------------------------------------------------------------- NaN, infinities
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("NAN", "is not a number (NaN)"), ("NaN", "is not a number (NaN)"),
+     ("INFINITY", "is infinite"), ("-Infinity", "is infinite"), ("+inf", "is infinite")],
+)
+def test_nan_and_infinities_are_bad_values_naming_the_column(
+    decoder: ChangeDecoder, text: str, problem: str
+) -> None:
+    with pytest.raises(BadValue) as caught:
+        decoder.decode(TOPIC, 0, 0, KEY, encode(envelope(after=order_row(total_amount=text))))
+    error = caught.value
+    assert isinstance(error, SchemaViolation)  # still bad input of the schema kind
+    assert (error.side, error.column, error.problem) == ("after", "total_amount", problem)
+    assert "after.total_amount" in error.reason and problem in error.reason
+
+
+def test_an_undecodable_change_still_says_its_transaction_and_row(decoder: ChangeDecoder) -> None:
+    value = encode(envelope(after=order_row(total_amount="NAN"), total_order=3))
+    with pytest.raises(BadValue) as caught:
+        decoder.decode(TOPIC, 2, 77, KEY, value)
+    member = undecoded_change(TOPIC, 2, 77, value, caught.value)
+    assert member is not None
+    assert (member.transaction_id, member.total_order) == ("771", 3)
+    assert member.data_collection == "crm.sales_order"
+    assert member.row is not None and member.row["id"] == 42
+    assert (member.column, member.problem) == ("total_amount", "is not a number (NaN)")
+    assert member.position == SourcePosition(24_023_128, 24_023_200)
+    assert member.origin == RecordOrigin(TOPIC, 2, 77)
+    assert member.reason == caught.value.reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, b"\x00garbage", b"[1, 2]", encode(envelope(after=order_row(), transaction=False))],
+)
+def test_a_record_without_a_transaction_block_has_no_membership(value: bytes | None) -> None:
+    assert undecoded_change(TOPIC, 0, 0, value, SchemaViolation("bad")) is None

@@ -13,6 +13,10 @@ Invariants protected here:
 * Bounded memory: the number of open transactions and buffered events is capped with a
   clear error; inconsistent counts are bad input, not a silent partial release.
 * Transaction markers decode from Debezium 3.x JSON; bad markers raise BadInput.
+* A member that cannot be decoded is still counted: its transaction completes (never
+  waits for an END count it cannot reach) and carries the defect, to be rejected whole.
+* Held time is source time: the age of the oldest open transaction and the ones over a
+  bound follow the commit times seen (events, markers, heartbeats), not the wall clock.
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ import itertools
 import json
 import random
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from services.shared.cdc_schemas import ColumnInfo, EnvelopeSchemas, build_envelope_schema
-from services.shared.changes import ChangeDecoder, ChangeEvent, ChangeOp, RecordOrigin
+from services.shared.changes import (
+    ChangeDecoder,
+    ChangeEvent,
+    ChangeOp,
+    RecordOrigin,
+    UndecodedChange,
+)
 from services.shared.errors import MalformedEvent, SchemaViolation
 from services.shared.position import SourcePosition
 from services.shared.transactions import (
@@ -73,13 +83,44 @@ def change(
     )
 
 
-def end(xid: str, counts: dict[str, int], lsn: int = 9_999) -> TransactionMarker:
+def end(
+    xid: str, counts: dict[str, int], lsn: int = 9_999, ts: datetime | None = None
+) -> TransactionMarker:
     return TransactionMarker(
         status=TransactionStatus.END,
         transaction_id=xid,
         raw_id=f"{xid}:{lsn}",
         event_count=sum(counts.values()),
         data_collections=counts,
+        ts=ts,
+    )
+
+
+def undecodable(
+    xid: str,
+    total_order: int,
+    table: str = "sales_order_line",
+    *,
+    row: dict[str, Any] | None = None,
+    column: str | None = "unit_price",
+    commit_lsn: int = 1_000,
+    commit_time: datetime = COMMIT,
+) -> UndecodedChange:
+    lsn = commit_lsn + total_order
+    return UndecodedChange(
+        transaction_id=xid,
+        total_order=total_order,
+        schema="crm",
+        table=table,
+        op="c",
+        row=row if row is not None else {"id": 90 + total_order, "order_id": int(xid),
+                                          "line_no": total_order - 1},
+        commit_time=commit_time,
+        position=SourcePosition(commit_lsn, lsn),
+        reason=f"after.{column}: 'NAN' is not a number (NaN)",
+        column=column,
+        problem="is not a number (NaN)" if column else None,
+        origin=RecordOrigin(f"cdc.crm.{table}", 0, lsn),
     )
 
 
@@ -419,3 +460,79 @@ def test_replace_keeps_events_frozen() -> None:
     with pytest.raises(AttributeError):
         event.table = "x"  # type: ignore[misc]
     assert replace(event, total_order=2).total_order == 2
+
+
+# --------------------------------------------------------------------------- undecodable
+
+
+def test_an_undecodable_member_completes_its_transaction_as_a_defect() -> None:
+    assembler = TransactionAssembler(SUBSCRIBED)
+    header = change("801", 1, "sales_order", row_id=801)
+    good = change("801", 2, "sales_order_line", row_id=5)
+    bad = undecodable("801", 3)
+    assert feed(assembler, [header, good]) == []
+    assert assembler.add_undecodable(bad) == []
+    assert assembler.buffered_events == 3
+    (done,) = assembler.add_marker(end("801", {ORDERS: 1, LINES: 2}))
+    assert done.rejected and done.defects == (bad,)
+    assert done.events == (header, good)
+    assert done.position == max(header.position, good.position, bad.position)
+    assert assembler.open_transactions == 0 and assembler.buffered_events == 0
+    # redeliveries of any member after completion are recognised
+    assert assembler.add_undecodable(bad) == [] and assembler.add_change(good) == []
+
+
+def test_a_transaction_of_undecodable_members_only_completes_and_ignores_repeats() -> None:
+    assembler = TransactionAssembler(SUBSCRIBED)
+    assert assembler.add_marker(end("802", {LINES: 1})) == []
+    bad = undecodable("802", 1)
+    (done,) = assembler.add_undecodable(bad)
+    assert done.events == () and done.defects == (bad,) and done.commit_time == COMMIT
+
+
+def test_a_repeated_undecodable_member_is_counted_once() -> None:
+    assembler = TransactionAssembler(SUBSCRIBED)
+    bad = undecodable("803", 2)
+    assembler.add_change(change("803", 1, "sales_order", row_id=803))
+    assembler.add_undecodable(bad)
+    assert assembler.add_undecodable(bad) == []
+    assert assembler.add_marker(end("803", {ORDERS: 1, LINES: 2})) == []  # one line missing
+    (done,) = assembler.add_undecodable(undecodable("803", 3))
+    assert len(done.defects) == 2
+
+
+def test_an_undecodable_change_of_another_table_is_not_counted() -> None:
+    assembler = TransactionAssembler(SUBSCRIBED)
+    assert assembler.add_undecodable(undecodable("804", 1, "quote")) == []
+    assert assembler.open_transactions == 0
+
+
+def test_held_time_is_source_time() -> None:
+    assembler = TransactionAssembler(SUBSCRIBED)
+    assert assembler.oldest_open_age() == 0.0 and assembler.overdue(timedelta(0)) == []
+    assembler.add_change(change("805", 1, "sales_order", row_id=805))  # commit at COMMIT
+    assembler.add_marker(end("805", {ORDERS: 1, LINES: 1}, ts=COMMIT))
+    assert assembler.oldest_open_age() == 0.0
+    # a later transaction (another table) and a heartbeat move source time on
+    assembler.add_marker(end("806", {"crm.quote": 1}, ts=COMMIT + timedelta(seconds=40)))
+    assert assembler.oldest_open_age() == 40.0
+    assert assembler.overdue(timedelta(seconds=60)) == []
+    assembler.observe(COMMIT + timedelta(seconds=61))
+    assembler.observe(COMMIT)  # never backwards
+    assert assembler.source_time == COMMIT + timedelta(seconds=61)
+    assert assembler.overdue(timedelta(seconds=60)) == ["805"]
+    assert assembler.missing_collections("805") == frozenset({LINES})
+    events, defects, since = assembler.peek("805")
+    assert len(events) == 1 and defects == () and since == COMMIT
+
+
+def test_monitoring_reports_how_long_this_process_has_held_a_transaction() -> None:
+    now = [100.0]
+    assembler = TransactionAssembler(SUBSCRIBED, clock=lambda: now[0])
+    assert assembler.oldest_open_held_for() == 0.0
+    assembler.add_change(change("807", 1, "sales_order", row_id=807))
+    now[0] = 112.5
+    assembler.observe(COMMIT + timedelta(hours=3))  # a replay: source time races ahead
+    assert assembler.oldest_open_held_for() == 12.5
+    assembler.add_marker(end("807", {ORDERS: 1}))
+    assert assembler.oldest_open_held_for() == 0.0

@@ -127,6 +127,24 @@ class OffsetLedger:
         self._committed.clear()
 
 
+def redo_positions(
+    ledger: OffsetLedger, starts: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """Where a batch that failed half way is redone from, per partition (pure).
+
+    ``starts``: the failed batch's first offset per partition. A partition's redo
+    starts at its committable offset (the lowest offset still held, else the next after
+    the handled records), but never after the failed batch's first record: a hold the
+    handler took in the failed batch sits above records it may not have finished. A
+    partition with nothing handled since the last reset starts at the batch's first
+    record. Must be called before the ledger is reset.
+    """
+    positions = ledger.safe_offsets()
+    for tp, start in starts.items():
+        positions[tp] = min(start, positions.get(tp, start))
+    return positions
+
+
 class WholeSourceAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
     """Every partition of the group to ONE member; the others stand by.
 
@@ -371,7 +389,7 @@ class BatchSource:
             # whatever the handler did with this batch may be half done: rewind to the
             # last committable position (before any record still held) and redo
             if self._rewind is None:
-                self._rewind = self._rewind_positions(starts)
+                self._rewind = redo_positions(self.ledger, starts)
             # nothing of the ledger may be committed any more (its holds are void now)
             self.ledger.reset()
             raise
@@ -382,16 +400,6 @@ class BatchSource:
         self.records_handled += len(records)
         if self._align_window_ms is not None:
             await self._align()
-
-    def _rewind_positions(self, starts: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """Per partition, where a redo must start: the committable offset (the lowest
-        offset still held, else the next after the handled records), or the first offset
-        of the failed batch for a partition with nothing handled since the last reset."""
-        positions = self.ledger.safe_offsets()
-        for tp, start in starts.items():
-            # a hold taken in the failed batch is above its unhandled first records
-            positions[tp] = min(start, positions.get(tp, start))
-        return positions
 
     async def _redo_from_committed(self) -> None:
         """After a failed batch: forget every hold, let the handler drop its state, and

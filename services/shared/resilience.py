@@ -282,6 +282,8 @@ class RetryPolicy:
             except Exception as error:
                 kind = self.classify(error)
                 if not kind.transient:
+                    if attempt and check is not None:
+                        self.recovered(check, what)  # reachable again: not an outage
                     raise
                 attempt += 1
                 delay = self.backoff.delay(attempt, self._rng.random())

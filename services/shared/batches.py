@@ -24,6 +24,14 @@ handler that keeps its own offsets beside its state). Releases of holds taken be
 reset are ignored, so a batch that was in flight during the rebalance cannot commit
 past a record that will be redelivered.
 
+Outages (:mod:`services.shared.resilience`): a handler that fails because a database
+or the broker is unavailable is not a crash. The batch's holds are voided, the handler
+drops what it holds (``on_reset``), every partition is sought back to where a redo must
+start (:func:`redo_positions`, or ``resume_from``'s positions), and the loop waits out
+the outage with backoff and jitter before fetching again; readiness
+(``source:<name>``) fails meanwhile, and while the consumer has lost its group
+coordinator. Only an error that is neither bad input nor an outage stops the worker.
+
 Consumer group: ``ambidex-<service>.<source name>``; the Faust app id
 (``ambidex-<service>``) stays the Faust worker's own group, which has no partitions.
 """

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -36,6 +38,13 @@ from tests.integration.test_order_sync_recovery import (
 )
 
 SERVICES = ("order-sync", "inventory-projection")
+
+# an outage of a minute, the catch-up behind it, and a stack start for the first drill
+pytestmark = pytest.mark.timeout(900)
+
+
+def _say(message: str) -> None:
+    print(f"[drill {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 async def _running(
@@ -149,8 +158,9 @@ async def _drill(
     mend_it: Callable[[], Awaitable[None]],
     outage_seconds: float,
     unready: tuple[str, ...],
-) -> None:
-    """Confirm orders through an outage and check the invariants of the module."""
+) -> dict[str, list[dict[str, object]]]:
+    """Confirm orders through an outage and check the invariants of the module; returns
+    per service the log entries of the Kafka client libraries written meanwhile."""
     erp = await asyncpg.connect(stack.erp_admin_dsn)
     crm = await asyncpg.connect(stack.crm_admin_dsn)
     try:
@@ -161,28 +171,56 @@ async def _drill(
 
             await wait_until(some_synced, timeout=120)
             await erp.close()
+            _say(f"breaking it; {len(confirmations.orders)} orders confirmed so far")
+            log_offsets = {name: p.log_path.stat().st_size for name, p in services.items()}
             await break_it()
             for name in unready:  # readiness follows the outage
                 await wait_until(lambda p=services[name]: _not_ready(p), timeout=60)
+                _say(f"{name} not ready")
             await asyncio.sleep(outage_seconds)
+            _say("mending it")
             await mend_it()
+            _say("mended")
             await asyncio.sleep(5)  # orders confirmed after the outage, too
         orders = confirmations.orders
         erp = await asyncpg.connect(stack.erp_admin_dsn)
         await _connectors_running(local_stack)
+        _say(f"connectors running; {len(orders)} orders confirmed")
 
         async def all_synced() -> bool:
             return await _synced(erp, orders) == len(orders)
 
         await wait_until(all_synced, timeout=300, interval=1.0)
+        _say("every order synced")
         for name, process in services.items():
             assert _alive(process), f"{name} exited: {process.log_tail()}"
             await process.wait_ready(timeout=120)  # ready again once everything is back
         await _assert_exactly_one_erp_order_each(crm, erp, await catalogue(stack), orders)
+        return {
+            name: _client_log_entries(process, log_offsets[name])
+            for name, process in services.items()
+        }
     finally:
         await crm.close()
         if not erp.is_closed():
             await erp.close()
+
+
+def _client_log_entries(process: ServiceProcess, offset: int) -> list[dict[str, object]]:
+    """Warnings and errors of the Kafka client loggers in ``process``'s log after
+    ``offset`` (the log is one JSON object per line)."""
+    entries = []
+    with process.log_path.open("rb") as log:
+        log.seek(offset)
+        for line in log:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                logger = str(entry.get("logger", ""))
+                if logger.split(".")[0] in ("aiokafka", "kafka") and entry.get("level") in (
+                    "WARNING", "ERROR", "CRITICAL"
+                ):
+                    entries.append(entry)
+    return entries
 
 
 async def test_the_erp_database_stopped_for_60_seconds_costs_no_order(
@@ -211,13 +249,21 @@ async def test_the_broker_killed_and_restarted_costs_no_order(
     async def kill() -> None:
         kill_component(local_stack.kafka)
 
-    await _drill(
+    client_logs = await _drill(
         stack, local_stack, services, unique,
         break_it=kill,
         mend_it=local_stack.kafka.start,
         outage_seconds=15,
         unready=SERVICES,
     )
+    for name, entries in client_logs.items():
+        # the same client error is logged once per interval (10 s), with a count, not
+        # hundreds of times a second: a handful of messages, each a few times at most
+        per_message: dict[str, int] = {}
+        for entry in entries:
+            key = str(entry["message"]).split(":")[0]
+            per_message[key] = per_message.get(key, 0) + 1
+        assert len(entries) < 300, f"{name}: {len(entries)} client log lines, {per_message}"
 
 
 async def test_connect_killed_and_restarted_costs_no_order(

@@ -7,7 +7,7 @@ killed (SIGKILL) and restarted, or Connect killed and restarted, leave
 * every confirmed CRM order with exactly one ERP order equal to it (lines, products,
   quantities, prices), checked over both databases independently of the services;
 * order-sync and inventory-projection running (an outage is retried, never a reason
-  to exit);
+  to exit), also an order-sync restarted while the ERP database is down;
 * ``/readyz`` failing while the ERP database (order-sync) or the broker (every service)
   is gone, and answering 200 again once it is back.
 
@@ -91,14 +91,37 @@ class Confirmations:
         self.orders: list[int] = []
         self._stop = asyncio.Event()
 
+    async def confirm(self) -> None:
+        async with self.pool.acquire() as conn:
+            self.orders.append(await new_order(
+                conn, self.account, _random_lines(self.rng, self.cat),
+                warehouse_code=self.cat.warehouse_code,
+            ))
+
     async def run(self) -> None:
+        touched = 0
         while not self._stop.is_set():
-            async with self.pool.acquire() as conn:
-                self.orders.append(await new_order(
-                    conn, self.account, _random_lines(self.rng, self.cat),
-                    warehouse_code=self.cat.warehouse_code,
-                ))
+            await self.confirm()
+            if len(self.orders) % 5 == 0:
+                # an account change too, as in the sample workload: order-sync re-decides
+                # that account's rejected orders and syncs its ERP customer
+                touched += 1
+                async with self.pool.acquire() as conn:
+                    await conn.execute(
+                        "UPDATE crm.account SET city = $2 WHERE id = $1",
+                        self.account, f"Bern {touched % 2}",
+                    )
             await asyncio.sleep(0.05)
+
+    async def burst(self, count: int, concurrency: int = 4) -> None:
+        """``count`` more confirmations at once: order-sync is busy when it breaks."""
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with semaphore:
+                await self.confirm()
+
+        await asyncio.gather(*(one() for _ in range(count)))
 
     def stop(self) -> None:
         self._stop.set()
@@ -109,7 +132,7 @@ async def confirming(
     stack: StackAddresses, unique: str
 ) -> AsyncIterator[Confirmations]:
     cat = await catalogue(stack)
-    pool = await asyncpg.create_pool(stack.crm_admin_dsn, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(stack.crm_admin_dsn, min_size=1, max_size=6)
     assert pool is not None
     try:
         async with pool.acquire() as conn:
@@ -158,6 +181,8 @@ async def _drill(
     mend_it: Callable[[], Awaitable[None]],
     outage_seconds: float,
     unready: tuple[str, ...],
+    busy: bool = False,
+    meanwhile: Callable[[], None] | None = None,
 ) -> dict[str, list[dict[str, object]]]:
     """Confirm orders through an outage and check the invariants of the module; returns
     per service the log entries of the Kafka client libraries written meanwhile."""
@@ -170,6 +195,14 @@ async def _drill(
                 return await _synced(erp, list(confirmations.orders)) >= 20
 
             await wait_until(some_synced, timeout=120)
+            if busy:  # break it while order-sync is writing a backlog into the ERP
+                synced = await _synced(erp, list(confirmations.orders))
+                await confirmations.burst(1500)
+
+                async def writing() -> bool:
+                    return await _synced(erp, list(confirmations.orders)) >= synced + 100
+
+                await wait_until(writing, timeout=120, interval=0.05)
             await erp.close()
             _say(f"breaking it; {len(confirmations.orders)} orders confirmed so far")
             log_offsets = {name: p.log_path.stat().st_size for name, p in services.items()}
@@ -177,7 +210,11 @@ async def _drill(
             for name in unready:  # readiness follows the outage
                 await wait_until(lambda p=services[name]: _not_ready(p), timeout=60)
                 _say(f"{name} not ready")
+            if meanwhile is not None:
+                meanwhile()
             await asyncio.sleep(outage_seconds)
+            for name, process in services.items():
+                assert _alive(process), f"{name} exited in the outage: {process.log_tail()}"
             _say("mending it")
             await mend_it()
             _say("mended")
@@ -234,7 +271,17 @@ async def test_the_erp_database_stopped_for_60_seconds_costs_no_order(
         mend_it=cluster.start,
         outage_seconds=60,
         unready=("order-sync",),
+        busy=True,
+        meanwhile=lambda: _restart(services["order-sync"]),
     )
+
+
+def _restart(process: ServiceProcess) -> None:
+    """Kill and start again, as a supervisor would after a crash: a service starting
+    while a database is down waits for it (not ready), it does not exit."""
+    process.kill()
+    process.start()
+    _say(f"{process.name} restarted")
 
 
 async def _stop_postgres(cluster: object) -> None:

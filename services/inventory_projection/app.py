@@ -96,6 +96,7 @@ from services.shared.batches import (
 )
 from services.shared.changes import ChangeEvent, undecoded_change
 from services.shared.errors import BadInput
+from services.shared.observability import pool_probe
 from services.shared.position import SourcePosition
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
@@ -437,11 +438,22 @@ class Shell:
         self.projector = Projector.load(self.overlay, hold_seconds=HOLD_SECONDS)
         self._cover_stored()
         service.metrics.set_table_rows("availability", self.projector.store.ledger.key_count)
-        self.pool = await asyncpg.create_pool(
-            settings.crm_dsn.get_secret_value(), min_size=1, max_size=2
+        async def pool() -> asyncpg.Pool:
+            created = await asyncpg.create_pool(
+                settings.crm_dsn.get_secret_value(), min_size=1, max_size=2
+            )
+            assert created is not None
+            return created
+
+        # a CRM database that is down at start-up is waited for (readiness says so)
+        self.pool = await service.retry.call(
+            pool, check="database:crm", what="connecting to the CRM database"
         )
-        self.sink = PositionGuardedSink(self.pool, name="availability", metrics=service.metrics)
-        await self._resume_write_position()
+        service.health.add_probe("database:crm", pool_probe(self.pool))
+        self.sink = PositionGuardedSink(
+            self.pool, name="availability", metrics=service.metrics, retry=service.retry
+        )
+        await service.retry.call(self._resume_write_position, what="reading the write position")
         store = self.projector.store
         self._refreshed_as_of = store.as_of
         service.health.set_check("projection", True, "state loaded")
@@ -710,8 +722,12 @@ class Shell:
         (:mod:`.writeback`); with them, both in one transaction through the generic sink,
         as every batch before."""
         if not removed:
-            assert self.pool is not None
-            await write_availability(self.pool, availability, position, self.service.metrics)
+            pool = self.pool
+            assert pool is not None
+            await self.service.retry.call(
+                lambda: write_availability(pool, availability, position, self.service.metrics),
+                check="sink:availability", what="availability write-back",
+            )
             return
         assert self.sink is not None
         writes: list[SinkWrite] = [availability_upsert(a, position) for a in availability]

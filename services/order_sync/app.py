@@ -75,7 +75,6 @@ left undelivered removed), for orders whose progress the ERP has already reporte
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -110,7 +109,9 @@ from services.order_sync.truncates import ANSWERS
 from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
 from services.shared.changes import ChangeEvent, ChangeOp, Tombstone, undecoded_change
 from services.shared.errors import BadInput, Cause
+from services.shared.observability import pool_probe
 from services.shared.position import SourcePosition
+from services.shared.resilience import ErrorKind
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_shared_service
 from services.shared.settings import ServiceSettings
@@ -208,25 +209,6 @@ class OrderSyncMetrics:
         )
 
 
-_TRANSIENT = (
-    TransientStoreError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.UniqueViolationError,
-    asyncpg.LockNotAvailableError,
-)
-
-
-def _is_unavailable(error: BaseException) -> bool:
-    if isinstance(error, OSError | asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError):
-        return True
-    if isinstance(error, asyncpg.PostgresError):
-        sqlstate = getattr(error, "sqlstate", "") or ""
-        return sqlstate.startswith(("08", "53", "57"))  # connection, resources, shutdown
-    name = type(error).__module__
-    return name.startswith(("aiokafka", "kafka"))
-
-
 def _error_text(error: BaseException | None) -> str:
     """A database error for logs and dead letters (never for the CRM status)."""
     return "" if error is None else f"{type(error).__name__}: {error}"
@@ -253,22 +235,38 @@ class OrderSync:
         self.progress: ProgressReader | None = None
         self.status: StatusWriter | None = None
         self.echo_memory = EchoMemory()
+        # the shared transient-error policy; two workers creating one ERP order race on
+        # its identity row (unique violation): a lost race, redone like a deadlock
+        self.retry = service.retry.derive(
+            TransientStoreError, asyncpg.UniqueViolationError,
+            on_retry=lambda kind: self.metrics.retries.labels(kind.value).inc(),
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, service: Service) -> None:
         settings = service.settings
-        self.crm_pool = await asyncpg.create_pool(
-            settings.crm_dsn.get_secret_value(), min_size=1, max_size=4
+
+        async def pool(dsn: str) -> asyncpg.Pool:
+            created = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+            assert created is not None
+            return created
+
+        # a database that is down at start-up is waited for (readiness says so)
+        self.crm_pool = await self.retry.call(
+            lambda: pool(settings.crm_dsn.get_secret_value()), check="database:crm",
+            what="connecting to the CRM database",
         )
-        self.erp_pool = await asyncpg.create_pool(
-            settings.erp_dsn.get_secret_value(), min_size=1, max_size=4
+        self.erp_pool = await self.retry.call(
+            lambda: pool(settings.erp_dsn.get_secret_value()), check="database:erp",
+            what="connecting to the ERP database",
         )
-        assert self.crm_pool is not None and self.erp_pool is not None
         self.store = ErpStore(self.crm_pool, self.erp_pool, self.echo_memory)
         self.progress = ProgressReader(self.erp_pool, self.echo_memory)
         self.status = StatusWriter(self.crm_pool, service.require_publisher())
-        service.health.set_check("databases", True, "pools open")
+        # asked live on /readyz (briefly cached), not set once here
+        service.health.add_probe("database:crm", pool_probe(self.crm_pool))
+        service.health.add_probe("database:erp", pool_probe(self.erp_pool))
 
     async def stop(self, service: Service) -> None:
         for pool in (self.crm_pool, self.erp_pool):
@@ -630,34 +628,23 @@ class OrderSync:
         if changed:
             self.metrics.status_changes.labels("crm").inc(changed)
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[None]]) -> Exception | None:
+    async def _with_retries(
+        self, attempt: Callable[[], Awaitable[None]], side: str = "crm"
+    ) -> Exception | None:
         """Run ``attempt`` until it succeeds (None) or fails for a data reason (the
-        database's error)."""
-        delay = 0.1
-        while True:
-            try:
-                await attempt()
-                self.service.health.set_check("databases", True, "ok")
-                return None
-            except _TRANSIENT as error:
-                self.metrics.retries.labels("conflict").inc()
-                log.info("batch conflicted with a concurrent writer, retrying: %s", error)
-                await asyncio.sleep(0.01)
-            except asyncio.CancelledError:
+        database's error: logged, and read for a refusal's reason in business words).
+
+        Outages and lost races are retried by the shared policy (backoff, readiness
+        check ``writes:<side>`` failing meanwhile); a bug is raised."""
+        try:
+            await self.retry.call(attempt, check=f"writes:{side}", what=f"{side} batch")
+        except asyncpg.PostgresError as error:
+            if self.retry.classify(error) is not ErrorKind.REFUSED:
                 raise
-            except Exception as error:
-                if not _is_unavailable(error) and isinstance(error, asyncpg.PostgresError):
-                    log.warning("the ERP refused a batch: %s", error)
-                    refused: Exception = error
-                    return refused
-                if not _is_unavailable(error):
-                    raise
-                self.metrics.retries.labels("unavailable").inc()
-                self.service.health.set_check("databases", False, f"{type(error).__name__}")
-                log.warning("database or broker unavailable, retrying in %.1fs: %s",
-                            delay, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            log.warning("the ERP refused a batch: %s", _error_text(error))
+            refused: Exception = error
+            return refused
+        return None
 
     # ------------------------------------------------------------------ ERP side
 
@@ -680,7 +667,7 @@ class OrderSync:
         async def attempt() -> None:
             await self.apply_erp_changes(changes)
 
-        failure = await self._with_retries(attempt)
+        failure = await self._with_retries(attempt, "erp")
         if failure is not None:
             log.error("ERP progress batch failed: %s", _error_text(failure))
         now = time.time()

@@ -24,6 +24,14 @@ handler that keeps its own offsets beside its state). Releases of holds taken be
 reset are ignored, so a batch that was in flight during the rebalance cannot commit
 past a record that will be redelivered.
 
+Outages (:mod:`services.shared.resilience`): a handler that fails because a database
+or the broker is unavailable is not a crash. The batch's holds are voided, the handler
+drops what it holds (``on_reset``), every partition is sought back to where a redo must
+start (:func:`redo_positions`, or ``resume_from``'s positions), and the loop waits out
+the outage with backoff and jitter before fetching again; readiness
+(``source:<name>``) fails meanwhile, and while the consumer has lost its group
+coordinator. Only an error that is neither bad input nor an outage stops the worker.
+
 Consumer group: ``ambidex-<service>.<source name>``; the Faust app id
 (``ambidex-<service>``) stays the Faust worker's own group, which has no partitions.
 """
@@ -125,6 +133,24 @@ class OffsetLedger:
         self._next.clear()
         self._held.clear()
         self._committed.clear()
+
+
+def redo_positions(
+    ledger: OffsetLedger, starts: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """Where a batch that failed half way is redone from, per partition (pure).
+
+    ``starts``: the failed batch's first offset per partition. A partition's redo
+    starts at its committable offset (the lowest offset still held, else the next after
+    the handled records), but never after the failed batch's first record: a hold the
+    handler took in the failed batch sits above records it may not have finished. A
+    partition with nothing handled since the last reset starts at the batch's first
+    record. Must be called before the ledger is reset.
+    """
+    positions = ledger.safe_offsets()
+    for tp, start in starts.items():
+        positions[tp] = min(start, positions.get(tp, start))
+    return positions
 
 
 class WholeSourceAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
@@ -243,6 +269,8 @@ class BatchSource:
         self._task: asyncio.Task[None] | None = None
         self._last_commit = 0.0
         self._lag_reported = 0.0
+        self._rewind: dict[TopicPartition, int] | None = None
+        self._failing: str | None = None
         self.records_handled = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -270,7 +298,7 @@ class BatchSource:
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics), listener=_Listener(self))
         self._task = asyncio.create_task(self._run(), name=f"{self.group_id}-loop")
-        self.service.health.expect(f"source:{self.name}")
+        self.service.health.add_probe(self.check, self._probe)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -304,30 +332,26 @@ class BatchSource:
 
     # ------------------------------------------------------------------ the loop
 
+    @property
+    def check(self) -> str:
+        """The readiness check this source reports (consumer state, outages)."""
+        return f"source:{self.name}"
+
     async def _run(self) -> None:
         assert self.consumer is not None
         consumer = self.consumer
         health = self.service.health
-        try:
-            while True:
+        policy = self.service.retry
+        failures = 0
+        while True:
+            try:
+                if self._rewind is not None:
+                    await self._redo_from_committed()
                 fetched = await consumer.getmany(
                     timeout_ms=200, max_records=self._max_records
                 )
-                health.set_check(f"source:{self.name}", True, "consuming")
                 if fetched:
-                    generation = self.ledger.generation
-                    records: list[ConsumerRecord[bytes, bytes]] = []
-                    for part in fetched.values():
-                        records.extend(part)
-                    ends = {tp: part[-1].offset + 1 for tp, part in fetched.items()}
-                    await self._handler(RecordBatch(records, self.ledger, ends))
-                    if generation == self.ledger.generation:
-                        for tp, part in fetched.items():
-                            self.ledger.fetched(tp, ends[tp])
-                            self._last_timestamp[tp] = part[-1].timestamp
-                    self.records_handled += len(records)
-                    if self._align_window_ms is not None:
-                        await self._align()
+                    await self._handle(fetched)
                 now = time.monotonic()
                 if now - self._last_commit >= self._commit_interval:
                     await self.commit()
@@ -335,15 +359,89 @@ class BatchSource:
                 if now - self._lag_reported >= 1.0:
                     self._report_lag()
                     self._lag_reported = now
-        except asyncio.CancelledError:
+                if failures:
+                    failures = 0
+                    self._failing = None
+                    log.info("batches succeed again", extra={"group": self.group_id})
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                kind = policy.classify(error)
+                if not kind.transient:
+                    # a bug, not bad input (that goes to the dead-letter topic) nor an
+                    # outage (retried below): fail loudly and stop the worker, so its
+                    # supervisor restarts it from the committed offsets
+                    health.record_fatal(f"{self.group_id} stopped: {error!r}")
+                    log.exception("batch source stopped", extra={"group": self.group_id})
+                    await self.service.app.crash(error)
+                    raise
+                # an outage (database, broker): the batch is redone from the committed
+                # position once the component is back; the process stays up meanwhile
+                failures += 1
+                delay = policy.delay(failures)
+                self._failing = f"retrying a batch: {type(error).__name__}: {error}"[:500]
+                policy.report(error, kind, delay, check=None, what=f"{self.group_id} batch")
+                await asyncio.sleep(delay)
+
+    async def _handle(self, fetched: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+                      ) -> None:
+        generation = self.ledger.generation
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        for part in fetched.values():
+            records.extend(part)
+        ends = {tp: part[-1].offset + 1 for tp, part in fetched.items()}
+        starts = {tp: part[0].offset for tp, part in fetched.items()}
+        try:
+            await self._handler(RecordBatch(records, self.ledger, ends))
+        except BaseException:
+            # whatever the handler did with this batch may be half done: rewind to the
+            # last committable position (before any record still held) and redo
+            if self._rewind is None:
+                self._rewind = redo_positions(self.ledger, starts)
+            # nothing of the ledger may be committed any more (its holds are void now)
+            self.ledger.reset()
             raise
-        except Exception as error:
-            # a bug, not bad input (that goes to the dead-letter topic): fail loudly and
-            # stop the worker, so its supervisor restarts it from the committed offsets
-            health.record_fatal(f"{self.group_id} stopped: {error!r}")
-            log.exception("batch source stopped", extra={"group": self.group_id})
-            await self.service.app.crash(error)
-            raise
+        if generation == self.ledger.generation:
+            for tp, part in fetched.items():
+                self.ledger.fetched(tp, ends[tp])
+                self._last_timestamp[tp] = part[-1].timestamp
+        self.records_handled += len(records)
+        if self._align_window_ms is not None:
+            await self._align()
+
+    async def _redo_from_committed(self) -> None:
+        """After a failed batch: forget every hold, let the handler drop its state, and
+        seek back (to ``resume_from``'s positions when the handler keeps its own)."""
+        assert self.consumer is not None and self._rewind is not None
+        self._last_timestamp.clear()
+        if self._on_reset is not None:
+            await self._on_reset()
+        positions = dict(self._rewind)
+        assigned = self.consumer.assignment()
+        if self._resume_from is not None and assigned:
+            positions.update(await self._resume_from(list(assigned)))
+        for tp, offset in positions.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+        paused = self.consumer.paused()
+        if paused:
+            self.consumer.resume(*paused)
+        self._rewind = None
+        log.info("batch redone from the committed position", extra={"group": self.group_id})
+
+    async def _probe(self) -> tuple[bool, str]:
+        """Readiness of this source, asked live: not waiting out an outage, and the
+        consumer in its group (a known group coordinator: aiokafka forgets it when the
+        broker goes away)."""
+        consumer = self.consumer
+        if consumer is None or self._task is None or self._task.done():
+            return False, "not running"
+        if self._failing is not None:
+            return False, self._failing
+        coordinator = getattr(consumer, "_coordinator", None)
+        if coordinator is not None and getattr(coordinator, "coordinator_id", 0) is None:
+            return False, "group coordinator unknown (broker unreachable?)"
+        return True, f"consuming, {len(consumer.assignment())} partition(s) assigned"
 
     async def _align(self) -> None:
         """Keep the partitions' read positions within ``align_window_ms`` of each other.
@@ -409,6 +507,7 @@ class BatchSource:
 
     async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
         await self.commit()
+        self._rewind = None  # the next assignment resumes from the committed offsets
         self.ledger.reset()
         self._last_timestamp.clear()
         if self._on_reset is not None:

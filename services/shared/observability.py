@@ -5,9 +5,13 @@
   add their business metrics to the same registry.
 - :class:`HealthState` holds liveness (event loop ticking, no fatal error) and
   readiness (named checks, pushed with :meth:`HealthState.set_check` or probed on
-  request with :meth:`HealthState.add_probe`).
+  request with :meth:`HealthState.add_probe`, results cached for ``probe_cache``
+  seconds): the broker (:func:`kafka_probe`), the databases (:func:`pool_probe`) and
+  each batch source's consumer are asked live, never set once at start-up.
 - :func:`start_observability_server` serves ``/metrics``, ``/healthz``, ``/readyz``.
-- :func:`configure_logging` installs a JSON (or console) formatter that masks secrets.
+- :func:`configure_logging` installs a JSON (or console) formatter that masks secrets,
+  and a :class:`RepeatedLogFilter` so an outage's repeated client errors are logged once
+  per interval with a count.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any, Final, Literal, TextIO
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from services.shared.resilience import RepeatGate
 
 # --------------------------------------------------------------------------- metrics
 
@@ -148,6 +154,13 @@ class ServiceMetrics:
             ("service", "database"),
             registry=registry,
         )
+        self.retries_total = Counter(
+            "ambidex_retries_total",
+            "Work retried because a database or the broker was unavailable (unavailable) "
+            "or a concurrent writer won a race (conflict).",
+            ("service", "kind"),
+            registry=registry,
+        )
         self._last_commit: dict[str, float] = {}
 
     # -- helpers --------------------------------------------------------------------
@@ -179,6 +192,9 @@ class ServiceMetrics:
             self.end_to_end_lag_seconds.labels(self.service, path),
             [max(0.0, at - ts) for ts in source_commit_ts],
         )
+
+    def retried(self, kind: str) -> None:
+        self.retries_total.labels(self.service, kind).inc()
 
     def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         self.consumer_lag_messages.labels(self.service, topic, str(partition)).set(lag)
@@ -243,11 +259,17 @@ class HealthState:
       ``(ok, detail)``; a probe that raises or exceeds ``probe_timeout`` fails).
     """
 
-    def __init__(self, *, stall_after: float = 30.0, probe_timeout: float = 2.0) -> None:
+    def __init__(
+        self, *, stall_after: float = 30.0, probe_timeout: float = 2.0,
+        probe_cache: float = 1.0,
+    ) -> None:
         self.stall_after = stall_after
         self.probe_timeout = probe_timeout
+        self.probe_cache = probe_cache
         self._checks: dict[str, CheckStatus] = {}
         self._probes: dict[str, Probe] = {}
+        # per probe: when it was last asked and the answer (or the answer being awaited)
+        self._probed: dict[str, tuple[float, asyncio.Future[tuple[bool, str]]]] = {}
         self._fatal: str | None = None
         self._last_tick: float | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -267,6 +289,7 @@ class HealthState:
 
     def add_probe(self, name: str, probe: Probe) -> None:
         self._probes[name] = probe
+        self._probed.pop(name, None)
 
     def record_fatal(self, reason: str) -> None:
         """Something the process cannot recover from: liveness fails from now on."""
@@ -314,12 +337,23 @@ class HealthState:
         checks: dict[str, Any] = {"live": {"ok": live, "detail": "", "since": _iso(time.time())}}
         checks.update({name: status.as_json() for name, status in self._checks.items()})
         names = list(self._probes)
-        results = await asyncio.gather(*(self._run_probe(self._probes[n]) for n in names))
+        results = await asyncio.gather(*(self._probe(n) for n in names))
         for name, (ok, detail) in zip(names, results, strict=True):
             self.set_check(name, ok, detail)
             checks[name] = self._checks[name].as_json()
         ok = all(c["ok"] for c in checks.values())
         return ok, {"status": "ok" if ok else "failing", "checks": checks}
+
+    def _probe(self, name: str) -> asyncio.Future[tuple[bool, str]]:
+        """The probe's answer, asked again once the cached one is ``probe_cache`` old;
+        concurrent requests share one asking (a probe costs a round trip)."""
+        now = time.monotonic()
+        cached = self._probed.get(name)
+        if cached is not None and (not cached[1].done() or now - cached[0] < self.probe_cache):
+            return asyncio.shield(cached[1])
+        future = asyncio.ensure_future(self._run_probe(self._probes[name]))
+        self._probed[name] = (now, future)
+        return asyncio.shield(future)
 
     async def _run_probe(self, probe: Probe) -> tuple[bool, str]:
         try:
@@ -328,6 +362,27 @@ class HealthState:
             return False, f"probe timed out after {self.probe_timeout}s"
         except Exception as exc:  # a failing probe is an answer, not a crash
             return False, mask_secrets(f"{type(exc).__name__}: {exc}")
+
+
+def kafka_probe(client: Any) -> Probe:
+    """Readiness of the broker connection: a metadata request over ``client`` (an
+    ``AIOKafkaClient``, e.g. ``producer.client``) must be answered."""
+
+    async def probe() -> tuple[bool, str]:
+        metadata = await client.fetch_all_metadata()  # KafkaError: no broker answered
+        return True, f"{len(metadata.brokers())} broker(s) answering"
+
+    return probe
+
+
+def pool_probe(pool: Any) -> Probe:
+    """Readiness of a database: ``SELECT 1`` over a connection of ``pool`` (asyncpg)."""
+
+    async def probe() -> tuple[bool, str]:
+        await pool.fetchval("SELECT 1")
+        return True, "answering"
+
+    return probe
 
 
 @dataclass
@@ -447,6 +502,54 @@ class SecretMaskingFilter(logging.Filter):
         return True
 
 
+#: Loggers of the Kafka client libraries and the worker framework: during a broker
+#: outage aiokafka alone logs hundreds of connection errors a second per client
+THROTTLED_LOGGERS: Final = ("aiokafka", "kafka", "faust", "mode")
+
+
+class RepeatedLogFilter(logging.Filter):
+    """Lets a repeated warning/error through once per ``interval`` seconds, with the
+    count of those suppressed in between (``repeated`` field, and in the message).
+
+    A repeat is the same logger, level and message template (``record.msg`` before its
+    arguments: "Unable connect to node with id %s: %s" is one message whatever the node
+    and error). Applies to records of ``loggers`` (and their children) at WARNING and
+    above; installed on the handler by :func:`configure_logging` (a filter on a logger
+    would not see its children's records). ``interval=0`` lets everything through.
+    """
+
+    def __init__(
+        self, interval: float, loggers: Iterable[str] = THROTTLED_LOGGERS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.prefixes = tuple(loggers)
+        self._gate = RepeatGate(interval)
+        self._clock = clock
+
+    def _throttled(self, record: logging.LogRecord) -> bool:
+        if self.interval <= 0 or record.levelno < logging.WARNING:
+            return False
+        name = record.name
+        return any(name == p or name.startswith(p + ".") for p in self.prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._throttled(record):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        repeated = self._gate.admit(key, self._clock())
+        if repeated is None:
+            return False
+        if repeated:
+            record.repeated = repeated
+            record.msg = (
+                f"{record.msg} (and {repeated} more like this in the last "
+                f"{self.interval:g}s)"
+            )
+        return True
+
+
 class _ServiceFilter(logging.Filter):
     def __init__(self, service: str | None) -> None:
         super().__init__()
@@ -513,6 +616,7 @@ def configure_logging(
     *,
     service: str | None = None,
     stream: TextIO | None = None,
+    repeat_interval: float = 10.0,
 ) -> logging.Handler:
     """Install the Ambidex handler on the root logger (replacing a previous one).
 
@@ -522,6 +626,7 @@ def configure_logging(
         raise ValueError(f"log format must be 'json' or 'console', not {format!r}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if format == "json" else ConsoleFormatter())
+    handler.addFilter(RepeatedLogFilter(repeat_interval))
     handler.addFilter(_ServiceFilter(service))
     handler.addFilter(SecretMaskingFilter())
     setattr(handler, _HANDLER_MARK, True)

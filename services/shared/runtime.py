@@ -39,8 +39,10 @@ from services.shared.observability import (
     ObservabilityServer,
     ServiceMetrics,
     configure_logging,
+    kafka_probe,
     start_observability_server,
 )
+from services.shared.resilience import Backoff, RetryPolicy
 from services.shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,8 @@ class Service:
     health: HealthState
     codec: AvroCodec
     decoder: ChangeDecoder
+    #: the one transient-error policy (classification, backoff, outage reporting)
+    retry: RetryPolicy
     on_start: list[StartHook] = field(default_factory=list)
     on_stop: list[StartHook] = field(default_factory=list)
     producer: AIOKafkaProducer | None = None
@@ -172,14 +176,23 @@ def build_service(settings: ServiceSettings, *, schemas_dir: Path | None = None)
     )
     registry = CollectorRegistry()
     catalogue = SchemaCatalogue.load(schemas_root)
+    health = HealthState()
+    metrics = ServiceMetrics(settings.service_name, registry)
     return Service(
         settings=settings,
         app=app,
         registry=registry,
-        metrics=ServiceMetrics(settings.service_name, registry),
-        health=HealthState(),
+        metrics=metrics,
+        health=health,
         codec=AvroCodec(catalogue),
         decoder=ChangeDecoder(load_envelope_schemas(schemas_root / "cdc")),
+        retry=RetryPolicy(
+            health,
+            Backoff(initial=min(0.1, settings.retry_max_delay_seconds),
+                    maximum=settings.retry_max_delay_seconds),
+            log_interval=settings.log_repeat_interval_seconds,
+            on_retry=lambda kind: metrics.retried(kind.value),
+        ),
     )
 
 
@@ -204,7 +217,7 @@ def attach_lifecycle(service: Service) -> None:
 
 async def _start_parts(service: Service) -> None:
     settings = service.settings
-    service.health.expect("kafka", "started")
+    service.health.expect("started")
     service.server = await start_observability_server(
         settings.metrics_host, settings.metrics_port, service.registry, service.health
     )
@@ -234,7 +247,8 @@ async def _start_parts(service: Service) -> None:
     service.intake = ChangeIntake(
         settings.service_name, service.decoder, dead_letters, service.metrics
     )
-    service.health.set_check("kafka", True, "producer connected")
+    # asked live (briefly cached) on every /readyz: the broker answers a metadata request
+    service.health.add_probe("kafka", kafka_probe(producer.client))
     for hook in service.on_start:
         await hook(service)
     relax_garbage_collector()
@@ -281,7 +295,8 @@ def run_service(service: Service) -> None:
         def _setup_logging(self) -> None:
             # one JSON object per line (or console lines), secrets masked: ours, not Faust's
             configure_logging(
-                settings.log_format, settings.log_level, service=settings.service_name
+                settings.log_format, settings.log_level, service=settings.service_name,
+                repeat_interval=settings.log_repeat_interval_seconds,
             )
 
     Worker(service.app, loglevel=settings.log_level, redirect_stdouts=False, quiet=True,

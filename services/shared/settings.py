@@ -138,6 +138,24 @@ class ServiceSettings(BaseSettings):
             "what arrived: its state is per row version.)"
         ),
     )
+    retry_max_delay_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description=(
+            "Longest wait between two retries of work that failed because a database or "
+            "the broker was unavailable (exponential backoff with jitter up to this)."
+        ),
+    )
+    log_repeat_interval_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description=(
+            "A repeated warning or error (e.g. Kafka client connection errors during an "
+            "outage) is logged once per this interval, with the count of repeats."
+        ),
+    )
     dead_letter_topic_prefix: str = Field(
         default="dlq.",
         min_length=1,

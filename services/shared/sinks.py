@@ -21,6 +21,10 @@ Invariants this module keeps (DESIGN.md 1, 2, 3, 6):
 - **A batch is atomic.** :meth:`PositionGuardedSink.apply` writes a whole batch (one or
   more complete source transactions, plus optional Kafka tracking offsets) in ONE
   database transaction: all of it or nothing.
+- **An outage is waited out.** With a ``retry`` policy
+  (:class:`~services.shared.resilience.RetryPolicy`), a batch that fails because the
+  database is unavailable (or lost a deadlock) is written again, whole, with backoff:
+  the transaction rolled back, and the guard makes a rewrite of what did commit a no-op.
 - **Money is exact.** Values are passed to asyncpg as they are; a ``float`` for a
   ``numeric`` column is refused (pass :class:`decimal.Decimal`).
 
@@ -55,6 +59,7 @@ from services.shared.position import SourcePosition
 
 if TYPE_CHECKING:
     from services.shared.observability import ServiceMetrics
+    from services.shared.resilience import RetryPolicy
 
 COMMIT_LSN: Final = "source_commit_lsn"
 LSN: Final = "source_lsn"
@@ -477,8 +482,10 @@ class PositionGuardedSink:
         name: str = "postgres",
         tracking_schema: str | None = None,
         metrics: ServiceMetrics | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._pool = pool
+        self._retry = retry
         self.name = name
         self.tracking_schema = tracking_schema
         if tracking_schema is not None:
@@ -564,6 +571,14 @@ class PositionGuardedSink:
             self._require_tracking_schema()
         if not plan.tables and not records:
             return SinkResult()
+        if self._retry is None:
+            return await self._apply(plan, records)
+        return await self._retry.call(
+            lambda: self._apply(plan, records), check=f"sink:{self.name}",
+            what=f"sink {self.name}",
+        )
+
+    async def _apply(self, plan: BatchPlan, records: list[TrackingRecord]) -> SinkResult:
         started = time.perf_counter()
         written = 0
         async with self._pool.acquire() as conn:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from ambidex.stack.processes import DetachedProcess, pid_alive
 from services.shared.cdc_schemas import load_envelope_schemas
 from services.shared.changes import ChangeDecoder, ChangeEvent, Tombstone
 from services.shared.transactions import CompleteTransaction, TransactionAssembler, decode_marker
@@ -110,3 +113,16 @@ async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
     finally:
         await admin.close()
     await asyncio.sleep(0)  # metadata propagates on the next request
+
+
+def kill_component(process: DetachedProcess) -> None:
+    """SIGKILL a stack component (its whole process group), as a crash would; start it
+    again with its own ``start()``."""
+    pid = process.pid()
+    assert pid is not None, f"{process.name} is not running"
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{process.name} (pid {pid}) survived SIGKILL")
+        time.sleep(0.1)

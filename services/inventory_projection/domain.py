@@ -144,6 +144,7 @@ from services.inventory_projection.ledger import (
 )
 from services.inventory_projection.state import KeyValue, MemoryState
 from services.shared.changes import ChangeEvent, ChangeOp
+from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition
 
@@ -1164,6 +1165,28 @@ class HeldReference(NamedTuple):
 
 _UNCHANGED = Applied(changed=False)
 
+#: A change that resolves more CRM lines than this again yields between slices of them
+#: (:meth:`RowStore.apply_sliced`).
+RESOLVE_SLICE = 256
+
+
+def _target(
+    change: ChangeEvent,
+) -> tuple[Table, int, SourcePosition, Mapping[str, Any] | None] | None:
+    """``(table, row id, position, row or None for a delete)`` of a change to fold;
+    None for a table the projection ignores; BadInput for a truncate or no id."""
+    table = (change.database, change.table)
+    if table not in RECORD_TYPES:
+        return None
+    if change.op is ChangeOp.TRUNCATE:
+        raise BadInput(f"TRUNCATE of {change.data_collection} cannot be folded row by row")
+    row_id = change.key.get("id")
+    if row_id is None and change.row is not None:
+        row_id = change.row.get("id")
+    if isinstance(row_id, bool) or not isinstance(row_id, int):
+        raise BadInput(f"{change.data_collection} change without an integer id")
+    return table, row_id, change.position, None if change.is_delete else change.after
+
 
 def _add(index: dict[Any, set[int]], key: Any, row_id: int) -> None:
     index.setdefault(key, set()).add(row_id)
@@ -1367,19 +1390,27 @@ class RowStore:
 
     def apply(self, change: ChangeEvent) -> Applied:
         """Fold one decoded change (the shell applies whole source transactions)."""
-        table = (change.database, change.table)
-        if table not in RECORD_TYPES:
+        target = _target(change)
+        if target is None:
             return _UNCHANGED
-        if change.op is ChangeOp.TRUNCATE:
-            raise BadInput(f"TRUNCATE of {change.data_collection} cannot be folded row by row")
-        row_id = change.key.get("id")
-        if row_id is None and change.row is not None:
-            row_id = change.row.get("id")
-        if isinstance(row_id, bool) or not isinstance(row_id, int):
-            raise BadInput(f"{change.data_collection} change without an integer id")
-        applied = self.apply_row(
-            table, row_id, change.position, None if change.is_delete else change.after
-        )
+        applied = self.apply_row(*target)
+        if self.observe(change.database, change.commit_time):
+            return applied._replace(as_of_moved=True)
+        return applied
+
+    def apply_sliced(self, change: ChangeEvent) -> Pausable[Applied]:
+        """:meth:`apply` as pausable work: a change that resolves many CRM lines again
+        (an order's state, a warehouse's code) yields every :data:`RESOLVE_SLICE` of
+        them, so a shell on an event loop can give the loop back in between."""
+        target = _target(change)
+        if target is None:
+            return _UNCHANGED
+        table, row_id, position, row = target
+        record, flagged = self._parse(table, row_id, row)
+        if table in STOCK_TABLES:
+            applied = self._fold_stock(table, row_id, position, record, flagged)
+        else:
+            applied = yield from self._fold_record(table, row_id, position, record)
         if self.observe(change.database, change.commit_time):
             return applied._replace(as_of_moved=True)
         return applied
@@ -1392,6 +1423,16 @@ class RowStore:
         row: Mapping[str, Any] | None,
     ) -> Applied:
         """Fold one row version (``row`` None = delete) at ``position``."""
+        record, flagged = self._parse(table, row_id, row)
+        if table in STOCK_TABLES:
+            return self._fold_stock(table, row_id, position, record, flagged)
+        return run_to_end(self._fold_record(table, row_id, position, record))
+
+    def _parse(
+        self, table: Table, row_id: int, row: Mapping[str, Any] | None
+    ) -> tuple[Record | None, BadInput | None]:
+        """The row's record (None: deleted) and what to flag it for; BadInput if the
+        row is malformed (nothing stored)."""
         if table not in RECORD_TYPES:
             raise ValueError(f"{table} is not a table inventory-projection folds")
         record = None if row is None else record_from_row(table, row)  # BadInput: unchanged
@@ -1403,27 +1444,41 @@ class RowStore:
                 f"erp.stock_quant {record.id}: negative on-hand quantity {record.quantity} "
                 f"(item {record.item_id}, warehouse {record.warehouse_id}); counted as 0"
             )
-        if table in STOCK_TABLES:
-            contribution = _contribution(record)
-            changed, touched = self.ledger.apply(table[1], row_id, position, contribution)
-            held: HeldRow | None = None
-            if contribution is not None and (
-                # the hot path's whole cost of "unknown references": one lookup each
-                contribution.item_id not in self._item_ids
-                or contribution.warehouse_id not in self._warehouse_ids
-            ):
-                held = HeldRow(table, row_id, position, ERP)
-            if not changed:
-                # a redelivery of the version stored may still await its verdict
-                if held is not None and self._stock_position(table, row_id) == position:
-                    return Applied(changed=False, held=held)
-                return _UNCHANGED
-            self.revision += 1
-            # tuple.__new__: the NamedTuple without its Python-level constructor (two
-            # keys per stock change)
-            stock_keys = [_new_tuple(AvailabilityKey, (i, w)) for i, w in touched]
-            stock_keys += [_new_tuple(AvailabilityKey, (i, None)) for i, _ in touched]
-            return Applied(True, frozenset(stock_keys), flagged=flagged, held=held)
+        return record, flagged
+
+    def _fold_stock(
+        self,
+        table: Table,
+        row_id: int,
+        position: SourcePosition,
+        record: Record | None,
+        flagged: BadInput | None,
+    ) -> Applied:
+        contribution = _contribution(record)
+        changed, touched = self.ledger.apply(table[1], row_id, position, contribution)
+        held: HeldRow | None = None
+        if contribution is not None and (
+            # the hot path's whole cost of "unknown references": one lookup each
+            contribution.item_id not in self._item_ids
+            or contribution.warehouse_id not in self._warehouse_ids
+        ):
+            held = HeldRow(table, row_id, position, ERP)
+        if not changed:
+            # a redelivery of the version stored may still await its verdict
+            if held is not None and self._stock_position(table, row_id) == position:
+                return Applied(changed=False, held=held)
+            return _UNCHANGED
+        self.revision += 1
+        # tuple.__new__: the NamedTuple without its Python-level constructor (two
+        # keys per stock change)
+        stock_keys = [_new_tuple(AvailabilityKey, (i, w)) for i, w in touched]
+        stock_keys += [_new_tuple(AvailabilityKey, (i, None)) for i, _ in touched]
+        return Applied(True, frozenset(stock_keys), flagged=flagged, held=held)
+
+    def _fold_record(
+        self, table: Table, row_id: int, position: SourcePosition, record: Record | None
+    ) -> Pausable[Applied]:
+        """Fold a catalogue or order row version (pausable: see :meth:`apply_sliced`)."""
         current = self.versions.get((table, row_id))
         if current is not None and position <= current.position:
             if position == current.position and table in (CRM_ORDER_LINE, CRM_ORDER):
@@ -1443,7 +1498,7 @@ class RowStore:
         after_keys, after_orders = self._dependents(table, record)
         orders = before_orders | after_orders
         keys = set(before_keys | after_keys)
-        keys |= self._reresolve(self._affected_lines(table, row_id, old, record))
+        keys |= yield from self._reresolve(self._affected_lines(table, row_id, old, record))
         keys |= {k.overall for k in keys}
         self.revision += 1
         held = None
@@ -1464,7 +1519,7 @@ class RowStore:
             keys=frozenset(keys),
             orders=frozenset(orders),
             entry=(key, version.to_dict()),
-            flagged=flagged,
+            flagged=None,
             held=held,
         )
 
@@ -1701,9 +1756,12 @@ class RowStore:
         """The CRM order the ERP order covers (None: not known, cancelled, ERP-native)."""
         return _coverage(self._record(ERP_ORDER, erp_order_id))
 
-    def _reresolve(self, line_ids: Iterable[int]) -> set[AvailabilityKey]:
+    def _reresolve(self, line_ids: Iterable[int]) -> Pausable[set[AvailabilityKey]]:
+        """Resolve the lines again (pausable: yields every :data:`RESOLVE_SLICE`)."""
         keys: set[AvailabilityKey] = set()
-        for line_id in line_ids:
+        for count, line_id in enumerate(line_ids, start=1):
+            if not count % RESOLVE_SLICE:
+                yield
             order_id, after = self._resolve_line(line_id)
             counts = isinstance(after, CrmDemandLine)
             before = self._demand.replace(line_id, order_id, after, counts=counts)
@@ -1717,9 +1775,12 @@ class RowStore:
         return keys
 
     def _resolve_all(self) -> None:
-        for (table, row_id), version in self.versions.items():
-            if table == CRM_ORDER_LINE and version.record is not None:
-                self._reresolve([row_id])
+        lines = [
+            row_id
+            for (table, row_id), version in self.versions.items()
+            if table == CRM_ORDER_LINE and version.record is not None
+        ]
+        run_to_end(self._reresolve(lines))
 
     def _one(self, ids: set[int] | None, table: Table) -> Any:
         if not ids:

@@ -83,6 +83,7 @@ from services.order_sync.store import (
 )
 from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
 from services.shared.changes import ChangeEvent, ChangeOp, Tombstone
+from services.shared.cooperative import Slicer
 from services.shared.errors import BadInput
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_shared_service
@@ -245,7 +246,10 @@ class OrderSync:
         intake = self.service.require_intake()
         complete: list[tuple[CompleteTransaction, list[Handle]]] = []
         release: list[Handle] = []
+        slicer = Slicer()  # a large batch gives the event loop back (probes, heartbeats)
         for record in batch.records:
+            if slicer.due():
+                await slicer.pause()
             if record.topic == CRM_TRANSACTION_TOPIC:
                 marker = await intake.marker(record)
                 if marker is None:
@@ -463,7 +467,10 @@ class OrderSync:
         reference data; nothing is held (each batch is applied before the next)."""
         intake = self.service.require_intake()
         changes: list[ChangeEvent] = []
+        slicer = Slicer()
         for record in batch.records:
+            if slicer.due():
+                await slicer.pause()
             change = intake.decode(record)
             if type(change) is ChangeEvent:
                 changes.append(change)

@@ -339,6 +339,16 @@ def alert_rules() -> dict[str, Any]:
             "annotations": {"summary": "{{ $labels.service }}: p99 source commit to effect > 5 s"},
         },
         {
+            "alert": "AmbidexEventLoopStalled",
+            "expr": "max by (service) (ambidex_event_loop_lag_max_seconds) > 1",
+            "for": "1m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "{{ $labels.service }}: event loop blocked for over 1 s at a time "
+                "(probes, metrics and consumer heartbeats wait; the session times out at 10 s)",
+            },
+        },
+        {
             "alert": "AmbidexSourceStale",
             "expr": "time() - ambidex_last_source_commit_timestamp_seconds > 300",
             "for": "5m",

@@ -4,6 +4,11 @@ Not a test: it prints figures and the command that reproduces them.
 
     uv run python -m bench.inventory                      # a private stack on free ports
     uv run python -m bench.inventory --changes 200000     # smaller, quicker
+    uv run python -m bench.inventory --orders             # large orders only, no stack
+
+``--orders`` (:mod:`bench.inventory_orders`): the time per folded line of orders of 10,
+100, 1,000 and 10,000 lines (CRM lines, ERP lines, reservations, one-line amendments),
+through the service's batch step in this process; it must stay flat with the order size.
 
 The service runs as in production: its own process (``ambidex run inventory-projection``),
 its BatchSource, local RocksDB state with its changelog topic, write-back into the CRM
@@ -43,7 +48,9 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ambidex.stack.local import LocalStack
+from bench import inventory_orders
 from bench.common import BenchedService, reproduce_line, start_private_stack
+from services.shared.runtime import relax_garbage_collector
 
 SERVICE = "inventory-projection"
 GROUP = "ambidex-inventory-projection.changes"  # the service's BatchSource group
@@ -329,6 +336,25 @@ def quantile(
 # ------------------------------------------------------------------ main
 
 
+def orders_only(sizes: list[int]) -> None:
+    """The large-order fold: time per folded line by order size (flat = independent)."""
+    relax_garbage_collector()  # as the service runs (services.shared.runtime)
+    results = []
+    for lines in sizes:
+        results.append(inventory_orders.run_order(lines))
+        log(f"orders of {lines:,} lines done")
+    print()
+    print(
+        f"Ambidex inventory-projection: folding large orders (one process, no stack, "
+        f"{os.cpu_count()} cores); CPU time per folded change, {inventory_orders.SINGLE} "
+        f"one-line amendments each"
+    )
+    for row in inventory_orders.report(results):
+        print(row)
+    print(f"  reproduce: {reproduce_line('bench.inventory')}")
+
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -338,7 +364,18 @@ async def main() -> None:
     parser.add_argument("--warehouses", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=1000, help="row changes/s in phase 3")
     parser.add_argument("--seconds", type=float, default=30, help="phase 3 duration")
+    parser.add_argument(
+        "--orders", action="store_true", help="only the large-order fold (no stack)"
+    )
+    parser.add_argument(
+        "--order-sizes",
+        default=",".join(str(n) for n in inventory_orders.SIZES),
+        help="lines per order for --orders (comma-separated)",
+    )
     args = parser.parse_args()
+    if args.orders:
+        orders_only([int(n) for n in args.order_sizes.split(",")])
+        return
 
     stack, state_dir = await start_private_stack(log)
     service_state = state_dir / "services-bench"

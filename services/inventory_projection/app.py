@@ -95,6 +95,7 @@ from services.shared.batches import (
     attach_sources,
 )
 from services.shared.changes import ChangeEvent, undecoded_change
+from services.shared.cooperative import Slicer
 from services.shared.errors import BadInput
 from services.shared.observability import pool_probe
 from services.shared.position import SourcePosition
@@ -143,6 +144,8 @@ BATCH_MAX = 20_000
 AS_OF_INTERVAL = 5.0
 REPUBLISH_SLICE = 2_000
 HOLD_SECONDS = 10.0
+#: changelog records copied between two checks for the event loop during a restore
+COPY_RUN = 2_000
 
 MAX_WRITE_POSITION = """
 SELECT source_commit_lsn, source_lsn FROM crm_integration.availability
@@ -361,10 +364,15 @@ async def restore_from_changelog(bootstrap: str, state: StateStore) -> Restored:
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
             positions = {tp: await consumer.position(tp) for tp in partitions}
+            slicer = Slicer()
             while any(positions[tp] < ends[tp] for tp in partitions):
                 fetched = await consumer.getmany(timeout_ms=500, max_records=100_000)
                 for tp, records in fetched.items():
-                    copy.add(records)
+                    # in runs, giving the event loop back between them (probes answer)
+                    for start in range(0, len(records), COPY_RUN):
+                        copy.add(records[start : start + COPY_RUN])
+                        if slicer.due():
+                            await slicer.pause()
                     positions[tp] = records[-1].offset + 1
                 for tp in partitions:
                     if positions[tp] < ends[tp] and not fetched.get(tp):
@@ -412,6 +420,9 @@ class Shell:
         self.restored_entries = 0
         self.encoder: AvailabilityEncoder | None = None
         self.topic_keys = TopicKeys()
+        self._slicer = Slicer()
+        #: a batch (which pauses for the event loop) and a reset never interleave
+        self._busy = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -502,18 +513,31 @@ class Shell:
         return positions
 
     async def on_reset(self) -> None:
-        """Partitions revoked: forget what is held and reload from the durable state."""
-        self.overlay.discard()
-        self.projector = Projector.load(self.overlay, hold_seconds=HOLD_SECONDS)
-        self._holds.clear()
-        self._cover_stored()
+        """Partitions revoked: forget what is held and reload from the durable state
+        (after the batch in hand, which pauses for the event loop: never within it)."""
+        async with self._busy:
+            self.overlay.discard()
+            self.projector = Projector.load(self.overlay, hold_seconds=HOLD_SECONDS)
+            self._holds.clear()
+            self._cover_stored()
 
     # ------------------------------------------------------------------ the batch
 
     async def on_batch(self, batch: RecordBatch) -> None:
+        async with self._busy:
+            await self._on_batch(batch)
+
+    async def _on_batch(self, batch: RecordBatch) -> None:
+        """One fetch, start to end; gives the event loop back every slice of work
+        (:class:`~services.shared.cooperative.Slicer`), so health, readiness, metrics
+        and the consumer's heartbeats are answered while a large batch is folded."""
         intake = self.service.require_intake()
         projector = self.projector
+        slicer = self._slicer
+        slicer.restart()
         for record in batch.records:
+            if slicer.due():
+                await slicer.pause()
             topic = record.topic
             database = HEARTBEAT_TOPICS.get(topic)
             if database is not None:
@@ -543,8 +567,14 @@ class Shell:
                         self._guard(projector.undecodable, member, record)
                 else:
                     projector.release(record)  # a Debezium tombstone
-        step = projector.step(
-            [db for db, topics in REFERENCE_TOPICS.items() if await self.source.caught_up(topics)]
+        step = await slicer.drive(
+            projector.steps(
+                [
+                    db
+                    for db, topics in REFERENCE_TOPICS.items()
+                    if await self.source.caught_up(topics)
+                ]
+            )
         )
         changes = self.overlay.drain()
         self._batch += 1
@@ -620,7 +650,10 @@ class Shell:
         assert producer is not None
         builder = producer.create_batch()
         sent = []
+        slicer = Slicer()
         for key, value in changes.items():
+            if slicer.due():
+                await slicer.pause()
             if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 sent.append(await producer.send_batch(builder, STATE_TOPIC, partition=0))
                 builder = producer.create_batch()
@@ -757,7 +790,10 @@ class Shell:
         count = len(partitions)
         builders: dict[int, BatchBuilder] = {}
         sent = []
+        slicer = Slicer()
         for a in availability:
+            if slicer.due():
+                await slicer.pause()
             key, hashed = key_and_hash(a.sku, a.warehouse_code)
             value = encode(a)
             # the default partitioner's choice (partition_for), from the cached hash
@@ -789,7 +825,11 @@ class Shell:
         self._refreshed_as_of = store.as_of
         position = store.write_position()
         stamped: list[Availability] = []
+        slicer = self._slicer
+        slicer.restart()
         for keys, key in enumerate(store.iter_keys(self._cursor), start=1):
+            if slicer.due():
+                await slicer.pause()  # under the batch lock: nothing folds meanwhile
             self._cursor = key
             availability = store.availability(key)
             if availability is not None:

@@ -12,8 +12,10 @@ Invariants protected here (DESIGN.md 2, 4, 5, 6)
   keeps one :class:`Version` per ``(database, table, id)`` with its
   :class:`SourcePosition`; a change whose position is not greater than the stored one
   (stale change, redelivery, replay) is ignored, and deletes are kept as tombstones so
-  a replayed older insert cannot resurrect a row. Every figure is recomputed from the
-  stored rows, never incremented, so nothing can be counted twice.
+  a replayed older insert cannot resurrect a row. Every figure is a function of the
+  stored rows: a row's change replaces its old contribution by its new one (stock in
+  the :class:`~.ledger.StockLedger`, CRM demand in the :class:`~.demand.DemandBook`),
+  position-guarded, so nothing can be counted twice.
 * **Quantities are exact**: ``Decimal`` quantised to 0.001 (``numeric(14,3)``); a float
   is bad input.
 * **Bad input never enters the state silently**: a malformed row raises
@@ -57,6 +59,15 @@ Pending CRM demand (:func:`resolve_demand_line`)
     * ``pending = max(quantity - covered, 0)``: promised in the CRM, neither reserved
       nor delivered in the ERP. (The reserved part is in ``reserved``, the delivered part
       has left ``on_hand``; ERP-native orders are not CRM demand.)
+    * Cost (issue 9): a change resolves again only the lines whose inputs it changed,
+      found through indexes, never by walking an order: a CRM line's change that line;
+      an ERP line's change the CRM lines with its order's CRM order and its line_no;
+      a CRM order's change its lines only when liveness or warehouse code moved; an
+      ERP order's change the lines it covers only when its coverage moved. A
+      resolution reads the ERP lines of its own line_no (index by ERP order and
+      line_no); the sums per key and per order are kept by the
+      :class:`~.demand.DemandBook`. So folding one line costs the same in an order of
+      10 or of 10,000 lines (``bench/inventory.py --orders``).
 
 Unknown references: hold, and dead-letter once when really missing
     * A row whose item, warehouse, CRM product, SKU or warehouse code is not (yet)
@@ -123,6 +134,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import orjson
 
+from services.inventory_projection.demand import DemandBook, OrderDemand
 from services.inventory_projection.ledger import (
     INCOMING,
     ON_HAND,
@@ -132,6 +144,7 @@ from services.inventory_projection.ledger import (
 )
 from services.inventory_projection.state import KeyValue, MemoryState
 from services.shared.changes import ChangeEvent, ChangeOp
+from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput, Cause
 from services.shared.position import SourcePosition
 
@@ -976,11 +989,6 @@ class CrmDemandLine:
         return pending_quantity(self.quantity, self.covered)
 
 
-def pending_demand(lines: Collection[CrmDemandLine]) -> Decimal:
-    """The pending CRM demand of these lines (most keys have none: no generator)."""
-    return sum((d.pending for d in lines), ZERO) if lines else ZERO
-
-
 def pending_quantity(ordered: Decimal, covered: Decimal) -> Decimal:
     """Promised in the CRM and neither reserved nor delivered in the ERP."""
     return max(ordered - covered, ZERO)
@@ -1159,6 +1167,28 @@ class HeldReference(NamedTuple):
 
 _UNCHANGED = Applied(changed=False)
 
+#: A change that resolves more CRM lines than this again yields between slices of them
+#: (:meth:`RowStore.apply_sliced`).
+RESOLVE_SLICE = 256
+
+
+def _target(
+    change: ChangeEvent,
+) -> tuple[Table, int, SourcePosition, Mapping[str, Any] | None] | None:
+    """``(table, row id, position, row or None for a delete)`` of a change to fold;
+    None for a table the projection ignores; BadInput for a truncate or no id."""
+    table = (change.database, change.table)
+    if table not in RECORD_TYPES:
+        return None
+    if change.op is ChangeOp.TRUNCATE:
+        raise BadInput(f"TRUNCATE of {change.data_collection} cannot be folded row by row")
+    row_id = change.key.get("id")
+    if row_id is None and change.row is not None:
+        row_id = change.row.get("id")
+    if isinstance(row_id, bool) or not isinstance(row_id, int):
+        raise BadInput(f"{change.data_collection} change without an integer id")
+    return table, row_id, change.position, None if change.is_delete else change.after
+
 
 def _add(index: dict[Any, set[int]], key: Any, row_id: int) -> None:
     index.setdefault(key, set()).add(row_id)
@@ -1170,6 +1200,28 @@ def _discard(index: dict[Any, set[int]], key: Any, row_id: int) -> None:
         ids.discard(row_id)
         if not ids:
             del index[key]
+
+
+def _order_terms(record: Record | None) -> tuple[bool, str | None] | None:
+    """What a CRM order's lines' resolution reads of it (None: no order)."""
+    if not isinstance(record, CrmOrder):
+        return None
+    return record.is_live, record.warehouse_code
+
+
+def _coverage(record: Record | None) -> int | None:
+    """The CRM order an ERP order covers (None: none, cancelled, or no ERP order)."""
+    if isinstance(record, ErpOrder) and record.covers:
+        return record.crm_order_id
+    return None
+
+
+def _sku(record: Record | None) -> str | None:
+    return record.sku if isinstance(record, ErpItem | CrmProduct) else None
+
+
+def _code(record: Record | None) -> str | None:
+    return record.code if isinstance(record, Warehouse) else None
 
 
 @dataclass
@@ -1202,12 +1254,16 @@ class RowStore:
     _warehouses_by_code: dict[str, set[int]] = field(default_factory=dict)
     _products_by_sku: dict[str, set[int]] = field(default_factory=dict)
     _lines_by_order: dict[int, set[int]] = field(default_factory=dict)
+    #: CRM lines by (order, line_no), ERP lines by (ERP order, line_no): what one ERP
+    #: line covers, and what covers one CRM line, without walking either order
+    _lines_by_order_no: dict[tuple[int, int], set[int]] = field(default_factory=dict)
     _lines_by_product: dict[int, set[int]] = field(default_factory=dict)
     _orders_by_code: dict[str | None, set[int]] = field(default_factory=dict)
     _erp_orders_by_crm: dict[int, set[int]] = field(default_factory=dict)
     _erp_lines_by_order: dict[int, set[int]] = field(default_factory=dict)
-    _demand: dict[int, CrmDemandLine | Unresolved] = field(default_factory=dict)
-    _demand_by_key: dict[AvailabilityKey, set[int]] = field(default_factory=dict)
+    _erp_lines_by_order_no: dict[tuple[int, int], set[int]] = field(default_factory=dict)
+    #: each CRM line's demand (or why none yet), with per-key and per-order sums
+    _demand: DemandBook[CrmDemandLine, Unresolved] = field(default_factory=DemandBook)
     #: per item, the warehouses it has resolved CRM demand in (count of lines)
     _warehouses_of_item: dict[int, dict[int, int]] = field(default_factory=dict)
     _unknown_cache: tuple[tuple[int, int], frozenset[int]] | None = None
@@ -1336,19 +1392,27 @@ class RowStore:
 
     def apply(self, change: ChangeEvent) -> Applied:
         """Fold one decoded change (the shell applies whole source transactions)."""
-        table = (change.database, change.table)
-        if table not in RECORD_TYPES:
+        target = _target(change)
+        if target is None:
             return _UNCHANGED
-        if change.op is ChangeOp.TRUNCATE:
-            raise BadInput(f"TRUNCATE of {change.data_collection} cannot be folded row by row")
-        row_id = change.key.get("id")
-        if row_id is None and change.row is not None:
-            row_id = change.row.get("id")
-        if isinstance(row_id, bool) or not isinstance(row_id, int):
-            raise BadInput(f"{change.data_collection} change without an integer id")
-        applied = self.apply_row(
-            table, row_id, change.position, None if change.is_delete else change.after
-        )
+        applied = self.apply_row(*target)
+        if self.observe(change.database, change.commit_time):
+            return applied._replace(as_of_moved=True)
+        return applied
+
+    def apply_sliced(self, change: ChangeEvent) -> Pausable[Applied]:
+        """:meth:`apply` as pausable work: a change that resolves many CRM lines again
+        (an order's state, a warehouse's code) yields every :data:`RESOLVE_SLICE` of
+        them, so a shell on an event loop can give the loop back in between."""
+        target = _target(change)
+        if target is None:
+            return _UNCHANGED
+        table, row_id, position, row = target
+        record, flagged = self._parse(table, row_id, row)
+        if table in STOCK_TABLES:
+            applied = self._fold_stock(table, row_id, position, record, flagged)
+        else:
+            applied = yield from self._fold_record(table, row_id, position, record)
         if self.observe(change.database, change.commit_time):
             return applied._replace(as_of_moved=True)
         return applied
@@ -1361,6 +1425,16 @@ class RowStore:
         row: Mapping[str, Any] | None,
     ) -> Applied:
         """Fold one row version (``row`` None = delete) at ``position``."""
+        record, flagged = self._parse(table, row_id, row)
+        if table in STOCK_TABLES:
+            return self._fold_stock(table, row_id, position, record, flagged)
+        return run_to_end(self._fold_record(table, row_id, position, record))
+
+    def _parse(
+        self, table: Table, row_id: int, row: Mapping[str, Any] | None
+    ) -> tuple[Record | None, BadInput | None]:
+        """The row's record (None: deleted) and what to flag it for; BadInput if the
+        row is malformed (nothing stored)."""
         if table not in RECORD_TYPES:
             raise ValueError(f"{table} is not a table inventory-projection folds")
         record = None if row is None else record_from_row(table, row)  # BadInput: unchanged
@@ -1372,27 +1446,41 @@ class RowStore:
                 f"erp.stock_quant {record.id}: negative on-hand quantity {record.quantity} "
                 f"(item {record.item_id}, warehouse {record.warehouse_id}); counted as 0"
             )
-        if table in STOCK_TABLES:
-            contribution = _contribution(record)
-            changed, touched = self.ledger.apply(table[1], row_id, position, contribution)
-            held: HeldRow | None = None
-            if contribution is not None and (
-                # the hot path's whole cost of "unknown references": one lookup each
-                contribution.item_id not in self._item_ids
-                or contribution.warehouse_id not in self._warehouse_ids
-            ):
-                held = HeldRow(table, row_id, position, ERP)
-            if not changed:
-                # a redelivery of the version stored may still await its verdict
-                if held is not None and self._stock_position(table, row_id) == position:
-                    return Applied(changed=False, held=held)
-                return _UNCHANGED
-            self.revision += 1
-            # tuple.__new__: the NamedTuple without its Python-level constructor (two
-            # keys per stock change)
-            stock_keys = [_new_tuple(AvailabilityKey, (i, w)) for i, w in touched]
-            stock_keys += [_new_tuple(AvailabilityKey, (i, None)) for i, _ in touched]
-            return Applied(True, frozenset(stock_keys), flagged=flagged, held=held)
+        return record, flagged
+
+    def _fold_stock(
+        self,
+        table: Table,
+        row_id: int,
+        position: SourcePosition,
+        record: Record | None,
+        flagged: BadInput | None,
+    ) -> Applied:
+        contribution = _contribution(record)
+        changed, touched = self.ledger.apply(table[1], row_id, position, contribution)
+        held: HeldRow | None = None
+        if contribution is not None and (
+            # the hot path's whole cost of "unknown references": one lookup each
+            contribution.item_id not in self._item_ids
+            or contribution.warehouse_id not in self._warehouse_ids
+        ):
+            held = HeldRow(table, row_id, position, ERP)
+        if not changed:
+            # a redelivery of the version stored may still await its verdict
+            if held is not None and self._stock_position(table, row_id) == position:
+                return Applied(changed=False, held=held)
+            return _UNCHANGED
+        self.revision += 1
+        # tuple.__new__: the NamedTuple without its Python-level constructor (two
+        # keys per stock change)
+        stock_keys = [_new_tuple(AvailabilityKey, (i, w)) for i, w in touched]
+        stock_keys += [_new_tuple(AvailabilityKey, (i, None)) for i, _ in touched]
+        return Applied(True, frozenset(stock_keys), flagged=flagged, held=held)
+
+    def _fold_record(
+        self, table: Table, row_id: int, position: SourcePosition, record: Record | None
+    ) -> Pausable[Applied]:
+        """Fold a catalogue or order row version (pausable: see :meth:`apply_sliced`)."""
         current = self.versions.get((table, row_id))
         if current is not None and position <= current.position:
             if position == current.position and table in (CRM_ORDER_LINE, CRM_ORDER):
@@ -1412,7 +1500,7 @@ class RowStore:
         after_keys, after_orders = self._dependents(table, record)
         orders = before_orders | after_orders
         keys = set(before_keys | after_keys)
-        keys |= self._reresolve(self._lines_of(table, old, record, orders))
+        keys |= yield from self._reresolve(self._affected_lines(table, row_id, old, record))
         keys |= {k.overall for k in keys}
         self.revision += 1
         held = None
@@ -1433,7 +1521,7 @@ class RowStore:
             keys=frozenset(keys),
             orders=frozenset(orders),
             entry=(key, version.to_dict()),
-            flagged=flagged,
+            flagged=None,
             held=held,
         )
 
@@ -1447,15 +1535,13 @@ class RowStore:
         return HeldRow(table, row_id, position, unresolved[0].source)
 
     def _unresolved_lines(self, table: Table, row_id: int) -> list[Unresolved]:
-        if table == CRM_ORDER_LINE:
-            line_ids: Iterable[int] = (row_id,)
-        else:
+        if table != CRM_ORDER_LINE:
             order = self._record(CRM_ORDER, row_id)
             if not isinstance(order, CrmOrder) or not order.is_live:
                 return []
-            line_ids = sorted(self._lines_by_order.get(row_id, ()))
-        lines = (self._demand.get(line_id) for line_id in line_ids)
-        return [d for d in lines if isinstance(d, Unresolved)]
+            return self._demand.unresolved_of(row_id)
+        line = self._demand.entry(row_id)
+        return [line] if isinstance(line, Unresolved) else []
 
     def _stock_position(self, table: Table, row_id: int) -> SourcePosition | None:
         row = self._stock_row(table, row_id)
@@ -1550,12 +1636,14 @@ class RowStore:
             put(self._orders_by_code, record.warehouse_code)
         elif isinstance(record, CrmOrderLine):
             put(self._lines_by_order, record.order_id)
+            put(self._lines_by_order_no, (record.order_id, record.line_no))
             put(self._lines_by_product, record.product_id)
         elif isinstance(record, ErpOrder):
             if record.crm_order_id is not None:
                 put(self._erp_orders_by_crm, record.crm_order_id)
         elif isinstance(record, ErpOrderLine):
             put(self._erp_lines_by_order, record.order_id)
+            put(self._erp_lines_by_order_no, (record.order_id, record.line_no))
 
     def _count_warehouse(self, key: AvailabilityKey, delta: int) -> None:
         assert key.warehouse_id is not None
@@ -1588,11 +1676,13 @@ class RowStore:
             orders |= self._orders_of_product(record.id)
         elif isinstance(record, CrmOrder):
             orders.add(record.id)
+            keys |= self._order_keys(record.id)
         elif isinstance(record, CrmOrderLine):
             orders.add(record.order_id)
         elif isinstance(record, ErpOrder):
             if record.crm_order_id is not None:
                 orders.add(record.crm_order_id)
+                keys |= self._order_keys(record.crm_order_id)
         elif isinstance(record, ErpOrderLine):
             erp_order = self._record(ERP_ORDER, record.order_id)
             if isinstance(erp_order, ErpOrder) and erp_order.crm_order_id is not None:
@@ -1607,40 +1697,92 @@ class RowStore:
                 orders.add(line.order_id)
         return orders
 
-    def _lines_of(
-        self, table: Table, old: Record | None, new: Record | None, orders: set[int]
+    def _order_keys(self, crm_order_id: int) -> set[AvailabilityKey]:
+        """The keys the order's lines count demand in (one entry per key, not per line)."""
+        order = self._demand.order(crm_order_id)
+        return set() if order is None else set(order.lines)  # type: ignore[arg-type]
+
+    def _affected_lines(
+        self, table: Table, row_id: int, old: Record | None, new: Record | None
     ) -> set[int]:
-        """CRM lines whose resolution may have changed."""
+        """The CRM lines whose resolution the change of one row may have changed: only
+        what :func:`resolve_demand_line` reads of it, so a line's change touches that
+        line, an ERP line the CRM lines with its order and line_no, and an order's
+        change its lines only when their liveness, warehouse or coverage moved."""
+        if table == CRM_ORDER_LINE:
+            return {row_id}
         lines: set[int] = set()
-        for order_id in orders:
-            lines |= self._lines_by_order.get(order_id, set())
-        for record in (old, new):
-            if isinstance(record, CrmOrderLine):
-                lines.add(record.id)
+        if table == CRM_ORDER:
+            if _order_terms(old) != _order_terms(new):
+                lines |= self._lines_by_order.get(row_id, set())
+        elif table == ERP_ORDER_LINE:
+            for record in (old, new):
+                if isinstance(record, ErpOrderLine):
+                    crm_order_id = self._covered_order(record.order_id)
+                    if crm_order_id is not None:
+                        lines |= self._lines_by_order_no.get(
+                            (crm_order_id, record.line_no), set()
+                        )
+        elif table == ERP_ORDER:
+            if _coverage(old) != _coverage(new):
+                lines = self._lines_of_coverage(row_id, {_coverage(old), _coverage(new)})
+        elif _sku(old) != _sku(new):  # an item or product named or renamed
+            for record in (old, new):
+                if isinstance(record, CrmProduct):
+                    lines |= self._lines_by_product.get(record.id, set())
+                elif isinstance(record, ErpItem):
+                    for product_id in self._products_by_sku.get(record.sku, ()):
+                        lines |= self._lines_by_product.get(product_id, set())
+        elif _code(old) != _code(new):  # a warehouse named or renamed
+            for record in (old, new):
+                if isinstance(record, Warehouse):
+                    for order_id in self._orders_by_code.get(record.code, ()):
+                        lines |= self._lines_by_order.get(order_id, set())
         return lines
 
-    def _reresolve(self, line_ids: Iterable[int]) -> set[AvailabilityKey]:
+    def _lines_of_coverage(self, erp_order_id: int, crm_orders: set[int | None]) -> set[int]:
+        """The lines of ``crm_orders`` with a line_no the ERP order has a line for."""
+        numbers = set()
+        for erp_line_id in self._erp_lines_by_order.get(erp_order_id, ()):
+            erp_line = self._record(ERP_ORDER_LINE, erp_line_id)
+            if isinstance(erp_line, ErpOrderLine):
+                numbers.add(erp_line.line_no)
+        lines: set[int] = set()
+        for crm_order_id in crm_orders:
+            if crm_order_id is not None:
+                for line_no in numbers:
+                    lines |= self._lines_by_order_no.get((crm_order_id, line_no), set())
+        return lines
+
+    def _covered_order(self, erp_order_id: int) -> int | None:
+        """The CRM order the ERP order covers (None: not known, cancelled, ERP-native)."""
+        return _coverage(self._record(ERP_ORDER, erp_order_id))
+
+    def _reresolve(self, line_ids: Iterable[int]) -> Pausable[set[AvailabilityKey]]:
+        """Resolve the lines again (pausable: yields every :data:`RESOLVE_SLICE`)."""
         keys: set[AvailabilityKey] = set()
-        for line_id in line_ids:
-            before = self._demand.pop(line_id, None)
-            if isinstance(before, CrmDemandLine):
+        for count, line_id in enumerate(line_ids, start=1):
+            if not count % RESOLVE_SLICE:
+                yield
+            order_id, after = self._resolve_line(line_id)
+            counts = isinstance(after, CrmDemandLine)
+            before = self._demand.replace(line_id, order_id, after, counts=counts)
+            if before is not None:
                 keys.add(before.key)
-                _discard(self._demand_by_key, before.key, line_id)
-            after = self._resolve_line(line_id)
-            if after is not None:
-                self._demand[line_id] = after
             if isinstance(after, CrmDemandLine):
                 keys.add(after.key)
-                _add(self._demand_by_key, after.key, line_id)
                 self._count_warehouse(after.key, 1)
-            if isinstance(before, CrmDemandLine):
+            if before is not None:
                 self._count_warehouse(before.key, -1)
         return keys
 
     def _resolve_all(self) -> None:
-        for (table, row_id), version in self.versions.items():
-            if table == CRM_ORDER_LINE and version.record is not None:
-                self._reresolve([row_id])
+        lines = [
+            row_id
+            for (table, row_id), version in self.versions.items()
+            if table == CRM_ORDER_LINE and version.record is not None
+        ]
+        run_to_end(self._reresolve(lines))
 
     def _one(self, ids: set[int] | None, table: Table) -> Any:
         if not ids:
@@ -1657,10 +1799,14 @@ class RowStore:
         warehouse = self._one(self._warehouses_by_code.get(code), WAREHOUSE)
         return warehouse if isinstance(warehouse, Warehouse) else None
 
-    def _resolve_line(self, line_id: int) -> CrmDemandLine | Unresolved | None:
+    def _resolve_line(
+        self, line_id: int
+    ) -> tuple[int | None, CrmDemandLine | Unresolved | None]:
+        """The line's order id and resolution (``(None, None)``: the line is gone). Only
+        the ERP lines with the line's own line_no are read (an index lookup)."""
         line = self._record(CRM_ORDER_LINE, line_id)
         if not isinstance(line, CrmOrderLine):
-            return None
+            return None, None
         order = self._record(CRM_ORDER, line.order_id)
         product = self._record(PRODUCT, line.product_id)
         sku = product.sku if isinstance(product, CrmProduct) else None
@@ -1668,11 +1814,13 @@ class RowStore:
         for erp_order_id in self._erp_orders_by_crm.get(line.order_id, ()):
             erp_order = self._record(ERP_ORDER, erp_order_id)
             if isinstance(erp_order, ErpOrder) and erp_order.covers:
-                for erp_line_id in self._erp_lines_by_order.get(erp_order_id, ()):
+                for erp_line_id in self._erp_lines_by_order_no.get(
+                    (erp_order_id, line.line_no), ()
+                ):
                     erp_line = self._record(ERP_ORDER_LINE, erp_line_id)
                     if isinstance(erp_line, ErpOrderLine):
                         erp_lines.append(erp_line)
-        return resolve_demand_line(
+        return line.order_id, resolve_demand_line(
             line,
             order if isinstance(order, CrmOrder) else None,
             sku,
@@ -1744,11 +1892,7 @@ class RowStore:
                 yield AvailabilityKey(item_id, warehouse_id)
 
     def demand_lines(self, key: AvailabilityKey) -> list[CrmDemandLine]:
-        ids = self._demand_by_key.get(key)
-        if not ids:
-            return []
-        lines = (self._demand.get(i) for i in ids)
-        return [d for d in lines if isinstance(d, CrmDemandLine)]
+        return self._demand.lines_in(key)
 
     def availability(self, key: AvailabilityKey) -> Availability | None:
         """The figures of ``key`` now; None for an unknown item or warehouse, or an
@@ -1767,7 +1911,7 @@ class RowStore:
             warehouse,
             on_hand=stock.on_hand,
             reserved=stock.reserved,
-            pending_crm_demand=pending_demand(self.demand_lines(key)),
+            pending_crm_demand=self._demand.pending(key),
             incoming=stock.incoming_entries(),
             as_of=self.as_of,
         )
@@ -1790,8 +1934,7 @@ class RowStore:
             return None
         pending = ZERO
         for warehouse_id in demand_warehouses:
-            key = AvailabilityKey(item.id, warehouse_id)
-            pending += sum((d.pending for d in self.demand_lines(key)), ZERO)
+            pending += self._demand.pending(AvailabilityKey(item.id, warehouse_id))
         return make_availability(
             item,
             None,
@@ -1814,8 +1957,7 @@ class RowStore:
         """Rows held because a reference is not known (yet), with the reason."""
         held = [
             f"crm.sales_order_line {d.crm_line_id}: {d.reason}"
-            for d in self._demand.values()
-            if isinstance(d, Unresolved)
+            for d in self._demand.all_unresolved()
         ]
         for item_id, warehouse_id in self.ledger.keys(None):
             missing = []
@@ -1847,13 +1989,11 @@ class RowStore:
         line_ids = self._lines_by_order.get(crm_order_id)
         if not line_ids:
             return None
-        demand: dict[AvailabilityKey, Decimal] = {}
-        for line_id in line_ids:
-            resolved = self._demand.get(line_id)
-            if not isinstance(resolved, CrmDemandLine):
-                return None
-            demand[resolved.key] = demand.get(resolved.key, ZERO) + resolved.pending
-        return demand
+        demand: OrderDemand | None = self._demand.order(crm_order_id)
+        # every line counted (none unresolved): the sums kept per order, not a walk
+        if demand is None or demand.unresolved or demand.counted != len(line_ids):
+            return None
+        return dict(demand.pending)  # type: ignore[arg-type]
 
 
 _MILLISECOND = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC) - EPOCH

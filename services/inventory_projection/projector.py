@@ -79,6 +79,7 @@ from services.inventory_projection.domain import (
     ERP,
     OVERALL_CODE,
     SOURCE_TABLES,
+    STOCK_TABLES,
     UNKNOWN_REFERENCE_GRACE,
     Availability,
     AvailabilityKey,
@@ -100,6 +101,7 @@ from services.inventory_projection.truncates import (
     truncated_key,
 )
 from services.shared.changes import ChangeEvent, ChangeOp, UndecodedChange
+from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
 from services.shared.position import SourcePosition
 from services.shared.transactions import (
@@ -124,6 +126,9 @@ EVALUATED_PREFIX = b"e:"
 def evaluated_key(order_id: int) -> bytes:
     return EVALUATED_PREFIX + order_id.to_bytes(8, "big", signed=True)
 
+
+#: :meth:`Projector.steps` yields after this many units of work (changes, keys, orders).
+PAUSE_EVERY = 64
 
 #: At most this many row versions await an unknown-reference verdict (their handles,
 #: i.e. consumed records, are kept until then); more are released unjudged.
@@ -371,7 +376,16 @@ class Projector(Generic[H]):
     # ------------------------------------------------------------------ the step
 
     def step(self, caught_up: Collection[str] = (CRM, ERP)) -> Step[H]:
+        """:meth:`steps` run to its end at once (tools, tests)."""
+        return run_to_end(self.steps(caught_up))
+
+    def steps(self, caught_up: Collection[str] = (CRM, ERP)) -> Pausable[Step[H]]:
         """Fold every complete transaction; the effects to make durable, then release.
+
+        Pausable work (:mod:`services.shared.cooperative`): it yields every
+        :data:`PAUSE_EVERY` changes, keys and orders, and inside a change that resolves
+        many CRM lines, so the shell can give its event loop back while a large batch
+        or a large order is folded. Nothing else may use the projector until it ends.
 
         ``caught_up``: the databases whose reference topics (catalogue, orders) the
         consumer has read to their end; unknown-reference verdicts waiting on another
@@ -387,6 +401,7 @@ class Projector(Generic[H]):
         keys: set[AvailabilityKey] = set()
         orders: set[int] = set()
         registered: list[_Awaiting[H]] = []
+        work = 0
         for transaction in ready:
             folded = False
             if self._awaiting and transaction.events:  # due before this commit
@@ -395,6 +410,9 @@ class Projector(Generic[H]):
                     self._verdicts(database, transaction.commit_time, out)
             for event in transaction.events:
                 handle = self._handles.pop(id(event), None)
+                work += 1
+                if not work % PAUSE_EVERY:
+                    yield
                 if event.op is ChangeOp.TRUNCATE:
                     folded = self._truncate(event, handle, out, keys) or folded
                     continue
@@ -404,7 +422,10 @@ class Projector(Generic[H]):
                         out.stale += 1  # from before a truncate: that row is gone
                         continue
                 try:
-                    applied = store.apply(event)
+                    if (event.database, event.table) in STOCK_TABLES:
+                        applied = store.apply(event)  # bounded: no pausable machinery
+                    else:
+                        applied = yield from store.apply_sliced(event)
                 except BadInput as error:
                     if handle is not None:
                         out.dead_letters.append((handle, error))
@@ -435,6 +456,9 @@ class Projector(Generic[H]):
         ordered = sorted(k for k in keys if k.warehouse_id is not None)
         ordered += sorted(k for k in keys if k.warehouse_id is None)
         for key in ordered:
+            work += 1
+            if not work % PAUSE_EVERY:
+                yield
             availability = store.availability(key)
             if availability is not None:
                 out.availability.append(availability)
@@ -443,6 +467,9 @@ class Projector(Generic[H]):
             if removed is not None:
                 out.removed.append(removed)
         for order_id in sorted(orders):
+            work += 1
+            if not work % PAUSE_EVERY:
+                yield
             last = self.evaluated.get(order_id)
             version, shortages = evaluate_order(store, order_id, last)
             if version is not None and version != last:

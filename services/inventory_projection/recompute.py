@@ -197,9 +197,11 @@ async def recompute_availability(
         entry = at(r["item_id"], r["warehouse_id"])
         entry.incoming = [*(entry.incoming or []), (r["date_planned_finish"], r["qty"])]
 
-    erp_lines: dict[int, list[ErpOrderLine]] = {}
+    # by (CRM order, line_no): each CRM line reads the ERP lines of its own line_no, not
+    # every line of its order (a 5,000-line order was 25 million comparisons)
+    erp_lines: dict[tuple[int, int], list[ErpOrderLine]] = {}
     for r in coverage:
-        erp_lines.setdefault(r["crm_order_id"], []).append(
+        erp_lines.setdefault((r["crm_order_id"], r["line_no"]), []).append(
             ErpOrderLine(
                 r["id"],
                 r["order_id"],
@@ -225,7 +227,7 @@ async def recompute_availability(
             r["sku"],
             item_by_sku.get(r["sku"]),
             None if order.warehouse_code is None else warehouse_by_code.get(order.warehouse_code),
-            erp_lines.get(order.id, ()),
+            erp_lines.get((order.id, line.line_no), ()),
         )
         if isinstance(demand, CrmDemandLine):
             at(demand.item_id, demand.warehouse_id).pending += demand.pending

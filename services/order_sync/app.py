@@ -108,6 +108,7 @@ from services.order_sync.store import (
 from services.order_sync.truncates import ANSWERS
 from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
 from services.shared.changes import ChangeEvent, ChangeOp, Tombstone, undecoded_change
+from services.shared.cooperative import Slicer
 from services.shared.errors import BadInput, Cause
 from services.shared.observability import pool_probe
 from services.shared.position import SourcePosition
@@ -295,7 +296,10 @@ class OrderSync:
         intake = self.service.require_intake()
         complete: list[tuple[CompleteTransaction, list[Handle]]] = []
         release: list[Handle] = []
+        slicer = Slicer()  # a large batch gives the event loop back (probes, heartbeats)
         for record in batch.records:
+            if slicer.due():
+                await slicer.pause()
             if record.topic == CRM_TRANSACTION_TOPIC:
                 marker = await intake.marker(record)
                 if marker is None:
@@ -653,7 +657,10 @@ class OrderSync:
         reference data; nothing is held (each batch is applied before the next)."""
         intake = self.service.require_intake()
         changes: list[ChangeEvent] = []
+        slicer = Slicer()
         for record in batch.records:
+            if slicer.due():
+                await slicer.pause()
             change = intake.decode(record)
             if type(change) is ChangeEvent and change.op is ChangeOp.TRUNCATE:
                 await self._answer_truncate(change, record)

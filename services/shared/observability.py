@@ -8,6 +8,9 @@
   request with :meth:`HealthState.add_probe`, results cached for ``probe_cache``
   seconds): the broker (:func:`kafka_probe`), the databases (:func:`pool_probe`) and
   each batch source's consumer are asked live, never set once at start-up.
+- :class:`EventLoopMonitor` measures how late the event loop runs a periodic timer
+  (``ambidex_event_loop_lag_seconds``): work that does not give the loop back shows
+  up there before probes and consumer heartbeats time out.
 - :func:`start_observability_server` serves ``/metrics``, ``/healthz``, ``/readyz``.
 - :func:`configure_logging` installs a JSON (or console) formatter that masks secrets,
   and a :class:`RepeatedLogFilter` so an outage's repeated client errors are logged once
@@ -46,6 +49,11 @@ SINK_OUTCOMES: Final = frozenset({"written", "stale"})
 #: Source commit -> effect: 5 ms .. 60 s.
 END_TO_END_LAG_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+)
+#: How late the event loop runs a timer: 1 ms .. 30 s (above 0.1 s probes and consumer
+#: heartbeats wait visibly; the consumer's session times out at 10 s).
+EVENT_LOOP_LAG_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
 #: One sink transaction: 0.5 ms .. 10 s.
 SINK_LATENCY_BUCKETS: Final = (
@@ -161,6 +169,20 @@ class ServiceMetrics:
             ("service", "kind"),
             registry=registry,
         )
+        self.event_loop_lag_seconds = Histogram(
+            "ambidex_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 0.1 s: time it was blocked by "
+            "work that did not give it back.",
+            ("service",),
+            buckets=EVENT_LOOP_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.event_loop_lag_max_seconds = Gauge(
+            "ambidex_event_loop_lag_max_seconds",
+            "The largest event-loop lag in the last minute.",
+            ("service",),
+            registry=registry,
+        )
         self._last_commit: dict[str, float] = {}
 
     # -- helpers --------------------------------------------------------------------
@@ -230,6 +252,56 @@ class ServiceMetrics:
             self.sink_latency_seconds.labels(self.service, sink).observe(
                 time.perf_counter() - start
             )
+
+
+class EventLoopMonitor:
+    """Measures event-loop lag: a task sleeps ``interval`` s and records how much later
+    than due it woke up (``ambidex_event_loop_lag_seconds``, and the largest lag of the
+    last ``window`` s in ``ambidex_event_loop_lag_max_seconds``). A loop blocked for
+    9 s shows as one 9 s observation once it runs again (nothing can be recorded, or
+    scraped, while it is blocked)."""
+
+    def __init__(
+        self, metrics: ServiceMetrics, *, interval: float = 0.1, window: float = 60.0
+    ) -> None:
+        self.interval = interval
+        self.window = window
+        self._histogram = metrics.event_loop_lag_seconds.labels(metrics.service)
+        self._max = metrics.event_loop_lag_max_seconds.labels(metrics.service)
+        # the largest lag of the current and of the previous window
+        self._current = self._previous = 0.0
+        self._window_start = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def observe(self, lag: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if now - self._window_start >= self.window:
+            self._previous = self._current if now - self._window_start < 2 * self.window else 0.0
+            self._current = 0.0
+            self._window_start = now
+        self._current = max(self._current, lag)
+        self._histogram.observe(lag)
+        self._max.set(max(self._current, self._previous))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.interval
+            await asyncio.sleep(self.interval)
+            self.observe(max(0.0, loop.time() - due))
+
+    def start(self) -> asyncio.Task[None]:
+        """Start measuring on the running loop (call from inside it)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self.run(), name="event-loop-monitor"
+            )
+        return self._task
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 # ---------------------------------------------------------------------------- health

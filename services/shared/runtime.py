@@ -35,6 +35,7 @@ from services.shared.changes import ChangeDecoder
 from services.shared.deadletters import KafkaDeadLetterPublisher
 from services.shared.intake import ChangeIntake
 from services.shared.observability import (
+    EventLoopMonitor,
     HealthState,
     ObservabilityServer,
     ServiceMetrics,
@@ -122,6 +123,7 @@ class Service:
     intake: ChangeIntake | None = None
     publisher: AvroPublisher | None = None
     server: ObservabilityServer | None = None
+    loop_monitor: EventLoopMonitor | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def wait_started(self) -> None:
@@ -221,6 +223,9 @@ async def _start_parts(service: Service) -> None:
     service.server = await start_observability_server(
         settings.metrics_host, settings.metrics_port, service.registry, service.health
     )
+    # from the start: a restore or a first large batch that blocks the loop shows too
+    service.loop_monitor = EventLoopMonitor(service.metrics)
+    service.loop_monitor.start()
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
@@ -283,6 +288,8 @@ async def _stop_parts(service: Service) -> None:
     if service.server is not None:
         await service.server.close()
     service.health.stop_watchdog()
+    if service.loop_monitor is not None:
+        service.loop_monitor.stop()
 
 
 def run_service(service: Service) -> None:

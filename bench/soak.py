@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
+
 from ambidex.stack.local import LocalStack
 from ambidex.workload import WorkloadProgress, run_workload
 from bench.common import BenchedService, reproduce_line, start_private_stack
@@ -128,9 +130,30 @@ def progress_line(s: Sample, minutes: float) -> str:
     return " | ".join(parts)
 
 
+ORDER_TABLES = {
+    "crm": ("crm.sales_order", "crm.sales_order_line"),
+    "erp": ("erp.sales_order", "erp.sales_order_line"),
+}
+
+
+async def order_rows(stack: LocalStack) -> dict[str, int]:
+    """Rows of the order tables at the end (what per-order state would grow with)."""
+    counts: dict[str, int] = {}
+    for database, dsn in (
+        ("crm", stack.addresses.crm_admin_dsn), ("erp", stack.addresses.erp_admin_dsn)
+    ):
+        connection = await asyncpg.connect(dsn)
+        try:
+            for table in ORDER_TABLES[database]:
+                counts[table] = int(await connection.fetchval(f"SELECT count(*) FROM {table}"))
+        finally:
+            await connection.close()
+    return counts
+
+
 def print_report(
     samples: list[Sample], names: list[str], warm_up: float, args: argparse.Namespace,
-    progress: WorkloadProgress | None, command: str,
+    progress: WorkloadProgress | None, command: str, rows: dict[str, int],
 ) -> None:
     print()
     print(
@@ -143,6 +166,8 @@ def print_report(
             f" {progress.skipped:,} skipped, {progress.failed:,} failed,"
             f" {progress.row_changes:,} row changes"
         )
+    if rows:
+        print("  order rows at the end: " + ", ".join(f"{t} {n:,}" for t, n in rows.items()))
     header = f"  {'min':>6} {'operations':>11}"
     for name in names:
         header += f"  {name[:20] + ' RSS MB':>27} {'lag':>7} {'applied':>9}"
@@ -179,6 +204,7 @@ async def soak(args: argparse.Namespace) -> None:
         for name in args.services
     ]
     samples: list[Sample] = []
+    rows: dict[str, int] = {}
     last: list[WorkloadProgress] = []
     stop = asyncio.Event()
     workload: asyncio.Task[object] | None = None
@@ -212,6 +238,7 @@ async def soak(args: argparse.Namespace) -> None:
             log(progress_line(samples[-1], args.minutes))
             if done:
                 workload.result()  # a workload that failed fails the soak
+                rows = await order_rows(stack)
                 break
             await asyncio.wait({workload}, timeout=args.interval)
     finally:
@@ -219,7 +246,7 @@ async def soak(args: argparse.Namespace) -> None:
         if workload is not None and not workload.done():
             await asyncio.gather(workload, return_exceptions=True)
         for service in services:
-            service.stop()
+            service.stop(timeout=60)
             if service.log_path.exists():
                 shutil.copy(service.log_path, reports / service.log_path.name)
         log(f"service logs kept in {reports}")
@@ -228,7 +255,7 @@ async def soak(args: argparse.Namespace) -> None:
         if samples:  # also what an interrupted run got so far
             print_report(
                 samples, list(args.services), warm_up, args, last[-1] if last else None,
-                reproduce_line("bench.soak"),
+                reproduce_line("bench.soak"), rows,
             )
 
 

@@ -240,6 +240,10 @@ async def soak(args: argparse.Namespace) -> None:
                 workload.result()  # a workload that failed fails the soak
                 rows = await order_rows(stack)
                 break
+            if minute >= args.minutes:
+                # behind its rate (a busy machine) the workload would run on until it
+                # has dispatched minutes x rate operations: the soak is wall time
+                stop.set()
             await asyncio.wait({workload}, timeout=args.interval)
     finally:
         stop.set()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -27,8 +27,16 @@ from ambidex.stack.local import LocalStack
 
 
 class BenchedService:
-    def __init__(self, name: str, environment: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        environment: Mapping[str, str],
+        log_path: Path,
+        command: Sequence[str] | None = None,
+    ) -> None:
         self.name = name
+        #: what runs the service (``ambidex run <name>`` unless a harness wraps it)
+        self.command = list(command or [sys.executable, "-m", "ambidex.cli", "run", name])
         self.port = _free_ports(1)[0]
         self.environment = {**environment, "AMBIDEX_METRICS_PORT": str(self.port)}
         self.log_path = log_path
@@ -38,7 +46,7 @@ class BenchedService:
     def start(self) -> None:
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ambidex.cli", "run", self.name],
+                self.command,
                 env={**os.environ, **self.environment},
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -56,8 +56,9 @@ Invariants kept here (DESIGN.md 3, 4, 6):
   position kept so an older change of the table arriving later is stale); any other
   table's truncate is dead-lettered (cause ``needs_resnapshot``). Both are listed in
   :attr:`Step.truncates` for the shell's metric.
-* **Shortages once per CRM order version**: :attr:`Projector.evaluated` (persisted
-  by the shell) remembers the last version evaluated per order.
+* **Shortages once per CRM order version**: :attr:`Projector.evaluated` remembers the
+  last version evaluated per order in the state (:class:`EvaluatedVersions`), not in
+  memory: the orders ever seen grow without end, the worker's memory must not.
 """
 
 from __future__ import annotations
@@ -129,6 +130,25 @@ def evaluated_key(order_id: int) -> bytes:
 
 #: :meth:`Projector.steps` yields after this many units of work (changes, keys, orders).
 PAUSE_EVERY = 64
+
+
+class EvaluatedVersions:
+    """The last evaluated version per CRM order, kept in the state (``e:<order id>``)
+    and read when an order is evaluated: nothing per order stays in memory (a dict of
+    every order ever seen grew for as long as the worker ran, found by bench/soak.py)."""
+
+    __slots__ = ("kv",)
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    def get(self, order_id: int) -> int | None:
+        raw = self.kv.get(evaluated_key(order_id))
+        return None if raw is None else int(raw)
+
+    def __setitem__(self, order_id: int, version: int) -> None:
+        self.kv.put(evaluated_key(order_id), str(version).encode())
+
 
 #: At most this many row versions await an unknown-reference verdict (their handles,
 #: i.e. consumed records, are kept until then); more are released unjudged.
@@ -229,12 +249,14 @@ class Projector(Generic[H]):
         truncated: Mapping[str, SourcePosition] | None = None,
     ) -> None:
         self.store = store or RowStore()
-        self.evaluated: dict[int, int] = dict(evaluated or {})
         self.truncates = TruncateAnswers(
             "inventory-projection", ANSWERS, frozenset(DATA_COLLECTIONS)
         )
         #: per ``db.table``, the position of its last cleared truncate
         self._truncated: dict[str, SourcePosition] = dict(truncated or {})
+        self.evaluated = EvaluatedVersions(self.store.kv)
+        for order_id, version in (evaluated or {}).items():
+            self.evaluated[order_id] = version
         self.hold_seconds = hold_seconds
         self._clock = clock
         # one per database: transaction ids (xids) of the two databases collide
@@ -264,12 +286,9 @@ class Projector(Generic[H]):
     @classmethod
     def load(cls, kv: KeyValue, **kwargs: Any) -> Projector[H]:
         """The projector whose state is persisted in ``kv`` (the store's rows and meta,
-        the evaluated order versions); an empty ``kv`` gives an empty projector."""
-        evaluated = {
-            int.from_bytes(key[2:], "big", signed=True): int(raw)
-            for key, raw in kv.scan(EVALUATED_PREFIX)
-        }
-        return cls(RowStore.load(kv), evaluated, truncated=load_truncated(kv), **kwargs)
+        the truncated tables' positions; the evaluated order versions are read from it as
+        needed); an empty ``kv`` gives an empty projector."""
+        return cls(RowStore.load(kv), truncated=load_truncated(kv), **kwargs)
 
     # ------------------------------------------------------------------ intake
 

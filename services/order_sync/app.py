@@ -89,9 +89,7 @@ from prometheus_client import Gauge
 
 from services.order_sync.assembly import HeldTransactions, Released
 from services.order_sync.codec import StatusRow
-from services.order_sync.domain import (
-    progress_status,
-)
+from services.order_sync.domain import ErpOrderState, progress_status
 from services.order_sync.holds import refusal_reason
 from services.order_sync.rejection import Rejection, rejection_of
 from services.order_sync.store import (
@@ -697,6 +695,14 @@ class OrderSync:
                 self.metrics.echoes.inc(echoes)
             if candidates or amended:
                 snapshots = await progress.snapshots(sorted({*candidates, *amended}))
+                # the ERP cancelled an order itself: decided against its CRM order now,
+                # as a replay or any later re-decision would (a conflict while the CRM
+                # order is still confirmed), so live and replayed statuses agree
+                unsettled = [
+                    candidate.crm_order_id for erp_id, candidate in sorted(candidates.items())
+                    if erp_id in snapshots
+                    and snapshots[erp_id].state is ErpOrderState.CANCELLED
+                ]
                 changed = 0
                 for found, known_only in ((candidates, False), (amended, True)):
                     updates = [
@@ -708,9 +714,10 @@ class OrderSync:
                 if changed:
                     self.metrics.status_changes.labels("erp").inc(changed)
             # the ERP changed an order in conflict (e.g. released a reservation): re-decide
-            unsettled = await store.unsettled(
-                sorted({c.crm_order_id for c in candidates.values()})
-            )
+            unsettled = sorted({
+                *unsettled,
+                *await store.unsettled(sorted({c.crm_order_id for c in candidates.values()})),
+            })
         pinned = sorted({
             line_id
             for c in changes if c.table in ERP_DOCUMENT_TABLES

@@ -13,6 +13,9 @@ Invariants, each on fresh CRM accounts and orders:
 * ERP order totals equal what the ERP's own SQL computes from its lines
   (``sum(round(...))``: half away from zero), and the CRM's;
 * progress is recomputed after order-sync's own amendment;
+* an order the ERP cancels by itself while the CRM order stays confirmed is a conflict
+  at once, as a replay or a later re-decision would decide it (live and replayed
+  statuses agree);
 * ``ambidex reconcile order-sync`` exits 0 when the orders agree and 1, naming the
   difference, when an ERP line is changed behind order-sync's back.
 """
@@ -363,3 +366,35 @@ async def test_reconcile_order_sync_names_a_difference_planted_in_the_erp(
     assert code == 1, output
     assert f"DEFECT CRM order {order_id}" in output
     assert "line 2 quantity: CRM 1 != ERP 7" in output
+    # put the ERP back: the session's other tests (a full replay) expect agreeing orders
+    await erp.execute(
+        "UPDATE erp.sales_order_line SET quantity = 1 WHERE order_id = $1 AND line_no = 2",
+        order["header"]["id"],
+    )
+
+
+
+async def test_an_order_the_erp_cancels_by_itself_is_a_conflict_at_once(
+    order_sync: ServiceProcess, dbs: Dbs, stack: StackAddresses, unique: str
+) -> None:
+    crm, erp = dbs
+    cat = await catalogue(stack)
+    (p1, _, _), (p2, _, _) = cat.products[30:32]
+    account = await new_account(crm, unique)
+    order_id = await new_order(
+        crm, account, [(1, p1, "2", "10.00"), (2, p2, "1", "4.00")],
+        warehouse_code=cat.warehouse_code,
+    )
+    await wait_status(crm, order_id, "synced")
+    order = await erp_order(erp, order_id)
+    assert order is not None
+    await erp.execute(  # the ERP cancels the order; the CRM order stays confirmed
+        "UPDATE erp.sales_order SET state = 'cancelled' WHERE id = $1", order["header"]["id"]
+    )
+    status = await wait_version(crm, order_id, 1, "conflict")
+    assert status["reason"] == (
+        f"ERP order {order['header']['name']} was cancelled in the ERP but the CRM order "
+        "is confirmed"
+    )
+    assert status["progress"] == "cancelled"
+    assert not await letters_of(stack, order_id)

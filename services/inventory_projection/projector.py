@@ -416,6 +416,11 @@ class Projector(Generic[H]):
         out.partial_transactions = self._partial
         self._dead, self._release, self._partial = [], [], 0
         ready, self._ready = self._ready, []
+        # in commit order, not the order the batch's partitions were fetched in: a
+        # verdict given before a later transaction must not miss a reference committed
+        # earlier but held later in the batch (a fresh start reads the snapshot, whose
+        # warehouse rows come last, and the live changes after it in one batch)
+        ready.sort(key=lambda transaction: transaction.commit_time)
         store = self.store
         keys: set[AvailabilityKey] = set()
         orders: set[int] = set()

@@ -452,3 +452,21 @@ def test_known_references_are_never_held() -> None:
     step = p.step()
     assert {"q10", "o5.confirmed", "l6"} <= set(step.release)
     assert p.awaiting_verdicts == 0 and step.dead_letters == []
+
+
+def test_a_reference_in_the_same_batch_as_a_later_transaction_means_no_dead_letter() -> None:
+    """A fresh start reads Debezium's snapshot (every row at the snapshot's time, the
+    warehouse table last) and the live changes after it in one batch, in whatever order
+    the partitions were fetched: a quant, then a live transaction past the grace, then
+    the warehouse row committed before the quant's grace ran out. The verdicts follow
+    commit time, not the order the batch happened to hold the transactions in."""
+    p: Projector[str] = Projector()
+    Tx("erp", 0, item()).send(p)
+    p.step()
+    Tx("erp", 10, quant(10, "12")).send(p)
+    Tx("erp", 10 + GRACE + 5, quant(11, "1", item_id=ITEM)).send(p)  # live, later
+    Tx("erp", 10, warehouse()).send(p)  # committed with the quant, fetched last
+    step = p.step()
+    assert step.dead_letters == []
+    assert on_hand(step) == [Decimal("13.000")]
+    assert p.awaiting_verdicts == 0

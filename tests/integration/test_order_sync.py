@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ambidex.stack.local import StackAddresses
 from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.deadletters import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
+from tests.integration.conftest import Dbs
 from tests.integration.support import topic_partitions
 
 SERVICE = "order-sync"
@@ -208,32 +208,6 @@ async def metric(process: ServiceProcess, name: str) -> float:
         if line.startswith(name) and not line.startswith("#"):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-async def order_sync(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
-    process = service_process(SERVICE)
-    if process.process is None or process.process.poll() is not None:
-        process.start()
-    await process.wait_ready()
-    return process
-
-
-Dbs = tuple[asyncpg.Connection, asyncpg.Connection]
-
-
-@pytest.fixture
-async def dbs(stack: StackAddresses) -> AsyncIterator[Dbs]:
-    crm = await asyncpg.connect(stack.crm_admin_dsn)
-    erp = await asyncpg.connect(stack.erp_admin_dsn)
-    try:
-        yield crm, erp
-    finally:
-        await crm.close()
-        await erp.close()
 
 
 # --------------------------------------------------------------------------- tests

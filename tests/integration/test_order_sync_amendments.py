@@ -25,19 +25,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
-import pytest
 
 from ambidex.stack.local import StackAddresses
 from services.shared.deadletters import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
+from tests.integration.conftest import Dbs
 from tests.integration.test_order_sync import (
     SERVICE,
-    Dbs,
     catalogue,
     erp_order,
     lines_of,
@@ -47,26 +45,6 @@ from tests.integration.test_order_sync import (
     sync_status,
     wait_status,
 )
-
-
-@pytest.fixture
-async def order_sync(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
-    process = service_process(SERVICE)
-    if process.process is None or process.process.poll() is not None:
-        process.start()
-    await process.wait_ready()
-    return process
-
-
-@pytest.fixture
-async def dbs(stack: StackAddresses) -> AsyncIterator[Dbs]:
-    crm = await asyncpg.connect(stack.crm_admin_dsn)
-    erp = await asyncpg.connect(stack.erp_admin_dsn)
-    try:
-        yield crm, erp
-    finally:
-        await crm.close()
-        await erp.close()
 
 
 async def amend(crm: asyncpg.Connection, order_id: int, version: int, *statements: str) -> None:

@@ -16,7 +16,7 @@ Invariants (issue 9, case 2), each on fresh CRM accounts and orders:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ambidex.stack.local import StackAddresses
 from services.shared.deadletters import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
+from tests.integration.conftest import Dbs
 from tests.integration.test_order_sync import (
     SERVICE,
-    Dbs,
     catalogue,
     erp_order_count,
     metric,
@@ -38,26 +38,6 @@ from tests.integration.test_order_sync import (
 )
 
 GROUP = "ambidex-order-sync.crm"
-
-
-@pytest.fixture
-async def order_sync(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
-    process = service_process(SERVICE)
-    if process.process is None or process.process.poll() is not None:
-        process.start()
-    await process.wait_ready()
-    return process
-
-
-@pytest.fixture
-async def dbs(stack: StackAddresses) -> AsyncIterator[Dbs]:
-    crm = await asyncpg.connect(stack.crm_admin_dsn)
-    erp = await asyncpg.connect(stack.erp_admin_dsn)
-    try:
-        yield crm, erp
-    finally:
-        await crm.close()
-        await erp.close()
 
 
 @pytest.fixture

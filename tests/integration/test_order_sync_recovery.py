@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
@@ -29,11 +28,11 @@ from ambidex.stack.config import _free_ports
 from ambidex.stack.local import LocalStack, StackAddresses
 from services.order_sync.app import CRM_TOPICS, ERP_TOPICS
 from tests.conftest import ServiceProcess, wait_until
+from tests.integration.conftest import Dbs
 from tests.integration.support import topic_partitions
 from tests.integration.test_order_sync import (
     SERVICE,
     Catalogue,
-    Dbs,
     catalogue,
     metric,
     new_account,
@@ -43,17 +42,6 @@ from tests.integration.test_order_sync import (
 
 #: one consumer group per batch source (services.shared.batches.BatchSource)
 GROUPS = {"ambidex-order-sync.crm": CRM_TOPICS, "ambidex-order-sync.erp": ERP_TOPICS}
-
-
-@pytest.fixture
-async def dbs(stack: StackAddresses) -> AsyncIterator[Dbs]:
-    crm = await asyncpg.connect(stack.crm_admin_dsn)
-    erp = await asyncpg.connect(stack.erp_admin_dsn)
-    try:
-        yield crm, erp
-    finally:
-        await crm.close()
-        await erp.close()
 
 
 async def _erp_image(erp: asyncpg.Connection, crm: asyncpg.Connection) -> dict[str, Any]:

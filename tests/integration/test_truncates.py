@@ -60,15 +60,6 @@ async def projection(service_process: Callable[[str], ServiceProcess]) -> Servic
     return process
 
 
-@pytest.fixture
-async def order_sync(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
-    process = service_process("order-sync")
-    if process.process is None or process.process.poll() is not None:
-        process.start()
-    await process.wait_ready()
-    return process
-
-
 async def test_truncate_of_stock_reservation_clears_every_reservation(
     projection: ServiceProcess, stack: StackAddresses, unique: str
 ) -> None:

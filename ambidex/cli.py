@@ -266,6 +266,29 @@ def manifests_render(check: bool) -> None:
         _progress(f"wrote {path}")
 
 
+@main.group()
+def asyncapi() -> None:
+    """docs/asyncapi.yaml: every published topic as an AsyncAPI 3.0 document."""
+
+
+@asyncapi.command("render")
+@click.option("--check", is_flag=True, help="Only report whether the file is up to date.")
+def asyncapi_render(check: bool) -> None:
+    """Render docs/asyncapi.yaml from deploy/topics.yaml and schemas/."""
+    from importlib.metadata import version
+
+    from ambidex.asyncapi import DOCUMENT, render
+
+    text = render(version("ambidex"))
+    if check:
+        if not DOCUMENT.exists() or DOCUMENT.read_text() != text:
+            raise click.ClickException(f"stale: {DOCUMENT} (run: ambidex asyncapi render)")
+        _progress(f"{DOCUMENT} is up to date")
+        return
+    DOCUMENT.write_text(text)
+    _progress(f"wrote {DOCUMENT}")
+
+
 # ------------------------------------------------------------------ connectors
 @main.group()
 def connectors() -> None:

@@ -17,12 +17,25 @@ DEFAULT_DECLARATION = Path(__file__).resolve().parent.parent / "deploy" / "topic
 
 
 @dataclass(frozen=True)
+class Publication:
+    """What a published topic carries, for the people and tools that consume it
+    (``docs/asyncapi.yaml`` is generated from it): who produces it, the Avro full name
+    of its value schema (``schemas/``) and what its key is."""
+
+    producer: str
+    schema: str
+    key: str
+
+
+@dataclass(frozen=True)
 class TopicSpec:
     name: str
     group: str
     partitions: int
     replication_factor: int
     config: Mapping[str, str] = field(default_factory=dict)
+    #: set for a topic consumers outside Ambidex read (``producer``/``schema``/``key``)
+    publication: Publication | None = None
 
 
 class TopicDeclarationError(ValueError):
@@ -59,13 +72,30 @@ def _group_topics(path: Path, group_name: str, group: Any) -> Iterable[TopicSpec
             f"{path}: group {group_name!r} needs an integer 'partitions'"
         ) from error
     config = {str(k): str(v) for k, v in (group.get("config") or {}).items()}
-    names: list[str] = [str(name) for name in group.get("topics") or []]
+    entries: list[tuple[str, Publication | None]] = [
+        _topic_entry(path, group_name, entry) for entry in group.get("topics") or []
+    ]
     for database, tables in (group.get("databases") or {}).items():
-        names.extend(cdc_topic(str(database), str(table)) for table in tables)
-    if not names:
+        entries.extend((cdc_topic(str(database), str(table)), None) for table in tables)
+    if not entries:
         raise TopicDeclarationError(f"{path}: group {group_name!r} declares no topics")
-    for name in names:
-        yield TopicSpec(name, group_name, partitions, replication, config)
+    for name, publication in entries:
+        yield TopicSpec(name, group_name, partitions, replication, config, publication)
+
+
+def _topic_entry(path: Path, group_name: str, entry: Any) -> tuple[str, Publication | None]:
+    """A topic is its name, or ``{name, producer, schema, key}`` when it is published."""
+    if not isinstance(entry, dict):
+        return str(entry), None
+    try:
+        return str(entry["name"]), Publication(
+            str(entry["producer"]), str(entry["schema"]), str(entry["key"])
+        )
+    except KeyError as missing:
+        raise TopicDeclarationError(
+            f"{path}: a published topic of group {group_name!r} needs name, producer, "
+            f"schema and key (missing {missing})"
+        ) from None
 
 
 def captured_tables(specs: Iterable[TopicSpec], database: str) -> list[str]:

@@ -21,7 +21,9 @@ from services.registry import SERVICE_MODULES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "deploy" / "kubernetes"
-STRIMZI = "kafka.strimzi.io/v1beta2"
+#: Strimzi 1.0 removed v1beta2 and serves only v1; Kafka 4.2.0 is on the supported list of
+#: every Strimzi release from 1.0.0 to 1.2.0 (kafka-versions.yaml of each)
+STRIMZI = "kafka.strimzi.io/v1"
 CLUSTER = "ambidex"
 METRICS_PORT = 9400
 GENERATED = (
@@ -36,7 +38,7 @@ class DeploymentValues:
     namespace: str = "ambidex"
     image: str = "ghcr.io/example/ambidex:0.1.0"
     connect_image: str = "ghcr.io/example/ambidex-connect:3.6.1"
-    kafka_version: str = "4.1.1"
+    kafka_version: str = "4.2.0"
     kafka_replicas: int = 3
     crm_db_host: str = "crm-postgres.crm.svc"
     crm_db_port: str = "5432"
@@ -84,10 +86,8 @@ def kafka_cluster(values: DeploymentValues) -> list[dict[str, Any]]:
         {
             "apiVersion": STRIMZI,
             "kind": "Kafka",
-            "metadata": {
-                "name": CLUSTER,
-                "annotations": {"strimzi.io/node-pools": "enabled", "strimzi.io/kraft": "enabled"},
-            },
+            # v1: KRaft and node pools are the only mode, no annotations enable them
+            "metadata": {"name": CLUSTER},
             "spec": {
                 "kafka": {
                     "version": values.kafka_version,
@@ -130,7 +130,13 @@ def kafka_topics() -> list[dict[str, Any]]:
     ]
 
 
+WORKER_FIELDS = frozenset(
+    {"group.id", "config.storage.topic", "offset.storage.topic", "status.storage.topic"}
+)
+
+
 def kafka_connect(values: DeploymentValues) -> list[dict[str, Any]]:
+    worker = connect_worker_config(replication=3)
     connect = {
         "apiVersion": STRIMZI,
         "kind": "KafkaConnect",
@@ -142,7 +148,12 @@ def kafka_connect(values: DeploymentValues) -> list[dict[str, Any]]:
             "version": values.kafka_version,
             "replicas": 1,
             "bootstrapServers": f"{CLUSTER}-kafka-bootstrap:9092",
-            "config": connect_worker_config(replication=3),
+            # v1 names the group and the storage topics as fields, not in config
+            "groupId": worker["group.id"],
+            "configStorageTopic": worker["config.storage.topic"],
+            "offsetStorageTopic": worker["offset.storage.topic"],
+            "statusStorageTopic": worker["status.storage.topic"],
+            "config": {k: v for k, v in worker.items() if k not in WORKER_FIELDS},
             "build": {
                 "output": {"type": "docker", "image": values.connect_image},
                 "plugins": [

@@ -232,13 +232,13 @@ def run(service: str) -> None:
 # ------------------------------------------------------------------- manifests
 @main.group()
 def manifests() -> None:
-    """Kubernetes manifests (Strimzi and the services) in deploy/kubernetes/."""
+    """Kubernetes manifests (Strimzi and the services): the base in deploy/kubernetes/base/."""
 
 
 @manifests.command("render")
 @click.option("--check", is_flag=True, help="Only report whether the files are up to date.")
 def manifests_render(check: bool) -> None:
-    """Render deploy/kubernetes/ from topics.yaml, the connectors and the services."""
+    """Render deploy/kubernetes/base/ from topics.yaml, the connectors and the services."""
     from ambidex.manifests import DEFAULT_OUTPUT, render, write
 
     if check:
@@ -251,7 +251,7 @@ def manifests_render(check: bool) -> None:
             raise click.ClickException(
                 "stale: " + ", ".join(stale) + " (run: ambidex manifests render)"
             )
-        _progress("deploy/kubernetes is up to date")
+        _progress("deploy/kubernetes/base is up to date")
         return
     for path in write():
         _progress(f"wrote {path}")

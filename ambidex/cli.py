@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -257,6 +258,45 @@ def manifests_render(check: bool) -> None:
         _progress(f"wrote {path}")
 
 
+@manifests.command("validate")
+def manifests_validate() -> None:
+    """kustomize build the base and every overlay, kubeconform -strict against the
+    schemas in deploy/kubernetes/schemas/ (offline)."""
+    from ambidex.deploycheck import ToolMissing, validate_all
+
+    try:
+        verdicts = validate_all()
+    except (ToolMissing, RuntimeError) as error:
+        raise click.ClickException(str(error)) from error
+    for verdict in verdicts:
+        _progress(f"{verdict.source}: {verdict.output.splitlines()[-1] if verdict.output else ''}")
+    failed = [v for v in verdicts if not v.ok]
+    if failed:
+        raise click.ClickException(
+            "invalid: " + "; ".join(f"{v.source}:\n{v.output}" for v in failed)
+        )
+
+
+@manifests.command("schemas")
+@click.argument("crd_files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+def manifests_schemas(crd_files: tuple[str, ...]) -> None:
+    """Write deploy/kubernetes/schemas/: the built-in kinds' schemas, and those of the
+    kinds the base uses from CRD_FILES (Strimzi's and the Prometheus operator's CRDs)."""
+    import yaml
+
+    from ambidex.deploycheck import write_schemas
+    from ambidex.manifests import render
+
+    kinds = {
+        document["kind"]
+        for text in render().values()
+        for document in yaml.safe_load_all(text)
+        if document
+    }
+    for path in write_schemas([Path(f) for f in crd_files], kinds):
+        _progress(f"wrote {path}")
+
+
 # ------------------------------------------------------------------ connectors
 @main.group()
 def connectors() -> None:
@@ -470,7 +510,9 @@ def _register_service_commands() -> None:
     # `ambidex reconcile [options]` stays inventory-projection's check;
     # `ambidex reconcile order-sync` compares the orders.
     reconcile = click.Group(
-        "reconcile", callback=run_inventory, params=list(inventory.params),
+        "reconcile",
+        callback=run_inventory,
+        params=list(inventory.params),
         invoke_without_command=True,
         help=f"{inventory.help}\n\n`reconcile order-sync` compares every CRM order with its "
         "ERP order instead.",

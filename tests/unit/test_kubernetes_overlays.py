@@ -120,3 +120,31 @@ def test_every_kind_in_the_manifests_has_a_shipped_schema() -> None:
             if document and document["kind"] != "Kustomization":
                 name = schema_file(document["kind"], document["apiVersion"])
                 assert (SCHEMA_DIR / name).exists(), name
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda p: p.name)
+def test_replicas_and_disruption_budgets_tell_one_story(target: Path) -> None:
+    """One replica: Recreate (two workers never overlap) and evictions allowed; more:
+    standbys kept through voluntary disruptions, rolled one pod at a time."""
+    _require_tools()
+    documents = [d for d in yaml.safe_load_all(build(target)) if d]
+    budgets = {
+        d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "PodDisruptionBudget"
+    }
+    for deployment in (d for d in documents if d["kind"] == "Deployment"):
+        spec, budget = deployment["spec"], budgets[deployment["metadata"]["name"]]
+        if spec["replicas"] == 1:
+            assert spec["strategy"]["type"] == "Recreate" and budget == {
+                "maxUnavailable": 1,
+                "selector": budget["selector"],
+            }
+        else:
+            assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+            assert budget["minAvailable"] == spec["replicas"] - 1 and "maxUnavailable" not in budget
+    if target.name == "production":
+        replicas = {
+            d["metadata"]["name"]: d["spec"]["replicas"]
+            for d in documents
+            if d["kind"] == "Deployment"
+        }
+        assert replicas["order-sync"] == 2

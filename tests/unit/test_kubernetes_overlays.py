@@ -148,3 +148,57 @@ def test_replicas_and_disruption_budgets_tell_one_story(target: Path) -> None:
             if d["kind"] == "Deployment"
         }
         assert replicas["order-sync"] == 2
+
+
+#: config keys Strimzi 1.0 manages itself and rejects in spec.config (KafkaClusterSpec
+#: and KafkaConnectSpec FORBIDDEN_PREFIXES; the schemas cannot say so)
+FORBIDDEN_CONFIG = {
+    "Kafka": (
+        "listeners",
+        "advertised.",
+        "broker.",
+        "listener.",
+        "host.name",
+        "port",
+        "inter.broker.listener.name",
+        "sasl.",
+        "ssl.",
+        "security.",
+        "password.",
+        "log.dir",
+        "authorizer.",
+        "super.user",
+        "node.id",
+        "process.roles",
+        "controller.",
+        "metadata.log.dir",
+        "prometheus.metrics.reporter.",
+    ),
+    "KafkaConnect": (
+        "group.id",
+        "config.storage.topic",
+        "offset.storage.topic",
+        "status.storage.topic",
+        "ssl.",
+        "sasl.",
+        "security.",
+        "listeners",
+        "plugin.path",
+        "rest.",
+        "bootstrap.servers",
+        "consumer.interceptor.classes",
+        "producer.interceptor.classes",
+        "prometheus.metrics.reporter.",
+    ),
+}
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda p: p.name)
+def test_no_config_key_strimzi_manages_itself(target: Path) -> None:
+    _require_tools()
+    for document in yaml.safe_load_all(build(target)):
+        if document and document["kind"] in FORBIDDEN_CONFIG:
+            spec = document["spec"]
+            config = spec["kafka"]["config"] if document["kind"] == "Kafka" else spec["config"]
+            bad = [k for k in config if k.startswith(FORBIDDEN_CONFIG[document["kind"]])]
+            assert not bad, f"{document['kind']}: {bad}"

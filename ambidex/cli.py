@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.table import Table
 
 from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack
+
+if TYPE_CHECKING:
+    from ambidex.targets import Targets
 
 T = TypeVar("T")
 console = Console(stderr=True)
@@ -33,6 +36,7 @@ def _stack() -> LocalStack:
 
 
 @click.group()
+@click.version_option(package_name="ambidex", prog_name="ambidex")
 def main() -> None:
     """Ambidex: the real-time integration hub between a CRM and an ERP."""
 
@@ -116,16 +120,20 @@ def stack_down() -> None:
 @stack.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable, with every address.")
 @click.option("--watch", is_flag=True, help="Refresh every two seconds until interrupted.")
-def stack_status(as_json: bool, watch: bool) -> None:
+@click.option(
+    "--show-secrets", is_flag=True,
+    help="Print the DSNs with their passwords (default: masked as ***).",
+)
+def stack_status(as_json: bool, watch: bool, show_secrets: bool) -> None:
     """Each component, each connector's state and change events per topic."""
     local = _stack()
     if not watch:
-        healthy = _print_status(local, as_json=as_json)
+        healthy = _print_status(local, as_json=as_json, show_secrets=show_secrets)
         sys.exit(0 if healthy else 1)
     try:
         while True:
             console.clear()
-            _print_status(local, as_json=as_json)
+            _print_status(local, as_json=as_json, show_secrets=show_secrets)
     except KeyboardInterrupt:
         pass
 
@@ -153,12 +161,12 @@ def stack_fetch() -> None:
     _progress(f"jars ready in {layout.root}")
 
 
-def _print_status(local: LocalStack, *, as_json: bool) -> bool:
+def _print_status(local: LocalStack, *, as_json: bool, show_secrets: bool = False) -> bool:
     from ambidex.stack.status import gather_status
 
     status = _run(gather_status(local))
     if as_json:
-        click.echo(json.dumps(status.as_dict(), indent=2))
+        click.echo(json.dumps(status.as_dict(show_secrets=show_secrets), indent=2))
         return status.healthy
     out = Console()
     components = Table(title="Components")
@@ -203,11 +211,12 @@ def down(context: click.Context) -> None:
 
 
 @main.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, with every address.")
+@click.option("--show-secrets", is_flag=True, help="Print the DSNs with their passwords.")
 @click.pass_context
-def status(context: click.Context, as_json: bool) -> None:
+def status(context: click.Context, as_json: bool, show_secrets: bool) -> None:
     """Same as `ambidex stack status`."""
-    context.invoke(stack_status, as_json=as_json, watch=False)
+    context.invoke(stack_status, as_json=as_json, watch=False, show_secrets=show_secrets)
 
 
 # -------------------------------------------------------------------- services
@@ -430,21 +439,26 @@ def deadletters() -> None:
 @deadletters.command("inspect")
 @click.argument("service")
 @click.option("--limit", type=int, default=None)
-@click.option("--bootstrap", default=None, help="Kafka bootstrap (default: the local stack).")
+@click.option(
+    "--bootstrap", default=None,
+    help="Kafka bootstrap (default: AMBIDEX_KAFKA_BOOTSTRAP, else the local stack).",
+)
 def deadletters_inspect(service: str, limit: int | None, bootstrap: str | None) -> None:
     """Print each dead letter as one JSON object per line."""
     from services.shared.deadletters import read_dead_letters, render_dead_letter
 
+    targets = _kafka_targets(bootstrap)
+
     async def inspect() -> int:
         count = 0
         async for offset, letter in read_dead_letters(
-            bootstrap or _stack().config.kafka_bootstrap, service, limit=limit
+            targets.kafka_bootstrap, service, limit=limit
         ):
             click.echo(json.dumps({"offset": offset, **render_dead_letter(letter)}))
             count += 1
         return count
 
-    _progress(f"{_run(inspect())} dead letters in dlq.{service}")
+    _progress(f"{_dead_letter_run(targets, inspect())} dead letters in dlq.{service}")
 
 
 @deadletters.command("replay")
@@ -467,28 +481,46 @@ def deadletters_inspect(service: str, limit: int | None, bootstrap: str | None) 
     is_flag=True,
     help="Also replay letters whose cause can only fail again (erp_state, needs_resnapshot).",
 )
-@click.option("--bootstrap", default=None, help="Kafka bootstrap (default: the local stack).")
+@click.option(
+    "--dry-run", is_flag=True,
+    help="Print each letter that would be replayed (JSON per line) and send nothing.",
+)
+@click.option(
+    "--bootstrap", default=None,
+    help="Kafka bootstrap (default: AMBIDEX_KAFKA_BOOTSTRAP, else the local stack).",
+)
 def deadletters_replay(
     service: str,
     offsets: tuple[int, ...],
     target_topic: str | None,
     force: bool,
+    dry_run: bool,
     bootstrap: str | None,
 ) -> None:
     """Send the original bytes back to their topic once the cause is fixed (once per
     origin; letters whose cause is ERP state or a truncate only with --force)."""
-    from services.shared.deadletters import replay_dead_letters
+    from services.shared.deadletters import render_dead_letter, replay_dead_letters
 
-    result = _run(
+    targets = _kafka_targets(bootstrap)
+    result = _dead_letter_run(
+        targets,
         replay_dead_letters(
-            bootstrap or _stack().config.kafka_bootstrap,
+            targets.kafka_bootstrap,
             service,
             offsets=set(offsets) or None,
             target_topic=target_topic,
             force=force,
-        )
+            dry_run=dry_run,
+        ),
     )
-    _progress(f"replayed {result.replayed} dead letters from dlq.{service}")
+    if dry_run:
+        for offset, letter in result.chosen:
+            rendered = render_dead_letter(letter)
+            click.echo(json.dumps({
+                "offset": offset, "to": target_topic or letter.source_topic, **rendered
+            }))
+    verb = "would replay" if dry_run else "replayed"
+    _progress(f"{verb} {result.replayed} dead letters from dlq.{service}")
     if result.not_replayable:
         _progress(
             f"left {result.not_replayable} whose cause can only fail again "
@@ -496,6 +528,32 @@ def deadletters_replay(
         )
     if result.repeats:
         _progress(f"skipped {result.repeats} repeated letters of an origin already replayed")
+
+
+def _kafka_targets(bootstrap: str | None) -> Targets:
+    from ambidex.targets import Unreachable, check_kafka, resolve_targets
+
+    targets = resolve_targets(kafka_bootstrap=bootstrap)
+    try:
+        _run(check_kafka(targets))
+    except Unreachable as error:
+        raise click.ClickException(str(error)) from None
+    return targets
+
+
+def _dead_letter_run(targets: Targets, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``; a missing topic or a broker gone mid-way is one line, not a traceback."""
+    from aiokafka.errors import KafkaError
+
+    from ambidex.targets import unreachable
+    from services.shared.deadletters import DeadLetterTopicError
+
+    try:
+        return _run(work)
+    except DeadLetterTopicError as error:
+        raise click.ClickException(str(error)) from None
+    except (KafkaError, OSError, TimeoutError) as error:
+        raise click.ClickException(unreachable(targets, "kafka_bootstrap", error)) from None
 
 
 def _register_service_commands() -> None:

@@ -15,6 +15,7 @@ from ambidex.stack.processes import DetachedProcess, pid_alive, port_open
 from ambidex.stack.supervisor import read_state
 from ambidex.topics import load_topic_declaration
 from services.registry import METRICS_PORTS as SERVICE_METRICS_PORTS
+from services.shared.settings import redact_dsn
 
 SERVICE_NAMES = tuple(SERVICE_METRICS_PORTS)
 
@@ -61,10 +62,15 @@ class StackStatus:
             )
         )
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, show_secrets: bool = False) -> dict[str, Any]:
+        """Everything as JSON-able values; DSN passwords masked unless ``show_secrets``."""
+        addresses = {
+            name: value if show_secrets or not name.endswith("_dsn") else redact_dsn(value)
+            for name, value in self.addresses.items()
+        }
         return {
             "healthy": self.healthy,
-            "addresses": self.addresses,
+            "addresses": addresses,
             "components": [asdict(c) for c in self.components],
             "connectors": self.connectors,
             "topics": [asdict(t) for t in self.topics],

@@ -18,6 +18,7 @@ import sys
 
 import click
 
+from ambidex.targets import database_targets
 from services.inventory_projection.recompute import (
     Difference,
     NonFiniteRow,
@@ -50,8 +51,14 @@ async def reconcile_all(
 
 
 @click.command("reconcile")
-@click.option("--crm-dsn", default=None, help="CRM DSN (default: the local stack's).")
-@click.option("--erp-dsn", default=None, help="ERP DSN (default: the local stack's).")
+@click.option(
+    "--crm-dsn", default=None,
+    help="CRM DSN (default: AMBIDEX_CRM_DSN, else the local stack).",
+)
+@click.option(
+    "--erp-dsn", default=None,
+    help="ERP DSN (default: AMBIDEX_ERP_DSN, else the local stack).",
+)
 @click.option(
     "--retries",
     type=int,
@@ -63,15 +70,8 @@ async def reconcile_all(
 def reconcile(crm_dsn: str | None, erp_dsn: str | None, retries: int, as_json: bool) -> None:
     """Compare inventory-projection's availability with a recomputation from the
     source databases; print every difference (exit code 1 if any)."""
-    if crm_dsn is None or erp_dsn is None:
-        from ambidex.stack.config import StackConfig
-        from ambidex.stack.local import LocalStack
+    crm_dsn, erp_dsn = database_targets(crm_dsn, erp_dsn)
 
-        addresses = LocalStack(StackConfig.from_env()).addresses
-        crm_dsn = crm_dsn or addresses.crm_admin_dsn
-        erp_dsn = erp_dsn or addresses.erp_admin_dsn
-
-    assert crm_dsn is not None and erp_dsn is not None
     keys, differences, bad_rows = asyncio.run(reconcile_all(crm_dsn, erp_dsn, retries))
     for row in bad_rows:
         if as_json:

@@ -14,12 +14,19 @@ import sys
 
 import click
 
+from ambidex.targets import database_targets
 from services.order_sync.reconcile import Report, reconcile_orders
 
 
 @click.command("order-sync")
-@click.option("--crm-dsn", default=None, help="CRM DSN (default: the local stack's).")
-@click.option("--erp-dsn", default=None, help="ERP DSN (default: the local stack's).")
+@click.option(
+    "--crm-dsn", default=None,
+    help="CRM DSN (default: AMBIDEX_CRM_DSN, else the local stack).",
+)
+@click.option(
+    "--erp-dsn", default=None,
+    help="ERP DSN (default: AMBIDEX_ERP_DSN, else the local stack).",
+)
 @click.option("--order", "orders", type=int, multiple=True,
               help="Compare only these CRM order ids (repeatable); default all.")
 @click.option("--retries", type=int, default=0, show_default=True,
@@ -33,13 +40,7 @@ def reconcile_order_sync(
 ) -> None:
     """Compare every CRM order with its ERP order (lines, quantities, prices, totals,
     state); print every difference (exit code 1 if any)."""
-    if crm_dsn is None or erp_dsn is None:
-        from ambidex.stack.config import StackConfig
-        from ambidex.stack.local import LocalStack
-
-        addresses = LocalStack(StackConfig.from_env()).addresses
-        crm_dsn = crm_dsn or addresses.crm_admin_dsn
-        erp_dsn = erp_dsn or addresses.erp_admin_dsn
+    crm_dsn, erp_dsn = database_targets(crm_dsn, erp_dsn)
 
     def progress(done: int, total: int) -> None:
         click.echo(f"> {done}/{total} orders compared", err=True)
@@ -48,7 +49,6 @@ def reconcile_order_sync(
         return bool(report.differences if strict else report.defects)
 
     async def run() -> Report:
-        assert crm_dsn is not None and erp_dsn is not None
         selected = list(orders) or None
         report = await reconcile_orders(crm_dsn, erp_dsn, order_ids=selected,
                                         progress=progress)

@@ -480,6 +480,8 @@ class ReplayResult:
     repeats: int
     """Further letters of an origin already replayed in this run (written before
     dead-lettering was idempotent, or for another cause)."""
+    chosen: tuple[tuple[int, DeadLetter], ...] = ()
+    """``(offset, letter)`` of each letter replayed (or, in a dry run, that would be)."""
 
 
 def replay_selection(
@@ -513,6 +515,7 @@ async def replay_dead_letters(
     offsets: set[int] | None,
     target_topic: str | None,
     force: bool = False,
+    dry_run: bool = False,
     codec: AvroCodec | None = None,
 ) -> ReplayResult:
     """Re-produce the original key, value and headers of dead letters.
@@ -523,7 +526,7 @@ async def replay_dead_letters(
     topic, or to ``target_topic``, with the header
     ``ambidex.replayed-from = dlq.<service>:<offset>``. Every send is acknowledged
     (``acks=all``, idempotent producer) before returning. Offsets that do not exist are
-    ignored (compare the count).
+    ignored (compare the count). ``dry_run`` selects the same letters and sends nothing.
     """
     if offsets is not None and not offsets:
         return ReplayResult(0, 0, 0)
@@ -535,6 +538,8 @@ async def replay_dead_letters(
         )
     ]
     chosen, not_replayable, repeats = replay_selection(letters, offsets=offsets, force=force)
+    if dry_run:
+        return ReplayResult(len(chosen), not_replayable, repeats, tuple(chosen))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
@@ -547,7 +552,7 @@ async def replay_dead_letters(
             )
     finally:
         await producer.stop()
-    return ReplayResult(len(chosen), not_replayable, repeats)
+    return ReplayResult(len(chosen), not_replayable, repeats, tuple(chosen))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,12 +1,18 @@
 """Bad input never stops a consumer and is never silently dropped (invariant 4): a
 malformed record and a schema-invalid one on a real topic each land in the service's
 dead-letter topic with the reason, the original bytes and their origin, the good
-records around them are decoded, and `deadletters replay` puts the original bytes back."""
+records around them are decoded, and `deadletters replay` puts the original bytes back
+(`--dry-run` shows the same letters and sends nothing; the command reads its broker from
+AMBIDEX_KAFKA_BOOTSTRAP like every service)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import os
+import socket
+import sys
 from decimal import Decimal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -136,6 +142,17 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_can_be_replayed(
     assert invalid.key == b'{"id": 3}' and invalid.value == records[2][1]
     assert ("origin", b"test") in [tuple(header) for header in invalid.headers]
 
+    dry_run = await _ambidex(
+        {"AMBIDEX_KAFKA_BOOTSTRAP": stack.kafka_bootstrap},
+        "deadletters", "replay", service, "--to", replay_topic, "--dry-run",
+    )
+    assert dry_run.returncode == 0, dry_run.stderr
+    shown = [json.loads(line) for line in dry_run.stdout.splitlines()]
+    assert [(letter["offset"], letter["to"]) for letter in shown] == [
+        (0, replay_topic), (1, replay_topic)
+    ]
+    assert "would replay 2 dead letters" in dry_run.stderr
+
     replayed = await replay_dead_letters(
         stack.kafka_bootstrap, service, offsets=None, target_topic=replay_topic
     )
@@ -152,4 +169,50 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_can_be_replayed(
         values = [record.value for records in batch.values() for record in records]
     finally:
         await consumer.stop()
-    assert values == [records[1][1], records[2][1]]
+    assert values == [records[1][1], records[2][1]]  # once each: the dry run sent nothing
+
+
+class _Finished:
+    def __init__(self, returncode: int, stdout: bytes, stderr: bytes) -> None:
+        self.returncode = returncode
+        self.stdout, self.stderr = stdout.decode(), stderr.decode()
+
+
+async def _ambidex(env: dict[str, str], *args: str) -> _Finished:
+    """The real CLI in its own process (it runs its own event loop)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ambidex.cli", *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    return _Finished(process.returncode, stdout, stderr)
+
+
+async def test_an_unreachable_target_is_one_line_naming_it_and_its_setting(
+    stack: StackAddresses,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{probe.getsockname()[1]}"
+    inspect = await _ambidex(
+        {"AMBIDEX_KAFKA_BOOTSTRAP": nowhere}, "deadletters", "inspect", "order-sync"
+    )
+    assert inspect.returncode == 1
+    assert f"cannot reach {nowhere} (from AMBIDEX_KAFKA_BOOTSTRAP)" in inspect.stderr
+    assert "Traceback" not in inspect.stderr
+
+    password = "s3cret-not-printed"
+    reconcile = await _ambidex(
+        {
+            "AMBIDEX_CRM_DSN": f"postgresql://ambidex_app:{password}@{nowhere}/crm",
+            "AMBIDEX_ERP_DSN": stack.erp_admin_dsn,
+        },
+        "reconcile", "order-sync",
+    )
+    assert reconcile.returncode == 1
+    assert "cannot reach postgresql://ambidex_app:***@" in reconcile.stderr
+    assert "AMBIDEX_CRM_DSN" in reconcile.stderr
+    assert password not in reconcile.stderr + reconcile.stdout
+    assert "Traceback" not in reconcile.stderr

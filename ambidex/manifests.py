@@ -650,6 +650,14 @@ def alert_rules() -> dict[str, Any]:
     }
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """No YAML anchors and aliases: a shared dict is written out wherever it is used
+    (patch tools and readers of the manifests expect plain documents)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def render(values: DeploymentValues | None = None) -> dict[str, str]:
     """File name -> YAML text of every manifest."""
     values = values or DeploymentValues()
@@ -667,7 +675,8 @@ def render(values: DeploymentValues | None = None) -> dict[str, str]:
     for service in SERVICE_MODULES:
         files[f"service-{service}.yaml"] = service_resources(service, values)
     rendered = {
-        name: GENERATED + yaml.safe_dump_all(docs, sort_keys=False) for name, docs in files.items()
+        name: GENERATED + yaml.dump_all(docs, Dumper=_PlainDumper, sort_keys=False)
+        for name, docs in files.items()
     }
     rendered["kustomization.yaml"] = GENERATED + yaml.safe_dump(
         {

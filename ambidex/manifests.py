@@ -314,8 +314,10 @@ def kafka_connect(values: DeploymentValues) -> list[dict[str, Any]]:
             "statusStorageTopic": worker["status.storage.topic"],
             "config": {
                 **{k: v for k, v in worker.items() if k not in WORKER_FIELDS},
-                # a connector may replace only its principal (sasl.jaas.config)
-                "connector.client.config.override.policy": "Principal",
+                # a connector may replace its principal (sasl.jaas.config) and nothing
+                # else (Kafka 4.2's Allowlist policy; Principal is deprecated there)
+                "connector.client.config.override.policy": "Allowlist",
+                "connector.client.config.override.allowlist": "sasl.jaas.config",
             },
             "build": {
                 "output": {"type": "docker", "image": values.connect_image},

@@ -139,7 +139,9 @@ def test_each_connector_has_its_own_database_user_and_principal() -> None:
         seen_secrets.add(secret)
         principal = ACCESS.connectors[connector["metadata"]["name"]].user
         assert f'username="{principal}"' in config["producer.override.sasl.jaas.config"]
-    assert connect["spec"]["config"]["connector.client.config.override.policy"] == "Principal"
+    worker = connect["spec"]["config"]
+    assert worker["connector.client.config.override.policy"] == "Allowlist"
+    assert worker["connector.client.config.override.allowlist"] == "sasl.jaas.config"
 
 
 def test_kafka_authenticates_every_client_over_tls_and_authorizes_with_acls() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -241,13 +242,13 @@ def run(service: str) -> None:
 # ------------------------------------------------------------------- manifests
 @main.group()
 def manifests() -> None:
-    """Kubernetes manifests (Strimzi and the services) in deploy/kubernetes/."""
+    """Kubernetes manifests (Strimzi and the services): the base in deploy/kubernetes/base/."""
 
 
 @manifests.command("render")
 @click.option("--check", is_flag=True, help="Only report whether the files are up to date.")
 def manifests_render(check: bool) -> None:
-    """Render deploy/kubernetes/ from topics.yaml, the connectors and the services."""
+    """Render deploy/kubernetes/base/ from topics.yaml, the connectors and the services."""
     from ambidex.manifests import DEFAULT_OUTPUT, render, write
 
     if check:
@@ -260,7 +261,7 @@ def manifests_render(check: bool) -> None:
             raise click.ClickException(
                 "stale: " + ", ".join(stale) + " (run: ambidex manifests render)"
             )
-        _progress("deploy/kubernetes is up to date")
+        _progress("deploy/kubernetes/base is up to date")
         return
     for path in write():
         _progress(f"wrote {path}")
@@ -287,6 +288,45 @@ def asyncapi_render(check: bool) -> None:
         return
     DOCUMENT.write_text(text)
     _progress(f"wrote {DOCUMENT}")
+
+
+@manifests.command("validate")
+def manifests_validate() -> None:
+    """kustomize build the base and every overlay, kubeconform -strict against the
+    schemas in deploy/kubernetes/schemas/ (offline)."""
+    from ambidex.deploycheck import ToolMissing, validate_all
+
+    try:
+        verdicts = validate_all()
+    except (ToolMissing, RuntimeError) as error:
+        raise click.ClickException(str(error)) from error
+    for verdict in verdicts:
+        _progress(f"{verdict.source}: {verdict.output.splitlines()[-1] if verdict.output else ''}")
+    failed = [v for v in verdicts if not v.ok]
+    if failed:
+        raise click.ClickException(
+            "invalid: " + "; ".join(f"{v.source}:\n{v.output}" for v in failed)
+        )
+
+
+@manifests.command("schemas")
+@click.argument("crd_files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+def manifests_schemas(crd_files: tuple[str, ...]) -> None:
+    """Write deploy/kubernetes/schemas/: the built-in kinds' schemas, and those of the
+    kinds the base uses from CRD_FILES (Strimzi's and the Prometheus operator's CRDs)."""
+    import yaml
+
+    from ambidex.deploycheck import write_schemas
+    from ambidex.manifests import render
+
+    kinds = {
+        document["kind"]
+        for text in render().values()
+        for document in yaml.safe_load_all(text)
+        if document
+    }
+    for path in write_schemas([Path(f) for f in crd_files], kinds):
+        _progress(f"wrote {path}")
 
 
 # ------------------------------------------------------------------ connectors
@@ -551,7 +591,9 @@ def _register_service_commands() -> None:
     # `ambidex reconcile [options]` stays inventory-projection's check;
     # `ambidex reconcile order-sync` compares the orders.
     reconcile = click.Group(
-        "reconcile", callback=run_inventory, params=list(inventory.params),
+        "reconcile",
+        callback=run_inventory,
+        params=list(inventory.params),
         invoke_without_command=True,
         help=f"{inventory.help}\n\n`reconcile order-sync` compares every CRM order with its "
         "ERP order instead.",

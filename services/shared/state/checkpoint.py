@@ -139,10 +139,8 @@ class Checkpoint:
     async def open(
         self, state: StateStore, bootstrap: str, producer: ChangelogProducer
     ) -> Restored | None:
-        """Take ``state`` (rebuilt from the changelog first when :func:`needs_restore`)
-        and start covering from the offsets it records; what was restored, if anything."""
-        self.state = state
-        self.producer = producer
+        """:meth:`use` ``state``, rebuilt from the changelog first when
+        :func:`needs_restore`; what was restored, if anything."""
         restored = None
         if needs_restore(state):
             restored = await restore_from_changelog(bootstrap, state, self.changelog)
@@ -155,9 +153,15 @@ class Checkpoint:
                     "seconds": round(restored.seconds, 3),
                 },
             )
+        self.use(state, producer)
+        return restored
+
+    def use(self, state: StateStore, producer: ChangelogProducer) -> None:
+        """Fold into ``state`` from now on, covering from the offsets it records."""
+        self.state = state
+        self.producer = producer
         self.overlay = Overlay(state)
         self._cover_stored()
-        return restored
 
     def close(self) -> None:
         self.state.close()

@@ -28,6 +28,17 @@ Start (:meth:`Checkpoint.open`): the local state (RocksDB under
 ``<service_state_dir>/state``, or memory), rebuilt from the changelog first when it is
 empty or a restore did not finish.
 
+Use (``services/inventory_projection/app.py`` is the worked example; the changelog
+topic is declared under ``service_state`` in ``deploy/topics.yaml``)::
+
+    checkpoint = Checkpoint(Changelog("state.<service>"))
+    source = checkpoint.batch_source(service, "changes", topics, on_batch, on_reset=reload)
+    # start hook: await checkpoint.open(open_state(settings), bootstrap, service.producer)
+    # on_batch:   fold through checkpoint.overlay, then
+    #             await checkpoint.commit(batch, released_records, effects)
+    # reload:     rebuild what the service keeps in memory from checkpoint.overlay
+    # stop hook:  checkpoint.close()
+
 Scale-out (issue 16, not built yet): one Checkpoint per *shard*, a set of source
 partitions whose records a worker's fold keys by the business key the state is
 partitioned by (the shared transaction holder hands whole source transactions on by
@@ -71,8 +82,6 @@ if TYPE_CHECKING:
     from services.shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-
-Beginnings = Callable[[Sequence[TopicPartition]], Awaitable[Mapping[TopicPartition, int]]]
 
 
 def open_state(settings: ServiceSettings) -> StateStore:

@@ -142,11 +142,11 @@ from services.inventory_projection.ledger import (
     Contribution,
     StockLedger,
 )
-from services.inventory_projection.state import KeyValue, MemoryState
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput, Cause
 from services.shared.position import SourcePosition
+from services.shared.state.store import KeyValue, MemoryState
 
 # --------------------------------------------------------------------------- constants
 

@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from services.inventory_projection.state import KeyValue
 from services.shared.position import SourcePosition
+from services.shared.state.store import KeyValue
 
 ZERO = Decimal("0.000")
 UNDATED = ""

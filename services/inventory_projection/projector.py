@@ -94,7 +94,6 @@ from services.inventory_projection.domain import (
     parse_storage_key,
     storage_key,
 )
-from services.inventory_projection.state import KeyValue
 from services.inventory_projection.truncates import (
     ANSWERS,
     clear_table,
@@ -105,6 +104,7 @@ from services.shared.changes import ChangeEvent, ChangeOp, UndecodedChange
 from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
 from services.shared.position import SourcePosition
+from services.shared.state.store import KeyValue
 from services.shared.transactions import (
     CompleteTransaction,
     InconsistentTransaction,

@@ -27,8 +27,8 @@ from services.inventory_projection.domain import (
     RowStore,
     Table,
 )
-from services.inventory_projection.state import KeyValue
 from services.shared.position import SourcePosition
+from services.shared.state.store import KeyValue
 from services.shared.truncates import TruncateAnswer
 
 CLEAR, RESNAPSHOT = TruncateAnswer.CLEAR, TruncateAnswer.NEEDS_RESNAPSHOT

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from services.inventory_projection import projector as projector_module
 from services.inventory_projection.projector import Projector
-from services.inventory_projection.rocks import RocksState
-from services.inventory_projection.state import Overlay
+from services.shared.state.rocks import RocksState
+from services.shared.state.store import Overlay
 from tests.unit.test_inventory_app import change, end
 
 ITEMS = 250

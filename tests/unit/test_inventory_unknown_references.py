@@ -37,9 +37,9 @@ from services.inventory_projection.projector import (
     Step,
     verdict_key,
 )
-from services.inventory_projection.state import MemoryState
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.position import SourcePosition
+from services.shared.state.store import MemoryState
 from services.shared.transactions import TransactionMarker, TransactionStatus
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -1,36 +1,28 @@
-"""Where inventory-projection keeps its state: a small ordered key-value port (no I/O here).
+"""The state a service folds into: a small ordered key-value port (no I/O here).
 
-The pure core (:mod:`~services.inventory_projection.domain`,
-:mod:`~services.inventory_projection.ledger`, :mod:`~services.inventory_projection.projector`)
-reads and writes raw ``bytes -> bytes`` entries through :class:`KeyValue`. Why a port
-and not Python dicts: with a million item x warehouse keys the state does not fit the
-worker's memory budget as objects (about 1.4 KB per row version as dicts), so in
-production it lives in a local RocksDB (:mod:`~services.inventory_projection.rocks`) and
-only the keys a batch touches are decoded. Unit tests use :class:`MemoryState`.
+A service's pure core reads and writes raw ``bytes -> bytes`` entries through
+:class:`KeyValue`. Why a port and not Python dicts: with a million keys the state does
+not fit a worker's memory budget as objects (inventory-projection: about 1.4 KB per row
+version as dicts), so in production it lives in a local RocksDB
+(:mod:`~services.shared.state.rocks`) and only the keys a batch touches are decoded.
+Unit tests (and ``table_store=memory``) use :class:`MemoryState`.
 
 :class:`Overlay` is the per-batch write buffer over a :class:`StateStore`: reads see the
-batch's own writes, and :meth:`Overlay.drain` hands the whole change set to the shell,
-which writes it (with the source offsets it covers) in ONE atomic write and produces it
-to the changelog topic. Nothing is written to the backing store before that, so a crash
-in the middle of a batch leaves the previous batch's state, never half of one.
+batch's own writes, and :meth:`Overlay.drain` hands the whole change set to the
+:class:`~services.shared.state.checkpoint.Checkpoint`, which produces it to the
+changelog and writes it (with the source offsets it covers) in ONE atomic write.
+Nothing is written to the backing store before that, so a crash in the middle of a
+batch leaves the previous batch's state, never half of one.
 
-Key layout (all ids 8-byte big-endian, so byte order = numeric order):
-
-* ``v:<db>.<table>:<id>`` -> a catalogue/order row version (JSON), see ``RowStore``;
-* ``r:<table code><id>`` -> a stock row's position and contribution (ledger);
-* ``a:<item><warehouse>`` -> the aggregates of one key, ``t:<item>`` -> of the item
-  over all warehouses, ``x:<warehouse><item>`` -> key presence by warehouse,
-  ``w:<warehouse>`` -> a warehouse referenced by stock rows (ledger);
-* ``e:<crm order id>`` -> last evaluated order version; ``u:<db>.<table>:<id>`` -> the
-  position of the row version dead-lettered for an unknown reference (projector);
-  ``m`` -> meta; ``o`` -> the source offsets the state covers (written last in every
-  batch).
+Keys are the service's own, except two the component reserves:
+:data:`~services.shared.state.changelog.OFFSETS_KEY` (``o``: the source offsets the
+state covers) and :data:`~services.shared.state.changelog.RESTORING_KEY`.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 
@@ -219,8 +211,4 @@ class Overlay:
         self.pending = {}
 
 
-def copy_into(store: StateStore, entries: Iterable[tuple[bytes, bytes]]) -> None:
-    store.write(dict(entries))
-
-
-__all__ = ["KeyValue", "MemoryState", "Overlay", "StateStore", "StateWriter", "copy_into"]
+__all__ = ["KeyValue", "MemoryState", "Overlay", "StateStore", "StateWriter"]

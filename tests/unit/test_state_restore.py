@@ -1,4 +1,4 @@
-"""Rebuilding inventory-projection's local state from its changelog (no servers).
+"""Rebuilding a service's local state from its changelog (services.shared.state, no servers).
 
 Invariant protected: a restore is all or nothing across crashes. A state is only ever
 taken as whole (and the restore skipped) when the restore that filled it finished; a
@@ -15,15 +15,15 @@ from typing import NamedTuple
 
 import pytest
 
-from services.inventory_projection.app import (
+from services.shared.state.changelog import (
     BATCH_HEADER,
     OFFSETS_KEY,
     RESTORING_KEY,
     ChangelogCopy,
     needs_restore,
 )
-from services.inventory_projection.rocks import RocksState
-from services.inventory_projection.state import MemoryState, StateStore
+from services.shared.state.rocks import RocksState
+from services.shared.state.store import MemoryState, StateStore
 
 
 class Entry(NamedTuple):
@@ -33,7 +33,7 @@ class Entry(NamedTuple):
 
 
 def changelog(batches: int, per_batch: int = 5) -> list[Entry]:
-    """What the shell produces: per batch its state entries, then the offsets entry."""
+    """What a checkpoint produces: per batch its state entries, then the offsets entry."""
     out: list[Entry] = []
     for b in range(batches):
         headers = [(BATCH_HEADER, b.to_bytes(8, "big"))]

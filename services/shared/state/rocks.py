@@ -1,10 +1,10 @@
-"""The local RocksDB behind :class:`~services.inventory_projection.state.StateStore` (I/O).
+"""The local RocksDB behind :class:`~services.shared.state.store.StateStore` (I/O).
 
-One RocksDB per worker under ``<service_state_dir>/state`` (rocksdict, raw bytes). A
-batch's change set is applied with ONE ``WriteBatch`` (atomic: the projection's entries
-and the source offsets they cover land together or not at all). RocksDB keeps the data
-on disk with a bounded block cache, which is what keeps the worker's memory flat with a
-million keys.
+One RocksDB per state (today one per worker) under ``<service_state_dir>/state``
+(rocksdict, raw bytes). A batch's change set is applied with ONE ``WriteBatch`` (atomic:
+the service's entries and the source offsets they cover land together or not at all).
+RocksDB keeps the data on disk with a bounded block cache, which is what keeps the
+worker's memory flat with a million keys.
 """
 
 from __future__ import annotations

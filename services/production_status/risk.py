@@ -18,7 +18,7 @@ Production and QC findings count only while some ordered quantity is on no shipm
 The level is the highest finding's; the reason the first finding of that level in the
 order above. A delivered or cancelled order has no risk. :func:`transition` compares the
 level with the last one published for the order (``rk:<crm order>`` -> ``[level,
-events so far]``) and returns an event only when it changed: ``raised`` for a higher or
+events so far, reason]``) and returns an event only when it changed: ``raised`` for a higher or
 lower non-none level, ``cleared`` when it went back to none. The event id
 ``<crm order>:<n>`` counts the order's events, so a consumer can deduplicate, and a
 replay over restored state (which already holds the last level) raises nothing twice.
@@ -168,9 +168,13 @@ def _risk_key(crm_order_id: int) -> bytes:
     return b"rk:" + crm_order_id.to_bytes(8, "big", signed=True)
 
 
-def last_level(kv: KeyValue, crm_order_id: int) -> Level:
+def last_risk(kv: KeyValue, crm_order_id: int) -> tuple[Level, Reason | None]:
+    """The level (and its reason) last published for the order."""
     raw = kv.get(_risk_key(crm_order_id))
-    return Level.NONE if raw is None else Level(loads(raw)[0])
+    if raw is None:
+        return Level.NONE, None
+    level, _, reason = loads(raw)
+    return Level(level), None if reason is None else Reason(reason)
 
 
 def transition(kv: KeyValue, status: FulfilmentStatus, assessment: Assessment, now: datetime
@@ -182,7 +186,8 @@ def transition(kv: KeyValue, status: FulfilmentStatus, assessment: Assessment, n
     if assessment.level == previous:
         return None
     count += 1
-    kv.put(key, dumps([assessment.level.value, count]))
+    reason = None if assessment.reason is None else assessment.reason.value
+    kv.put(key, dumps([assessment.level.value, count, reason]))
     return RiskEvent(
         risk_id=f"{status.crm_order_id}:{count}",
         crm_order_id=status.crm_order_id,

@@ -406,3 +406,34 @@ def test_impossible_inspection_and_shipment_dates_are_refused() -> None:
                          "state": "delivered", "scheduled_date": None, "shipped_at": T0,
                          "delivered_at": T0 - timedelta(seconds=1), "carrier": None,
                          "tracking_ref": None})
+
+
+# ------------------------------------------------------------------ wire format
+
+
+def test_status_risk_and_triage_encode_with_the_published_schemas() -> None:
+    from services.production_status import publish
+    from services.production_status.risk import last_risk
+    from services.shared.avro import AvroCodec, SchemaCatalogue
+
+    codec = AvroCodec(SchemaCatalogue.load())
+    w = shipped_order()
+    now = T0 + timedelta(days=3)
+    event = risk_event(w, now)
+    status = order_status(w.fold, CRM, now)
+    assert status is not None and event is not None
+    record = publish.status_record(status, line_statuses(w.fold, ERP, now),
+                                   last_risk(w.kv, CRM), now)
+    decoded = codec.decode(codec.encode(publish.FULFILMENT_STATUS, record)).record
+    assert (decoded["stage"], decoded["shipped"], decoded["risk_level"]) == (
+        "shipped", D("14.000"), "at_risk")
+    assert [line["shipped"] for line in decoded["lines"]] == [D("10.000"), D("4.000")]
+    assert decoded["prediction_inputs"][0]["p90_minutes"] > 0
+    risk = codec.decode(codec.encode(publish.DELAY_RISK, publish.risk_record(event))).record
+    assert (risk["risk_id"], risk["findings"][0]["evidence"]["carrier"]) == (f"{CRM}:1", "Slow")
+    case(w, "delivery")
+    result = triage(w.fold, 77, now)
+    assert result is not None
+    encoded = codec.encode(publish.CASE_TRIAGE, publish.triage_record(result))
+    assert codec.decode(encoded).record["culprit"] == "transport"
+    assert publish.topic_key(CRM) == b"501"

@@ -437,3 +437,37 @@ def test_status_risk_and_triage_encode_with_the_published_schemas() -> None:
     encoded = codec.encode(publish.CASE_TRIAGE, publish.triage_record(result))
     assert codec.decode(encoded).record["culprit"] == "transport"
     assert publish.topic_key(CRM) == b"501"
+
+
+def test_write_back_rows_have_exactly_the_columns_of_the_crm_tables() -> None:
+    import re
+    from pathlib import Path
+
+    from services.production_status import publish, writeback
+    from services.production_status.risk import last_risk
+
+    sql = Path("deploy/sql/crm/060_production_status.sql").read_text()
+
+    def columns(table: str) -> set[str]:
+        body = sql.split(f"CREATE TABLE IF NOT EXISTS {table} (")[1].split("\n);")[0]
+        found = {m.group(1) for m in re.finditer(r"^    ([a-z_0-9]+) ", body, re.M)}
+        return found - {"source_commit_lsn", "source_lsn", "deleted", "PRIMARY", "CHECK"}
+
+    w = shipped_order()
+    now = T0 + timedelta(days=3)
+    event = risk_event(w, now)
+    status = order_status(w.fold, CRM, now)
+    assert status is not None and event is not None
+    record = publish.status_record(status, line_statuses(w.fold, ERP, now),
+                                   last_risk(w.kv, CRM), now)
+    assert set(writeback.status_row(record)) == columns(writeback.FULFILMENT_STATUS)
+    lines = writeback.line_rows(record)
+    assert len(lines) == 2 and set(lines[0]) == columns(writeback.FULFILMENT_LINE)
+    assert set(writeback.risk_row(publish.risk_record(event))) == columns(
+        writeback.DELAY_RISK_EVENT)
+    case(w, "delivery")
+    result = triage(w.fold, 77, now)
+    assert result is not None
+    row = writeback.triage_row(publish.triage_record(result))
+    assert set(row) == columns(writeback.CASE_TRIAGE)
+    assert '"carrier":"Slow"' in row["evidence"]

@@ -10,7 +10,7 @@ Invariants protected here (issue 12; DESIGN.md 4 and 6):
   over the final rows; every status, line status and triage equals the one of a fold
   fed only the final rows. Several seeds.
 * Replay changes nothing: feeding the whole history again leaves every state byte as
-  it was.
+  it was, and raises no delay risk a second time.
 * The cost of one change does not grow with its order: changing a line, a production
   order, an inspection, a shipment line or a shipment header of a 120-line order reads
   and writes exactly as many state entries as for a 4-line order (counted, not timed).
@@ -27,6 +27,7 @@ import pytest
 from services.inventory_projection.state import MemoryState
 from services.production_status.fold import ProgressFold, key_id
 from services.production_status.recompute import final_rows, recompute
+from services.production_status.risk import assess, transition
 from services.production_status.records import (
     ERP_ORDER,
     ERP_ORDER_LINE,
@@ -124,6 +125,37 @@ def test_replaying_the_whole_history_changes_no_state_byte(seed: int) -> None:
     before = dict(kv.data)
     feed(fold, versions)
     feed(fold, deliveries(versions, seed + 1))
+    assert kv.data == before
+
+
+def risk_events(fold: ProgressFold, kv: MemoryState, versions: list[Version]) -> list[str]:
+    """Feed ``versions`` one by one, assessing every CRM order a change touched (as the
+    shell does); the ids of the risk events raised."""
+    raised = []
+    for v in versions:
+        if v.table == "identity":
+            applied = fold.apply_identity(v.row)
+        else:
+            applied = fold.apply(v.table, v.row_id, v.position, v.row)
+        for crm in sorted(applied.crm_orders):
+            status = order_status(fold, crm, NOW)
+            if status is None:
+                continue
+            figures = fold.figures(status.erp_order_id)
+            event = transition(kv, status, assess(status, figures, fold.durations, NOW), NOW)
+            if event is not None:
+                raised.append(event.risk_id)
+    return raised
+
+
+@pytest.mark.parametrize("seed", SEEDS[:4])
+def test_a_replay_raises_no_risk_twice(seed: int) -> None:
+    versions = history(seed)
+    kv = MemoryState()
+    fold = ProgressFold(kv)
+    assert risk_events(fold, kv, versions)  # the history raised (and cleared) risks
+    before = dict(kv.data)
+    assert risk_events(fold, kv, versions) == []
     assert kv.data == before
 
 

@@ -18,7 +18,7 @@ Invariants protected here (issue 12; DESIGN.md 4 and 6):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import date
 from decimal import Decimal
 
@@ -27,7 +27,6 @@ import pytest
 from services.inventory_projection.state import MemoryState
 from services.production_status.fold import ProgressFold, key_id
 from services.production_status.recompute import final_rows, recompute
-from services.production_status.risk import assess, transition
 from services.production_status.records import (
     ERP_ORDER,
     ERP_ORDER_LINE,
@@ -43,6 +42,7 @@ from services.production_status.records import (
     ShipmentLine,
     loads,
 )
+from services.production_status.risk import assess, transition
 from services.production_status.status import line_statuses, order_status
 from services.production_status.triage import triage
 from services.shared.position import SourcePosition
@@ -128,24 +128,32 @@ def test_replaying_the_whole_history_changes_no_state_byte(seed: int) -> None:
     assert kv.data == before
 
 
+def assess_orders(fold: ProgressFold, kv: MemoryState, crm_orders: Iterable[int]) -> list[str]:
+    """Assess the orders' risk at NOW; the ids of the risk events raised."""
+    raised = []
+    for crm in sorted(crm_orders):
+        status = order_status(fold, crm, NOW)
+        if status is None:
+            continue
+        figures = fold.figures(status.erp_order_id)
+        event = transition(kv, status, assess(status, figures, fold.durations, NOW), NOW)
+        if event is not None:
+            raised.append(event.risk_id)
+    return raised
+
+
 def risk_events(fold: ProgressFold, kv: MemoryState, versions: list[Version]) -> list[str]:
     """Feed ``versions`` one by one, assessing every CRM order a change touched (as the
-    shell does); the ids of the risk events raised."""
+    shell does), then every known order (as its timer does)."""
     raised = []
     for v in versions:
         if v.table == "identity":
             applied = fold.apply_identity(v.row)
         else:
             applied = fold.apply(v.table, v.row_id, v.position, v.row)
-        for crm in sorted(applied.crm_orders):
-            status = order_status(fold, crm, NOW)
-            if status is None:
-                continue
-            figures = fold.figures(status.erp_order_id)
-            event = transition(kv, status, assess(status, figures, fold.durations, NOW), NOW)
-            if event is not None:
-                raised.append(event.risk_id)
-    return raised
+        raised += assess_orders(fold, kv, applied.crm_orders)
+    known = {v.row_id for v in versions if v.table == "identity"}
+    return raised + assess_orders(fold, kv, known)
 
 
 @pytest.mark.parametrize("seed", SEEDS[:4])

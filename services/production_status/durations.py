@@ -119,6 +119,12 @@ def hours_between(start: datetime, end: datetime) -> float:
     return max((end - start).total_seconds(), 0.0) / 3600.0
 
 
+def carrier_name(carrier: str | None) -> str | None:
+    """The carrier as durations and figures name it: ``|`` separates the parts of a
+    figure name, so it becomes ``/``; no carrier (or an empty one) is None."""
+    return carrier.replace("|", "/") if carrier else None
+
+
 def _key(kind: str, warehouse: str, carrier: str) -> bytes:
     return b"d:" + f"{kind}\x00{warehouse}\x00{carrier}".encode()
 
@@ -174,11 +180,13 @@ class Durations:
 
     def histogram(self, kind: str, warehouse_id: int | None, carrier: str | None) -> Histogram:
         warehouse = ANY if warehouse_id is None else str(warehouse_id)
-        return Histogram.decode(self.kv.get(_key(kind, warehouse, carrier or ANY)))
+        return Histogram.decode(self.kv.get(_key(kind, warehouse,
+                                                 carrier_name(carrier) or ANY)))
 
     def quantiles(self, kind: str, warehouse_id: int | None, carrier: str | None = None
                   ) -> Quantiles:
         """p50/p90 from the narrowest key with enough samples (see the module docstring)."""
+        carrier = carrier_name(carrier)
         candidates: list[tuple[int | None, str | None]] = []
         if warehouse_id is not None and carrier is not None:
             candidates.append((warehouse_id, carrier))
@@ -200,4 +208,5 @@ def sample(kind: str, warehouse_id: int, carrier: str | None, start: datetime, e
     hours = hours_between(start, end)
     if not math.isfinite(hours):  # pragma: no cover - datetimes are finite
         raise ValueError(hours)
-    return Sample(kind, warehouse_id, carrier if kind == TRANSPORT else None, bucket_of(hours))
+    return Sample(kind, warehouse_id, carrier_name(carrier) if kind == TRANSPORT else None,
+                  bucket_of(hours))

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from enum import StrEnum
 
+from services.production_status.durations import carrier_name
 from services.production_status.records import (
     ErpOrderLine,
     Inspection,
@@ -128,7 +129,7 @@ def shipment_contribution(shipment: Shipment, quantity: Decimal) -> Contribution
         scheduled = "" if shipment.scheduled_date is None else shipment.scheduled_date.isoformat()
         _add(c, f"pending.{shipment.warehouse_id}|{scheduled}")
     elif shipment.state == "shipped" and shipment.shipped_at is not None:
-        carrier = (shipment.carrier or "").replace("|", "/")
+        carrier = carrier_name(shipment.carrier) or ""
         _add(c, f"transit.{shipment.warehouse_id}|{carrier}|{shipment.shipped_at.date()}")
     elif shipment.state == "delivered" and shipment.delivered_at is not None:
         _add(c, f"delivered.{shipment.delivered_at.date().isoformat()}")

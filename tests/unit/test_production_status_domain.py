@@ -471,3 +471,11 @@ def test_write_back_rows_have_exactly_the_columns_of_the_crm_tables() -> None:
     row = writeback.triage_row(publish.triage_record(result))
     assert set(row) == columns(writeback.CASE_TRIAGE)
     assert '"carrier":"Slow"' in row["evidence"]
+
+
+def test_a_carrier_named_with_a_bar_is_learned_and_looked_up_under_one_name() -> None:
+    w = World()
+    for n in range(MIN_SAMPLES):
+        deliver(w, 100 + n, 30, carrier="Fast|Freight")
+    assert w.fold.durations.quantiles(TRANSPORT, WH, "Fast|Freight").basis == (
+        f"transport {WH}/Fast/Freight")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -250,39 +250,57 @@ def identity_from_record(record: Mapping[str, Any]) -> Identity:
 
 
 # --------------------------------------------------------------------------- JSON codec
+# Compiled once per row type (the fold encodes and decodes a few rows per change: a
+# generic walk over the type hints per row was most of its cost).
+
+Convert = Callable[[Any], Any] | None
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, date):  # datetime included
-        return value.isoformat()
-    return value
-
-
-def _from_json(value: Any, hint: Any) -> Any:
-    if value is None:
-        return None
+def _base(hint: Any) -> Any:
     args = typing.get_args(hint)
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if base is Decimal:
-        return Decimal(value)
-    if base is datetime:
-        return datetime.fromisoformat(value)
-    if base is date:
-        return date.fromisoformat(value)
-    return value
+    return next((a for a in args if a is not type(None)), hint) if args else hint
+
+
+def _to_text(value: Any) -> Any:
+    return value.isoformat()
+
+
+_ENCODERS: dict[Any, Convert] = {Decimal: str, date: _to_text, datetime: _to_text}
+_DECODERS: dict[Any, Convert] = {
+    Decimal: Decimal, date: date.fromisoformat, datetime: datetime.fromisoformat,
+}
+
+
+Codec = tuple[tuple[str, ...], tuple[Convert, ...], tuple[Convert, ...]]
+
+
+def _codec(cls: Any) -> Codec:
+    return _codec_of(cls)
+
+
+@cache
+def _codec_of(cls: type[Any]) -> Codec:
+    hints = _hints(cls)
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    bases = [_base(hints[n]) for n in names]
+    return (names, tuple(_ENCODERS.get(b) for b in bases),
+            tuple(_DECODERS.get(b) for b in bases))
 
 
 def encode(row: Any) -> list[Any]:
     """The row's field values, JSON-ready, in field order."""
-    return [_jsonable(getattr(row, f.name)) for f in dataclasses.fields(row)]
+    names, encoders, _ = _codec(type(row))
+    values = []
+    for name, convert in zip(names, encoders, strict=True):
+        value = getattr(row, name)
+        values.append(value if convert is None or value is None else convert(value))
+    return values
 
 
 def decode(cls: type[T], values: list[Any]) -> T:
-    hints = _hints(cls)
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    return cls(*(_from_json(v, hints[f.name]) for f, v in zip(fields, values, strict=True)))
+    _, _, decoders = _codec(cls)
+    return cls(*[v if d is None or v is None else d(v)
+                 for d, v in zip(decoders, values, strict=True)])
 
 
 def dumps(value: Any) -> bytes:

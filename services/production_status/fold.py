@@ -1,0 +1,481 @@
+"""The incremental fold: ERP and CRM row versions -> per-order figures in a key-value state.
+
+State is keyed by ERP order: every ERP row names its ERP order (directly, or through
+its production order or shipment), none names the CRM order. The CRM order is reached
+only through the order identity (``i:``/``j:``), which is one link per order: when it
+arrives after the ERP rows ("progress before the identity"), nothing is moved, the
+held figures simply become visible under the CRM order, at a cost of O(1).
+
+Cost per change (DESIGN.md 4): a change reads and writes its own row, its unit (a
+production order with its inspections, a shipment with its line sum) and one or two
+order figure entries; never the other lines, production orders or shipments of its
+order. A shipment line moves its shipment's quantity sum (``n:``) by its difference.
+
+State is a function of the latest version of each row (DESIGN.md 6): every row is
+position-guarded (``r:``, deletes keep a tombstone with their position), and each unit
+keeps the contribution it last added, so a new version replaces it (old subtracted,
+new added) and a replayed or redelivered version changes nothing. The learned
+durations (:mod:`.durations`) follow the same rule: the sample a completed inspection or
+delivered shipment contributed is kept in its row's record and replaced, never added
+twice.
+
+Key layout (ids 8-byte big-endian):
+
+* ``r:<table code><id>`` -> ``[commit_lsn, lsn, row fields | null, unit state]``;
+* ``a:<erp order>`` -> the order's figures (:mod:`.progress`);
+* ``n:<shipment>`` -> ``[quantity of its lines present, lines present]``;
+* indexes (empty values): ``qi:<production order><inspection>``,
+  ``ol:<erp order><order line>``, ``lm:<order line><production order>``,
+  ``ls:<order line><shipment line>``, ``om:<erp order><production order>``,
+  ``os:<erp order><shipment>``, ``of:<erp order><failed inspection>``,
+  ``kc:<crm order><case>``, ``op:<erp order>`` (open orders, for the shell's timer);
+* ``w:<o|p|s><id>``: rows waiting for a parent: figures of an ERP order whose header
+  is unknown, inspections of an unknown production order, shipment lines of an unknown
+  shipment (the shell dead-letters them after its grace);
+* ``i:<erp order>`` -> ``[crm order, version, identity]``, ``j:<crm order>`` ->
+  ``[version, erp order]``; ``d:...`` durations; ``rk:<crm order>`` the last risk
+  published (:mod:`.risk`).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from services.production_status import progress
+from services.production_status.durations import QC, TRANSPORT, Durations, Sample, sample
+from services.production_status.ports import KeyValue
+from services.production_status.progress import Contribution, Figures
+from services.production_status.records import (
+    CRM_ORDER,
+    ERP_ORDER,
+    ERP_ORDER_LINE,
+    INSPECTION,
+    PRODUCTION_ORDER,
+    SERVICE_CASE,
+    SHIPMENT,
+    SHIPMENT_LINE,
+    TABLES,
+    CrmOrder,
+    ErpOrder,
+    ErpOrderLine,
+    Identity,
+    Inspection,
+    ProductionOrder,
+    ServiceCase,
+    Shipment,
+    ShipmentLine,
+    decode,
+    dumps,
+    encode,
+    loads,
+)
+from services.shared.position import SourcePosition
+
+_pack = struct.Struct(">q").pack
+CODES = {
+    ERP_ORDER: b"o", ERP_ORDER_LINE: b"l", PRODUCTION_ORDER: b"p", INSPECTION: b"q",
+    SHIPMENT: b"s", SHIPMENT_LINE: b"t", CRM_ORDER: b"c", SERVICE_CASE: b"k",
+}
+ZERO = Decimal(0)
+
+
+def key_id(raw: bytes) -> int:
+    return int.from_bytes(raw[-8:], "big", signed=True)
+
+
+def row_key(table: str, row_id: int) -> bytes:
+    return b"r:" + CODES[table] + _pack(row_id)
+
+
+def figures_key(erp_order_id: int) -> bytes:
+    return b"a:" + _pack(erp_order_id)
+
+
+def _index(prefix: bytes, parent: int, child: int) -> bytes:
+    return prefix + _pack(parent) + _pack(child)
+
+
+@dataclass(slots=True)
+class Record:
+    """A stored row version: its position, the row (None: deleted) and its unit state."""
+
+    position: SourcePosition
+    row: Any
+    extra: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one change moved: the shell republishes these (and nothing else)."""
+
+    changed: bool
+    erp_orders: frozenset[int] = frozenset()
+    crm_orders: frozenset[int] = frozenset()
+    cases: frozenset[int] = frozenset()
+
+
+@dataclass(slots=True)
+class _Touched:
+    erp: set[int] = field(default_factory=set)
+    crm: set[int] = field(default_factory=set)
+    cases: set[int] = field(default_factory=set)
+
+
+class ProgressFold:
+    """Folds row versions into per-order figures over a :class:`KeyValue`."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.durations = Durations(kv)
+
+    # ------------------------------------------------------------------ records
+
+    def record(self, table: str, row_id: int) -> Record | None:
+        raw = self.kv.get(row_key(table, row_id))
+        if raw is None:
+            return None
+        commit, lsn, fields, extra = loads(raw)
+        row = None if fields is None else decode(TABLES[table], fields)
+        return Record(SourcePosition(commit, lsn), row, extra)
+
+    def _write(self, table: str, row_id: int, rec: Record) -> None:
+        fields = None if rec.row is None else encode(rec.row)
+        self.kv.put(
+            row_key(table, row_id),
+            dumps([rec.position.commit_lsn, rec.position.lsn, fields, rec.extra]),
+        )
+
+    def row(self, table: str, row_id: int) -> Any:
+        rec = self.record(table, row_id)
+        return None if rec is None else rec.row
+
+    def figures(self, erp_order_id: int) -> Figures:
+        raw = self.kv.get(figures_key(erp_order_id))
+        return {} if raw is None else progress.decode_figures(loads(raw))
+
+    def children(self, prefix: bytes, parent: int) -> Iterator[int]:
+        for key, _ in self.kv.scan(prefix + _pack(parent)):
+            yield key_id(key)
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, table: str, row_id: int, position: SourcePosition, row: Any) -> Applied:
+        """Fold one source row version (``row`` None: the row was deleted)."""
+        old = self.record(table, row_id)
+        if old is not None and position <= old.position:
+            return Applied(False)  # stale, redelivered or replayed
+        touched = _Touched()
+        new = Record(position, row, None if old is None else old.extra)
+        handler = _HANDLERS[table]
+        handler(self, row_id, old, new, touched)
+        for erp_order_id in touched.erp:
+            self._refresh_order(erp_order_id)
+        for erp_order_id in touched.erp:
+            crm = self.crm_order_of(erp_order_id)
+            if crm is not None:
+                touched.crm.add(crm)
+        return Applied(True, frozenset(touched.erp), frozenset(touched.crm),
+                       frozenset(touched.cases))
+
+    def apply_identity(self, identity: Identity) -> Applied:
+        """Fold one order identity record; the highest ``crm_order_version`` wins."""
+        crm = identity.crm_order_id
+        raw = self.kv.get(b"j:" + _pack(crm))
+        touched = _Touched(crm={crm})
+        if raw is not None:
+            version, erp = loads(raw)
+            if identity.crm_order_version < version:
+                return Applied(False)
+            current = self.identity_of_erp(erp)
+            if erp == identity.erp_order_id and current == identity:
+                return Applied(False)
+            if erp != identity.erp_order_id:
+                self.kv.delete(b"i:" + _pack(erp))
+                touched.erp.add(erp)
+        touched.erp.add(identity.erp_order_id)
+        self.kv.put(b"j:" + _pack(crm), dumps([identity.crm_order_version,
+                                               identity.erp_order_id]))
+        self.kv.put(b"i:" + _pack(identity.erp_order_id),
+                    dumps([crm, identity.crm_order_version, encode(identity)]))
+        for erp_order_id in touched.erp:
+            self._refresh_order(erp_order_id)
+        return Applied(True, frozenset(touched.erp), frozenset(touched.crm))
+
+    def identity_of_erp(self, erp_order_id: int) -> Identity | None:
+        raw = self.kv.get(b"i:" + _pack(erp_order_id))
+        return None if raw is None else decode(Identity, loads(raw)[2])
+
+    def crm_order_of(self, erp_order_id: int) -> int | None:
+        raw = self.kv.get(b"i:" + _pack(erp_order_id))
+        return None if raw is None else int(loads(raw)[0])
+
+    def erp_order_of(self, crm_order_id: int) -> int | None:
+        raw = self.kv.get(b"j:" + _pack(crm_order_id))
+        return None if raw is None else int(loads(raw)[1])
+
+    # ------------------------------------------------------------------ figures
+
+    def _move(self, old_order: int | None, old_c: Contribution, new_order: int | None,
+              new_c: Contribution, touched: _Touched) -> None:
+        if old_order == new_order:
+            if old_order is None or old_c == new_c:
+                return
+            figures = self.figures(old_order)
+            progress.combine(figures, old_c, -1)
+            progress.combine(figures, new_c, 1)
+            self._store_figures(old_order, figures)
+            touched.erp.add(old_order)
+            return
+        for order, c, sign in ((old_order, old_c, -1), (new_order, new_c, 1)):
+            if order is None:
+                continue
+            figures = self.figures(order)
+            progress.combine(figures, c, sign)
+            self._store_figures(order, figures)
+            touched.erp.add(order)
+
+    def _store_figures(self, erp_order_id: int, figures: Figures) -> None:
+        if figures:
+            self.kv.put(figures_key(erp_order_id), dumps(progress.encode_figures(figures)))
+        else:
+            self.kv.delete(figures_key(erp_order_id))
+
+    def _refresh_order(self, erp_order_id: int) -> None:
+        """Keep the order's waiting (``w:o``) and open (``op:``) marks true."""
+        header = self.row(ERP_ORDER, erp_order_id)
+        figures = self.figures(erp_order_id)
+        waiting = b"w:o" + _pack(erp_order_id)
+        if figures and header is None:
+            self.kv.put(waiting, b"")
+        else:
+            self.kv.delete(waiting)
+        opened = b"op:" + _pack(erp_order_id)
+        if is_open(header, figures):
+            self.kv.put(opened, b"")
+        else:
+            self.kv.delete(opened)
+
+    # ------------------------------------------------------------------ units
+
+    def _recompute_mo(self, mo_id: int, touched: _Touched) -> None:
+        rec = self.record(PRODUCTION_ORDER, mo_id)
+        mo: ProductionOrder | None = None if rec is None else rec.row
+        old_order, old_c = _unit(rec)
+        inspections: list[tuple[Record, Inspection]] = []
+        for inspection_id in self.children(b"qi:", mo_id):
+            irec = self.record(INSPECTION, inspection_id)
+            if irec is not None and irec.row is not None:
+                inspections.append((irec, irec.row))
+        new_order = None if mo is None else mo.sales_order_id
+        new_c = {} if mo is None or new_order is None else progress.mo_contribution(
+            mo, (i for _, i in inspections))
+        self._move(old_order, old_c, new_order, new_c, touched)
+        # the order's evidence (names, dates) may have changed without its figures
+        touched.erp.update(o for o in (old_order, new_order) if o is not None)
+        if old_order is not None and old_order != new_order:
+            self.kv.delete(_index(b"om:", old_order, mo_id))
+        if new_order is not None:
+            self.kv.put(_index(b"om:", new_order, mo_id), b"")
+        for irec, inspection in inspections:
+            new_sample = None
+            if mo is not None and inspection.inspected_at is not None:
+                new_sample = sample(QC, mo.warehouse_id, None, inspection.created_at,
+                                    inspection.inspected_at)
+            old_sample = Sample.decode(irec.extra)
+            if old_sample != new_sample:
+                self.durations.move(old_sample, new_sample)
+                irec.extra = None if new_sample is None else new_sample.encode()
+                self._write(INSPECTION, inspection.id, irec)
+            if old_order is not None and old_order != new_order:
+                self.kv.delete(_index(b"of:", old_order, inspection.id))
+            if new_order is not None and inspection.state == "failed":
+                self.kv.put(_index(b"of:", new_order, inspection.id), b"")
+        if rec is not None:
+            rec.extra = [new_order, progress.encode_figures(new_c)]
+            self._write(PRODUCTION_ORDER, mo_id, rec)
+        waiting = b"w:p" + _pack(mo_id)
+        if mo is None and inspections:
+            self.kv.put(waiting, b"")
+        else:
+            self.kv.delete(waiting)
+
+    def _recompute_shipment(self, shipment_id: int, touched: _Touched) -> None:
+        rec = self.record(SHIPMENT, shipment_id)
+        shipment: Shipment | None = None if rec is None else rec.row
+        raw = self.kv.get(b"n:" + _pack(shipment_id))
+        quantity, lines = (ZERO, 0) if raw is None else (Decimal(loads(raw)[0]), loads(raw)[1])
+        old_order, old_c = _unit(rec)
+        new_order = None if shipment is None else shipment.sales_order_id
+        new_c = {} if shipment is None else progress.shipment_contribution(shipment, quantity)
+        self._move(old_order, old_c, new_order, new_c, touched)
+        touched.erp.update(o for o in (old_order, new_order) if o is not None)
+        if old_order is not None and old_order != new_order:
+            self.kv.delete(_index(b"os:", old_order, shipment_id))
+        if new_order is not None:
+            self.kv.put(_index(b"os:", new_order, shipment_id), b"")
+        if rec is not None:
+            old_sample = Sample.decode(rec.extra[2]) if rec.extra else None
+            new_sample = None
+            if (shipment is not None and shipment.state == "delivered"
+                    and shipment.shipped_at is not None and shipment.delivered_at is not None):
+                new_sample = sample(TRANSPORT, shipment.warehouse_id, shipment.carrier,
+                                    shipment.shipped_at, shipment.delivered_at)
+            self.durations.move(old_sample, new_sample)
+            rec.extra = [new_order, progress.encode_figures(new_c),
+                         None if new_sample is None else new_sample.encode()]
+            self._write(SHIPMENT, shipment_id, rec)
+        waiting = b"w:s" + _pack(shipment_id)
+        if shipment is None and lines > 0:
+            self.kv.put(waiting, b"")
+        else:
+            self.kv.delete(waiting)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _erp_order(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
+        self._write(ERP_ORDER, row_id, new)
+        t.erp.add(row_id)
+
+    def _erp_order_line(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
+        line: ErpOrderLine | None = new.row
+        old_order, old_c = _unit(old)
+        new_order = None if line is None else line.order_id
+        new_c = {} if line is None else progress.line_contribution(line)
+        self._move(old_order, old_c, new_order, new_c, t)
+        t.erp.update(o for o in (old_order, new_order) if o is not None)
+        if old_order is not None and old_order != new_order:
+            self.kv.delete(_index(b"ol:", old_order, row_id))
+        if new_order is not None:
+            self.kv.put(_index(b"ol:", new_order, row_id), b"")
+        new.extra = [new_order, progress.encode_figures(new_c)]
+        self._write(ERP_ORDER_LINE, row_id, new)
+
+    def _production_order(self, row_id: int, old: Record | None, new: Record,
+                          t: _Touched) -> None:
+        before: ProductionOrder | None = None if old is None else old.row
+        after: ProductionOrder | None = new.row
+        old_line = None if before is None else before.sales_order_line_id
+        new_line = None if after is None else after.sales_order_line_id
+        if old_line is not None and old_line != new_line:
+            self.kv.delete(_index(b"lm:", old_line, row_id))
+        if new_line is not None:
+            self.kv.put(_index(b"lm:", new_line, row_id), b"")
+        self._write(PRODUCTION_ORDER, row_id, new)
+        self._recompute_mo(row_id, t)
+
+    def _inspection(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
+        before: Inspection | None = None if old is None else old.row
+        after: Inspection | None = new.row
+        old_mo = None if before is None else before.production_order_id
+        if old is not None and old_mo is not None:
+            # take the old version out of its production order first (its sample, its
+            # failed-index entry), then let the recomputation add the new one
+            self.durations.move(Sample.decode(old.extra), None)
+            order, _ = _unit(self.record(PRODUCTION_ORDER, old_mo))
+            if order is not None:
+                self.kv.delete(_index(b"of:", order, row_id))
+            self.kv.delete(_index(b"qi:", old_mo, row_id))
+        new.extra = None
+        self._write(INSPECTION, row_id, new)
+        new_mo = None if after is None else after.production_order_id
+        if new_mo is not None:
+            self.kv.put(_index(b"qi:", new_mo, row_id), b"")
+        for mo_id in {m for m in (old_mo, new_mo) if m is not None}:
+            self._recompute_mo(mo_id, t)
+
+    def _shipment(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
+        self._write(SHIPMENT, row_id, new)
+        self._recompute_shipment(row_id, t)
+
+    def _shipment_line(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
+        before: ShipmentLine | None = None if old is None else old.row
+        after: ShipmentLine | None = new.row
+        for line, sign in ((before, -1), (after, 1)):
+            if line is None:
+                continue
+            key = b"n:" + _pack(line.shipment_id)
+            raw = self.kv.get(key)
+            quantity, count = (ZERO, 0) if raw is None else (Decimal(loads(raw)[0]),
+                                                             loads(raw)[1])
+            quantity += line.quantity * sign
+            count += sign
+            if count > 0:
+                self.kv.put(key, dumps([str(quantity), count]))
+            else:
+                self.kv.delete(key)
+            index = _index(b"ls:", line.sales_order_line_id, row_id)
+            if sign > 0:
+                self.kv.put(index, b"")
+            else:
+                self.kv.delete(index)
+        self._write(SHIPMENT_LINE, row_id, new)
+        for shipment_id in {x.shipment_id for x in (before, after) if x is not None}:
+            self._recompute_shipment(shipment_id, t)
+
+    def _crm_order(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
+        self._write(CRM_ORDER, row_id, new)
+        t.crm.add(row_id)
+
+    def _service_case(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
+        before: ServiceCase | None = None if old is None else old.row
+        after: ServiceCase | None = new.row
+        if before is not None and before.sales_order_id is not None:
+            self.kv.delete(_index(b"kc:", before.sales_order_id, row_id))
+        if after is not None and after.sales_order_id is not None:
+            self.kv.put(_index(b"kc:", after.sales_order_id, row_id), b"")
+        self._write(SERVICE_CASE, row_id, new)
+        t.cases.add(row_id)
+
+    # ------------------------------------------------------------------ queries
+
+    def waiting(self) -> Iterator[tuple[str, int]]:
+        """Rows waiting for a parent: ``("erp_order", id)`` (figures without a header),
+        ``("production_order", id)`` (inspections), ``("shipment", id)`` (lines)."""
+        names = {b"o": "erp_order", b"p": "production_order", b"s": "shipment"}
+        for key, _ in self.kv.scan(b"w:"):
+            yield names[key[2:3]], key_id(key)
+
+    def open_orders(self) -> Iterator[int]:
+        """ERP orders not yet delivered nor cancelled (the shell re-assesses their risk
+        as time passes)."""
+        for key, _ in self.kv.scan(b"op:"):
+            yield key_id(key)
+
+    def cases_of(self, crm_order_id: int) -> list[int]:
+        return list(self.children(b"kc:", crm_order_id))
+
+
+def _unit(rec: Record | None) -> tuple[int | None, Contribution]:
+    """The order and contribution a unit last added (none yet: ``(None, {})``)."""
+    if rec is None or not rec.extra:
+        return None, {}
+    order, figures = rec.extra[0], rec.extra[1]
+    return order, progress.decode_figures(figures)
+
+
+def is_open(header: ErpOrder | None, figures: Figures) -> bool:
+    if header is None and not figures:
+        return False
+    if header is not None and header.state in ("cancelled", "done"):
+        return False
+    ordered = figures.get("ordered", ZERO)
+    delivered = figures.get("ship.delivered", ZERO)
+    return not (ordered > 0 and delivered >= ordered)
+
+
+_HANDLERS = {
+    ERP_ORDER: ProgressFold._erp_order,
+    ERP_ORDER_LINE: ProgressFold._erp_order_line,
+    PRODUCTION_ORDER: ProgressFold._production_order,
+    INSPECTION: ProgressFold._inspection,
+    SHIPMENT: ProgressFold._shipment,
+    SHIPMENT_LINE: ProgressFold._shipment_line,
+    CRM_ORDER: ProgressFold._crm_order,
+    SERVICE_CASE: ProgressFold._service_case,
+}
+
+__all__ = ["Applied", "CrmOrder", "ProgressFold", "Record", "is_open"]

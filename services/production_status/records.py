@@ -1,0 +1,311 @@
+"""production-status's canonical rows: what the fold reads of each source row (pure).
+
+Built from a decoded row (:attr:`services.shared.changes.ChangeEvent.row`, values typed:
+``Decimal``, ``date``, timezone-aware ``datetime``) by :func:`parse`, which refuses an
+unusable row with :class:`~services.shared.errors.BadInput` (a missing column, a wrong
+type, NaN, an impossible date such as finished before started): the shell dead-letters
+it. What links a row to a CRM order:
+
+* ``erp.production_order.sales_order_id`` / ``erp.shipment.sales_order_id`` /
+  ``erp.sales_order_line.order_id`` name the ERP order; ``erp.quality_inspection`` names
+  its production order, ``erp.shipment_line`` its shipment (and its ERP order line);
+* the ERP order becomes a CRM order only through the published order identity
+  (``ambidex.order-identity``: CRM order id <-> ERP order id, highest
+  ``crm_order_version`` wins), never by a name or ``erp.sales_order.crm_order_id``;
+* ``crm.sales_order`` gives the date promised to the customer (``requested_date``) and
+  ``crm.service_case.sales_order_id`` the order a complaint is about.
+
+Rows are stored in the state as JSON (:func:`encode` / :func:`decode`): dates and
+instants as ISO text, quantities as decimal text (never floats).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from functools import cache
+from typing import Any, TypeVar
+
+import orjson
+
+from services.shared.errors import BadInput
+
+ERP_ORDER = "sales_order"
+ERP_ORDER_LINE = "sales_order_line"
+PRODUCTION_ORDER = "production_order"
+INSPECTION = "quality_inspection"
+SHIPMENT = "shipment"
+SHIPMENT_LINE = "shipment_line"
+CRM_ORDER = "crm.sales_order"
+SERVICE_CASE = "crm.service_case"
+
+
+@dataclass(frozen=True, slots=True)
+class ErpOrder:
+    id: int
+    name: str
+    state: str
+    warehouse_id: int
+    requested_date: date | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErpOrderLine:
+    id: int
+    order_id: int
+    line_no: int
+    item_id: int
+    quantity: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ProductionOrder:
+    id: int
+    name: str
+    sales_order_id: int | None
+    sales_order_line_id: int | None
+    warehouse_id: int
+    quantity: Decimal
+    qty_produced: Decimal
+    state: str
+    date_planned_start: date | None
+    date_planned_finish: date | None
+    date_started: datetime | None
+    date_finished: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    id: int
+    production_order_id: int
+    state: str  # pending | passed | failed
+    inspector: str | None
+    inspected_at: datetime | None
+    notes: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    id: int
+    name: str
+    sales_order_id: int
+    warehouse_id: int
+    state: str  # draft | ready | shipped | delivered | cancelled
+    scheduled_date: date | None
+    shipped_at: datetime | None
+    delivered_at: datetime | None
+    carrier: str | None
+    tracking_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShipmentLine:
+    id: int
+    shipment_id: int
+    sales_order_line_id: int
+    quantity: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class CrmOrder:
+    id: int
+    number: str
+    state: str
+    requested_date: date | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCase:
+    id: int
+    number: str
+    sales_order_id: int | None
+    subject: str
+    category: str
+    state: str
+    opened_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One record of ``ambidex.order-identity`` (the fields production-status uses)."""
+
+    crm_order_id: int
+    crm_order_number: str
+    crm_order_version: int
+    erp_order_id: int
+    erp_order_name: str
+    cancelled: bool
+
+
+Row = ErpOrder | ErpOrderLine | ProductionOrder | Inspection | Shipment | ShipmentLine
+CrmRow = CrmOrder | ServiceCase
+
+#: source table (``schema.table`` for the CRM) -> the row type read from it
+TABLES: dict[str, type[Row] | type[CrmRow]] = {
+    ERP_ORDER: ErpOrder,
+    ERP_ORDER_LINE: ErpOrderLine,
+    PRODUCTION_ORDER: ProductionOrder,
+    INSPECTION: Inspection,
+    SHIPMENT: Shipment,
+    SHIPMENT_LINE: ShipmentLine,
+    CRM_ORDER: CrmOrder,
+    SERVICE_CASE: ServiceCase,
+}
+
+T = TypeVar("T")
+
+
+@cache
+def _hints_of(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _hints(cls: Any) -> dict[str, Any]:
+    return _hints_of(cls)
+
+
+def _check(table: str, name: str, value: Any, hint: Any) -> Any:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None:
+        if optional:
+            return None
+        raise BadInput(f"{table}.{name} is missing")
+    if base is Decimal:
+        if not isinstance(value, Decimal) or not value.is_finite():
+            raise BadInput(f"{table}.{name} is not a finite decimal: {value!r}")
+    elif base is datetime:
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise BadInput(f"{table}.{name} is not an instant with a time zone: {value!r}")
+    elif base is date:
+        if not isinstance(value, date) or isinstance(value, datetime):
+            raise BadInput(f"{table}.{name} is not a date: {value!r}")
+    elif base is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise BadInput(f"{table}.{name} is not an integer: {value!r}")
+    elif base is bool:
+        if not isinstance(value, bool):
+            raise BadInput(f"{table}.{name} is not a boolean: {value!r}")
+    elif base is str and not isinstance(value, str):
+        raise BadInput(f"{table}.{name} is not text: {value!r}")
+    return value
+
+
+def build(cls: type[T], table: str, row: Mapping[str, Any]) -> T:
+    """``cls`` from the columns of ``row`` (extra columns ignored), type-checked."""
+    values = {
+        f.name: _check(table, f.name, row.get(f.name), _hints(cls)[f.name])
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    }
+    return cls(**values)
+
+
+def _not_before(table: str, row_id: int, later: str, a: Any, earlier: str, b: Any) -> None:
+    if a is not None and b is not None and a < b:
+        raise BadInput(f"{table} {row_id}: {later} {a.isoformat()} is before {earlier} "
+                       f"{b.isoformat()} (impossible dates)")
+
+
+def parse(table: str, row: Mapping[str, Any]) -> Row | CrmRow:
+    """The canonical row of a decoded source row of ``table``; BadInput if unusable."""
+    cls = TABLES.get(table)
+    if cls is None:
+        raise BadInput(f"production-status does not read {table}")
+    parsed = build(cls, table, row)
+    if isinstance(parsed, ProductionOrder):
+        _not_before(table, parsed.id, "date_finished", parsed.date_finished,
+                    "date_started", parsed.date_started)
+        _not_before(table, parsed.id, "date_planned_finish", parsed.date_planned_finish,
+                    "date_planned_start", parsed.date_planned_start)
+        if parsed.qty_produced < 0 or parsed.qty_produced > parsed.quantity:
+            raise BadInput(f"{table} {parsed.id}: qty_produced {parsed.qty_produced} is "
+                           f"outside 0..{parsed.quantity}")
+    elif isinstance(parsed, Inspection):
+        _not_before(table, parsed.id, "inspected_at", parsed.inspected_at,
+                    "created_at", parsed.created_at)
+        if parsed.state != "pending" and parsed.inspected_at is None:
+            raise BadInput(f"{table} {parsed.id}: {parsed.state} without inspected_at")
+    elif isinstance(parsed, Shipment):
+        _not_before(table, parsed.id, "delivered_at", parsed.delivered_at,
+                    "shipped_at", parsed.shipped_at)
+        if parsed.state in ("shipped", "delivered") and parsed.shipped_at is None:
+            raise BadInput(f"{table} {parsed.id}: {parsed.state} without shipped_at")
+        if parsed.state == "delivered" and parsed.delivered_at is None:
+            raise BadInput(f"{table} {parsed.id}: delivered without delivered_at")
+    elif isinstance(parsed, ErpOrderLine | ShipmentLine) and parsed.quantity <= 0:
+        raise BadInput(f"{table} {parsed.id}: quantity {parsed.quantity} is not positive")
+    return parsed
+
+
+def identity_from_record(record: Mapping[str, Any]) -> Identity:
+    """An :class:`Identity` from a decoded ``OrderIdentity`` Avro record."""
+    return build(Identity, "order_identity", record)
+
+
+# --------------------------------------------------------------------------- JSON codec
+# Compiled once per row type (the fold encodes and decodes a few rows per change: a
+# generic walk over the type hints per row was most of its cost).
+
+Convert = Callable[[Any], Any] | None
+
+
+def _base(hint: Any) -> Any:
+    args = typing.get_args(hint)
+    return next((a for a in args if a is not type(None)), hint) if args else hint
+
+
+def _to_text(value: Any) -> Any:
+    return value.isoformat()
+
+
+_ENCODERS: dict[Any, Convert] = {Decimal: str, date: _to_text, datetime: _to_text}
+_DECODERS: dict[Any, Convert] = {
+    Decimal: Decimal, date: date.fromisoformat, datetime: datetime.fromisoformat,
+}
+
+
+Codec = tuple[tuple[str, ...], tuple[Convert, ...], tuple[Convert, ...]]
+
+
+def _codec(cls: Any) -> Codec:
+    return _codec_of(cls)
+
+
+@cache
+def _codec_of(cls: type[Any]) -> Codec:
+    hints = _hints(cls)
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    bases = [_base(hints[n]) for n in names]
+    return (names, tuple(_ENCODERS.get(b) for b in bases),
+            tuple(_DECODERS.get(b) for b in bases))
+
+
+def encode(row: Any) -> list[Any]:
+    """The row's field values, JSON-ready, in field order."""
+    names, encoders, _ = _codec(type(row))
+    values = []
+    for name, convert in zip(names, encoders, strict=True):
+        value = getattr(row, name)
+        values.append(value if convert is None or value is None else convert(value))
+    return values
+
+
+def decode(cls: type[T], values: list[Any]) -> T:
+    _, _, decoders = _codec(cls)
+    return cls(*[v if d is None or v is None else d(v)
+                 for d, v in zip(decoders, values, strict=True)])
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def loads(raw: bytes) -> Any:
+    return orjson.loads(raw)

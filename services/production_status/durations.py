@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 
-from services.production_status.ports import KeyValue
 from services.production_status.records import loads
+from services.shared.state.store import KeyValue
 
 QC = "qc"
 TRANSPORT = "transport"

@@ -47,7 +47,6 @@ from typing import Any
 
 from services.production_status import progress
 from services.production_status.durations import QC, TRANSPORT, Durations, Sample, sample
-from services.production_status.ports import KeyValue
 from services.production_status.progress import Contribution, Figures
 from services.production_status.records import (
     CRM_ORDER,
@@ -74,6 +73,7 @@ from services.production_status.records import (
     loads,
 )
 from services.shared.position import SourcePosition
+from services.shared.state.store import KeyValue
 
 _pack = struct.Struct(">q").pack
 CODES = {

@@ -31,10 +31,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 
 from services.production_status.durations import QC, TRANSPORT, Durations
-from services.production_status.ports import KeyValue
 from services.production_status.progress import Figures
 from services.production_status.records import dumps, loads
 from services.production_status.status import FulfilmentStatus, Stage
+from services.shared.state.store import KeyValue
 
 Facts = tuple[tuple[str, str], ...]
 

@@ -31,7 +31,6 @@ from typing import Any
 
 import pytest
 
-from services.inventory_projection.state import MemoryState
 from services.production_status.durations import (
     BUCKETS,
     DEFAULT_HOURS,
@@ -67,6 +66,7 @@ from services.production_status.status import Stage, line_statuses, order_status
 from services.production_status.triage import Culprit, Verdict, triage
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition
+from services.shared.state.store import MemoryState
 
 D = Decimal
 T0 = datetime(2026, 11, 2, 8, tzinfo=UTC)

@@ -24,7 +24,6 @@ from decimal import Decimal
 
 import pytest
 
-from services.inventory_projection.state import MemoryState
 from services.production_status.fold import ProgressFold, key_id
 from services.production_status.recompute import final_rows, recompute
 from services.production_status.records import (
@@ -46,6 +45,7 @@ from services.production_status.risk import assess, transition
 from services.production_status.status import line_statuses, order_status
 from services.production_status.triage import triage
 from services.shared.position import SourcePosition
+from services.shared.state.store import MemoryState
 from tests.unit.production_status_history import (
     BASE,
     NOW,

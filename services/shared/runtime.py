@@ -6,9 +6,8 @@ plus the shared pieces around it: the change decoder and dead-letter intake, an 
 publisher for what it announces, Prometheus metrics and health endpoints, and JSON
 logs. The change topics are read by :class:`~services.shared.batches.BatchSource`s
 started with the worker (whole fetches, offsets committed only behind finished work: a
-Faust agent delivers a few times fewer events a second than the services need,
-``bench/faust_delivery.py``). :func:`build_service` connects to nothing;
-:func:`run_service` starts the worker.
+Faust agent delivers far fewer events a second, ``bench/faust_delivery.py``).
+:func:`build_service` connects to nothing; :func:`run_service` starts the worker.
 
 Why raw bytes: a record that turns out to be bad must reach the dead-letter topic byte
 for byte. No exactly-once transactions (Faust's has a record of hangs and duplicates);

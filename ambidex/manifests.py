@@ -32,7 +32,7 @@ from ambidex.access import (
 )
 from ambidex.connectors import connect_worker_config, load_connectors
 from ambidex.topics import load_topic_declaration
-from services.registry import SERVICE_MODULES
+from services.registry import METRICS_PORTS, SERVICE_MODULES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "deploy" / "kubernetes" / "base"
@@ -561,7 +561,7 @@ def alert_rules() -> dict[str, Any]:
     rules = [
         {
             "alert": "AmbidexServiceDown",
-            "expr": 'up{job=~"order-sync|inventory-projection|receivables|production-status"} == 0',
+            "expr": f'up{{job=~"{"|".join(METRICS_PORTS)}"}} == 0',
             "for": "2m",
             "labels": {"severity": "critical"},
             "annotations": {"summary": "{{ $labels.job }} is not scraped: the service is down"},

@@ -45,8 +45,9 @@ import asyncpg
 from ambidex.stack.local import LocalStack
 from ambidex.workload import WorkloadProgress, run_workload
 from bench.common import BenchedService, reproduce_line, start_private_stack
+from services.registry import SERVICE_MODULES
 
-SERVICES = ("inventory-projection", "order-sync")
+SERVICES = tuple(SERVICE_MODULES)
 
 
 def log(message: str) -> None:

@@ -171,7 +171,7 @@ class LocalStack:
         await self._prepare_databases(seed=seed)
         self.progress("kafka: starting the broker (KRaft)")
         await self.kafka.start()
-        await self._wait_kafka()
+        await self.wait_kafka()
         self.progress("kafka: applying the topic declaration")
         report = await apply_topics(
             self.config.kafka_bootstrap, load_topic_declaration(), max_replication=1
@@ -186,7 +186,8 @@ class LocalStack:
         await self.apply_connectors()
         return self.addresses
 
-    async def _wait_kafka(self) -> None:
+    async def wait_kafka(self) -> None:
+        """Return once the broker answers a metadata request (60 s at most)."""
         from aiokafka.admin import AIOKafkaAdminClient
 
         deadline = asyncio.get_running_loop().time() + 60

@@ -10,7 +10,8 @@ import random
 from dataclasses import dataclass
 from decimal import Decimal
 
-from ambidex.workload.money import convert_price, quantize_money
+from ambidex.workload.money import convert_price
+from services.shared.money import round_money
 
 CATALOGUE_CURRENCY = "EUR"
 #: Currencies the reference ERP accepts; anything else is rejected by order-sync.
@@ -252,7 +253,7 @@ def products(rng: random.Random, count: int) -> list[ProductSpec]:
         code, family, uom, (low, high), mto_share = _FAMILIES[(n - 1) % len(_FAMILIES)]
         variant = rng.choice(_VARIANTS)
         material = rng.choice(_MATERIALS)
-        price = quantize_money(Decimal(rng.randint(low * 100, high * 100)) / 100, "EUR")
+        price = round_money(Decimal(rng.randint(low * 100, high * 100)) / 100, "EUR")
         cost_ratio = Decimal(rng.randint(48, 78)) / 100
         mto = rng.random() < mto_share
         result.append(
@@ -261,7 +262,7 @@ def products(rng: random.Random, count: int) -> list[ProductSpec]:
                 name=f"{family} {material} {variant}",
                 uom=uom,
                 list_price=price,
-                standard_cost=quantize_money(price * cost_ratio, "EUR"),
+                standard_cost=round_money(price * cost_ratio, "EUR"),
                 make_to_order=mto,
                 lead_time_days=rng.randint(10, 45) if mto else rng.randint(1, 7),
                 active=rng.random() > 0.03,

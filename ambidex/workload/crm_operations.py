@@ -11,8 +11,9 @@ import random
 from decimal import Decimal
 
 from ambidex.workload import catalog
-from ambidex.workload.money import convert_price, line_amount, split_installments
+from ambidex.workload.money import convert_price, quantize_qty, split_installments
 from ambidex.workload.world import World
+from services.shared.money import line_net
 
 DISCOUNTS = (
     Decimal("0"),
@@ -58,7 +59,7 @@ async def create_quote(w: World, rng: random.Random, index: int) -> int | None:
     price = [convert_price(p.list_price, currency) for p in products]
     disc = [rng.choice(DISCOUNTS) for _ in products]
     total = sum(
-        (line_amount(q, u, d, currency) for q, u, d in zip(qty, price, disc, strict=True)),
+        (line_net(q, u, d, currency) for q, u, d in zip(qty, price, disc, strict=True)),
         Decimal(0),
     )
     async with w.crm.acquire() as conn, conn.transaction():
@@ -201,7 +202,7 @@ async def amend_order(w: World, rng: random.Random, index: int) -> int | None:
                 line = rng.choice(lines)
                 factor = Decimal(rng.choice((50, 75, 150, 200, 300))) / 100
                 line["quantity"] = max(
-                    Decimal(1), (line["quantity"] * factor).quantize(Decimal("0.001"))
+                    Decimal(1), quantize_qty(line["quantity"] * factor)
                 )
                 await conn.execute(
                     "UPDATE crm.sales_order_line SET quantity = $2 WHERE id = $1",
@@ -218,7 +219,7 @@ async def amend_order(w: World, rng: random.Random, index: int) -> int | None:
                 )
             total = sum(
                 (
-                    line_amount(ln["quantity"], ln["unit_price"], ln["discount_pct"], currency)
+                    line_net(ln["quantity"], ln["unit_price"], ln["discount_pct"], currency)
                     for ln in lines
                 ),
                 Decimal(0),

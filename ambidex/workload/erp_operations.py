@@ -20,12 +20,12 @@ from ambidex.workload.crm_operations import DISCOUNTS, order_quantity
 from ambidex.workload.money import (
     TAX_PCT,
     convert_price,
-    line_amount,
     partial_amount,
     quantize_qty,
     tax_amount,
 )
 from ambidex.workload.world import ContractInfo, World
+from services.shared.money import line_net
 
 OPEN_STATES = ("open", "reserved", "in_production")
 CARRIERS = ("DHL Freight", "DB Schenker", "Kuehne+Nagel", "UPS", "DSV", "Geodis")
@@ -83,7 +83,7 @@ async def enter_erp_order(w: World, rng: random.Random, index: int) -> int | Non
     price = [convert_price(i.list_price, currency) for i in items]
     disc = [rng.choice(DISCOUNTS) for _ in items]
     total = sum(
-        (line_amount(q, u, d, currency) for q, u, d in zip(qty, price, disc, strict=True)),
+        (line_net(q, u, d, currency) for q, u, d in zip(qty, price, disc, strict=True)),
         Decimal(0),
     )
     async with w.erp.acquire() as conn, conn.transaction():
@@ -673,7 +673,7 @@ async def invoice_order(w: World, rng: random.Random, index: int) -> int | None:
             currency = order["currency_code"]
             tax_pct = TAX_PCT.get(currency, Decimal(0))
             untaxed = [
-                line_amount(r["qty"], r["unit_price"], r["discount_pct"], currency) for r in lines
+                line_net(r["qty"], r["unit_price"], r["discount_pct"], currency) for r in lines
             ]
             taxes = [tax_amount(u, tax_pct, currency) for u in untaxed]
             amount_untaxed = sum(untaxed, Decimal(0))

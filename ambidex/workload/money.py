@@ -1,16 +1,16 @@
 """Exact money arithmetic for the reference data and the workload.
 
-Every amount is a :class:`~decimal.Decimal` quantized to its currency's minor unit
-(two places, none for JPY) with half-up rounding, as an ERP posts it
-(:mod:`services.shared.money`, the one rounding rule). Nothing here
-ever touches a float.
+Every amount is a :class:`~decimal.Decimal` rounded by
+:func:`services.shared.money.round_money` (the one rounding rule: half away from zero to
+the currency's minor unit, as the ERP posts it); installment shares are the one
+documented exception (:func:`split_installments`). Nothing here ever touches a float.
 """
 
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
-from services.shared.money import DECIMAL_PLACES, line_net, round_money
+from services.shared.money import minor_unit, round_money
 
 CENT = Decimal("0.01")
 QTY_STEP = Decimal("0.001")
@@ -35,18 +35,6 @@ TAX_PCT: dict[str, Decimal] = {
 }
 
 
-def minor_unit(currency: str) -> Decimal:
-    """The smallest amount of ``currency`` (``0.01``, or ``1`` for JPY)."""
-    places = DECIMAL_PLACES.get(currency, 2)
-    return Decimal(1).scaleb(-places)
-
-
-def quantize_money(amount: Decimal, currency: str) -> Decimal:
-    """Round ``amount`` half-up to the currency's minor unit, never beyond cents
-    (:func:`services.shared.money.round_money`, the ERP's rule)."""
-    return round_money(amount, currency)
-
-
 def quantize_qty(quantity: Decimal) -> Decimal:
     """Quantities are numeric(14,3)."""
     return quantity.quantize(QTY_STEP, rounding=ROUND_HALF_UP)
@@ -57,19 +45,12 @@ def convert_price(eur_amount: Decimal, currency: str) -> Decimal:
     rate = EUR_RATES.get(currency)
     if rate is None:
         raise ValueError(f"no reference rate for currency {currency!r}")
-    return quantize_money(eur_amount * rate, currency)
-
-
-def line_amount(
-    quantity: Decimal, unit_price: Decimal, discount_pct: Decimal, currency: str
-) -> Decimal:
-    """Net amount of one order or invoice line: qty x price x (1 - discount%)."""
-    return line_net(quantity, unit_price, discount_pct, currency)
+    return round_money(eur_amount * rate, currency)
 
 
 def tax_amount(untaxed: Decimal, tax_pct: Decimal, currency: str) -> Decimal:
     """Tax on a net amount, rounded per line."""
-    return quantize_money(untaxed * tax_pct / Decimal(100), currency)
+    return round_money(untaxed * tax_pct / Decimal(100), currency)
 
 
 def split_installments(total: Decimal, count: int, currency: str) -> list[Decimal]:
@@ -89,6 +70,6 @@ def split_installments(total: Decimal, count: int, currency: str) -> list[Decima
 
 def partial_amount(total: Decimal, fraction: Decimal, currency: str) -> Decimal:
     """A share of ``total`` (e.g. a partial payment), at least one minor unit."""
-    amount = quantize_money(total * fraction, currency)
+    amount = round_money(total * fraction, currency)
     unit = minor_unit(currency)
     return max(min(amount, total), unit.quantize(CENT))

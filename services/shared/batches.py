@@ -1,13 +1,13 @@
 """Change topics read in whole fetched batches, committed only behind finished work.
 
-Why not a Faust stream for the change topics: on this 2-core machine a Faust agent
-that does nothing but acknowledge delivers about 16,700 events/s (measured:
-``bench/faust_delivery.py``), while aiokafka's ``getmany`` hands over several hundred
-thousand records/s. The services' own work per change is a few microseconds when it is
-batched, so per-event stream machinery would be the whole budget. A
-:class:`BatchSource` is therefore a plain aiokafka consumer that runs *inside* the
-service's Faust worker (started and stopped with it, like every shared part), hands its
-handler everything one fetch returned, and commits offsets itself.
+Why not a Faust stream for the change topics (docs/adr/0001-faust-as-worker-shell.md):
+on this 2-core machine a Faust agent that does nothing but acknowledge delivers about a
+thousand events/s, a :class:`BatchSource` tens of thousands (``bench/faust_delivery.py``).
+The services' own work per change is a few microseconds when it is batched, so
+per-event stream machinery would be the whole budget. A :class:`BatchSource` is
+therefore a plain aiokafka consumer that runs *inside* the service's Faust worker
+(started and stopped with it, like every shared part), hands its handler everything one
+fetch returned, and commits offsets itself.
 
 Commit rule (invariants 1 and 3, at-least-once plus idempotent effects): a record's
 offset becomes committable when the handler call that received it has returned, unless
@@ -32,8 +32,8 @@ the outage with backoff and jitter before fetching again; readiness
 (``source:<name>``) fails meanwhile, and while the consumer has lost its group
 coordinator. Only an error that is neither bad input nor an outage stops the worker.
 
-Consumer group: ``ambidex-<service>.<source name>``; the Faust app id
-(``ambidex-<service>``) stays the Faust worker's own group, which has no partitions.
+Consumer group: ``ambidex-<service>.<source name>`` (the Faust worker has no Kafka
+client and no group of its own).
 """
 
 from __future__ import annotations

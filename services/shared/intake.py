@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class ConsumedRecord(Protocol):
-    """What both aiokafka's ConsumerRecord and Faust's Message offer."""
+    """What a consumed Kafka record offers (aiokafka's ConsumerRecord, a test's fake)."""
 
     @property
     def topic(self) -> str: ...

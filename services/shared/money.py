@@ -3,9 +3,13 @@
 The ERP computes amounts with PostgreSQL ``round(numeric, places)``, which rounds half
 away from zero (``ROUND_HALF_UP`` in :mod:`decimal` terms), at the currency's minor
 units. Every amount Ambidex derives — order-sync's ERP line amounts and totals, the
-workload's CRM and ERP totals, any CRM-side total — goes through :func:`round_money`,
-so a total computed here equals what the ERP's own SQL computes from the same lines
-(half-even would drift by a cent every few lines of an order).
+workload's prices, CRM and ERP totals, taxes and payments, any CRM-side total — goes
+through :func:`round_money` (a line through :func:`line_net`), so a total computed here
+equals what the ERP's own SQL computes from the same lines (half-even would drift by a
+cent every few lines of an order). Nothing else in Ambidex quantizes money; the one
+deliberate exception is splitting a total into installments
+(``ambidex.workload.money.split_installments``: equal shares rounded down to the minor
+unit, the last takes the remainder, so the shares add up to the total exactly).
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ def currency_places(currency: str) -> int:
     return DECIMAL_PLACES.get(currency.strip().upper(), 2)
 
 
+def minor_unit(currency: str) -> Decimal:
+    """The smallest amount of ``currency`` (``0.01``, or ``1`` for JPY)."""
+    return Decimal(1).scaleb(-currency_places(currency))
+
+
 def round_money(amount: Decimal, currency: str) -> Decimal:
     """``amount`` rounded half away from zero to ``currency``'s minor unit, written
     with two places (``numeric(18,2)`` columns): 1234.5 JPY -> ``1235.00``.
@@ -37,8 +46,8 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
         raise ValueError(f"amount {amount} is not finite")
     with localcontext() as context:
         context.prec = 50
-        unit = Decimal(1).scaleb(-currency_places(currency))
-        return amount.quantize(unit, rounding=MONEY_ROUNDING).quantize(Decimal("0.01"))
+        rounded = amount.quantize(minor_unit(currency), rounding=MONEY_ROUNDING)
+        return rounded.quantize(Decimal("0.01"))
 
 
 def line_net(quantity: Decimal, unit_price: Decimal, discount_pct: Decimal,

@@ -131,7 +131,7 @@ class ServiceMetrics:
         )
         self.table_rows = Gauge(
             "ambidex_table_rows",
-            "Rows (keys) in a materialized Faust table on this worker.",
+            "Keys in a state table of this worker (e.g. inventory-projection's availability).",
             ("service", "table"),
             registry=registry,
         )

@@ -1,18 +1,17 @@
 """What every Ambidex service process is made of, built once from its settings.
 
-A service is a Faust worker (its lifecycle, signals, logging; at_least_once) plus the
-shared pieces around it: the change decoder and dead-letter intake, an Avro publisher
-for what it announces, Prometheus metrics and health endpoints, and JSON logs. The
-change topics themselves are read by :class:`~services.shared.batches.BatchSource`s
-started with the worker (whole fetches, offsets committed only behind finished work:
-a Faust agent delivers ~16,700 events/s here, below what the services need); a Faust
-agent over a raw topic (:meth:`Service.raw_topic`) stays available for low-volume
-streams. :func:`build_service` connects to nothing; :func:`run_service` starts the
-worker.
+A service is a Faust worker used as a process shell only (lifecycle, signals, logging;
+no agents, no tables, no Kafka client of Faust's: docs/adr/0001-faust-as-worker-shell.md)
+plus the shared pieces around it: the change decoder and dead-letter intake, an Avro
+publisher for what it announces, Prometheus metrics and health endpoints, and JSON
+logs. The change topics are read by :class:`~services.shared.batches.BatchSource`s
+started with the worker (whole fetches, offsets committed only behind finished work: a
+Faust agent delivers far fewer events a second, ``bench/faust_delivery.py``).
+:func:`build_service` connects to nothing; :func:`run_service` starts the worker.
 
 Why raw bytes: a record that turns out to be bad must reach the dead-letter topic byte
-for byte. Faust's exactly_once mode is not used (it has a record of hangs and
-duplicates); effects are idempotent instead.
+for byte. No exactly-once transactions (Faust's has a record of hangs and duplicates);
+effects are idempotent instead.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
+from faust.app.base import BootStrategy
 from prometheus_client import CollectorRegistry
 
 from services.shared.avro import AvroCodec, SchemaCatalogue
@@ -51,25 +51,14 @@ log = logging.getLogger(__name__)
 StartHook = Callable[["Service"], Awaitable[None]]
 
 
-class FaustRecord:
-    """A Faust message seen through the :class:`~services.shared.intake.ConsumedRecord`
-    port: Faust gives the timestamp in seconds, the port (like aiokafka) in ms."""
+class WorkerShell(BootStrategy):
+    """What the Faust worker starts: its lifecycle, signals and our services, nothing
+    that talks to Kafka (the change topics are read by BatchSources, see
+    :mod:`services.shared.batches`; the publisher and dead letters use our producer)."""
 
-    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
-
-    def __init__(self, message: Any) -> None:
-        self.topic: str = message.topic
-        self.partition: int = message.partition
-        self.offset: int = message.offset
-        self.key: bytes | None = message.key
-        self.value: bytes | None = message.value
-        self.timestamp: int | None = (
-            int(message.timestamp * 1000) if message.timestamp is not None else None
-        )
-        headers = message.headers
-        if isinstance(headers, dict):
-            headers = list(headers.items())
-        self.headers: Sequence[tuple[str, bytes]] = list(headers or ())
+    enable_kafka = False
+    enable_web = False
+    enable_sensors = False
 
 
 class AvroPublisher:
@@ -124,25 +113,10 @@ class Service:
     publisher: AvroPublisher | None = None
     server: ObservabilityServer | None = None
     loop_monitor: EventLoopMonitor | None = None
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def wait_started(self) -> None:
-        await self.started.wait()
 
     @property
     def name(self) -> str:
         return self.settings.service_name
-
-    def raw_topic(self, *names: str) -> faust.TopicT:
-        """A source topic read as raw bytes (never created by Faust: topics.yaml does)."""
-        return self.app.topic(
-            *names,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            internal=False,
-        )
 
     def require_intake(self) -> ChangeIntake:
         if self.intake is None:
@@ -160,22 +134,13 @@ def build_service(settings: ServiceSettings, *, schemas_dir: Path | None = None)
     schemas_root = schemas_dir or settings.schemas_dir
     app = faust.App(
         f"ambidex-{settings.service_name}",
-        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
-        store="rocksdb://" if settings.table_store == "rocksdb" else "memory://",
+        # Faust is the worker shell only (docs/adr/0001-faust-as-worker-shell.md): no
+        # Kafka client of its own, so no consumer group, no producer and no
+        # ``-__assignor-__leader`` topic outside deploy/topics.yaml
         datadir=str(settings.service_state_dir),
-        processing_guarantee="at_least_once",
-        consumer_auto_offset_reset="earliest",
         web_enabled=False,
-        producer_acks=-1,
-        topic_replication_factor=1,
-        topic_partitions=6,
-        broker_commit_every=1000,
-        broker_commit_interval=1.0,
-        stream_buffer_maxsize=8192,
-        table_cleanup_interval=30.0,
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
     )
+    app.boot_strategy = WorkerShell(app)
     registry = CollectorRegistry()
     catalogue = SchemaCatalogue.load(schemas_root)
     health = HealthState()
@@ -199,12 +164,7 @@ def build_service(settings: ServiceSettings, *, schemas_dir: Path | None = None)
 
 
 def attach_lifecycle(service: Service) -> None:
-    """Start and stop the shared parts with the Faust app.
-
-    Faust starts user services after table recovery, while agents may already hold
-    their first event: agents call ``await service.wait_started()`` before using the
-    intake or publisher.
-    """
+    """Start and stop the shared parts with the Faust app."""
     import mode
 
     class SharedParts(mode.Service):
@@ -259,7 +219,6 @@ async def _start_parts(service: Service) -> None:
     relax_garbage_collector()
     service.health.set_check("started", True)
     service.health.start_watchdog()
-    service.started.set()
     log.info(
         "service started",
         extra={"metrics_url": service.server.url, "settings": settings.redacted()},

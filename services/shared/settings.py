@@ -1,6 +1,6 @@
 """Service settings: read once from ``AMBIDEX_*`` environment variables, then passed in.
 
-Every Faust service calls :func:`load_settings` exactly once at start-up and hands the
+Every service calls :func:`load_settings` exactly once at start-up and hands the
 frozen :class:`ServiceSettings` to whatever needs it; nothing reads the environment
 later. Database DSNs carry passwords, so they are :class:`pydantic.SecretStr`: they
 never show in ``repr``/``str`` of the settings, and :meth:`ServiceSettings.redacted`
@@ -103,10 +103,10 @@ class ServiceSettings(BaseSettings):
     table_state_dir: Path = Field(
         default=Path("state"),
         description=(
-            "Directory for the services' local state (RocksDB: Faust tables, and "
-            "inventory-projection's own store in `<service>/state`); each service uses the "
-            "sub-directory named after it. Rebuilt from changelog topics if lost "
-            "(inventory-projection: `state.inventory-projection`)."
+            "Directory for the services' local state (inventory-projection's RocksDB store "
+            "in `<service>/state`); each service uses the sub-directory named after it. "
+            "Rebuilt from changelog topics if lost (inventory-projection: "
+            "`state.inventory-projection`)."
         ),
     )
     table_store: Literal["rocksdb", "memory"] = Field(
@@ -206,7 +206,7 @@ class ServiceSettings(BaseSettings):
 
     @property
     def service_state_dir(self) -> Path:
-        """Faust ``datadir`` of this service."""
+        """This service's own directory (its local state; the Faust worker's ``datadir``)."""
         return self.table_state_dir / self.service_name
 
     def redacted(self) -> dict[str, Any]:

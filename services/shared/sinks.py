@@ -19,8 +19,8 @@ Invariants this module keeps (DESIGN.md 1, 2, 3, 6):
   Tombstones can be purged later by a maintenance job once no replay can predate them
   (e.g. older than the CDC topics' retention) — not done here.
 - **A batch is atomic.** :meth:`PositionGuardedSink.apply` writes a whole batch (one or
-  more complete source transactions, plus optional Kafka tracking offsets) in ONE
-  database transaction: all of it or nothing.
+  more complete source transactions) in ONE database transaction: all of it or nothing.
+  (Source offsets are not kept here: the state component writes them with the state.)
 - **An outage is waited out.** With a ``retry`` policy
   (:class:`~services.shared.resilience.RetryPolicy`), a batch that fails because the
   database is unavailable (or lost a deadlock) is written again, whole, with backoff:
@@ -51,7 +51,7 @@ import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
@@ -65,7 +65,6 @@ COMMIT_LSN: Final = "source_commit_lsn"
 LSN: Final = "source_lsn"
 DELETED: Final = "deleted"
 RESERVED_COLUMNS: Final = frozenset({COMMIT_LSN, LSN, DELETED})
-TRACKING_TABLE: Final = "ambidex_tracking"
 _TARGET: Final = "target"  # alias of the target table in generated SQL
 
 
@@ -97,24 +96,6 @@ def position_columns_ddl() -> str:
 def tombstone_column_ddl() -> str:
     """The DDL fragment for the tombstone flag of tables that receive deletes."""
     return f"{DELETED} boolean not null default false"
-
-
-def tracking_table_ddl(schema: str) -> str:
-    """``CREATE TABLE IF NOT EXISTS <schema>.ambidex_tracking`` (one row per partition).
-
-    ``kafka_offset`` is the offset of the LAST message whose effects were committed with
-    it; a consumer resumes at ``kafka_offset + 1``.
-    """
-    return (
-        f"CREATE TABLE IF NOT EXISTS {quote_ident(schema)}.{quote_ident(TRACKING_TABLE)} (\n"
-        "    consumer text NOT NULL,\n"
-        "    topic text NOT NULL,\n"
-        "    kafka_partition integer NOT NULL,\n"
-        "    kafka_offset bigint NOT NULL,\n"
-        "    updated_at timestamptz NOT NULL DEFAULT now(),\n"
-        "    PRIMARY KEY (consumer, topic, kafka_partition)\n"
-        ")"
-    )
 
 
 # ------------------------------------------------------------------------ the writes
@@ -255,31 +236,6 @@ class SinkResult:
         return SinkResult(self.written + other.written, self.stale + other.stale)
 
 
-@dataclass(frozen=True, slots=True)
-class TrackingRecord:
-    """The consumer's applied offset, committed in the same transaction as its effects."""
-
-    consumer: str
-    topic: str
-    partition: int
-    offset: int
-
-
-TrackingArg = TrackingRecord | Sequence[TrackingRecord] | None
-
-
-@runtime_checkable
-class Sink(Protocol):
-    """What a service needs from a sink; :class:`PositionGuardedSink` and
-    :class:`InMemorySink` both implement it with the same rules."""
-
-    async def apply(
-        self, batch: Sequence[SinkWrite], *, tracking: TrackingArg = None
-    ) -> SinkResult: ...
-
-    async def tracked_offsets(self, consumer: str) -> dict[tuple[str, int], int]: ...
-
-
 # ------------------------------------------------------------------------ planning
 
 
@@ -355,22 +311,6 @@ def _sorted_keys(keys: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         return listed
 
 
-def _normalize_tracking(tracking: TrackingArg) -> list[TrackingRecord]:
-    if tracking is None:
-        return []
-    records = [tracking] if isinstance(tracking, TrackingRecord) else list(tracking)
-    best: dict[tuple[str, str, int], TrackingRecord] = {}
-    for record in records:
-        if not isinstance(record, TrackingRecord):
-            raise TypeError(f"not a TrackingRecord: {record!r}")
-        if record.offset < 0 or record.partition < 0:
-            raise ValueError(f"negative offset/partition in {record!r}")
-        slot = (record.consumer, record.topic, record.partition)
-        if slot not in best or record.offset > best[slot].offset:
-            best[slot] = record
-    return [best[slot] for slot in sorted(best)]
-
-
 # ---------------------------------------------------------------------- SQL builders
 
 
@@ -427,25 +367,6 @@ def delete_sql(spec: DeleteSpec, column_types: Mapping[str, str]) -> str:
     )
 
 
-def tracking_upsert_sql(schema: str) -> str:
-    """Monotonic upsert of tracking records (an offset never moves backwards)."""
-    return (
-        f"INSERT INTO {quote_ident(schema)}.{quote_ident(TRACKING_TABLE)} AS {_TARGET} "
-        "(consumer, topic, kafka_partition, kafka_offset)\n"
-        "SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[])\n"
-        "ON CONFLICT (consumer, topic, kafka_partition) DO UPDATE SET "
-        "kafka_offset = EXCLUDED.kafka_offset, updated_at = now()\n"
-        f"WHERE {_TARGET}.kafka_offset < EXCLUDED.kafka_offset"
-    )
-
-
-def tracked_offsets_sql(schema: str) -> str:
-    return (
-        "SELECT topic, kafka_partition, kafka_offset FROM "
-        f"{quote_ident(schema)}.{quote_ident(TRACKING_TABLE)} WHERE consumer = $1"
-    )
-
-
 _COLUMN_TYPES_SQL: Final = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory, t.typname
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
@@ -470,9 +391,7 @@ class _TableTypes:
 class PositionGuardedSink:
     """The PostgreSQL sink: see the module docstring for the rules.
 
-    ``name`` labels the metrics (``ambidex_sink_*{sink=name}``); ``tracking_schema`` is
-    the schema holding ``ambidex_tracking`` (e.g. ``erp_integration``), needed only for
-    ``tracking=`` and :meth:`tracked_offsets`.
+    ``name`` labels the metrics (``ambidex_sink_*{sink=name}``).
     """
 
     def __init__(
@@ -480,27 +399,15 @@ class PositionGuardedSink:
         pool: asyncpg.Pool,
         *,
         name: str = "postgres",
-        tracking_schema: str | None = None,
         metrics: ServiceMetrics | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
         self._pool = pool
         self._retry = retry
         self.name = name
-        self.tracking_schema = tracking_schema
-        if tracking_schema is not None:
-            quote_ident(tracking_schema)
         self._metrics = metrics
         self._types: dict[str, _TableTypes] = {}
         self._sql: dict[tuple[str, object], str] = {}
-
-    async def create_tracking_table(self) -> None:
-        await self._pool.execute(tracking_table_ddl(self._require_tracking_schema()))
-
-    def _require_tracking_schema(self) -> str:
-        if self.tracking_schema is None:
-            raise ValueError(f"sink {self.name!r} has no tracking_schema")
-        return self.tracking_schema
 
     async def _table_types(self, conn: asyncpg.Connection, table: str) -> _TableTypes:
         cached = self._types.get(table)
@@ -562,23 +469,20 @@ class PositionGuardedSink:
         return sql
 
     async def apply(
-        self, batch: Sequence[SinkWrite], *, tracking: TrackingArg = None
+        self, batch: Sequence[SinkWrite]
     ) -> SinkResult:
-        """Write ``batch`` (and ``tracking``) in one transaction; see :class:`SinkResult`."""
+        """Write ``batch`` in one transaction; see :class:`SinkResult`."""
         plan = plan_batch(batch)
-        records = _normalize_tracking(tracking)
-        if records:
-            self._require_tracking_schema()
-        if not plan.tables and not records:
+        if not plan.tables:
             return SinkResult()
         if self._retry is None:
-            return await self._apply(plan, records)
+            return await self._apply(plan)
         return await self._retry.call(
-            lambda: self._apply(plan, records), check=f"sink:{self.name}",
+            lambda: self._apply(plan), check=f"sink:{self.name}",
             what=f"sink {self.name}",
         )
 
-    async def _apply(self, plan: BatchPlan, records: list[TrackingRecord]) -> SinkResult:
+    async def _apply(self, plan: BatchPlan) -> SinkResult:
         started = time.perf_counter()
         written = 0
         async with self._pool.acquire() as conn:
@@ -602,37 +506,18 @@ class PositionGuardedSink:
                             _delete_arrays(table_plan.delete_spec, table_plan.deletes),
                         )
                     )
-            tracking_args: list[list[Any]] = []
-            if records:
-                tracking_args = [
-                    [r.consumer for r in records],
-                    [r.topic for r in records],
-                    [r.partition for r in records],
-                    [r.offset for r in records],
-                ]
             # One statement is atomic by itself: skip BEGIN/COMMIT (two round trips).
-            single = len(statements) + (1 if records else 0) == 1
+            single = len(statements) == 1
             async with contextlib.nullcontext() if single else conn.transaction():
                 for sql, arrays in statements:
                     status = await conn.execute(sql, *arrays)
                     written += _rowcount(str(status))
-                if records:
-                    await conn.execute(
-                        tracking_upsert_sql(self._require_tracking_schema()), *tracking_args
-                    )
         result = SinkResult(written=written, stale=plan.total - written)
         if self._metrics is not None:
             self._metrics.record_sink(
                 self.name, time.perf_counter() - started, result.written, result.stale
             )
         return result
-
-    async def tracked_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
-        """``{(topic, partition): last applied offset}`` of ``consumer``."""
-        rows = await self._pool.fetch(
-            tracked_offsets_sql(self._require_tracking_schema()), consumer
-        )
-        return {(str(r[0]), int(r[1])): int(r[2]) for r in rows}
 
 
 def _upsert_arrays(spec: UpsertSpec, writes: Sequence[Upsert]) -> list[list[Any]]:
@@ -656,79 +541,3 @@ def _delete_arrays(spec: DeleteSpec, writes: Sequence[Delete]) -> list[list[Any]
         arrays[-2].append(write.position.commit_lsn)
         arrays[-1].append(write.position.lsn)
     return arrays
-
-
-# ----------------------------------------------------------------- the in-memory fake
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRow:
-    """One row of :class:`InMemorySink`: its non-key columns, position and tombstone."""
-
-    values: Mapping[str, Any]
-    position: SourcePosition
-    deleted: bool = False
-
-
-class InMemorySink:
-    """A :class:`Sink` for unit tests, with exactly the rules of
-    :class:`PositionGuardedSink` (same batch planning, same strict position guard, same
-    tombstones, same counts, monotonic tracking)."""
-
-    def __init__(self) -> None:
-        self.tables: dict[str, dict[tuple[Any, ...], StoredRow]] = {}
-        self._tracking: dict[tuple[str, str, int], int] = {}
-        self.transactions = 0  # how many apply() calls committed something
-
-    async def apply(
-        self, batch: Sequence[SinkWrite], *, tracking: TrackingArg = None
-    ) -> SinkResult:
-        plan = plan_batch(batch)
-        records = _normalize_tracking(tracking)
-        staged: dict[str, dict[tuple[Any, ...], StoredRow]] = {}
-        written = 0
-        for table_plan in plan.tables:
-            rows = self.tables.get(table_plan.table, {})
-            out = staged.setdefault(table_plan.table, {})
-            writes: list[SinkWrite] = [*table_plan.upserts, *table_plan.deletes]
-            for write in writes:
-                stored = rows.get(write.key)
-                if stored is not None and not stored.position < write.position:
-                    continue
-                if isinstance(write, Upsert):
-                    values = dict(zip(write.spec.value_columns, write.values, strict=True))
-                    merged = {**(stored.values if stored else {}), **values}
-                    out[write.key] = StoredRow(merged, write.position, deleted=False)
-                else:
-                    cleared = dict.fromkeys(write.spec.clear_columns)
-                    merged = {**(stored.values if stored else {}), **cleared}
-                    out[write.key] = StoredRow(merged, write.position, deleted=True)
-                written += 1
-        # commit: nothing above mutated self, so a failure leaves the state untouched
-        for table, rows in staged.items():
-            self.tables.setdefault(table, {}).update(rows)
-        for record in records:
-            slot = (record.consumer, record.topic, record.partition)
-            if self._tracking.get(slot, -1) < record.offset:
-                self._tracking[slot] = record.offset
-        if plan.tables or records:
-            self.transactions += 1
-        return SinkResult(written=written, stale=plan.total - written)
-
-    async def tracked_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
-        return {
-            (topic, partition): offset
-            for (c, topic, partition), offset in self._tracking.items()
-            if c == consumer
-        }
-
-    def row(self, table: str, key: tuple[Any, ...]) -> StoredRow | None:
-        return self.tables.get(table, {}).get(key)
-
-    def live_rows(self, table: str) -> dict[tuple[Any, ...], dict[str, Any]]:
-        """Rows that are not tombstones: ``{key: {value column: value}}``."""
-        return {
-            key: dict(row.values)
-            for key, row in self.tables.get(table, {}).items()
-            if not row.deleted
-        }

@@ -7,13 +7,8 @@ Invariants protected (DESIGN.md numbering):
 - 1/6 — a replayed batch writes nothing new (not even a no-op row version: ``xmin`` is
   unchanged), and a delete followed by the replay of an older insert does not
   resurrect the row (tombstones).
-- 3 — a batch is applied whole: one failing row rolls back every table of the batch
-  and its tracking offsets.
-- 1 — tracking offsets are committed in the same transaction as the effects, and never
-  move backwards.
+- 3 — a batch is applied whole: one failing row rolls back every table of the batch.
 - 5 — numeric values are exact Decimals; a float for a numeric column is refused.
-- The in-memory fake (:class:`InMemorySink`) reaches the same state and counts as the
-  real sink on the same scenario, so services can unit-test against it.
 """
 
 from __future__ import annotations
@@ -33,17 +28,14 @@ from prometheus_client import CollectorRegistry
 from services.shared.observability import ServiceMetrics
 from services.shared.position import SourcePosition
 from services.shared.sinks import (
-    InMemorySink,
     PositionGuardedSink,
     SinkResult,
     SinkWrite,
-    TrackingRecord,
     UpsertSpec,
     position_columns_ddl,
     quote_ident,
     quote_table,
     tombstone_column_ddl,
-    tracking_table_ddl,
 )
 
 pytestmark = pytest.mark.integration
@@ -73,7 +65,6 @@ async def pool(postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
             await asyncio.sleep(0.1)
     async with created as p:
         await p.execute("CREATE SCHEMA it_integration")
-        await p.execute(tracking_table_ddl("it_integration"))
         yield p
 
 
@@ -114,7 +105,7 @@ async def tables(pool: asyncpg.Pool) -> Tables:
 
 @pytest.fixture
 def sink(pool: asyncpg.Pool) -> PositionGuardedSink:
-    return PositionGuardedSink(pool, name="it", tracking_schema="it_integration")
+    return PositionGuardedSink(pool, name="it")
 
 
 def P(commit: int, lsn: int) -> SourcePosition:
@@ -243,43 +234,12 @@ async def test_a_failing_row_rolls_back_the_whole_batch(
         ln.upsert({"crm_order_id": 1, "line_no": 1, "qty": Decimal("1")}, P(10, 2)),
     ]
     bad = ln.upsert({"crm_order_id": 1, "line_no": 2, "qty": Decimal("-1")}, P(10, 3))  # CHECK
-    tracking = TrackingRecord("it-atomic", "cdc.crm.orders", 0, 41)
     with pytest.raises(asyncpg.CheckViolationError):
-        await sink.apply([*good, bad], tracking=tracking)
+        await sink.apply([*good, bad])
     assert await rows(pool, o) == {}
     assert await rows(pool, ln) == {}
-    assert await sink.tracked_offsets("it-atomic") == {}
     # the connection went back to the pool clean; the corrected batch then applies whole
-    assert await sink.apply(good, tracking=tracking) == SinkResult(2, 0)
-    assert await sink.tracked_offsets("it-atomic") == {("cdc.crm.orders", 0): 41}
-
-
-# =====================================================================================
-# Invariant 1: tracking offsets travel with the effects
-# =====================================================================================
-
-
-async def test_tracking_offsets_are_written_with_the_batch(
-    pool: asyncpg.Pool, sink: PositionGuardedSink, tables: Tables
-) -> None:
-    o = tables.orders
-    await sink.apply(
-        [order(o, 1, "a", P(1, 1))],
-        tracking=[
-            TrackingRecord("it-track", "cdc.crm.orders", 0, 10),
-            TrackingRecord("it-track", "cdc.crm.orders", 0, 12),  # same partition: max wins
-            TrackingRecord("it-track", "cdc.crm.order_lines", 3, 7),
-            TrackingRecord("someone-else", "cdc.crm.orders", 0, 99),
-        ],
-    )
-    assert await sink.tracked_offsets("it-track") == {
-        ("cdc.crm.orders", 0): 12,
-        ("cdc.crm.order_lines", 3): 7,
-    }
-    # a replay from an older offset does not move the offset backwards
-    await sink.apply([], tracking=TrackingRecord("it-track", "cdc.crm.orders", 0, 5))
-    await sink.apply([], tracking=TrackingRecord("it-track", "cdc.crm.orders", 0, 13))
-    assert (await sink.tracked_offsets("it-track"))[("cdc.crm.orders", 0)] == 13
+    assert await sink.apply(good) == SinkResult(2, 0)
 
 
 # =====================================================================================
@@ -353,44 +313,3 @@ async def test_missing_column_is_reported_before_writing(
     spec = UpsertSpec(tables.orders.table, ("crm_order_id",), ("no_such_column",))
     with pytest.raises(ValueError, match="no_such_column"):
         await sink.apply([spec.upsert({"crm_order_id": 1, "no_such_column": 1}, P(1, 1))])
-
-
-# =====================================================================================
-# The in-memory fake agrees with PostgreSQL
-# =====================================================================================
-
-
-def _scenario(t: Tables) -> list[list[SinkWrite]]:
-    o, ln = t.orders, t.lines
-
-    def line(oid: int, no: int, qty: str, pos: SourcePosition) -> SinkWrite:
-        return ln.upsert({"crm_order_id": oid, "line_no": no, "qty": Decimal(qty)}, pos)
-
-    return [
-        [order(o, 1, "confirmed", P(10, 1)), line(1, 1, "2", P(10, 2)), line(1, 2, "3", P(10, 3))],
-        [order(o, 2, "confirmed", P(11, 1)), line(2, 1, "1", P(11, 2))],
-        [order(o, 1, "amended", P(12, 1)), line(1, 2, "4", P(12, 2)),
-         ln.delete({"crm_order_id": 1, "line_no": 1}, P(12, 3))],
-        [order(o, 1, "confirmed", P(10, 1)), line(1, 1, "2", P(10, 2))],  # stale replay
-        [o.delete({"crm_order_id": 2}, P(13, 1)), order(o, 2, "late", P(11, 5))],
-        [order(o, 3, "x", P(14, 1)), order(o, 3, "y", P(14, 2)), order(o, 3, "w", P(14, 1))],
-        [o.delete({"crm_order_id": 4}, P(15, 1))],
-        [order(o, 2, "revived", P(16, 1))],
-    ]
-
-
-async def test_in_memory_sink_agrees_with_postgres(
-    pool: asyncpg.Pool, sink: PositionGuardedSink, tables: Tables
-) -> None:
-    fake = InMemorySink()
-    for batch in _scenario(tables):
-        assert await fake.apply(batch) == await sink.apply(batch), batch
-    for spec in (tables.orders, tables.lines):
-        real = await rows(pool, spec)
-        assert set(real) == set(fake.tables[spec.table])
-        for key, row in real.items():
-            stored = fake.tables[spec.table][key]
-            assert stored.deleted == row["deleted"]
-            assert stored.position == P(row["source_commit_lsn"], row["source_lsn"])
-            assert dict(stored.values) == {c: row[c] for c in spec.value_columns}
-        assert fake.live_rows(spec.table) == await live(pool, spec)

@@ -39,11 +39,12 @@ from services.inventory_projection.domain import (
     RowStore,
 )
 from services.inventory_projection.projector import PAUSE_EVERY, Projector
-from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
+from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Slicer, run_to_end
 from services.shared.observability import EventLoopMonitor, ServiceMetrics
 from services.shared.position import SourcePosition
 from services.shared.transactions import TransactionMarker, TransactionStatus
+from tests.builders import change_event
 
 # ------------------------------------------------------------------ the slicer
 
@@ -118,24 +119,9 @@ def _transaction(
     events = []
     for order, (table, row) in enumerate(rows, start=1):
         lsn = next(_lsn)
-        events.append(
-            ChangeEvent(
-                database=database,
-                schema=database,
-                table=table,
-                op=ChangeOp.UPDATE,
-                key={"id": row["id"]},
-                before=None,
-                after=row,
-                position=SourcePosition(lsn, lsn),
-                transaction_id=xid,
-                total_order=order,
-                data_collection_order=order,
-                commit_time=T0,
-                is_snapshot=False,
-                origin=RecordOrigin(f"cdc.{database}.{table}", 0, lsn),
-            )
-        )
+        events.append(change_event(database, table, op=ChangeOp.UPDATE, after=row,
+                                   commit_lsn=lsn, transaction_id=xid, order=order,
+                                   commit_time=T0))
     counts = Counter(e.data_collection for e in events)
     return events, TransactionMarker(TransactionStatus.END, xid, xid, len(events), counts, T0)
 

@@ -16,7 +16,6 @@ from services.shared.changes import ChangeDecoder, ChangeEvent
 from services.shared.deadletters import InMemoryDeadLetterPublisher
 from services.shared.intake import ChangeIntake
 from services.shared.observability import ServiceMetrics
-from services.shared.runtime import FaustRecord
 
 
 @dataclass
@@ -116,19 +115,3 @@ async def test_unreadable_transaction_marker_is_dead_lettered() -> None:
     assert await intake.marker(Record("cdc.crm.transaction", 0, 9, b"{}", b"[]")) is None
     assert dead_letters.letters[0].source_topic == "cdc.crm.transaction"
 
-
-def test_faust_message_timestamp_seconds_become_milliseconds() -> None:
-    @dataclass
-    class Message:
-        topic: str = "t"
-        partition: int = 1
-        offset: int = 2
-        key: bytes | None = b"k"
-        value: bytes | None = b"v"
-        timestamp: float | None = 1795735628.506
-        headers: object = None
-
-    record = FaustRecord(Message())
-    assert record.timestamp == 1795735628506
-    assert list(record.headers) == []
-    assert FaustRecord(Message(headers={"a": b"1"})).headers == [("a", b"1")]

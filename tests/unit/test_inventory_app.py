@@ -23,9 +23,9 @@ from typing import Any
 
 from services.inventory_projection.domain import AvailabilityKey, NegativeStock
 from services.inventory_projection.projector import Projector, evaluated_key, parse_heartbeat
-from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
-from services.shared.position import SourcePosition
+from services.shared.changes import ChangeEvent
 from services.shared.transactions import TransactionMarker, TransactionStatus
+from tests.builders import change_event
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 _lsn = itertools.count(1000, 10)
@@ -35,22 +35,8 @@ def change(
     db: str, table: str, row: Mapping[str, Any], xid: str, order: int = 1
 ) -> ChangeEvent:
     lsn = next(_lsn)
-    return ChangeEvent(
-        database=db,
-        schema=db,
-        table=table,
-        op=ChangeOp.CREATE,
-        key={"id": row["id"]},
-        before=None,
-        after=dict(row),
-        position=SourcePosition(lsn, lsn),
-        transaction_id=xid,
-        total_order=order,
-        data_collection_order=order,
-        commit_time=T0 + timedelta(seconds=lsn),
-        is_snapshot=False,
-        origin=RecordOrigin(f"cdc.{db}.{table}", 0, lsn),
-    )
+    return change_event(db, table, after=row, commit_lsn=lsn, transaction_id=xid, order=order,
+                        commit_time=T0 + timedelta(seconds=lsn))
 
 
 def end(xid: str, counts: dict[str, int]) -> TransactionMarker:

@@ -54,6 +54,7 @@ from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition
+from tests.builders import change_event
 
 D = Decimal
 ITEM_ID, OTHER_ITEM = 10, 11
@@ -87,20 +88,11 @@ class Feed:
         lsn = next(_lsn)
         op = ChangeOp.DELETE if row is None else ChangeOp.UPDATE
         rid = row_id if row_id is not None else (row or before or {})["id"]
-        event = ChangeEvent(
-            database=table[0],
-            schema=table[0],
-            table=table[1],
-            op=op,
-            key={"id": rid},
-            before=dict(before) if before is not None else None,
-            after=None if row is None else dict(row),
-            position=position or SourcePosition(lsn, lsn),
-            transaction_id=str(lsn),
-            total_order=1,
-            data_collection_order=1,
+        at = position or SourcePosition(lsn, lsn)
+        event = change_event(
+            table[0], table[1], op=op, before=before, after=row, key={"id": rid},
+            commit_lsn=at.commit_lsn, lsn=at.lsn, transaction_id=str(lsn),
             commit_time=T0 + timedelta(seconds=lsn),
-            is_snapshot=False,
             origin=RecordOrigin(f"cdc.{table[0]}.{table[1]}", 0, lsn),
         )
         if apply:

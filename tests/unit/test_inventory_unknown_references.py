@@ -37,10 +37,10 @@ from services.inventory_projection.projector import (
     Step,
     verdict_key,
 )
-from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
-from services.shared.position import SourcePosition
+from services.shared.changes import ChangeEvent
 from services.shared.state.store import MemoryState
 from services.shared.transactions import TransactionMarker, TransactionStatus
+from tests.builders import change_event
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 GRACE = UNKNOWN_REFERENCE_GRACE.total_seconds()
@@ -66,22 +66,8 @@ class Tx:
         self.events: list[tuple[ChangeEvent, str]] = []
         for order, (table, row, handle) in enumerate(rows, start=1):
             lsn = next(_lsn)
-            event = ChangeEvent(
-                database=db,
-                schema=db,
-                table=table,
-                op=ChangeOp.CREATE,
-                key={"id": row["id"]},
-                before=None,
-                after=dict(row),
-                position=SourcePosition(lsn, lsn),
-                transaction_id=self.xid,
-                total_order=order,
-                data_collection_order=order,
-                commit_time=at(seconds),
-                is_snapshot=False,
-                origin=RecordOrigin(f"cdc.{db}.{table}", 0, lsn),
-            )
+            event = change_event(db, table, after=row, commit_lsn=lsn,
+                                 transaction_id=self.xid, order=order, commit_time=at(seconds))
             self.events.append((event, handle))
 
     def send(self, p: Projector[str], suffix: str = "") -> None:

@@ -74,6 +74,7 @@ from services.order_sync.domain import (
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition
+from tests.builders import change_event
 
 D = Decimal
 EUR = "EUR"
@@ -735,16 +736,10 @@ def event(
     after: Mapping[str, Any] | None, commit_lsn: int, lsn: int | None = None,
     *, database: str = "crm",
 ) -> ChangeEvent:
-    row = after if after is not None else before
-    assert row is not None
-    return ChangeEvent(
-        database=database, schema=database, table=table, op=op, key={"id": row["id"]},
-        before=None if before is None else dict(before),
-        after=None if after is None else dict(after),
-        position=SourcePosition(commit_lsn, lsn if lsn is not None else commit_lsn),
-        transaction_id=str(commit_lsn), total_order=1, data_collection_order=1,
-        commit_time=COMMIT, is_snapshot=False, origin=RecordOrigin("t", 0, 0),
-    )
+    assert after is not None or before is not None
+    return change_event(database, table, op=op, before=before, after=after,
+                        commit_lsn=commit_lsn, lsn=lsn, commit_time=COMMIT,
+                        origin=RecordOrigin("t", 0, 0))
 
 
 def created_order_events(commit: int = 100) -> list[ChangeEvent]:

@@ -19,21 +19,15 @@ import pytest
 import services.order_sync.domain as domain
 from services.order_sync.domain import OrderDraft, fold_transaction, order_ids_of
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
-from services.shared.position import SourcePosition
+from tests.builders import change_event
 from tests.unit.test_order_sync_domain import COMMIT
 
 
 def _event(table: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
            lsn: int) -> ChangeEvent:
-    row = after if after is not None else before
-    assert row is not None
     op = ChangeOp.DELETE if after is None else ChangeOp.UPDATE
-    return ChangeEvent(
-        database="crm", schema="crm", table=table, op=op, key={"id": row["id"]},
-        before=before, after=after, position=SourcePosition(lsn, lsn),
-        transaction_id=str(lsn), total_order=1, data_collection_order=1,
-        commit_time=COMMIT, is_snapshot=False, origin=RecordOrigin("t", 0, 0),
-    )
+    return change_event("crm", table, op=op, before=before, after=after, commit_lsn=lsn,
+                        commit_time=COMMIT, origin=RecordOrigin("t", 0, 0))
 
 
 def _header(order_id: int, state: str = "confirmed") -> dict[str, Any]:

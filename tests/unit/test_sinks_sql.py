@@ -1,10 +1,9 @@
-"""Sink SQL generation, batch planning and the in-memory sink (no database).
+"""Sink SQL generation and batch planning (no database).
 
 Protects: the position guard is in every generated statement (invariant 2); names are
 always quoted (no SQL injection through identifiers); deletes are tombstone upserts,
 never DELETE (invariant 1/6: no resurrection on replay); several writes to one key in a
-batch reduce to the newest; InMemorySink follows the same rules and counts; tracking
-offsets never move backwards.
+batch reduce to the newest.
 """
 
 from __future__ import annotations
@@ -16,11 +15,8 @@ import pytest
 from services.shared.position import SourcePosition
 from services.shared.sinks import (
     DeleteSpec,
-    InMemorySink,
-    Sink,
     SinkResult,
     SinkWrite,
-    TrackingRecord,
     Upsert,
     UpsertSpec,
     delete_sql,
@@ -29,9 +25,6 @@ from services.shared.sinks import (
     quote_ident,
     quote_table,
     tombstone_column_ddl,
-    tracked_offsets_sql,
-    tracking_table_ddl,
-    tracking_upsert_sql,
     upsert_sql,
 )
 
@@ -66,9 +59,6 @@ def test_quote_ident_and_table() -> None:
 def test_ddl_fragments() -> None:
     assert position_columns_ddl() == "source_commit_lsn bigint not null, source_lsn bigint not null"
     assert tombstone_column_ddl() == "deleted boolean not null default false"
-    ddl = _flat(tracking_table_ddl("erp_integration"))
-    assert ddl.startswith('CREATE TABLE IF NOT EXISTS "erp_integration"."ambidex_tracking" (')
-    assert "PRIMARY KEY (consumer, topic, kafka_partition)" in ddl
 
 
 def test_upsert_sql() -> None:
@@ -108,13 +98,6 @@ def test_delete_is_a_guarded_tombstone_upsert_never_a_delete() -> None:
         "deleted = true, source_commit_lsn = EXCLUDED.source_commit_lsn, "
         "source_lsn = EXCLUDED.source_lsn " + GUARD
     )
-
-
-def test_tracking_sql_is_monotonic() -> None:
-    sql = _flat(tracking_upsert_sql("crm_integration"))
-    assert '"crm_integration"."ambidex_tracking"' in sql
-    assert sql.endswith("WHERE target.kafka_offset < EXCLUDED.kafka_offset")
-    assert "consumer = $1" in tracked_offsets_sql("crm_integration")
 
 
 def test_hostile_names_only_appear_quoted() -> None:
@@ -197,57 +180,6 @@ def test_plan_refuses_inconsistent_specs() -> None:
     with pytest.raises(ValueError, match="tombstones"):
         plan_batch([no_tomb.upsert({"k": 1, "v": 1}, P(1, 1)),
                     DeleteSpec("t", ("k",)).delete({"k": 2}, P(1, 2))])
-
-
-# -------------------------------------------------------------------- in-memory sink
-
-
-async def test_in_memory_sink_is_a_sink() -> None:
-    assert isinstance(InMemorySink(), Sink)
-
-
-async def test_in_memory_stale_never_overwrites_newer() -> None:
-    sink = InMemorySink()
-    assert await sink.apply([_o(1, "shipped", P(20, 1))]) == SinkResult(1, 0)
-    assert await sink.apply([_o(1, "confirmed", P(10, 1))]) == SinkResult(0, 1)
-    assert await sink.apply([_o(1, "again", P(20, 1))]) == SinkResult(0, 1)
-    assert sink.live_rows(ORDERS.table) == {(1,): {"status": "shipped", "amount": Decimal("1")}}
-
-
-async def test_in_memory_delete_is_a_tombstone_that_blocks_older_replays() -> None:
-    sink = InMemorySink()
-    insert, delete = _o(1, "a", P(1, 1)), ORDERS.delete({"crm_order_id": 1}, P(2, 1))
-    assert await sink.apply([insert, delete]) == SinkResult(1, 1)
-    row = sink.row(ORDERS.table, (1,))
-    assert row is not None and row.deleted and row.position == P(2, 1)
-    assert dict(row.values) == {"status": None, "amount": None}
-    assert await sink.apply([insert]) == SinkResult(0, 1)
-    assert sink.live_rows(ORDERS.table) == {}
-    assert await sink.apply([_o(1, "new", P(3, 1))]) == SinkResult(1, 0)
-    assert sink.live_rows(ORDERS.table) == {(1,): {"status": "new", "amount": Decimal("1")}}
-
-
-async def test_in_memory_failing_batch_changes_nothing() -> None:
-    sink = InMemorySink()
-    await sink.apply([_o(1, "a", P(1, 1))])
-    other = UpsertSpec(ORDERS.table, ("crm_order_id",), ("status",))
-    with pytest.raises(ValueError):
-        await sink.apply(
-            [_o(1, "b", P(2, 1)), other.upsert({"crm_order_id": 2, "status": "x"}, P(2, 2))],
-            tracking=TrackingRecord("c", "t", 0, 5),
-        )
-    assert sink.live_rows(ORDERS.table)[(1,)]["status"] == "a"
-    assert await sink.tracked_offsets("c") == {}
-
-
-async def test_in_memory_tracking_is_monotonic_per_partition() -> None:
-    sink = InMemorySink()
-    await sink.apply([], tracking=[TrackingRecord("c", "t", 0, 5), TrackingRecord("c", "t", 1, 2)])
-    await sink.apply([], tracking=TrackingRecord("c", "t", 0, 3))
-    await sink.apply([], tracking=TrackingRecord("d", "t", 0, 9))
-    assert await sink.tracked_offsets("c") == {("t", 0): 5, ("t", 1): 2}
-    with pytest.raises(ValueError):
-        await sink.apply([], tracking=TrackingRecord("c", "t", 0, -1))
 
 
 def test_sink_result_adds() -> None:

@@ -49,6 +49,7 @@ from services.shared.transactions import (
     TransactionStatus,
     decode_marker,
 )
+from tests.builders import change_event
 
 ORDERS = "crm.sales_order"
 LINES = "crm.sales_order_line"
@@ -65,22 +66,9 @@ def change(
     commit_lsn: int = 1_000,
 ) -> ChangeEvent:
     lsn = commit_lsn + (total_order or 0)
-    return ChangeEvent(
-        database="crm",
-        schema="crm",
-        table=table,
-        op=ChangeOp.CREATE,
-        key={"id": row_id},
-        before=None,
-        after={"id": row_id},
-        position=SourcePosition(commit_lsn, lsn),
-        transaction_id=xid,
-        total_order=total_order,
-        data_collection_order=total_order,
-        commit_time=COMMIT,
-        is_snapshot=xid is None,
-        origin=RecordOrigin(f"cdc.crm.{table}", 0, lsn),
-    )
+    return change_event("crm", table, after={"id": row_id}, commit_lsn=commit_lsn, lsn=lsn,
+                        transaction_id=xid, order=total_order, commit_time=COMMIT,
+                        snapshot=xid is None)
 
 
 def end(

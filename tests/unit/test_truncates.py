@@ -39,6 +39,7 @@ from services.shared.errors import Cause, NeedsResnapshot
 from services.shared.position import SourcePosition
 from services.shared.transactions import TransactionMarker, TransactionStatus
 from services.shared.truncates import TruncateAnswer, TruncateAnswers, topic_collection
+from tests.builders import change_event
 
 T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 ITEM, WAREHOUSE = 1, 7
@@ -120,14 +121,8 @@ _xid = itertools.count(1)
 
 def _event(db: str, table: str, op: ChangeOp, row: dict[str, Any] | None, lsn: int,
            order: int = 1, xid: str | None = None) -> ChangeEvent:
-    return ChangeEvent(
-        database=db, schema=db, table=table, op=op,
-        key={} if row is None else {"id": row["id"]},
-        before=None, after=row,
-        position=SourcePosition(lsn, lsn), transaction_id=xid or str(next(_xid)),
-        total_order=order, data_collection_order=order, commit_time=T0, is_snapshot=False,
-        origin=RecordOrigin(f"cdc.{db}.{table}", 0, lsn),
-    )
+    return change_event(db, table, op=op, after=row, commit_lsn=lsn,
+                        transaction_id=xid or str(next(_xid)), order=order, commit_time=T0)
 
 
 def _truncate(db: str, table: str, lsn: int) -> ChangeEvent:

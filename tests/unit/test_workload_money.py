@@ -1,6 +1,6 @@
 """Invariant: money in the reference data and workload is exact Decimal, rounded half-up
-to the currency's minor unit, and installment schedules add up to the contract total to
-the cent."""
+(services.shared.money.round_money) to the currency's minor unit, and installment
+schedules add up to the contract total to the cent."""
 
 from __future__ import annotations
 
@@ -12,35 +12,33 @@ import pytest
 from ambidex.workload import catalog
 from ambidex.workload.money import (
     convert_price,
-    line_amount,
-    minor_unit,
     partial_amount,
-    quantize_money,
     split_installments,
     tax_amount,
 )
+from services.shared.money import line_net, minor_unit, round_money
 
 
 def test_half_up_to_cents() -> None:
-    assert quantize_money(Decimal("10.005"), "EUR") == Decimal("10.01")
-    assert quantize_money(Decimal("10.004"), "EUR") == Decimal("10.00")
-    assert quantize_money(Decimal("2.675"), "USD") == Decimal("2.68")  # a float would say 2.67
+    assert round_money(Decimal("10.005"), "EUR") == Decimal("10.01")
+    assert round_money(Decimal("10.004"), "EUR") == Decimal("10.00")
+    assert round_money(Decimal("2.675"), "USD") == Decimal("2.68")  # a float would say 2.67
 
 
 def test_yen_has_no_minor_unit() -> None:
     assert minor_unit("JPY") == Decimal(1)
-    assert quantize_money(Decimal("1234.5"), "JPY") == Decimal("1235.00")
+    assert round_money(Decimal("1234.5"), "JPY") == Decimal("1235.00")
     assert convert_price(Decimal("10.00"), "JPY") == Decimal("1620.00")
 
 
 def test_amounts_keep_two_places() -> None:
     for currency in ("EUR", "USD", "GBP", "CHF", "JPY"):
-        assert quantize_money(Decimal("7"), currency).as_tuple().exponent == -2
+        assert round_money(Decimal("7"), currency).as_tuple().exponent == -2
 
 
 def test_line_amount_applies_discount() -> None:
-    assert line_amount(Decimal("3"), Decimal("19.99"), Decimal("12.5"), "EUR") == Decimal("52.47")
-    assert line_amount(Decimal("2.5"), Decimal("4.00"), Decimal("0"), "GBP") == Decimal("10.00")
+    assert line_net(Decimal("3"), Decimal("19.99"), Decimal("12.5"), "EUR") == Decimal("52.47")
+    assert line_net(Decimal("2.5"), Decimal("4.00"), Decimal("0"), "GBP") == Decimal("10.00")
 
 
 def test_tax_rounded_per_line() -> None:

@@ -1,0 +1,44 @@
+"""Service names live only in services/registry.py: the manifests' alert covers every
+registered service, and a service whose dependency is missing is an error, not a
+service silently left out of `ambidex up`."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from ambidex.manifests import alert_rules
+from services import registry
+
+
+def test_service_down_alert_names_every_registered_service() -> None:
+    rule = next(r for r in alert_rules()["spec"]["groups"][0]["rules"]
+                if r["alert"] == "AmbidexServiceDown")
+    for name in registry.METRICS_PORTS:
+        assert name in rule["expr"]
+
+
+def test_every_service_of_the_build_has_a_metrics_port() -> None:
+    assert set(registry.SERVICE_MODULES) <= set(registry.METRICS_PORTS)
+
+
+def test_a_service_not_in_this_build_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "SERVICE_MODULES", {
+        **registry.SERVICE_MODULES, "planned": "services.planned_service_absent.app"})
+    assert "planned" not in registry.available_services()
+    assert set(registry.available_services()) == set(registry.SERVICE_MODULES) - {"planned"}
+
+
+def test_a_service_whose_dependency_is_missing_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fail(name: str) -> types.ModuleType:
+        if name == "services.broken_for_test.app":
+            raise ModuleNotFoundError("No module named 'rocksdict'", name="rocksdict")
+        return types.ModuleType(name)
+
+    monkeypatch.setattr(registry.importlib, "import_module", fail)
+    monkeypatch.setattr(registry, "SERVICE_MODULES", {"broken": "services.broken_for_test.app"})
+    with pytest.raises(ModuleNotFoundError, match="rocksdict"):
+        registry.available_services()

@@ -108,6 +108,14 @@ def open_key(identity: str) -> bytes:
     return b"O" + identity.encode()
 
 
+def bad_payment_prefix(invoice_id: int) -> bytes:
+    return b"B" + _id(invoice_id)
+
+
+def bad_payment_key(invoice_id: int, payment_id: int) -> bytes:
+    return bad_payment_prefix(invoice_id) + _id(payment_id)
+
+
 def incomplete_key(contract_id: int) -> bytes:
     return b"X" + _id(contract_id)
 

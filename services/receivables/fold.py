@@ -257,14 +257,10 @@ class Receivables:
             new, out.rejected = None, f"{table.value} {row_id}: {bad.reason}"
         label = f"{table.value}:{row_id}"
         if noted is not None:
-            self._note_incomplete(noted, label, None)
-            touched.contracts.add(noted)
+            self._unnote(table, row_id, label, noted, touched)
         now_noted: int | None = None
         if out.rejected is not None:
-            now_noted = self._contract_of_bad(table, row, old)
-            if now_noted is not None:
-                self._note_incomplete(now_noted, label, out.rejected)
-                touched.contracts.add(now_noted)
+            now_noted = self._note(table, row_id, row, label, out.rejected, touched)
         self.kv.put(codec.row_key(table, row_id), codec.dumps(
             [position.commit_lsn, position.lsn, codec.encode_record(new), now_noted]))
         if table is Table.CONTRACT:
@@ -278,9 +274,12 @@ class Receivables:
         self._settle(touched, out)
         return out
 
-    def _contract_of_bad(self, table: Table, row: Mapping[str, Any] | None,
-                         old: Record | None) -> int | None:
-        """The contract a rejected row belongs to (to say its figures are incomplete)."""
+    def _note(self, table: Table, row_id: int, row: Mapping[str, Any] | None, label: str,
+              reason: str, touched: _Touched) -> int | None:
+        """Say on the rejected row's contract that its figures are incomplete and why.
+        A payment's note is kept under its invoice (``B<invoice><payment>``) and follows
+        the invoice's contract. Returns what was noted on (contract, or invoice for a
+        payment)."""
         if row is None:
             return None
         name = {Table.CONTRACT: "id", Table.INSTALLMENT: "contract_id",
@@ -288,10 +287,41 @@ class Receivables:
         value = row.get(name)
         if not isinstance(value, int) or isinstance(value, bool):
             return None
-        if table is not Table.PAYMENT:
-            return value
-        invoice = self.record(Table.INVOICE, value)
+        contract_id: int | None = value
+        if table is Table.PAYMENT:
+            self.kv.put(codec.bad_payment_key(value, row_id), reason.encode())
+            contract_id = self._contract_of_invoice(value)
+        if contract_id is not None:
+            self._note_incomplete(contract_id, label, reason)
+            touched.contracts.add(contract_id)
+        return value
+
+    def _unnote(self, table: Table, row_id: int, label: str, noted: int,
+                touched: _Touched) -> None:
+        contract_id: int | None = noted
+        if table is Table.PAYMENT:
+            self.kv.delete(codec.bad_payment_key(noted, row_id))
+            contract_id = self._contract_of_invoice(noted)
+        if contract_id is not None:
+            self._note_incomplete(contract_id, label, None)
+            touched.contracts.add(contract_id)
+
+    def _contract_of_invoice(self, invoice_id: int) -> int | None:
+        invoice = self.record(Table.INVOICE, invoice_id)
         return invoice.contract_id if isinstance(invoice, Invoice) else None
+
+    def _move_payment_notes(self, invoice_id: int, before: int | None, after: int | None,
+                            touched: _Touched) -> None:
+        """The invoice moved to another contract: its rejected payments' notes move too."""
+        if before == after:
+            return
+        prefix = codec.bad_payment_prefix(invoice_id)
+        for key, raw in self.kv.scan(prefix):
+            label = f"{Table.PAYMENT.value}:{codec.decode_int(key[9:17])}"
+            for contract_id, reason in ((before, None), (after, raw.decode())):
+                if contract_id is not None:
+                    self._note_incomplete(contract_id, label, reason)
+                    touched.contracts.add(contract_id)
 
     def _note_incomplete(self, contract_id: int, label: str, reason: str | None) -> None:
         key = codec.incomplete_key(contract_id)
@@ -345,6 +375,8 @@ class Receivables:
                  touched: _Touched, out: Outcome) -> None:
         payments = self._payments(invoice_id)
         touched.invoices.add(invoice_id)
+        self._move_payment_notes(invoice_id, None if old is None else old.contract_id,
+                                 None if new is None else new.contract_id, touched)
         self._index_short(old, payments, new, payments)
         if old is not None and old.contract_id is not None and old.seq is not None:
             self._edit_slot(old.contract_id, old.seq, touched, out, lambda f: SlotFacts(

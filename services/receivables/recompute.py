@@ -174,17 +174,17 @@ def recompute(rows: Mapping[Table, Iterable[Mapping[str, Any]]], as_of: date,
         result.plan_status[contract_id] = plan_status(header)
         dated = next_due.get(contract_id, {}).get(header.currency, {})
         first = min(dated) if dated else None
-        position = contract_position(
+        contract_pos = contract_position(
             contract_id, header, own.get(header.currency, EMPTY),
             None if first is None else (first, dated[first]), incomplete.get(contract_id, ()))
-        result.contracts[contract_id] = position
+        result.contracts[contract_id] = contract_pos
         key2 = (header.account_id, header.currency)
         totals, contracted, dues = customers.get(key2, (EMPTY, ZERO, {}))
-        if position.next_due_date is not None and position.next_due_amount is not None:
-            dues[position.next_due_date] = (dues.get(position.next_due_date, ZERO)
-                                            + position.next_due_amount)
-        customers[key2] = (totals.plus(customer_contribution(position)),
-                           contracted + position.contracted, dues)
+        if contract_pos.next_due_date is not None and contract_pos.next_due_amount is not None:
+            dues[contract_pos.next_due_date] = (dues.get(contract_pos.next_due_date, ZERO)
+                                            + contract_pos.next_due_amount)
+        customers[key2] = (totals.plus(customer_contribution(contract_pos)),
+                           contracted + contract_pos.contracted, dues)
     for (account_id, currency), (totals, contracted, dues) in sorted(customers.items()):
         first = min(dues) if dues else None
         customer = customer_position(account_id, currency, totals, contracted,

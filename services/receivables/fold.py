@@ -132,21 +132,57 @@ def plan_status(header: ContractHeader | None) -> str:
 
 @dataclass
 class Outcome:
-    """What one fold step changed; None values mean "gone" (delete the row)."""
+    """What fold steps changed; None values mean "gone" (delete the row).
+
+    :meth:`merge` nets the outcomes of several steps (a source transaction, a batch):
+    a discrepancy raised and resolved within them is neither; a position written twice
+    is written once. So the shell publishes each cause once per batch, not per change."""
 
     installments: dict[tuple[int, int], InstallmentPosition | None] = field(default_factory=dict)
     contracts: dict[int, ContractPosition | None] = field(default_factory=dict)
     customers: dict[tuple[int, str], CustomerPosition | None] = field(default_factory=dict)
     plan: dict[tuple[int, int], PlanEntry | None] = field(default_factory=dict)
     plan_status: dict[int, str] = field(default_factory=dict)
-    raised: list[Discrepancy] = field(default_factory=list)
-    changed: list[Discrepancy] = field(default_factory=list)
-    resolved: list[Discrepancy] = field(default_factory=list)
+    discrepancies: dict[str, tuple[Discrepancy | None, Discrepancy | None]] = field(
+        default_factory=dict)
+    """Per identity: (before, after) the steps; None = not open."""
     stale: bool = False
     """The version was not newer than the one folded: nothing moved."""
     rejected: str | None = None
     """The version was bad input (dead-letter it): the row counts as absent and its
     contract's position says it is incomplete."""
+
+    @property
+    def raised(self) -> list[Discrepancy]:
+        return [a for b, a in self.discrepancies.values() if b is None and a is not None]
+
+    @property
+    def changed(self) -> list[Discrepancy]:
+        return [a for b, a in self.discrepancies.values() if b is not None and a is not None]
+
+    @property
+    def resolved(self) -> list[Discrepancy]:
+        return [b for b, a in self.discrepancies.values() if b is not None and a is None]
+
+    def note(self, before: Discrepancy | None, after: Discrepancy | None) -> None:
+        identity = (after or before).identity  # type: ignore[union-attr]
+        first = self.discrepancies[identity][0] if identity in self.discrepancies else before
+        if first == after:
+            self.discrepancies.pop(identity, None)
+        else:
+            self.discrepancies[identity] = (first, after)
+
+    def merge(self, other: Outcome) -> Outcome:
+        """This outcome followed by ``other``, netted (``other`` is left as it is)."""
+        self.installments.update(other.installments)
+        self.contracts.update(other.contracts)
+        self.customers.update(other.customers)
+        self.plan.update(other.plan)
+        self.plan_status.update(other.plan_status)
+        for before, after in other.discrepancies.values():
+            self.note(before, after)
+        self.stale = self.stale and other.stale
+        return self
 
 
 @dataclass
@@ -692,12 +728,10 @@ class Receivables:
             if old == new:
                 continue
             if new is None:
-                assert old is not None
                 self.kv.delete(key)
-                out.resolved.append(old)
-                continue
-            self.kv.put(key, codec.encode_discrepancy(new))
-            (out.raised if old is None else out.changed).append(new)
+            else:
+                self.kv.put(key, codec.encode_discrepancy(new))
+            out.note(old, new)
 
     # ------------------------------------------------------------ reads
 

@@ -120,6 +120,25 @@ class PlanEntry:
     waived: bool
 
 
+@dataclass(frozen=True, slots=True)
+class PlanHeader:
+    """The head of a contract's expected-receivables plan in the ERP."""
+
+    contract_id: int
+    status: str
+    number: str | None
+    account_id: int | None
+    currency: str | None
+    total: Decimal | None
+
+
+def plan_header(contract_id: int, header: ContractHeader | None) -> PlanHeader:
+    if header is None:
+        return PlanHeader(contract_id, plan_status(None), None, None, None, None)
+    return PlanHeader(contract_id, plan_status(header), header.number, header.account_id,
+                      header.currency, header.total)
+
+
 def plan_status(header: ContractHeader | None) -> str:
     """The plan's status for finance: a draft is not handed over yet, a terminated
     contract's plan has ended, a deleted contract's is withdrawn."""
@@ -142,7 +161,7 @@ class Outcome:
     contracts: dict[int, ContractPosition | None] = field(default_factory=dict)
     customers: dict[tuple[int, str], CustomerPosition | None] = field(default_factory=dict)
     plan: dict[tuple[int, int], PlanEntry | None] = field(default_factory=dict)
-    plan_status: dict[int, str] = field(default_factory=dict)
+    plan_headers: dict[int, PlanHeader] = field(default_factory=dict)
     discrepancies: dict[str, tuple[Discrepancy | None, Discrepancy | None]] = field(
         default_factory=dict)
     """Per identity: (before, after) the steps; None = not open."""
@@ -178,7 +197,7 @@ class Outcome:
         self.contracts.update(other.contracts)
         self.customers.update(other.customers)
         self.plan.update(other.plan)
-        self.plan_status.update(other.plan_status)
+        self.plan_headers.update(other.plan_headers)
         for before, after in other.discrepancies.values():
             self.note(before, after)
         self.stale = self.stale and other.stale
@@ -378,8 +397,8 @@ class Receivables:
                   touched: _Touched, out: Outcome) -> None:
         touched.contracts.add(contract_id)
         before, after = header_of(old), header_of(new)
-        if plan_status(before) != plan_status(after):
-            out.plan_status[contract_id] = plan_status(after)
+        if plan_header(contract_id, before) != plan_header(contract_id, after):
+            out.plan_headers[contract_id] = plan_header(contract_id, after)
 
         def active(h: ContractHeader | None) -> bool:
             return h is not None and h.state is ContractState.ACTIVE
@@ -789,4 +808,5 @@ def _invoice_facts(invoice: Invoice, payments: list[Any]) -> InvoiceFacts:
                         tuple((p[0], p[1], Decimal(p[2])) for p in payments))
 
 
-__all__ = ["EPOCH", "KeyValue", "Outcome", "PlanEntry", "Receivables", "plan_status"]
+__all__ = ["EPOCH", "KeyValue", "Outcome", "PlanEntry", "PlanHeader", "Receivables",
+           "plan_header", "plan_status"]

@@ -15,7 +15,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from services.receivables.fold import PlanEntry, header_of, plan_status
+from services.receivables.fold import PlanEntry, PlanHeader, header_of, plan_header
 from services.receivables.records import (
     ZERO,
     BadRow,
@@ -58,7 +58,7 @@ class Recomputed:
     customers: dict[tuple[int, str], CustomerPosition] = field(default_factory=dict)
     discrepancies: dict[str, Discrepancy] = field(default_factory=dict)
     plan: dict[tuple[int, int], PlanEntry] = field(default_factory=dict)
-    plan_status: dict[int, str] = field(default_factory=dict)
+    plan_headers: dict[int, PlanHeader] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
     """Rows that are bad input, ``"<table> <id>: <reason>"``."""
 
@@ -171,7 +171,7 @@ def recompute(rows: Mapping[Table, Iterable[Mapping[str, Any]]], as_of: date,
             result.discrepancies[d.identity] = d
         if header is None:
             continue
-        result.plan_status[contract_id] = plan_status(header)
+        result.plan_headers[contract_id] = plan_header(contract_id, header)
         dated = next_due.get(contract_id, {}).get(header.currency, {})
         first = min(dated) if dated else None
         contract_pos = contract_position(

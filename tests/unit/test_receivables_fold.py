@@ -87,6 +87,7 @@ class Sink:
         self.contracts: dict[Any, Any] = {}
         self.customers: dict[Any, Any] = {}
         self.plan: dict[Any, Any] = {}
+        self.plan_headers: dict[Any, Any] = {}
         self.open: dict[str, Discrepancy] = {}
         self.raised = 0
 
@@ -99,6 +100,11 @@ class Sink:
                     table.pop(key, None)
                 else:
                     table[key] = value
+        for cid, header in out.plan_headers.items():
+            if header.status == "withdrawn":
+                self.plan_headers.pop(cid, None)
+            else:
+                self.plan_headers[cid] = header
         for d in out.resolved:
             assert d.identity in self.open, f"resolved but not open: {d.identity}"
             del self.open[d.identity]
@@ -159,6 +165,7 @@ def _check(fold: Receivables, sink: Sink, final: dict[Table, dict[int, Any]]) ->
     assert sink.customers == expected.customers
     assert sink.open == expected.discrepancies
     assert sink.plan == expected.plan
+    assert sink.plan_headers == expected.plan_headers
 
 
 @pytest.mark.parametrize("seed", range(30))

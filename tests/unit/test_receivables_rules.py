@@ -185,7 +185,7 @@ def test_installments_not_adding_up_and_terminated_with_money_outstanding() -> N
     w.put(Table.INVOICE, invoice(1, 1, 1, "40000.00"))
     w.put(Table.PAYMENT, payment(1, 1, "15000.00"))
     out = w.put(Table.CONTRACT, contract(1, total="120000.00", state="terminated"))
-    assert out.plan_status == {1: "ended"}
+    assert out.plan_headers[1].status == "ended"
     assert [d.kind for d in out.raised] == [Kind.TERMINATED_WITH_OUTSTANDING]
     assert out.raised[0].crm_amount == D("25000.00")
     w.put(Table.PAYMENT, payment(2, 1, "25000.00"))

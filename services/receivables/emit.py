@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from services.receivables.fold import Outcome
+from services.receivables.effects import Outcome
 from services.receivables.rules import ContractPosition, Discrepancy
 
 POSITION_TOPIC = "ambidex.receivable-position"

@@ -15,7 +15,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from services.receivables.fold import PlanEntry, PlanHeader, header_of, plan_header
+from services.receivables.effects import PlanEntry, PlanHeader, header_of, plan_header
 from services.receivables.records import (
     ZERO,
     BadRow,

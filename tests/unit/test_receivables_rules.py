@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from services.receivables.fold import Outcome, Receivables
+from services.receivables.effects import Outcome
+from services.receivables.fold import Receivables
 from services.receivables.records import BadRow, Payment, Table
 from services.receivables.rules import Kind, Rules, bucket_of
 from services.shared.position import SourcePosition

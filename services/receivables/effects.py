@@ -82,9 +82,9 @@ class Outcome:
     """Per identity: (before, after) the steps; None = not open."""
     stale: bool = False
     """The version was not newer than the one folded: nothing moved."""
-    rejected: str | None = None
-    """The version was bad input (dead-letter it): the row counts as absent and its
-    contract's position says it is incomplete."""
+    rejected: list[str] = field(default_factory=list)
+    """Versions that were bad input (dead-letter them), ``"<table> <id>: <reason>"``:
+    each row counts as absent and its contract's position says it is incomplete."""
 
     @property
     def raised(self) -> list[Discrepancy]:
@@ -115,6 +115,7 @@ class Outcome:
         self.plan_headers.update(other.plan_headers)
         for before, after in other.discrepancies.values():
             self.note(before, after)
+        self.rejected += other.rejected
         self.stale = self.stale and other.stale
         return self
 

@@ -35,7 +35,7 @@ and evaluating are in :mod:`services.receivables.views`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -77,6 +77,9 @@ from services.receivables.views import (
     plan_entry,
 )
 from services.shared.position import SourcePosition
+
+#: one row version: (table, row id, source position, the row or None for a delete)
+Change = tuple[Table, int, SourcePosition, Mapping[str, Any] | None]
 
 
 def _awaits_invoice(facts: SlotFacts) -> bool:
@@ -124,26 +127,41 @@ class Receivables(StateView):
     def apply(self, table: Table, row_id: int, position: SourcePosition,
               row: Mapping[str, Any] | None) -> Outcome:
         """Fold one version of one row (``row`` None: deleted)."""
-        out = Outcome()
+        return self.apply_all([(table, row_id, position, row)])
+
+    def apply_all(self, changes: Iterable[Change]) -> Outcome:
+        """Fold several row versions (a source transaction, a batch), then evaluate what
+        they touched once: a contract touched by a hundred changes of a batch is
+        evaluated once, and the outcome is netted."""
+        out = Outcome(stale=True)
+        touched = Touched()
+        for table, row_id, position, row in changes:
+            self._fold(table, row_id, position, row, touched, out)
+        self._settle(touched, out)
+        return out
+
+    def _fold(self, table: Table, row_id: int, position: SourcePosition,
+              row: Mapping[str, Any] | None, touched: Touched, out: Outcome) -> None:
         stored = self._row(table, row_id)
         old: Record | None = None
         noted: int | None = None
         if stored is not None:
             if position <= stored[0]:
-                out.stale = True
-                return out
+                return
             old, noted = stored[1], stored[2]
-        touched = Touched()
+        out.stale = False
+        rejected: str | None = None
         try:
             new = parse(table, row)
         except BadRow as bad:
-            new, out.rejected = None, f"{table.value} {row_id}: {bad.reason}"
+            new, rejected = None, f"{table.value} {row_id}: {bad.reason}"
+            out.rejected.append(rejected)
         label = f"{table.value}:{row_id}"
         if noted is not None:
             self._unnote(table, row_id, label, noted, touched)
         now_noted: int | None = None
-        if out.rejected is not None:
-            now_noted = self._note(table, row_id, row, label, out.rejected, touched)
+        if rejected is not None:
+            now_noted = self._note(table, row_id, row, label, rejected, touched)
         self.kv.put(codec.row_key(table, row_id), codec.dumps(
             [position.commit_lsn, position.lsn, codec.encode_record(new), now_noted]))
         if table is Table.CONTRACT:
@@ -154,8 +172,6 @@ class Receivables(StateView):
             self._invoice(row_id, old, new, touched, out)  # type: ignore[arg-type]
         else:
             self._payment(row_id, old, new, touched, out)  # type: ignore[arg-type]
-        self._settle(touched, out)
-        return out
 
     def _note(self, table: Table, row_id: int, row: Mapping[str, Any] | None, label: str,
               reason: str, touched: Touched) -> int | None:
@@ -446,4 +462,4 @@ def _ordinal(n: int) -> bytes:
     return n.to_bytes(4, "big", signed=True)
 
 
-__all__ = ["EPOCH", "KeyValue", "Receivables"]
+__all__ = ["EPOCH", "Change", "KeyValue", "Receivables"]

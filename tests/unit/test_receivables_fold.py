@@ -206,3 +206,35 @@ def test_every_history_raises_some_discrepancies() -> None:
         _fold(fold, sink, _history(seed))
         kinds |= {d.kind.value for d in fold.open_discrepancies().values()}
     assert len(kinds) >= 9, kinds
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_history_folded_in_batches_ends_the_same(seed: int) -> None:
+    """The shell folds whole batches (apply_all: evaluated once, netted): same result."""
+    history = _history(seed)
+    rng = random.Random(seed)
+    fold, sink = Receivables(MemoryKV(), RULES), Sink()
+    final: dict[Table, dict[int, Any]] = {t: {} for t in Table}
+    batch: list[Any] = []
+    for step in [*history, ("advance", None)]:
+        if step[0] != "advance" and rng.random() < 0.8:
+            batch.append(step)
+            table, row_id, _, row = step
+            if row is None:
+                final[table].pop(row_id, None)
+            else:
+                final[table][row_id] = row
+            continue
+        sink.take(fold.apply_all(batch))
+        batch = []
+        if step[0] == "advance" and step[1] is not None:
+            sink.take(fold.advance(step[1]))
+        elif step[0] != "advance":
+            batch.append(step)
+            table, row_id, _, row = step
+            if row is None:
+                final[table].pop(row_id, None)
+            else:
+                final[table][row_id] = row
+    sink.take(fold.apply_all(batch))
+    _check(fold, sink, final)

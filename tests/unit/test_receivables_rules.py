@@ -66,10 +66,8 @@ class World:
 
     def transaction(self, *changes: tuple[Table, dict[str, Any]]) -> Outcome:
         """Rows committed together: their outcomes netted, as the shell publishes them."""
-        out = Outcome(stale=True)
-        for table, row in changes:
-            out.merge(self.fold.apply(table, row["id"], SourcePosition(next(self.lsn), 0),
-                                      row))
+        out = self.fold.apply_all(
+            (table, row["id"], SourcePosition(next(self.lsn), 0), row) for table, row in changes)
         self.raised += out.raised
         self.resolved += out.resolved
         return out
@@ -276,10 +274,10 @@ def test_bad_rows_are_rejected_and_the_contract_says_it_is_incomplete() -> None:
     with pytest.raises(BadRow, match="amount is NaN"):
         Payment.from_row(payment(1, 1, "NaN"))
     out = w.put(Table.PAYMENT, payment(1, 1, "NaN"))
-    assert out.rejected == "erp.payment 1: amount is NaN, not a finite amount"
-    assert w.fold.contract_positions()[1].incomplete == (out.rejected,)
+    assert out.rejected == ["erp.payment 1: amount is NaN, not a finite amount"]
+    assert w.fold.contract_positions()[1].incomplete == tuple(out.rejected)
     out = w.put(Table.INSTALLMENT, installment(102, 1, 2, START, "-3.00"))
-    assert out.rejected is not None and "amounts are >= 0" in out.rejected
+    assert len(out.rejected) == 1 and "amounts are >= 0" in out.rejected[0]
     position = w.fold.contract_positions()[1]
     assert len(position.incomplete) == 2 and position.scheduled == D("200.00")
     w.put(Table.PAYMENT, payment(1, 1, "100.00"))

@@ -87,14 +87,14 @@ def _awaits_invoice(facts: SlotFacts) -> bool:
     return inst is not None and not inst.waived and not facts.has_billed
 
 
-def _listing(facts: SlotFacts) -> tuple[date, str, Decimal] | None:
+def _listing(facts: SlotFacts, sums: Mapping[str, Sums]) -> tuple[date, str, Decimal] | None:
     """Where the slot is listed in its contract's dated index: (due date, currency,
     outstanding) when it has an installment with something outstanding or awaiting an
-    invoice (what can change with the as-of date)."""
+    invoice (what can change with the as-of date). ``sums``: its :func:`slot_sums`."""
     inst = facts.installment
     if inst is None:
         return None
-    outstanding = slot_sums(facts).get(inst.currency, EMPTY).outstanding
+    outstanding = sums.get(inst.currency, EMPTY).outstanding
     if outstanding or _awaits_invoice(facts):
         return inst.due_date, inst.currency, outstanding
     return None
@@ -342,6 +342,8 @@ class Receivables(StateView):
         key = codec.slot_key(contract_id, seq)
         old: SlotFacts = codec.decode_slot(self.kv.get(key))
         new: SlotFacts = edit(old)
+        if new == old:
+            return
         if new.empty:
             self.kv.delete(key)
         else:
@@ -352,11 +354,12 @@ class Receivables(StateView):
         raw = self.kv.get(codec.sums_key(contract_id))
         table = {} if raw is None else {c: codec.decode_sums(s)
                                         for c, s in codec.loads(raw).items()}
-        _add_sums(table, slot_sums_as_of(old, self.as_of), -1)
-        _add_sums(table, slot_sums_as_of(new, self.as_of), 1)
+        old_sums, new_sums = slot_sums(old), slot_sums(new)
+        _add_sums(table, slot_sums_as_of(old, self.as_of, old_sums), -1)
+        _add_sums(table, slot_sums_as_of(new, self.as_of, new_sums), 1)
         self._put_sums(contract_id, table)
         # the dated index and the calendar
-        before, after = _listing(old), _listing(new)
+        before, after = _listing(old, old_sums), _listing(new, new_sums)
         if before is not None:
             self._list(contract_id, before, seq, -1)
         if after is not None:
@@ -367,8 +370,8 @@ class Receivables(StateView):
                 self.kv.put(codec.uninvoiced_key(contract_id, seq), b"")
             else:
                 self.kv.delete(codec.uninvoiced_key(contract_id, seq))
-        position = installment_position(contract_id, seq, new, self.as_of)
-        if installment_position(contract_id, seq, old, self.as_of) != position:
+        position = installment_position(contract_id, seq, new, self.as_of, new_sums)
+        if installment_position(contract_id, seq, old, self.as_of, old_sums) != position:
             out.installments[(contract_id, seq)] = position
         entry = plan_entry(contract_id, seq, new)
         if plan_entry(contract_id, seq, old) != entry:

@@ -99,13 +99,15 @@ class BilledInvoice:
 @dataclass(frozen=True, slots=True)
 class SlotFacts:
     installments: tuple[PlannedInstallment, ...] = ()
+    """By id."""
     invoices: tuple[BilledInvoice, ...] = ()
+    """By id."""
 
     @property
     def installment(self) -> PlannedInstallment | None:
         """The slot's installment. ``UNIQUE (contract_id, seq)`` makes it one; while
         two rows' changes cross (a renumbering) the lowest id stands for the slot."""
-        return min(self.installments, key=lambda i: i.id) if self.installments else None
+        return self.installments[0] if self.installments else None
 
     @property
     def empty(self) -> bool:
@@ -211,10 +213,12 @@ def slot_sums(facts: SlotFacts) -> dict[str, Sums]:
     return result
 
 
-def slot_sums_as_of(facts: SlotFacts, as_of: date) -> dict[str, Sums]:
-    """:func:`slot_sums` with the installment's outstanding aged as of ``as_of`` (only
-    an installment has a due date; invoices without one are outstanding, not aged)."""
-    sums = slot_sums(facts)
+def slot_sums_as_of(facts: SlotFacts, as_of: date,
+                    sums: dict[str, Sums] | None = None) -> dict[str, Sums]:
+    """:func:`slot_sums` (or ``sums``, already computed) with the installment's
+    outstanding aged as of ``as_of`` (only an installment has a due date; invoices
+    without one are outstanding, not aged)."""
+    sums = dict(slot_sums(facts) if sums is None else sums)
     inst = facts.installment
     if inst is not None and inst.currency in sums:
         sums[inst.currency] = with_aging(sums[inst.currency], bucket_of(inst.due_date, as_of))
@@ -244,12 +248,13 @@ class InstallmentPosition:
     invoice_ids: tuple[int, ...]
 
 
-def installment_position(contract_id: int, seq: int, facts: SlotFacts,
-                         as_of: date) -> InstallmentPosition | None:
+def installment_position(contract_id: int, seq: int, facts: SlotFacts, as_of: date,
+                         unaged: dict[str, Sums] | None = None) -> InstallmentPosition | None:
+    """(``unaged``: the slot's :func:`slot_sums`, when already computed.)"""
     inst = facts.installment
     if inst is None:
         return None
-    sums = slot_sums_as_of(facts, as_of).get(inst.currency, EMPTY)
+    sums = slot_sums_as_of(facts, as_of, unaged).get(inst.currency, EMPTY)
     bucket = bucket_of(inst.due_date, as_of) if sums.outstanding else None
     paid_on = [i.last_paid_on for i in facts.invoices if i.last_paid_on is not None]
     return InstallmentPosition(

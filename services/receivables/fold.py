@@ -135,9 +135,14 @@ class Receivables(StateView):
         evaluated once, and the outcome is netted."""
         out = Outcome(stale=True)
         touched = Touched()
-        for table, row_id, position, row in changes:
-            self._fold(table, row_id, position, row, touched, out)
-        self._settle(touched, out)
+        try:
+            for table, row_id, position, row in changes:
+                self._fold(table, row_id, position, row, touched, out)
+            self._settle(touched, out)
+        except BaseException:
+            self._discard()  # the shell discards the batch's writes too
+            raise
+        self._flush()
         return out
 
     def _fold(self, table: Table, row_id: int, position: SourcePosition,
@@ -162,8 +167,9 @@ class Receivables(StateView):
         now_noted: int | None = None
         if rejected is not None:
             now_noted = self._note(table, row_id, row, label, rejected, touched)
-        self.kv.put(codec.row_key(table, row_id), codec.dumps(
-            [position.commit_lsn, position.lsn, codec.encode_record(new), now_noted]))
+        self._store(codec.row_key(table, row_id), (position, new, now_noted),
+                    lambda v: codec.dumps([v[0].commit_lsn, v[0].lsn,
+                                           codec.encode_record(v[1]), v[2]]))
         if table is Table.CONTRACT:
             self._contract(row_id, old, new, touched, out)  # type: ignore[arg-type]
         elif table is Table.INSTALLMENT:
@@ -304,11 +310,8 @@ class Receivables(StateView):
                 after.sort(key=lambda p: p[0])
             if after == before:
                 continue
-            key = codec.payments_key(invoice_id)
-            if after:
-                self.kv.put(key, codec.dumps(after))
-            else:
-                self.kv.delete(key)
+            self._store(codec.payments_key(invoice_id), after,
+                        lambda v: codec.dumps(v) if v else None)
             invoice = self.record(Table.INVOICE, invoice_id)
             if not isinstance(invoice, Invoice):
                 continue  # its invoice is not (yet) folded: counted when it is
@@ -339,21 +342,16 @@ class Receivables(StateView):
 
     def _edit_slot(self, contract_id: int, seq: int, touched: Touched, out: Outcome,
                    edit: Any) -> None:
-        key = codec.slot_key(contract_id, seq)
-        old: SlotFacts = codec.decode_slot(self.kv.get(key))
+        old = self._slot(contract_id, seq)
         new: SlotFacts = edit(old)
         if new == old:
             return
-        if new.empty:
-            self.kv.delete(key)
-        else:
-            self.kv.put(key, codec.encode_slot(new))
+        self._store(codec.slot_key(contract_id, seq), new,
+                    lambda v: None if v.empty else codec.encode_slot(v))
         touched.slots.add((contract_id, seq))
         touched.contracts.add(contract_id)
         # the contract's sums: the slot's old part out, its new part in
-        raw = self.kv.get(codec.sums_key(contract_id))
-        table = {} if raw is None else {c: codec.decode_sums(s)
-                                        for c, s in codec.loads(raw).items()}
+        table = self._sums(contract_id)
         old_sums, new_sums = slot_sums(old), slot_sums(new)
         _add_sums(table, slot_sums_as_of(old, self.as_of, old_sums), -1)
         _add_sums(table, slot_sums_as_of(new, self.as_of, new_sums), 1)
@@ -378,11 +376,8 @@ class Receivables(StateView):
             out.plan[(contract_id, seq)] = entry
 
     def _put_sums(self, contract_id: int, table: Mapping[str, Sums]) -> None:
-        key = codec.sums_key(contract_id)
-        if table:
-            self.kv.put(key, codec.dumps({c: codec.encode_sums(s) for c, s in table.items()}))
-        else:
-            self.kv.delete(key)
+        self._store(codec.sums_key(contract_id), dict(table), lambda v: codec.dumps(
+            {c: codec.encode_sums(s) for c, s in v.items()}) if v else None)
 
     def _list(self, contract_id: int, listing: tuple[date, str, Decimal], seq: int,
               sign: int) -> None:
@@ -414,10 +409,20 @@ class Receivables(StateView):
     def advance(self, as_of: date) -> Outcome:
         """Move the as-of date forward (never back): what crosses an aging limit or a
         grace moves; the rest is not visited."""
-        out = Outcome()
         before = self.as_of
         if as_of <= before:
-            return out
+            return Outcome()
+        try:
+            out = self._advance(before, as_of)
+        except BaseException:
+            self.as_of = before
+            self._discard()
+            raise
+        self._flush()
+        return out
+
+    def _advance(self, before: date, as_of: date) -> Outcome:
+        out = Outcome()
         touched = Touched()
         due_dates: set[tuple[date, int]] = set()
         for limit in self.rules.crossings():
@@ -450,7 +455,7 @@ class Receivables(StateView):
             touched.contracts.add(contract_id)
             for seq in entry["s"]:
                 touched.slots.add((contract_id, seq))
-                facts = codec.decode_slot(self.kv.get(codec.slot_key(contract_id, seq)))
+                facts = self._slot(contract_id, seq)
                 old = installment_position(contract_id, seq, facts, before)
                 new = installment_position(contract_id, seq, facts, as_of)
                 if old != new:

@@ -11,7 +11,7 @@ last said (``P``/``K`` positions, ``O`` open discrepancies). The key layout is i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -75,6 +75,14 @@ class Touched:
     payments: dict[int, Payment | None] = field(default_factory=dict)
 
 
+def _decode_list(raw: bytes | None) -> list[Any]:
+    return [] if raw is None else list(codec.loads(raw))
+
+
+def _decode_sums(raw: bytes | None) -> dict[str, Sums]:
+    return {} if raw is None else {c: codec.decode_sums(s) for c, s in codec.loads(raw).items()}
+
+
 def plan_entry(contract_id: int, seq: int, facts: SlotFacts) -> PlanEntry | None:
     inst = facts.installment
     if inst is None:
@@ -91,14 +99,49 @@ class StateView:
         self.rules = rules or Rules()
         raw = kv.get(codec.META)
         self.as_of = EPOCH if raw is None else date.fromordinal(codec.loads(raw)["as_of"])
+        # Entries decoded during the current step (row versions, slots, sums, payments:
+        # point reads only, never scanned mid-step), written back encoded once by
+        # :meth:`_flush`. A batch folds dozens of changes into the same contract's sums
+        # and slots; decoding and encoding them per change was most of the fold.
+        self._objects: dict[bytes, Any] = {}
+        self._encoders: dict[bytes, Callable[[Any], bytes | None]] = {}
+
+    def _load(self, key: bytes, decode: Callable[[bytes | None], Any]) -> Any:
+        if key in self._objects:
+            return self._objects[key]
+        value = self._objects[key] = decode(self.kv.get(key))
+        return value
+
+    def _store(self, key: bytes, value: Any, encode: Callable[[Any], bytes | None]) -> None:
+        """Keep ``value`` for ``key`` until the flush (``encode`` returning None: delete)."""
+        self._objects[key] = value
+        self._encoders[key] = encode
+
+    def _flush(self) -> None:
+        for key, encode in self._encoders.items():
+            raw = encode(self._objects[key])
+            if raw is None:
+                self.kv.delete(key)
+            else:
+                self.kv.put(key, raw)
+        self._discard()
+
+    def _discard(self) -> None:
+        self._objects.clear()
+        self._encoders.clear()
 
     def _row(self, table: Table, row_id: int) -> tuple[SourcePosition, Record | None,
                                                        int | None] | None:
-        raw = self.kv.get(codec.row_key(table, row_id))
-        if raw is None:
-            return None
-        commit, lsn, data, noted = codec.loads(raw)
-        return SourcePosition(commit, lsn), codec.decode_record(table, data), noted
+        def decode(raw: bytes | None) -> tuple[SourcePosition, Record | None,
+                                                int | None] | None:
+            if raw is None:
+                return None
+            commit, lsn, data, noted = codec.loads(raw)
+            return SourcePosition(commit, lsn), codec.decode_record(table, data), noted
+
+        row: tuple[SourcePosition, Record | None, int | None] | None = self._load(
+            codec.row_key(table, row_id), decode)
+        return row
 
     def record(self, table: Table, row_id: int) -> Record | None:
         row = self._row(table, row_id)
@@ -109,13 +152,16 @@ class StateView:
         return self.record(Table.CONTRACT, contract_id) is not None
 
     def _payments(self, invoice_id: int) -> list[Any]:
-        raw = self.kv.get(codec.payments_key(invoice_id))
-        return [] if raw is None else list(codec.loads(raw))
+        payments: list[Any] = self._load(codec.payments_key(invoice_id), _decode_list)
+        return list(payments)
 
     def _sums(self, contract_id: int) -> dict[str, Sums]:
-        raw = self.kv.get(codec.sums_key(contract_id))
-        return {} if raw is None else {c: codec.decode_sums(s)
-                                       for c, s in codec.loads(raw).items()}
+        sums: dict[str, Sums] = self._load(codec.sums_key(contract_id), _decode_sums)
+        return dict(sums)
+
+    def _slot(self, contract_id: int, seq: int) -> SlotFacts:
+        facts: SlotFacts = self._load(codec.slot_key(contract_id, seq), codec.decode_slot)
+        return facts
 
     def _next_due(self, contract_id: int, currency: str) -> tuple[date, Decimal] | None:
         prefix = codec.dated_prefix(contract_id)
@@ -141,7 +187,7 @@ class StateView:
             identities += [k[1:].decode() for k, _ in self.kv.scan(prefix)]
             self._reconcile(identities, found, out)
         for contract_id, seq in sorted(touched.slots):
-            facts = codec.decode_slot(self.kv.get(codec.slot_key(contract_id, seq)))
+            facts = self._slot(contract_id, seq)
             found = slot_discrepancies(contract_id, seq, facts, self._header(contract_id),
                                        self.as_of, self.rules)
             self._reconcile([slot_identity(k, contract_id, seq) for k in SLOT_KINDS], found,

@@ -301,3 +301,30 @@ def _reads_of_one_payment(installments: int) -> int:
 def test_the_cost_of_a_change_does_not_grow_with_the_contract() -> None:
     small, large = _reads_of_one_payment(10), _reads_of_one_payment(1_000)
     assert small == large, (small, large)
+
+
+def test_a_batch_that_fails_leaves_nothing_behind_in_the_fold(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shell discards a failed batch's state writes; the fold's per-step cache of
+    decoded entries must not keep them either (a retried batch folds as if first)."""
+    import services.receivables.views as views
+
+    w = World()
+    _plan(w, total="300.00", amount="100.00")
+    before = dict(w.kv.data)
+    real = views.slot_discrepancies
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug in a rule")
+
+    monkeypatch.setattr(views, "slot_discrepancies", broken)
+    position = SourcePosition(10_000, 0)
+    with pytest.raises(RuntimeError):
+        w.fold.apply(Table.INVOICE, 1, position, invoice(1, 1, 1, "90.00"))
+    w.kv.data = dict(before)  # the shell's overlay is dropped
+    w.kv.keys = sorted(before)
+    monkeypatch.setattr(views, "slot_discrepancies", real)
+    out = w.fold.apply(Table.INVOICE, 1, position, invoice(1, 1, 1, "90.00"))  # redone
+    assert not out.stale
+    assert list(w.kinds().values()) == [Kind.INVOICE_AMOUNT_MISMATCH]
+    assert w.fold.contract_positions()[1].invoiced == D("90.00")

@@ -358,10 +358,14 @@ class Receivables(StateView):
         self._put_sums(contract_id, table)
         # the dated index and the calendar
         before, after = _listing(old, old_sums), _listing(new, new_sums)
-        if before is not None:
-            self._list(contract_id, before, seq, -1)
-        if after is not None:
-            self._list(contract_id, after, seq, 1)
+        if before is not None and after is not None and before[0] == after[0]:
+            if before != after:  # same due date (a payment, say): its amounts only
+                self._relist(contract_id, before, after)
+        else:
+            if before is not None:
+                self._list(contract_id, before, seq, -1)
+            if after is not None:
+                self._list(contract_id, after, seq, 1)
         # installments awaiting an invoice
         if _awaits_invoice(old) != _awaits_invoice(new):
             if _awaits_invoice(new):
@@ -403,6 +407,21 @@ class Receivables(StateView):
         else:
             self.kv.delete(key)
             self.kv.delete(codec.calendar_key(due, contract_id))
+
+    def _relist(self, contract_id: int, before: tuple[date, str, Decimal],
+                after: tuple[date, str, Decimal]) -> None:
+        key = codec.dated_key(contract_id, before[0])
+        raw = self.kv.get(key)
+        assert raw is not None
+        entry: dict[str, Any] = codec.loads(raw)
+        amounts: dict[str, str] = entry["o"]
+        for currency, delta in ((before[1], -before[2]), (after[1], after[2])):
+            total = Decimal(amounts.get(currency, "0")) + delta
+            if total:
+                amounts[currency] = str(total)
+            else:
+                amounts.pop(currency, None)
+        self.kv.put(key, codec.dumps(entry))
 
     # ------------------------------------------------------------ the as-of date
 

@@ -138,20 +138,21 @@ class Sums:
         return sum(self.aging, ZERO)
 
     def plus(self, other: Sums, sign: int = 1) -> Sums:
-        def f(a: Decimal, b: Decimal) -> Decimal:
-            return a + b if sign > 0 else a - b
-
+        if sign < 0:
+            return Sums(
+                self.entries - other.entries, self.invoices - other.invoices,
+                self.installments - other.installments, self.scheduled - other.scheduled,
+                self.invoiced - other.invoiced, self.paid - other.paid,
+                self.outstanding - other.outstanding,
+                (self.aging[0] - other.aging[0], self.aging[1] - other.aging[1],
+                 self.aging[2] - other.aging[2], self.aging[3] - other.aging[3]))
         return Sums(
-            self.entries + sign * other.entries,
-            self.invoices + sign * other.invoices,
-            self.installments + sign * other.installments,
-            f(self.scheduled, other.scheduled),
-            f(self.invoiced, other.invoiced),
-            f(self.paid, other.paid),
-            f(self.outstanding, other.outstanding),
-            (f(self.aging[0], other.aging[0]), f(self.aging[1], other.aging[1]),
-             f(self.aging[2], other.aging[2]), f(self.aging[3], other.aging[3])),
-        )
+            self.entries + other.entries, self.invoices + other.invoices,
+            self.installments + other.installments, self.scheduled + other.scheduled,
+            self.invoiced + other.invoiced, self.paid + other.paid,
+            self.outstanding + other.outstanding,
+            (self.aging[0] + other.aging[0], self.aging[1] + other.aging[1],
+             self.aging[2] + other.aging[2], self.aging[3] + other.aging[3]))
 
     @property
     def is_zero(self) -> bool:

@@ -95,11 +95,12 @@ async def run_flink(bootstrap: str, source_topic: str, sink_topic: str) -> Flink
     )
     peak = 0.0
     output = asyncio.ensure_future(process.communicate())
-    started = time.monotonic()
+    started = last_log = time.monotonic()
     while not output.done():
         peak = max(peak, _tree_rss_mb(process.pid))
-        if time.monotonic() - started > 30 and int(time.monotonic() - started) % 30 == 0:
-            _log(f"flink: running for {time.monotonic() - started:.0f}s, {peak:,.0f} MB peak")
+        if time.monotonic() - last_log >= 30:
+            last_log = time.monotonic()
+            _log(f"flink: running for {last_log - started:.0f}s, {peak:,.0f} MB peak")
         await asyncio.sleep(0.5)
     stdout, stderr = await output
     if process.returncode != 0:

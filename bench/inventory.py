@@ -5,6 +5,7 @@ Not a test: it prints figures and the command that reproduces them.
     uv run python -m bench.inventory                      # a private stack on free ports
     uv run python -m bench.inventory --changes 200000     # smaller, quicker
     uv run python -m bench.inventory --orders             # large orders only, no stack
+    uv run python -m bench.inventory --flink              # and Flink SQL on the same topic
 
 ``--orders`` (:mod:`bench.inventory_orders`): the time per folded line of orders of 10,
 100, 1,000 and 10,000 lines (CRM lines, ERP lines, reservations, one-line amendments),
@@ -21,6 +22,10 @@ inserts over distinct item x warehouse keys. Then, in the same run, a raw aiokaf
 consumer reads the stock-quant topic (the ceiling), and the service starts and replays
 everything; its rate is changes / (time from its first committed offset to catching
 up). Its RSS is read once it has caught up (``--changes`` keys live in it).
+With ``--flink`` (:mod:`bench.flink_peer`), the same stock-quant topic is then read by
+the Flink SQL job a team would write instead (latest row version, on-hand per item x
+warehouse into upsert-kafka, RocksDB state, checkpoints every 10 s, parallelism 1),
+the service stopped meanwhile; both rates and peak memories are printed side by side.
 Phase 2 (restore): the service is stopped, its local RocksDB state deleted, and started
 again: time until ready = rebuilding the state from its changelog topic
 (``state.inventory-projection``), beside a raw aiokafka read of that same topic.
@@ -46,10 +51,12 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ambidex.stack.local import LocalStack
 from bench import inventory_orders
 from bench.common import BenchedService, reproduce_line, start_private_stack
+from bench.flink_peer import FlinkRun, ensure_flink, run_flink
 from services.shared.runtime import relax_garbage_collector
 
 SERVICE = "inventory-projection"
@@ -264,6 +271,22 @@ async def replay(
     return (end - first[1]) / elapsed, now - started, cpu_per_change
 
 
+async def flink_phase(bootstrap: str, service: ServiceUnderTest) -> FlinkRun:
+    """The Flink SQL peer over the same topic, the service stopped meanwhile."""
+    service.stop()
+    sink = f"bench.flink.on-hand.{int(time.time())}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(sink, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    log("flink: the same stock-quant topic through Flink SQL")
+    run = await run_flink(bootstrap, QUANT_TOPIC, sink)
+    log(f"flink: {run.seconds:.1f}s, peak RSS {run.peak_rss_mb:,.0f} MB")
+    return run
+
+
 # ------------------------------------------------------------------ latency
 
 
@@ -368,6 +391,10 @@ async def main() -> None:
         "--orders", action="store_true", help="only the large-order fold (no stack)"
     )
     parser.add_argument(
+        "--flink", action="store_true",
+        help="after the replay, the Flink SQL peer on the same topic (bench/flink_peer.py)",
+    )
+    parser.add_argument(
         "--order-sizes",
         default=",".join(str(n) for n in inventory_orders.SIZES),
         help="lines per order for --orders (comma-separated)",
@@ -377,6 +404,8 @@ async def main() -> None:
         orders_only([int(n) for n in args.order_sizes.split(",")])
         return
 
+    if args.flink:
+        ensure_flink()  # before the long phases: a failed install fails at once
     stack, state_dir = await start_private_stack(log)
     service_state = state_dir / "services-bench"
     results: dict[str, Any] = {}
@@ -395,6 +424,8 @@ async def main() -> None:
         results["rss_after_replay"] = service.rss_mb()
         results["rss_peak_replay"] = service.peak_rss
         log(f"replay: {rate:,.0f} changes/s, RSS {results['rss_after_replay']:.0f} MB")
+        if args.flink:
+            results["flink"] = await flink_phase(bootstrap, service)
 
         log("phase 2: restore from the changelog")
         service.stop()
@@ -454,6 +485,18 @@ async def main() -> None:
         f"(user+system while replaying; busy {busy:.0f}% of one core)"
     )
     print(f"  raw aiokafka consume    {results['raw']:10,.0f} records/s (same topic, same run)")
+    if "flink" in results:
+        flink: FlinkRun = results["flink"]
+        print(
+            f"  Flink SQL 2.2 peer      {args.changes / flink.seconds:10,.0f} changes/s "
+            f"(same topic, same run; latest row version + SUM per key -> upsert-kafka, "
+            f"RocksDB, checkpoints 10 s, parallelism 1; {flink.seconds:.0f}s, JVM start "
+            f"excluded), peak RSS {flink.peak_rss_mb:,.0f} MB"
+        )
+        print(
+            f"  service / Flink         {results['replay'] * flink.seconds / args.changes:10.2f}"
+            f" x the rate at {results['rss_peak_replay'] / flink.peak_rss_mb:.2f} x the memory"
+        )
     print(f"  replay / raw            {results['replay'] / results['raw']:10.2f}")
     print(
         f"  table restore           {results['restore']:10,.0f} records/s "

@@ -61,12 +61,12 @@ def ensure_jars(jars_dir: Path, progress: Callable[[str], None] = lambda _: None
         (KAFKA_POM, layout.root / "kafka"),
         (DEBEZIUM_POM, layout.plugin_path / "debezium-connector-postgres"),
     ):
-        _copy_dependencies(pom, target, progress)
+        copy_dependencies(pom, target, progress)
     layout.complete_marker.write_text("ok\n")
     return layout
 
 
-def _copy_dependencies(pom: Path, target: Path, progress: Callable[[str], None]) -> None:
+def copy_dependencies(pom: Path, target: Path, progress: Callable[[str], None]) -> None:
     command = [
         "mvn",
         "-B",

@@ -89,20 +89,16 @@ from prometheus_client import Gauge
 
 from services.order_sync.assembly import HeldTransactions, Released
 from services.order_sync.codec import StatusRow
+from services.order_sync.crm_status import StatusWriter
 from services.order_sync.domain import ErpOrderState, progress_status
+from services.order_sync.echo_memory import EchoMemory
+from services.order_sync.erp_progress import ProgressReader
+from services.order_sync.erp_unit_of_work import ErpStore
+from services.order_sync.erp_writes import TransientStoreError
+from services.order_sync.handlers import SyncBatch, sync_orders
 from services.order_sync.holds import refusal_reason
-from services.order_sync.rejection import Rejection, rejection_of
-from services.order_sync.store import (
-    ACCOUNT_TABLE,
-    PRODUCT_TABLE,
-    BatchResult,
-    EchoMemory,
-    ErpStore,
-    OrderOutcome,
-    ProgressReader,
-    StatusWriter,
-    TransientStoreError,
-)
+from services.order_sync.outcomes import BatchResult, OrderOutcome
+from services.order_sync.rejection import ACCOUNT_TABLE, PRODUCT_TABLE, Rejection, rejection_of
 from services.order_sync.truncates import ANSWERS
 from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
 from services.shared.changes import ChangeEvent, ChangeOp, Tombstone, undecoded_change
@@ -486,7 +482,8 @@ class OrderSync:
         outcome: list[BatchResult] = []
 
         async def attempt() -> None:
-            outcome[:] = [await store.apply(events, refused=reason)]
+            batch = SyncBatch(events, refused=reason)
+            outcome[:] = [await sync_orders(batch, store.unit_of_work())]
 
         again = await self._with_retries(attempt)
         if again is not None or not outcome:
@@ -613,7 +610,10 @@ class OrderSync:
         elif accounts:
             redecide = await store.rejected_orders(accounts)
         with self.service.metrics.sink_timer("erp"):
-            result = await store.apply(events, redecide=redecide, changed_accounts=accounts)
+            result = await sync_orders(
+                SyncBatch(events, redecide=redecide, changed_accounts=accounts),
+                store.unit_of_work(),
+            )
         await self._write_back(result)
 
     async def _write_back(self, result: BatchResult) -> None:
@@ -729,7 +729,7 @@ class OrderSync:
         if any(c.table in ERP_CATALOGUE_TABLES for c in changes):
             unsettled = sorted({*unsettled, *await store.rejected_orders()})
         if unsettled:
-            result = await store.apply([], redecide=unsettled)
+            result = await sync_orders(SyncBatch(redecide=unsettled), store.unit_of_work())
             await self._write_back(result)
 
 

@@ -21,6 +21,8 @@ from services.order_sync.domain import (
     decide,
     row_fingerprint,
 )
+from services.order_sync.echo_memory import EchoMemory
+from services.order_sync.erp_progress import ProgressReader
 from services.order_sync.holds import (
     HoldKind,
     LineHold,
@@ -28,7 +30,7 @@ from services.order_sync.holds import (
     refusal_reason,
     units_text,
 )
-from services.order_sync.store import EchoMemory, ProgressReader, _refusal
+from services.order_sync.outcomes import refused as refusal
 from services.shared.changes import ChangeOp
 from services.shared.position import SourcePosition
 from tests.unit.test_order_sync_domain import (
@@ -164,15 +166,15 @@ def test_a_refused_write_becomes_a_conflict_or_a_rejection() -> None:
     erp = synced()
     amend = run(amended([line(1)]), erp)
     assert isinstance(amend, AmendErpOrder)
-    refused = _refusal(amend, erp, "the ERP refused the change")
+    refused = refusal(amend, "the ERP refused the change")
     assert isinstance(refused, Conflict)
     assert (refused.crm_order_id, refused.crm_order_version, refused.erp_order_id) == (
         100, 2, erp.id)
     create = run(amended(list(BASE_LINES)))
     assert isinstance(create, CreateErpOrder)
-    assert isinstance(_refusal(create, None, "x"), Reject)
+    assert isinstance(refusal(create, "x"), Reject)
     cancel = CancelErpOrder(erp.id, 100, 3, SourcePosition(1, 1))
-    assert isinstance(_refusal(cancel, erp, "x"), Conflict)
+    assert isinstance(refusal(cancel, "x"), Conflict)
 
 
 # --------------------------------------------------------------------------- own writes

@@ -8,19 +8,19 @@ Process shape (``ambidex run order-sync``; Faust worker ``ambidex-order-sync``):
   intake (bad input -> ``dlq.order-sync``); change events and END markers are held by
   :class:`~services.order_sync.assembly.HeldTransactions` (their offsets stay
   uncommitted) until their source transaction is complete. Every transaction the fetch
-  completed is applied in ONE ERP transaction (:class:`~services.order_sync.store.ErpStore`;
+  completed is applied in ONE ERP transaction (:class:`~services.order_sync.erp_unit_of_work.ErpStore`;
   up to ``sink_batch_max_rows`` events per ERP transaction), then the CRM status is
-  written and published (:class:`~services.order_sync.store.StatusWriter`), and only
+  written and published (:class:`~services.order_sync.crm_status.StatusWriter`), and only
   then are their records released for commit. A crash anywhere means redelivery of
   whole transactions, which fold and decide to NothingToDo (exactly one ERP order per
   CRM order). Batching per fetch is what makes order-sync fast: the per-order cost is a
   share of a dozen round trips per batch, not a dozen round trips per order.
 * **ERP source** (group ``ambidex-order-sync.erp``) over ``cdc.erp.{sales_order,
   sales_order_line, item, currency, warehouse}``: order/line changes that are not
-  order-sync's own writes become progress (``domain.progress_status`` of the ERP order
+  order-sync's own writes become progress (``domain.progress.progress_status`` of the ERP order
   as it is now) in ``crm_integration.order_sync_status`` and on
   ``ambidex.order-status``. Own writes (echoes) are recognised by the fingerprints
-  order-sync recorded when it wrote the rows: from :class:`~services.order_sync.store.EchoMemory`
+  order-sync recorded when it wrote the rows: from :class:`~services.order_sync.echo_memory.EchoMemory`
   (what this process wrote recently) and, for anything it does not remember, from
   ``erp_integration.written_row``. Item, currency and warehouse changes re-decide the
   orders last rejected or in conflict (the fix of an unknown item or currency is
@@ -58,7 +58,7 @@ has been held.
 
 What the ERP can no longer change (lines pinned by reservations, production orders,
 shipments, invoices) is read before writing and decided as a conflict in business words
-(:mod:`services.order_sync.holds`). A batch the ERP still refuses for a data reason is
+(:mod:`services.order_sync.domain.holds`). A batch the ERP still refuses for a data reason is
 split into single transactions; a single transaction the ERP still refuses is recorded
 in an ERP transaction of its own (``ErpStore.apply(refused=...)``): the CRM change is
 kept in the drafts, its orders are in conflict with a reason in business words (the
@@ -90,14 +90,15 @@ from prometheus_client import Gauge
 from services.order_sync.assembly import HeldTransactions, Released
 from services.order_sync.codec import StatusRow
 from services.order_sync.crm_status import StatusWriter
-from services.order_sync.domain import ErpOrderState, progress_status
+from services.order_sync.domain.erp_orders import ErpOrderState
+from services.order_sync.domain.holds import refusal_reason
+from services.order_sync.domain.outcomes import BatchResult, OrderOutcome
+from services.order_sync.domain.progress import progress_status
 from services.order_sync.echo_memory import EchoMemory
 from services.order_sync.erp_progress import ProgressReader
 from services.order_sync.erp_unit_of_work import ErpStore
 from services.order_sync.erp_writes import TransientStoreError
 from services.order_sync.handlers import SyncBatch, sync_orders
-from services.order_sync.holds import refusal_reason
-from services.order_sync.outcomes import BatchResult, OrderOutcome
 from services.order_sync.rejection import ACCOUNT_TABLE, PRODUCT_TABLE, Rejection, rejection_of
 from services.order_sync.truncates import ANSWERS
 from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
@@ -144,7 +145,7 @@ ERP_TOPICS = (
 )
 ERP_ORDER_TABLES = frozenset({"sales_order", "sales_order_line"})
 ERP_CATALOGUE_TABLES = frozenset({"item", "currency", "warehouse"})
-#: ERP documents that pin order lines (services/order_sync/holds.py): a change of one
+#: ERP documents that pin order lines (services/order_sync/domain/holds.py): a change of one
 #: re-decides the orders in conflict whose lines it references.
 ERP_DOCUMENT_TABLES = frozenset(
     {"stock_reservation", "production_order", "shipment_line", "invoice_line"}

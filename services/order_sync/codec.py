@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from services.order_sync.domain import OrderDraft, RowVersion
+from services.order_sync.domain.folding import OrderDraft, RowVersion
 from services.shared.position import SourcePosition
 
 IDENTITY_SCHEMA = "order_identity"

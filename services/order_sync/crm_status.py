@@ -23,8 +23,8 @@ import asyncpg
 
 from services.order_sync import codec
 from services.order_sync.codec import StatusRow
+from services.order_sync.domain.outcomes import OrderOutcome
 from services.order_sync.erp_progress import ProgressCandidate
-from services.order_sync.outcomes import OrderOutcome
 from services.shared.runtime import AvroPublisher
 
 _STATUS_READ = """

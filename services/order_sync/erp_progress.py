@@ -2,7 +2,7 @@
 
 An ERP change of an order order-sync created is either the echo of its own write (the
 change carries exactly the fingerprint recorded when writing the row, and no ERP-owned
-column changed: :func:`~services.order_sync.domain.is_echo`) or the ERP at work
+column changed: :func:`~services.order_sync.domain.echoes.is_echo`) or the ERP at work
 (reserving, shipping, invoicing, cancelling, editing): progress to report to the CRM.
 :class:`ProgressReader` sorts a batch of ERP changes into those, answering from
 :class:`~services.order_sync.echo_memory.EchoMemory` first and asking the database
@@ -17,13 +17,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.order_sync.domain import (
-    ERP_ORDER_TABLE,
-    ROW_DELETED,
-    ErpOrderSnapshot,
-    is_echo,
-    row_fingerprint,
-)
+from services.order_sync.domain.echoes import ROW_DELETED, is_echo, row_fingerprint
+from services.order_sync.domain.erp_orders import ERP_ORDER_TABLE, ErpOrderSnapshot
 from services.order_sync.echo_memory import EchoMemory
 from services.order_sync.erp_unit_of_work import read_snapshots
 from services.shared.changes import ChangeEvent, ChangeOp
@@ -49,8 +44,6 @@ def _row_id(event: ChangeEvent) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 @dataclass(frozen=True, slots=True)
-
-
 class ProgressCandidate:
     crm_order_id: int
     erp_order_id: int

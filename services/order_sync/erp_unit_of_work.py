@@ -32,15 +32,15 @@ import asyncpg
 from asyncpg.transaction import Transaction
 
 from services.order_sync import codec, erp_writes
-from services.order_sync.domain import (
-    CrmAccount,
+from services.order_sync.domain.crm_orders import CrmAccount
+from services.order_sync.domain.erp_orders import (
     ErpCustomer,
     ErpItem,
     ErpOrderSnapshot,
     StaticCatalogue,
 )
+from services.order_sync.domain.holds import HoldKind, Holds, LineHold, holds_by_line
 from services.order_sync.echo_memory import EchoMemory
-from services.order_sync.holds import HoldKind, Holds, LineHold, holds_by_line
 from services.order_sync.unit_of_work import (
     CrmOrderRows,
     ErpWrites,
@@ -84,7 +84,7 @@ _UNSETTLED = """
 SELECT crm_order_id FROM erp_integration.order_state
 WHERE crm_order_id = ANY($1::bigint[]) AND last_decision IN ('reject', 'conflict')
 """
-#: The ERP documents that pin order lines (services/order_sync/holds.py).
+#: The ERP documents that pin order lines (services/order_sync/domain/holds.py).
 _HOLDS = """
 SELECT r.sales_order_line_id AS line_id, 'reservation' AS kind, w.code AS document,
        r.quantity, r.state

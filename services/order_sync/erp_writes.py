@@ -2,8 +2,8 @@
 
 Everything of one kind in a batch is one statement (one round trip): customers, new
 headers, their lines, header and line amendments, line removals, cancellations. Each
-row written is fingerprinted as order-sync intends it (:func:`~.domain.row_fingerprint`,
-or :data:`~.domain.ROW_DELETED`), recorded in ``erp_integration.written_row`` in the
+row written is fingerprinted as order-sync intends it (:func:`~.domain.echoes.row_fingerprint`,
+or :data:`~.domain.echoes.ROW_DELETED`), recorded in ``erp_integration.written_row`` in the
 same transaction, so its CDC echo is recognised (:mod:`services.order_sync.erp_progress`).
 Runs on the connection of an :class:`~services.order_sync.erp_unit_of_work.ErpUnitOfWork`;
 decides nothing.
@@ -16,17 +16,9 @@ from typing import Any
 
 import asyncpg
 
-from services.order_sync.domain import (
-    ERP_LINE_TABLE,
-    ERP_ORDER_TABLE,
-    ROW_DELETED,
-    CustomerUpsert,
-    ErpLineSpec,
-    ErpOrderState,
-    header_row,
-    line_row,
-    row_fingerprint,
-)
+from services.order_sync.domain.decisions import CustomerUpsert, ErpLineSpec
+from services.order_sync.domain.echoes import ROW_DELETED, header_row, line_row, row_fingerprint
+from services.order_sync.domain.erp_orders import ERP_LINE_TABLE, ERP_ORDER_TABLE, ErpOrderState
 from services.order_sync.unit_of_work import ErpWrites, Written
 
 #: Fingerprints written: (table, row id, fingerprint).

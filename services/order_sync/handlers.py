@@ -8,10 +8,10 @@ one ERP transaction:
 1. lock the orders' persisted folds (two workers serialize per CRM order);
 2. fold the transactions' events into them (stale and redelivered changes are ignored
    by source position);
-3. read what :func:`~services.order_sync.domain.decide` needs: accounts, SKUs,
+3. read what :func:`~services.order_sync.domain.deciding.decide` needs: accounts, SKUs,
    currencies, warehouses, items, customers, the ERP orders and what pins their lines;
 4. decide each order (and each changed account's customer), write every effect, turn
-   each decision into the CRM status (:mod:`services.order_sync.outcomes`), record
+   each decision into the CRM status (:mod:`services.order_sync.domain.outcomes`), record
    the identity mapping and the new folds, and commit once.
 
 Exactly one ERP order per CRM order: the lock serializes deciders and the ERP's unique
@@ -28,24 +28,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from services.order_sync import outcomes
-from services.order_sync.domain import (
-    CRM_LINE_TABLE,
-    CRM_ORDER_TABLE,
+from services.order_sync.domain import outcomes
+from services.order_sync.domain.crm_orders import CRM_LINE_TABLE, CRM_ORDER_TABLE, CrmOrder
+from services.order_sync.domain.customers import CustomerRejected, decide_customer
+from services.order_sync.domain.deciding import decide
+from services.order_sync.domain.decisions import (
     AmendErpOrder,
     CancelErpOrder,
     CreateErpOrder,
-    CrmOrder,
-    CustomerRejected,
-    OrderDraft,
     Reject,
     SyncDecision,
-    decide,
-    decide_customer,
-    fold_transaction,
-    order_ids_of,
 )
-from services.order_sync.outcomes import BatchResult
+from services.order_sync.domain.folding import OrderDraft, fold_transaction, order_ids_of
+from services.order_sync.domain.outcomes import BatchResult
 from services.order_sync.unit_of_work import (
     ErpWrites,
     IdentityRow,

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.order_sync.domain import CRM_LINE_TABLE, CRM_ORDER_TABLE, order_ids_of
+from services.order_sync.domain.crm_orders import CRM_LINE_TABLE, CRM_ORDER_TABLE
+from services.order_sync.domain.folding import order_ids_of
 from services.shared.changes import ChangeEvent, UndecodedChange
 from services.shared.errors import BadInput
 from services.shared.transactions import CompleteTransaction

@@ -21,18 +21,16 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from services.order_sync.domain import (
+from services.order_sync.domain.crm_orders import CrmAccount
+from services.order_sync.domain.decisions import (
     AmendErpOrder,
     CancelErpOrder,
     CreateErpOrder,
-    CrmAccount,
     CustomerUpsert,
-    ErpCustomer,
-    ErpOrderSnapshot,
-    OrderDraft,
-    StaticCatalogue,
 )
-from services.order_sync.holds import Holds
+from services.order_sync.domain.erp_orders import ErpCustomer, ErpOrderSnapshot, StaticCatalogue
+from services.order_sync.domain.folding import OrderDraft
+from services.order_sync.domain.holds import Holds
 from services.shared.position import SourcePosition
 
 

@@ -1,4 +1,4 @@
-"""order-sync: folding a CRM transaction of a large order (services.order_sync.domain).
+"""order-sync: folding a CRM transaction of a large order (services.order_sync.domain.folding).
 
 Invariants protected here (issue 9, case 1: no service stalls on a large order):
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-import services.order_sync.domain as domain
-from services.order_sync.domain import OrderDraft, fold_transaction, order_ids_of
+import services.order_sync.domain.folding as folding
+from services.order_sync.domain.folding import OrderDraft, fold_transaction, order_ids_of
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.position import SourcePosition
 from tests.unit.test_order_sync_domain import COMMIT
@@ -83,14 +83,14 @@ def test_a_large_order_copies_its_lines_once(monkeypatch: pytest.MonkeyPatch) ->
     events = [_event("sales_order", None, _header(1), 1)]
     events += [_event("sales_order_line", None, _line(i, 1, 2), i + 1) for i in range(1, n + 1)]
     copies: list[int] = []
-    real = domain.MappingProxyType
+    real = folding.MappingProxyType
 
     def counting(mapping: Any) -> Any:
         if len(mapping) > 100:  # the order's lines (a row version wraps its few columns)
             copies.append(len(mapping))
         return real(mapping)
 
-    monkeypatch.setattr(domain, "MappingProxyType", counting)
+    monkeypatch.setattr(folding, "MappingProxyType", counting)
     drafts = fold_transaction({}, events)
     assert copies == [n]
     order = drafts[1].to_order()

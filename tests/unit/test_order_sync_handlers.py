@@ -23,15 +23,11 @@ from typing import Self
 
 import pytest
 
-from services.order_sync.domain import (
-    CrmAccount,
-    ErpCustomer,
-    ErpOrderSnapshot,
-    ErpOrderState,
-    OrderDraft,
-)
+from services.order_sync.domain.crm_orders import CrmAccount
+from services.order_sync.domain.erp_orders import ErpCustomer, ErpOrderSnapshot, ErpOrderState
+from services.order_sync.domain.folding import OrderDraft
+from services.order_sync.domain.holds import Holds
 from services.order_sync.handlers import SyncBatch, sync_orders
-from services.order_sync.holds import Holds
 from services.order_sync.unit_of_work import (
     CrmOrderRows,
     ErpWrites,

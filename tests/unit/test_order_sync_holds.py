@@ -11,26 +11,25 @@ from decimal import Decimal
 
 import pytest
 
-from services.order_sync.domain import (
-    ROW_DELETED,
+from services.order_sync.domain.deciding import decide
+from services.order_sync.domain.decisions import (
     AmendErpOrder,
     CancelErpOrder,
     Conflict,
     CreateErpOrder,
     Reject,
-    decide,
-    row_fingerprint,
 )
-from services.order_sync.echo_memory import EchoMemory
-from services.order_sync.erp_progress import ProgressReader
-from services.order_sync.holds import (
+from services.order_sync.domain.echoes import ROW_DELETED, row_fingerprint
+from services.order_sync.domain.holds import (
     HoldKind,
     LineHold,
     holds_by_line,
     refusal_reason,
     units_text,
 )
-from services.order_sync.outcomes import refused as refusal
+from services.order_sync.domain.outcomes import refused as refusal
+from services.order_sync.echo_memory import EchoMemory
+from services.order_sync.erp_progress import ProgressReader
 from services.shared.changes import ChangeOp
 from services.shared.position import SourcePosition
 from tests.unit.test_order_sync_domain import (

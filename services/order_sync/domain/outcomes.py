@@ -1,6 +1,6 @@
 """What a decision means for the CRM: the status rules of order-sync, pure.
 
-A decision (:data:`~services.order_sync.domain.SyncDecision`) says what to write in
+A decision (:data:`~services.order_sync.domain.decisions.SyncDecision`) says what to write in
 the ERP; the CRM is told the result in ``crm_integration.order_sync_status`` and on the
 published topics. These rules are plain functions of the decision, the CRM order, the
 ERP order as it was and what the write produced (the ids the ERP gave new orders),
@@ -25,20 +25,18 @@ from typing import Any
 
 from services.order_sync import codec
 from services.order_sync.codec import StatusRow
-from services.order_sync.domain import (
+from services.order_sync.domain.crm_orders import CrmOrder, CrmOrderState
+from services.order_sync.domain.customers import CustomerRejected
+from services.order_sync.domain.decisions import (
     AmendErpOrder,
     CancelErpOrder,
     Conflict,
     CreateErpOrder,
-    CrmOrder,
-    CrmOrderState,
-    CustomerRejected,
-    ErpOrderSnapshot,
-    ErpOrderState,
     NothingToDo,
     Reject,
     SyncDecision,
 )
+from services.order_sync.domain.erp_orders import ErpOrderSnapshot, ErpOrderState
 from services.shared.position import SourcePosition
 
 #: What :func:`kind` answers; also the ``last_decision`` stored per CRM order.

@@ -8,7 +8,8 @@ Process shape (``ambidex run order-sync``; Faust worker ``ambidex-order-sync``):
   intake (bad input -> ``dlq.order-sync``); change events and END markers are held by
   :class:`~services.order_sync.assembly.HeldTransactions` (their offsets stay
   uncommitted) until their source transaction is complete. Every transaction the fetch
-  completed is applied in ONE ERP transaction (:class:`~services.order_sync.erp_unit_of_work.ErpStore`;
+  completed is applied in ONE ERP transaction
+  (:func:`~services.order_sync.handlers.sync_orders` over the store's unit of work;
   up to ``sink_batch_max_rows`` events per ERP transaction), then the CRM status is
   written and published (:class:`~services.order_sync.crm_status.StatusWriter`), and only
   then are their records released for commit. A crash anywhere means redelivery of
@@ -20,7 +21,8 @@ Process shape (``ambidex run order-sync``; Faust worker ``ambidex-order-sync``):
   order-sync's own writes become progress (``domain.progress.progress_status`` of the ERP order
   as it is now) in ``crm_integration.order_sync_status`` and on
   ``ambidex.order-status``. Own writes (echoes) are recognised by the fingerprints
-  order-sync recorded when it wrote the rows: from :class:`~services.order_sync.echo_memory.EchoMemory`
+  order-sync recorded when it wrote the rows: from
+  :class:`~services.order_sync.echo_memory.EchoMemory`
   (what this process wrote recently) and, for anything it does not remember, from
   ``erp_integration.written_row``. Item, currency and warehouse changes re-decide the
   orders last rejected or in conflict (the fix of an unknown item or currency is

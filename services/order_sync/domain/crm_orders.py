@@ -31,6 +31,8 @@ from services.shared.position import SourcePosition
 
 CRM_ORDER_TABLE = "sales_order"
 CRM_LINE_TABLE = "sales_order_line"
+CRM_ACCOUNT_TABLE = "account"
+CRM_PRODUCT_TABLE = "product"
 
 
 class CrmOrderState(StrEnum):

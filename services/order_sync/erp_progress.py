@@ -22,6 +22,7 @@ from services.order_sync.domain.erp_orders import ERP_ORDER_TABLE, ErpOrderSnaps
 from services.order_sync.echo_memory import EchoMemory
 from services.order_sync.erp_unit_of_work import read_snapshots
 from services.shared.changes import ChangeEvent, ChangeOp
+from services.shared.cooperative import Slicer
 from services.shared.position import SourcePosition
 
 _ERP_ORDERS_BY_ID = "SELECT * FROM erp.sales_order WHERE id = ANY($1::bigint[])"
@@ -77,6 +78,7 @@ class ProgressReader:
         of updates and deletes, not of creates): their progress is recomputed too, since
         an own write can change it (the only line left undelivered removed)."""
         memory = self.memory
+        slicer = Slicer()  # thousands of line changes of one order are fingerprinted
         order_of: list[tuple[ChangeEvent, int]] = []
         for event in events:
             row = event.row or {}
@@ -91,6 +93,7 @@ class ProgressReader:
         unknown_orders: set[int] = set()
         unknown_rows: set[tuple[str, int]] = set()
         for event, erp_id in order_of:
+            await slicer.tick()
             known = memory.order(erp_id)
             if known is None:
                 unknown_orders.add(erp_id)
@@ -123,6 +126,7 @@ class ProgressReader:
         amended: dict[int, ProgressCandidate] = {}
         echoes = foreign = 0
         for (event, erp_id), mine in zip(order_of, own, strict=True):
+            await slicer.tick()
             mapped = identity.get(erp_id)
             if mapped is None:
                 foreign += 1
@@ -142,7 +146,7 @@ class ProgressReader:
     async def snapshots(self, erp_order_ids: Sequence[int]) -> dict[int, ErpOrderSnapshot]:
         async with self.erp.acquire() as conn:
             headers = await conn.fetch(_ERP_ORDERS_BY_ID, list(erp_order_ids))
-            return await read_snapshots(conn, headers, key="id")
+            return await read_snapshots(conn, headers, key="id", slicer=Slicer())
 
 
 def _own_fingerprint(event: ChangeEvent) -> str | None:

@@ -50,6 +50,7 @@ from services.order_sync.unit_of_work import (
     StoredOrder,
     Written,
 )
+from services.shared.cooperative import Slicer
 
 _LOCK_INSERT = """
 INSERT INTO erp_integration.order_state (crm_order_id)
@@ -189,6 +190,8 @@ class ErpUnitOfWork:
         self._transaction: Transaction | None = None
         self._fingerprints: list[erp_writes.Fingerprint] = []
         self._orders: list[tuple[int, int, str]] = []
+        # a large order's rows are parsed, encoded and fingerprinted in slices
+        self.slicer = Slicer()
 
     async def __aenter__(self) -> Self:
         conn = await self.erp.acquire()
@@ -231,9 +234,8 @@ class ErpUnitOfWork:
         stored: dict[int, StoredOrder] = {}
         for row in await self.conn.fetch(_LOCK_SELECT, ids):
             order_id = int(row["crm_order_id"])
-            stored[order_id] = StoredOrder(
-                codec.decode_draft(row["draft"], order_id), row["last_decision"]
-            )
+            draft = await self.slicer.drive(codec.decode_draft_steps(row["draft"], order_id))
+            stored[order_id] = StoredOrder(draft, row["last_decision"])
         return stored
 
     async def rejected_in_crm(self, crm_order_ids: Sequence[int]) -> frozenset[int]:
@@ -285,7 +287,7 @@ class ErpUnitOfWork:
         if not crm_order_ids:
             return {}
         headers = await self.conn.fetch(_ERP_ORDERS, list(crm_order_ids))
-        return await read_snapshots(self.conn, headers, key="crm_order_id")
+        return await read_snapshots(self.conn, headers, key="crm_order_id", slicer=self.slicer)
 
     async def holds(self, snapshots: Iterable[ErpOrderSnapshot]) -> Holds:
         """The ERP documents pinning the lines of ``snapshots`` (open orders only: a
@@ -295,17 +297,17 @@ class ErpUnitOfWork:
         )
         if not line_ids:
             return {}
-        rows = await self.conn.fetch(_HOLDS, line_ids)
-        return holds_by_line(
-            LineHold(int(r["line_id"]), HoldKind(r["kind"]), str(r["document"]),
-                     Decimal(r["quantity"]), str(r["state"]))
-            for r in rows
-        )
+        holds: list[LineHold] = []
+        for r in await self.conn.fetch(_HOLDS, line_ids):
+            await self.slicer.tick()
+            holds.append(LineHold(int(r["line_id"]), HoldKind(r["kind"]), str(r["document"]),
+                                  Decimal(r["quantity"]), str(r["state"])))
+        return holds_by_line(holds)
 
     # ------------------------------------------------------------------ writes
 
     async def write(self, writes: ErpWrites) -> Written:
-        written, fingerprints = await erp_writes.write(self.conn, writes)
+        written, fingerprints = await erp_writes.write(self.conn, writes, self.slicer)
         self._fingerprints.extend(fingerprints)
         return written
 
@@ -334,7 +336,7 @@ class ErpUnitOfWork:
             await conn.execute(
                 _STATE_UPDATE,
                 [s.draft.order_id for s in states],
-                [codec.encode_draft(s.draft) for s in states],
+                [await self.slicer.drive(codec.encode_draft_steps(s.draft)) for s in states],
                 [s.last_decision for s in states],
                 [s.crm_order_version for s in states],
                 [s.crm_account_id for s in states],
@@ -354,7 +356,7 @@ class ErpUnitOfWork:
 
 
 async def read_snapshots(
-    conn: asyncpg.Connection, headers: Sequence[asyncpg.Record], *, key: str
+    conn: asyncpg.Connection, headers: Sequence[asyncpg.Record], *, key: str, slicer: Slicer
 ) -> dict[int, ErpOrderSnapshot]:
     """The ERP orders of ``headers`` with their lines, by the header column ``key``."""
     if not headers:
@@ -362,7 +364,12 @@ async def read_snapshots(
     ids = [int(h["id"]) for h in headers]
     lines: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
     for row in await conn.fetch(_ERP_LINES, ids):
+        if slicer.due():
+            await slicer.pause()
         lines[int(row["order_id"])].append(dict(row))
     return {
-        int(h[key]): ErpOrderSnapshot.from_rows(dict(h), lines[int(h["id"])]) for h in headers
+        int(h[key]): await slicer.drive(
+            ErpOrderSnapshot.parse_steps(dict(h), lines[int(h["id"])])
+        )
+        for h in headers
     }

@@ -20,6 +20,7 @@ from services.order_sync.domain.decisions import CustomerUpsert, ErpLineSpec
 from services.order_sync.domain.echoes import ROW_DELETED, header_row, line_row, row_fingerprint
 from services.order_sync.domain.erp_orders import ERP_LINE_TABLE, ERP_ORDER_TABLE, ErpOrderState
 from services.order_sync.unit_of_work import ErpWrites, Written
+from services.shared.cooperative import Slicer
 
 #: Fingerprints written: (table, row id, fingerprint).
 Fingerprint = tuple[str, int, str]
@@ -88,14 +89,16 @@ class TransientStoreError(RuntimeError):
     """A write conflicted with a concurrent writer; the batch is retried whole."""
 
 
-async def write(conn: asyncpg.Connection, writes: ErpWrites) -> tuple[Written, list[Fingerprint]]:
+async def write(
+    conn: asyncpg.Connection, writes: ErpWrites, slicer: Slicer
+) -> tuple[Written, list[Fingerprint]]:
     """Execute ``writes`` in the caller's transaction; what the ERP answered and the
     fingerprints recorded (to remember once committed)."""
     fingerprints: list[Fingerprint] = []
     customer_ids = dict(writes.known_customers)
     customer_ids.update(await _write_customers(conn, writes.customers))
-    created = await _write_creates(conn, writes, customer_ids, fingerprints)
-    await _write_amends(conn, writes, customer_ids, fingerprints)
+    created = await _write_creates(conn, writes, customer_ids, fingerprints, slicer)
+    await _write_amends(conn, writes, customer_ids, fingerprints, slicer)
     cancelled = await _write_cancels(conn, writes, fingerprints)
     if fingerprints:
         await conn.execute(
@@ -138,6 +141,7 @@ def _customer_of(header_customer: int | None, account_id: int, ids: Mapping[int,
 async def _write_creates(
     conn: asyncpg.Connection, writes: ErpWrites, customer_ids: Mapping[int, int],
     fingerprints: list[Fingerprint],
+    slicer: Slicer,
 ) -> dict[int, tuple[int, str]]:
     if not writes.creates:
         return {}
@@ -170,19 +174,22 @@ async def _write_creates(
              row_fingerprint(ERP_ORDER_TABLE, header_row(decision.header, customer)))
         )
         for spec in decision.lines:
+            await slicer.tick()
             for column, value in zip(line_args, _line_values(erp_id, spec), strict=True):
                 column.append(value)
     if line_args[0]:
-        await _insert_lines(conn, line_args, fingerprints)
+        await _insert_lines(conn, line_args, fingerprints, slicer)
     return created
 
 
 async def _insert_lines(
-    conn: asyncpg.Connection, args: list[list[Any]], fingerprints: list[Fingerprint]
+    conn: asyncpg.Connection, args: list[list[Any]], fingerprints: list[Fingerprint],
+    slicer: Slicer,
 ) -> None:
     rows = await conn.fetch(_LINE_INSERT, *args)
     by_key = {(int(r["order_id"]), int(r["line_no"])): int(r["id"]) for r in rows}
     for order_id, line_no, item_id, quantity, price, discount in zip(*args, strict=True):
+        await slicer.tick()
         row = {"order_id": order_id, "line_no": line_no, "item_id": item_id,
                "quantity": quantity, "unit_price": price, "discount_pct": discount}
         fingerprints.append(
@@ -194,6 +201,7 @@ async def _insert_lines(
 async def _write_amends(
     conn: asyncpg.Connection, writes: ErpWrites, customer_ids: Mapping[int, int],
     fingerprints: list[Fingerprint],
+    slicer: Slicer,
 ) -> None:
     if not writes.amends:
         return
@@ -229,6 +237,7 @@ async def _write_amends(
         )
         for decision in amends:
             for update in decision.update_lines:
+                await slicer.tick()
                 row = line_row(update.line, decision.erp_order_id)
                 fingerprints.append(
                     (ERP_LINE_TABLE, update.erp_line_id, row_fingerprint(ERP_LINE_TABLE, row))
@@ -240,12 +249,13 @@ async def _write_amends(
             row_fingerprint(ERP_ORDER_TABLE, header_row(decision.header, customer)),
         ))
         for spec in decision.add_lines:
+            await slicer.tick()
             for column, value in zip(
                 line_args, _line_values(decision.erp_order_id, spec), strict=True
             ):
                 column.append(value)
     if line_args[0]:
-        await _insert_lines(conn, line_args, fingerprints)
+        await _insert_lines(conn, line_args, fingerprints, slicer)
 
 
 async def _write_cancels(

@@ -29,9 +29,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.order_sync.domain import outcomes
-from services.order_sync.domain.crm_orders import CRM_LINE_TABLE, CRM_ORDER_TABLE, CrmOrder
+from services.order_sync.domain.crm_orders import (
+    CRM_LINE_TABLE,
+    CRM_ORDER_TABLE,
+    CrmOrder,
+    non_finite_values,
+)
 from services.order_sync.domain.customers import CustomerRejected, decide_customer
-from services.order_sync.domain.deciding import decide
+from services.order_sync.domain.deciding import decide_steps
 from services.order_sync.domain.decisions import (
     AmendErpOrder,
     CancelErpOrder,
@@ -39,7 +44,7 @@ from services.order_sync.domain.decisions import (
     Reject,
     SyncDecision,
 )
-from services.order_sync.domain.folding import OrderDraft, fold_transaction, order_ids_of
+from services.order_sync.domain.folding import OrderDraft, fold_transaction_steps, order_ids_of
 from services.order_sync.domain.outcomes import BatchResult
 from services.order_sync.unit_of_work import (
     ErpWrites,
@@ -50,6 +55,7 @@ from services.order_sync.unit_of_work import (
     UnitOfWork,
 )
 from services.shared.changes import ChangeEvent
+from services.shared.cooperative import Slicer
 from services.shared.errors import BadInput
 
 
@@ -82,7 +88,9 @@ def order_ids_in(events: Iterable[ChangeEvent]) -> set[int]:
     return ids
 
 
-async def sync_orders(batch: SyncBatch, uow: UnitOfWork) -> BatchResult:
+async def sync_orders(
+    batch: SyncBatch, uow: UnitOfWork, slicer: Slicer | None = None
+) -> BatchResult:
     """Fold ``batch.events``, decide every order they touch plus ``batch.redecide``,
     sync the customers of ``batch.changed_accounts``; one unit of work.
 
@@ -94,7 +102,16 @@ async def sync_orders(batch: SyncBatch, uow: UnitOfWork) -> BatchResult:
     the ERP as it really is), every order that would have been written becomes a
     conflict (a rejection if it has no ERP order yet) with ``refused`` as its reason —
     re-decided on later changes like every unsettled order.
+
+    A CRM change of an order whose CRM status is ``rejected`` is decided on the whole
+    order as the CRM database has it now (:func:`_reread_rejected`): a transaction
+    rejected whole (a NaN in one line) never reached the fold, so the fold alone would
+    miss what it changed.
+
+    The pure work (folding, parsing, deciding: large shares of a second for an order of
+    thousands of lines) gives the event loop back every slice of ``slicer``.
     """
+    slicer = slicer if slicer is not None else Slicer()
     order_ids = _ids([*order_ids_in(batch.events), *batch.redecide])
     account_changes = _ids(batch.changed_accounts)
     result = BatchResult()
@@ -104,8 +121,9 @@ async def sync_orders(batch: SyncBatch, uow: UnitOfWork) -> BatchResult:
         stored = await uow.lock_orders(order_ids) if order_ids else {}
         drafts = {order_id: s.draft for order_id, s in stored.items()}
         folded = dict(drafts)
-        folded.update(fold_transaction(drafts, batch.events))
-        orders, bad = _orders_of(folded)
+        folded.update(await slicer.drive(fold_transaction_steps(drafts, batch.events)))
+        unreadable = await _reread_rejected(uow, folded, order_ids_in(batch.events))
+        orders, bad = await _orders_of(folded, slicer)
 
         live = [o for o in orders.values() if o is not None]
         account_ids = _ids([*(o.account_id for o in live), *account_changes])
@@ -122,7 +140,10 @@ async def sync_orders(batch: SyncBatch, uow: UnitOfWork) -> BatchResult:
                 if order_id in bad:
                     decisions[order_id] = Reject(order_id, 0, (bad[order_id],))
                 continue
-            decision = decide(
+            if order_id in unreadable:
+                decisions[order_id] = Reject(order_id, order.version, unreadable[order_id])
+                continue
+            decision = await slicer.drive(decide_steps(
                 order,
                 refs.accounts.get(order.account_id),
                 snapshots.get(order_id),
@@ -130,7 +151,7 @@ async def sync_orders(batch: SyncBatch, uow: UnitOfWork) -> BatchResult:
                 refs.currencies,
                 erp_customer=refs.customers.get(order.account_id),
                 holds=holds,
-            )
+            ))
             if batch.refused is not None:
                 decision = outcomes.refused(decision, batch.refused)
             decisions[order_id] = decision
@@ -169,8 +190,33 @@ def _last_decision(stored: Mapping[int, StoredOrder], order_id: int) -> str | No
     return None if found is None else found.last_decision
 
 
-def _orders_of(
-    folded: Mapping[int, OrderDraft],
+async def _reread_rejected(
+    uow: UnitOfWork, folded: dict[int, OrderDraft], changed: set[int]
+) -> dict[int, tuple[str, ...]]:
+    """Replace the folds of ``changed`` orders whose CRM status is ``rejected`` by the
+    orders as the CRM has them now (in ``folded``); the non-finite numbers found, in
+    words, per order that still has any.
+
+    The rows read are given the position of the newest change folded for the order:
+    changes after it fold on top as usual (the CRM had them already, so at worst an
+    older value is shown until the change that follows arrives)."""
+    rejected = await uow.rejected_in_crm(sorted(changed)) if changed else frozenset()
+    if not rejected:
+        return {}
+    unreadable: dict[int, tuple[str, ...]] = {}
+    for order_id, rows in (await uow.crm_orders(sorted(rejected))).items():
+        draft = folded.get(order_id)
+        if draft is None:
+            continue
+        folded[order_id] = draft.reread(rows.header, rows.lines, draft.position)
+        problems = non_finite_values(rows.header, rows.lines)
+        if problems:
+            unreadable[order_id] = tuple(problems)
+    return unreadable
+
+
+async def _orders_of(
+    folded: Mapping[int, OrderDraft], slicer: Slicer
 ) -> tuple[dict[int, CrmOrder | None], dict[int, str]]:
     """Each fold as an order (None while its header is unknown), and why a fold could
     not be read as one."""
@@ -178,7 +224,7 @@ def _orders_of(
     bad: dict[int, str] = {}
     for order_id, draft in folded.items():
         try:
-            orders[order_id] = draft.to_order()
+            orders[order_id] = await slicer.drive(draft.order_steps())
         except BadInput as error:
             orders[order_id] = None
             bad[order_id] = error.reason

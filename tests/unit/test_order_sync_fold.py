@@ -4,6 +4,7 @@ Invariants protected here (issue 9, case 1: no service stalls on a large order):
 
 * Folding a whole transaction equals folding its changes one at a time (same drafts,
   whatever the mix of orders, stale versions, deletes and lines moved between orders).
+* An order read whole from the CRM replaces its fold; later changes fold on top.
 * Its cost does not grow with the square of the order: each order's lines are copied
   once per transaction, not once per line (counted, not timed).
 """
@@ -95,3 +96,21 @@ def test_a_large_order_copies_its_lines_once(monkeypatch: pytest.MonkeyPatch) ->
     assert copies == [n]
     order = drafts[1].to_order()
     assert order is not None and len(order.lines) == n
+
+
+def test_an_order_read_whole_replaces_its_fold_and_later_changes_fold_on_top() -> None:
+    """An order read whole from the CRM (its rejected transaction never folded) replaces
+    the fold: lines the CRM no longer has become tombstones (a stale re-insert of them
+    is ignored), and a later change folds on top as usual."""
+    draft = fold_transaction({}, [_event("sales_order_line", None, _line(1, 7, 1), 10)])[7]
+    read = draft.reread(_header(7), [_line(2, 7, 5)], SourcePosition(20, 20))
+    assert read.header is not None and read.header.position == SourcePosition(20, 20)
+    assert read.lines[1].row is None  # gone from the CRM
+    order = read.to_order()
+    assert order is not None and [ln.line_no for ln in order.lines] == [2]
+
+    stale = _event("sales_order_line", None, _line(1, 7, 1), 15)
+    later = _event("sales_order_line", _line(2, 7, 5), _line(2, 7, 6), 30)
+    again = read.apply_all([stale, later]).to_order()
+    assert again is not None
+    assert [(ln.line_no, ln.quantity) for ln in again.lines] == [(2, Decimal(6))]

@@ -11,13 +11,18 @@ cosmicpython's tests/unit/test_handlers.py):
   its fold and last decision are still recorded (re-decided later);
 * a change the ERP refused is recorded as a conflict (a rejection without ERP order)
   with the refusal as reason, the CRM change kept in the fold, no order written;
-* an account's billing change reaches its linked ERP customer.
+* an account's billing change reaches its linked ERP customer;
+* a CRM change of an order whose CRM status is ``rejected`` is decided on the whole
+  order as the CRM has it (its rejected transaction never reached the fold), and a NaN
+  still in it is a rejection in business words (issue 9, case 2 leftover);
+* a large order gives the event loop back while it is folded, parsed and decided.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from decimal import Decimal as D
 from types import TracebackType
 from typing import Self
 
@@ -38,6 +43,7 @@ from services.order_sync.unit_of_work import (
     Written,
 )
 from services.shared.changes import ChangeEvent, ChangeOp
+from services.shared.cooperative import Slicer
 from tests.unit.test_order_sync_domain import (
     ACCEPTED,
     ACCOUNT,
@@ -270,3 +276,75 @@ async def test_an_empty_batch_opens_no_unit_of_work() -> None:
     uow = FakeUnitOfWork()
     result = await sync_orders(SyncBatch(), uow)
     assert result.outcomes == [] and uow.committed == 0
+
+
+# --------------------------------------------------------------------------- rejected whole
+
+
+def whole_order(*lines: dict[str, object]) -> CrmOrderRows:
+    return CrmOrderRows(header("confirmed"), list(lines))
+
+
+async def test_a_change_of_an_order_rejected_whole_decides_on_the_whole_crm_order() -> None:
+    """The transaction that created the order never reached the fold (rejected whole for
+    a NaN); the fix of the one line is decided on the order as the CRM has it now."""
+    uow = FakeUnitOfWork()
+    fixed = line(2, product_id=2, quantity="3", price="19.99")
+    uow.rejected = {ORDER_ID}
+    uow.crm_rows[ORDER_ID] = whole_order(line(1), fixed)
+    fix = event("sales_order_line", ChangeOp.UPDATE, {**fixed, "unit_price": D("1")}, fixed,
+                300, 301)
+
+    result = await sync_orders(SyncBatch([fix]), uow)
+
+    assert [o.kind for o in result.outcomes] == ["create"]
+    (writes,) = uow.writes
+    assert [spec.line_no for spec in writes.creates[0].lines] == [1, 2]
+    draft = uow.states[ORDER_ID].draft
+    assert draft.header is not None and set(draft.lines) == {fixed["id"], line(1)["id"]}
+
+
+async def test_an_order_still_holding_a_nan_is_rejected_in_business_words() -> None:
+    uow = FakeUnitOfWork()
+    uow.rejected = {ORDER_ID}
+    uow.crm_rows[ORDER_ID] = whole_order(line(1), line(2, price="NaN"))
+    change = event("sales_order_line", ChangeOp.UPDATE, line(1), line(1, quantity="4"),
+                   300, 301)
+
+    result = await sync_orders(SyncBatch([change]), uow)
+
+    (outcome,) = result.outcomes
+    assert outcome.kind == "reject" and outcome.status is not None
+    assert outcome.status.reason == "line 2: unit price is not a number (NaN)"
+    assert not uow.erp_orders_by_crm
+
+
+async def test_an_order_not_rejected_is_decided_on_its_fold_alone() -> None:
+    uow = FakeUnitOfWork()
+    uow.crm_rows[ORDER_ID] = whole_order(line(1), line(2, price="NaN"))  # never read
+    result = await sync_orders(SyncBatch(confirmed_order_events()), uow)
+    assert [o.kind for o in result.outcomes] == ["create"]
+
+
+# --------------------------------------------------------------------------- the event loop
+
+
+async def test_a_large_order_gives_the_event_loop_back_while_it_is_decided() -> None:
+    """Folding, parsing and deciding pause after every line (issue 9: 0.4-0.7 s of
+    blocked loop for 5,000 lines); with a slice of zero each pause point is taken."""
+    n = 500
+    events = [event("sales_order", ChangeOp.CREATE, None, header("confirmed"), 100, 101)]
+    events += [
+        event("sales_order_line", ChangeOp.CREATE, None,
+              line(i, product_id=1 + i % 3, line_id=10_000 + i), 100, 101 + i)
+        for i in range(1, n + 1)
+    ]
+    slicer = Slicer(slice_seconds=0.0)
+    result = await sync_orders(SyncBatch(events), FakeUnitOfWork(), slicer)
+
+    assert [o.kind for o in result.outcomes] == ["create"]
+    assert slicer.pauses >= 3 * n  # fold, parse and decide each pause per line
+    same = await sync_orders(SyncBatch(events), FakeUnitOfWork())
+    assert [(o.kind, o.status) for o in same.outcomes] == [
+        (o.kind, o.status) for o in result.outcomes
+    ]

@@ -53,6 +53,7 @@ from services.order_sync.domain.holds import (
     removal_conflict,
     warehouse_conflict,
 )
+from services.shared.cooperative import Pausable
 
 
 def _line_field_changes(spec: ErpLineSpec, line: ErpOrderLineSnapshot) -> list[FieldChange]:
@@ -126,7 +127,9 @@ def decide_amendment(
     customer: CustomerUpsert | None,
     erp_order: ErpOrderSnapshot,
     holds: Holds = NO_HOLDS,
-) -> SyncDecision:
+) -> Pausable[SyncDecision]:
+    """The amendment bringing ``erp_order`` to ``header`` and ``lines`` (or why it
+    conflicts, or nothing to do); see the module docstring. Pausable per line."""
     closed = str(erp_order.state) if erp_order.is_closed else None
     any_committed = any(line.committed > 0 for line in erp_order.lines)
     conflicts: list[str] = []
@@ -138,6 +141,7 @@ def decide_amendment(
     updates: list[LineUpdate] = []
     removals: list[LineRemoval] = []
     for line_no in sorted(set(current) | set(wanted)):
+        yield
         spec, line = wanted.get(line_no), current.get(line_no)
         if line is None and spec is not None:
             adds.append(spec)

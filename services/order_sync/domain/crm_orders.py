@@ -26,6 +26,7 @@ from services.order_sync.domain.row_values import (
     optional_int,
     optional_text,
 )
+from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition
 
@@ -97,6 +98,16 @@ class CrmOrder:
         lines: Iterable[Mapping[str, Any]],
         position: SourcePosition | None = None,
     ) -> CrmOrder:
+        return run_to_end(cls.parse_steps(header, lines, position))
+
+    @classmethod
+    def parse_steps(
+        cls,
+        header: Mapping[str, Any],
+        lines: Iterable[Mapping[str, Any]],
+        position: SourcePosition | None = None,
+    ) -> Pausable[CrmOrder]:
+        """:meth:`from_rows`, pausable after each line."""
         table = "crm.sales_order"
         state_text = column(header, "state", table)
         try:
@@ -105,10 +116,11 @@ class CrmOrder:
             raise BadInput(f"{table}.state {state_text!r} is not a known order state") from None
         currency = currency_code(header, "currency_code", table)
         order_id = integer(header, "id", table)
-        parsed = sorted(
-            (CrmOrderLine.from_row(row, currency) for row in lines),
-            key=lambda line: (line.line_no, line.id),
-        )
+        unsorted: list[CrmOrderLine] = []
+        for row in lines:
+            yield
+            unsorted.append(CrmOrderLine.from_row(row, currency))
+        parsed = sorted(unsorted, key=lambda line: (line.line_no, line.id))
         return cls(
             id=order_id,
             number=str(header.get("number") or order_id),
@@ -150,3 +162,28 @@ class CrmAccount:
             vat_number=optional_text(row, "vat_number"),
             currency=currency_code(row, "currency_code", table),
         )
+
+
+_NOT_FINITE = {"nan": "is not a number (NaN)", "infinity": "is infinite"}
+_NUMBERS = {CRM_ORDER_TABLE: ("amount_total",),
+            CRM_LINE_TABLE: ("quantity", "unit_price", "discount_pct")}
+
+
+def non_finite_values(
+    header: Mapping[str, Any], lines: Iterable[Mapping[str, Any]]
+) -> list[str]:
+    """The numbers of an order's rows (as read from the CRM database) that are NaN or
+    infinite, in words a salesperson understands ("line 2: unit price is not a number
+    (NaN)"). The decoder refuses them in change events; rows read directly need the
+    same answer."""
+    found: list[str] = []
+    rows = [(None, header)] + [(line.get("line_no"), line) for line in lines]
+    for line_no, row in rows:
+        table = CRM_ORDER_TABLE if line_no is None else CRM_LINE_TABLE
+        for name in _NUMBERS[table]:
+            value = row.get(name)
+            if isinstance(value, Decimal) and not value.is_finite():
+                problem = _NOT_FINITE["nan" if value.is_nan() else "infinity"]
+                what = f"{name.replace('_', ' ')} {problem}"
+                found.append(f"order: {what}" if line_no is None else f"line {line_no}: {what}")
+    return found

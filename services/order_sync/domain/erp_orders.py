@@ -25,6 +25,7 @@ from services.order_sync.domain.row_values import (
     optional_int,
     optional_text,
 )
+from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput
 
 ERP_ORDER_TABLE = "sales_order"
@@ -159,6 +160,13 @@ class ErpOrderSnapshot:
     def from_rows(
         cls, header: Mapping[str, Any], lines: Iterable[Mapping[str, Any]]
     ) -> ErpOrderSnapshot:
+        return run_to_end(cls.parse_steps(header, lines))
+
+    @classmethod
+    def parse_steps(
+        cls, header: Mapping[str, Any], lines: Iterable[Mapping[str, Any]]
+    ) -> Pausable[ErpOrderSnapshot]:
+        """:meth:`from_rows`, pausable after each line."""
         table = "erp.sales_order"
         state_text = column(header, "state", table)
         try:
@@ -167,6 +175,10 @@ class ErpOrderSnapshot:
             raise BadInput(f"{table}.state {state_text!r} is not a known order state") from None
         currency = currency_code(header, "currency_code", table)
         order_id = integer(header, "id", table)
+        parsed: list[ErpOrderLineSnapshot] = []
+        for row in lines:
+            yield
+            parsed.append(ErpOrderLineSnapshot.from_row(row, currency))
         return cls(
             id=order_id,
             name=str(header.get("name") or order_id),
@@ -180,12 +192,7 @@ class ErpOrderSnapshot:
             origin=str(header.get("origin") or "erp"),
             client_order_ref=optional_text(header, "client_order_ref"),
             amount_total=Money(decimal_or(header, "amount_total", table, Decimal(0)), currency),
-            lines=tuple(
-                sorted(
-                    (ErpOrderLineSnapshot.from_row(row, currency) for row in lines),
-                    key=lambda line: line.line_no,
-                )
-            ),
+            lines=tuple(sorted(parsed, key=lambda line: line.line_no)),
         )
 
 

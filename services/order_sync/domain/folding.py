@@ -21,7 +21,9 @@ from typing import Any, Self
 
 from services.order_sync.domain.crm_orders import CRM_LINE_TABLE, CRM_ORDER_TABLE, CrmOrder
 from services.order_sync.domain.erp_orders import ERP_LINE_TABLE, ERP_ORDER_TABLE, ErpOrderSnapshot
+from services.order_sync.domain.row_values import integer
 from services.shared.changes import ChangeEvent, ChangeOp
+from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition
 
@@ -94,9 +96,14 @@ class _HeaderAndLines:
         """This order with ``changes`` folded in, in order. The lines are copied once,
         not per change: a 5,000-line transaction copied them 5,000 times (seconds of
         blocked event loop, issue 9)."""
+        return run_to_end(self.apply_steps(changes))
+
+    def apply_steps(self, changes: Iterable[ChangeEvent]) -> Pausable[Self]:
+        """:meth:`apply_all`, pausable after each change."""
         header = self.header
         lines: dict[int, RowVersion] | None = None  # copied on the first line folded
         for change in changes:
+            yield
             _refuse_truncate(change)
             if change.table == self.header_table:
                 if _row_id(change) != self.order_id:
@@ -151,9 +158,31 @@ class OrderDraft(_HeaderAndLines):
     def to_order(self) -> CrmOrder | None:
         """The order as of the newest versions seen; None while the header is unknown
         or deleted."""
+        return run_to_end(self.order_steps())
+
+    def order_steps(self) -> Pausable[CrmOrder | None]:
+        """:meth:`to_order`, pausable after each line."""
         if self.header is None or self.header.row is None:
             return None
-        return CrmOrder.from_rows(self.header.row, self.live_line_rows(), self.position)
+        return (yield from CrmOrder.parse_steps(
+            self.header.row, self.live_line_rows(), self.position
+        ))
+
+    def reread(self, header: Mapping[str, Any], lines: Iterable[Mapping[str, Any]],
+               position: SourcePosition) -> OrderDraft:
+        """This order replaced by its rows as read whole from the CRM (header and every
+        line) at ``position``: lines it holds that the CRM no longer has become
+        tombstones. Later changes fold on top as usual."""
+        read = {integer(row, "id", CRM_LINE_TABLE): RowVersion(position, MappingProxyType(
+            dict(row))) for row in lines}
+        gone = {
+            line_id: RowVersion(position, None)
+            for line_id in self.lines if line_id not in read
+        }
+        return replace(
+            self, header=RowVersion(position, MappingProxyType(dict(header))),
+            lines=MappingProxyType({**gone, **read}),
+        )
 
 
 @dataclass(frozen=True)
@@ -193,14 +222,23 @@ def fold_transaction(
     change was stale); orders it does not concern are not in the result. Events of
     other tables are ignored.
     """
+    return run_to_end(fold_transaction_steps(drafts, events))
+
+
+def fold_transaction_steps(
+    drafts: Mapping[int, OrderDraft], events: Iterable[ChangeEvent]
+) -> Pausable[dict[int, OrderDraft]]:
+    """:func:`fold_transaction`, pausable after each event."""
     per_order: dict[int, list[ChangeEvent]] = {}
     for event in events:
+        yield
         if event.table not in (CRM_ORDER_TABLE, CRM_LINE_TABLE):
             continue
         for order_id in sorted(order_ids_of(event)):
             per_order.setdefault(order_id, []).append(event)
     # each order's events folded at once (its lines copied once, not per event)
-    return {
-        order_id: (drafts.get(order_id) or OrderDraft(order_id)).apply_all(changes)
-        for order_id, changes in per_order.items()
-    }
+    folded: dict[int, OrderDraft] = {}
+    for order_id, changes in per_order.items():
+        draft = drafts.get(order_id) or OrderDraft(order_id)
+        folded[order_id] = yield from draft.apply_steps(changes)
+    return folded

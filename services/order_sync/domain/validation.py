@@ -27,6 +27,7 @@ from services.order_sync.domain.erp_orders import (
     ItemCatalogue,
 )
 from services.order_sync.domain.money import PRICE_PLACES, QUANTITY_PLACES, Money, line_amount
+from services.shared.cooperative import Pausable
 
 _HUNDRED = Decimal(100)
 
@@ -41,12 +42,13 @@ def _build_lines(
     catalogue: ItemCatalogue,
     existing: Mapping[int, ErpOrderLineSnapshot],
     problems: list[str],
-) -> list[ErpLineSpec]:
+) -> Pausable[list[ErpLineSpec]]:
     specs: list[ErpLineSpec] = []
     if not order.lines:
         problems.append("order has no lines")
     seen: dict[int, int] = {}
     for line in order.lines:
+        yield
         label = f"line {line.line_no}"
         if line.line_no in seen:
             problems.append(f"{label}: line number used twice (lines {seen[line.line_no]} "
@@ -121,7 +123,9 @@ def validate(
     erp_order: ErpOrderSnapshot | None,
     catalogue: ItemCatalogue,
     accepted_currencies: Collection[str],
-) -> tuple[ErpHeaderSpec | None, list[ErpLineSpec], CustomerUpsert | None, list[str]]:
+) -> Pausable[tuple[ErpHeaderSpec | None, list[ErpLineSpec], CustomerUpsert | None, list[str]]]:
+    """The ERP header and lines ``order`` becomes, the customer upsert it needs, and
+    every problem found (the header is None if there is any); pausable per line."""
     problems: list[str] = []
     if order.currency not in accepted_currencies:
         problems.append(f"currency {order.currency} is not accepted by the ERP")
@@ -149,11 +153,12 @@ def validate(
             else f"warehouse {order.warehouse_code} is unknown in the ERP"
         )
     existing = {} if erp_order is None else {line.line_no: line for line in erp_order.lines}
-    lines = _build_lines(order, catalogue, existing, problems)
+    lines = yield from _build_lines(order, catalogue, existing, problems)
     if problems or warehouse_id is None:
         return None, lines, customer, problems
     total = Money.zero(order.currency)
     for line in lines:
+        yield
         total = total + line.amount
     header = ErpHeaderSpec(
         crm_order_id=order.id,

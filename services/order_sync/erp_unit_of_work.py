@@ -24,12 +24,12 @@ a conflict), to re-decide them when what they wait for changes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
 
 import asyncpg
-from asyncpg.transaction import Transaction
 
 from services.order_sync import codec, erp_writes
 from services.order_sync.domain.crm_orders import CrmAccount
@@ -179,6 +179,10 @@ class ErpStore:
         return sorted(int(r["crm_order_id"]) for r in rows)
 
 
+class _NotCommitted(Exception):
+    """Ends a unit of work left without commit(): its transaction rolls back."""
+
+
 class ErpUnitOfWork:
     """One ERP transaction (see :class:`~services.order_sync.unit_of_work.UnitOfWork`)."""
 
@@ -186,22 +190,25 @@ class ErpUnitOfWork:
         self.crm = crm
         self.erp = erp
         self.memory = memory
+        self._stack: AsyncExitStack | None = None
         self._conn: asyncpg.Connection | None = None
-        self._transaction: Transaction | None = None
+        self._committed = False
         self._fingerprints: list[erp_writes.Fingerprint] = []
         self._orders: list[tuple[int, int, str]] = []
         # a large order's rows are parsed, encoded and fingerprinted in slices
         self.slicer = Slicer()
 
     async def __aenter__(self) -> Self:
-        conn = await self.erp.acquire()
+        # the pool's and the transaction's own context managers, so an error inside
+        # rolls back and releases exactly as ``async with acquire(), transaction()``
+        stack = AsyncExitStack()
         try:
-            transaction = conn.transaction()
-            await transaction.start()
+            conn = await stack.enter_async_context(self.erp.acquire())
+            await stack.enter_async_context(conn.transaction())
         except BaseException:
-            await self.erp.release(conn)
+            await stack.aclose()
             raise
-        self._conn, self._transaction = conn, transaction
+        self._stack, self._conn, self._committed = stack, conn, False
         return self
 
     async def __aexit__(
@@ -210,15 +217,19 @@ class ErpUnitOfWork:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        conn, transaction = self._conn, self._transaction
-        self._conn = self._transaction = None
-        if conn is None:
+        stack, committed = self._stack, self._committed
+        self._stack, self._conn = None, None
+        if stack is None:
             return
-        try:
-            if transaction is not None:
-                await transaction.rollback()  # nothing unless commit() was skipped
-        finally:
-            await self.erp.release(conn)
+        if error is None and not committed:
+            # leaving without commit(): the transaction is rolled back, nothing raised
+            kind, error, traceback = _NotCommitted, _NotCommitted(), None
+        await stack.__aexit__(kind, error, traceback)  # COMMIT, or ROLLBACK on error
+        if error is None:
+            # committed: from now on these rows' echoes are recognised from memory
+            self.memory.remember_writes(self._fingerprints)
+            for erp_order_id, crm_order_id, name in self._orders:
+                self.memory.remember_order(erp_order_id, crm_order_id, name)
 
     @property
     def conn(self) -> asyncpg.Connection:
@@ -345,15 +356,10 @@ class ErpUnitOfWork:
             )
 
     async def commit(self) -> None:
-        if self._transaction is None:
+        """Commit when the unit of work ends (its transaction's own exit does it)."""
+        if self._stack is None:
             raise RuntimeError("the unit of work is not open")
-        await self._transaction.commit()
-        self._transaction = None
-        # committed: from now on these rows' echoes are recognised from memory
-        self.memory.remember_writes(self._fingerprints)
-        for erp_order_id, crm_order_id, name in self._orders:
-            self.memory.remember_order(erp_order_id, crm_order_id, name)
-
+        self._committed = True
 
 async def read_snapshots(
     conn: asyncpg.Connection, headers: Sequence[asyncpg.Record], *, key: str, slicer: Slicer

@@ -93,7 +93,8 @@ class ProgressReader:
         unknown_orders: set[int] = set()
         unknown_rows: set[tuple[str, int]] = set()
         for event, erp_id in order_of:
-            await slicer.tick()
+            if slicer.due():
+                await slicer.pause()
             known = memory.order(erp_id)
             if known is None:
                 unknown_orders.add(erp_id)
@@ -126,7 +127,8 @@ class ProgressReader:
         amended: dict[int, ProgressCandidate] = {}
         echoes = foreign = 0
         for (event, erp_id), mine in zip(order_of, own, strict=True):
-            await slicer.tick()
+            if slicer.due():
+                await slicer.pause()
             mapped = identity.get(erp_id)
             if mapped is None:
                 foreign += 1

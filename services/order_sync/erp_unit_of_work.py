@@ -310,7 +310,8 @@ class ErpUnitOfWork:
             return {}
         holds: list[LineHold] = []
         for r in await self.conn.fetch(_HOLDS, line_ids):
-            await self.slicer.tick()
+            if self.slicer.due():
+                await self.slicer.pause()
             holds.append(LineHold(int(r["line_id"]), HoldKind(r["kind"]), str(r["document"]),
                                   Decimal(r["quantity"]), str(r["state"])))
         return holds_by_line(holds)

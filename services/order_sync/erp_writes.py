@@ -174,7 +174,8 @@ async def _write_creates(
              row_fingerprint(ERP_ORDER_TABLE, header_row(decision.header, customer)))
         )
         for spec in decision.lines:
-            await slicer.tick()
+            if slicer.due():
+                await slicer.pause()
             for column, value in zip(line_args, _line_values(erp_id, spec), strict=True):
                 column.append(value)
     if line_args[0]:
@@ -189,7 +190,8 @@ async def _insert_lines(
     rows = await conn.fetch(_LINE_INSERT, *args)
     by_key = {(int(r["order_id"]), int(r["line_no"])): int(r["id"]) for r in rows}
     for order_id, line_no, item_id, quantity, price, discount in zip(*args, strict=True):
-        await slicer.tick()
+        if slicer.due():
+            await slicer.pause()
         row = {"order_id": order_id, "line_no": line_no, "item_id": item_id,
                "quantity": quantity, "unit_price": price, "discount_pct": discount}
         fingerprints.append(
@@ -237,7 +239,8 @@ async def _write_amends(
         )
         for decision in amends:
             for update in decision.update_lines:
-                await slicer.tick()
+                if slicer.due():
+                    await slicer.pause()
                 row = line_row(update.line, decision.erp_order_id)
                 fingerprints.append(
                     (ERP_LINE_TABLE, update.erp_line_id, row_fingerprint(ERP_LINE_TABLE, row))
@@ -249,7 +252,8 @@ async def _write_amends(
             row_fingerprint(ERP_ORDER_TABLE, header_row(decision.header, customer)),
         ))
         for spec in decision.add_lines:
-            await slicer.tick()
+            if slicer.due():
+                await slicer.pause()
             for column, value in zip(
                 line_args, _line_values(decision.erp_order_id, spec), strict=True
             ):

@@ -348,3 +348,15 @@ async def test_a_large_order_gives_the_event_loop_back_while_it_is_decided() -> 
     assert [(o.kind, o.status) for o in same.outcomes] == [
         (o.kind, o.status) for o in result.outcomes
     ]
+
+
+async def test_a_nan_total_read_from_the_crm_rejects_the_order_and_stops_nothing() -> None:
+    uow = FakeUnitOfWork()
+    uow.rejected = {ORDER_ID}
+    uow.crm_rows[ORDER_ID] = CrmOrderRows({**header("confirmed"), "amount_total": D("NaN")},
+                                          [line(1)])
+    change = event("sales_order_line", ChangeOp.UPDATE, line(1), line(1, quantity="4"),
+                   300, 301)
+    result = await sync_orders(SyncBatch([change]), uow)
+    assert [o.kind for o in result.outcomes] == ["reject"]
+    assert not uow.erp_orders_by_crm and uow.committed == 1

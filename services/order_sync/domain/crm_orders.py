@@ -121,6 +121,9 @@ class CrmOrder:
             yield
             unsorted.append(CrmOrderLine.from_row(row, currency))
         parsed = sorted(unsorted, key=lambda line: (line.line_no, line.id))
+        total = decimal_or(header, "amount_total", table, Decimal(0))
+        if not total.is_finite():  # only a row read from the database can be (no CHECK)
+            raise BadInput(f"{table}.amount_total is {total}, not a finite number")
         return cls(
             id=order_id,
             number=str(header.get("number") or order_id),
@@ -130,7 +133,7 @@ class CrmOrder:
             requested_date=optional_date(header, "requested_date", table),
             warehouse_code=optional_text(header, "warehouse_code"),
             version=optional_int(header, "version", table) or 1,
-            amount_total=Money(decimal_or(header, "amount_total", table, Decimal(0)), currency),
+            amount_total=Money(total, currency),
             lines=tuple(parsed),
             position=position or SourcePosition.zero(),
         )

@@ -55,7 +55,7 @@ from services.order_sync.unit_of_work import (
     UnitOfWork,
 )
 from services.shared.changes import ChangeEvent
-from services.shared.cooperative import Slicer
+from services.shared.cooperative import Pausable, Slicer
 from services.shared.errors import BadInput
 
 
@@ -79,10 +79,11 @@ def _ids(values: Iterable[int]) -> list[int]:
     return sorted(set(values))
 
 
-def order_ids_in(events: Iterable[ChangeEvent]) -> set[int]:
-    """The CRM orders that CRM order and line changes concern."""
+def _order_ids_steps(events: Iterable[ChangeEvent]) -> Pausable[set[int]]:
+    """The CRM orders that CRM order and line changes concern (pausable per event)."""
     ids: set[int] = set()
     for event in events:
+        yield
         if event.table in (CRM_ORDER_TABLE, CRM_LINE_TABLE):
             ids |= order_ids_of(event)
     return ids
@@ -112,7 +113,8 @@ async def sync_orders(
     thousands of lines) gives the event loop back every slice of ``slicer``.
     """
     slicer = slicer if slicer is not None else Slicer()
-    order_ids = _ids([*order_ids_in(batch.events), *batch.redecide])
+    changed = await slicer.drive(_order_ids_steps(batch.events))
+    order_ids = _ids([*changed, *batch.redecide])
     account_changes = _ids(batch.changed_accounts)
     result = BatchResult()
     if not order_ids and not account_changes:
@@ -122,7 +124,7 @@ async def sync_orders(
         drafts = {order_id: s.draft for order_id, s in stored.items()}
         folded = dict(drafts)
         folded.update(await slicer.drive(fold_transaction_steps(drafts, batch.events)))
-        unreadable = await _reread_rejected(uow, folded, order_ids_in(batch.events))
+        unreadable = await _reread_rejected(uow, folded, changed)
         orders, bad = await _orders_of(folded, slicer)
 
         live = [o for o in orders.values() if o is not None]

@@ -1,103 +1,16 @@
 """order-sync: every confirmed CRM sales order becomes exactly one ERP sales order.
 
-The pure core is :mod:`services.order_sync.domain`: folding CRM/ERP change events into
-order records, deciding what to write in the ERP (:func:`~.domain.decide`), the
-CRM-facing progress status and the echo predicate. The I/O shell (two batch
-sources, asyncpg stores, publishing) lives beside it and only executes decisions.
+Where things are (each module's docstring says why it exists):
+
+* :mod:`~services.order_sync.domain` — the pure core: CRM and ERP records, folding
+  change events into orders, deciding what to write in the ERP, what a decision means
+  for the CRM status, progress, recognising order-sync's own ERP writes (no I/O);
+* :mod:`~services.order_sync.handlers` — the service layer: one batch decided over a
+  :class:`~services.order_sync.unit_of_work.UnitOfWork` (the port);
+* :mod:`~services.order_sync.erp_unit_of_work`, :mod:`~services.order_sync.erp_writes`,
+  :mod:`~services.order_sync.erp_progress`, :mod:`~services.order_sync.echo_memory`,
+  :mod:`~services.order_sync.crm_status` — the databases: I/O only;
+* :mod:`~services.order_sync.crm_intake`, :mod:`~services.order_sync.erp_intake`,
+  :mod:`~services.order_sync.syncing` — the two sources and the sync step with its
+  retries, refusals and rejections; :mod:`~services.order_sync.app` wires them.
 """
-
-from services.order_sync.domain import (
-    ROW_DELETED,
-    AmendErpOrder,
-    CancelErpOrder,
-    Conflict,
-    CreateErpOrder,
-    CrmAccount,
-    CrmOrder,
-    CrmOrderLine,
-    CrmOrderState,
-    CrmOrderStatus,
-    CustomerRejected,
-    CustomerUpsert,
-    ErpCustomer,
-    ErpHeaderSpec,
-    ErpItem,
-    ErpLineSpec,
-    ErpOrderDraft,
-    ErpOrderLineSnapshot,
-    ErpOrderSnapshot,
-    ErpOrderState,
-    FieldChange,
-    ItemCatalogue,
-    LineRemoval,
-    LineUpdate,
-    Money,
-    NothingToDo,
-    OrderDraft,
-    Reject,
-    RowVersion,
-    StaticCatalogue,
-    SyncDecision,
-    customer_changes,
-    customer_from_account,
-    decide,
-    decide_customer,
-    fold_change,
-    fold_transaction,
-    header_row,
-    is_ambidex_order,
-    is_echo,
-    line_amount,
-    line_row,
-    order_ids_of,
-    progress_status,
-    row_fingerprint,
-)
-
-__all__ = [
-    "ROW_DELETED",
-    "AmendErpOrder",
-    "CancelErpOrder",
-    "Conflict",
-    "CreateErpOrder",
-    "CrmAccount",
-    "CrmOrder",
-    "CrmOrderLine",
-    "CrmOrderState",
-    "CrmOrderStatus",
-    "CustomerRejected",
-    "CustomerUpsert",
-    "ErpCustomer",
-    "ErpHeaderSpec",
-    "ErpItem",
-    "ErpLineSpec",
-    "ErpOrderDraft",
-    "ErpOrderLineSnapshot",
-    "ErpOrderSnapshot",
-    "ErpOrderState",
-    "FieldChange",
-    "ItemCatalogue",
-    "LineRemoval",
-    "LineUpdate",
-    "Money",
-    "NothingToDo",
-    "OrderDraft",
-    "Reject",
-    "RowVersion",
-    "StaticCatalogue",
-    "SyncDecision",
-    "customer_changes",
-    "customer_from_account",
-    "decide",
-    "decide_customer",
-    "fold_change",
-    "fold_transaction",
-    "header_row",
-    "is_ambidex_order",
-    "is_echo",
-    "line_amount",
-    "line_row",
-    "order_ids_of",
-    "progress_status",
-    "row_fingerprint",
-]

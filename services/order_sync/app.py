@@ -1,34 +1,25 @@
 """order-sync: confirmed CRM orders become ERP orders; ERP progress flows back.
 
-Process shape (``ambidex run order-sync``; Faust worker ``ambidex-order-sync``):
+Process shape (``ambidex run order-sync``; worker ``ambidex-order-sync``), wired here:
 
-* **CRM source** (:class:`~services.shared.batches.BatchSource`, consumer group
+* **CRM source** (:class:`~services.order_sync.crm_intake.CrmIntake`, consumer group
   ``ambidex-order-sync.crm``) over ``cdc.crm.{sales_order, sales_order_line, account,
-  product, transaction}``. Each fetch (up to 5,000 records) is decoded by the shared
-  intake (bad input -> ``dlq.order-sync``); change events and END markers are held by
-  :class:`~services.order_sync.assembly.HeldTransactions` (their offsets stay
-  uncommitted) until their source transaction is complete. Every transaction the fetch
-  completed is applied in ONE ERP transaction (:class:`~services.order_sync.store.ErpStore`;
-  up to ``sink_batch_max_rows`` events per ERP transaction), then the CRM status is
-  written and published (:class:`~services.order_sync.store.StatusWriter`), and only
-  then are their records released for commit. A crash anywhere means redelivery of
-  whole transactions, which fold and decide to NothingToDo (exactly one ERP order per
-  CRM order). Batching per fetch is what makes order-sync fast: the per-order cost is a
-  share of a dozen round trips per batch, not a dozen round trips per order.
-* **ERP source** (group ``ambidex-order-sync.erp``) over ``cdc.erp.{sales_order,
-  sales_order_line, item, currency, warehouse}``: order/line changes that are not
-  order-sync's own writes become progress (``domain.progress_status`` of the ERP order
-  as it is now) in ``crm_integration.order_sync_status`` and on
-  ``ambidex.order-status``. Own writes (echoes) are recognised by the fingerprints
-  order-sync recorded when it wrote the rows: from :class:`~services.order_sync.store.EchoMemory`
-  (what this process wrote recently) and, for anything it does not remember, from
-  ``erp_integration.written_row``. Item, currency and warehouse changes re-decide the
-  orders last rejected or in conflict (the fix of an unknown item or currency is
-  picked up without replaying anything); a change of an order in conflict, or of a
-  document pinning one of its lines (``cdc.erp.{stock_reservation, production_order,
-  shipment_line, invoice_line}``: a reservation released), re-decides that order.
-  Account changes (CRM source) update linked ERP customers and re-decide that
-  account's rejected and conflicting orders; product changes re-decide all of them.
+  product, transaction}``: whole CRM source transactions are assembled from each fetch
+  and every transaction the fetch completed is applied in ONE ERP transaction
+  (:class:`~services.order_sync.syncing.Syncing` runs the service layer,
+  :func:`~services.order_sync.handlers.sync_orders`, over the store's unit of work),
+  then the CRM status is written and published, and only then are their records
+  released for commit. A crash anywhere means redelivery of whole transactions, which
+  fold and decide to NothingToDo (exactly one ERP order per CRM order). Batching per
+  fetch is what makes order-sync fast: the per-order cost is a share of a dozen round
+  trips per batch, not a dozen round trips per order.
+* **ERP source** (:class:`~services.order_sync.erp_intake.ErpIntake`, group
+  ``ambidex-order-sync.erp``) over ``cdc.erp.{sales_order, sales_order_line, item,
+  currency, warehouse, stock_reservation, production_order, shipment_line,
+  invoice_line}``: ERP changes that are not order-sync's own writes become progress in
+  the CRM; reference-data and document changes re-decide the orders they unsettle.
+  Account changes (CRM source) update linked ERP customers and re-decide that account's
+  rejected and conflicting orders; product changes re-decide all of them.
 
 The two sources run side by side, so ERP echo traffic never delays CRM orders.
 
@@ -36,95 +27,32 @@ State: nothing lives only in this process. The CRM order fold and the last decis
 are in ``erp_integration.order_state`` (written in the same ERP transaction as the
 effects), reference data are read from the databases inside that transaction, so a
 restarted worker (or a second one during a rebalance) needs nothing but Kafka and the
-databases. No Faust tables, hence no co-partitioning constraints; more than one worker
-is safe (row locks serialize per order) but only one is needed.
-
-A source transaction that cannot be assembled — inconsistent (more events than its END
-announced) or beyond what a worker may hold (``TooManyOpenTransactions``: the
-transaction holding the most records is the one given up) — goes whole to the dead
-letters with the reason, including its records that arrive later; the service goes on.
-
-A source transaction with a member that cannot be decoded (e.g. a line whose unit price is
-NaN) is still complete when its END count is reached (the member is counted,
-:meth:`~services.order_sync.assembly.HeldTransactions.add_undecodable`) and is rejected
-whole: every record of it to the dead letters, every CRM order it touched ``rejected``
-with a reason in business words (:mod:`~services.order_sync.rejection`), offsets move on.
-Nothing is held without bound: a transaction still incomplete after
-``AMBIDEX_MAX_HOLD_SECONDS`` of source time (once the topics it waits for are read to
-their end) is rejected the same way — or, without an END while a later END was read,
-released as the leftover of a transaction applied before a restart.
-``ambidex_oldest_held_transaction_age_seconds`` is how long (clock time) the oldest one
-has been held.
-
-What the ERP can no longer change (lines pinned by reservations, production orders,
-shipments, invoices) is read before writing and decided as a conflict in business words
-(:mod:`services.order_sync.holds`). A batch the ERP still refuses for a data reason is
-split into single transactions; a single transaction the ERP still refuses is recorded
-in an ERP transaction of its own (``ErpStore.apply(refused=...)``): the CRM change is
-kept in the drafts, its orders are in conflict with a reason in business words (the
-database's error goes to the log only) and are re-decided on later CRM changes, on ERP
-changes of their order and on reference-data changes — never dead-lettered, never
-reported ``synced`` while the ERP differs. Only if even that cannot be recorded are the
-records dead-lettered. Connection problems are retried with backoff (readiness reports
-them).
-
-Progress is recomputed after order-sync's own amendments and cancellations too (their
-echoes are not synced back, but an own write can change the progress: the only line
-left undelivered removed), for orders whose progress the ERP has already reported.
+databases. More than one worker is safe (row locks serialize per order) but only one
+is needed. Bad input, refusals and truncates: :mod:`~services.order_sync.crm_intake`,
+:mod:`~services.order_sync.syncing`, :mod:`~services.order_sync.truncates`. Connection
+problems are retried with backoff (readiness reports them).
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
-from functools import partial
-from typing import TYPE_CHECKING
-
 import asyncpg
-from prometheus_client import Counter as MetricCounter
-from prometheus_client import Gauge
 
-from services.order_sync.assembly import HeldTransactions, Released
-from services.order_sync.codec import StatusRow
-from services.order_sync.domain import ErpOrderState, progress_status
-from services.order_sync.holds import refusal_reason
-from services.order_sync.rejection import Rejection, rejection_of
-from services.order_sync.store import (
-    ACCOUNT_TABLE,
-    PRODUCT_TABLE,
-    BatchResult,
-    EchoMemory,
-    ErpStore,
-    OrderOutcome,
-    ProgressReader,
-    StatusWriter,
-    TransientStoreError,
-)
-from services.order_sync.truncates import ANSWERS
-from services.shared.batches import BatchSource, Hold, RecordBatch, attach_sources
-from services.shared.changes import ChangeEvent, ChangeOp, Tombstone, undecoded_change
-from services.shared.cooperative import Slicer
-from services.shared.errors import BadInput, Cause
+from services.order_sync.crm_intake import CrmIntake
+from services.order_sync.crm_status import StatusWriter
+from services.order_sync.echo_memory import EchoMemory
+from services.order_sync.erp_intake import ErpIntake
+from services.order_sync.erp_progress import ProgressReader
+from services.order_sync.erp_unit_of_work import ErpStore
+from services.order_sync.erp_writes import TransientStoreError
+from services.order_sync.metrics import OrderSyncMetrics
+from services.order_sync.syncing import Stores, Syncing
+from services.order_sync.truncates import ANSWERS, TruncateHandler
+from services.shared.batches import attach_sources
 from services.shared.observability import pool_probe
-from services.shared.position import SourcePosition
-from services.shared.resilience import ErrorKind
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_shared_service
 from services.shared.settings import ServiceSettings
-from services.shared.transactions import (
-    CompleteTransaction,
-    InconsistentTransaction,
-    TooManyOpenTransactions,
-)
-from services.shared.truncates import TruncateAnswers, TruncateCounter, split_truncates
-
-if TYPE_CHECKING:
-    from aiokafka.structs import ConsumerRecord
-
-log = logging.getLogger(__name__)
+from services.shared.truncates import TruncateAnswers
 
 CRM_TRANSACTION_TOPIC = "cdc.crm.transaction"
 CRM_TOPICS = (
@@ -146,93 +74,18 @@ ERP_TOPICS = (
     "cdc.erp.shipment_line",
     "cdc.erp.invoice_line",
 )
-ERP_ORDER_TABLES = frozenset({"sales_order", "sales_order_line"})
-ERP_CATALOGUE_TABLES = frozenset({"item", "currency", "warehouse"})
-#: ERP documents that pin order lines (services/order_sync/holds.py): a change of one
-#: re-decides the orders in conflict whose lines it references.
-ERP_DOCUMENT_TABLES = frozenset(
-    {"stock_reservation", "production_order", "shipment_line", "invoice_line"}
-)
 #: the declared answer per consumed table (.truncates), checked complete here
 TRUNCATES = TruncateAnswers.for_topics("order-sync", ANSWERS, (*CRM_TOPICS, *ERP_TOPICS))
 
 
-
-class OrderSyncMetrics:
-    def __init__(self, service: Service) -> None:
-        registry = service.registry
-        self.orders = MetricCounter(
-            "ambidex_order_sync_orders_total",
-            "CRM order decisions applied, by outcome (create, amend, cancel, reject, "
-            "conflict, nothing).",
-            ("outcome",),
-            registry=registry,
-        )
-        self.echoes = MetricCounter(
-            "ambidex_order_sync_echoes_total",
-            "ERP changes recognised as order-sync's own writes (not synced back).",
-            registry=registry,
-        )
-        self.customers = MetricCounter(
-            "ambidex_order_sync_customers_written_total",
-            "ERP customers created or updated from CRM accounts.",
-            registry=registry,
-        )
-        self.status_changes = MetricCounter(
-            "ambidex_order_sync_status_changes_total",
-            "CRM status rows changed (and published), by side (crm, erp).",
-            ("side",),
-            registry=registry,
-        )
-        self.retries = MetricCounter(
-            "ambidex_order_sync_retries_total",
-            "Batches retried, by cause (conflict, unavailable, split).",
-            ("cause",),
-            registry=registry,
-        )
-        self.orphans = MetricCounter(
-            "ambidex_order_sync_orphan_transactions_total",
-            "Partially redelivered transactions already applied before a restart.",
-            registry=registry,
-        )
-        self.open_transactions = Gauge(
-            "ambidex_order_sync_open_transactions",
-            "CRM source transactions waiting for the rest of their events.",
-            registry=registry,
-        )
-        self.rejected_transactions = MetricCounter(
-            "ambidex_order_sync_rejected_transactions_total",
-            "CRM source transactions rejected whole, by cause (undecodable, incomplete).",
-            ("cause",),
-            registry=registry,
-        )
-
-
-def _error_text(error: BaseException | None) -> str:
-    """A database error for logs and dead letters (never for the CRM status)."""
-    return "" if error is None else f"{type(error).__name__}: {error}"
-
-
-Handle = tuple["ConsumerRecord[bytes, bytes]", Hold]
-
-
 class OrderSync:
-    """The service's shell: two batch sources (CRM, ERP), the stores."""
+    """The service's shell: two batch sources (CRM, ERP) and the stores they share."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
         self.metrics = OrderSyncMetrics(service)
-        self.truncates = TruncateCounter(service.registry, service.name)
-        self.held: HeldTransactions[Handle] = HeldTransactions(CRM_COLLECTIONS)
-        self.crm_source = BatchSource(
-            service, "crm", CRM_TOPICS, self.on_crm_batch, on_reset=self.reset_crm
-        )
-        self.erp_source = BatchSource(service, "erp", ERP_TOPICS, self.on_erp_batch)
         self.crm_pool: asyncpg.Pool | None = None
         self.erp_pool: asyncpg.Pool | None = None
-        self.store: ErpStore | None = None
-        self.progress: ProgressReader | None = None
-        self.status: StatusWriter | None = None
         self.echo_memory = EchoMemory()
         # the shared transient-error policy; two workers creating one ERP order race on
         # its identity row (unique violation): a lost race, redone like a deadlock
@@ -240,8 +93,15 @@ class OrderSync:
             TransientStoreError, asyncpg.UniqueViolationError,
             on_retry=lambda kind: self.metrics.retries.labels(kind.value).inc(),
         )
-
-    # ------------------------------------------------------------------ lifecycle
+        truncates = TruncateHandler(service, TRUNCATES)
+        self.syncing = Syncing(service, self.metrics, self.retry,
+                               transaction_topic=CRM_TRANSACTION_TOPIC)
+        self.crm = CrmIntake(
+            service, self.metrics, self.syncing, truncates, topics=CRM_TOPICS,
+            transaction_topic=CRM_TRANSACTION_TOPIC, collections=CRM_COLLECTIONS,
+        )
+        self.erp = ErpIntake(service, self.metrics, self.syncing, truncates,
+                             topics=ERP_TOPICS)
 
     async def start(self, service: Service) -> None:
         settings = service.settings
@@ -260,9 +120,11 @@ class OrderSync:
             lambda: pool(settings.erp_dsn.get_secret_value()), check="database:erp",
             what="connecting to the ERP database",
         )
-        self.store = ErpStore(self.crm_pool, self.erp_pool, self.echo_memory)
-        self.progress = ProgressReader(self.erp_pool, self.echo_memory)
-        self.status = StatusWriter(self.crm_pool, service.require_publisher())
+        self.syncing.attach(Stores(
+            ErpStore(self.crm_pool, self.erp_pool, self.echo_memory),
+            ProgressReader(self.erp_pool, self.echo_memory),
+            StatusWriter(self.crm_pool, service.require_publisher()),
+        ))
         # asked live on /readyz (briefly cached), not set once here
         service.health.add_probe("database:crm", pool_probe(self.crm_pool))
         service.health.add_probe("database:erp", pool_probe(self.erp_pool))
@@ -272,473 +134,12 @@ class OrderSync:
             if pool is not None:
                 await pool.close()
 
-    def _parts(self) -> tuple[ErpStore, ProgressReader, StatusWriter]:
-        if self.store is None or self.progress is None or self.status is None:
-            raise RuntimeError("order-sync is not started")
-        return self.store, self.progress, self.status
-
-    # ------------------------------------------------------------------ CRM side
-
-    async def reset_crm(self) -> None:
-        """After a rebalance every uncommitted record is redelivered: start afresh."""
-        self.held = HeldTransactions(CRM_COLLECTIONS)
-        self.metrics.open_transactions.set(0)
-        self.service.metrics.set_oldest_held_transaction_age("crm", 0.0)
-
-    async def on_crm_batch(self, batch: RecordBatch) -> None:
-        """Assemble whole CRM transactions from one fetch and apply the complete ones.
-
-        Every change and END marker is held (uncommitted) until its transaction is
-        applied; transactions still incomplete stay held into the next batches.
-        """
-        intake = self.service.require_intake()
-        complete: list[tuple[CompleteTransaction, list[Handle]]] = []
-        release: list[Handle] = []
-        slicer = Slicer()  # a large batch gives the event loop back (probes, heartbeats)
-        for record in batch.records:
-            if slicer.due():
-                await slicer.pause()
-            if record.topic == CRM_TRANSACTION_TOPIC:
-                marker = await intake.marker(record)
-                if marker is None:
-                    continue
-                handle = (record, batch.hold(record))
-                try:
-                    released = await self._hold(
-                        partial(self.held.add_marker, marker), handle, marker.transaction_id
-                    )
-                except InconsistentTransaction as error:
-                    await self._give_up(marker.transaction_id, error)
-                    release.append(handle)
-                    continue
-            else:
-                change = intake.decode(record)
-                if isinstance(change, BadInput):
-                    member = undecoded_change(
-                        record.topic, record.partition, record.offset, record.value, change
-                    )
-                    if member is None:  # says not even its transaction: the bound ends it
-                        await intake.reject(record, change)
-                        continue
-                    released = await self._hold(
-                        partial(self.held.add_undecodable, member),
-                        (record, batch.hold(record)), member.transaction_id,
-                    )
-                    for (dead, hold), reason in released.dead:
-                        await intake.reject(dead, BadInput(reason))
-                        release.append((dead, hold))
-                    release.extend(released.ack_now)
-                    complete.extend(released.complete)
-                    continue
-                if isinstance(change, Tombstone):
-                    continue
-                try:
-                    released = await self._hold(
-                        partial(self.held.add_change, change), (record, batch.hold(record)),
-                        change.transaction_id,
-                    )
-                except InconsistentTransaction as error:
-                    await self._give_up(change.transaction_id or "", error)
-                    await intake.reject(record, error)
-                    continue
-            for (dead, hold), reason in released.dead:
-                await intake.reject(dead, BadInput(reason))
-                release.append((dead, hold))
-            release.extend(released.ack_now)
-            if released.orphans:
-                self.metrics.orphans.inc(released.orphans)
-            complete.extend(released.complete)
-        self.crm_source.release(h for _, h in release)
-        good: list[tuple[CompleteTransaction, list[Handle]]] = []
-        for transaction, handles in complete:
-            if transaction.rejected:
-                await self._reject_undecodable(transaction, handles)
-            else:
-                good.append((transaction, handles))
-        await self._end_overdue()
-        self.metrics.open_transactions.set(self.held.open_transactions)
-        self.service.metrics.set_oldest_held_transaction_age("crm", self.held.oldest_held_for())
-        good = [await self._answer_truncates(*item) for item in good]
-        limit = self.service.settings.sink_batch_max_rows
-        chunk: list[tuple[CompleteTransaction, list[Handle]]] = []
-        size = 0
-        for item in good:
-            chunk.append(item)
-            size += len(item[0].events)
-            if size >= limit:
-                await self._apply_and_release(chunk)
-                chunk, size = [], 0
-        if chunk:
-            await self._apply_and_release(chunk)
-
-    async def _answer_truncates(
-        self, transaction: CompleteTransaction, handles: list[Handle]
-    ) -> tuple[CompleteTransaction, list[Handle]]:
-        """The declared answer (.truncates) to each truncate of a complete transaction;
-        the rest of it is applied as usual."""
-        transaction, truncates = split_truncates(transaction)
-        if truncates:
-            records = {(r.topic, r.partition, r.offset): r for r, _ in handles}
-            for event in truncates:
-                origin = event.origin
-                record = records.get((origin.topic, origin.partition, origin.offset))
-                await self._answer_truncate(event, record)
-        return transaction, handles
-
-    async def _answer_truncate(
-        self, event: ChangeEvent, record: ConsumerRecord[bytes, bytes] | None
-    ) -> None:
-        self.truncates.seen(event, TRUNCATES.answer(event))  # all: needs_resnapshot
-        error = TRUNCATES.error(event)
-        if record is None:  # not held by this worker (cannot happen: logged, counted)
-            log.error("%s (not dead-lettered: record not held)", error.reason)
-            return
-        await self.service.require_intake().reject(record, error)
-
-    async def _apply_and_release(
-        self, chunk: list[tuple[CompleteTransaction, list[Handle]]]
-    ) -> None:
-        await self._apply_crm(chunk)
-        now = time.time()
-        metrics = self.service.metrics
-        applied: Counter[str] = Counter()
-        for transaction, handles in chunk:
-            metrics.observe_end_to_end_lag("crm_to_erp", transaction.commit_time.timestamp(), now)
-            applied.update(event.origin.topic for event in transaction.events)
-            self.crm_source.release(h for _, h in handles)
-        for topic, count in applied.items():
-            metrics.event(topic, "applied", count)
-
-    async def _hold(
-        self, add: Callable[[Handle], Released[Handle]], handle: Handle, xid: str | None
-    ) -> Released[Handle]:
-        """Hold a record with its transaction; at the assembler's limits, give up the
-        transaction holding the most records (all of it to the dead letters, to replay
-        once the limits are raised) rather than stop the service."""
-        while True:
-            try:
-                return add(handle)
-            except TooManyOpenTransactions as error:
-                victim = self.held.largest_open()
-                if victim is None:
-                    raise
-                reason = BadInput(
-                    f"source transaction {victim} given up: more than this worker may hold "
-                    f"({error})"
-                )
-                await self._give_up(victim, reason)
-                if victim == xid:
-                    released: Released[Handle] = Released()
-                    if handle[0].topic == CRM_TRANSACTION_TOPIC:
-                        released.ack_now.append(handle)
-                    else:
-                        released.dead.append((handle, reason.reason))
-                    return released
-
-    async def _give_up(self, xid: str, error: BadInput) -> None:
-        """Dead-letter what is held of ``xid``; later records of it follow (Released.dead)."""
-        intake = self.service.require_intake()
-        handles = self.held.give_up(xid, error.reason)
-        for held_record, _ in handles:
-            if held_record.topic != CRM_TRANSACTION_TOPIC:
-                await intake.reject(held_record, error)
-        self.crm_source.release(h for _, h in handles)
-
-    async def _apply_crm(self, chunk: list[tuple[CompleteTransaction, list[Handle]]]) -> None:
-        events = [event for transaction, _ in chunk for event in transaction.events]
-
-        async def attempt() -> None:
-            await self.apply_events(events)
-
-        failure = await self._with_retries(attempt)
-        if failure is None:
-            return
-        if len(chunk) > 1:
-            self.metrics.retries.labels("split").inc()
-            for item in chunk:
-                await self._apply_crm([item])
-            return
-        if await self._record_refusal(events, failure):
-            return
-        intake = self.service.require_intake()
-        # the ERP's own state refused it: a replay of the same records fails again
-        reason = BadInput(
-            f"the ERP refused this CRM transaction: {_error_text(failure)}", Cause.ERP_STATE
-        )
-        for record, _ in chunk[0][1]:
-            if record.topic != CRM_TRANSACTION_TOPIC:
-                await intake.reject(record, reason)
-        await self._report_refused(chunk[0][0], refusal_reason(None, None, None))
-
-    async def _record_refusal(self, events: Sequence[ChangeEvent], failure: Exception) -> bool:
-        """The ERP refused one whole CRM transaction: record that in an ERP transaction
-        of its own (the refused one was rolled back) — the CRM change kept in the
-        drafts, the orders in conflict with a reason in business words, re-decided on
-        later changes. No dead letter: nothing needs replaying. False if even that
-        could not be recorded (then the records are dead-lettered)."""
-        store, _, _ = self._parts()
-        reason = refusal_reason(
-            getattr(failure, "sqlstate", None), getattr(failure, "table_name", None),
-            getattr(failure, "constraint_name", None),
-        )
-        log.warning("the ERP refused a CRM transaction; recorded as a conflict: %s",
-                    _error_text(failure))
-        outcome: list[BatchResult] = []
-
-        async def attempt() -> None:
-            outcome[:] = [await store.apply(events, refused=reason)]
-
-        again = await self._with_retries(attempt)
-        if again is not None or not outcome:
-            log.error("could not record a refused CRM transaction: %s", _error_text(again))
-            return False
-        self.metrics.retries.labels("refused").inc()
-
-        async def write_back() -> None:
-            await self._write_back(outcome[0])
-
-        failure_back = await self._with_retries(write_back)
-        if failure_back is not None:
-            log.error("could not report a refused transaction to the CRM: %s",
-                      _error_text(failure_back))
-        return True
-
-    async def _reject_undecodable(
-        self, transaction: CompleteTransaction, handles: list[Handle]
-    ) -> None:
-        """A complete transaction with members that cannot be decoded: nothing of it is
-        applied; every record of it to the dead letters, its orders reported rejected."""
-        intake = self.service.require_intake()
-        own = {
-            (d.origin.topic, d.origin.partition, d.origin.offset): d for d in transaction.defects
-        }
-        summary = "; ".join(
-            f"{d.origin.topic}@{d.origin.partition}:{d.origin.offset}: {d.reason}"
-            for d in transaction.defects
-        )
-        for record, _ in handles:
-            if record.topic == CRM_TRANSACTION_TOPIC:
-                continue
-            defect = own.get((record.topic, record.partition, record.offset))
-            reason = (
-                f"{defect.reason} (source transaction {transaction.id} rejected whole)"
-                if defect is not None
-                else f"source transaction {transaction.id} rejected whole: {summary}"
-            )
-            await intake.reject(record, BadInput(reason))
-        self.metrics.rejected_transactions.labels("undecodable").inc()
-        await self._report_rejected(rejection_of(transaction), transaction.position)
-        self.crm_source.release(h for _, h in handles)
-
-    async def _end_overdue(self) -> None:
-        """End every transaction held beyond the bound (source time), once the topics it
-        waits for are read to their end: rejected whole, or (no END, a later END read)
-        released as the leftover of a transaction applied before a restart."""
-        bound = timedelta(seconds=self.service.settings.max_hold_seconds)
-        for xid in self.held.overdue(bound):
-            missing = self.held.missing_topics_of(xid)
-            waits_for = (
-                CRM_TOPICS if missing is None
-                else tuple(f"cdc.{name}" for name in sorted(missing))
-            )
-            if not await self.crm_source.caught_up(waits_for):
-                continue  # its records may still be on their way (a backlog)
-            if missing is None and self.held.already_applied(xid):
-                self.crm_source.release(h for _, h in self.held.release_orphan(xid))
-                self.metrics.orphans.inc()
-                continue
-            events, defects = self.held.held(xid)
-            reason = BadInput(
-                f"source transaction {xid} incomplete after "
-                f"{bound.total_seconds():.0f} s of source time "
-                + ("(its END marker never came)" if missing is None
-                   else f"(records of {', '.join(sorted(missing))} never came)")
-                + "; rejected whole"
-            )
-            log.warning("%s", reason.reason, extra={"transaction": xid})
-            await self._give_up(xid, reason)
-            self.metrics.rejected_transactions.labels("incomplete").inc()
-            position = max(
-                [e.position for e in events] + [d.position for d in defects], default=None
-            )
-            if position is not None:
-                rejection = rejection_of(
-                    None, events, defects,
-                    general="the change could not be read completely from the CRM",
-                )
-                await self._report_rejected(rejection, position)
-
-    async def _report_refused(self, transaction: CompleteTransaction, reason: str) -> None:
-        """Tell the CRM why its orders' change did not reach the ERP (the records are in
-        the dead-letter topic, to replay once the cause is fixed)."""
-        await self._report_rejected(rejection_of(transaction, general=reason), transaction.position,
-                                    override=reason)
-
-    async def _report_rejected(
-        self, rejection: Rejection, position: SourcePosition, *, override: str | None = None
-    ) -> None:
-        """Mark every order of ``rejection`` rejected with its reason; log the accounts."""
-        for account, why in sorted(rejection.accounts.items()):
-            log.warning("account change not synced: %s", override or why,
-                        extra={"crm_account_id": account})
-        outcomes = [
-            OrderOutcome(
-                order_id, "reject",
-                StatusRow(order_id, "rejected", None, override or why, version, None, None),
-                position,
-            )
-            for order_id, (version, why) in sorted(rejection.orders.items())
-        ]
-        if not outcomes:
-            return
-
-        async def attempt() -> None:
-            await self._write_back(BatchResult(outcomes=outcomes))
-
-        failure = await self._with_retries(attempt)
-        if failure is not None:
-            log.error("could not report a refused transaction to the CRM: %s",
-                      _error_text(failure))
-
-    async def apply_events(self, events: Sequence[ChangeEvent]) -> None:
-        """Fold, decide and apply CRM changes (whole transactions) and write back."""
-        store, _, _ = self._parts()
-        accounts = sorted({
-            i for e in events if e.table == ACCOUNT_TABLE
-            if isinstance(i := e.key.get("id"), int)
-        })
-        redecide: list[int] = []
-        if any(e.table == PRODUCT_TABLE for e in events):
-            redecide = await store.rejected_orders()
-        elif accounts:
-            redecide = await store.rejected_orders(accounts)
-        with self.service.metrics.sink_timer("erp"):
-            result = await store.apply(events, redecide=redecide, changed_accounts=accounts)
-        await self._write_back(result)
-
-    async def _write_back(self, result: BatchResult) -> None:
-        _, _, status = self._parts()
-        for outcome in result.outcomes:
-            self.metrics.orders.labels(outcome.kind).inc()
-        if result.customers_written:
-            self.metrics.customers.inc(result.customers_written)
-        for rejection in result.customer_rejections:
-            log.warning("account billing change not synced: %s", "; ".join(rejection.reasons),
-                        extra={"crm_account_id": rejection.crm_account_id})
-        with self.service.metrics.sink_timer("crm"):
-            changed = await status.write_sync(result.outcomes)
-        if changed:
-            self.metrics.status_changes.labels("crm").inc(changed)
-
-    async def _with_retries(
-        self, attempt: Callable[[], Awaitable[None]], side: str = "crm"
-    ) -> Exception | None:
-        """Run ``attempt`` until it succeeds (None) or fails for a data reason (the
-        database's error: logged, and read for a refusal's reason in business words).
-
-        Outages and lost races are retried by the shared policy (backoff, readiness
-        check ``writes:<side>`` failing meanwhile); a bug is raised."""
-        try:
-            await self.retry.call(attempt, check=f"writes:{side}", what=f"{side} batch")
-        except asyncpg.PostgresError as error:
-            if self.retry.classify(error) is not ErrorKind.REFUSED:
-                raise
-            log.warning("the ERP refused a batch: %s", _error_text(error))
-            refused: Exception = error
-            return refused
-        return None
-
-    # ------------------------------------------------------------------ ERP side
-
-    async def on_erp_batch(self, batch: RecordBatch) -> None:
-        """ERP changes of one fetch: progress of synced orders, re-decisions on
-        reference data; nothing is held (each batch is applied before the next)."""
-        intake = self.service.require_intake()
-        changes: list[ChangeEvent] = []
-        slicer = Slicer()
-        for record in batch.records:
-            if slicer.due():
-                await slicer.pause()
-            change = intake.decode(record)
-            if type(change) is ChangeEvent and change.op is ChangeOp.TRUNCATE:
-                await self._answer_truncate(change, record)
-            elif type(change) is ChangeEvent:
-                changes.append(change)
-            elif isinstance(change, BadInput):
-                await intake.reject(record, change)
-        if not changes:
-            return
-
-        async def attempt() -> None:
-            await self.apply_erp_changes(changes)
-
-        failure = await self._with_retries(attempt, "erp")
-        if failure is not None:
-            log.error("ERP progress batch failed: %s", _error_text(failure))
-        now = time.time()
-        metrics = self.service.metrics
-        for topic, count in Counter(change.origin.topic for change in changes).items():
-            metrics.event(topic, "applied", count)
-        newest = max(change.commit_time.timestamp() for change in changes)
-        metrics.observe_end_to_end_lag("erp_to_crm", newest, now)
-
-    async def apply_erp_changes(self, changes: Sequence[ChangeEvent]) -> None:
-        store, progress, status = self._parts()
-        orders = [
-            c for c in changes
-            if c.table in ERP_ORDER_TABLES and c.op is not ChangeOp.TRUNCATE
-        ]
-        unsettled: list[int] = []
-        if orders:
-            candidates, echoes, _, amended = await progress.classify_all(orders)
-            if echoes:
-                self.metrics.echoes.inc(echoes)
-            if candidates or amended:
-                snapshots = await progress.snapshots(sorted({*candidates, *amended}))
-                # the ERP cancelled an order itself: decided against its CRM order now,
-                # as a replay or any later re-decision would (a conflict while the CRM
-                # order is still confirmed), so live and replayed statuses agree
-                unsettled = [
-                    candidate.crm_order_id for erp_id, candidate in sorted(candidates.items())
-                    if erp_id in snapshots
-                    and snapshots[erp_id].state is ErpOrderState.CANCELLED
-                ]
-                changed = 0
-                for found, known_only in ((candidates, False), (amended, True)):
-                    updates = [
-                        (candidate, str(progress_status(snapshots[erp_id])))
-                        for erp_id, candidate in sorted(found.items())
-                        if erp_id in snapshots
-                    ]
-                    changed += await status.write_progress(updates, known_only=known_only)
-                if changed:
-                    self.metrics.status_changes.labels("erp").inc(changed)
-            # the ERP changed an order in conflict (e.g. released a reservation): re-decide
-            unsettled = sorted({
-                *unsettled,
-                *await store.unsettled(sorted({c.crm_order_id for c in candidates.values()})),
-            })
-        pinned = sorted({
-            line_id
-            for c in changes if c.table in ERP_DOCUMENT_TABLES
-            for row in (c.before, c.after) if row is not None
-            if isinstance(line_id := row.get("sales_order_line_id"), int)
-        })
-        if pinned:
-            unsettled = sorted({*unsettled, *await store.unsettled_by_lines(pinned)})
-        if any(c.table in ERP_CATALOGUE_TABLES for c in changes):
-            unsettled = sorted({*unsettled, *await store.rejected_orders()})
-        if unsettled:
-            result = await store.apply([], redecide=unsettled)
-            await self._write_back(result)
-
 
 def build_service(settings: ServiceSettings) -> Service:
-    """order-sync's Faust app, agents and hooks (connects to nothing until it runs)."""
+    """order-sync's worker and hooks (connects to nothing until it runs)."""
     service = build_shared_service(settings)
     sync = OrderSync(service)
     service.on_start.append(sync.start)
     service.on_stop.append(sync.stop)
-
-    attach_sources(service, sync.crm_source, sync.erp_source)
+    attach_sources(service, sync.crm.source, sync.erp.source)
     return service

@@ -25,7 +25,8 @@ from typing import Any
 
 import orjson
 
-from services.order_sync.domain import OrderDraft, RowVersion
+from services.order_sync.domain.folding import OrderDraft, RowVersion
+from services.shared.cooperative import Pausable, run_to_end
 from services.shared.position import SourcePosition
 
 IDENTITY_SCHEMA = "order_identity"
@@ -88,23 +89,40 @@ def _decode_version(data: Sequence[Any]) -> RowVersion:
 
 def encode_draft(draft: OrderDraft) -> str:
     """JSON text of ``draft`` (see the module docstring)."""
+    return run_to_end(encode_draft_steps(draft))
+
+
+def encode_draft_steps(draft: OrderDraft) -> Pausable[str]:
+    """:func:`encode_draft`, pausable after each line."""
+    lines: dict[str, list[Any]] = {}
+    for i, version in sorted(draft.lines.items()):
+        yield
+        lines[str(i)] = _encode_version(version)
     document = {
         "order_id": draft.order_id,
         "header": None if draft.header is None else _encode_version(draft.header),
-        "lines": {str(i): _encode_version(v) for i, v in sorted(draft.lines.items())},
+        "lines": lines,
     }
     return orjson.dumps(document).decode()
 
 
 def decode_draft(text: str | None, order_id: int) -> OrderDraft:
     """The draft stored as ``text`` (an empty draft of ``order_id`` for None)."""
+    return run_to_end(decode_draft_steps(text, order_id))
+
+
+def decode_draft_steps(text: str | None, order_id: int) -> Pausable[OrderDraft]:
+    """:func:`decode_draft`, pausable after each line."""
     if text is None:
         return OrderDraft(order_id)
     document = orjson.loads(text)
     if document.get("order_id") != order_id:
         raise ValueError(f"stored draft of order {document.get('order_id')} read as {order_id}")
     header = document.get("header")
-    lines = {int(i): _decode_version(v) for i, v in (document.get("lines") or {}).items()}
+    lines: dict[int, RowVersion] = {}
+    for i, version in (document.get("lines") or {}).items():
+        yield
+        lines[int(i)] = _decode_version(version)
     return OrderDraft(
         order_id,
         header=None if header is None else _decode_version(header),

@@ -16,13 +16,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.order_sync.domain import CRM_LINE_TABLE, CRM_ORDER_TABLE, order_ids_of
+from services.order_sync.domain.crm_orders import (
+    CRM_ACCOUNT_TABLE,
+    CRM_LINE_TABLE,
+    CRM_ORDER_TABLE,
+    CRM_PRODUCT_TABLE,
+)
+from services.order_sync.domain.folding import order_ids_of
 from services.shared.changes import ChangeEvent, UndecodedChange
 from services.shared.errors import BadInput
 from services.shared.transactions import CompleteTransaction
-
-ACCOUNT_TABLE = "account"
-PRODUCT_TABLE = "product"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +59,10 @@ def describe_defect(defect: UndecodedChange) -> str:
         return f"line {line_no}: {what}" if line_no is not None else f"a line: {what}"
     if defect.table == CRM_ORDER_TABLE:
         return f"order: {what}"
-    if defect.table == ACCOUNT_TABLE:
+    if defect.table == CRM_ACCOUNT_TABLE:
         account = _int(row.get("id"))
         return f"account {account}: {what}" if account is not None else f"account: {what}"
-    if defect.table == PRODUCT_TABLE:
+    if defect.table == CRM_PRODUCT_TABLE:
         sku = row.get("sku")
         return f"product {sku}: {what}" if isinstance(sku, str) else f"product: {what}"
     return f"{defect.table}: {what}"
@@ -133,12 +136,12 @@ def rejection_of(
         orders[order_id] = (versions.get(order_id), reason)
     accounts: dict[int, str] = {}
     for defect in all_defects:
-        if defect.table == ACCOUNT_TABLE and defect.row is not None:
+        if defect.table == CRM_ACCOUNT_TABLE and defect.row is not None:
             account = _int(defect.row.get("id"))
             if account is not None:
                 accounts[account] = describe_defect(defect)
     for event in all_events:
-        account = _int(event.key.get("id")) if event.table == ACCOUNT_TABLE else None
+        account = _int(event.key.get("id")) if event.table == CRM_ACCOUNT_TABLE else None
         if account is not None and account not in accounts:
             accounts[account] = general or "; ".join(described) or "rejected"
     return Rejection(orders, accounts)

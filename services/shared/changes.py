@@ -321,6 +321,25 @@ class _TopicDecoder:
         return row
 
 
+def _before_image(
+    decoder: _TopicDecoder, op: ChangeOp, raw: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The before-image of a change. An update whose after-image is readable is not
+    refused for a NaN or infinity in its before-image: that is the old value being
+    corrected (the row that held it was refused already), so the column is left out
+    (None) of the before-image. Anything else bad, and the before-image of a delete
+    (the only image it has), is still a bad value."""
+    row = dict(raw)
+    while True:
+        try:
+            return decoder.convert_row(row, "before")
+        except BadValue as error:
+            fixable = op is ChangeOp.UPDATE and error.problem in _NOT_FINITE.values()
+            if not fixable or row.get(error.column) is None:
+                raise
+            row[error.column] = None
+
+
 class ChangeDecoder:
     """Decodes CDC topic records; build once, call :meth:`decode` per record."""
 
@@ -379,8 +398,8 @@ class ChangeDecoder:
         raw_before = envelope["before"]
         raw_after = envelope["after"]
         _check_images(op, raw_before, raw_after)
-        before = None if raw_before is None else decoder.convert_row(raw_before, "before")
         after = None if raw_after is None else decoder.convert_row(raw_after, "after")
+        before = None if raw_before is None else _before_image(decoder, op, raw_before)
 
         source = envelope["source"]
         snapshot_flag = source.get("snapshot")

@@ -10,13 +10,17 @@ Invariants (issue 9, case 2), each on fresh CRM accounts and orders:
   number"), nothing stays held, the committed offsets move past it, and a later order
   in the same topics is synced;
 * the same for an account update with credit_limit NaN: the account change is
-  dead-lettered, nothing is held, and the account's next order is synced.
+  dead-lettered, nothing is held, and the account's next order is synced;
+* once the NaN is fixed in the CRM, the order (or amendment) rejected whole reaches the
+  ERP whole and exactly once: the change that fixes it is decided on the whole order
+  as the CRM has it, not on the fold its rejected transaction never reached.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -30,6 +34,7 @@ from tests.integration.conftest import Dbs
 from tests.integration.test_order_sync import (
     SERVICE,
     catalogue,
+    erp_order,
     erp_order_count,
     metric,
     new_account,
@@ -214,3 +219,101 @@ async def test_an_account_update_with_a_nan_credit_limit_is_rejected_and_holds_n
     await nothing_held(order_sync, stack)  # before: its END marker was held for good
     letter = (await letters_for(stack, "cdc.crm.account", {"id": account}))[-1]
     assert "credit_limit" in letter.reason and "NaN" in letter.reason
+
+
+async def test_an_order_rejected_whole_for_a_nan_syncs_once_the_row_is_fixed(
+    order_sync: ServiceProcess, dbs: Dbs, stack: StackAddresses, unique: str,
+    without_check: Any,
+) -> None:
+    """The transaction that created the order never reached the fold; fixing the one
+    line must still give the whole order, exactly once."""
+    crm, erp = dbs
+    cat = await catalogue(stack)
+    (p1, _, _), (p2, _, _) = cat.products[25:27]
+    account = await new_account(crm, unique)
+    await without_check(
+        "sales_order_line", "unit_price",
+        f"DELETE FROM crm.sales_order_line WHERE unit_price = 'NaN' AND order_id IN "
+        f"(SELECT id FROM crm.sales_order WHERE account_id = {account})",
+    )
+    async with crm.transaction():
+        order_id = int(await crm.fetchval(
+            """INSERT INTO crm.sales_order (account_id, state, currency_code, requested_date,
+                   warehouse_code, amount_total, confirmed_at)
+               VALUES ($1, 'confirmed', 'EUR', current_date + 14, $2, 0, now())
+               RETURNING id""",
+            account, cat.warehouse_code,
+        ))
+        await crm.execute(
+            """INSERT INTO crm.sales_order_line (order_id, line_no, product_id, quantity,
+                   unit_price) VALUES ($1, 1, $2, 2, 10.00), ($1, 2, $3, 1, 'NaN')""",
+            order_id, p1, p2,
+        )
+    await wait_status(crm, order_id, "rejected")
+
+    await crm.execute(
+        "UPDATE crm.sales_order_line SET unit_price = 7.50 WHERE order_id = $1 AND line_no = 2",
+        order_id,
+    )
+    await wait_status(crm, order_id, "synced")
+    assert await erp_order_count(erp, order_id) == 1
+    synced = await erp_order(erp, order_id)
+    assert synced is not None
+    assert [(ln["line_no"], ln["quantity"], ln["unit_price"]) for ln in synced["lines"]] == [
+        (1, Decimal("2.000"), Decimal("10.00")), (2, Decimal("1.000"), Decimal("7.50")),
+    ]
+    await nothing_held(order_sync, stack)
+
+
+async def test_an_amendment_rejected_whole_for_a_nan_is_applied_whole_once_fixed(
+    order_sync: ServiceProcess, dbs: Dbs, stack: StackAddresses, unique: str,
+    without_check: Any,
+) -> None:
+    """A synced order's amendment (quantity raised, a line added with NaN, version 2)
+    is rejected whole; fixing the NaN must bring the ERP to the whole amendment, not
+    the fix alone on top of the previous version."""
+    crm, erp = dbs
+    cat = await catalogue(stack)
+    (p1, _, _), (p2, _, _) = cat.products[27:29]
+    account = await new_account(crm, unique)
+    order_id = await new_order(crm, account, [(1, p1, "2", "10.00")],
+                               warehouse_code=cat.warehouse_code)
+    await wait_status(crm, order_id, "synced")
+    await without_check(
+        "sales_order_line", "unit_price",
+        f"DELETE FROM crm.sales_order_line WHERE unit_price = 'NaN' AND order_id IN "
+        f"(SELECT id FROM crm.sales_order WHERE account_id = {account})",
+    )
+    async with crm.transaction():
+        await crm.execute(
+            "UPDATE crm.sales_order_line SET quantity = 5 WHERE order_id = $1 AND line_no = 1",
+            order_id,
+        )
+        await crm.execute(
+            """INSERT INTO crm.sales_order_line (order_id, line_no, product_id, quantity,
+                   unit_price) VALUES ($1, 2, $2, 1, 'NaN')""",
+            order_id, p2,
+        )
+        await crm.execute(
+            "UPDATE crm.sales_order SET state = 'amended', version = 2 WHERE id = $1", order_id
+        )
+    status = await wait_status(crm, order_id, "rejected")
+    assert "line 2: unit price is not a number" in status["reason"], status["reason"]
+
+    await crm.execute(
+        "UPDATE crm.sales_order_line SET unit_price = 3.00 WHERE order_id = $1 AND line_no = 2",
+        order_id,
+    )
+
+    async def amended() -> bool:
+        found = await erp_order(erp, order_id)
+        return found is not None and found["header"]["crm_order_version"] == 2
+
+    await wait_until(amended, timeout=90)
+    await wait_status(crm, order_id, "synced")
+    assert await erp_order_count(erp, order_id) == 1
+    synced = await erp_order(erp, order_id)
+    assert synced is not None
+    assert [(ln["line_no"], ln["quantity"], ln["unit_price"]) for ln in synced["lines"]] == [
+        (1, Decimal("5.000"), Decimal("10.00")), (2, Decimal("1.000"), Decimal("3.00")),
+    ]

@@ -14,7 +14,8 @@ Invariants protected here:
 * Deletes are followed by tombstones, which decode to an explicit ``Tombstone``.
 * NaN and ±Infinity in a numeric column are bad values naming the column and the
   problem; a change refused that way still says which transaction and row it belongs
-  to (:func:`undecoded_change`), so its transaction can be rejected whole.
+  to (:func:`undecoded_change`), so its transaction can be rejected whole; an update
+  correcting such a value is read (its before-image leaves the value out).
 """
 
 from __future__ import annotations
@@ -434,6 +435,27 @@ def test_nan_and_infinities_are_bad_values_naming_the_column(
     assert isinstance(error, SchemaViolation)  # still bad input of the schema kind
     assert (error.side, error.column, error.problem) == ("after", "total_amount", problem)
     assert "after.total_amount" in error.reason and problem in error.reason
+
+
+def test_an_update_correcting_a_nan_is_read_and_its_before_image_leaves_it_out(
+    decoder: ChangeDecoder,
+) -> None:
+    """The fix of a NaN (UPDATE ... SET total = 5) carries the NaN in its before-image:
+    the change is what corrects it, so it is read; a delete of such a row (its only
+    image) and a NaN in the after-image are still bad values."""
+    value = encode(envelope(
+        "u", before=order_row(total_amount="NAN"), after=order_row(total_amount="5.00")
+    ))
+    change = decoder.decode(TOPIC, 0, 0, KEY, value)
+    assert isinstance(change, ChangeEvent)
+    assert change.after is not None and change.after["total_amount"] == Decimal("5.00")
+    assert change.before is not None and change.before["total_amount"] is None
+    with pytest.raises(BadValue):
+        decoder.decode(TOPIC, 0, 1, KEY, encode(envelope("d", before=order_row(
+            total_amount="NAN"))))
+    with pytest.raises(BadValue):
+        decoder.decode(TOPIC, 0, 2, KEY, encode(envelope(
+            "u", before=order_row(), after=order_row(total_amount="Infinity"))))
 
 
 def test_an_undecodable_change_still_says_its_transaction_and_row(decoder: ChangeDecoder) -> None:

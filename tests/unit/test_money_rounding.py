@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from ambidex.workload import money as workload_money
-from services.order_sync.domain import Money, line_amount
+from services.order_sync.domain.money import Money, line_amount
 from services.shared.money import line_net, round_money
 
 D = Decimal

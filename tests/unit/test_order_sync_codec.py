@@ -16,7 +16,7 @@ import pytest
 
 from services.order_sync import codec
 from services.order_sync.codec import StatusRow, derived_status
-from services.order_sync.domain import OrderDraft, RowVersion
+from services.order_sync.domain.folding import OrderDraft, RowVersion
 from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.position import SourcePosition
 
@@ -51,7 +51,9 @@ def test_draft_round_trip_is_lossless() -> None:
 
 
 def test_decoded_draft_still_ignores_stale_changes() -> None:
-    from services.order_sync.domain import fold_row
+    from services.order_sync.domain.folding import (
+        fold_row,
+    )
 
     back = codec.decode_draft(codec.encode_draft(_draft()), 7)
     assert fold_row(back.lines[70], SourcePosition(100, 111), {"id": 70}) is None

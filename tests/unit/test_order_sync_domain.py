@@ -1,4 +1,4 @@
-"""order-sync's pure core (services.order_sync.domain).
+"""order-sync's pure core (services.order_sync.domain.*).
 
 Invariants protected here:
 
@@ -17,7 +17,7 @@ Invariants protected here:
 * Money is exact (invariant 5): Decimal with currency, rounded as the ERP's round()
   (half away from zero), no float.
 * The ERP is not contradicted: changes that conflict with what the ERP already shipped
-  or invoiced become Conflicts with a reason (rules in the domain module docstring).
+  or invoiced become Conflicts with a reason (rules in the domain modules' docstrings).
 * ERP progress maps to the CRM status; order-sync's own ERP writes are recognised as
   echoes while ERP users' changes are not.
 """
@@ -32,45 +32,49 @@ from typing import Any
 
 import pytest
 
-from services.order_sync.domain import (
-    ROW_DELETED,
+from services.order_sync.domain.crm_orders import CrmAccount, CrmOrder, CrmOrderState
+from services.order_sync.domain.customers import (
+    CustomerRejected,
+    customer_changes,
+    customer_from_account,
+    decide_customer,
+)
+from services.order_sync.domain.deciding import decide
+from services.order_sync.domain.decisions import (
     AmendErpOrder,
     CancelErpOrder,
     Conflict,
     CreateErpOrder,
-    CrmAccount,
-    CrmOrder,
-    CrmOrderState,
-    CrmOrderStatus,
-    CustomerRejected,
     CustomerUpsert,
-    ErpCustomer,
-    ErpItem,
-    ErpOrderDraft,
-    ErpOrderLineSnapshot,
-    ErpOrderSnapshot,
-    ErpOrderState,
-    Money,
     NothingToDo,
-    OrderDraft,
     Reject,
-    StaticCatalogue,
     SyncDecision,
-    customer_changes,
-    customer_from_account,
-    decide,
-    decide_customer,
-    fold_change,
-    fold_transaction,
+)
+from services.order_sync.domain.echoes import (
+    ROW_DELETED,
     header_row,
     is_ambidex_order,
     is_echo,
-    line_amount,
     line_row,
-    order_ids_of,
-    progress_status,
     row_fingerprint,
 )
+from services.order_sync.domain.erp_orders import (
+    ErpCustomer,
+    ErpItem,
+    ErpOrderLineSnapshot,
+    ErpOrderSnapshot,
+    ErpOrderState,
+    StaticCatalogue,
+)
+from services.order_sync.domain.folding import (
+    ErpOrderDraft,
+    OrderDraft,
+    fold_change,
+    fold_transaction,
+    order_ids_of,
+)
+from services.order_sync.domain.money import Money, line_amount
+from services.order_sync.domain.progress import CrmOrderStatus, progress_status
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition

@@ -1,9 +1,10 @@
-"""order-sync: folding a CRM transaction of a large order (services.order_sync.domain).
+"""order-sync: folding a CRM transaction of a large order (services.order_sync.domain.folding).
 
 Invariants protected here (issue 9, case 1: no service stalls on a large order):
 
 * Folding a whole transaction equals folding its changes one at a time (same drafts,
   whatever the mix of orders, stale versions, deletes and lines moved between orders).
+* An order read whole from the CRM replaces its fold; later changes fold on top.
 * Its cost does not grow with the square of the order: each order's lines are copied
   once per transaction, not once per line (counted, not timed).
 """
@@ -16,8 +17,8 @@ from typing import Any
 
 import pytest
 
-import services.order_sync.domain as domain
-from services.order_sync.domain import OrderDraft, fold_transaction, order_ids_of
+import services.order_sync.domain.folding as folding
+from services.order_sync.domain.folding import OrderDraft, fold_transaction, order_ids_of
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from tests.builders import change_event
 from tests.unit.test_order_sync_domain import COMMIT
@@ -77,15 +78,33 @@ def test_a_large_order_copies_its_lines_once(monkeypatch: pytest.MonkeyPatch) ->
     events = [_event("sales_order", None, _header(1), 1)]
     events += [_event("sales_order_line", None, _line(i, 1, 2), i + 1) for i in range(1, n + 1)]
     copies: list[int] = []
-    real = domain.MappingProxyType
+    real = folding.MappingProxyType
 
     def counting(mapping: Any) -> Any:
         if len(mapping) > 100:  # the order's lines (a row version wraps its few columns)
             copies.append(len(mapping))
         return real(mapping)
 
-    monkeypatch.setattr(domain, "MappingProxyType", counting)
+    monkeypatch.setattr(folding, "MappingProxyType", counting)
     drafts = fold_transaction({}, events)
     assert copies == [n]
     order = drafts[1].to_order()
     assert order is not None and len(order.lines) == n
+
+
+def test_an_order_read_whole_replaces_its_fold_and_later_changes_fold_on_top() -> None:
+    """An order read whole from the CRM (its rejected transaction never folded) replaces
+    the fold: lines the CRM no longer has become tombstones (a stale re-insert of them
+    is ignored), and a later change folds on top as usual."""
+    draft = fold_transaction({}, [_event("sales_order_line", None, _line(1, 7, 1), 10)])[7]
+    read = draft.reread(_header(7), [_line(2, 7, 5)], SourcePosition(20, 20))
+    assert read.header is not None and read.header.position == SourcePosition(20, 20)
+    assert read.lines[1].row is None  # gone from the CRM
+    order = read.to_order()
+    assert order is not None and [ln.line_no for ln in order.lines] == [2]
+
+    stale = _event("sales_order_line", None, _line(1, 7, 1), 15)
+    later = _event("sales_order_line", _line(2, 7, 5), _line(2, 7, 6), 30)
+    again = read.apply_all([stale, later]).to_order()
+    assert again is not None
+    assert [(ln.line_no, ln.quantity) for ln in again.lines] == [(2, Decimal(6))]

@@ -11,24 +11,25 @@ from decimal import Decimal
 
 import pytest
 
-from services.order_sync.domain import (
-    ROW_DELETED,
+from services.order_sync.domain.deciding import decide
+from services.order_sync.domain.decisions import (
     AmendErpOrder,
     CancelErpOrder,
     Conflict,
     CreateErpOrder,
     Reject,
-    decide,
-    row_fingerprint,
 )
-from services.order_sync.holds import (
+from services.order_sync.domain.echoes import ROW_DELETED, row_fingerprint
+from services.order_sync.domain.holds import (
     HoldKind,
     LineHold,
     holds_by_line,
     refusal_reason,
     units_text,
 )
-from services.order_sync.store import EchoMemory, ProgressReader, _refusal
+from services.order_sync.domain.outcomes import refused as refusal
+from services.order_sync.echo_memory import EchoMemory
+from services.order_sync.erp_progress import ProgressReader
 from services.shared.changes import ChangeOp
 from services.shared.position import SourcePosition
 from tests.unit.test_order_sync_domain import (
@@ -164,15 +165,15 @@ def test_a_refused_write_becomes_a_conflict_or_a_rejection() -> None:
     erp = synced()
     amend = run(amended([line(1)]), erp)
     assert isinstance(amend, AmendErpOrder)
-    refused = _refusal(amend, erp, "the ERP refused the change")
+    refused = refusal(amend, "the ERP refused the change")
     assert isinstance(refused, Conflict)
     assert (refused.crm_order_id, refused.crm_order_version, refused.erp_order_id) == (
         100, 2, erp.id)
     create = run(amended(list(BASE_LINES)))
     assert isinstance(create, CreateErpOrder)
-    assert isinstance(_refusal(create, None, "x"), Reject)
+    assert isinstance(refusal(create, "x"), Reject)
     cancel = CancelErpOrder(erp.id, 100, 3, SourcePosition(1, 1))
-    assert isinstance(_refusal(cancel, erp, "x"), Conflict)
+    assert isinstance(refusal(cancel, "x"), Conflict)
 
 
 # --------------------------------------------------------------------------- own writes

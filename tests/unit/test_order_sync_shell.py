@@ -53,7 +53,7 @@ def _record(topic: str, offset: int) -> ConsumerRecord[bytes, bytes]:
 
 async def test_a_transaction_beyond_the_limits_goes_whole_to_the_dead_letters() -> None:
     sync = OrderSync(build_service(load_settings("order-sync", {})))
-    sync.held = HeldTransactions(CRM_COLLECTIONS, max_buffered_events=3)
+    sync.crm.held = HeldTransactions(CRM_COLLECTIONS, max_buffered_events=3)
     items: dict[tuple[str, int], ChangeEvent | TransactionMarker] = {
         (LINES, 0): change("20", 1, "sales_order_line", row_id=201),
         (LINES, 1): change("20", 2, "sales_order_line", row_id=202),
@@ -64,14 +64,14 @@ async def test_a_transaction_beyond_the_limits_goes_whole_to_the_dead_letters() 
     }
     intake = FakeIntake(items)
     sync.service.intake = intake  # type: ignore[assignment]
-    ledger = sync.crm_source.ledger
+    ledger = sync.crm.source.ledger
 
     first = [_record(LINES, 0), _record(LINES, 1), _record(LINES, 2), _record(ORDERS, 0)]
-    await sync.on_crm_batch(RecordBatch(first, ledger))
+    await sync.crm.on_batch(RecordBatch(first, ledger))
     ledger.fetched(TopicPartition(LINES, 0), 3)
     ledger.fetched(TopicPartition(ORDERS, 0), 1)
     second = [_record(LINES, 3), _record(CRM_TRANSACTION_TOPIC, 0)]
-    await sync.on_crm_batch(RecordBatch(second, ledger))
+    await sync.crm.on_batch(RecordBatch(second, ledger))
     ledger.fetched(TopicPartition(LINES, 0), 4)
     ledger.fetched(TopicPartition(CRM_TRANSACTION_TOPIC, 0), 1)
 
@@ -85,4 +85,4 @@ async def test_a_transaction_beyond_the_limits_goes_whole_to_the_dead_letters() 
     assert safe[TopicPartition(CRM_TRANSACTION_TOPIC, 0)] == 1
     # ... while transaction 21 is still being assembled: its header stays uncommitted
     assert safe[TopicPartition(ORDERS, 0)] == 0
-    assert sync.held.open_transactions == 1
+    assert sync.crm.held.open_transactions == 1

@@ -288,13 +288,13 @@ async def test_order_sync_dead_letters_a_truncate_and_applies_the_rest_of_it() -
 
     sync = OrderSync(build_service(load_settings("order-sync", {})))
     sync.service.intake = Intake()  # type: ignore[assignment]
-    setattr(sync, "apply_events", apply_events)  # noqa: B010  (no ERP in a unit test)
-    ledger = sync.crm_source.ledger
+    setattr(sync.syncing, "apply_events", apply_events)  # noqa: B010  (no ERP here)
+    ledger = sync.crm.source.ledger
     records = [
         ConsumerRecord(t, 0, o, 0, 0, b"k", b"v", None, 1, 1, ())
         for t, o in ((lines, 0), (lines, 1), (CRM_TRANSACTION_TOPIC, 0))
     ]
-    await sync.on_crm_batch(RecordBatch(records, ledger))
+    await sync.crm.on_batch(RecordBatch(records, ledger))
     ledger.fetched(TopicPartition(lines, 0), 2)
     ledger.fetched(TopicPartition(CRM_TRANSACTION_TOPIC, 0), 1)
 
@@ -306,4 +306,4 @@ async def test_order_sync_dead_letters_a_truncate_and_applies_the_rest_of_it() -
     safe = ledger.safe_offsets()
     assert safe[TopicPartition(lines, 0)] == 2
     assert safe[TopicPartition(CRM_TRANSACTION_TOPIC, 0)] == 1
-    assert sync.held.open_transactions == 0
+    assert sync.crm.held.open_transactions == 0

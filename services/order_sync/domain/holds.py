@@ -7,7 +7,7 @@ a line any of them references (foreign keys), and it would be wrong to change th
 of a line something is reserved, made, shipped or invoiced for, or to lower its
 quantity below what is reserved or being made. order-sync reads these documents in the
 same ERP transaction as the order (:class:`LineHold`) and :func:`decide` turns every
-such change into a :class:`~services.order_sync.domain.Conflict` whose reasons a
+such change into a :class:`~services.order_sync.domain.decisions.Conflict` whose reasons a
 salesperson understands ("line 3 cannot be removed: 1 unit is reserved in warehouse
 WH-RTM") — before writing, instead of a database error after it.
 

@@ -1,0 +1,56 @@
+"""What order-sync wrote to the ERP recently, to recognise the echoes of its writes.
+
+Every ERP row order-sync writes comes back on the ERP topics (its CDC echo). Which
+changes are echoes is decided by the fingerprints recorded with each write
+(``erp_integration.written_row``); asking the database for every change would cost a
+round trip per batch for rows this very process just wrote. :class:`EchoMemory`
+answers those from memory; anything it does not know is looked up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+#: Fingerprints kept per ERP row (as ``erp_integration.written_row`` keeps them).
+FINGERPRINT_HISTORY = 8
+
+
+class EchoMemory:
+    """What this process wrote to the ERP recently, to recognise echoes without a query.
+
+    Per ERP row the fingerprints order-sync recorded for it (newest first, as in
+    ``erp_integration.written_row``), per ERP order the CRM order it belongs to. Filled
+    only after the ERP transaction that wrote them committed, so it never knows more
+    than the database; a row it does not know (older, or written by another worker) is
+    looked up in the database. Bounded: two generations of ``capacity`` entries each,
+    the older dropped whole when the newer fills (cheaper than an LRU per lookup).
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._rows: dict[tuple[str, int], list[str]] = {}
+        self._old_rows: dict[tuple[str, int], list[str]] = {}
+        self._orders: dict[int, tuple[int, str]] = {}
+        self._old_orders: dict[int, tuple[int, str]] = {}
+
+    def remember_writes(self, fingerprints: Iterable[tuple[str, int, str]]) -> None:
+        for table, row_id, fingerprint in fingerprints:
+            key = (table, row_id)
+            history = self.history(table, row_id) or []
+            self._rows[key] = [fingerprint, *history][:FINGERPRINT_HISTORY]
+        if len(self._rows) > self.capacity:
+            self._old_rows, self._rows = self._rows, {}
+
+    def remember_order(self, erp_order_id: int, crm_order_id: int, erp_order_name: str) -> None:
+        self._orders[erp_order_id] = (crm_order_id, erp_order_name)
+        if len(self._orders) > self.capacity:
+            self._old_orders, self._orders = self._orders, {}
+
+    def history(self, table: str, row_id: int) -> list[str] | None:
+        key = (table, row_id)
+        found = self._rows.get(key)
+        return found if found is not None else self._old_rows.get(key)
+
+    def order(self, erp_order_id: int) -> tuple[int, str] | None:
+        found = self._orders.get(erp_order_id)
+        return found if found is not None else self._old_orders.get(erp_order_id)

@@ -20,6 +20,7 @@ import pytest
 import services.order_sync.domain.folding as folding
 from services.order_sync.domain.folding import OrderDraft, fold_transaction, order_ids_of
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
+from services.shared.position import SourcePosition
 from tests.builders import change_event
 from tests.unit.test_order_sync_domain import COMMIT
 

@@ -10,10 +10,14 @@ cent every few lines of an order). Nothing else in Ambidex quantizes money; the 
 deliberate exception is splitting a total into installments
 (``ambidex.workload.money.split_installments``: equal shares rounded down to the minor
 unit, the last takes the remainder, so the shares add up to the total exactly).
+
+An amount always travels with its currency as :class:`Money` (Decimal, finite, an ISO
+4217 code; adding two currencies is an error, never a conversion).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 #: Rounding of money: half away from zero, as PostgreSQL's numeric ``round()``.
@@ -58,3 +62,31 @@ def line_net(quantity: Decimal, unit_price: Decimal, discount_pct: Decimal,
         context.prec = 50
         gross = quantity * unit_price * (_HUNDRED - discount_pct) / _HUNDRED
     return round_money(gross, currency)
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """An exact amount in a currency (ISO 4217 code)."""
+
+    amount: Decimal
+    currency: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.amount, Decimal):
+            raise TypeError(f"Money amount must be a Decimal, not {type(self.amount).__name__}")
+        if not self.amount.is_finite():
+            raise ValueError(f"Money amount {self.amount} is not finite")
+        if len(self.currency) != 3 or not self.currency.isalpha():
+            raise ValueError(f"{self.currency!r} is not a currency code")
+
+    def __add__(self, other: Money) -> Money:
+        if other.currency != self.currency:
+            raise ValueError(f"cannot add {other.currency} to {self.currency}")
+        return Money(self.amount + other.amount, self.currency)
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.currency}"
+
+    @classmethod
+    def zero(cls, currency: str) -> Money:
+        return cls(Decimal("0.00"), currency)

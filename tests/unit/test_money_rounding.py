@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 
 from ambidex.workload import money as workload_money
-from services.order_sync.domain.money import Money, line_amount
-from services.shared.money import line_net, round_money
+from services.order_sync.domain.money import line_amount
+from services.shared.money import Money, line_net, round_money
 
 D = Decimal
 

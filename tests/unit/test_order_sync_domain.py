@@ -73,10 +73,11 @@ from services.order_sync.domain.folding import (
     fold_transaction,
     order_ids_of,
 )
-from services.order_sync.domain.money import Money, line_amount
+from services.order_sync.domain.money import line_amount
 from services.order_sync.domain.progress import CrmOrderStatus, progress_status
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.errors import BadInput
+from services.shared.money import Money
 from services.shared.position import SourcePosition
 from tests.builders import change_event
 

@@ -15,7 +15,6 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from services.order_sync.domain.money import Money
 from services.order_sync.domain.row_values import (
     column,
     currency_code,
@@ -28,6 +27,7 @@ from services.order_sync.domain.row_values import (
 )
 from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput
+from services.shared.money import Money
 from services.shared.position import SourcePosition
 
 CRM_ORDER_TABLE = "sales_order"

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any, TypeAlias
 
 from services.order_sync.domain.erp_orders import ORIGIN_AMBIDEX, ErpOrderState
-from services.order_sync.domain.money import Money
+from services.shared.money import Money
 from services.shared.position import SourcePosition
 
 

@@ -26,8 +26,9 @@ from services.order_sync.domain.erp_orders import (
     ErpOrderSnapshot,
     ItemCatalogue,
 )
-from services.order_sync.domain.money import PRICE_PLACES, QUANTITY_PLACES, Money, line_amount
+from services.order_sync.domain.money import PRICE_PLACES, QUANTITY_PLACES, line_amount
 from services.shared.cooperative import Pausable
+from services.shared.money import Money
 
 _HUNDRED = Decimal(100)
 

@@ -14,9 +14,10 @@ State: a local RocksDB (:mod:`.rocks`; ``table_store=memory``: a dict) behind th
 with a million item x warehouse keys). Per batch :meth:`Shell.on_batch`:
 
 1. decodes (bad records -> dead-letter topic via the shared intake), lets the
-   :class:`~.projector.Projector` fold whole source transactions (one assembler per
-   source database: CRM and ERP reuse xids); events of transactions not complete yet
-   are *held* (``batch.hold``) and released once applied;
+   :class:`~.projector.Projector` fold whole source transactions (one shared
+   :class:`~services.shared.holding.TransactionHolder` per source database: CRM and ERP
+   reuse xids); events of transactions not complete yet are *held* (``batch.hold``) and
+   released once applied, or dead-lettered whole when given up;
 2. writes the recomputed availability into ``crm_integration.availability`` in ONE
    position-guarded statement (transaction when keys are tombstoned), publishes
    availability and shortages (broker acks), sends dead letters; meanwhile (overlapping
@@ -59,9 +60,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from functools import partial
-from typing import Any, NamedTuple, Protocol, TypeAlias
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple, Protocol, TypeAlias
 
 import asyncpg
 import orjson
@@ -97,13 +97,13 @@ from services.shared.batches import (
 from services.shared.changes import ChangeEvent, undecoded_change
 from services.shared.cooperative import Slicer
 from services.shared.errors import BadInput
+from services.shared.holding import expire_overdue
 from services.shared.observability import pool_probe
 from services.shared.position import SourcePosition
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
 from services.shared.sinks import PositionGuardedSink, SinkWrite
-from services.shared.transactions import TooManyOpenTransactions
 from services.shared.truncates import TruncateCounter
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,6 @@ BATCH_HEADER = "batch"
 BATCH_MAX = 20_000
 AS_OF_INTERVAL = 5.0
 REPUBLISH_SLICE = 2_000
-HOLD_SECONDS = 10.0
 #: changelog records copied between two checks for the event loop during a restore
 COPY_RUN = 2_000
 
@@ -167,18 +166,6 @@ class ProjectionMetrics:
         self.shortages = Counter(
             "ambidex_inventory_shortages_total",
             "Shortage events raised (once per CRM order version and item/warehouse).",
-            ("service",),
-            registry=registry,
-        ).labels(name)
-        self.partial_transactions = Counter(
-            "ambidex_inventory_partial_transactions_total",
-            "Source transactions applied incomplete after the hold time.",
-            ("service",),
-            registry=registry,
-        ).labels(name)
-        self.open_transactions = Gauge(
-            "ambidex_inventory_open_transactions",
-            "Source transactions waiting for the rest of their events.",
             ("service",),
             registry=registry,
         ).labels(name)
@@ -392,7 +379,8 @@ class Shell:
         self.truncates = TruncateCounter(service.registry, service.name)
         self.state: StateStore = MemoryState()
         self.overlay = Overlay(self.state)
-        self.projector: Projector[Handle] = Projector(hold_seconds=HOLD_SECONDS)
+        self._max_hold = timedelta(seconds=service.settings.max_hold_seconds)
+        self.projector: Projector[Handle] = Projector(max_hold=self._max_hold)
         self.pool: asyncpg.Pool | None = None
         self.sink: PositionGuardedSink | None = None
         self.source = BatchSource(
@@ -446,7 +434,7 @@ class Shell:
                 },
             )
         self.overlay = Overlay(self.state)
-        self.projector = Projector.load(self.overlay, hold_seconds=HOLD_SECONDS)
+        self.projector = Projector.load(self.overlay, max_hold=self._max_hold)
         self._cover_stored()
         service.metrics.set_table_rows("availability", self.projector.store.ledger.key_count)
         async def pool() -> asyncpg.Pool:
@@ -517,7 +505,7 @@ class Shell:
         (after the batch in hand, which pauses for the event loop: never within it)."""
         async with self._busy:
             self.overlay.discard()
-            self.projector = Projector.load(self.overlay, hold_seconds=HOLD_SECONDS)
+            self.projector = Projector.load(self.overlay, max_hold=self._max_hold)
             self._holds.clear()
             self._cover_stored()
 
@@ -551,22 +539,24 @@ class Shell:
                 if marker is None:
                     projector.release(record)
                 else:
-                    self._guard(partial(projector.marker, MARKER_TOPICS[topic]), marker, record)
+                    projector.marker(MARKER_TOPICS[topic], marker, record)
             else:
                 change = intake.decode(record)
                 if type(change) is ChangeEvent:
-                    self._guard(projector.change, change, record)
+                    projector.change(change, record)
                 elif isinstance(change, BadInput):
-                    await intake.reject(record, change)
                     member = undecoded_change(
                         record.topic, record.partition, record.offset, record.value, change
                     )
-                    if member is None:
+                    if member is None:  # says not even its transaction
+                        await intake.reject(record, change)
                         projector.release(record)
-                    else:  # counted, so its transaction is not held waiting for it
-                        self._guard(projector.undecodable, member, record)
+                    else:  # counted: its transaction is given up whole once complete
+                        projector.undecodable(member, record)
                 else:
                     projector.release(record)  # a Debezium tombstone
+        for database, holder in projector.holders.items():
+            projector.take(database, await expire_overdue(holder, self.source.caught_up))
         step = await slicer.drive(
             projector.steps(
                 [
@@ -592,16 +582,6 @@ class Shell:
         self._track(batch, step)
         await self._commit_state(changes, headers)
         await self._maybe_refresh()
-
-    def _guard(self, method: Any, item: Any, record: Handle) -> None:
-        try:
-            method(item, record)
-        except TooManyOpenTransactions:
-            # the held events are bounded: apply what is waiting rather than stall
-            self.projector.hold_seconds = 0.0
-            self.projector.expire()
-            self.projector.hold_seconds = HOLD_SECONDS
-            method(item, record)
 
     def _track(self, batch: RecordBatch, step: Step[Handle]) -> None:
         """Hold what the step still holds, release what it let go of, and move the
@@ -733,13 +713,16 @@ class Shell:
         service.metrics.set_table_rows("availability", store.ledger.key_count)
         if step.shortages:
             m.shortages.inc(len(step.shortages))
-        if step.partial_transactions:
-            m.partial_transactions.inc(step.partial_transactions)
         if step.stale:
             service.metrics.event("cdc", "skipped_stale", step.stale)
-        m.open_transactions.set(self.projector.open_transactions)
-        for database, age in self.projector.oldest_held_ages().items():
-            service.metrics.set_oldest_held_transaction_age(database, age)
+        for given_up in step.given_up:
+            log.warning("%s", given_up.reason, extra={"transaction": given_up.transaction_id})
+        for database, holder in self.projector.holders.items():
+            holder.report(
+                service.metrics,
+                [g for g in step.given_up if g.database == database],
+                step.orphans.get(database, 0),
+            )
         m.awaiting_verdicts.set(self.projector.awaiting_verdicts)
         m.unjudged_references.set(self.projector.unjudged)
         m.as_of.set(store.as_of.timestamp())

@@ -258,6 +258,8 @@ class Projector(Generic[H]):
             )
             for db in (CRM, ERP)
         }
+        #: per database, what its holder released since the last step
+        self._released: dict[str, Released[H]] = {db: Released() for db in self.holders}
         self._ready: list[Whole[H]] = []
         self._release: list[H] = []
         self._dead: list[tuple[H, BadInput]] = []
@@ -299,7 +301,8 @@ class Projector(Generic[H]):
 
     def change(self, event: ChangeEvent, handle: H) -> None:
         """A decoded change event of a folded table."""
-        self.take(event.database, self.holders[event.database].add_change(event, handle))
+        database = event.database
+        self.holders[database].add_change(event, handle, self._released[database])
 
     def undecodable(self, change: UndecodedChange, handle: H) -> None:
         """A change that could not be decoded: held and counted as a member of its
@@ -310,11 +313,11 @@ class Projector(Generic[H]):
             self._dead.append((handle, BadInput(change.reason)))
             self._release.append(handle)
             return
-        self.take(database, holder.add_undecodable(change, handle))
+        holder.add_undecodable(change, handle, self._released[database])
 
     def marker(self, database: str, marker: TransactionMarker, handle: H) -> None:
         """A BEGIN/END record of ``cdc.<database>.transaction``."""
-        self.take(database, self.holders[database].add_marker(marker, handle))
+        self.holders[database].add_marker(marker, handle, self._released[database])
 
     def heartbeat(self, database: str, at: datetime, handle: H) -> None:
         if database not in (CRM, ERP):
@@ -361,6 +364,9 @@ class Projector(Generic[H]):
         database are not given yet (in a backlog a topic can run minutes of source
         time ahead of another, so the watermark alone would judge rows whose item or
         warehouse is merely late)."""
+        for database, released in self._released.items():
+            self.take(database, released)
+            self._released[database] = Released()
         out: Step[H] = Step(
             dead_letters=self._dead,
             release=self._release,

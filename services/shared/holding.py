@@ -74,6 +74,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Generic, TypeVar
 
 from services.shared.changes import ChangeEvent, UndecodedChange
@@ -101,7 +102,7 @@ class GiveUpCause(StrEnum):
     OVERFLOW = "overflow"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per transaction, built on the hot path
 class Whole(Generic[H]):
     """A complete transaction and the handles to ack once it is applied."""
 
@@ -256,8 +257,12 @@ class TransactionHolder(Generic[H]):
         """Advance source time (a heartbeat): an idle system still ends what is overdue."""
         self._assembler.observe(at)
 
-    def add_change(self, event: ChangeEvent, handle: H) -> Released[H]:
-        released: Released[H] = Released()
+    def add_change(
+        self, event: ChangeEvent, handle: H, into: Released[H] | None = None
+    ) -> Released[H]:
+        """A decoded change event; what it released is added to ``into`` (a batch's
+        :class:`Released`: nothing allocated per record) and returned."""
+        released: Released[H] = Released() if into is None else into
         xid = event.transaction_id
         if event.is_snapshot or xid is None or event.total_order is None:
             # a snapshot read is not part of a streamed transaction: whole on its own
@@ -265,7 +270,19 @@ class TransactionHolder(Generic[H]):
                 released.complete.append(Whole(transaction, [handle]))
             return released
         order = event.total_order
-        if self._add(xid, handle, order, lambda: self._assembler.add_change(event), released):
+        if xid in self._given_up:
+            self._follow(xid, handle, order, released)
+            return released
+        try:  # the common case first: no closure, no loop
+            complete = self._assembler.add_change(event)
+        except (InconsistentTransaction, TooManyOpenTransactions) as error:
+            retry = partial(self._assembler.add_change, event)
+            decided = self._decide(error, xid, handle, order, retry, released)
+            if decided is None:
+                return released
+            complete = decided
+        if complete:
+            self._finish(xid, handle, order, complete, released)
             return released
         if xid in self._done:
             released.ack_now.append(handle)  # a redelivery of an applied transaction
@@ -273,15 +290,27 @@ class TransactionHolder(Generic[H]):
         self._hold(xid, (handle, order), event.position.commit_lsn)
         return released
 
-    def add_undecodable(self, change: UndecodedChange, handle: H) -> Released[H]:
+    def add_undecodable(
+        self, change: UndecodedChange, handle: H, into: Released[H] | None = None
+    ) -> Released[H]:
         """A member of ``change.transaction_id`` that could not be decoded: held and
         counted like an event; its transaction is given up when complete."""
-        released: Released[H] = Released()
+        released: Released[H] = Released() if into is None else into
         xid = change.transaction_id
         order = change.total_order
-        if self._add(
-            xid, handle, order, lambda: self._assembler.add_undecodable(change), released
-        ):
+        if xid in self._given_up:
+            self._follow(xid, handle, order, released)
+            return released
+        try:
+            complete = self._assembler.add_undecodable(change)
+        except (InconsistentTransaction, TooManyOpenTransactions) as error:
+            retry = partial(self._assembler.add_undecodable, change)
+            decided = self._decide(error, xid, handle, order, retry, released)
+            if decided is None:
+                return released
+            complete = decided
+        if complete:
+            self._finish(xid, handle, order, complete, released)
             return released
         if xid in self._done or change.data_collection not in self._subscribed:
             # a redelivery into an applied transaction, or not ours: dead-lettered alone
@@ -290,8 +319,11 @@ class TransactionHolder(Generic[H]):
         self._hold(xid, (handle, order), change.position.commit_lsn)
         return released
 
-    def add_marker(self, marker: TransactionMarker, handle: H) -> Released[H]:
-        released: Released[H] = Released()
+    def add_marker(
+        self, marker: TransactionMarker, handle: H, into: Released[H] | None = None
+    ) -> Released[H]:
+        """A BEGIN or END record of the database's transaction topic."""
+        released: Released[H] = Released() if into is None else into
         if marker.status is TransactionStatus.BEGIN:
             self._assembler.observe(marker.ts)
             released.ack_now.append(handle)  # nothing to learn before END
@@ -299,7 +331,19 @@ class TransactionHolder(Generic[H]):
         if marker.ts is not None and (self._last_end is None or marker.ts > self._last_end):
             self._last_end = marker.ts
         xid = marker.transaction_id
-        if self._add(xid, handle, None, lambda: self._assembler.add_marker(marker), released):
+        if xid in self._given_up:
+            self._follow(xid, handle, None, released)
+            return released
+        try:
+            complete = self._assembler.add_marker(marker)
+        except (InconsistentTransaction, TooManyOpenTransactions) as error:
+            retry = partial(self._assembler.add_marker, marker)
+            decided = self._decide(error, xid, handle, None, retry, released)
+            if decided is None:
+                return released
+            complete = decided
+        if complete:
+            self._finish(xid, handle, None, complete, released)
             return released
         ours = any(
             count > 0 and name in self._subscribed
@@ -362,64 +406,81 @@ class TransactionHolder(Generic[H]):
 
     # ------------------------------------------------------------------ internals
 
-    def _add(
+    def _follow(self, xid: str, handle: H, order: int | None, released: Released[H]) -> None:
+        """A record of a transaction given up: a dead letter (a marker: ack)."""
+        if order is None:
+            released.ack_now.append(handle)
+        else:
+            released.dead.append((handle, BadInput(self._given_up[xid])))
+
+    def _decide(
         self,
+        error: InconsistentTransaction | TooManyOpenTransactions,
         xid: str,
         handle: H,
         order: int | None,
-        add: Callable[[], list[CompleteTransaction]],
+        retry: Callable[[], list[CompleteTransaction]],
         released: Released[H],
-    ) -> bool:
-        """Run ``add`` under the inconsistent and overflow policies; a complete
-        transaction goes to ``released``; a record of a transaction given up to its
-        dead letters (a marker: ack). Whether the record is decided (else: the caller
-        holds it, or acks a redelivery)."""
+    ) -> list[CompleteTransaction] | None:
+        """The inconsistent and overflow policies, after ``error`` from adding a record
+        of ``xid``: then the record is added again (``retry``), or follows its
+        transaction if that was given up (:meth:`_follow`; returns None)."""
         while True:
-            if xid in self._given_up:
-                if order is None:
-                    released.ack_now.append(handle)
-                else:
-                    released.dead.append((handle, BadInput(self._given_up[xid])))
-                return True
-            try:
-                complete = add()
-            except InconsistentTransaction as error:
+            if isinstance(error, InconsistentTransaction):
                 reason = f"source transaction {xid} rejected whole: {error.reason}"
                 self._give_up(
                     xid, GiveUpCause.INCONSISTENT, reason, released, error.events, error.defects
                 )
-                continue  # this record follows its transaction
-            except TooManyOpenTransactions as error:
+            else:
                 victim = self._largest_open()
                 if victim is None:
-                    raise
+                    raise error
                 reason = (
                     f"source transaction {victim} given up: more than this worker may hold "
                     f"({error})"
                 )
                 self._give_up(victim, GiveUpCause.OVERFLOW, reason, released)
-                continue  # room now (or this record was of the victim)
-            break
-        if not complete:
-            return False
-        records = [*self._discard(xid), (handle, order)]
+            if xid in self._given_up:
+                self._follow(xid, handle, order, released)
+                return None
+            try:
+                return retry()
+            except (InconsistentTransaction, TooManyOpenTransactions) as again:
+                error = again
+
+    def _finish(
+        self,
+        xid: str,
+        handle: H,
+        order: int | None,
+        complete: list[CompleteTransaction],
+        released: Released[H],
+    ) -> None:
+        """``xid`` completed with this record: applied whole, or given up (undecodable)."""
+        # the assembler has let go of it already (complete)
+        records = self._open.pop(xid, None) or []
+        records.append((handle, order))
+        if xid in self._no_end:
+            del self._no_end[xid]
+        self._ended.discard(xid)
         for transaction in complete:
             if transaction.rejected:
                 self._reject_undecodable(xid, transaction, records, released)
             else:
-                members: dict[int, H] = {}
-                for member, at in records:
-                    if at is not None:
-                        members.setdefault(at, member)
+                # the first record of each member (a redelivery's is only acked)
+                members = {at: h for h, at in reversed(records) if at is not None}
                 released.complete.append(Whole(transaction, [h for h, _ in records], members))
                 self._remember_done(xid)
             records = []
             self._release_orphans(transaction.position.commit_lsn, released)
-        return True
 
     def _hold(self, xid: str, record: _Record[H], commit_lsn: int) -> None:
-        self._open.setdefault(xid, []).append(record)
-        if xid not in self._ended and xid not in self._no_end:
+        records = self._open.get(xid)
+        if records is not None:
+            records.append(record)
+        else:
+            self._open[xid] = [record]
+        if xid not in self._no_end and xid not in self._ended:
             self._no_end[xid] = commit_lsn
             heapq.heappush(self._no_end_heap, (commit_lsn, xid))
 

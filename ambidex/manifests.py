@@ -606,10 +606,10 @@ def alert_rules() -> dict[str, Any]:
             },
         },
         {
-            # order-sync rejects a transaction held beyond AMBIDEX_MAX_HOLD_SECONDS of source
-            # time (300 s by default; heartbeats move source time every few seconds) and
-            # inventory-projection applies one after 10 s: one held for 15 minutes means
-            # the bound is not enforced, or source time stopped (capture down)
+            # both services give up a transaction held beyond AMBIDEX_MAX_HOLD_SECONDS of
+            # source time (300 s by default; heartbeats move source time every few
+            # seconds; services/shared/holding.py): one held for 15 minutes means the
+            # bound is not enforced, or source time stopped (capture down)
             "alert": "AmbidexTransactionHeldTooLong",
             "expr": "max by (service, database) "
             "(ambidex_oldest_held_transaction_age_seconds) > 900",

@@ -145,7 +145,7 @@ def _quantity(line_no: int) -> int:
 
 def run_order(lines: int, single: int = SINGLE) -> OrderResult:
     """Fold an order of ``lines`` lines through the phases; seconds per change each."""
-    projector: Projector[int] = Projector(hold_seconds=1e9)
+    projector: Projector[int] = Projector()
     source = _Source()
     _feed(projector, source, ERP, [
         ("item", {"id": ITEM_ID, "sku": SKU}),

@@ -15,9 +15,10 @@ the source offsets stored with the state, resume and restore. The core reads and
 the state through the checkpoint's per-batch overlay; only the keys a batch touches are
 decoded (memory stays flat with a million item x warehouse keys). Per batch
 :meth:`Shell.on_batch` decodes (bad records -> dead-letter topic via the shared intake)
-and lets the :class:`~.projector.Projector` fold whole source transactions (one
-assembler per source database: CRM and ERP reuse xids); events of transactions not
-complete yet stay held. The checkpoint then runs the step's effects
+and lets the :class:`~.projector.Projector` fold whole source transactions (one shared
+:class:`~services.shared.holding.TransactionHolder` per source database: CRM and ERP
+reuse xids); events of transactions not complete yet stay held, and a transaction given
+up is dead-lettered whole, never applied in part. The checkpoint then runs the step's effects
 (:meth:`.effects.Effects.apply`: write-back, publishing, dead letters) and writes the
 state and the offsets it covers. A crash anywhere redoes the batch; every effect is
 idempotent.
@@ -40,9 +41,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import asyncpg
 from aiokafka.structs import ConsumerRecord
@@ -55,13 +56,13 @@ from services.shared.batches import RecordBatch, attach_sources
 from services.shared.changes import ChangeEvent, undecoded_change
 from services.shared.cooperative import Slicer
 from services.shared.errors import BadInput
+from services.shared.holding import expire_overdue
 from services.shared.observability import pool_probe
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
 from services.shared.state.changelog import Changelog
 from services.shared.state.checkpoint import Checkpoint, open_state
-from services.shared.transactions import TooManyOpenTransactions
 from services.shared.truncates import TruncateCounter
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,6 @@ HEARTBEAT_TOPICS = {"heartbeat.cdc.erp": ERP, "heartbeat.cdc.crm": CRM}
 #: the compacted changelog of the state (declared in deploy/topics.yaml)
 STATE_TOPIC = "state.inventory-projection"
 BATCH_MAX = 20_000
-HOLD_SECONDS = 10.0
 
 MAX_WRITE_POSITION = """
 SELECT source_commit_lsn, source_lsn FROM crm_integration.availability
@@ -111,7 +111,8 @@ class Shell:
         truncates = TruncateCounter(service.registry, service.name)
         self.effects = Effects(service, self.metrics, truncates)
         self.checkpoint = Checkpoint(Changelog(STATE_TOPIC))
-        self.projector: Projector[Handle] = Projector(hold_seconds=HOLD_SECONDS)
+        self._max_hold = timedelta(seconds=service.settings.max_hold_seconds)
+        self.projector: Projector[Handle] = Projector(max_hold=self._max_hold)
         self.pool: asyncpg.Pool | None = None
         self.source = self.checkpoint.batch_source(
             service,
@@ -142,7 +143,7 @@ class Shell:
             self.restored_entries = restored.entries
             self.metrics.restore_seconds.set(restored.seconds)
             self.metrics.restored_records.set(restored.records)
-        self.projector = Projector.load(self.checkpoint.overlay, hold_seconds=HOLD_SECONDS)
+        self.projector = Projector.load(self.checkpoint.overlay, max_hold=self._max_hold)
         service.metrics.set_table_rows("availability", self.projector.store.ledger.key_count)
 
         async def pool() -> asyncpg.Pool:
@@ -195,7 +196,7 @@ class Shell:
     async def on_reset(self) -> None:
         """Partitions revoked or a batch failed: the checkpoint dropped what the batch
         held; reload the projector from the durable state."""
-        self.projector = Projector.load(self.checkpoint.overlay, hold_seconds=HOLD_SECONDS)
+        self.projector = Projector.load(self.checkpoint.overlay, max_hold=self._max_hold)
 
     # ------------------------------------------------------------------ the batch
 
@@ -224,22 +225,24 @@ class Shell:
                 if marker is None:
                     projector.release(record)
                 else:
-                    self._guard(partial(projector.marker, MARKER_TOPICS[topic]), marker, record)
+                    projector.marker(MARKER_TOPICS[topic], marker, record)
             else:
                 change = intake.decode(record)
                 if type(change) is ChangeEvent:
-                    self._guard(projector.change, change, record)
+                    projector.change(change, record)
                 elif isinstance(change, BadInput):
-                    await intake.reject(record, change)
                     member = undecoded_change(
                         record.topic, record.partition, record.offset, record.value, change
                     )
-                    if member is None:
+                    if member is None:  # says not even its transaction
+                        await intake.reject(record, change)
                         projector.release(record)
-                    else:  # counted, so its transaction is not held waiting for it
-                        self._guard(projector.undecodable, member, record)
+                    else:  # counted: its transaction is given up whole once complete
+                        projector.undecodable(member, record)
                 else:
                     projector.release(record)  # a Debezium tombstone
+        for database, holder in projector.holders.items():
+            projector.take(database, await expire_overdue(holder, self.source.caught_up))
         step = await slicer.drive(
             projector.steps(
                 [
@@ -253,16 +256,6 @@ class Shell:
             batch, step.release, partial(self.effects.apply, step, projector)
         )
         await self.effects.refresh(projector)
-
-    def _guard(self, method: Any, item: Any, record: Handle) -> None:
-        try:
-            method(item, record)
-        except TooManyOpenTransactions:
-            # the held events are bounded: apply what is waiting rather than stall
-            self.projector.hold_seconds = 0.0
-            self.projector.expire()
-            self.projector.hold_seconds = HOLD_SECONDS
-            method(item, record)
 
 
 def build_service(settings: ServiceSettings) -> Service:

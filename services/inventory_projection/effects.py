@@ -19,6 +19,7 @@ the key count.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -52,6 +53,8 @@ AS_OF_INTERVAL = 5.0
 REPUBLISH_SLICE = 2_000
 
 Handle: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+log = logging.getLogger(__name__)
 
 
 class Effects:
@@ -131,13 +134,16 @@ class Effects:
         service.metrics.set_table_rows("availability", store.ledger.key_count)
         if step.shortages:
             m.shortages.inc(len(step.shortages))
-        if step.partial_transactions:
-            m.partial_transactions.inc(step.partial_transactions)
         if step.stale:
             service.metrics.event("cdc", "skipped_stale", step.stale)
-        m.open_transactions.set(projector.open_transactions)
-        for database, age in projector.oldest_held_ages().items():
-            service.metrics.set_oldest_held_transaction_age(database, age)
+        for given_up in step.given_up:
+            log.warning("%s", given_up.reason, extra={"transaction": given_up.transaction_id})
+        for database, holder in projector.holders.items():
+            holder.report(
+                service.metrics,
+                [g for g in step.given_up if g.database == database],
+                step.orphans.get(database, 0),
+            )
         m.awaiting_verdicts.set(projector.awaiting_verdicts)
         m.unjudged_references.set(projector.unjudged)
         m.as_of.set(store.as_of.timestamp())

@@ -25,18 +25,6 @@ class ProjectionMetrics:
             ("service",),
             registry=registry,
         ).labels(name)
-        self.partial_transactions = Counter(
-            "ambidex_inventory_partial_transactions_total",
-            "Source transactions applied incomplete after the hold time.",
-            ("service",),
-            registry=registry,
-        ).labels(name)
-        self.open_transactions = Gauge(
-            "ambidex_inventory_open_transactions",
-            "Source transactions waiting for the rest of their events.",
-            ("service",),
-            registry=registry,
-        ).labels(name)
         self.awaiting_verdicts = Gauge(
             "ambidex_inventory_awaiting_verdicts",
             "Changes held for an unknown reference, waiting for their grace to pass.",

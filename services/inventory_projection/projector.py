@@ -10,19 +10,18 @@ handles that may be acknowledged once all of that is durable.
 
 Invariants kept here (DESIGN.md 3, 4, 6):
 
-* **A source transaction is applied whole.** Change events go through a
-  :class:`~services.shared.transactions.TransactionAssembler` (the shell also consumes
-  ``cdc.<db>.transaction``); a transaction's events, and its END marker, are held
-  (not acknowledged) until every event it announced for the folded tables is there.
-  A transaction still open after :attr:`Projector.hold_seconds` is applied with what
-  arrived (logged and counted): after a crash, the committed offsets of different
-  partitions can split an already-applied transaction, and its redelivered part must
-  not wait forever. Applying a part twice is harmless (state is per row version).
-  A member that cannot be decoded (:meth:`Projector.undecodable`; the shell has
-  dead-lettered it) is counted, so its transaction completes at once and its readable
-  rows are applied: the projection reflects every row it can read, like the batch
-  recomputation, which skips rows holding NaN. :meth:`Projector.oldest_held_ages` is how
-  long (clock time) the oldest open transaction per database has been held.
+* **A source transaction is applied whole, or given up whole.** Change events, their
+  undecodable members and the END markers go through one shared
+  :class:`~services.shared.holding.TransactionHolder` per source database (the shell
+  also consumes ``cdc.<db>.transaction``); a transaction's records are held (not
+  acknowledged) until every event it announced for the folded tables is there. Its
+  policies are the shared ones, the same as order-sync's: a transaction with an
+  undecodable member, an inconsistent one, one still incomplete after the hold bound
+  of source time (:meth:`Projector.take` what the shell's
+  :func:`~services.shared.holding.expire_overdue` releases) and the largest open one
+  when the limits are reached are given up whole: every record to the dead letters
+  (:attr:`Step.dead_letters`), nothing of it applied, listed in :attr:`Step.given_up`.
+  Leftovers of a transaction applied before a restart are released unapplied.
 * **State is a function of the latest row versions.** Everything is folded into the
   :class:`~services.inventory_projection.domain.RowStore`; recomputed keys are whole
   figures, never increments; a redelivered or replayed event changes nothing.
@@ -70,7 +69,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -103,15 +102,10 @@ from services.inventory_projection.truncates import (
 from services.shared.changes import ChangeEvent, ChangeOp, UndecodedChange
 from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
+from services.shared.holding import GivenUp, Released, TransactionHolder, Whole
 from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
-from services.shared.transactions import (
-    CompleteTransaction,
-    InconsistentTransaction,
-    TransactionAssembler,
-    TransactionMarker,
-    TransactionStatus,
-)
+from services.shared.transactions import TransactionMarker
 from services.shared.truncates import TruncateAnswer, TruncateAnswers
 
 log = logging.getLogger(__name__)
@@ -204,19 +198,16 @@ class Step(Generic[H]):
     """Source commit time of each applied transaction (end-to-end latency)."""
     truncates: list[tuple[ChangeEvent, TruncateAnswer]] = field(default_factory=list)
     """TRUNCATEs folded in this step, with the answer given (the shell counts them)."""
+    given_up: list[GivenUp] = field(default_factory=list)
+    """Source transactions given up whole (their records are in :attr:`dead_letters`)."""
+    orphans: dict[str, int] = field(default_factory=dict)
+    """Per database: leftovers of transactions applied before a restart, released."""
     applied: int = 0
     stale: int = 0
-    partial_transactions: int = 0
 
     @property
     def writes_anything(self) -> bool:
         return bool(self.availability or self.removed)
-
-
-@dataclass
-class _Held(Generic[H]):
-    handles: list[H] = field(default_factory=list)
-    since: float = 0.0
 
 
 #: one row version: (table, row id, position)
@@ -244,7 +235,7 @@ class Projector(Generic[H]):
         store: RowStore | None = None,
         evaluated: Mapping[int, int] | None = None,
         *,
-        hold_seconds: float = 10.0,
+        max_hold: timedelta = timedelta(seconds=300),
         clock: Callable[[], float] = time.monotonic,
         truncated: Mapping[str, SourcePosition] | None = None,
     ) -> None:
@@ -257,22 +248,24 @@ class Projector(Generic[H]):
         self.evaluated = EvaluatedVersions(self.store.kv)
         for order_id, version in (evaluated or {}).items():
             self.evaluated[order_id] = version
-        self.hold_seconds = hold_seconds
-        self._clock = clock
         # one per database: transaction ids (xids) of the two databases collide
-        self._assemblers = {
-            db: TransactionAssembler(
-                (c for c in DATA_COLLECTIONS if c.startswith(f"{db}.")), clock=clock
+        self.holders: dict[str, TransactionHolder[H]] = {
+            db: TransactionHolder(
+                db,
+                (c for c in DATA_COLLECTIONS if c.startswith(f"{db}.")),
+                max_hold=max_hold,
+                clock=clock,
             )
             for db in (CRM, ERP)
         }
-        self._held: dict[tuple[str, str], _Held[H]] = {}
-        self._handles: dict[int, H] = {}  # id(ChangeEvent) -> handle
-        self._ready: list[CompleteTransaction] = []
+        #: per database, what its holder released since the last step
+        self._released: dict[str, Released[H]] = {db: Released() for db in self.holders}
+        self._ready: list[Whole[H]] = []
         self._release: list[H] = []
         self._dead: list[tuple[H, BadInput]] = []
+        self._given_up: list[GivenUp] = []
+        self._orphans: dict[str, int] = {}
         self._meta_dirty = False
-        self._partial = 0
         # unknown references awaiting a verdict, per row version; per database a heap
         # of (due, sequence, row version) for the ones whose watermark decides
         self._awaiting: dict[_RowVersion, _Awaiting[H]] = {}
@@ -294,12 +287,12 @@ class Projector(Generic[H]):
 
     @property
     def open_transactions(self) -> int:
-        return sum(a.open_transactions for a in self._assemblers.values())
+        return sum(h.open_transactions for h in self.holders.values())
 
     def oldest_held_ages(self) -> dict[str, float]:
         """Per source database, the clock seconds its oldest open transaction has been
         held (0 if none)."""
-        return {db: a.oldest_open_held_for() for db, a in self._assemblers.items()}
+        return {db: h.oldest_held_for() for db, h in self.holders.items()}
 
     @property
     def awaiting_verdicts(self) -> int:
@@ -308,89 +301,49 @@ class Projector(Generic[H]):
 
     def change(self, event: ChangeEvent, handle: H) -> None:
         """A decoded change event of a folded table."""
-        db = event.database
-        try:
-            completed = self._assemblers[db].add_change(event)
-        except InconsistentTransaction as error:
-            self._inconsistent(db, error, handle)
-            return
-        xid = event.transaction_id
-        if completed and _completed_by(event, completed):
-            self._handles[id(event)] = handle
-            self._release.append(handle)
-        elif xid is not None and self._assembler_has(db, xid):
-            self._handles[id(event)] = handle
-            self._hold((db, xid), handle)
-        else:  # a redelivery of a transaction already assembled and applied
-            self._release.append(handle)
-        self._complete(db, completed)
+        database = event.database
+        self.holders[database].add_change(event, handle, self._released[database])
 
     def undecodable(self, change: UndecodedChange, handle: H) -> None:
-        """A change that could not be decoded (already dead-lettered): counted as a
-        member of its transaction, so the rest of it is not held waiting for it."""
+        """A change that could not be decoded: held and counted as a member of its
+        transaction, which is then given up whole (dead letters in a later step)."""
         database = change.origin.topic.split(".")[1]  # cdc.<database>.<table>
-        assembler = self._assemblers.get(database)
-        self._release.append(handle)
-        if assembler is None:
+        holder = self.holders.get(database)
+        if holder is None:  # not a source database of the projection: a dead letter
+            self._dead.append((handle, BadInput(change.reason)))
+            self._release.append(handle)
             return
-        try:
-            completed = assembler.add_undecodable(change)
-        except InconsistentTransaction as error:
-            self._inconsistent(database, error, None)
-            return
-        self._complete(database, completed)
+        holder.add_undecodable(change, handle, self._released[database])
 
     def marker(self, database: str, marker: TransactionMarker, handle: H) -> None:
         """A BEGIN/END record of ``cdc.<database>.transaction``."""
-        if marker.status is TransactionStatus.BEGIN:
-            self._release.append(handle)
-            return
-        try:
-            completed = self._assemblers[database].add_marker(marker)
-        except InconsistentTransaction as error:
-            self._inconsistent(database, error, handle)
-            return
-        xid = marker.transaction_id
-        if self._assembler_has(database, xid):
-            self._hold((database, xid), handle)
-        else:
-            self._release.append(handle)
-        self._complete(database, completed)
+        self.holders[database].add_marker(marker, handle, self._released[database])
 
     def heartbeat(self, database: str, at: datetime, handle: H) -> None:
         if database not in (CRM, ERP):
             raise ValueError(f"unknown source database {database!r}")
         if self.store.observe(database, at):
             self._meta_dirty = True
-        self._assemblers[database].observe(at)
+        self.holders[database].observe(at)
         self._release.append(handle)
 
     def release(self, handle: H) -> None:
         """An input with nothing to fold (e.g. a Debezium tombstone)."""
         self._release.append(handle)
 
-    def expire(self) -> None:
-        """Apply transactions open longer than :attr:`hold_seconds` with what arrived."""
-        now = self._clock()
-        expired = [x for x, held in self._held.items() if now - held.since > self.hold_seconds]
-        for db, xid in expired:
-            events = self._assemblers[db].discard(xid)
-            held = self._held.pop((db, xid))
-            self._release.extend(held.handles)
-            if events:
-                self._partial += 1
-                log.warning(
-                    "transaction %s incomplete after %.0fs: applying the %d events that arrived",
-                    xid,
-                    self.hold_seconds,
-                    len(events),
-                    extra={"transaction": xid, "events": len(events)},
-                )
-                self._ready.append(
-                    CompleteTransaction(
-                        xid, events, events[0].commit_time, max(e.position for e in events)
-                    )
-                )
+    def take(self, database: str, released: Released[H]) -> None:
+        """What a holder released: whole transactions to fold in the next step (their
+        records released with it), dead letters of transactions given up."""
+        for whole in released.complete:
+            self._ready.append(whole)
+            self._release.extend(whole.handles)
+        self._release.extend(released.ack_now)
+        for handle, error in released.dead:
+            self._dead.append((handle, error))
+            self._release.append(handle)
+        self._given_up.extend(released.given_up)
+        if released.orphans:
+            self._orphans[database] = self._orphans.get(database, 0) + released.orphans
 
     # ------------------------------------------------------------------ the step
 
@@ -411,29 +364,36 @@ class Projector(Generic[H]):
         database are not given yet (in a backlog a topic can run minutes of source
         time ahead of another, so the watermark alone would judge rows whose item or
         warehouse is merely late)."""
-        self.expire()
-        out: Step[H] = Step(dead_letters=self._dead, release=self._release)
-        out.partial_transactions = self._partial
-        self._dead, self._release, self._partial = [], [], 0
+        for database, released in self._released.items():
+            self.take(database, released)
+            self._released[database] = Released()
+        out: Step[H] = Step(
+            dead_letters=self._dead,
+            release=self._release,
+            given_up=self._given_up,
+            orphans=self._orphans,
+        )
+        self._dead, self._release, self._given_up, self._orphans = [], [], [], {}
         ready, self._ready = self._ready, []
         # in commit order, not the order the batch's partitions were fetched in: a
         # verdict given before a later transaction must not miss a reference committed
         # earlier but held later in the batch (a fresh start reads the snapshot, whose
         # warehouse rows come last, and the live changes after it in one batch)
-        ready.sort(key=lambda transaction: transaction.commit_time)
+        ready.sort(key=lambda whole: whole.transaction.commit_time)
         store = self.store
         keys: set[AvailabilityKey] = set()
         orders: set[int] = set()
         registered: list[_Awaiting[H]] = []
         work = 0
-        for transaction in ready:
+        for whole in ready:
+            transaction = whole.transaction
             folded = False
             if self._awaiting and transaction.events:  # due before this commit
                 database = transaction.events[0].database
                 if database in caught_up:
                     self._verdicts(database, transaction.commit_time, out)
             for event in transaction.events:
-                handle = self._handles.pop(id(event), None)
+                handle = whole.handle_of(event)
                 work += 1
                 if not work % PAUSE_EVERY:
                     yield
@@ -644,59 +604,6 @@ class Projector(Generic[H]):
             return Removed(item.id, item.sku, OVERALL_CODE)
         warehouse = self.store.warehouse(key.warehouse_id)
         return None if warehouse is None else Removed(item.id, item.sku, warehouse.code)
-
-    def _assembler_has(self, database: str, xid: str) -> bool:
-        return xid in set(self._assemblers[database].open_transaction_ids())
-
-    def _hold(self, slot: tuple[str, str], handle: H) -> None:
-        held = self._held.get(slot)
-        if held is None:
-            held = self._held[slot] = _Held(since=self._clock())
-        held.handles.append(handle)
-
-    def _complete(self, database: str, completed: list[CompleteTransaction]) -> None:
-        for transaction in completed:
-            if transaction.id is not None:
-                held = self._held.pop((database, transaction.id), None)
-                if held is not None:
-                    self._release.extend(held.handles)
-            self._ready.append(transaction)
-
-    def _inconsistent(
-        self, database: str, error: InconsistentTransaction, handle: H | None
-    ) -> None:
-        """More events than END announced: dead-letter the trigger (unless it is already
-        a dead letter: ``handle`` None), apply the rest."""
-        if handle is not None:
-            self._dead.append((handle, error))
-            self._release.append(handle)
-        events = error.events
-        if events and events[0].transaction_id is not None:
-            held = self._held.pop((database, events[0].transaction_id), None)
-            if held is not None:
-                self._release.extend(held.handles)
-            self._ready.append(
-                CompleteTransaction(
-                    events[0].transaction_id,
-                    events,
-                    events[0].commit_time,
-                    max(e.position for e in events),
-                )
-            )
-
-
-def _completed_by(event: ChangeEvent, completed: list[CompleteTransaction]) -> bool:
-    """Whether ``event`` (the same object, not an equal redelivery) is in ``completed``.
-    Checked per change: the completing event is usually the last one, so look there
-    first, then scan with a plain loop (a generator per change showed in profiles)."""
-    for transaction in completed:
-        events = transaction.events
-        if events and events[-1] is event:
-            return True
-        for e in events:
-            if e is event:
-                return True
-    return False
 
 
 def row_version(key: str, data: Mapping[str, Any]) -> Version:

@@ -9,7 +9,6 @@ service's registry.
 from __future__ import annotations
 
 from prometheus_client import Counter as MetricCounter
-from prometheus_client import Gauge
 
 from services.shared.runtime import Service
 
@@ -43,22 +42,6 @@ class OrderSyncMetrics:
         self.retries = MetricCounter(
             "ambidex_order_sync_retries_total",
             "Batches retried, by cause (conflict, unavailable, split).",
-            ("cause",),
-            registry=registry,
-        )
-        self.orphans = MetricCounter(
-            "ambidex_order_sync_orphan_transactions_total",
-            "Partially redelivered transactions already applied before a restart.",
-            registry=registry,
-        )
-        self.open_transactions = Gauge(
-            "ambidex_order_sync_open_transactions",
-            "CRM source transactions waiting for the rest of their events.",
-            registry=registry,
-        )
-        self.rejected_transactions = MetricCounter(
-            "ambidex_order_sync_rejected_transactions_total",
-            "CRM source transactions rejected whole, by cause (undecodable, incomplete).",
             ("cause",),
             registry=registry,
         )

@@ -1,7 +1,9 @@
 """What a rejected CRM transaction means to the people who entered it.
 
 A CRM source transaction with a member that cannot be read (e.g. a line whose unit
-price is NaN), or one that stayed incomplete beyond the hold bound, is rejected whole
+price is NaN), or one given up for another reason by the shared holder (incomplete
+beyond the hold bound, inconsistent, too large to hold: :mod:`services.shared.holding`)
+is rejected whole
 (nothing of it reaches the ERP, every record of it goes to the dead letters). Every
 CRM order it touched is then marked ``rejected`` in ``crm_integration.order_sync_status``
 with a reason a salesperson can act on — "line 2: unit price is not a number (NaN)" —
@@ -25,6 +27,7 @@ from services.order_sync.domain.crm_orders import (
 from services.order_sync.domain.folding import order_ids_of
 from services.shared.changes import ChangeEvent, UndecodedChange
 from services.shared.errors import BadInput
+from services.shared.holding import GivenUp, GiveUpCause
 from services.shared.transactions import CompleteTransaction
 
 
@@ -145,3 +148,18 @@ def rejection_of(
         if account is not None and account not in accounts:
             accounts[account] = general or "; ".join(described) or "rejected"
     return Rejection(orders, accounts)
+
+
+#: what a salesperson is told when a transaction was given up without a defect to name
+GIVEN_UP_REASONS = {
+    GiveUpCause.INCOMPLETE: "the change could not be read completely from the CRM",
+    GiveUpCause.INCONSISTENT: "the change could not be read completely from the CRM",
+    GiveUpCause.OVERFLOW: "the change was too large to sync",
+}
+
+
+def rejection_of_given_up(given_up: GivenUp) -> Rejection:
+    """The orders (and accounts) of a transaction the shared holder gave up."""
+    return rejection_of(
+        None, given_up.events, given_up.defects, general=GIVEN_UP_REASONS.get(given_up.cause)
+    )

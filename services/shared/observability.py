@@ -157,8 +157,27 @@ class ServiceMetrics:
         self.oldest_held_transaction_age_seconds = Gauge(
             "ambidex_oldest_held_transaction_age_seconds",
             "Seconds this process has held its oldest source transaction waiting for the "
-            "rest of its records (0 when none); ended after AMBIDEX_MAX_HOLD_SECONDS of "
-            "source time (order-sync) or 10 s (inventory-projection).",
+            "rest of its records (0 when none); given up after AMBIDEX_MAX_HOLD_SECONDS of "
+            "source time.",
+            ("service", "database"),
+            registry=registry,
+        )
+        self.held_transactions = Gauge(
+            "ambidex_held_transactions",
+            "Source transactions held waiting for the rest of their records.",
+            ("service", "database"),
+            registry=registry,
+        )
+        self.rejected_transactions_total = Counter(
+            "ambidex_rejected_transactions_total",
+            "Source transactions given up whole (every record to the dead letters), by "
+            "cause (undecodable, inconsistent, incomplete, overflow).",
+            ("service", "database", "cause"),
+            registry=registry,
+        )
+        self.orphan_transactions_total = Counter(
+            "ambidex_orphan_transactions_total",
+            "Leftovers of source transactions applied before a restart, released unapplied.",
             ("service", "database"),
             registry=registry,
         )
@@ -224,8 +243,19 @@ class ServiceMetrics:
     def set_table_rows(self, table: str, rows: int) -> None:
         self.table_rows.labels(self.service, table).set(rows)
 
-    def set_oldest_held_transaction_age(self, database: str, seconds: float) -> None:
-        self.oldest_held_transaction_age_seconds.labels(self.service, database).set(seconds)
+    def set_held_transactions(self, database: str, held: int, oldest_seconds: float) -> None:
+        """How many source transactions of ``database`` are held, and for how long (clock
+        seconds) the oldest one (see :mod:`services.shared.holding`)."""
+        self.held_transactions.labels(self.service, database).set(held)
+        self.oldest_held_transaction_age_seconds.labels(self.service, database).set(
+            oldest_seconds
+        )
+
+    def transaction_rejected(self, database: str, cause: str) -> None:
+        self.rejected_transactions_total.labels(self.service, database, cause).inc()
+
+    def orphan_transactions(self, database: str, count: int) -> None:
+        self.orphan_transactions_total.labels(self.service, database).inc(count)
 
     def source_commit_seen(self, database: str, commit_ts: float) -> None:
         """Advance the last-commit gauge of ``database`` (never moves it backwards)."""

@@ -130,12 +130,11 @@ class ServiceSettings(BaseSettings):
         gt=0,
         le=86_400,
         description=(
-            "Longest order-sync holds a CRM source transaction waiting for the rest of its "
+            "Longest a service holds a source transaction waiting for the rest of its "
             "records, in source time (commit times seen, heartbeats included, so a replay "
             "decides the same), once it has read the topics of the missing records to their "
-            "end; then the transaction is rejected whole to the dead letters. "
-            "(inventory-projection applies a transaction still incomplete after 10 s with "
-            "what arrived: its state is per row version.)"
+            "end; then the transaction is rejected whole to the dead letters (order-sync "
+            "also marks its CRM orders rejected)."
         ),
     )
     retry_max_delay_seconds: float = Field(

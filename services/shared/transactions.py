@@ -103,13 +103,20 @@ class TooManyOpenTransactions(RuntimeError):
 class InconsistentTransaction(BadInput):
     """Events and the END marker of a transaction disagree (more events than announced).
 
-    The assembler drops the transaction's buffered state; ``events`` holds what had been
-    buffered so the caller can dead-letter it together with the triggering record.
+    The assembler drops the transaction's buffered state; ``events`` and ``defects`` hold
+    what had been buffered so the caller can dead-letter it together with the triggering
+    record.
     """
 
-    def __init__(self, reason: str, events: tuple[ChangeEvent, ...] = ()) -> None:
+    def __init__(
+        self,
+        reason: str,
+        events: tuple[ChangeEvent, ...] = (),
+        defects: tuple[UndecodedChange, ...] = (),
+    ) -> None:
         super().__init__(reason)
         self.events = events
+        self.defects = defects
 
 
 # --------------------------------------------------------------------------- markers
@@ -408,11 +415,13 @@ class TransactionAssembler:
         received = state.received
         for name, count in received.items():
             if count > state.expected.get(name, 0):
+                defects = tuple(state.defects[order] for order in sorted(state.defects))
                 events = self.discard(xid)
                 raise InconsistentTransaction(
                     f"transaction {xid}: received {count} events of {name}, "
                     f"END announced {state.expected.get(name, 0)}",
                     events,
+                    defects,
                 )
         if received != state.expected:
             return []

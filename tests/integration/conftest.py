@@ -1,5 +1,6 @@
-"""Fixtures shared by the integration modules: order-sync running against the session
-stack, and admin connections to both databases (closed after each test)."""
+"""Fixtures shared by the integration modules: order-sync and inventory-projection
+running against the session stack, and admin connections to both databases (closed
+after each test)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ async def order_sync(service_process: Callable[[str], ServiceProcess]) -> Servic
     process = service_process("order-sync")
     if process.process is None or process.process.poll() is not None:
         process.start()
+    await process.wait_ready()
+    return process
+
+
+@pytest.fixture
+async def projection(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
+    """inventory-projection, started once for the session's stack and ready."""
+    process = service_process("inventory-projection")
+    if process.process is None or process.process.poll() is not None:
+        process.start()  # a previous test stopped or killed it
     await process.wait_ready()
     return process
 

@@ -203,15 +203,6 @@ async def metric(process: ServiceProcess, name: str) -> float:
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-async def projection(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
-    process = service_process(SERVICE)
-    if process.process is None or process.process.poll() is not None:
-        process.start()  # a previous test stopped or killed it
-    await process.wait_ready()
-    return process
-
-
 async def expect(
     stack: StackAddresses,
     fx: Fixture,

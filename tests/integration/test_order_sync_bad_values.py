@@ -108,7 +108,7 @@ async def nothing_held(process: ServiceProcess, stack: StackAddresses) -> None:
 
     async def released() -> bool:
         return (
-            await metric(process, "ambidex_order_sync_open_transactions") == 0
+            await metric(process, "ambidex_held_transactions") == 0
             and await committed(stack.kafka_bootstrap, tp) >= end
         )
 

@@ -129,7 +129,7 @@ def _transaction(
 def _large_order_projector(lines: int) -> tuple[Projector[int], list[Any]]:
     """A projector with the catalogue folded and a confirmed CRM order of ``lines`` lines
     (header and lines in one transaction) delivered, not yet stepped."""
-    p: Projector[int] = Projector(hold_seconds=1e9)
+    p: Projector[int] = Projector()
     catalogue, end = _transaction(
         "erp",
         [("item", {"id": 1, "sku": "A"}), ("warehouse", {"id": 1, "code": "W"})],

@@ -3,8 +3,8 @@
 Invariants protected here:
 
 * A source transaction is applied whole (DESIGN.md 3): its events and END marker are
-  held (not released for acknowledgment) until all announced events are there; an
-  incomplete one is applied after the hold time, never stuck forever.
+  held (not released for acknowledgment) until all announced events are there (what
+  is given up instead, and when: tests/unit/test_inventory_undecodable.py).
 * Transaction ids of the CRM and the ERP database are independent: the same xid in
   both never makes one database's transaction look like a redelivery of the other's.
 * Bad input (4): a negative quant is folded as zero and returned as a dead letter.
@@ -93,19 +93,6 @@ def test_the_same_xid_in_both_databases_is_two_transactions() -> None:
     p.marker("erp", end("77", {"erp.stock_quant": 1}), "erp-end")
     step = p.step()
     assert [a.on_hand for a in step.availability if a.key == KEY] == [Decimal("4.000")]
-
-
-def test_an_incomplete_transaction_is_applied_after_the_hold_time() -> None:
-    now = [0.0]
-    p: Projector[str] = Projector(hold_seconds=10.0, clock=lambda: now[0])
-    catalogue(p)
-    p.step()
-    p.change(change("erp", "stock_quant", quant(13, "2"), "60", 1), "q")
-    assert p.step().availability == []
-    now[0] = 11.0
-    step = p.step()
-    assert step.partial_transactions == 1 and "q" in step.release
-    assert [a.on_hand for a in step.availability if a.key == KEY] == [Decimal("2.000")]
 
 
 def test_negative_stock_is_folded_as_zero_and_dead_lettered() -> None:

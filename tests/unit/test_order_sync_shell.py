@@ -11,16 +11,17 @@ applied). Runs the real shell with a fake intake (the port) and no Kafka or data
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from services.order_sync.app import CRM_COLLECTIONS, CRM_TRANSACTION_TOPIC, OrderSync
-from services.order_sync.assembly import HeldTransactions
 from services.shared.batches import RecordBatch
 from services.shared.changes import ChangeEvent
 from services.shared.errors import BadInput
+from services.shared.holding import TransactionHolder
 from services.shared.runtime import build_service
 from services.shared.settings import load_settings
 from services.shared.transactions import TransactionMarker
@@ -53,7 +54,9 @@ def _record(topic: str, offset: int) -> ConsumerRecord[bytes, bytes]:
 
 async def test_a_transaction_beyond_the_limits_goes_whole_to_the_dead_letters() -> None:
     sync = OrderSync(build_service(load_settings("order-sync", {})))
-    sync.crm.held = HeldTransactions(CRM_COLLECTIONS, max_buffered_events=3)
+    sync.crm.held = TransactionHolder(
+        "crm", CRM_COLLECTIONS, max_hold=timedelta(seconds=300), max_buffered_events=3
+    )
     items: dict[tuple[str, int], ChangeEvent | TransactionMarker] = {
         (LINES, 0): change("20", 1, "sales_order_line", row_id=201),
         (LINES, 1): change("20", 2, "sales_order_line", row_id=202),

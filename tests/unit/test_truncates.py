@@ -155,7 +155,7 @@ def _reserved(p: Projector[str]) -> Decimal:
 
 @pytest.fixture
 def projector() -> Projector[str]:
-    p: Projector[str] = Projector(hold_seconds=60)
+    p: Projector[str] = Projector()
     _send(
         p,
         _event("erp", "item", ChangeOp.CREATE, {"id": ITEM, "sku": "A"}, 10),

@@ -1,0 +1,98 @@
+"""inventory-projection against the real stack: a source transaction is applied whole
+or given up whole, never in part (DESIGN.md 3 and 4; the shared holder's policies).
+
+One ERP transaction changes a fresh item's quant and adds a quant with a NaN quantity
+in another warehouse (the ``*_finite`` check dropped for the test, as in a database
+that predates it). The whole transaction is given up: the readable change is NOT
+applied (before the shared holder, the readable rows were), both records are in
+dlq.inventory-projection with the reason, nothing stays held, and the service goes on:
+the quant's next change is applied (state is a function of the latest row versions).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ambidex.stack.local import StackAddresses
+from services.shared.deadletters import read_dead_letters
+from tests.conftest import ServiceProcess, wait_until
+from tests.integration.test_inventory_projection import (
+    SERVICE,
+    connections,
+    expect,
+    metric,
+    new_fixture,
+    quantities,
+    receive,
+)
+
+pytestmark = pytest.mark.integration
+
+FINITE = "stock_quant_quantity_finite"
+
+
+async def test_a_transaction_with_an_unreadable_quant_is_given_up_whole(
+    projection: ServiceProcess, stack: StackAddresses, unique: str
+) -> None:
+    fx = await new_fixture(stack, unique)
+    crm, erp = await connections(stack)
+    try:
+        other = await erp.fetchval(
+            "INSERT INTO erp.warehouse (code, name) VALUES ($1, $1) RETURNING id",
+            f"WH2-{unique}",
+        )
+        readable = await receive(erp, fx, 3)
+        await expect(stack, fx, quantities(3, 0, 0, 3))
+        await erp.execute(f"ALTER TABLE erp.stock_quant DROP CONSTRAINT {FINITE}")
+        try:
+            # one ERP transaction: a readable change of the quant, and a NaN quant
+            async with erp.transaction():
+                await erp.execute(
+                    "UPDATE erp.stock_quant SET quantity = 5 WHERE id = $1", readable
+                )
+                unreadable = await erp.fetchval(
+                    """INSERT INTO erp.stock_quant (item_id, warehouse_id, quantity)
+                       VALUES ($1, $2, 'NaN') RETURNING id""",
+                    fx.item_id, other,
+                )
+        finally:
+            await erp.execute("DELETE FROM erp.stock_quant WHERE quantity = 'NaN'")
+            await erp.execute(
+                f"ALTER TABLE erp.stock_quant ADD CONSTRAINT {FINITE} CHECK (quantity NOT IN "
+                "('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric))"
+            )
+
+        letters: dict[int, str] = {}
+
+        async def both_dead_lettered() -> bool:
+            letters.clear()
+            async for _, letter in read_dead_letters(
+                stack.kafka_bootstrap, SERVICE, limit=None, idle_timeout_s=5.0
+            ):
+                if letter.source_topic == "cdc.erp.stock_quant" and letter.key is not None:
+                    row = json.loads(letter.key).get("id")
+                    if row in (readable, unreadable) and "rejected whole" in letter.reason:
+                        letters[row] = letter.reason
+            return len(letters) == 2
+
+        # applied in part (before the shared holder), the readable change was applied
+        # and only the NaN record was a dead letter
+        await wait_until(both_dead_lettered, timeout=90, interval=1.0)
+        assert "not a number" in letters[unreadable]
+        assert "not a number" in letters[readable]  # it names what made it fail
+        current = await expect(stack, fx, lambda _: True)
+        assert current.on_hand == 3  # decided: the transaction's update is not applied
+        assert await metric(projection, "ambidex_rejected_transactions_total") >= 1
+
+        async def nothing_held() -> bool:
+            return await metric(projection, "ambidex_held_transactions") == 0
+
+        await wait_until(nothing_held, timeout=60)
+        # the service goes on; the quant counts again with its next version
+        await erp.execute("UPDATE erp.stock_quant SET quantity = 6 WHERE id = $1", readable)
+        await expect(stack, fx, quantities(6, 0, 0, 6))
+    finally:
+        await crm.close()
+        await erp.close()

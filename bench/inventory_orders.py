@@ -188,8 +188,8 @@ def _check(projector: Projector[int], lines: int) -> None:
     store = projector.store
     expected = Decimal(0)
     for n in range(1, lines + 1):
-        line = store.versions[(("crm", "sales_order_line"), 100_000 + n)].record
-        erp = store.versions[(("erp", "sales_order_line"), 200_000 + n)].record
+        line = store.version(("crm", "sales_order_line"), 100_000 + n).record  # type: ignore[union-attr]
+        erp = store.version(("erp", "sales_order_line"), 200_000 + n).record  # type: ignore[union-attr]
         expected += max(line.quantity - erp.qty_reserved, Decimal(0))  # type: ignore[union-attr]
     availability = store.availability(AvailabilityKey(ITEM_ID, WAREHOUSE_ID))
     assert availability is not None

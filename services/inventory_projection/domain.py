@@ -134,6 +134,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import orjson
 
+from services.inventory_projection.batch_cache import BatchCache, IdSets, MemberIndex, id_bytes
 from services.inventory_projection.demand import DemandBook, OrderDemand
 from services.inventory_projection.ledger import (
     INCOMING,
@@ -1233,39 +1234,100 @@ class _Watermarks:
         return min(self.crm, self.erp)
 
 
+#: The tables whose row versions are kept in memory: bounded by the catalogue.
+CATALOGUE_TABLES = (ITEM, WAREHOUSE, PRODUCT)
+#: The tables whose row versions grow with the order history: kept in the state only.
+ORDER_TABLES = (CRM_ORDER, CRM_ORDER_LINE, ERP_ORDER, ERP_ORDER_LINE)
+#: The state's layout (in the meta): 2 = order indexes and demand kept in the state
+#: (``n:`` and ``d:`` entries); a state without it has them derived once at load.
+LAYOUT = 2
+#: The indexes over the order rows, by state key prefix: ``n:L<order>`` CRM lines of an
+#: order, ``n:N<order><line_no>`` of an order and line_no, ``n:E<crm order>`` the ERP
+#: orders of a CRM order, ``n:F<erp order>`` ERP lines of an order, ``n:G<erp
+#: order><line_no>`` of an order and line_no (one entry per group); ``n:P<product><line>``
+#: CRM lines of a product and ``n:C<code><order>`` CRM orders naming a warehouse code
+#: (one entry per member: they grow with the history and are read by catalogue changes).
+ORDER_INDEXES = ("n:L", "n:N", "n:E", "n:F", "n:G", "n:P", "n:C")
+
+
+def _version_prefix(table: Table) -> bytes:
+    return f"v:{table[0]}.{table[1]}:".encode()
+
+
+def _version_cache(kv: KeyValue, table: Table) -> BatchCache[int, Version]:
+    def decode(raw: bytes) -> Version:
+        return Version.from_dict(table, orjson.loads(raw))
+
+    def encode(version: Version) -> bytes:
+        return orjson.dumps(version.to_dict())
+
+    return BatchCache(kv, _version_prefix(table), lambda i: str(i).encode(), encode, decode)
+
+
+def _code_group(code: str | None) -> bytes:
+    """A warehouse code as an index group: length-prefixed (None: no code)."""
+    if code is None:
+        return b"\xff\xff"
+    raw = code.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+class _DemandCodec:
+    """How the :class:`~.demand.DemandBook` stores a line's demand or reason."""
+
+    @staticmethod
+    def encode(entry: CrmDemandLine | Unresolved) -> Any:
+        if isinstance(entry, CrmDemandLine):
+            return [
+                entry.crm_line_id,
+                entry.crm_order_id,
+                entry.item_id,
+                entry.warehouse_id,
+                str(entry.quantity),
+                str(entry.covered),
+            ]
+        return [entry.crm_line_id, entry.reason, entry.source]
+
+    @staticmethod
+    def decode(data: Any, counts: bool) -> CrmDemandLine | Unresolved:
+        if counts:
+            line, order, item, warehouse, qty, covered = data
+            return CrmDemandLine(line, order, item, warehouse, Decimal(qty), Decimal(covered))
+        return Unresolved(data[0], data[1], data[2])
+
+    @staticmethod
+    def key(item_id: int, warehouse_id: int | None) -> AvailabilityKey:
+        return AvailabilityKey(item_id, warehouse_id)
+
+
+_DEMAND_CODEC = _DemandCodec()
+
+
 @dataclass
 class RowStore:
     """The fold of every source row the projection needs, plus derived indexes.
 
     Stock rows (:data:`STOCK_TABLES`, a million keys in production) live compactly in
-    the :class:`~.ledger.StockLedger` over :attr:`kv`; every other row version (the
-    catalogue and the orders, needed whole to resolve CRM demand) is kept in
-    :attr:`versions` and written through to :attr:`kv` (``v:`` keys) as it changes, the
-    meta with :meth:`save_meta`. :meth:`load` rebuilds a store from a ``kv``; the
-    in-memory indexes are derived and never persisted.
+    the :class:`~.ledger.StockLedger` over :attr:`kv`. The catalogue's row versions
+    (items, warehouses, products: bounded by the catalogue, read by every change) are
+    kept in memory and written through to :attr:`kv` (``v:`` keys). Everything that
+    grows with the order history stays in :attr:`kv` and is decoded per batch (issue 9,
+    7d): the order row versions (``v:`` keys), the indexes that find a line's inputs
+    (:data:`ORDER_INDEXES`) and each line's demand with its sums (the
+    :class:`~.demand.DemandBook`); :meth:`flush` writes what a batch changed and empties
+    those caches. The meta is written with :meth:`save_meta`. :meth:`load` opens a
+    store over a ``kv`` (reading the catalogue only).
     """
 
     kv: KeyValue = field(default_factory=MemoryState)
-    versions: dict[tuple[Table, int], Version] = field(default_factory=dict)
     revision: int = 0
     watermarks: _Watermarks = field(default_factory=_Watermarks)
-    # derived indexes
+    #: the catalogue's row versions (everything else is in :attr:`kv`)
+    catalogue: dict[tuple[Table, int], Version] = field(default_factory=dict)
+    # derived catalogue indexes
     _items_by_sku: dict[str, set[int]] = field(default_factory=dict)
     _warehouses_by_code: dict[str, set[int]] = field(default_factory=dict)
     _products_by_sku: dict[str, set[int]] = field(default_factory=dict)
-    _lines_by_order: dict[int, set[int]] = field(default_factory=dict)
-    #: CRM lines by (order, line_no), ERP lines by (ERP order, line_no): what one ERP
-    #: line covers, and what covers one CRM line, without walking either order
-    _lines_by_order_no: dict[tuple[int, int], set[int]] = field(default_factory=dict)
-    _lines_by_product: dict[int, set[int]] = field(default_factory=dict)
-    _orders_by_code: dict[str | None, set[int]] = field(default_factory=dict)
-    _erp_orders_by_crm: dict[int, set[int]] = field(default_factory=dict)
-    _erp_lines_by_order: dict[int, set[int]] = field(default_factory=dict)
-    _erp_lines_by_order_no: dict[tuple[int, int], set[int]] = field(default_factory=dict)
-    #: each CRM line's demand (or why none yet), with per-key and per-order sums
-    _demand: DemandBook[CrmDemandLine, Unresolved] = field(default_factory=DemandBook)
-    #: per item, the warehouses it has resolved CRM demand in (count of lines)
-    _warehouses_of_item: dict[int, dict[int, int]] = field(default_factory=dict)
     _unknown_cache: tuple[tuple[int, int], frozenset[int]] | None = None
     #: ids of the items and warehouses present (the stock fold's known-ness check)
     _item_ids: set[int] = field(default_factory=set)
@@ -1273,7 +1335,25 @@ class RowStore:
     _catalogue_epoch: int = 0
 
     def __post_init__(self) -> None:
-        self.ledger = StockLedger(self.kv)
+        kv = self.kv
+        self.ledger = StockLedger(kv)
+        #: the order tables' row versions, decoded once per batch
+        self._orders: dict[Table, BatchCache[int, Version]] = {
+            table: _version_cache(kv, table) for table in ORDER_TABLES
+        }
+        # indexes over the order rows (see ORDER_INDEXES): CRM lines by (order,
+        # line_no), ERP lines by (ERP order, line_no): what one ERP line covers, and
+        # what covers one CRM line, without walking either order
+        self._lines_by_order = IdSets(kv, b"n:L")
+        self._lines_by_order_no = IdSets(kv, b"n:N")
+        self._erp_orders_by_crm = IdSets(kv, b"n:E")
+        self._erp_lines_by_order = IdSets(kv, b"n:F")
+        self._erp_lines_by_order_no = IdSets(kv, b"n:G")
+        self._lines_by_product = MemberIndex(kv, b"n:P")
+        self._orders_by_code = MemberIndex(kv, b"n:C")
+        #: each CRM line's demand (or why none yet), with per-key, per-item and
+        #: per-order sums
+        self._demand: DemandBook[CrmDemandLine, Unresolved] = DemandBook(kv, _DEMAND_CODEC)
 
     # ------------------------------------------------------------------ persistence
 
@@ -1284,6 +1364,7 @@ class RowStore:
             "crm": self.watermarks.crm.isoformat(),
             "erp": self.watermarks.erp.isoformat(),
             "stock_keys": self.ledger.key_count,
+            "layout": LAYOUT,
         }
 
     def save_meta(self) -> None:
@@ -1291,9 +1372,27 @@ class RowStore:
         self.flush()
         self.kv.put(META_KEY, orjson.dumps(self.meta()))
 
-    def flush(self) -> None:
-        """Write what is only cached (the ledger's aggregates) to :attr:`kv`."""
-        self.ledger.flush()
+    def flush(self, *, keep: bool = False) -> None:
+        """Write what is only cached (the ledger's aggregates, the order rows, their
+        indexes and demand changed in the batch) to :attr:`kv`, and empty the caches
+        (``keep`` them: mid-batch, before a scan of the state)."""
+        self.ledger.flush(keep=keep)
+        for cache in self._order_caches():
+            cache.flush(keep=keep)
+        self._demand.flush(keep=keep)
+
+    def _order_caches(self) -> Iterator[BatchCache[Any, Any]]:
+        yield from self._orders.values()
+        yield self._lines_by_order
+        yield self._lines_by_order_no
+        yield self._erp_orders_by_crm
+        yield self._erp_lines_by_order
+        yield self._erp_lines_by_order_no
+
+    def held_entries(self) -> int:
+        """Order rows, index and demand entries decoded and held in memory now: bounded
+        by the batch (a flush empties them), never by the history."""
+        return sum(c.held() for c in self._order_caches()) + self._demand.held()
 
     def _load_meta(self, meta: Mapping[str, Any]) -> None:
         self.revision = int(meta["revision"])
@@ -1309,14 +1408,31 @@ class RowStore:
     def load(cls, kv: KeyValue) -> RowStore:
         """The store persisted in ``kv`` (empty ``kv``: an empty store)."""
         store = cls(kv)
-        for key, raw in kv.scan(b"v:"):
-            table, row_id = parse_storage_key(key[2:].decode())
-            store._put(table, row_id, Version.from_dict(table, orjson.loads(raw)))
-        store._resolve_all()
-        meta = kv.get(META_KEY)
-        if meta is not None:
-            store._load_meta(orjson.loads(meta))
+        for table in CATALOGUE_TABLES:
+            for key, raw in kv.scan(_version_prefix(table)):
+                _, row_id = parse_storage_key(key[2:].decode())
+                version = Version.from_dict(table, orjson.loads(raw))
+                store.catalogue[(table, row_id)] = version
+                store._add_record(table, row_id, version.record)
+        raw_meta = kv.get(META_KEY)
+        if raw_meta is not None:
+            meta = orjson.loads(raw_meta)
+            store._load_meta(meta)
+            if meta.get("layout") != LAYOUT:
+                # a state from before the order indexes and demand were kept in it
+                # (they were derived in memory at every start): derive them once
+                store._index_orders()
         return store
+
+    def _index_orders(self) -> None:
+        """Index every stored order row and resolve every CRM line (a state written
+        before :data:`LAYOUT` 2; written to :attr:`kv` with the next batch)."""
+        for table in ORDER_TABLES:
+            for key, raw in list(self.kv.scan(_version_prefix(table))):
+                _, row_id = parse_storage_key(key[2:].decode())
+                self._add_record(table, row_id, Version.from_dict(table, orjson.loads(raw)).record)
+        self.flush(keep=True)
+        self._resolve_all()
 
     @classmethod
     def restore(
@@ -1339,14 +1455,16 @@ class RowStore:
                 store._put(table, row_id, version)
         store.flush()
         store._resolve_all()
+        store.flush()
         if meta:
             store._load_meta(meta)
         return store
 
     def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Row versions of the catalogue and order tables (stock rows are in the ledger)."""
-        for (table, row_id), version in self.versions.items():
-            yield storage_key(table, row_id), version.to_dict()
+        self.flush(keep=True)
+        for key, raw in self.kv.scan(b"v:"):
+            yield key[2:].decode(), orjson.loads(raw)
 
     # ------------------------------------------------------------------ time
 
@@ -1481,7 +1599,7 @@ class RowStore:
         self, table: Table, row_id: int, position: SourcePosition, record: Record | None
     ) -> Pausable[Applied]:
         """Fold a catalogue or order row version (pausable: see :meth:`apply_sliced`)."""
-        current = self.versions.get((table, row_id))
+        current = self.version(table, row_id)
         if current is not None and position <= current.position:
             if position == current.position and table in (CRM_ORDER_LINE, CRM_ORDER):
                 # a redelivery of the version stored may still await its verdict
@@ -1491,10 +1609,8 @@ class RowStore:
         version = Version(position, record)
         before_keys, before_orders = self._dependents(table, old)
         self._remove(table, row_id, old)
-        self.versions[(table, row_id)] = version
-        self._add_record(table, row_id, record)
+        self._put(table, row_id, version)
         key = storage_key(table, row_id)
-        self.kv.put(b"v:" + key.encode(), orjson.dumps(version.to_dict()))
         if table == WAREHOUSE:
             self._catalogue_epoch += 1
         after_keys, after_orders = self._dependents(table, record)
@@ -1581,7 +1697,7 @@ class RowStore:
                 f"after the change; the row is held and counted once the reference appears",
             )
         if table in (CRM_ORDER_LINE, CRM_ORDER):
-            version = self.versions.get((table, row_id))
+            version = self.version(table, row_id)
             if version is None or version.position != position:
                 return None
             unresolved = self._unresolved_lines(table, row_id)
@@ -1604,11 +1720,34 @@ class RowStore:
     # ------------------------------------------------------------------ internals
 
     def _put(self, table: Table, row_id: int, version: Version) -> None:
-        self.versions[(table, row_id)] = version
+        """Store a row version (its record indexed; the old one's index entries are
+        the caller's to remove)."""
+        cache = self._orders.get(table)
+        if cache is None:  # the catalogue: in memory, written through
+            self.catalogue[(table, row_id)] = version
+            self.kv.put(
+                _version_prefix(table) + str(row_id).encode(), orjson.dumps(version.to_dict())
+            )
+        else:
+            cache.put(row_id, version)
         self._add_record(table, row_id, version.record)
 
+    def version(self, table: Table, row_id: int) -> Version | None:
+        """The stored version of a catalogue or order row (None: never seen)."""
+        cache = self._orders.get(table)
+        if cache is None:
+            return self.catalogue.get((table, row_id))
+        return cache.get(row_id)
+
+    def versions_of(self, table: Table) -> Iterator[tuple[int, Version]]:
+        """Every stored version of a catalogue or order table's rows (a scan)."""
+        self.flush(keep=True)
+        for key, raw in self.kv.scan(_version_prefix(table)):
+            _, row_id = parse_storage_key(key[2:].decode())
+            yield row_id, Version.from_dict(table, orjson.loads(raw))
+
     def _record(self, table: Table, row_id: int) -> Any:
-        version = self.versions.get((table, row_id))
+        version = self.version(table, row_id)
         return None if version is None else version.record
 
     def _add_record(self, table: Table, row_id: int, record: Record | None) -> None:
@@ -1624,6 +1763,9 @@ class RowStore:
         def put(index: dict[Any, set[int]], key: Any) -> None:
             (_add if add else _discard)(index, key, row_id)
 
+        def put_kv(index: IdSets | MemberIndex, group: bytes) -> None:
+            (index.add if add else index.discard)(group, row_id)
+
         if isinstance(record, ErpItem):
             put(self._items_by_sku, record.sku)
             (self._item_ids.add if add else self._item_ids.discard)(row_id)
@@ -1633,26 +1775,17 @@ class RowStore:
         elif isinstance(record, CrmProduct):
             put(self._products_by_sku, record.sku)
         elif isinstance(record, CrmOrder):
-            put(self._orders_by_code, record.warehouse_code)
+            put_kv(self._orders_by_code, _code_group(record.warehouse_code))
         elif isinstance(record, CrmOrderLine):
-            put(self._lines_by_order, record.order_id)
-            put(self._lines_by_order_no, (record.order_id, record.line_no))
-            put(self._lines_by_product, record.product_id)
+            put_kv(self._lines_by_order, id_bytes(record.order_id))
+            put_kv(self._lines_by_order_no, id_bytes(record.order_id, record.line_no))
+            put_kv(self._lines_by_product, id_bytes(record.product_id))
         elif isinstance(record, ErpOrder):
             if record.crm_order_id is not None:
-                put(self._erp_orders_by_crm, record.crm_order_id)
+                put_kv(self._erp_orders_by_crm, id_bytes(record.crm_order_id))
         elif isinstance(record, ErpOrderLine):
-            put(self._erp_lines_by_order, record.order_id)
-            put(self._erp_lines_by_order_no, (record.order_id, record.line_no))
-
-    def _count_warehouse(self, key: AvailabilityKey, delta: int) -> None:
-        assert key.warehouse_id is not None
-        counts = self._warehouses_of_item.setdefault(key.item_id, {})
-        counts[key.warehouse_id] = counts.get(key.warehouse_id, 0) + delta
-        if counts[key.warehouse_id] <= 0:
-            del counts[key.warehouse_id]
-        if not counts:
-            del self._warehouses_of_item[key.item_id]
+            put_kv(self._erp_lines_by_order, id_bytes(record.order_id))
+            put_kv(self._erp_lines_by_order_no, id_bytes(record.order_id, record.line_no))
 
     def _dependents(
         self, table: Table, record: Record | None
@@ -1669,9 +1802,9 @@ class RowStore:
                 orders |= self._orders_of_product(product_id)
         elif isinstance(record, Warehouse):
             items = self.ledger.items_in(record.id)
-            items |= {i for i, counts in self._warehouses_of_item.items() if record.id in counts}
+            items |= {i for i, counts in self._demand.items() if record.id in counts}
             keys |= {AvailabilityKey(item_id, record.id) for item_id in items}
-            orders |= set(self._orders_by_code.get(record.code, ()))
+            orders |= self._orders_by_code.ids(_code_group(record.code))
         elif isinstance(record, CrmProduct):
             orders |= self._orders_of_product(record.id)
         elif isinstance(record, CrmOrder):
@@ -1691,7 +1824,7 @@ class RowStore:
 
     def _orders_of_product(self, product_id: int) -> set[int]:
         orders: set[int] = set()
-        for line_id in self._lines_by_product.get(product_id, ()):
+        for line_id in self._lines_by_product.ids(id_bytes(product_id)):
             line = self._record(CRM_ORDER_LINE, line_id)
             if isinstance(line, CrmOrderLine):
                 orders.add(line.order_id)
@@ -1714,14 +1847,14 @@ class RowStore:
         lines: set[int] = set()
         if table == CRM_ORDER:
             if _order_terms(old) != _order_terms(new):
-                lines |= self._lines_by_order.get(row_id, set())
+                lines |= self._lines_by_order.ids(id_bytes(row_id))
         elif table == ERP_ORDER_LINE:
             for record in (old, new):
                 if isinstance(record, ErpOrderLine):
                     crm_order_id = self._covered_order(record.order_id)
                     if crm_order_id is not None:
-                        lines |= self._lines_by_order_no.get(
-                            (crm_order_id, record.line_no), set()
+                        lines |= self._lines_by_order_no.ids(
+                            id_bytes(crm_order_id, record.line_no)
                         )
         elif table == ERP_ORDER:
             if _coverage(old) != _coverage(new):
@@ -1729,21 +1862,21 @@ class RowStore:
         elif _sku(old) != _sku(new):  # an item or product named or renamed
             for record in (old, new):
                 if isinstance(record, CrmProduct):
-                    lines |= self._lines_by_product.get(record.id, set())
+                    lines |= self._lines_by_product.ids(id_bytes(record.id))
                 elif isinstance(record, ErpItem):
                     for product_id in self._products_by_sku.get(record.sku, ()):
-                        lines |= self._lines_by_product.get(product_id, set())
+                        lines |= self._lines_by_product.ids(id_bytes(product_id))
         elif _code(old) != _code(new):  # a warehouse named or renamed
             for record in (old, new):
                 if isinstance(record, Warehouse):
-                    for order_id in self._orders_by_code.get(record.code, ()):
-                        lines |= self._lines_by_order.get(order_id, set())
+                    for order_id in self._orders_by_code.ids(_code_group(record.code)):
+                        lines |= self._lines_by_order.ids(id_bytes(order_id))
         return lines
 
     def _lines_of_coverage(self, erp_order_id: int, crm_orders: set[int | None]) -> set[int]:
         """The lines of ``crm_orders`` with a line_no the ERP order has a line for."""
         numbers = set()
-        for erp_line_id in self._erp_lines_by_order.get(erp_order_id, ()):
+        for erp_line_id in self._erp_lines_by_order.ids(id_bytes(erp_order_id)):
             erp_line = self._record(ERP_ORDER_LINE, erp_line_id)
             if isinstance(erp_line, ErpOrderLine):
                 numbers.add(erp_line.line_no)
@@ -1751,7 +1884,7 @@ class RowStore:
         for crm_order_id in crm_orders:
             if crm_order_id is not None:
                 for line_no in numbers:
-                    lines |= self._lines_by_order_no.get((crm_order_id, line_no), set())
+                    lines |= self._lines_by_order_no.ids(id_bytes(crm_order_id, line_no))
         return lines
 
     def _covered_order(self, erp_order_id: int) -> int | None:
@@ -1771,16 +1904,13 @@ class RowStore:
                 keys.add(before.key)
             if isinstance(after, CrmDemandLine):
                 keys.add(after.key)
-                self._count_warehouse(after.key, 1)
-            if before is not None:
-                self._count_warehouse(before.key, -1)
         return keys
 
     def _resolve_all(self) -> None:
         lines = [
             row_id
-            for (table, row_id), version in self.versions.items()
-            if table == CRM_ORDER_LINE and version.record is not None
+            for row_id, version in self.versions_of(CRM_ORDER_LINE)
+            if version.record is not None
         ]
         run_to_end(self._reresolve(lines))
 
@@ -1811,11 +1941,11 @@ class RowStore:
         product = self._record(PRODUCT, line.product_id)
         sku = product.sku if isinstance(product, CrmProduct) else None
         erp_lines: list[ErpOrderLine] = []
-        for erp_order_id in self._erp_orders_by_crm.get(line.order_id, ()):
+        for erp_order_id in self._erp_orders_by_crm.ids(id_bytes(line.order_id)):
             erp_order = self._record(ERP_ORDER, erp_order_id)
             if isinstance(erp_order, ErpOrder) and erp_order.covers:
-                for erp_line_id in self._erp_lines_by_order_no.get(
-                    (erp_order_id, line.line_no), ()
+                for erp_line_id in self._erp_lines_by_order_no.ids(
+                    id_bytes(erp_order_id, line.line_no)
                 ):
                     erp_line = self._record(ERP_ORDER_LINE, erp_line_id)
                     if isinstance(erp_line, ErpOrderLine):
@@ -1843,7 +1973,7 @@ class RowStore:
 
     def warehouses_of(self, item_id: int) -> set[int]:
         """Warehouses in which the item has any stock row or demand (known or not)."""
-        return self.ledger.warehouses_of(item_id) | set(self._warehouses_of_item.get(item_id, {}))
+        return self.ledger.warehouses_of(item_id) | set(self._demand.warehouses_of(item_id))
 
     def _known_warehouse(self, warehouse_id: int) -> bool:
         return self.warehouse(warehouse_id) is not None
@@ -1865,7 +1995,10 @@ class RowStore:
     def iter_keys(self, after: AvailabilityKey | None = None) -> Iterator[AvailabilityKey]:
         """:meth:`keys` in ``(item, warehouse)`` order, each item's overall key first,
         from after ``after`` on (stock keys from the ledger, then demand-only keys)."""
-        demand: dict[int, set[int]] = {i: set(c) for i, c in self._warehouses_of_item.items()}
+        # demand-only keys are listed on the first pass of a round only (a scan)
+        demand: dict[int, set[int]] = (
+            {i: set(c) for i, c in self._demand.items()} if after is None else {}
+        )
         start = None
         if after is not None:
             wh = after.warehouse_id
@@ -1890,9 +2023,6 @@ class RowStore:
                 yield AvailabilityKey(item_id, None)
             for warehouse_id in known:
                 yield AvailabilityKey(item_id, warehouse_id)
-
-    def demand_lines(self, key: AvailabilityKey) -> list[CrmDemandLine]:
-        return self._demand.lines_in(key)
 
     def availability(self, key: AvailabilityKey) -> Availability | None:
         """The figures of ``key`` now; None for an unknown item or warehouse, or an
@@ -1928,7 +2058,7 @@ class RowStore:
                 break
             stock.subtract(self.ledger.aggregate(item.id, warehouse_id))
         demand_warehouses = [
-            w for w in self._warehouses_of_item.get(item.id, {}) if self._known_warehouse(w)
+            w for w in self._demand.warehouses_of(item.id) if self._known_warehouse(w)
         ]
         if stock.rows <= 0 and not demand_warehouses:
             return None
@@ -1986,7 +2116,7 @@ class RowStore:
         order = self._record(CRM_ORDER, crm_order_id)
         if not isinstance(order, CrmOrder) or not order.is_live:
             return None
-        line_ids = self._lines_by_order.get(crm_order_id)
+        line_ids = self._lines_by_order.ids(id_bytes(crm_order_id))
         if not line_ids:
             return None
         demand: OrderDemand | None = self._demand.order(crm_order_id)

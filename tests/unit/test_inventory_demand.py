@@ -52,6 +52,7 @@ from services.inventory_projection.domain import (
     Warehouse,
     resolve_demand_line,
 )
+from services.inventory_projection.state import MemoryState
 from services.shared.position import SourcePosition
 
 D = Decimal
@@ -64,8 +65,12 @@ def _line(line_id: int, order_id: int, key: tuple[int, int], qty: str) -> CrmDem
     return CrmDemandLine(line_id, order_id, key[0], key[1], D(qty), ZERO)
 
 
+def _book() -> DemandBook[CrmDemandLine, Unresolved]:
+    return DemandBook(MemoryState(), domain._DEMAND_CODEC)
+
+
 def test_book_keeps_key_and_order_sums_as_lines_are_replaced() -> None:
-    book: DemandBook[CrmDemandLine, Unresolved] = DemandBook()
+    book = _book()
     k1, k2 = AvailabilityKey(1, 1), AvailabilityKey(1, 2)
     book.replace(1, 10, _line(1, 10, k1, "2.500"), counts=True)
     book.replace(2, 10, _line(2, 10, k1, "1.250"), counts=True)
@@ -78,7 +83,7 @@ def test_book_keeps_key_and_order_sums_as_lines_are_replaced() -> None:
     assert before is not None and before.key == k1
     assert (book.pending(k1), book.pending(k2)) == (D("2.500"), D(5))
     book.replace(1, 10, Unresolved(1, "no ERP item"), counts=False)
-    assert book.pending(k1) == ZERO and book.lines_in(k1) == []
+    assert book.pending(k1) == ZERO and book.lines(k1) == 0 and book.lines(k2) == 2
     assert book.unresolved_of(10) == [Unresolved(1, "no ERP item")]
     order = book.order(10)
     assert order is not None and order.counted == 1 and order.pending == {k2: D(1)}
@@ -89,11 +94,12 @@ def test_book_keeps_key_and_order_sums_as_lines_are_replaced() -> None:
     assert str(book.pending(k2)) == "4.000"
     book.replace(3, 11, None, counts=False)
     assert book.pending(k2) == ZERO and book.order(11) is None
-    assert book.resolved == {} and book.unresolved == {}
+    book.flush()
+    assert isinstance(book.kv, MemoryState) and book.kv.data == {}  # nothing left behind
 
 
 def test_a_zero_pending_line_still_counts_its_key_in_the_order() -> None:
-    book: DemandBook[CrmDemandLine, Unresolved] = DemandBook()
+    book = _book()
     key = AvailabilityKey(3, 4)
     covered = CrmDemandLine(1, 7, 3, 4, D(5), D(5))
     book.replace(1, 7, covered, counts=True)
@@ -174,9 +180,7 @@ WEIGHTS = {ITEM: 1, WAREHOUSE: 1, PRODUCT: 1, CRM_ORDER: 3, CRM_ORDER_LINE: 6,
 
 def _present(store: RowStore, table: Table) -> dict[int, Any]:
     return {
-        row_id: v.record
-        for (t, row_id), v in store.versions.items()
-        if t == table and v.record is not None
+        row_id: v.record for row_id, v in store.versions_of(table) if v.record is not None
     }
 
 

@@ -31,8 +31,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from services.inventory_projection.domain import CRM, ERP, AvailabilityKey
+from services.inventory_projection.available_to_promise import AvailabilityKey
 from services.inventory_projection.projector import Projector
+from services.inventory_projection.source_rows import CRM, ERP
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.position import SourcePosition
 from services.shared.transactions import TransactionMarker, TransactionStatus

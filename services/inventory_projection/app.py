@@ -70,13 +70,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge
 
-from services.inventory_projection.domain import (
-    CRM,
-    ERP,
-    OVERALL_CODE,
-    Availability,
-    AvailabilityKey,
-)
+from services.inventory_projection.available_to_promise import Availability, AvailabilityKey
 from services.inventory_projection.emit import (
     AvailabilityEncoder,
     TopicKeys,
@@ -85,6 +79,7 @@ from services.inventory_projection.emit import (
 from services.inventory_projection.projector import Projector, Removed, Step, parse_heartbeat
 from services.inventory_projection.recompute import AVAILABILITY_SPEC, availability_upsert
 from services.inventory_projection.rocks import RocksState
+from services.inventory_projection.source_rows import CRM, ERP, OVERALL_CODE
 from services.inventory_projection.state import MemoryState, Overlay, StateStore
 from services.inventory_projection.writeback import write_availability
 from services.shared.batches import (

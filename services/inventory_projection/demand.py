@@ -1,7 +1,7 @@
 """The CRM-demand side of the projection's state: each line's demand and the sums kept
 beside it (pure; kept in the :class:`~.state.KeyValue` state, decoded per batch).
 
-:class:`~.domain.RowStore` resolves every CRM order line to *demand* (pending quantity
+:class:`~.order_rows.OrderRows` resolves every CRM order line to *demand* (pending quantity
 counted in one item x warehouse key), to the reason it cannot be counted yet, or to
 nothing (its order is not live). :class:`DemandBook` keeps that entry per line and,
 updated as each entry is replaced (the old one subtracted, the new one added, like the
@@ -11,7 +11,7 @@ stock :class:`~.ledger.StockLedger`), everything the queries need:
 * per item: the warehouses it has demand in, with their line counts (overall figures);
 * per CRM order: pending per key, how many lines are counted, which are unresolved
   (the shortage evaluation, the unknown-reference verdict of an order);
-* every unresolved line (listed by :meth:`~.domain.RowStore.unresolved`).
+* every unresolved line (listed by :meth:`~.row_store.RowStore.unresolved`).
 
 So the cost of one line's change does not depend on how many lines its order or its
 key has (issue 9: a 5,000-line order walked every line of itself, and of its ERP order,

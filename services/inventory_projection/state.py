@@ -1,6 +1,6 @@
 """Where inventory-projection keeps its state: a small ordered key-value port (no I/O here).
 
-The pure core (:mod:`~services.inventory_projection.domain`,
+The pure core (:mod:`~services.inventory_projection.row_store`,
 :mod:`~services.inventory_projection.ledger`, :mod:`~services.inventory_projection.projector`)
 reads and writes raw ``bytes -> bytes`` entries through :class:`KeyValue`. Why a port
 and not Python dicts: with a million item x warehouse keys the state does not fit the
@@ -17,6 +17,8 @@ in the middle of a batch leaves the previous batch's state, never half of one.
 Key layout (all ids 8-byte big-endian, so byte order = numeric order):
 
 * ``v:<db>.<table>:<id>`` -> a catalogue/order row version (JSON), see ``RowStore``;
+* ``n:`` -> the order rows' indexes (:mod:`~services.inventory_projection.order_rows`),
+  ``d:`` -> CRM demand per line, key, item and order (:mod:`~.demand`);
 * ``r:<table code><id>`` -> a stock row's position and contribution (ledger);
 * ``a:<item><warehouse>`` -> the aggregates of one key, ``t:<item>`` -> of the item
   over all warehouses, ``x:<warehouse><item>`` -> key presence by warehouse,

@@ -27,9 +27,21 @@ from typing import Any
 
 import pytest
 
-import services.inventory_projection.domain as domain
+import services.inventory_projection.crm_demand as crm_demand
+from services.inventory_projection.available_to_promise import AvailabilityKey
+from services.inventory_projection.crm_demand import CrmDemandLine, Unresolved, resolve_demand_line
 from services.inventory_projection.demand import DemandBook
-from services.inventory_projection.domain import (
+from services.inventory_projection.records import (
+    CrmOrder,
+    CrmOrderLine,
+    CrmProduct,
+    ErpItem,
+    ErpOrder,
+    ErpOrderLine,
+    Warehouse,
+)
+from services.inventory_projection.row_store import Applied, RowStore
+from services.inventory_projection.source_rows import (
     CRM_ORDER,
     CRM_ORDER_LINE,
     ERP_ORDER,
@@ -38,19 +50,7 @@ from services.inventory_projection.domain import (
     PRODUCT,
     STOCK_QUANT,
     WAREHOUSE,
-    AvailabilityKey,
-    CrmDemandLine,
-    CrmOrder,
-    CrmOrderLine,
-    CrmProduct,
-    ErpItem,
-    ErpOrder,
-    ErpOrderLine,
-    RowStore,
     Table,
-    Unresolved,
-    Warehouse,
-    resolve_demand_line,
 )
 from services.inventory_projection.state import MemoryState
 from services.shared.position import SourcePosition
@@ -66,7 +66,7 @@ def _line(line_id: int, order_id: int, key: tuple[int, int], qty: str) -> CrmDem
 
 
 def _book() -> DemandBook[CrmDemandLine, Unresolved]:
-    return DemandBook(MemoryState(), domain._DEMAND_CODEC)
+    return DemandBook(MemoryState(), crm_demand.DEMAND_CODEC)
 
 
 def test_book_keeps_key_and_order_sums_as_lines_are_replaced() -> None:
@@ -316,7 +316,7 @@ def test_one_change_of_a_large_order_resolves_one_line(monkeypatch: pytest.Monke
     lsn = itertools.count(100, 10)
     store = RowStore()
 
-    def put(table: Table, row: dict[str, Any]) -> domain.Applied:
+    def put(table: Table, row: dict[str, Any]) -> Applied:
         return store.apply_row(table, row["id"], SourcePosition(next(lsn), 0), row)
 
     put(ITEM, {"id": 1, "sku": "A"})
@@ -338,7 +338,7 @@ def test_one_change_of_a_large_order_resolves_one_line(monkeypatch: pytest.Monke
         put(CRM_ORDER_LINE, crm(no))
         put(ERP_ORDER_LINE, erp(no))
     counting = _Counting()
-    monkeypatch.setattr(domain, "resolve_demand_line", counting)
+    monkeypatch.setattr(crm_demand, "resolve_demand_line", counting)
 
     applied = put(CRM_ORDER_LINE, crm(7, 5))
     assert counting.calls == 1 and counting.erp_lines == [1]

@@ -5,7 +5,8 @@ The pure core: the canonical records (:mod:`~.records`), the position-guarded ro
 fold :class:`~.row_store.RowStore` over the catalogue, the stock ledger and the order
 rows (:mod:`~.catalogue`, :mod:`~.ledger`, :mod:`~.order_rows`), the availability
 formula (:mod:`~.available_to_promise`), CRM demand (:mod:`~.crm_demand`), unknown
-references (:mod:`~.unknown_references`) and shortages (:mod:`~.shortages`). :mod:`services.inventory_projection.recompute` computes the same figures
+references (:mod:`~.unknown_references`) and shortages (:mod:`~.shortages`).
+:mod:`services.inventory_projection.recompute` computes the same figures
 straight from the two databases for the reconcile command. The I/O shell (a batch
 source, the RocksDB state, the write-back and publishing) lives beside them and only
 executes what they decide.

@@ -70,10 +70,8 @@ from services.inventory_projection.records import (
     ErpOrder,
     ErpOrderLine,
     Record,
-    StockQuant,
     Version,
     Warehouse,
-    contribution_of,
     record_from_row,
     storage_key,
 )
@@ -89,6 +87,7 @@ from services.inventory_projection.source_rows import (
     Table,
 )
 from services.inventory_projection.state import KeyValue, MemoryState
+from services.inventory_projection.stock_records import StockQuant, contribution_of
 from services.inventory_projection.unknown_references import HeldReference, HeldRow
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Pausable, run_to_end

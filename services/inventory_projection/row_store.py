@@ -233,9 +233,11 @@ class RowStore:
             store._load_meta(meta)
             if meta.get("layout") != LAYOUT:
                 # a state from before the order indexes and demand were kept in it
-                # (they were derived in memory at every start): derive them once; they
-                # are written with the next batch
+                # (they were derived in memory at every start): derive them once, and
+                # mark the layout in the same change set (written with the next batch),
+                # so a state never has them in part
                 store.orders.index_all()
+                store.save_meta()
         return store
 
     # ------------------------------------------------------------------ time

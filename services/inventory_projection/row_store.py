@@ -172,7 +172,7 @@ class RowStore:
     watermarks: _Watermarks = field(default_factory=_Watermarks)
 
     def __post_init__(self) -> None:
-        self.catalogue = Catalogue(self.kv)
+        self.catalogue = Catalogue.load(self.kv)  # the rest is read from kv as needed
         self.ledger = StockLedger(self.kv)
         self.orders = OrderRows(self.kv, self.catalogue)
         self.figures = AvailabilityReader(
@@ -222,11 +222,6 @@ class RowStore:
     def load(cls, kv: KeyValue) -> RowStore:
         """The store persisted in ``kv`` (empty ``kv``: an empty store)."""
         store = cls(kv)
-        store.catalogue = Catalogue.load(kv)
-        store.orders = OrderRows(kv, store.catalogue)
-        store.figures = AvailabilityReader(
-            store.catalogue, store.ledger, store.orders.demand, lambda: store.as_of
-        )
         raw_meta = kv.get(META_KEY)
         if raw_meta is not None:
             meta = orjson.loads(raw_meta)

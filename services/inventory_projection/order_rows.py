@@ -178,30 +178,46 @@ class OrderRows:
             yield row_id, Version.from_dict(table, orjson.loads(raw))
 
     def put(self, table: Table, row_id: int, version: Version) -> None:
-        """Store a row version and move its index entries from the old record's."""
+        """Store a row version and move its index entries from the old record's (only
+        those that differ: an amended line stays in its order's set, which is not
+        written again, so a one-line change of a 10,000-line order stays cheap)."""
         cache = self._versions[table]
         old = cache.get(row_id)
-        if old is not None:
-            self._index(row_id, old.record, add=False)
+        before = self._groups(None if old is None else old.record)
+        after = self._groups(version.record)
         cache.put(row_id, version)
-        self._index(row_id, version.record, add=True)
+        if before != after:
+            for index, group in before:
+                if (index, group) not in after:
+                    index.discard(group, row_id)
+            for index, group in after:
+                if (index, group) not in before:
+                    index.add(group, row_id)
 
     def _index(self, row_id: int, record: Record | None, *, add: bool) -> None:
-        def put(index: IdSets | MemberIndex, group: bytes) -> None:
+        for index, group in self._groups(record):
             (index.add if add else index.discard)(group, row_id)
 
+    def _groups(self, record: Record | None) -> list[tuple[IdSets | MemberIndex, bytes]]:
+        """The index entries a record is in: ``(index, group)``."""
         if isinstance(record, CrmOrder):
-            put(self._orders_by_code, _code_group(record.warehouse_code))
-        elif isinstance(record, CrmOrderLine):
-            put(self._lines_by_order, id_bytes(record.order_id))
-            put(self._lines_by_order_no, id_bytes(record.order_id, record.line_no))
-            put(self._lines_by_product, id_bytes(record.product_id))
-        elif isinstance(record, ErpOrder):
-            if record.crm_order_id is not None:
-                put(self._erp_orders_by_crm, id_bytes(record.crm_order_id))
-        elif isinstance(record, ErpOrderLine):
-            put(self._erp_lines_by_order, id_bytes(record.order_id))
-            put(self._erp_lines_by_order_no, id_bytes(record.order_id, record.line_no))
+            return [(self._orders_by_code, _code_group(record.warehouse_code))]
+        if isinstance(record, CrmOrderLine):
+            return [
+                (self._lines_by_order, id_bytes(record.order_id)),
+                (self._lines_by_order_no, id_bytes(record.order_id, record.line_no)),
+                (self._lines_by_product, id_bytes(record.product_id)),
+            ]
+        if isinstance(record, ErpOrder):
+            if record.crm_order_id is None:
+                return []
+            return [(self._erp_orders_by_crm, id_bytes(record.crm_order_id))]
+        if isinstance(record, ErpOrderLine):
+            return [
+                (self._erp_lines_by_order, id_bytes(record.order_id)),
+                (self._erp_lines_by_order_no, id_bytes(record.order_id, record.line_no)),
+            ]
+        return []
 
     # ------------------------------------------------------------------ lookups
 
@@ -232,12 +248,12 @@ class OrderRows:
         order = self.record(CRM_ORDER, crm_order_id)
         if not isinstance(order, CrmOrder) or not order.is_live:
             return None
-        line_ids = self.lines_of(crm_order_id)
-        if not line_ids:
-            return None
+        # Every line of a live order has an entry, demand or unresolved (its lines are
+        # resolved as they change and all again when it goes live), so "no entry" is
+        # "no lines" and no unresolved entry is "every line counted": the sums kept per
+        # order, never the order's line set (10,000 ids decoded per evaluation).
         demand = self.demand.order(crm_order_id)
-        # every line counted (none unresolved): the sums kept per order, not a walk
-        if demand is None or demand.unresolved or demand.counted != len(line_ids):
+        if demand is None or demand.unresolved:
             return None
         return dict(demand.pending)  # type: ignore[arg-type]
 

@@ -31,8 +31,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from services.inventory_projection.domain import CRM, ERP, AvailabilityKey
+from services.inventory_projection.available_to_promise import AvailabilityKey
 from services.inventory_projection.projector import Projector
+from services.inventory_projection.source_rows import CRM, ERP
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.position import SourcePosition
 from services.shared.transactions import TransactionMarker, TransactionStatus
@@ -188,8 +189,8 @@ def _check(projector: Projector[int], lines: int) -> None:
     store = projector.store
     expected = Decimal(0)
     for n in range(1, lines + 1):
-        line = store.versions[(("crm", "sales_order_line"), 100_000 + n)].record
-        erp = store.versions[(("erp", "sales_order_line"), 200_000 + n)].record
+        line = store.version(("crm", "sales_order_line"), 100_000 + n).record  # type: ignore[union-attr]
+        erp = store.version(("erp", "sales_order_line"), 200_000 + n).record  # type: ignore[union-attr]
         expected += max(line.quantity - erp.qty_reserved, Decimal(0))  # type: ignore[union-attr]
     availability = store.availability(AvailabilityKey(ITEM_ID, WAREHOUSE_ID))
     assert availability is not None

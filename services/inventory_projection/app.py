@@ -25,7 +25,8 @@ idempotent.
 
 State keys (all ids 8-byte big-endian, so byte order = numeric order):
 ``v:<db>.<table>:<id>`` -> a catalogue/order row version (JSON), see ``RowStore``;
-``r:<table code><id>`` -> a stock row's position and contribution (ledger);
+``n:`` -> the order rows' indexes (:mod:`.order_rows`), ``d:`` -> CRM demand per line,
+key, item and order (:mod:`.demand`); ``r:<table code><id>`` -> a stock row's position and contribution (ledger);
 ``a:<item><warehouse>`` -> the aggregates of one key, ``t:<item>`` -> of the item over
 all warehouses, ``x:<warehouse><item>`` -> key presence by warehouse, ``w:<warehouse>``
 -> a warehouse referenced by stock rows (ledger); ``e:<crm order id>`` -> last evaluated
@@ -48,10 +49,10 @@ from typing import TypeAlias
 import asyncpg
 from aiokafka.structs import ConsumerRecord
 
-from services.inventory_projection.domain import CRM, ERP, OVERALL_CODE
 from services.inventory_projection.effects import AVAILABILITY_TOPIC, SHORTAGE_TOPIC, Effects
 from services.inventory_projection.metrics import ProjectionMetrics
 from services.inventory_projection.projector import Projector, parse_heartbeat
+from services.inventory_projection.source_rows import CRM, ERP, OVERALL_CODE
 from services.shared.batches import RecordBatch, attach_sources
 from services.shared.changes import ChangeEvent, undecoded_change
 from services.shared.cooperative import Slicer

@@ -29,7 +29,7 @@ import asyncpg
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import ConsumerRecord
 
-from services.inventory_projection.domain import Availability, AvailabilityKey
+from services.inventory_projection.available_to_promise import Availability, AvailabilityKey
 from services.inventory_projection.emit import (
     AvailabilityEncoder,
     TopicKeys,

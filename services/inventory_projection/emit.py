@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from services.inventory_projection.domain import Availability, topic_key
+from services.inventory_projection.available_to_promise import Availability, topic_key
 from services.shared.avro import SchemaEntry
 
 #: the field names of ``availability`` v1 in order; the encoder refuses any other shape
@@ -162,7 +162,7 @@ class AvailabilityEncoder:
 
 
 def availability_topic_key(sku: str, warehouse_code: str) -> bytes:
-    """:func:`~.domain.topic_key`, built directly for ASCII text (the common case):
+    """:func:`~.available_to_promise.topic_key`, built directly for ASCII text (the common case):
     ``json.dumps`` (ASCII output, sorted keys) escapes only ``"``, ``\\`` and control
     characters there, which ``json.dumps`` of each string alone does identically."""
     if sku.isascii() and warehouse_code.isascii():

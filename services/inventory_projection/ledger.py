@@ -15,7 +15,7 @@ Per key ``(item, warehouse)``: ``[rows present, on_hand, reserved, {date: incomi
 per item ``t:<item>`` the same over every warehouse, so the overall figure of an item
 with a thousand warehouses costs one read instead of a thousand. Warehouses that stock
 rows name but ``erp.warehouse`` does not (yet) know are subtracted at read time by the
-caller (:meth:`~.domain.RowStore.availability`); they are few and kept in memory.
+caller (:meth:`~.availability.AvailabilityReader.availability`); they are few and kept in memory.
 """
 
 from __future__ import annotations

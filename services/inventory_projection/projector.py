@@ -23,17 +23,17 @@ Invariants kept here (DESIGN.md 3, 4, 6):
   (:attr:`Step.dead_letters`), nothing of it applied, listed in :attr:`Step.given_up`.
   Leftovers of a transaction applied before a restart are released unapplied.
 * **State is a function of the latest row versions.** Everything is folded into the
-  :class:`~services.inventory_projection.domain.RowStore`; recomputed keys are whole
+  :class:`~services.inventory_projection.row_store.RowStore`; recomputed keys are whole
   figures, never increments; a redelivered or replayed event changes nothing.
 * **Bad input is dead-lettered, never dropped.** A row the store refuses (malformed)
   and a negative stock quant (folded as zero) come back in :attr:`Step.dead_letters`.
 * **An unknown reference is held, and dead-lettered once when it is really missing**
-  (the rule is in :mod:`.domain`, "Unknown references"). A change the store returns
-  with :attr:`~.domain.Applied.held` *awaits its verdict*: its handle is kept out of
+  (the rule is in :mod:`.unknown_references`). A change the store returns
+  with :attr:`~.row_store.Applied.held` *awaits its verdict*: its handle is kept out of
   :attr:`Step.release` (like an event of an open transaction: its offset is not
   covered, so a restart redelivers it) until the watermark of the database that
   supplies the reference reaches its commit time +
-  :data:`~.domain.UNKNOWN_REFERENCE_GRACE` AND the consumer has read that database's
+  :data:`~.source_rows.UNKNOWN_REFERENCE_GRACE` AND the consumer has read that database's
   reference topics to their end (``step(caught_up=...)``: in a backlog one topic runs
   far ahead of another in source time). At most :data:`AWAITING_LIMIT` row versions
   wait; beyond that they are released unjudged (:attr:`Projector.unjudged`), still
@@ -42,7 +42,7 @@ Invariants kept here (DESIGN.md 3, 4, 6):
   against the store's watermarks (heartbeats included), so a verdict already due is
   given in the step that applied the change.
   Still held then: the handle goes to :attr:`Step.dead_letters` as
-  :class:`~.domain.UnknownReference`; resolved (or superseded by a newer version of
+  :class:`~.source_rows.UnknownReference`; resolved (or superseded by a newer version of
   the row): just released. The row stays held either way and is counted once the
   reference appears. A verdict given is recorded in the state
   (``u:<db>.<table>:<id>`` -> the row version's position, :func:`verdict_key`), so a
@@ -74,24 +74,23 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from services.inventory_projection.domain import (
+from services.inventory_projection.available_to_promise import Availability, AvailabilityKey
+from services.inventory_projection.records import (
+    SOURCE_TABLES,
+    STOCK_TABLES,
+    Version,
+    parse_storage_key,
+    storage_key,
+)
+from services.inventory_projection.row_store import RowStore
+from services.inventory_projection.shortages import Shortage, evaluate_order
+from services.inventory_projection.source_rows import (
     CRM,
     ERP,
     OVERALL_CODE,
-    SOURCE_TABLES,
-    STOCK_TABLES,
     UNKNOWN_REFERENCE_GRACE,
-    Availability,
-    AvailabilityKey,
-    HeldRow,
-    RowStore,
-    Shortage,
     Table,
     UnknownReference,
-    Version,
-    evaluate_order,
-    parse_storage_key,
-    storage_key,
 )
 from services.inventory_projection.truncates import (
     ANSWERS,
@@ -99,6 +98,7 @@ from services.inventory_projection.truncates import (
     load_truncated,
     truncated_key,
 )
+from services.inventory_projection.unknown_references import HeldRow
 from services.shared.changes import ChangeEvent, ChangeOp, UndecodedChange
 from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation

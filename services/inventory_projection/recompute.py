@@ -3,9 +3,9 @@
 Invariant protected (DESIGN.md 1): every materialized availability figure equals what
 a batch recomputation from the two source databases gives. :func:`recompute_availability`
 aggregates the source tables with SQL and then applies the *same* pure rules as the
-stream (:func:`~services.inventory_projection.domain.resolve_demand_line`,
-:func:`~services.inventory_projection.domain.make_availability`,
-:func:`~services.inventory_projection.domain.overall_availability`), so the two can
+stream (:func:`~services.inventory_projection.crm_demand.resolve_demand_line`,
+:func:`~services.inventory_projection.available_to_promise.make_availability`,
+:func:`~services.inventory_projection.available_to_promise.overall_availability`), so the two can
 only differ when the projection is wrong or behind. :func:`diff_availability` lists
 every difference for the reconcile command; :func:`read_projection` reads what the
 service wrote back (``crm_integration.availability``).
@@ -31,22 +31,22 @@ from typing import Any
 
 import asyncpg
 
-from services.inventory_projection.domain import (
-    OVERALL_CODE,
-    ZERO,
+from services.inventory_projection.available_to_promise import (
     Availability,
     AvailabilityKey,
-    CrmDemandLine,
+    Incoming,
+    make_availability,
+    overall_availability,
+)
+from services.inventory_projection.crm_demand import CrmDemandLine, resolve_demand_line
+from services.inventory_projection.records import (
     CrmOrder,
     CrmOrderLine,
     ErpItem,
     ErpOrderLine,
-    Incoming,
     Warehouse,
-    make_availability,
-    overall_availability,
-    resolve_demand_line,
 )
+from services.inventory_projection.source_rows import OVERALL_CODE, ZERO
 from services.shared.position import SourcePosition
 from services.shared.sinks import Upsert, UpsertSpec
 
@@ -286,7 +286,7 @@ def incoming_to_json(incoming: Sequence[Incoming]) -> str:
 AVAILABILITY_TABLE = "crm_integration.availability"
 #: How the shell upserts ``crm_integration.availability`` with
 #: :class:`services.shared.sinks.PositionGuardedSink` (position:
-#: :meth:`~services.inventory_projection.domain.RowStore.write_position`).
+#: :meth:`~services.inventory_projection.row_store.RowStore.write_position`).
 AVAILABILITY_SPEC = UpsertSpec(
     AVAILABILITY_TABLE,
     key_columns=("item_id", "warehouse_code"),

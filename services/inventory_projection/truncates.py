@@ -20,13 +20,10 @@ from collections.abc import Mapping
 
 import orjson
 
-from services.inventory_projection.domain import (
-    SOURCE_TABLES,
-    STOCK_TABLES,
-    AvailabilityKey,
-    RowStore,
-    Table,
-)
+from services.inventory_projection.available_to_promise import AvailabilityKey
+from services.inventory_projection.records import SOURCE_TABLES, STOCK_TABLES
+from services.inventory_projection.row_store import RowStore
+from services.inventory_projection.source_rows import Table
 from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
 from services.shared.truncates import TruncateAnswer

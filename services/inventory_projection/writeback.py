@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from services.inventory_projection.domain import Availability
+from services.inventory_projection.available_to_promise import Availability
 from services.inventory_projection.recompute import AVAILABILITY_TABLE, incoming_to_json
 from services.shared.observability import ServiceMetrics
 from services.shared.position import SourcePosition

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from ambidex.stack.local import StackAddresses
-from services.inventory_projection.domain import AvailabilityKey
+from services.inventory_projection.available_to_promise import AvailabilityKey
 from services.inventory_projection.recompute import (
     diff_availability,
     read_projection,

@@ -42,7 +42,7 @@ from services.inventory_projection.app import (
     MARKER_TOPICS,
     STATE_TOPIC,
 )
-from services.inventory_projection.domain import AvailabilityKey
+from services.inventory_projection.available_to_promise import AvailabilityKey
 from services.inventory_projection.recompute import (
     diff_availability,
     read_projection,
@@ -505,7 +505,7 @@ async def test_heartbeats_advance_the_as_of_time_of_an_idle_key(
     later = await expect(stack, fx, lambda f: quantities(3, 0, 0, 3)(f) and f.as_of > first.as_of)
     assert later.as_of > first.as_of
     # and the compacted topic carries the advanced as-of too
-    from services.inventory_projection.domain import topic_key
+    from services.inventory_projection.available_to_promise import topic_key
 
     wanted = topic_key(fx.sku, fx.warehouse_code)
 

@@ -22,7 +22,7 @@ import pytest
 from ambidex.referencedb import apply_reference_schema, seed
 from ambidex.stack.local import LocalStack
 from ambidex.workload import run_workload
-from services.inventory_projection.domain import ZERO, AvailabilityKey, Incoming
+from services.inventory_projection.available_to_promise import AvailabilityKey, Incoming
 from services.inventory_projection.recompute import (
     AVAILABILITY_SPEC,
     availability_row,
@@ -30,6 +30,7 @@ from services.inventory_projection.recompute import (
     read_projection,
     recompute_availability,
 )
+from services.inventory_projection.source_rows import ZERO
 from services.shared.position import SourcePosition
 from services.shared.sinks import PositionGuardedSink, SinkResult
 

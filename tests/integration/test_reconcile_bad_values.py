@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from ambidex.referencedb import apply_reference_schema, seed
 from ambidex.stack.local import LocalStack
-from services.inventory_projection.domain import AvailabilityKey
+from services.inventory_projection.available_to_promise import AvailabilityKey
 from services.inventory_projection.recompute import NonFiniteRow, recompute_availability
 from services.inventory_projection.reconcile_cli import reconcile, reconcile_all
 

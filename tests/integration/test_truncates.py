@@ -23,7 +23,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from ambidex.stack.local import StackAddresses
-from services.inventory_projection.domain import AvailabilityKey
+from services.inventory_projection.available_to_promise import AvailabilityKey
 from services.inventory_projection.recompute import (
     diff_availability,
     read_projection,

@@ -26,19 +26,19 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from services.inventory_projection.domain import (
+from services.inventory_projection.available_to_promise import AvailabilityKey
+from services.inventory_projection.order_rows import RESOLVE_SLICE
+from services.inventory_projection.projector import PAUSE_EVERY, Projector
+from services.inventory_projection.row_store import RowStore
+from services.inventory_projection.source_rows import (
     CRM_ORDER,
     CRM_ORDER_LINE,
     ERP_ORDER,
     ERP_ORDER_LINE,
     ITEM,
     PRODUCT,
-    RESOLVE_SLICE,
     WAREHOUSE,
-    AvailabilityKey,
-    RowStore,
 )
-from services.inventory_projection.projector import PAUSE_EVERY, Projector
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Slicer, run_to_end
 from services.shared.observability import EventLoopMonitor, ServiceMetrics

@@ -21,8 +21,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from services.inventory_projection.domain import AvailabilityKey, NegativeStock
+from services.inventory_projection.available_to_promise import AvailabilityKey
 from services.inventory_projection.projector import Projector, evaluated_key, parse_heartbeat
+from services.inventory_projection.source_rows import NegativeStock
 from services.shared.changes import ChangeEvent
 from services.shared.transactions import TransactionMarker, TransactionStatus
 from tests.builders import change_event

@@ -15,6 +15,8 @@ Invariants protected here (issue 9, case 1; DESIGN.md 6):
   ERP lines with that line_no; an order change that moves no line's resolution resolves
   none. (Counted calls, not timings.)
 * The book's sums are exact and leave no residue when the last line of a key leaves.
+* A state written before the order indexes and demand were kept in it is indexed once
+  at load, to exactly the entries an incremental fold keeps.
 """
 
 from __future__ import annotations
@@ -25,11 +27,24 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 
-import services.inventory_projection.domain as domain
+import services.inventory_projection.crm_demand as crm_demand
+from services.inventory_projection.available_to_promise import AvailabilityKey
+from services.inventory_projection.crm_demand import CrmDemandLine, Unresolved, resolve_demand_line
 from services.inventory_projection.demand import DemandBook
-from services.inventory_projection.domain import (
+from services.inventory_projection.records import (
+    CrmOrder,
+    CrmOrderLine,
+    CrmProduct,
+    ErpItem,
+    ErpOrder,
+    ErpOrderLine,
+    Warehouse,
+)
+from services.inventory_projection.row_store import META_KEY, Applied, RowStore
+from services.inventory_projection.source_rows import (
     CRM_ORDER,
     CRM_ORDER_LINE,
     ERP_ORDER,
@@ -38,21 +53,10 @@ from services.inventory_projection.domain import (
     PRODUCT,
     STOCK_QUANT,
     WAREHOUSE,
-    AvailabilityKey,
-    CrmDemandLine,
-    CrmOrder,
-    CrmOrderLine,
-    CrmProduct,
-    ErpItem,
-    ErpOrder,
-    ErpOrderLine,
-    RowStore,
     Table,
-    Unresolved,
-    Warehouse,
-    resolve_demand_line,
 )
 from services.shared.position import SourcePosition
+from services.shared.state.store import MemoryState
 
 D = Decimal
 ZERO = D("0.000")
@@ -64,8 +68,12 @@ def _line(line_id: int, order_id: int, key: tuple[int, int], qty: str) -> CrmDem
     return CrmDemandLine(line_id, order_id, key[0], key[1], D(qty), ZERO)
 
 
+def _book() -> DemandBook[CrmDemandLine, Unresolved]:
+    return DemandBook(MemoryState(), crm_demand.DEMAND_CODEC)
+
+
 def test_book_keeps_key_and_order_sums_as_lines_are_replaced() -> None:
-    book: DemandBook[CrmDemandLine, Unresolved] = DemandBook()
+    book = _book()
     k1, k2 = AvailabilityKey(1, 1), AvailabilityKey(1, 2)
     book.replace(1, 10, _line(1, 10, k1, "2.500"), counts=True)
     book.replace(2, 10, _line(2, 10, k1, "1.250"), counts=True)
@@ -78,7 +86,7 @@ def test_book_keeps_key_and_order_sums_as_lines_are_replaced() -> None:
     assert before is not None and before.key == k1
     assert (book.pending(k1), book.pending(k2)) == (D("2.500"), D(5))
     book.replace(1, 10, Unresolved(1, "no ERP item"), counts=False)
-    assert book.pending(k1) == ZERO and book.lines_in(k1) == []
+    assert book.pending(k1) == ZERO and book.lines(k1) == 0 and book.lines(k2) == 2
     assert book.unresolved_of(10) == [Unresolved(1, "no ERP item")]
     order = book.order(10)
     assert order is not None and order.counted == 1 and order.pending == {k2: D(1)}
@@ -89,11 +97,12 @@ def test_book_keeps_key_and_order_sums_as_lines_are_replaced() -> None:
     assert str(book.pending(k2)) == "4.000"
     book.replace(3, 11, None, counts=False)
     assert book.pending(k2) == ZERO and book.order(11) is None
-    assert book.resolved == {} and book.unresolved == {}
+    book.flush()
+    assert isinstance(book.kv, MemoryState) and book.kv.data == {}  # nothing left behind
 
 
 def test_a_zero_pending_line_still_counts_its_key_in_the_order() -> None:
-    book: DemandBook[CrmDemandLine, Unresolved] = DemandBook()
+    book = _book()
     key = AvailabilityKey(3, 4)
     covered = CrmDemandLine(1, 7, 3, 4, D(5), D(5))
     book.replace(1, 7, covered, counts=True)
@@ -168,16 +177,20 @@ TABLE_IDS: dict[Table, range] = {
     STOCK_QUANT: range(1, 6),
 }
 # the order tables change most, as in production
-WEIGHTS = {ITEM: 1, WAREHOUSE: 1, PRODUCT: 1, CRM_ORDER: 3, CRM_ORDER_LINE: 6,
-           ERP_ORDER: 3, ERP_ORDER_LINE: 6, STOCK_QUANT: 2}
+WEIGHTS = {
+    ITEM: 1,
+    WAREHOUSE: 1,
+    PRODUCT: 1,
+    CRM_ORDER: 3,
+    CRM_ORDER_LINE: 6,
+    ERP_ORDER: 3,
+    ERP_ORDER_LINE: 6,
+    STOCK_QUANT: 2,
+}
 
 
 def _present(store: RowStore, table: Table) -> dict[int, Any]:
-    return {
-        row_id: v.record
-        for (t, row_id), v in store.versions.items()
-        if t == table and v.record is not None
-    }
+    return {row_id: v.record for row_id, v in store.versions_of(table) if v.record is not None}
 
 
 def _lowest(records: Mapping[int, Any], attribute: str, value: str | None) -> Any:
@@ -281,13 +294,36 @@ def test_incremental_fold_equals_a_recomputation_on_random_histories(seed: int) 
         moved_orders = {o for o in ORDERS if store.order_demand(o) != orders_before[o]}
         assert moved_orders <= applied.orders, (table, row)
         _check_against_naive(store)
-    # and a store rebuilt from the persisted state (indexes derived again) agrees
-    store.flush()
-    rebuilt = RowStore.load(store.kv)
-    assert _figures(rebuilt) == _figures(store)
-    assert rebuilt.unresolved() == store.unresolved()
-    for order_id in ORDERS:
-        assert rebuilt.order_demand(order_id) == store.order_demand(order_id)
+    # and a store opened over the persisted state (indexes and demand read from it)
+    # agrees, as does one over a state from before they were kept in it (layout 1:
+    # row versions only, indexes and demand derived once at load)
+    store.save_meta()
+    assert isinstance(store.kv, MemoryState)
+    meta = orjson.loads(store.kv.data[META_KEY])
+    del meta["layout"]
+    old = MemoryState()
+    for key, value in store.kv.data.items():
+        if not key.startswith((b"n:", b"d:")):
+            old.put(key, value)
+    old.put(META_KEY, orjson.dumps(meta))
+    for rebuilt in (RowStore.load(store.kv), RowStore.load(old)):
+        assert _figures(rebuilt) == _figures(store)
+        assert rebuilt.unresolved() == store.unresolved()
+        for order_id in ORDERS:
+            assert rebuilt.order_demand(order_id) == store.order_demand(order_id)
+    # the derived entries are exactly those kept (sets are stored in any order)
+    assert _normalised(old.data) == _normalised(store.kv.data)
+
+
+def _normalised(data: Mapping[bytes, bytes]) -> dict[bytes, Any]:
+    def sort(value: Any) -> Any:
+        if isinstance(value, list):
+            return sorted((sort(v) for v in value), key=repr)
+        if isinstance(value, dict):
+            return {k: sort(v) for k, v in value.items()}
+        return value
+
+    return {k: v if not v else sort(orjson.loads(v)) for k, v in data.items()}
 
 
 # ------------------------------------------------------------------ cost per change
@@ -312,14 +348,20 @@ def test_one_change_of_a_large_order_resolves_one_line(monkeypatch: pytest.Monke
     lsn = itertools.count(100, 10)
     store = RowStore()
 
-    def put(table: Table, row: dict[str, Any]) -> domain.Applied:
+    def put(table: Table, row: dict[str, Any]) -> Applied:
         return store.apply_row(table, row["id"], SourcePosition(next(lsn), 0), row)
 
     put(ITEM, {"id": 1, "sku": "A"})
     put(WAREHOUSE, {"id": 1, "code": "W1"})
     put(PRODUCT, {"id": 1, "sku": "A"})
-    header = {"id": 1, "number": "SO1", "account_id": 1, "state": "confirmed",
-              "warehouse_code": "W1", "version": 1}
+    header = {
+        "id": 1,
+        "number": "SO1",
+        "account_id": 1,
+        "state": "confirmed",
+        "warehouse_code": "W1",
+        "version": 1,
+    }
     put(CRM_ORDER, header)
     put(ERP_ORDER, {"id": 1, "crm_order_id": 1, "state": "open"})
 
@@ -327,14 +369,20 @@ def test_one_change_of_a_large_order_resolves_one_line(monkeypatch: pytest.Monke
         return {"id": no, "order_id": 1, "line_no": no, "product_id": 1, "quantity": D(qty)}
 
     def erp(no: int, reserved: int = 0) -> dict[str, Any]:
-        return {"id": no, "order_id": 1, "line_no": no, "item_id": 1,
-                "qty_reserved": D(reserved), "qty_delivered": D(0)}
+        return {
+            "id": no,
+            "order_id": 1,
+            "line_no": no,
+            "item_id": 1,
+            "qty_reserved": D(reserved),
+            "qty_delivered": D(0),
+        }
 
     for no in range(1, n + 1):
         put(CRM_ORDER_LINE, crm(no))
         put(ERP_ORDER_LINE, erp(no))
     counting = _Counting()
-    monkeypatch.setattr(domain, "resolve_demand_line", counting)
+    monkeypatch.setattr(crm_demand, "resolve_demand_line", counting)
 
     applied = put(CRM_ORDER_LINE, crm(7, 5))
     assert counting.calls == 1 and counting.erp_lines == [1]

@@ -1,4 +1,5 @@
-"""inventory-projection's pure core (services.inventory_projection.domain).
+"""inventory-projection's pure core (the row store and the figures:
+services.inventory_projection.row_store, .available_to_promise, .crm_demand, .shortages).
 
 Invariants protected here:
 
@@ -26,7 +27,18 @@ from typing import Any
 
 import pytest
 
-from services.inventory_projection.domain import (
+from services.inventory_projection.available_to_promise import (
+    Availability,
+    AvailabilityKey,
+    Incoming,
+    earliest_date,
+    make_availability,
+    topic_key,
+)
+from services.inventory_projection.records import ErpItem, Warehouse
+from services.inventory_projection.row_store import RowStore
+from services.inventory_projection.shortages import evaluate_order
+from services.inventory_projection.source_rows import (
     CRM_ORDER,
     CRM_ORDER_LINE,
     ERP_ORDER,
@@ -37,18 +49,8 @@ from services.inventory_projection.domain import (
     RESERVATION,
     STOCK_QUANT,
     WAREHOUSE,
-    Availability,
-    AvailabilityKey,
-    ErpItem,
-    Incoming,
     NegativeStock,
-    RowStore,
     Table,
-    Warehouse,
-    earliest_date,
-    evaluate_order,
-    make_availability,
-    topic_key,
 )
 from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin

@@ -25,7 +25,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from services.inventory_projection.domain import Availability, Incoming, topic_key
+from services.inventory_projection.available_to_promise import Availability, Incoming, topic_key
 from services.inventory_projection.emit import (
     AvailabilityEncoder,
     TopicKeys,

@@ -25,17 +25,17 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from services.inventory_projection.domain import (
-    UNKNOWN_REFERENCE_GRACE,
-    AvailabilityKey,
-    NegativeStock,
-    UnknownReference,
-)
+from services.inventory_projection.available_to_promise import AvailabilityKey
 from services.inventory_projection.projector import (
     VERDICT_PREFIX,
     Projector,
     Step,
     verdict_key,
+)
+from services.inventory_projection.source_rows import (
+    UNKNOWN_REFERENCE_GRACE,
+    NegativeStock,
+    UnknownReference,
 )
 from services.shared.changes import ChangeEvent
 from services.shared.state.store import MemoryState

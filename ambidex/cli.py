@@ -475,7 +475,7 @@ def deadletters_inspect(service: str, limit: int | None, bootstrap: str | None) 
     async def inspect() -> int:
         count = 0
         async for offset, letter in read_dead_letters(
-            targets.kafka_bootstrap, service, limit=limit
+            targets.kafka, service, limit=limit
         ):
             click.echo(json.dumps({"offset": offset, **render_dead_letter(letter)}))
             count += 1
@@ -528,7 +528,7 @@ def deadletters_replay(
     result = _dead_letter_run(
         targets,
         replay_dead_letters(
-            targets.kafka_bootstrap,
+            targets.kafka,
             service,
             offsets=set(offsets) or None,
             target_topic=target_topic,
@@ -555,8 +555,12 @@ def deadletters_replay(
 
 def _kafka_targets(bootstrap: str | None) -> Targets:
     from ambidex.targets import Unreachable, check_kafka, resolve_targets
+    from services.shared.settings import SettingsError
 
-    targets = resolve_targets(kafka_bootstrap=bootstrap)
+    try:
+        targets = resolve_targets(kafka_bootstrap=bootstrap)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
     try:
         _run(check_kafka(targets))
     except Unreachable as error:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from services.shared.kafka import Kafka, KafkaConnection, client_options
 from services.shared.settings import env_var, redact_dsn
 
 
@@ -27,6 +28,14 @@ class Targets:
     erp_dsn: str = field(repr=False)
     #: where each address came from: "option", the variable's name, or "local stack"
     origins: Mapping[str, str] = field(default_factory=dict)
+    #: how to connect to ``kafka_bootstrap`` (AMBIDEX_KAFKA_SECURITY_PROTOCOL and the
+    #: SASL/SSL settings, as the services read them); None: plain
+    kafka_security: KafkaConnection | None = field(default=None, repr=False)
+
+    @property
+    def kafka(self) -> Kafka:
+        """What every Kafka client of the command connects with."""
+        return self.kafka_security or self.kafka_bootstrap
 
     def describe(self, name: str) -> str:
         """``name`` (``kafka_bootstrap``/``crm_dsn``/``erp_dsn``) as safe to print."""
@@ -71,7 +80,13 @@ def resolve_targets(
         }
         for name in missing:
             values[name], origins[name] = local[name], "local stack"
-    return Targets(origins=origins, **values)
+    security = None
+    if env.get(env_var("kafka_security_protocol"), "PLAINTEXT").upper() != "PLAINTEXT":
+        from services.shared.settings import load_settings
+
+        bootstrap = {env_var("kafka_bootstrap"): values["kafka_bootstrap"]}
+        security = load_settings("ambidex-cli", {**env, **bootstrap}).kafka
+    return Targets(origins=origins, kafka_security=security, **values)
 
 
 def unreachable(targets: Targets, name: str, error: BaseException) -> str:
@@ -109,9 +124,7 @@ async def check_kafka(targets: Targets) -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=targets.kafka_bootstrap, request_timeout_ms=5000
-    )
+    producer = AIOKafkaProducer(**client_options(targets.kafka), request_timeout_ms=5000)
     try:
         await producer.start()
     except (OSError, KafkaError) as error:

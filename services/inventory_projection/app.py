@@ -138,7 +138,7 @@ class Shell:
         settings = service.settings
         assert service.producer is not None
         restored = await self.checkpoint.open(
-            open_state(settings), settings.kafka_bootstrap, service.producer
+            open_state(settings), settings.kafka, service.producer
         )
         if restored is not None:
             self.restored_entries = restored.entries

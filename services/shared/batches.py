@@ -54,6 +54,8 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from services.shared.kafka import client_options
+
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
@@ -278,7 +280,7 @@ class BatchSource:
     async def start(self) -> None:
         settings = self.service.settings
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_options(settings.kafka),
             group_id=self.group_id,
             client_id=self.group_id,
             enable_auto_commit=False,

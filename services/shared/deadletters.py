@@ -43,6 +43,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.errors import BadInput, Cause, MalformedEvent
+from services.shared.kafka import Kafka, client_options
 
 __all__ = [
     "DEAD_LETTER_SCHEMA",
@@ -245,14 +246,14 @@ class KafkaDeadLetterPublisher:
         """Identities of the letters in the topic (loaded at start, then published)."""
 
     async def load_index(
-        self, bootstrap: str, service: str, *, limit: int = INDEX_LIMIT
+        self, kafka: Kafka, service: str, *, limit: int = INDEX_LIMIT
     ) -> int:
         """Learn the identities of the newest ``limit`` letters in ``dlq.<service>``;
         how many are known. A topic that cannot be read leaves the index empty
         (logged): a repeated letter is better than a service that does not start."""
         try:
             async for _, letter in read_dead_letters(
-                bootstrap, service, limit=None, tail=limit, codec=self._codec
+                kafka, service, limit=None, tail=limit, codec=self._codec
             ):
                 self.known.add(letter.identity)
         except (DeadLetterTopicError, TimeoutError, BadInput) as error:
@@ -373,7 +374,7 @@ def _default_codec() -> AvroCodec:
 
 
 async def read_dead_letters(
-    bootstrap: str,
+    kafka: Kafka,
     service: str,
     *,
     limit: int | None,
@@ -396,9 +397,9 @@ async def read_dead_letters(
     topic = dead_letter_topic(service)
     if limit is not None and limit <= 0:
         return
-    tp = await _single_partition(bootstrap, topic)
+    tp = await _single_partition(kafka, topic)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_options(kafka),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -444,8 +445,8 @@ async def read_dead_letters(
         await consumer.stop()
 
 
-async def _single_partition(bootstrap: str, topic: str) -> TopicPartition:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _single_partition(kafka: Kafka, topic: str) -> TopicPartition:
+    admin = AIOKafkaAdminClient(**client_options(kafka))
     await admin.start()
     try:
         (description,) = await admin.describe_topics([topic])
@@ -509,7 +510,7 @@ def replay_selection(
 
 
 async def replay_dead_letters(
-    bootstrap: str,
+    kafka: Kafka,
     service: str,
     *,
     offsets: set[int] | None,
@@ -534,13 +535,13 @@ async def replay_dead_letters(
     letters = [
         item
         async for item in read_dead_letters(
-            bootstrap, service, limit=None, since_offset=since, codec=codec
+            kafka, service, limit=None, since_offset=since, codec=codec
         )
     ]
     chosen, not_replayable, repeats = replay_selection(letters, offsets=offsets, force=force)
     if dry_run:
         return ReplayResult(len(chosen), not_replayable, repeats, tuple(chosen))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_options(kafka), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for offset, letter in chosen:

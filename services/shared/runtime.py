@@ -34,6 +34,7 @@ from services.shared.cdc_schemas import load_envelope_schemas
 from services.shared.changes import ChangeDecoder
 from services.shared.deadletters import KafkaDeadLetterPublisher
 from services.shared.intake import ChangeIntake
+from services.shared.kafka import client_options
 from services.shared.observability import (
     EventLoopMonitor,
     HealthState,
@@ -187,7 +188,7 @@ async def _start_parts(service: Service) -> None:
     service.loop_monitor = EventLoopMonitor(service.metrics)
     service.loop_monitor.start()
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_options(settings.kafka),
         acks="all",
         enable_idempotence=True,
         linger_ms=2,
@@ -208,7 +209,7 @@ async def _start_parts(service: Service) -> None:
     service.publisher = AvroPublisher(producer, service.codec)
     dead_letters = KafkaDeadLetterPublisher(producer, service.codec)
     # letters already written are not written again (a replay, a redelivery)
-    await dead_letters.load_index(settings.kafka_bootstrap, settings.service_name)
+    await dead_letters.load_index(settings.kafka, settings.service_name)
     service.intake = ChangeIntake(
         settings.service_name, service.decoder, dead_letters, service.metrics
     )

@@ -18,8 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.shared.kafka import KafkaConnection, SaslMechanism, SecurityProtocol
 
 ENV_PREFIX = "AMBIDEX_"
 
@@ -59,6 +61,31 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap: str = Field(
         default="localhost:9092",
         description="Kafka bootstrap servers, comma-separated `host:port` list.",
+    )
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT",
+        description=(
+            "How every Kafka client of the service connects: `PLAINTEXT`, `SSL`, "
+            "`SASL_PLAINTEXT` or `SASL_SSL` (Strimzi's TLS + SCRAM listener)."
+        ),
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        default=None,
+        description="`SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN` (required with SASL_*).",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="The service's Kafka user (required with SASL_*)."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        description="That user's password (required with SASL_*). Secret: never logged.",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description=(
+            "CA bundle (PEM) the brokers' certificates are checked against with SSL or "
+            "SASL_SSL (Strimzi: the cluster CA's `ca.crt`); unset: the system's CAs."
+        ),
     )
     crm_dsn: SecretStr = Field(
         default=SecretStr("postgresql://ambidex_app@localhost:5433/crm"),
@@ -197,7 +224,32 @@ class ServiceSettings(BaseSettings):
                 raise ValueError("must be a comma-separated list of host:port")
         return value
 
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> ServiceSettings:
+        try:
+            self.kafka  # noqa: B018 -- SASL without its mechanism, user or password
+        except ValueError as error:
+            raise ValueError(
+                f"{env_var('kafka_security_protocol')}: {error} "
+                f"({env_var('kafka_sasl_mechanism')}, {env_var('kafka_sasl_username')}, "
+                f"{env_var('kafka_sasl_password')})"
+            ) from None
+        return self
+
     # -- derived values --------------------------------------------------------------
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """How every Kafka client of this service connects (:mod:`services.shared.kafka`)."""
+        password = self.kafka_sasl_password
+        return KafkaConnection(
+            bootstrap=self.kafka_bootstrap,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=password.get_secret_value() if password is not None else None,
+            ssl_cafile=self.kafka_ssl_cafile,
+        )
 
     @property
     def dead_letter_topic(self) -> str:
@@ -214,7 +266,8 @@ class ServiceSettings(BaseSettings):
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr):
-                out[name] = redact_dsn(value.get_secret_value())
+                secret = value.get_secret_value()
+                out[name] = redact_dsn(secret) if name.endswith("_dsn") else "***"
             elif isinstance(value, Path):
                 out[name] = str(value)
             else:
@@ -259,11 +312,14 @@ def load_settings(service_name: str, environ: Mapping[str, str] | None = None) -
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a rule over several settings: it names them itself
+            problems.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        field = str(error["loc"][0])
         info = ServiceSettings.model_fields.get(field)
         where = "service name (argument)" if field in CODE_ONLY_FIELDS else env_var(field)
         message = str(error["msg"]).removeprefix("Value error, ")
-        secret = info is not None and info.annotation is SecretStr
+        secret = info is not None and "SecretStr" in str(info.annotation)
         if not secret and "input" in error:
             message += f" (got {error['input']!r})"
         problems.append(f"{where}: {message}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from services.shared.kafka import client_options
 from services.shared.settings import (
     ServiceSettings,
     SettingsError,
@@ -142,3 +143,33 @@ def test_docs_table_is_generated_from_the_model() -> None:
     for name, info in ServiceSettings.model_fields.items():
         assert info.description, f"{name} has no description"
         assert f"AMBIDEX_{name.upper()}" in table or name == "service_name"
+
+
+def test_kafka_security_settings_reach_every_client_and_the_password_never_shows() -> None:
+    settings = load_settings("order-sync", {
+        "AMBIDEX_KAFKA_BOOTSTRAP": "kafka:9093",
+        "AMBIDEX_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "AMBIDEX_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "AMBIDEX_KAFKA_SASL_USERNAME": "ambidex-order-sync",
+        "AMBIDEX_KAFKA_SASL_PASSWORD": SECRET,
+    })
+    options = client_options(settings.kafka)
+    assert options["bootstrap_servers"] == "kafka:9093"
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_username"] == "ambidex-order-sync"
+    assert options["sasl_plain_password"] == SECRET
+    assert options["ssl_context"] is not None
+    assert SECRET not in repr(settings.kafka) and SECRET not in str(settings.redacted())
+    assert client_options("localhost:9092") == {"bootstrap_servers": "localhost:9092"}
+
+
+def test_sasl_without_its_credentials_is_refused_naming_the_variables() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings("order-sync", {
+            "AMBIDEX_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "AMBIDEX_KAFKA_SASL_PASSWORD": SECRET,
+        })
+    message = str(refused.value)
+    assert "AMBIDEX_KAFKA_SASL_MECHANISM" in message and "AMBIDEX_KAFKA_SASL_USERNAME" in message
+    assert SECRET not in message

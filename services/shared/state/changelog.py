@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from services.shared.cooperative import Slicer
+from services.shared.kafka import Kafka, client_options
 from services.shared.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ class ChangelogCopy:
 
 
 async def restore_from_changelog(
-    bootstrap: str, state: StateStore, changelog: Changelog
+    kafka: Kafka, state: StateStore, changelog: Changelog
 ) -> Restored:
     """Copy ``changelog`` (its one partition) into an empty ``state`` (:class:`ChangelogCopy`).
 
@@ -223,7 +224,7 @@ async def restore_from_changelog(
     """
     started = time.monotonic()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_options(kafka),
         enable_auto_commit=False,
         max_partition_fetch_bytes=16 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,

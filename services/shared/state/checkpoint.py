@@ -33,7 +33,7 @@ topic is declared under ``service_state`` in ``deploy/topics.yaml``)::
 
     checkpoint = Checkpoint(Changelog("state.<service>"))
     source = checkpoint.batch_source(service, "changes", topics, on_batch, on_reset=reload)
-    # start hook: await checkpoint.open(open_state(settings), bootstrap, service.producer)
+    # start hook: await checkpoint.open(open_state(settings), settings.kafka, service.producer)
     # on_batch:   fold through checkpoint.overlay, then
     #             await checkpoint.commit(batch, released_records, effects)
     # reload:     rebuild what the service keeps in memory from checkpoint.overlay
@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import TopicPartition
 
 from services.shared.batches import BatchSource, Hold, OffsetLedger, RecordBatch
+from services.shared.kafka import Kafka
 from services.shared.state.changelog import (
     BATCH_HEADER,
     OFFSETS_KEY,
@@ -146,13 +147,13 @@ class Checkpoint:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(
-        self, state: StateStore, bootstrap: str, producer: ChangelogProducer
+        self, state: StateStore, kafka: Kafka, producer: ChangelogProducer
     ) -> Restored | None:
         """:meth:`use` ``state``, rebuilt from the changelog first when
         :func:`needs_restore`; what was restored, if anything."""
         restored = None
         if needs_restore(state):
-            restored = await restore_from_changelog(bootstrap, state, self.changelog)
+            restored = await restore_from_changelog(kafka, state, self.changelog)
             log.info(
                 "state restored from %s",
                 self.changelog.topic,

@@ -26,7 +26,8 @@ idempotent.
 State keys (all ids 8-byte big-endian, so byte order = numeric order):
 ``v:<db>.<table>:<id>`` -> a catalogue/order row version (JSON), see ``RowStore``;
 ``n:`` -> the order rows' indexes (:mod:`.order_rows`), ``d:`` -> CRM demand per line,
-key, item and order (:mod:`.demand`); ``r:<table code><id>`` -> a stock row's position and contribution (ledger);
+key, item and order (:mod:`.demand`); ``r:<table code><id>`` -> a stock row's
+position and contribution (ledger);
 ``a:<item><warehouse>`` -> the aggregates of one key, ``t:<item>`` -> of the item over
 all warehouses, ``x:<warehouse><item>`` -> key presence by warehouse, ``w:<warehouse>``
 -> a warehouse referenced by stock rows (ledger); ``e:<crm order id>`` -> last evaluated

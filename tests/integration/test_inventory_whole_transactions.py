@@ -5,7 +5,7 @@ One ERP transaction changes a fresh item's quant and adds a quant with a NaN qua
 in another warehouse (the ``*_finite`` check dropped for the test, as in a database
 that predates it). The whole transaction is given up: the readable change is NOT
 applied (before the shared holder, the readable rows were), both records are in
-dlq.inventory-projection with the reason, nothing stays held, and the service goes on:
+dlq.inventory-projection with the reason (so nothing of it stays held), and the service goes on:
 the quant's next change is applied (state is a function of the latest row versions).
 """
 
@@ -85,11 +85,9 @@ async def test_a_transaction_with_an_unreadable_quant_is_given_up_whole(
         current = await expect(stack, fx, lambda _: True)
         assert current.on_hand == 3  # decided: the transaction's update is not applied
         assert await metric(projection, "ambidex_rejected_transactions_total") >= 1
-
-        async def nothing_held() -> bool:
-            return await metric(projection, "ambidex_held_transactions") == 0
-
-        await wait_until(nothing_held, timeout=60)
+        # (not asserted: ambidex_held_transactions == 0. The projection service is shared
+        # by the session's tests, and another test's transaction may rightly be held; this
+        # one's records are all dead-lettered above, which a held transaction never is.)
         # the service goes on; the quant counts again with its next version
         await erp.execute("UPDATE erp.stock_quant SET quantity = 6 WHERE id = $1", readable)
         await expect(stack, fx, quantities(6, 0, 0, 6))

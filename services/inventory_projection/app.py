@@ -5,8 +5,9 @@ no Faust agent, no Faust table). The change topics the projection folds, both
 transaction-metadata topics and both heartbeat topics are read by ONE
 :class:`~services.shared.batches.BatchSource` (aiokafka inside the worker, consumer
 group ``ambidex-inventory-projection.changes``) whose handler gets whole fetched
-batches: a Faust agent delivers ~16,700 events/s on this machine, below the replay
-target, while batched work per change is a few microseconds.
+batches: a Faust agent delivers far fewer events a second than the replay needs
+(``bench/faust_delivery.py``, docs/adr/0001-faust-as-worker-shell.md), while batched work
+per change is tens of microseconds.
 
 State: the shared state component (:mod:`services.shared.state`): a local RocksDB
 (``table_store=memory``: a dict), its compacted changelog :data:`STATE_TOPIC`, and the

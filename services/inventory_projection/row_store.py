@@ -113,7 +113,7 @@ class Applied(NamedTuple):
     orders: frozenset[int] = frozenset()
     """CRM orders whose demand may have changed: evaluate these for shortages."""
     entry: tuple[str, dict[str, Any]] | None = None
-    """The row version to persist (Faust table key, value)."""
+    """The row version to persist (state key, value)."""
     flagged: BadInput | None = None
     """Folded, but to be dead-lettered with this reason (negative stock)."""
     as_of_moved: bool = False

@@ -14,12 +14,12 @@ State: the shared state component (:mod:`services.shared.state`): a local RocksD
 :class:`~services.shared.state.checkpoint.Checkpoint` that owns the durability order,
 the source offsets stored with the state, resume and restore. The core reads and writes
 the state through the checkpoint's per-batch overlay; only the keys a batch touches are
-decoded (memory stays flat with a million item x warehouse keys). Per batch
-:meth:`Shell.on_batch` decodes (bad records -> dead-letter topic via the shared intake)
-and lets the :class:`~.projector.Projector` fold whole source transactions (one shared
-:class:`~services.shared.holding.TransactionHolder` per source database: CRM and ERP
-reuse xids); events of transactions not complete yet stay held, and a transaction given
-up is dead-lettered whole, never applied in part. The checkpoint then runs the step's effects
+decoded (memory stays flat with a million item x warehouse keys). The batch loop is
+the kit's (:class:`~services.shared.stateful.StatefulRunner`): every record goes
+through the shared transactional intake (bad records -> dead-letter topic) to the
+:class:`~.projector.Projector`, which holds source transactions per database (CRM and
+ERP reuse xids) and folds the whole ones; a transaction given up is dead-lettered whole,
+never applied in part. The checkpoint then runs the step's effects
 (:meth:`.effects.Effects.apply`: write-back, publishing, dead letters) and writes the
 state and the offsets it covers. A crash anywhere redoes the batch; every effect is
 idempotent.
@@ -46,27 +46,21 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TypeAlias
 
 import asyncpg
-from aiokafka.structs import ConsumerRecord
 
 from services.inventory_projection.effects import AVAILABILITY_TOPIC, SHORTAGE_TOPIC, Effects
 from services.inventory_projection.metrics import ProjectionMetrics
-from services.inventory_projection.projector import Projector, parse_heartbeat
+from services.inventory_projection.projector import Projector, Step
 from services.inventory_projection.source_rows import CRM, ERP, OVERALL_CODE
-from services.shared.batches import RecordBatch, attach_sources
-from services.shared.changes import ChangeEvent, undecoded_change
-from services.shared.cooperative import Slicer
-from services.shared.errors import BadInput
-from services.shared.holding import expire_overdue
+from services.shared.batches import attach_sources
 from services.shared.observability import pool_probe
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
-from services.shared.state.changelog import Changelog
-from services.shared.state.checkpoint import Checkpoint, open_state
+from services.shared.stateful import Handle, StatefulRunner
 from services.shared.truncates import TruncateCounter
+from services.shared.whole_transactions import SourceTopics
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +79,14 @@ CHANGE_TOPICS = (
     *(f"cdc.erp.{t}" for t in ERP_TABLES),
     *(f"cdc.crm.{t}" for t in CRM_TABLES),
 )
-MARKER_TOPICS = {"cdc.erp.transaction": ERP, "cdc.crm.transaction": CRM}
+#: transaction markers and heartbeats of both databases (source time: the as-of time)
+SOURCES = SourceTopics.of((ERP, CRM), heartbeats=True)
 #: per database, the topics whose rows others refer to (unknown-reference verdicts on
 #: that database wait until these are read to their end: Projector.step)
 REFERENCE_TOPICS = {
     ERP: ("cdc.erp.item", "cdc.erp.warehouse"),
     CRM: ("cdc.crm.product", "cdc.crm.sales_order"),
 }
-HEARTBEAT_TOPICS = {"heartbeat.cdc.erp": ERP, "heartbeat.cdc.crm": CRM}
 
 #: the compacted changelog of the state (declared in deploy/topics.yaml)
 STATE_TOPIC = "state.inventory-projection"
@@ -102,35 +96,38 @@ MAX_WRITE_POSITION = """
 SELECT source_commit_lsn, source_lsn FROM crm_integration.availability
 ORDER BY source_commit_lsn DESC, source_lsn DESC LIMIT 1"""
 
-Handle: TypeAlias = "ConsumerRecord[bytes, bytes]"
-
 
 class Shell:
-    """The I/O around a :class:`Projector`: one :meth:`on_batch` call per fetch."""
+    """The I/O around a :class:`Projector`, run by the kit's :class:`StatefulRunner`."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
         self.metrics = ProjectionMetrics(service)
         truncates = TruncateCounter(service.registry, service.name)
         self.effects = Effects(service, self.metrics, truncates)
-        self.checkpoint = Checkpoint(Changelog(STATE_TOPIC))
         self._max_hold = timedelta(seconds=service.settings.max_hold_seconds)
-        self.projector: Projector[Handle] = Projector(max_hold=self._max_hold)
-        self.pool: asyncpg.Pool | None = None
-        self.source = self.checkpoint.batch_source(
+        self.runner: StatefulRunner[Projector[Handle], Step[Handle]] = StatefulRunner(
             service,
-            "changes",
-            (*CHANGE_TOPICS, *MARKER_TOPICS, *HEARTBEAT_TOPICS),
-            self.on_batch,
-            on_reset=self.on_reset,
+            state_topic=STATE_TOPIC,
+            topics=CHANGE_TOPICS,
+            sources=SOURCES,
+            load=partial(Projector.load, max_hold=self._max_hold),
+            apply=self.effects.apply,
+            reference_topics=REFERENCE_TOPICS,
+            after_commit=self.effects.refresh,
             max_records=BATCH_MAX,
             # a backlog is replayed in batches of up to BATCH_MAX records: per-partition
             # fetches of 512 KiB (the default) gave ~2,500 change events a batch, and
             # every batch pays its round trips (write-back, acks, changelog)
             partition_fetch_bytes=4 * 1024 * 1024,
         )
+        self.source = self.runner.source
+        self.pool: asyncpg.Pool | None = None
         self.restored_entries = 0
-        self._slicer = Slicer()
+
+    @property
+    def projector(self) -> Projector[Handle]:
+        return self.runner.fold
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,15 +135,11 @@ class Shell:
         """Open (or rebuild) the local state, load the projector, open the write-back."""
         started = time.monotonic()
         settings = service.settings
-        assert service.producer is not None
-        restored = await self.checkpoint.open(
-            open_state(settings), settings.kafka, service.producer
-        )
+        restored = await self.runner.open()
         if restored is not None:
             self.restored_entries = restored.entries
             self.metrics.restore_seconds.set(restored.seconds)
             self.metrics.restored_records.set(restored.records)
-        self.projector = Projector.load(self.checkpoint.overlay, max_hold=self._max_hold)
         service.metrics.set_table_rows("availability", self.projector.store.ledger.key_count)
 
         async def pool() -> asyncpg.Pool:
@@ -179,7 +172,7 @@ class Shell:
     async def stop(self, _: Service) -> None:
         if self.pool is not None:
             await self.pool.close()
-        self.checkpoint.close()
+        self.runner.close()
 
     async def _resume_write_position(self) -> None:
         """Never write below what the write-back already holds (e.g. a replay from the
@@ -196,70 +189,6 @@ class Shell:
             store.observe(ERP, at)
         store.revision = max(store.revision, revision)
 
-    async def on_reset(self) -> None:
-        """Partitions revoked or a batch failed: the checkpoint dropped what the batch
-        held; reload the projector from the durable state."""
-        self.projector = Projector.load(self.checkpoint.overlay, max_hold=self._max_hold)
-
-    # ------------------------------------------------------------------ the batch
-
-    async def on_batch(self, batch: RecordBatch) -> None:
-        """One fetch: the fold (through the checkpoint's overlay), then the checkpoint
-        makes it durable with the step's effects. Gives the event loop back every slice
-        of work (:class:`~services.shared.cooperative.Slicer`), so health, readiness,
-        metrics and the consumer's heartbeats are answered while a large batch folds."""
-        intake = self.service.require_intake()
-        projector = self.projector
-        slicer = self._slicer
-        slicer.restart()
-        for record in batch.records:
-            if slicer.due():
-                await slicer.pause()
-            topic = record.topic
-            database = HEARTBEAT_TOPICS.get(topic)
-            if database is not None:
-                try:
-                    projector.heartbeat(database, parse_heartbeat(record.value), record)
-                except BadInput as error:
-                    await intake.reject(record, error)
-                    projector.release(record)
-            elif topic in MARKER_TOPICS:
-                marker = await intake.marker(record)
-                if marker is None:
-                    projector.release(record)
-                else:
-                    projector.marker(MARKER_TOPICS[topic], marker, record)
-            else:
-                change = intake.decode(record)
-                if type(change) is ChangeEvent:
-                    projector.change(change, record)
-                elif isinstance(change, BadInput):
-                    member = undecoded_change(
-                        record.topic, record.partition, record.offset, record.value, change
-                    )
-                    if member is None:  # says not even its transaction
-                        await intake.reject(record, change)
-                        projector.release(record)
-                    else:  # counted: its transaction is given up whole once complete
-                        projector.undecodable(member, record)
-                else:
-                    projector.release(record)  # a Debezium tombstone
-        for database, holder in projector.holders.items():
-            projector.take(database, await expire_overdue(holder, self.source.caught_up))
-        step = await slicer.drive(
-            projector.steps(
-                [
-                    db
-                    for db, topics in REFERENCE_TOPICS.items()
-                    if await self.source.caught_up(topics)
-                ]
-            )
-        )
-        await self.checkpoint.commit(
-            batch, step.release, partial(self.effects.apply, step, projector)
-        )
-        await self.effects.refresh(projector)
-
 
 def build_service(settings: ServiceSettings) -> Service:
     """inventory-projection's service: the shell and its batch source; connects to
@@ -270,7 +199,6 @@ def build_service(settings: ServiceSettings) -> Service:
     service.on_stop.append(shell.stop)
     attach_sources(service, shell.source)  # starts after shell.start, stops before stop
     service.health.expect("projection")
-    setattr(service, "inventory_shell", shell)  # noqa: B010  (tests, benchmarks)
     return service
 
 

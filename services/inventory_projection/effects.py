@@ -138,7 +138,7 @@ class Effects:
             service.metrics.event("cdc", "skipped_stale", step.stale)
         for given_up in step.given_up:
             log.warning("%s", given_up.reason, extra={"transaction": given_up.transaction_id})
-        for database, holder in projector.holders.items():
+        for database, holder in projector.held.holders.items():
             holder.report(
                 service.metrics,
                 [g for g in step.given_up if g.database == database],

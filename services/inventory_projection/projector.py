@@ -11,14 +11,14 @@ handles that may be acknowledged once all of that is durable.
 Invariants kept here (DESIGN.md 3, 4, 6):
 
 * **A source transaction is applied whole, or given up whole.** Change events, their
-  undecodable members and the END markers go through one shared
-  :class:`~services.shared.holding.TransactionHolder` per source database (the shell
-  also consumes ``cdc.<db>.transaction``); a transaction's records are held (not
+  undecodable members and the END markers go through the shared
+  :class:`~services.shared.whole_transactions.HeldTransactions` (one holder per source
+  database; the projector is the feed of the shell's
+  :func:`~services.shared.whole_transactions.read_records`); a transaction's records are held (not
   acknowledged) until every event it announced for the folded tables is there. Its
   policies are the shared ones, the same as order-sync's: a transaction with an
   undecodable member, an inconsistent one, one still incomplete after the hold bound
-  of source time (:meth:`Projector.take` what the shell's
-  :func:`~services.shared.holding.expire_overdue` releases) and the largest open one
+  of source time (``held.expire`` in the shell) and the largest open one
   when the limits are reached are given up whole: every record to the dead letters
   (:attr:`Step.dead_letters`), nothing of it applied, listed in :attr:`Step.given_up`.
   Leftovers of a transaction applied before a restart are released unapplied.
@@ -64,12 +64,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -101,12 +100,13 @@ from services.inventory_projection.truncates import (
 from services.inventory_projection.unknown_references import HeldRow
 from services.shared.changes import ChangeEvent, ChangeOp, UndecodedChange
 from services.shared.cooperative import Pausable, run_to_end
-from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
-from services.shared.holding import GivenUp, Released, TransactionHolder, Whole
+from services.shared.errors import BadInput
+from services.shared.holding import GivenUp, Released, Whole
 from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
 from services.shared.transactions import TransactionMarker
 from services.shared.truncates import TruncateAnswer, TruncateAnswers
+from services.shared.whole_transactions import HeldTransactions
 
 log = logging.getLogger(__name__)
 
@@ -155,20 +155,6 @@ VERDICT_PREFIX = b"u:"
 
 def verdict_key(table: Table, row_id: int) -> bytes:
     return VERDICT_PREFIX + storage_key(table, row_id).encode()
-
-
-def parse_heartbeat(value: bytes | None) -> datetime:
-    """A Debezium heartbeat value (JSON ``{"ts_ms": ...}``) -> its time (UTC)."""
-    if value is None:
-        raise MalformedEvent("heartbeat without a value")
-    try:
-        document = json.loads(value)
-    except (ValueError, TypeError, RecursionError) as error:
-        raise MalformedEvent(f"heartbeat is not JSON: {error}") from None
-    ts_ms = document.get("ts_ms") if isinstance(document, dict) else None
-    if isinstance(ts_ms, bool) or not isinstance(ts_ms, int):
-        raise SchemaViolation(f"heartbeat ts_ms {ts_ms!r} is not an integer")
-    return datetime.fromtimestamp(ts_ms / 1000, UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,18 +234,10 @@ class Projector(Generic[H]):
         self.evaluated = EvaluatedVersions(self.store.kv)
         for order_id, version in (evaluated or {}).items():
             self.evaluated[order_id] = version
-        # one per database: transaction ids (xids) of the two databases collide
-        self.holders: dict[str, TransactionHolder[H]] = {
-            db: TransactionHolder(
-                db,
-                (c for c in DATA_COLLECTIONS if c.startswith(f"{db}.")),
-                max_hold=max_hold,
-                clock=clock,
-            )
-            for db in (CRM, ERP)
-        }
-        #: per database, what its holder released since the last step
-        self._released: dict[str, Released[H]] = {db: Released() for db in self.holders}
+        # one holder per database: transaction ids (xids) of the two databases collide
+        self.held: HeldTransactions[H] = HeldTransactions(
+            DATA_COLLECTIONS, max_hold=max_hold, clock=clock
+        )
         self._ready: list[Whole[H]] = []
         self._release: list[H] = []
         self._dead: list[tuple[H, BadInput]] = []
@@ -287,45 +265,39 @@ class Projector(Generic[H]):
 
     @property
     def open_transactions(self) -> int:
-        return sum(h.open_transactions for h in self.holders.values())
+        return self.held.open_transactions
 
     def oldest_held_ages(self) -> dict[str, float]:
         """Per source database, the clock seconds its oldest open transaction has been
         held (0 if none)."""
-        return {db: h.oldest_held_for() for db, h in self.holders.items()}
+        return self.held.oldest_held_ages()
 
     @property
     def awaiting_verdicts(self) -> int:
         """Row versions held for an unknown reference whose verdict is not due yet."""
         return len(self._awaiting)
 
+    # the feed of the shared transactional intake (services.shared.whole_transactions)
+
     def change(self, event: ChangeEvent, handle: H) -> None:
         """A decoded change event of a folded table."""
-        database = event.database
-        self.holders[database].add_change(event, handle, self._released[database])
+        self.held.change(event, handle)
 
     def undecodable(self, change: UndecodedChange, handle: H) -> None:
         """A change that could not be decoded: held and counted as a member of its
         transaction, which is then given up whole (dead letters in a later step)."""
-        database = change.origin.topic.split(".")[1]  # cdc.<database>.<table>
-        holder = self.holders.get(database)
-        if holder is None:  # not a source database of the projection: a dead letter
-            self._dead.append((handle, BadInput(change.reason)))
-            self._release.append(handle)
-            return
-        holder.add_undecodable(change, handle, self._released[database])
+        self.held.undecodable(change, handle)
 
     def marker(self, database: str, marker: TransactionMarker, handle: H) -> None:
         """A BEGIN/END record of ``cdc.<database>.transaction``."""
-        self.holders[database].add_marker(marker, handle, self._released[database])
+        self.held.marker(database, marker, handle)
 
     def heartbeat(self, database: str, at: datetime, handle: H) -> None:
         if database not in (CRM, ERP):
             raise ValueError(f"unknown source database {database!r}")
         if self.store.observe(database, at):
             self._meta_dirty = True
-        self.holders[database].observe(at)
-        self._release.append(handle)
+        self.held.heartbeat(database, at, handle)
 
     def release(self, handle: H) -> None:
         """An input with nothing to fold (e.g. a Debezium tombstone)."""
@@ -364,9 +336,10 @@ class Projector(Generic[H]):
         database are not given yet (in a backlog a topic can run minutes of source
         time ahead of another, so the watermark alone would judge rows whose item or
         warehouse is merely late)."""
-        for database, released in self._released.items():
+        taken = self.held.drain()
+        for database, released in taken.released.items():
             self.take(database, released)
-            self._released[database] = Released()
+        self._release.extend(taken.let_go)
         out: Step[H] = Step(
             dead_letters=self._dead,
             release=self._release,

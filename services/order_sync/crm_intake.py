@@ -1,9 +1,10 @@
 """order-sync's CRM source: whole CRM transactions assembled from the fetches.
 
-Each fetch (up to 5,000 records) is decoded by the shared intake (bad input ->
-``dlq.order-sync``); change events and END markers are held by
-the shared :class:`~services.shared.holding.TransactionHolder` (their offsets stay
-uncommitted) until their source transaction is complete. Every transaction the fetch
+Each fetch (up to 5,000 records) is read by the shared transactional intake
+(:mod:`services.shared.whole_transactions`: bad input -> ``dlq.order-sync``); change
+events and END markers are held by its CRM
+:class:`~services.shared.holding.TransactionHolder` (their offsets stay uncommitted)
+until their source transaction is complete. Every transaction the fetch
 completed goes to :class:`~services.order_sync.syncing.Syncing` in chunks of up to
 ``sink_batch_max_rows`` events, and only then are its records released for commit: a
 crash anywhere means redelivery of whole transactions.
@@ -24,17 +25,17 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 
+from aiokafka.structs import ConsumerRecord
+
 from services.order_sync.metrics import OrderSyncMetrics
 from services.order_sync.rejection import rejection_of_given_up
 from services.order_sync.syncing import Handle, Syncing
 from services.order_sync.truncates import TruncateHandler
 from services.shared.batches import BatchSource, RecordBatch
-from services.shared.changes import Tombstone, undecoded_change
-from services.shared.cooperative import Slicer
-from services.shared.errors import BadInput
-from services.shared.holding import Released, TransactionHolder, expire_overdue
+from services.shared.holding import Released
 from services.shared.runtime import Service
 from services.shared.transactions import CompleteTransaction
+from services.shared.whole_transactions import HeldTransactions, SourceTopics, read_records
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +61,18 @@ class CrmIntake:
         self.topics = tuple(topics)
         self.transaction_topic = transaction_topic
         self.collections = tuple(collections)
-        self.held: TransactionHolder[Handle] = self._holder()
-        self.source = BatchSource(service, "crm", self.topics, self.on_batch,
-                                  on_reset=self.reset)
+        self.sources = SourceTopics(markers={transaction_topic: "crm"})
+        self.held: HeldTransactions[Handle] = self._holder()
+        self.source = BatchSource(service, "crm", self.topics, self.on_batch, on_reset=self.reset)
 
     async def reset(self) -> None:
         """After a rebalance every uncommitted record is redelivered: start afresh."""
         self.held = self._holder()
-        self.held.report(self.service.metrics)
+        self.held.report(self.service.metrics, self.held.drain())
 
-    def _holder(self) -> TransactionHolder[Handle]:
+    def _holder(self) -> HeldTransactions[Handle]:
         bound = timedelta(seconds=self.service.settings.max_hold_seconds)
-        return TransactionHolder("crm", self.collections, max_hold=bound)
+        return HeldTransactions(self.collections, max_hold=bound)
 
     async def on_batch(self, batch: RecordBatch) -> None:
         """Assemble whole CRM transactions from one fetch and apply the complete ones.
@@ -79,33 +80,18 @@ class CrmIntake:
         Every change and END marker is held (uncommitted) until its transaction is
         applied; transactions still incomplete stay held into the next batches.
         """
-        intake = self.service.require_intake()
-        released: Released[Handle] = Released()
-        slicer = Slicer()  # a large batch gives the event loop back (probes, heartbeats)
-        for record in batch.records:
-            if slicer.due():
-                await slicer.pause()
-            if record.topic == self.transaction_topic:
-                marker = await intake.marker(record)
-                if marker is not None:
-                    released.extend(self.held.add_marker(marker, (record, batch.hold(record))))
-                continue
-            change = intake.decode(record)
-            if isinstance(change, BadInput):
-                member = undecoded_change(
-                    record.topic, record.partition, record.offset, record.value, change
-                )
-                if member is None:  # says not even its transaction: the bound ends it
-                    await intake.reject(record, change)
-                else:
-                    released.extend(
-                        self.held.add_undecodable(member, (record, batch.hold(record)))
-                    )
-            elif not isinstance(change, Tombstone):
-                released.extend(self.held.add_change(change, (record, batch.hold(record))))
-        released.extend(await expire_overdue(self.held, self.source.caught_up))
+
+        def hold(record: ConsumerRecord[bytes, bytes]) -> Handle:
+            return record, batch.hold(record)
+
+        await read_records(
+            batch.records, self.held, self.service.require_intake(), self.sources, hold
+        )
+        await self.held.expire(self.source.caught_up)
+        taken = self.held.drain()
+        self.held.report(self.service.metrics, taken)
+        released = taken.merged()
         await self._end_given_up(released)
-        self.held.report(self.service.metrics, released.given_up, released.orphans)
         good = [(whole.transaction, whole.handles) for whole in released.complete]
         good = [(await self.truncates.answer_in(t, h), h) for t, h in good]
         limit = self.service.settings.sink_batch_max_rows

@@ -38,8 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from ambidex.stack.local import StackAddresses
 from services.inventory_projection.app import (
     CHANGE_TOPICS,
-    HEARTBEAT_TOPICS,
-    MARKER_TOPICS,
+    SOURCES,
     STATE_TOPIC,
 )
 from services.inventory_projection.available_to_promise import AvailabilityKey
@@ -550,7 +549,7 @@ async def test_replay_from_the_beginning_changes_nothing(
     before = await read_projection(stack.crm_admin_dsn)
 
     # every source topic from the beginning
-    topics = [*CHANGE_TOPICS, *MARKER_TOPICS, *HEARTBEAT_TOPICS]
+    topics = [*CHANGE_TOPICS, *SOURCES.topics]
     partitions = await topic_partitions(stack.kafka_bootstrap, topics)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP, enable_auto_commit=False

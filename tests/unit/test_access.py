@@ -37,8 +37,7 @@ CODE = {
     "inventory-projection": (
         {
             *inventory.CHANGE_TOPICS,
-            *inventory.MARKER_TOPICS,
-            *inventory.HEARTBEAT_TOPICS,
+            *inventory.SOURCES.topics,
             inventory.STATE_TOPIC,
         },
         {inventory.AVAILABILITY_TOPIC, inventory.SHORTAGE_TOPIC, inventory.STATE_TOPIC},

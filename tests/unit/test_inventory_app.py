@@ -22,10 +22,11 @@ from decimal import Decimal
 from typing import Any
 
 from services.inventory_projection.available_to_promise import AvailabilityKey
-from services.inventory_projection.projector import Projector, evaluated_key, parse_heartbeat
+from services.inventory_projection.projector import Projector, evaluated_key
 from services.inventory_projection.source_rows import NegativeStock
 from services.shared.changes import ChangeEvent
 from services.shared.transactions import TransactionMarker, TransactionStatus
+from services.shared.whole_transactions import parse_heartbeat
 from tests.builders import change_event
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

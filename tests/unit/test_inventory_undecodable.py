@@ -67,7 +67,7 @@ async def test_an_incomplete_transaction_is_given_up_whole_after_the_bound() -> 
     tx = Tx("erp", 10, quant(22, "2"), quant(23, "3"))
     (first, handle), _ = tx.events
     p.change(first, handle)  # the second event and the END never come
-    holder = p.holders["erp"]
+    holder = p.held.holders["erp"]
 
     async def caught_up(topics: object) -> bool:
         return True

@@ -21,10 +21,10 @@ from services.order_sync.app import CRM_COLLECTIONS, CRM_TRANSACTION_TOPIC, Orde
 from services.shared.batches import RecordBatch
 from services.shared.changes import ChangeEvent
 from services.shared.errors import BadInput
-from services.shared.holding import TransactionHolder
 from services.shared.runtime import build_service
 from services.shared.settings import load_settings
 from services.shared.transactions import TransactionMarker
+from services.shared.whole_transactions import HeldTransactions
 from tests.unit.test_transactions import change, end
 
 LINES = "cdc.crm.sales_order_line"
@@ -54,8 +54,8 @@ def _record(topic: str, offset: int) -> ConsumerRecord[bytes, bytes]:
 
 async def test_a_transaction_beyond_the_limits_goes_whole_to_the_dead_letters() -> None:
     sync = OrderSync(build_service(load_settings("order-sync", {})))
-    sync.crm.held = TransactionHolder(
-        "crm", CRM_COLLECTIONS, max_hold=timedelta(seconds=300), max_buffered_events=3
+    sync.crm.held = HeldTransactions(
+        CRM_COLLECTIONS, max_hold=timedelta(seconds=300), max_buffered_events=3
     )
     items: dict[tuple[str, int], ChangeEvent | TransactionMarker] = {
         (LINES, 0): change("20", 1, "sales_order_line", row_id=201),

@@ -1,0 +1,163 @@
+"""The runner of a service with local state: one batch loop, written once.
+
+A stateful service is a *fold* (its pure policy: what a whole source transaction does
+to the state, and what must happen because of it) run by this *runner* (the I/O: read,
+hold, commit). The split is eventsourcing's policy and its runner; the order of the
+durable steps is the :class:`~services.shared.state.checkpoint.Checkpoint`'s.
+
+Per fetched batch (:meth:`StatefulRunner.on_batch`):
+
+1. every record goes to the fold through the shared transactional intake
+   (:func:`~services.shared.whole_transactions.read_records`): bad input to
+   ``dlq.<service>``, changes held per source database until their transaction is whole;
+2. overdue transactions are ended (``AMBIDEX_MAX_HOLD_SECONDS`` of source time, once the
+   topics they wait for are read to their end);
+3. the fold's :meth:`Fold.steps` folds the complete transactions through the
+   checkpoint's overlay (pausable: the event loop is given back every slice, so health,
+   metrics and the consumer's heartbeats answer while a large batch folds);
+4. :meth:`Checkpoint.commit` runs the service's effects for the step (write-back,
+   publishing, dead letters; idempotent), then makes the changelog, the state and the
+   source offsets durable; only the step's ``release`` handles may be committed.
+
+A crash anywhere redoes the batch from the offsets stored with the state; a rebalance
+or a failed batch drops what the batch held and reloads the fold from the state.
+
+What a service writes: its fold (a :class:`Fold`, usually around a
+:class:`~services.shared.whole_transactions.HeldTransactions`), a ``load(kv)`` that
+builds the fold from the state, and ``apply(step, fold)`` for the effects. Use::
+
+    runner = StatefulRunner(service, state_topic="state.<service>", topics=CHANGE_TOPICS,
+                            sources=SourceTopics.of(("crm", "erp"), heartbeats=True),
+                            load=MyFold.load, apply=effects.apply)
+    # start hook: await runner.open(); stop hook: runner.close()
+    attach_sources(service, runner.source)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
+
+from aiokafka.structs import ConsumerRecord
+
+from services.shared.batches import BatchSource, RecordBatch
+from services.shared.cooperative import Pausable, Slicer
+from services.shared.state.changelog import Changelog, Restored
+from services.shared.state.checkpoint import Checkpoint, open_state
+from services.shared.state.store import KeyValue
+from services.shared.whole_transactions import (
+    HeldTransactions,
+    SourceTopics,
+    TransactionFeed,
+    read_records,
+)
+
+if TYPE_CHECKING:
+    from services.shared.runtime import Service
+
+#: what a stateful fold keeps of a record until its work is durable: the record
+Handle: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+S_co = TypeVar("S_co", covariant=True)
+S = TypeVar("S", bound="FoldStep")
+F = TypeVar("F", bound="Fold[Any]")
+
+
+class FoldStep(Protocol):
+    """What a fold's step must tell the runner: the records it may let go of."""
+
+    @property
+    def release(self) -> Sequence[Handle]: ...
+
+
+class Fold(TransactionFeed[Handle], Protocol[S_co]):
+    """A service's pure policy over whole source transactions (see the module)."""
+
+    @property
+    def held(self) -> HeldTransactions[Handle]: ...
+
+    def steps(self, caught_up: Collection[str]) -> Pausable[S_co]:
+        """Fold what the feed completed; ``caught_up``: the source databases whose
+        reference topics are read to their end (verdicts that wait on them may be
+        given)."""
+        ...
+
+
+def _itself(record: Handle) -> Handle:
+    return record
+
+
+class StatefulRunner(Generic[F, S]):
+    """The batch loop of a stateful service (see the module docstring).
+
+    ``reference_topics``: per source database, the topics whose rows others refer to;
+    a database is passed to :meth:`Fold.steps` as caught up once these are read to
+    their end. ``options``: the :class:`BatchSource`'s (``max_records``, fetch sizes).
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        state_topic: str,
+        topics: Sequence[str],
+        sources: SourceTopics,
+        load: Callable[[KeyValue], F],
+        apply: Callable[[S, F], Awaitable[None]],
+        reference_topics: Mapping[str, Collection[str]] | None = None,
+        after_commit: Callable[[F], Awaitable[None]] | None = None,
+        consumer: str = "changes",
+        **options: Any,
+    ) -> None:
+        self.service = service
+        self.sources = sources
+        self._load = load
+        self._apply = apply
+        self._after_commit = after_commit
+        self.reference_topics: Mapping[str, Collection[str]] = dict(reference_topics or {})
+        self.checkpoint = Checkpoint(Changelog(state_topic))
+        self.source: BatchSource = self.checkpoint.batch_source(
+            service, consumer, (*topics, *sources.topics), self.on_batch,
+            on_reset=self.on_reset, **options,
+        )
+        self._fold: F | None = None
+        self._slicer = Slicer()
+
+    @property
+    def fold(self) -> F:
+        if self._fold is None:
+            raise RuntimeError("the state is not open yet (StatefulRunner.open)")
+        return self._fold
+
+    async def open(self) -> Restored | None:
+        """Open (or rebuild from the changelog) the local state and load the fold;
+        what was restored, if anything."""
+        settings = self.service.settings
+        producer = self.service.producer
+        assert producer is not None
+        restored = await self.checkpoint.open(open_state(settings), settings.kafka, producer)
+        self._fold = self._load(self.checkpoint.overlay)
+        return restored
+
+    def close(self) -> None:
+        self.checkpoint.close()
+
+    async def on_reset(self) -> None:
+        """Partitions revoked or a batch failed: the checkpoint dropped what the batch
+        held; reload the fold from the durable state."""
+        self._fold = self._load(self.checkpoint.overlay)
+
+    async def on_batch(self, batch: RecordBatch) -> None:
+        fold = self.fold
+        slicer = self._slicer
+        slicer.restart()
+        intake = self.service.require_intake()
+        await read_records(batch.records, fold, intake, self.sources, _itself, slicer)
+        caught_up = self.source.caught_up
+        await fold.held.expire(caught_up)
+        ready = [db for db, topics in self.reference_topics.items() if await caught_up(topics)]
+        step: S = await slicer.drive(fold.steps(ready))
+        await self.checkpoint.commit(batch, step.release, partial(self._apply, step, fold))
+        if self._after_commit is not None:
+            await self._after_commit(fold)

@@ -100,6 +100,8 @@ class GiveUpCause(StrEnum):
     INCONSISTENT = "inconsistent"
     INCOMPLETE = "incomplete"
     OVERFLOW = "overflow"
+    #: a row of it is bad input for the service's typed records (TransactionFold)
+    BAD_ROW = "bad_row"
 
 
 @dataclass(slots=True)  # not frozen: one per transaction, built on the hot path

@@ -1,0 +1,188 @@
+"""A fold of whole source transactions: the base of a stateful service's policy.
+
+The :class:`~services.shared.stateful.StatefulRunner` runs a :class:`Fold`; most
+services need no more than this base: a transaction is typed row by row (the service's
+:meth:`TransactionFold.parse`, its typed source records), and only when every row of it
+parses is it applied (:meth:`TransactionFold.apply`) — one bad row rejects the whole
+transaction: every record of it goes to the dead letters with the reason (the bad row's
+own, the others "rejected with it"), nothing of it is applied, and it is reported
+(``ambidex_rejected_transactions_total{cause="bad_row"}``). Transactions the holder gave
+up (undecodable member, inconsistent, incomplete, overflow) come out the same way.
+
+A subclass supplies, in plain synchronous code over its state (``KeyValue``):
+
+- ``parse(event) -> record`` (raise :class:`~services.shared.errors.BadInput`);
+- ``apply(records, transaction, outcome)``: fold one whole transaction into ``outcome``
+  (the service's own type of what the step changed: rows to write, events to publish);
+- ``new_outcome()``; optionally ``observe(database, at)`` (a heartbeat: source time) and
+  ``finish(outcome, caught_up)`` (end of the step: time-driven work, e.g. aging).
+
+The step it returns (:class:`Applied`) carries the outcome, the dead letters, and the
+records to release once the effects are durable (:func:`dead_letter_all` writes the
+dead letters and reports the rejected transactions, for the effects).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from services.shared.changes import ChangeEvent, UndecodedChange
+from services.shared.cooperative import Pausable
+from services.shared.errors import BadInput
+from services.shared.holding import GivenUp, GiveUpCause, Whole
+from services.shared.stateful import Handle
+from services.shared.transactions import CompleteTransaction, TransactionMarker
+from services.shared.whole_transactions import HeldTransactions
+
+if TYPE_CHECKING:
+    from services.shared.runtime import Service
+
+Out = TypeVar("Out")
+R = TypeVar("R")
+
+#: whole transactions folded between two pauses of the event loop
+PAUSE_EVERY = 200
+
+
+@dataclass
+class Applied(Generic[Out]):
+    """One step of a :class:`TransactionFold`: what to do, then what to release."""
+
+    outcome: Out
+    release: list[Handle] = field(default_factory=list)
+    dead_letters: list[tuple[Handle, BadInput]] = field(default_factory=list)
+    #: transactions given up or rejected whole (their records are in dead_letters)
+    rejected: list[GivenUp] = field(default_factory=list)
+    #: per database: leftovers of transactions applied before a restart, released
+    orphans: dict[str, int] = field(default_factory=dict)
+    #: source commit time of each applied transaction (end-to-end latency)
+    commit_times: list[datetime] = field(default_factory=list)
+    applied: int = 0
+
+
+class TransactionFold(Generic[R, Out]):
+    """The base fold (see the module docstring); a :class:`~.stateful.Fold`."""
+
+    def __init__(
+        self,
+        collections: Iterable[str],
+        *,
+        max_hold: timedelta = timedelta(seconds=300),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.held: HeldTransactions[Handle] = HeldTransactions(
+            collections, max_hold=max_hold, clock=clock
+        )
+
+    # ------------------------------------------------------------------ to supply
+
+    def parse(self, event: ChangeEvent) -> R:
+        """The typed record of one change (raise BadInput for a bad row)."""
+        raise NotImplementedError
+
+    def apply(self, records: Sequence[R], transaction: CompleteTransaction, outcome: Out) -> None:
+        """Fold one whole, well-formed transaction into the state and ``outcome``."""
+        raise NotImplementedError
+
+    def new_outcome(self) -> Out:
+        raise NotImplementedError
+
+    def observe(self, database: str, at: datetime) -> None:
+        """Source time of ``database`` moved on (a heartbeat, a commit)."""
+
+    def finish(self, outcome: Out, caught_up: Collection[str]) -> None:
+        """End of a step: work driven by time rather than by a change."""
+
+    # ------------------------------------------------------------------ the feed
+
+    def change(self, event: ChangeEvent, handle: Handle) -> None:
+        self.held.change(event, handle)
+
+    def undecodable(self, change: UndecodedChange, handle: Handle) -> None:
+        self.held.undecodable(change, handle)
+
+    def marker(self, database: str, marker: TransactionMarker, handle: Handle) -> None:
+        self.held.marker(database, marker, handle)
+
+    def heartbeat(self, database: str, at: datetime, handle: Handle) -> None:
+        self.observe(database, at)
+        self.held.heartbeat(database, at, handle)
+
+    def release(self, handle: Handle) -> None:
+        self.held.release(handle)
+
+    # ------------------------------------------------------------------ the step
+
+    def steps(self, caught_up: Collection[str]) -> Pausable[Applied[Out]]:
+        """Fold every transaction completed since the last step (pausable)."""
+        taken = self.held.drain()
+        out: Applied[Out] = Applied(self.new_outcome(), release=list(taken.let_go))
+        folded = 0
+        for database, released in taken.released.items():
+            out.release.extend(released.ack_now)
+            for handle, error in released.dead:
+                out.dead_letters.append((handle, error))
+                out.release.append(handle)
+            out.rejected.extend(released.given_up)
+            if released.orphans:
+                out.orphans[database] = out.orphans.get(database, 0) + released.orphans
+            for whole in released.complete:
+                folded += 1
+                if folded % PAUSE_EVERY == 0:
+                    yield None
+                self._fold_whole(database, whole, out)
+        self.finish(out.outcome, caught_up)
+        return out
+
+    def _fold_whole(self, database: str, whole: Whole[Handle], out: Applied[Out]) -> None:
+        transaction = whole.transaction
+        out.release.extend(whole.handles)
+        records: list[R] = []
+        for event in transaction.events:
+            try:
+                records.append(self.parse(event))
+            except BadInput as error:
+                self._reject(database, whole, event, error, out)
+                return
+        if transaction.events:
+            self.observe(database, transaction.commit_time)
+        self.apply(records, transaction, out.outcome)
+        out.commit_times.append(transaction.commit_time)
+        out.applied += len(records)
+
+    @staticmethod
+    def _reject(
+        database: str, whole: Whole[Handle], bad: ChangeEvent, error: BadInput, out: Applied[Out]
+    ) -> None:
+        transaction = whole.transaction
+        xid = transaction.id or f"{bad.origin.topic}@{bad.origin.offset}"
+        reason = f"source transaction {xid} rejected whole: {bad.table} row: {error.reason}"
+        bad_handle = whole.handle_of(bad)
+        for handle in whole.handles:
+            if handle is bad_handle:
+                out.dead_letters.append((handle, error))
+            else:
+                out.dead_letters.append((handle, BadInput(reason)))
+        out.rejected.append(GivenUp(database, xid, GiveUpCause.BAD_ROW, reason,
+                                    events=transaction.events))
+
+
+async def dead_letter_all(
+    service: Service, applied: Applied[Out], held: HeldTransactions[Handle]
+) -> None:
+    """The step's dead letters written (once per origin), its rejected transactions
+    and the holding gauges reported: for a service's effects, before anything of the
+    step is released."""
+    intake = service.require_intake()
+    for handle, error in applied.dead_letters:
+        await intake.reject(handle, error)
+    for rejected in applied.rejected:
+        service.metrics.transaction_rejected(rejected.database, rejected.cause.value)
+    for database, count in applied.orphans.items():
+        service.metrics.orphan_transactions(database, count)
+    for holder in held.holders.values():
+        holder.report(service.metrics)

@@ -1,0 +1,126 @@
+"""The kit's base fold applies a source transaction whole or rejects it whole.
+
+Invariants (DESIGN.md 3 and 4): nothing of a transaction is applied before all of it
+is there; one bad row rejects the whole transaction — every record of it goes to the
+dead letters (the bad row with its own reason, the others naming it), nothing of it is
+applied, it is reported — and the fold goes on with the next; every record is released
+exactly once, only in the step that decided it. Pure: a toy fold, no Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from aiokafka.structs import ConsumerRecord
+
+from services.shared.changes import ChangeEvent
+from services.shared.cooperative import run_to_end
+from services.shared.errors import SchemaViolation
+from services.shared.holding import GiveUpCause
+from services.shared.stateful import Handle
+from services.shared.transaction_fold import Applied, TransactionFold
+from services.shared.transactions import CompleteTransaction
+from tests.builders import change_event
+from tests.unit.test_transactions import end
+
+COMMIT = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+class Totals(TransactionFold[tuple[int, Decimal], list[str]]):
+    """A toy fold: the total amount per account (the outcome: accounts changed)."""
+
+    def __init__(self) -> None:
+        super().__init__(("crm.payment",))
+        self.totals: dict[int, Decimal] = {}
+        self.seen: list[tuple[str, datetime]] = []
+
+    def parse(self, event: ChangeEvent) -> tuple[int, Decimal]:
+        row = event.after or {}
+        amount = Decimal(str(row["amount"]))
+        if not amount.is_finite():
+            raise SchemaViolation(f"crm.payment amount {row['amount']} is not a number")
+        return int(row["account"]), amount
+
+    def apply(
+        self, records: Sequence[tuple[int, Decimal]], transaction: CompleteTransaction,
+        outcome: list[str],
+    ) -> None:
+        for account, amount in records:
+            self.totals[account] = self.totals.get(account, Decimal(0)) + amount
+            outcome.append(f"account {account}")
+
+    def new_outcome(self) -> list[str]:
+        return []
+
+    def observe(self, database: str, at: datetime) -> None:
+        self.seen.append((database, at))
+
+
+def record(topic: str, offset: int) -> Handle:
+    return ConsumerRecord(topic, 0, offset, 0, 0, b"k", b"v", None, 1, 1, ())
+
+
+def payment(xid: str, order: int, account: int, amount: Any, offset: int) -> ChangeEvent:
+    return change_event("crm", "payment", after={"id": offset, "account": account,
+                                                 "amount": amount},
+                        commit_lsn=1_000 * int(xid), lsn=1_000 * int(xid) + order,
+                        transaction_id=xid, order=order, commit_time=COMMIT)
+
+
+def feed(fold: Totals, xid: str, amounts: list[Any], start: int) -> list[Handle]:
+    handles = []
+    for n, amount in enumerate(amounts):
+        handle = record("cdc.crm.payment", start + n)
+        fold.change(payment(xid, n + 1, 7, amount, start + n), handle)
+        handles.append(handle)
+    return handles
+
+
+def step(fold: Totals) -> Applied[list[str]]:
+    return run_to_end(fold.steps(("crm",)))
+
+
+def test_a_transaction_is_applied_only_once_it_is_whole() -> None:
+    fold = Totals()
+    handles = feed(fold, "1", ["10.00", "2.50"], 0)
+    first = step(fold)
+    assert fold.totals == {} and first.release == [] and first.outcome == []
+    marker = record("cdc.crm.transaction", 0)
+    fold.marker("crm", end("1", {"crm.payment": 2}), marker)
+    second = step(fold)
+    assert fold.totals == {7: Decimal("12.50")}
+    assert second.outcome == ["account 7", "account 7"]
+    assert sorted(second.release, key=lambda r: (r.topic, r.offset)) == sorted(
+        [*handles, marker], key=lambda r: (r.topic, r.offset)
+    )
+    assert second.commit_times == [COMMIT] and second.applied == 2
+
+
+def test_one_bad_row_rejects_the_whole_transaction_and_the_fold_goes_on() -> None:
+    fold = Totals()
+    bad = feed(fold, "2", ["5.00", "NaN", "1.00"], 10)
+    fold.marker("crm", end("2", {"crm.payment": 3}), record("cdc.crm.transaction", 1))
+    good = feed(fold, "3", ["4.00"], 20)
+    fold.marker("crm", end("3", {"crm.payment": 1}), record("cdc.crm.transaction", 2))
+    out = step(fold)
+    assert fold.totals == {7: Decimal("4.00")}  # nothing of transaction 2
+    dead = {(h.topic, h.offset): e.reason for h, e in out.dead_letters}
+    assert set(dead) == {*((h.topic, h.offset) for h in bad), ("cdc.crm.transaction", 1)}
+    assert "is not a number" in dead[("cdc.crm.payment", 11)]
+    assert "rejected whole" in dead[("cdc.crm.payment", 10)]
+    assert [r.cause for r in out.rejected] == [GiveUpCause.BAD_ROW]
+    assert {(h.topic, h.offset) for h in out.release} == {
+        *dead, *((h.topic, h.offset) for h in good), ("cdc.crm.transaction", 2)
+    }
+
+
+def test_a_heartbeat_moves_source_time_and_is_released() -> None:
+    fold = Totals()
+    beat = record("heartbeat.cdc.crm", 0)
+    fold.heartbeat("crm", COMMIT, beat)
+    out = step(fold)
+    assert fold.seen == [("crm", COMMIT)]
+    assert out.release == [beat] and out.dead_letters == []

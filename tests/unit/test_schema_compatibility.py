@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from services.shared.avro import DEFAULT_SCHEMA_ROOT, SchemaCatalogue, check_compatible
+from services.shared.avro import DEFAULT_SCHEMA_ROOT, SchemaCatalogue
+from services.shared.avro_compat import check_compatible
 
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures"
@@ -246,7 +247,7 @@ def test_sample_resolution_catches_what_the_structure_check_would_miss(
 ) -> None:
     """The empirical layer stands on its own: with the structural rules switched off,
     writing generated records and resolving them still finds a field added without default."""
-    import services.shared.avro as avro
+    import services.shared.avro_compat as avro
 
     monkeypatch.setattr(avro, "_can_read", lambda *args: [])
     problems = check_compatible(_record(ID), _record(ID, {"name": "x", "type": "string"}))

@@ -54,7 +54,7 @@ from services.inventory_projection.metrics import ProjectionMetrics
 from services.inventory_projection.projector import Projector, Step
 from services.inventory_projection.source_rows import CRM, ERP, OVERALL_CODE
 from services.shared.batches import attach_sources
-from services.shared.observability import pool_probe
+from services.shared.health import pool_probe
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings

@@ -48,7 +48,7 @@ from services.order_sync.metrics import OrderSyncMetrics
 from services.order_sync.syncing import Stores, Syncing
 from services.order_sync.truncates import ANSWERS, TruncateHandler
 from services.shared.batches import attach_sources
-from services.shared.observability import pool_probe
+from services.shared.health import pool_probe
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_shared_service
 from services.shared.settings import ServiceSettings

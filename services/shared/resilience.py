@@ -32,7 +32,7 @@ import asyncpg
 from aiokafka import errors as kafka_errors
 
 if TYPE_CHECKING:
-    from services.shared.observability import HealthState
+    from services.shared.health import HealthState
 
 log = logging.getLogger(__name__)
 

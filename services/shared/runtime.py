@@ -33,17 +33,16 @@ from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.cdc_schemas import load_envelope_schemas
 from services.shared.changes import ChangeDecoder
 from services.shared.deadletters import KafkaDeadLetterPublisher
-from services.shared.intake import ChangeIntake
-from services.shared.kafka import client_options
-from services.shared.observability import (
-    EventLoopMonitor,
+from services.shared.health import (
     HealthState,
     ObservabilityServer,
-    ServiceMetrics,
-    configure_logging,
     kafka_probe,
     start_observability_server,
 )
+from services.shared.intake import ChangeIntake
+from services.shared.kafka import client_options
+from services.shared.logs import configure_logging
+from services.shared.observability import EventLoopMonitor, ServiceMetrics
 from services.shared.resilience import Backoff, RetryPolicy
 from services.shared.settings import ServiceSettings
 

@@ -19,7 +19,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from services.shared.batches import BatchSource, RecordBatch
-from services.shared.observability import HealthState
+from services.shared.health import HealthState
 from services.shared.resilience import Backoff, RetryPolicy
 
 TP = TopicPartition("cdc.crm.sales_order", 0)

@@ -20,16 +20,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.shared.observability import (
-    END_TO_END_LAG_BUCKETS,
-    HealthState,
-    ObservabilityServer,
-    ServiceMetrics,
-    configure_logging,
-    mask_secrets,
-    observe_many,
-    start_observability_server,
-)
+from services.shared.health import HealthState, ObservabilityServer, start_observability_server
+from services.shared.logs import configure_logging, mask_secrets
+from services.shared.observability import END_TO_END_LAG_BUCKETS, ServiceMetrics, observe_many
 
 # ------------------------------------------------------------------------ metrics
 

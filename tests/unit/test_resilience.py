@@ -23,7 +23,8 @@ from aiokafka import TopicPartition
 from aiokafka import errors as kafka_errors
 
 from services.shared.batches import OffsetLedger, redo_positions
-from services.shared.observability import HealthState, RepeatedLogFilter, configure_logging
+from services.shared.health import HealthState
+from services.shared.logs import RepeatedLogFilter, configure_logging
 from services.shared.resilience import Backoff, ErrorKind, RepeatGate, RetryPolicy, classify
 
 A = TopicPartition("cdc.crm.sales_order", 0)

@@ -438,8 +438,8 @@ async def main() -> None:
         ready_s = time.monotonic() - started
         # the service times its copy loop (open the changelog .. last state write) and
         # counts what it read; the raw read above is of the same topic, same run
-        restore_s = await service.gauge("ambidex_inventory_restore_seconds")
-        restored = int(await service.gauge("ambidex_inventory_restored_records"))
+        restore_s = await service.gauge("ambidex_state_restore_seconds")
+        restored = int(await service.gauge("ambidex_state_restored_records"))
         results["restore"] = restored / restore_s
         results["restore_s"] = restore_s
         results["ready_s"] = ready_s

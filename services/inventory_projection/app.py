@@ -138,8 +138,6 @@ class Shell:
         restored = await self.runner.open()
         if restored is not None:
             self.restored_entries = restored.entries
-            self.metrics.restore_seconds.set(restored.seconds)
-            self.metrics.restored_records.set(restored.records)
         service.metrics.set_table_rows("availability", self.projector.store.ledger.key_count)
 
         async def pool() -> asyncpg.Pool:

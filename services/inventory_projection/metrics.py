@@ -37,18 +37,6 @@ class ProjectionMetrics:
             ("service",),
             registry=registry,
         ).labels(name)
-        self.restore_seconds = Gauge(
-            "ambidex_inventory_restore_seconds",
-            "Time the last start took to rebuild the state from its changelog (0: none).",
-            ("service",),
-            registry=registry,
-        ).labels(name)
-        self.restored_records = Gauge(
-            "ambidex_inventory_restored_records",
-            "Changelog records read by the last restore of the state.",
-            ("service",),
-            registry=registry,
-        ).labels(name)
         self.as_of = Gauge(
             "ambidex_inventory_as_of_timestamp_seconds",
             "The projection's as-of time (Unix seconds).",

@@ -109,6 +109,18 @@ class ServiceMetrics:
             ("service", "topic", "partition"),
             registry=registry,
         )
+        self.state_restore_seconds = Gauge(
+            "ambidex_state_restore_seconds",
+            "Time the last start took to rebuild the local state from its changelog (0: none).",
+            ("service",),
+            registry=registry,
+        )
+        self.state_restored_records = Gauge(
+            "ambidex_state_restored_records",
+            "Changelog records read by the last restore of the local state.",
+            ("service",),
+            registry=registry,
+        )
         self.table_rows = Gauge(
             "ambidex_table_rows",
             "Keys in a state table of this worker (e.g. inventory-projection's availability).",
@@ -233,6 +245,11 @@ class ServiceMetrics:
 
     def transaction_rejected(self, database: str, cause: str) -> None:
         self.rejected_transactions_total.labels(self.service, database, cause).inc()
+
+    def state_restored(self, seconds: float, records: int) -> None:
+        """A stateful service rebuilt its local state from the changelog at start."""
+        self.state_restore_seconds.labels(self.service).set(seconds)
+        self.state_restored_records.labels(self.service).set(records)
 
     def orphan_transactions(self, database: str, count: int) -> None:
         self.orphan_transactions_total.labels(self.service, database).inc(count)

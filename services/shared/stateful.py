@@ -132,11 +132,14 @@ class StatefulRunner(Generic[F, S]):
 
     async def open(self) -> Restored | None:
         """Open (or rebuild from the changelog) the local state and load the fold;
-        what was restored, if anything."""
+        what was restored, if anything (also in ``ambidex_state_restore_seconds`` and
+        ``ambidex_state_restored_records``)."""
         settings = self.service.settings
         producer = self.service.producer
         assert producer is not None
         restored = await self.checkpoint.open(open_state(settings), settings.kafka, producer)
+        if restored is not None:
+            self.service.metrics.state_restored(restored.seconds, restored.records)
         self._fold = self._load(self.checkpoint.overlay)
         return restored
 

@@ -5,7 +5,8 @@ every installment due within :data:`~.schedules.BILL_AHEAD_DAYS` without a live
 invoice gets one (at most :data:`MAX_PER_RUN` a run, so a back-dated contract is caught
 up over a few runs), after finance has corrected what it noticed (an unpaid invoice
 that no longer matches its installment is cancelled and issued again; an installment
-raised after it was paid gets a supplementary invoice). Finance reads the plan from
+raised after it was paid gets a supplementary invoice). An invoice is due when its
+installment is (one issued late is due at once). Finance reads the plan from
 the CRM here, as it does before Ambidex hands it over. Deliberate slips at the run's
 discrepancy rate (:class:`~.schedules.Slip`): a wrong amount, installment number,
 contract or currency; installments the ERP forgets for good
@@ -198,6 +199,7 @@ async def _billing_run(w: World, rng: random.Random, conn: asyncpg.Connection,
             rows += await cancel(conn, inv["id"])
             w.installment_invoices.discard(inv["id"])
             w.open_invoices.discard(inv["id"])
+            w.cancelled_invoices.add(inv["id"])
             continue
         seq = inv["installment_seq"]
         billed.add(seq)
@@ -245,8 +247,7 @@ class _Issuer:
             """INSERT INTO erp.invoice (customer_id, sales_order_id, crm_contract_id,
                    installment_seq, state, currency_code, amount_untaxed, amount_tax,
                    amount_total, amount_residual, invoice_date, due_date)
-               VALUES ($1, $2, $3, $4, 'posted', $5, $6, 0, $6, $6, current_date,
-                       GREATEST($7::date, current_date))
+               VALUES ($1, $2, $3, $4, 'posted', $5, $6, 0, $6, $6, current_date, $7)
                RETURNING id""",
             self.customer_id,
             self.erp_order_id,

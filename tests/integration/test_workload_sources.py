@@ -69,9 +69,11 @@ async def test_the_workload_feeds_receivables_and_production_status(
                 CdcTap(stack.kafka_bootstrap, "erp", ERP_TABLES) as erp_tap):
         summary = await run_workload(
             stack.crm_admin_dsn, stack.erp_admin_dsn, rate=100, duration=30, seed=23,
-            refresh_interval=0.5, discrepancy_rate=0.5,
+            refresh_interval=0.5, discrepancy_rate=0.3,
         )
         assert summary.total_failed == 0, summary.error_samples
+        print("completed:", dict(sorted(summary.completed.items())))
+        print("skipped:", dict(sorted(summary.skipped.items())))
 
         def new_tables(tap: CdcTap) -> set[str]:
             return {e.table for e in tap.changes if int(e.key["id"]) > before[e.table]}
@@ -119,11 +121,10 @@ async def _assert_receivables_sources(
         if p["state"] == "posted" and p["invoice_id"] is not None:
             amount = Decimal(str(p["amount"]))
             paid[p["invoice_id"]] = paid.get(p["invoice_id"], Decimal(0)) + amount
-    live = [i for i in named if i["state"] in ("posted", "paid")]
-    totals = {i["id"]: Decimal(str(i["amount_total"])) for i in live}
-    assert any(paid.get(i) == t for i, t in totals.items())
-    assert any(Decimal(0) < paid.get(i, Decimal(0)) < t for i, t in totals.items())
-    assert any(paid.get(i, Decimal(0)) > t for i, t in totals.items())
+    shapes = Counter(
+        _shape(paid.get(i["id"], Decimal(0)), Decimal(str(i["amount_total"])))
+        for i in named if i["state"] in ("posted", "paid"))
+    assert {"full", "partial", "over"} <= set(shapes), shapes
     assert any(p["invoice_id"] is None for p in rows[Table.PAYMENT])
 
     # receivables reads every row, and finds the discrepancies the workload made
@@ -143,6 +144,12 @@ async def _assert_receivables_sources(
         result.discrepancies)
     assert await erp.fetchval(
         "SELECT count(*) FROM erp.invoice WHERE crm_contract_id = $1", reference) == 5
+
+
+def _shape(paid: Decimal, total: Decimal) -> str:
+    if paid == 0:
+        return "unpaid"
+    return "partial" if paid < total else "full" if paid == total else "over"
 
 
 async def _assert_production_sources(crm: asyncpg.Connection, erp: asyncpg.Connection) -> None:

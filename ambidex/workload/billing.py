@@ -137,7 +137,7 @@ async def invoice_order(w: World, rng: random.Random, index: int) -> int | None:
 
 async def invoice_installment(w: World, rng: random.Random, index: int) -> int | None:
     """The billing run of one CRM contract (crm_contract_id, installment_seq)."""
-    contract_id = w.active_contracts.choice(rng, w.busy, "contract")
+    contract_id = w.billable_contracts.choice(rng, w.busy, "contract")
     if contract_id is None:
         return None
     with w.claim("contract", contract_id):
@@ -148,7 +148,7 @@ async def invoice_installment(w: World, rng: random.Random, index: int) -> int |
                 contract_id,
             )
             if head is None or head["state"] != "active":
-                w.active_contracts.discard(contract_id)
+                w.billable_contracts.discard(contract_id)
                 return None
             plan = tuple(
                 Installment(r["seq"], r["due_date"], r["amount"], r["state"] == "waived")

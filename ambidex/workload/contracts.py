@@ -91,6 +91,8 @@ async def _insert_contract(
         currency,
     )
     (w.draft_contracts if draft else w.active_contracts).add(contract_id)
+    if not draft and account_id in w.linked_accounts:
+        w.billable_contracts.add(contract_id)
     return 1 + len(plan.installments)
 
 

@@ -97,6 +97,8 @@ class World:
     live_orders: IdPool = field(default_factory=IdPool)
     active_contracts: IdPool = field(default_factory=IdPool)
     draft_contracts: IdPool = field(default_factory=IdPool)
+    #: active contracts of accounts the ERP knows as a customer (the ERP can bill them)
+    billable_contracts: IdPool = field(default_factory=IdPool)
     open_cases: IdPool = field(default_factory=IdPool)
     #: CRM accounts the ERP knows as a customer in the account's currency
     linked_accounts: IdPool = field(default_factory=IdPool)
@@ -193,14 +195,12 @@ class World:
                 )
             )
             # reference cases (schedules.REFERENCE_PREFIX) stay as they were made
-            self.active_contracts.replace(
-                await _ids(
-                    conn,
-                    """
-                SELECT id FROM crm.contract WHERE state = 'active' AND number NOT LIKE 'CT-REF-%'
-                ORDER BY id DESC LIMIT 5000""",
-                )
+            active = await conn.fetch(
+                """SELECT id, account_id FROM crm.contract
+                   WHERE state = 'active' AND number NOT LIKE 'CT-REF-%'
+                   ORDER BY id DESC LIMIT 5000"""
             )
+            self.active_contracts.replace([r["id"] for r in active])
             self.draft_contracts.replace(
                 await _ids(
                     conn,
@@ -229,6 +229,9 @@ class World:
                 r["crm_account_id"] for r in linked
                 if self.accounts.get(r["crm_account_id"]) == r["currency_code"]
             ])
+            self.billable_contracts.replace(
+                [r["id"] for r in active if r["account_id"] in self.linked_accounts]
+            )
             self.orders_in_fulfilment.replace(
                 await _ids(
                     conn,

@@ -54,6 +54,17 @@ MONEY = {
 }
 
 
+class Checks:
+    """Every failed check of one run, reported together (a run takes minutes)."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def __call__(self, ok: bool, what: str, detail: object = "") -> None:
+        if not ok:
+            self.failed.append(f"{what}: {detail}")
+
+
 async def _max_ids(conn: asyncpg.Connection, schema: str, tables: tuple[str, ...]
                    ) -> dict[str, int]:
     return {t: await conn.fetchval(f"SELECT coalesce(max(id), 0) FROM {schema}.{t}")
@@ -87,12 +98,15 @@ async def test_the_workload_feeds_receivables_and_production_status(
         Table.INVOICE: [dict(r) for r in await erp.fetch("SELECT * FROM erp.invoice")],
         Table.PAYMENT: [dict(r) for r in await erp.fetch("SELECT * FROM erp.payment")],
     }
-    await _assert_receivables_sources(crm, erp, rows)
-    await _assert_production_sources(crm, erp)
+    check = Checks()
+    await _check_receivables_sources(check, crm, erp, rows)
+    await _check_production_sources(check, crm, erp)
+    assert check.failed == []
 
 
-async def _assert_receivables_sources(
-    crm: asyncpg.Connection, erp: asyncpg.Connection, rows: dict[Table, list[dict[str, object]]]
+async def _check_receivables_sources(
+    check: Checks, crm: asyncpg.Connection, erp: asyncpg.Connection,
+    rows: dict[Table, list[dict[str, object]]],
 ) -> None:
     for table, columns in MONEY.items():
         for row in rows[Table(table)]:
@@ -103,17 +117,20 @@ async def _assert_receivables_sources(
 
     # contracts with plans, in every life stage
     states = Counter(str(r["state"]) for r in rows[Table.CONTRACT])
-    assert states["active"] >= 10 and states["draft"] + states["terminated"] >= 1, states
+    check(states["active"] >= 10 and states["draft"] + states["terminated"] >= 1,
+          "contract states", states)
     plans = Counter(int(str(r["contract_id"])) for r in rows[Table.INSTALLMENT])
-    assert sum(1 for n in plans.values() if n >= 2) >= 10
-    assert any(r["state"] == "waived" for r in rows[Table.INSTALLMENT])
+    check(sum(1 for n in plans.values() if n >= 2) >= 10, "plans of 2+ installments", plans)
+    check(any(r["state"] == "waived" for r in rows[Table.INSTALLMENT]), "a waived installment")
 
     # every invoice names a contract the CRM has, except the typos (deliberate)
     contract_ids = {r["id"] for r in rows[Table.CONTRACT]}
     named = [r for r in rows[Table.INVOICE] if r["crm_contract_id"] is not None]
     typos = [r for r in named if r["crm_contract_id"] not in contract_ids]
-    assert all(int(str(r["crm_contract_id"])) > TYPO_CONTRACT_OFFSET for r in typos)
-    assert len(named) - len(typos) >= 20 and typos
+    check(all(int(str(r["crm_contract_id"])) > TYPO_CONTRACT_OFFSET for r in typos),
+          "invoices of unknown contracts are only the typos", typos)
+    check(len(named) - len(typos) >= 20 and bool(typos), "installment invoices, typos",
+          (len(named), len(typos)))
 
     # invoices with payments: full, partial, over, and receipts without an invoice
     paid: dict[object, Decimal] = {}
@@ -124,26 +141,28 @@ async def _assert_receivables_sources(
     shapes = Counter(
         _shape(paid.get(i["id"], Decimal(0)), Decimal(str(i["amount_total"])))
         for i in named if i["state"] in ("posted", "paid"))
-    assert {"full", "partial", "over"} <= set(shapes), shapes
-    assert any(p["invoice_id"] is None for p in rows[Table.PAYMENT])
+    check({"full", "partial", "over"} <= set(shapes), "invoice payment shapes", shapes)
+    check(any(p["invoice_id"] is None for p in rows[Table.PAYMENT]), "an unreferenced payment")
 
     # receivables reads every row, and finds the discrepancies the workload made
     result = recompute(rows, dt.date.today())
-    assert result.rejected == []
+    check(result.rejected == [], "rows receivables rejects", result.rejected[:5])
     kinds = Counter(d.kind for d in result.discrepancies.values())
-    assert set(kinds) >= EXPECTED_KINDS, kinds
+    check(set(kinds) >= EXPECTED_KINDS, "discrepancy kinds", kinds)
 
     # the seed's case: 120,000 contracted, 100,000 received, installment 3 never invoiced
     reference = await crm.fetchval("SELECT id FROM crm.contract WHERE number = $1",
                                    REFERENCE_NUMBER)
     position = result.contracts[reference]
-    assert (position.contracted, position.invoiced, position.paid, position.outstanding) == (
-        Decimal("120000.00"), Decimal("100000.00"), Decimal("100000.00"), Decimal("20000.00"))
-    assert position.aging[3] == Decimal("20000.00")  # more than 90 days past due
-    assert slot_identity(Kind.INSTALLMENT_NOT_INVOICED, reference, NEVER_INVOICED) in (
-        result.discrepancies)
-    assert await erp.fetchval(
-        "SELECT count(*) FROM erp.invoice WHERE crm_contract_id = $1", reference) == 5
+    figures = (position.contracted, position.invoiced, position.paid, position.outstanding,
+               position.aging[3])  # the last: more than 90 days past due
+    check(figures == (Decimal("120000.00"), Decimal("100000.00"), Decimal("100000.00"),
+                      Decimal("20000.00"), Decimal("20000.00")), "the seed's case", figures)
+    check(slot_identity(Kind.INSTALLMENT_NOT_INVOICED, reference, NEVER_INVOICED)
+          in result.discrepancies, "the seed's installment 3 not invoiced")
+    check(await erp.fetchval(
+        "SELECT count(*) FROM erp.invoice WHERE crm_contract_id = $1", reference) == 5,
+        "the seed's case has 5 invoices")
 
 
 def _shape(paid: Decimal, total: Decimal) -> str:
@@ -152,7 +171,9 @@ def _shape(paid: Decimal, total: Decimal) -> str:
     return "partial" if paid < total else "full" if paid == total else "over"
 
 
-async def _assert_production_sources(crm: asyncpg.Connection, erp: asyncpg.Connection) -> None:
+async def _check_production_sources(
+    check: Checks, crm: asyncpg.Connection, erp: asyncpg.Connection
+) -> None:
     for table in (production.PRODUCTION_ORDER, production.INSPECTION, production.SHIPMENT,
                   production.SHIPMENT_LINE, production.ERP_ORDER, production.ERP_ORDER_LINE):
         for row in await erp.fetch(f"SELECT * FROM erp.{table}"):
@@ -165,11 +186,11 @@ async def _assert_production_sources(crm: asyncpg.Connection, erp: asyncpg.Conne
            WHERE o.crm_order_id IS NOT NULL
              AND (EXISTS (SELECT 1 FROM erp.production_order p WHERE p.sales_order_id = o.id)
                   OR EXISTS (SELECT 1 FROM erp.shipment s WHERE s.sales_order_id = o.id))""")}
-    assert crm_orders, "no CRM order reached production or shipping in the ERP"
+    check(bool(crm_orders), "CRM orders in production or shipping in the ERP")
     complaints = await crm.fetchval(
         "SELECT count(*) FROM crm.service_case WHERE sales_order_id = ANY($1::bigint[])",
         list(crm_orders))
-    assert complaints > 0
+    check(complaints > 0, "service cases about orders in fulfilment")
 
     facts = await erp.fetchrow(
         """SELECT
@@ -185,4 +206,5 @@ async def _assert_production_sources(crm: asyncpg.Connection, erp: asyncpg.Conne
              (SELECT count(*) FROM (SELECT sales_order_id FROM erp.shipment
                                     GROUP BY sales_order_id HAVING count(*) > 1) m)
                AS partial""")
-    assert all(n > 0 for n in dict(facts).values()), dict(facts)
+    check(all(n > 0 for n in dict(facts).values()), "production and shipping facts",
+          dict(facts))

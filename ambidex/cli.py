@@ -318,8 +318,17 @@ def workload() -> None:
     help="Seconds to run; 0 runs until interrupted.",
 )
 @click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--discrepancy-rate",
+    type=click.FloatRange(0, 1),
+    default=0.02,
+    show_default=True,
+    help="Share of deliberate slips (wrong invoice amounts, forgotten installments...).",
+)
 @click.option("--quiet", is_flag=True, help="Progress as a log line every 10 s, no bar.")
-def workload_run(rate: float, duration: float, seed: int, quiet: bool) -> None:
+def workload_run(
+    rate: float, duration: float, seed: int, discrepancy_rate: float, quiet: bool
+) -> None:
     """Run business operations against the CRM and ERP databases."""
     from ambidex.workload import run_workload
 
@@ -333,6 +342,7 @@ def workload_run(rate: float, duration: float, seed: int, quiet: bool) -> None:
             duration=duration if duration > 0 else float("inf"),
             seed=seed,
             progress=_workload_progress(quiet),
+            discrepancy_rate=discrepancy_rate,
         )
     )
     click.echo(json.dumps(_jsonable(summary), indent=2, default=str))

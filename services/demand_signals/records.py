@@ -217,7 +217,7 @@ class Request:
 
 
 def _reject_constant(name: str) -> Any:
-    raise BadRow(f"{name} is not a number")
+    raise BadRow(f"lines hold {name}, not a number")
 
 
 def _positive_int(value: Any, line: int, name: str) -> int:

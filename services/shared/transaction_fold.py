@@ -77,6 +77,9 @@ class TransactionFold(Generic[R, Out]):
         self.held: HeldTransactions[Handle] = HeldTransactions(
             collections, max_hold=max_hold, clock=clock
         )
+        #: the whole transaction :meth:`apply` is folding (its records' handles, e.g. for
+        #: a verdict given in a later step); None outside ``apply``
+        self.applying: Whole[Handle] | None = None
 
     # ------------------------------------------------------------------ to supply
 
@@ -150,7 +153,11 @@ class TransactionFold(Generic[R, Out]):
                 return
         if transaction.events:
             self.observe(database, transaction.commit_time)
-        self.apply(records, transaction, out.outcome)
+        self.applying = whole
+        try:
+            self.apply(records, transaction, out.outcome)
+        finally:
+            self.applying = None
         out.commit_times.append(transaction.commit_time)
         out.applied += len(records)
 

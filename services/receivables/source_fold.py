@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from services.receivables import codec
 from services.receivables.effects import Outcome
@@ -43,6 +43,7 @@ from services.receivables.rules import Kind, Rules
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Pausable
 from services.shared.errors import BadInput, Cause, NeedsResnapshot
+from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
 from services.shared.stateful import Handle
 from services.shared.transaction_fold import Applied, TransactionFold
@@ -61,6 +62,13 @@ AWAITING_LIMIT = 10_000
 WITHHELD_KINDS = (Kind.UNKNOWN_CONTRACT, Kind.UNKNOWN_INSTALLMENT)
 
 Step = Applied[Outcome]
+#: state keys of the shell: ``~x<table><id>`` -> the rejected version of a row and the
+#: contract noted incomplete because of it (the core's keys are single capitals)
+REJECTED = b"~x"
+
+
+def _is_id(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class UnknownContract(BadInput):
@@ -138,7 +146,10 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
 
     def apply(self, records: Sequence[Change], transaction: CompleteTransaction,
               outcome: Outcome) -> None:
+        taken_back = self._supersede_rejected(records)
         outcome.merge(self.core.apply_all(records))
+        if taken_back:
+            outcome.merge(self.core.note_incomplete(taken_back))
         whole = self.applying
         for (table, row_id, position, row), event in zip(records, transaction.events,
                                                         strict=True):
@@ -173,6 +184,61 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
         out: Step = yield from super().steps(caught_up)
         self._verdicts(CRM in caught_up, out)
         return out
+
+    # ------------------------------------------------------------------ rejected rows
+
+    def rejected(self, transaction: CompleteTransaction, bad: ChangeEvent, error: BadInput,
+                 outcome: Outcome) -> None:
+        """Every contract a row of the rejected transaction belongs to says its figures
+        are incomplete and why, until a newer version of that row is folded."""
+        bad_name = f"{bad.database}.{bad.table} {bad.key.get('id')}"
+        notes: list[tuple[int, str, str | None]] = []
+        for event in transaction.events:
+            name = f"{event.database}.{event.table}"
+            row_id = event.key.get("id")
+            if name not in COLLECTIONS or not _is_id(row_id):
+                continue
+            table = Table(name)
+            contract_id = self._contract_named(table, row_id, event.row)
+            if contract_id is None:
+                continue
+            reason = (f"{name} {row_id}: {error.reason}" if event is bad else
+                      f"{name} {row_id}: rejected with {bad_name} (source transaction "
+                      f"{transaction.id})")
+            notes.append((contract_id, f"{name}:{row_id}", reason))
+            key = REJECTED + codec.row_key(table, row_id)[1:]
+            self.core.kv.put(key, codec.dumps([event.position.commit_lsn, event.position.lsn,
+                                              contract_id]))
+        if notes:
+            outcome.merge(self.core.note_incomplete(notes))
+
+    def _contract_named(self, table: Table, row_id: int, row: Any) -> int | None:
+        if not isinstance(row, dict):
+            return row_id if table is Table.CONTRACT else None
+        if table is Table.CONTRACT:
+            return row_id
+        value = row.get({Table.INSTALLMENT: "contract_id", Table.INVOICE: "crm_contract_id",
+                         Table.PAYMENT: "invoice_id"}[table])
+        if not _is_id(value):
+            return None
+        if table is Table.PAYMENT:
+            invoice = self.core.record(Table.INVOICE, value)
+            return getattr(invoice, "contract_id", None)
+        return int(value)
+
+    def _supersede_rejected(self, records: Sequence[Change]) -> list[tuple[int, str, None]]:
+        """The notes of rejected row versions that these newer versions replace."""
+        back: list[tuple[int, str, None]] = []
+        for table, row_id, position, _ in records:
+            key = REJECTED + codec.row_key(table, row_id)[1:]
+            raw = self.core.kv.get(key)
+            if raw is None:
+                continue
+            commit_lsn, lsn, contract_id = codec.loads(raw)
+            if position > SourcePosition(commit_lsn, lsn):
+                self.core.kv.delete(key)
+                back.append((contract_id, f"{table.value}:{row_id}", None))
+        return back
 
     # ------------------------------------------------------------------ verdicts
 

@@ -187,3 +187,28 @@ def test_a_truncate_needs_a_resnapshot() -> None:
     causes = {h.offset: e.cause for h, e in out.dead_letters}
     assert causes[handles[0].offset] is Cause.NEEDS_RESNAPSHOT
     assert {h.offset for h, _ in out.dead_letters} == {h.offset for h in handles}
+
+
+def test_a_rejected_transaction_marks_its_contracts_incomplete_until_a_newer_version() -> None:
+    fold = ReceivablesFold(MemoryKV())
+    transaction(fold, "crm", [("contract", contract(1, total="100.00")),
+                              ("installment", installment(11, 1, 1, date(2026, 1, 1)))])
+    transaction(fold, "erp", [("invoice", invoice(20, 1, 1, "100.00"))])
+    step(fold)
+    transaction(fold, "erp", [("invoice", invoice(20, 1, 1, "100.00", state="paid",
+                                                  residual="0.00")),
+                              ("payment", payment(30, 20, "NaN"))])
+    out = step(fold)
+    position = out.outcome.contracts[1]
+    assert position is not None and len(position.incomplete) == 2
+    reasons = " ".join(position.incomplete)
+    assert "erp.payment 30: amount is NaN" in reasons
+    assert "erp.invoice 20: rejected with erp.payment 30" in reasons
+    assert position.invoiced == Decimal("100.00")  # the invoice's older version stands
+    # newer versions of both rows: complete again
+    transaction(fold, "erp", [("invoice", invoice(20, 1, 1, "100.00")),
+                              ("payment", payment(30, 20, "40.00"))])
+    out = step(fold)
+    position = out.outcome.contracts[1]
+    assert position is not None and position.incomplete == ()
+    assert position.paid == Decimal("40.00")

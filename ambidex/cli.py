@@ -510,6 +510,7 @@ def _dead_letter_run(targets: Targets, work: Coroutine[Any, Any, T]) -> T:
 def _register_service_commands() -> None:
     from services.inventory_projection.reconcile_cli import reconcile as inventory
     from services.order_sync.reconcile_cli import reconcile_order_sync
+    from services.receivables.reconcile_cli import reconcile_receivables
 
     @click.pass_context
     def run_inventory(context: click.Context, /, **options: Any) -> None:
@@ -524,10 +525,11 @@ def _register_service_commands() -> None:
         params=list(inventory.params),
         invoke_without_command=True,
         help=f"{inventory.help}\n\n`reconcile order-sync` compares every CRM order with its "
-        "ERP order instead.",
+        "ERP order instead; `reconcile receivables` the receivables' figures.",
     )
     reconcile.add_command(inventory, "inventory")
     reconcile.add_command(reconcile_order_sync, "order-sync")
+    reconcile.add_command(reconcile_receivables, "receivables")
     main.add_command(reconcile)
 
 

@@ -586,6 +586,7 @@ def _dead_letter_run(targets: Targets, work: Coroutine[Any, Any, T]) -> T:
 def _register_service_commands() -> None:
     from services.inventory_projection.reconcile_cli import reconcile as inventory
     from services.order_sync.reconcile_cli import reconcile_order_sync
+    from services.production_status.reconcile_cli import reconcile_production_status
 
     @click.pass_context
     def run_inventory(context: click.Context, /, **options: Any) -> None:
@@ -604,6 +605,7 @@ def _register_service_commands() -> None:
     )
     reconcile.add_command(inventory, "inventory")
     reconcile.add_command(reconcile_order_sync, "order-sync")
+    reconcile.add_command(reconcile_production_status, "production-status")
     main.add_command(reconcile)
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 SERVICE_MODULES = {
     "order-sync": "services.order_sync.app",
     "inventory-projection": "services.inventory_projection.app",
+    "production-status": "services.production_status.app",
 }
 #: default metrics port of every service, planned ones included (ports stay stable)
 METRICS_PORTS = {

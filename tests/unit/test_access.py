@@ -17,6 +17,8 @@ from ambidex.topics import load_topic_declaration
 from services.inventory_projection import app as inventory
 from services.order_sync import app as order_sync
 from services.order_sync import codec as order_codec
+from services.production_status import app as production
+from services.production_status import effects as production_effects
 from services.registry import SERVICE_MODULES
 from services.shared.deadletters import dead_letter_topic
 
@@ -42,6 +44,16 @@ CODE = {
         },
         {inventory.AVAILABILITY_TOPIC, inventory.SHORTAGE_TOPIC, inventory.STATE_TOPIC},
         {"ambidex-inventory-projection.changes"},
+    ),
+    "production-status": (
+        {*production.CHANGE_TOPICS, *production.SOURCES.topics, production.STATE_TOPIC},
+        {
+            production_effects.STATUS_TOPIC,
+            production_effects.RISK_TOPIC,
+            production_effects.TRIAGE_TOPIC,
+            production.STATE_TOPIC,
+        },
+        {"ambidex-production-status.changes"},
     ),
 }
 

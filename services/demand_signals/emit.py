@@ -97,7 +97,9 @@ def answer_row(answer: Answer) -> Row:
               "quantity": a.quantity, "status": a.status.value,
               "available_now": a.available_now,
               "available_from": None if a.available_from is None else a.available_from.isoformat(),
-              "short_by": a.short_by} for a in answer.lines]
+              "short_by": a.short_by, "more": a.more,
+              "more_from": None if a.more_from is None else a.more_from.isoformat()}
+             for a in answer.lines]
     return {
         "request_id": answer.request_id, "crm_order_id": answer.crm_order_id,
         "verdict": answer.verdict.value, "reason": answer.reason, "summary": answer.summary,

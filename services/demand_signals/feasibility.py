@@ -20,7 +20,7 @@ answered.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -28,7 +28,7 @@ from enum import StrEnum
 
 from services.demand_signals.ports import SupplyView
 from services.demand_signals.records import OVERALL, ZERO, Header, Request
-from services.inventory_projection.available_to_promise import earliest_date
+from services.inventory_projection.available_to_promise import Incoming, earliest_date
 
 
 class Verdict(StrEnum):
@@ -57,6 +57,10 @@ class LineAnswer:
     available_from: date | None
     """When the whole line is covered (today when available; None when short)."""
     short_by: Decimal
+    more: Decimal = ZERO
+    """Short lines: what dated incoming adds for this line after today, ..."""
+    more_from: date | None = None
+    """... from this date on (the first incoming date that adds to it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +84,12 @@ class Answer:
             return "yes"
         if self.verdict is Verdict.LATER:
             return f"yes from {self.earliest_ship_date}"
-        short = [f"line {a.line_no} ({a.sku}) only {a.available_now} now, short by {a.short_by}"
-                 for a in self.lines if a.status is LineStatus.SHORT]
+        short = []
+        for a in self.lines:
+            if a.status is LineStatus.SHORT:
+                more = f", {a.more} more from {a.more_from}" if a.more_from else ""
+                short.append(f"line {a.line_no} ({a.sku}) only {a.available_now} now{more}, "
+                             f"short by {a.short_by}")
         return "no: " + "; ".join(short)
 
 
@@ -136,6 +144,12 @@ def answer(request: Request, order: Header | None, sku_of: Callable[[int], str |
             dated = sum((e.quantity for e in supply.incoming if e.date is not None), ZERO)
             status = LineStatus.SHORT
             short = min(need - available - dated, line.quantity)
+            more = line.quantity - now - short
+            more_from = _first_help(available - before, now, supply.incoming, today)
+            lines.append(LineAnswer(line.line_no, line.product_id, sku, item.id,
+                                    line.quantity, status, now, None, short, more,
+                                    more_from if more > 0 else None))
+            continue
         lines.append(LineAnswer(line.line_no, line.product_id, sku, item.id, line.quantity,
                                 status, now, when, short))
     if any(a.status is LineStatus.SHORT for a in lines):
@@ -146,3 +160,18 @@ def answer(request: Request, order: Header | None, sku_of: Callable[[int], str |
             else Verdict.LATER
     return Answer(request.id, request.crm_order_id, verdict, None, request.requested_date,
                   earliest, code, tuple(lines), as_of)
+
+
+def _first_help(free: Decimal, now: Decimal, incoming: Iterable[Incoming],
+                today: date) -> date | None:
+    """The first incoming date from which a short line gets more than ``now``: when the
+    cumulative dated incoming first lifts what is free for it (``free``, after the earlier
+    lines of the item) above what it has today."""
+    cumulative = free
+    for entry in incoming:
+        if entry.date is None:
+            break
+        cumulative += entry.quantity
+        if cumulative > now:
+            return max(entry.date, today)
+    return None

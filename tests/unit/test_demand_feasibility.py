@@ -98,7 +98,9 @@ def test_short_says_how_much_now_and_how_much_is_missing() -> None:
     (line,) = a.lines
     assert (line.status, line.available_now, line.available_from, line.short_by) == (
         LineStatus.SHORT, D("40"), None, D("40.000"))
-    assert "only 40.000 now, short by 40.000" in a.summary
+    assert (line.more, line.more_from) == (D("20.000"), T + timedelta(days=33))
+    assert a.summary == (f"no: line 1 (SKU-7) only 40.000 now, 20.000 more from "
+                         f"{T + timedelta(days=33)}, short by 40.000")
 
 
 def test_lines_of_one_item_take_from_it_in_turn_and_the_latest_line_sets_the_date() -> None:

@@ -188,3 +188,18 @@ def test_the_cost_of_a_line_change_is_flat_in_products_history_and_document_size
         feed.fold.advance(at(T))
         costs.append(_cost_of_a_line_change(feed, lines))
     assert len(set(costs)) == 1, costs
+
+
+def test_a_stage_change_costs_the_documents_products_not_its_lines() -> None:
+    costs = []
+    for lines in (10, 1_000):
+        feed = Feed()
+        _fill(feed, 20, 35)
+        feed.fold.advance(at(T))
+        feed.put(Table.ORDER, order(1, T))
+        for i in range(lines):
+            feed.put(Table.ORDER_LINE, order_line(1 + i, 1, 1 + i % 5, "2"))
+        feed.kv.reads = feed.view.reads = 0
+        feed.put(Table.ORDER, order(1, T, state="cancelled"))
+        costs.append(feed.kv.reads + feed.view.reads)
+    assert costs[0] == costs[1], costs

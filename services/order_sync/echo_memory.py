@@ -31,7 +31,7 @@ class EchoMemory:
     (seconds) after its write, and :data:`CAPACITY` rows are a minute or more of writes
     at the sample workload's 100 operations/s. What it forgot costs one batched query
     per batch (an old order's shipping or invoicing changes), never a wrong answer;
-    ~300 bytes a row, so at most ~6 MB however long the service runs.
+    at most ~10 MB however long the service runs (``bench/id_memories.py``).
     """
 
     def __init__(self, capacity: int = CAPACITY) -> None:

@@ -43,7 +43,7 @@ records ``H`` at that moment: a first END is read before any later transaction c
 complete, so its events commit after that ``H``; if they do not, the END was a
 redelivery too and the transaction is dropped. Only an END redelivered *after* its
 events (nothing left to compare it with) needs the transaction's id: the ids of the
-last :attr:`TransactionAssembler.remember_completed` completed transactions are kept for
+last ``remember_completed`` (:data:`REMEMBER_COMPLETED`) completed transactions are kept for
 that (a small count: a redelivery comes within a Connect offset flush of the original,
 every rebalance or redo starts a fresh assembler, and an END redelivered beyond the
 memory is held until the bound of source time and then given up with nothing in it —

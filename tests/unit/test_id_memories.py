@@ -70,7 +70,7 @@ def test_a_holder_remembers_a_bounded_number_of_ids_whatever_the_history() -> No
     grown = blocks_grown(
         lambda: feed(held, 1, REMEMBER_COMPLETED + 2_000), lambda: feed(held, 50_000, 30_000)
     )
-    # (the old memories, 100,000 ids each and two per holder, grew ~100,000 blocks here)
+    # (the old memories, 100,000 ids each and two per holder, grew 150,000 blocks here)
     assert grown < 3_000, f"{grown:,} blocks more after 30,000 more transactions"
     assert held.remembered <= REMEMBER_COMPLETED
 
@@ -153,7 +153,7 @@ def test_the_echo_memory_stays_within_its_capacity() -> None:
         lambda: _written(memory, 0, 3 * CAPACITY), lambda: _written(memory, 10**6, 50_000)
     )
     # the generation being filled when measured: at most a capacity of orders
-    # (the old capacity, 100,000 entries a generation, grew ~400,000 blocks here)
+    # (the old capacity, 100,000 entries a generation, grew 650,000 blocks here)
     assert grown < 8 * CAPACITY, f"{grown:,} blocks more after 50,000 more orders"
     assert len(memory) <= 4 * CAPACITY
     # the newest writes are known, the oldest are the database's to answer

@@ -386,6 +386,34 @@ def topics_apply(bootstrap: str | None) -> None:
         _progress(f"drift: {line}")
 
 
+# ------------------------------------------------------------------ monitoring
+@main.group()
+def monitoring() -> None:
+    """The services' Prometheus alert rules, deploy/monitoring/."""
+
+
+@monitoring.command("render")
+def monitoring_render() -> None:
+    """Write deploy/monitoring/alerts.yaml from ambidex/monitoring.py."""
+    from ambidex.monitoring import RULES_FILE, render
+
+    RULES_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RULES_FILE.write_text(render())
+    _progress(f"wrote {RULES_FILE}")
+
+
+@monitoring.command("validate")
+def monitoring_validate() -> None:
+    """The rule file is current, promtool checks it and passes its unit tests."""
+    from ambidex.monitoring import MonitoringCheckError, validate
+
+    try:
+        for line in validate():
+            _progress(line)
+    except MonitoringCheckError as error:
+        raise click.ClickException(str(error)) from error
+
+
 # --------------------------------------------------------------------- compose
 @main.group()
 def compose() -> None:

@@ -45,7 +45,7 @@ from tests.integration.test_receivables import (
     until_row,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # kills, restarts, a replay
 __all__ = ["receivables"]  # the fixture, used by name
 
 LIVE_ROWS = """

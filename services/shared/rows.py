@@ -132,11 +132,11 @@ def positive_int(row: Row, column: str, table: str) -> int:
 # --------------------------------------------------------------------------- numbers
 
 
-def number(
-    value: Any, column: str, table: str, *, places: int, digits: int, sign: Sign = Sign.ANY
-) -> Decimal:
-    """``value`` as an exact ``numeric(digits, places)``, quantised to its scale; see the
-    module docstring for what is bad input."""
+def exact(value: Any, column: str, table: str) -> Decimal:
+    """``value`` as an exact, finite ``Decimal`` as typed (no scale or sign rule):
+    a float, NaN, ±Infinity or null is bad input."""
+    if value is None:
+        raise BadColumn(table, column, "is null: the value is missing")
     if isinstance(value, bool) or not isinstance(value, Decimal | int):
         raise BadColumn(
             table, column, f"is {value!r} ({type(value).__name__}), not a decimal number"
@@ -144,21 +144,36 @@ def number(
     amount = Decimal(value)
     if not amount.is_finite():
         raise BadColumn(table, column, NOT_A_NUMBER if amount.is_nan() else INFINITE)
+    return amount
+
+
+def optional_exact(row: Row, column: str, table: str) -> Decimal | None:
+    """:func:`exact` of a column that may be absent or null (None)."""
+    value = row.get(column)
+    return None if value is None else exact(value, column, table)
+
+
+def number(
+    value: Any, column: str, table: str, *, places: int, digits: int, sign: Sign = Sign.ANY
+) -> Decimal:
+    """``value`` as an exact ``numeric(digits, places)``, quantised to its scale; see the
+    module docstring for what is bad input."""
+    amount = exact(value, column, table)
     scale = Decimal(1).scaleb(-places)
     try:
-        exact = amount.quantize(scale)
+        fitted = amount.quantize(scale)
     except InvalidOperation:
         raise BadColumn(table, column, f"is {amount}: too large for numeric({digits},{places})") \
             from None
-    if exact != amount:
+    if fitted != amount:
         raise BadColumn(table, column, f"is {amount}: more than {places} decimal places")
-    if exact.adjusted() >= digits - places:
+    if fitted.adjusted() >= digits - places:
         raise BadColumn(table, column, f"is {amount}: too large for numeric({digits},{places})")
-    if sign is Sign.POSITIVE and exact <= 0:
+    if sign is Sign.POSITIVE and fitted <= 0:
         raise BadColumn(table, column, f"is {amount}: not positive")
-    if sign is Sign.NON_NEGATIVE and exact < 0:
+    if sign is Sign.NON_NEGATIVE and fitted < 0:
         raise BadColumn(table, column, f"is {amount}: negative")
-    return exact
+    return fitted
 
 
 def decimal(

@@ -6,13 +6,13 @@ import asyncio
 import json
 import sys
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from ambidex import cli_deploy as deploy_commands
 from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack
 
@@ -27,8 +27,7 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
-def _progress(message: str) -> None:
-    console.print(f"[dim]>[/dim] {message}")
+_progress = deploy_commands.progress
 
 
 def _stack() -> LocalStack:
@@ -239,94 +238,9 @@ def run(service: str) -> None:
     run_service(builder(settings))
 
 
-# ------------------------------------------------------------------- manifests
-@main.group()
-def manifests() -> None:
-    """Kubernetes manifests (Strimzi and the services): the base in deploy/kubernetes/base/."""
-
-
-@manifests.command("render")
-@click.option("--check", is_flag=True, help="Only report whether the files are up to date.")
-def manifests_render(check: bool) -> None:
-    """Render deploy/kubernetes/base/ from topics.yaml, the connectors and the services."""
-    from ambidex.manifests import DEFAULT_OUTPUT, render, write
-
-    if check:
-        stale = [
-            name
-            for name, text in render().items()
-            if not (DEFAULT_OUTPUT / name).exists() or (DEFAULT_OUTPUT / name).read_text() != text
-        ]
-        if stale:
-            raise click.ClickException(
-                "stale: " + ", ".join(stale) + " (run: ambidex manifests render)"
-            )
-        _progress("deploy/kubernetes/base is up to date")
-        return
-    for path in write():
-        _progress(f"wrote {path}")
-
-
-@main.group()
-def asyncapi() -> None:
-    """docs/asyncapi.yaml: every published topic as an AsyncAPI 3.0 document."""
-
-
-@asyncapi.command("render")
-@click.option("--check", is_flag=True, help="Only report whether the file is up to date.")
-def asyncapi_render(check: bool) -> None:
-    """Render docs/asyncapi.yaml from deploy/topics.yaml and schemas/."""
-    from importlib.metadata import version
-
-    from ambidex.asyncapi import DOCUMENT, render
-
-    text = render(version("ambidex"))
-    if check:
-        if not DOCUMENT.exists() or DOCUMENT.read_text() != text:
-            raise click.ClickException(f"stale: {DOCUMENT} (run: ambidex asyncapi render)")
-        _progress(f"{DOCUMENT} is up to date")
-        return
-    DOCUMENT.write_text(text)
-    _progress(f"wrote {DOCUMENT}")
-
-
-@manifests.command("validate")
-def manifests_validate() -> None:
-    """kustomize build the base and every overlay, kubeconform -strict against the
-    schemas in deploy/kubernetes/schemas/ (offline)."""
-    from ambidex.deploycheck import ToolMissing, validate_all
-
-    try:
-        verdicts = validate_all()
-    except (ToolMissing, RuntimeError) as error:
-        raise click.ClickException(str(error)) from error
-    for verdict in verdicts:
-        _progress(f"{verdict.source}: {verdict.output.splitlines()[-1] if verdict.output else ''}")
-    failed = [v for v in verdicts if not v.ok]
-    if failed:
-        raise click.ClickException(
-            "invalid: " + "; ".join(f"{v.source}:\n{v.output}" for v in failed)
-        )
-
-
-@manifests.command("schemas")
-@click.argument("crd_files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
-def manifests_schemas(crd_files: tuple[str, ...]) -> None:
-    """Write deploy/kubernetes/schemas/: the built-in kinds' schemas, and those of the
-    kinds the base uses from CRD_FILES (Strimzi's and the Prometheus operator's CRDs)."""
-    import yaml
-
-    from ambidex.deploycheck import write_schemas
-    from ambidex.manifests import render
-
-    kinds = {
-        document["kind"]
-        for text in render().values()
-        for document in yaml.safe_load_all(text)
-        if document
-    }
-    for path in write_schemas([Path(f) for f in crd_files], kinds):
-        _progress(f"wrote {path}")
+# ------------------------------------------------- manifests, asyncapi (cli_deploy)
+main.add_command(deploy_commands.manifests)
+main.add_command(deploy_commands.asyncapi)
 
 
 # ------------------------------------------------------------------ connectors
@@ -404,8 +318,17 @@ def workload() -> None:
     help="Seconds to run; 0 runs until interrupted.",
 )
 @click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--discrepancy-rate",
+    type=click.FloatRange(0, 1),
+    default=0.02,
+    show_default=True,
+    help="Share of deliberate slips (wrong invoice amounts, forgotten installments...).",
+)
 @click.option("--quiet", is_flag=True, help="Progress as a log line every 10 s, no bar.")
-def workload_run(rate: float, duration: float, seed: int, quiet: bool) -> None:
+def workload_run(
+    rate: float, duration: float, seed: int, discrepancy_rate: float, quiet: bool
+) -> None:
     """Run business operations against the CRM and ERP databases."""
     from ambidex.workload import run_workload
 
@@ -419,6 +342,7 @@ def workload_run(rate: float, duration: float, seed: int, quiet: bool) -> None:
             duration=duration if duration > 0 else float("inf"),
             seed=seed,
             progress=_workload_progress(quiet),
+            discrepancy_rate=discrepancy_rate,
         )
     )
     click.echo(json.dumps(_jsonable(summary), indent=2, default=str))
@@ -586,6 +510,8 @@ def _dead_letter_run(targets: Targets, work: Coroutine[Any, Any, T]) -> T:
 def _register_service_commands() -> None:
     from services.inventory_projection.reconcile_cli import reconcile as inventory
     from services.order_sync.reconcile_cli import reconcile_order_sync
+    from services.production_status.reconcile_cli import reconcile_production_status
+    from services.receivables.reconcile_cli import reconcile_receivables
 
     @click.pass_context
     def run_inventory(context: click.Context, /, **options: Any) -> None:
@@ -600,10 +526,13 @@ def _register_service_commands() -> None:
         params=list(inventory.params),
         invoke_without_command=True,
         help=f"{inventory.help}\n\n`reconcile order-sync` compares every CRM order with its "
-        "ERP order instead.",
+        "ERP order instead; `reconcile receivables` the receivables' figures; "
+        "`reconcile production-status` the fulfilment statuses.",
     )
     reconcile.add_command(inventory, "inventory")
     reconcile.add_command(reconcile_order_sync, "order-sync")
+    reconcile.add_command(reconcile_receivables, "receivables")
+    reconcile.add_command(reconcile_production_status, "production-status")
     main.add_command(reconcile)
 
 

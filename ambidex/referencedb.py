@@ -47,6 +47,7 @@ CAPTURED_TABLES: dict[str, tuple[str, ...]] = {
         "contract",
         "installment",
         "service_case",
+        "feasibility_request",
     ),
     "erp": (
         "currency",

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 SERVICE_MODULES = {
     "order-sync": "services.order_sync.app",
     "inventory-projection": "services.inventory_projection.app",
+    "receivables": "services.receivables.app",
+    "production-status": "services.production_status.app",
 }
 #: default metrics port of every service, planned ones included (ports stay stable)
 METRICS_PORTS = {

@@ -11,7 +11,8 @@ import random
 from decimal import Decimal
 
 from ambidex.workload import catalog
-from ambidex.workload.money import convert_price, quantize_qty, split_installments
+from ambidex.workload.common import changed_rows, today
+from ambidex.workload.money import convert_price, quantize_qty
 from ambidex.workload.world import World
 from services.shared.money import line_net
 
@@ -24,13 +25,8 @@ DISCOUNTS = (
     Decimal("12.5"),
     Decimal("15"),
 )
-CASE_SUBJECTS = {
-    "delivery": "Where is my delivery?",
-    "quality": "Defective unit received",
-    "billing": "Invoice amount disputed",
-    "question": "Question about technical specification",
-    "complaint": "Repeated delays on open orders",
-}
+#: Share of orders the customer needs within days (promises production-status sees at risk).
+RUSH_SHARE = 0.1
 
 
 def order_quantity(rng: random.Random, uom: str) -> Decimal:
@@ -38,15 +34,6 @@ def order_quantity(rng: random.Random, uom: str) -> Decimal:
     if uom == "Unit":
         return Decimal(rng.choice((1, 1, 2, 2, 3, 4, 5, 8, 10, 12, 20, 25, 40)))
     return Decimal(rng.randint(5, 500) * 5) / Decimal(2)
-
-
-def _today() -> dt.date:
-    return dt.date.today()
-
-
-def _rows(status: str) -> int:
-    """Row count from a command status such as ``INSERT 0 3`` or ``UPDATE 2``."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 async def create_quote(w: World, rng: random.Random, index: int) -> int | None:
@@ -73,7 +60,7 @@ async def create_quote(w: World, rng: random.Random, index: int) -> int | None:
             "sent" if rng.random() < 0.7 else "draft",
             currency,
             total,
-            _today() + dt.timedelta(days=30),
+            today() + dt.timedelta(days=30),
         )
         await conn.execute(
             """INSERT INTO crm.quote_line (quote_id, line_no, product_id, quantity, unit_price,
@@ -96,7 +83,8 @@ async def accept_quote(w: World, rng: random.Random, index: int) -> int | None:
     if quote_id is None:
         return None
     warehouse_code = rng.choice(list(w.warehouses.values()))
-    requested = _today() + dt.timedelta(days=rng.randint(7, 60))
+    rush = rng.random() < RUSH_SHARE
+    requested = today() + dt.timedelta(days=rng.randint(2, 5) if rush else rng.randint(7, 60))
     with w.claim("quote", quote_id):
         async with w.crm.acquire() as conn, conn.transaction():
             quote = await conn.fetchrow(
@@ -129,7 +117,7 @@ async def accept_quote(w: World, rng: random.Random, index: int) -> int | None:
             )
     w.open_quotes.discard(quote_id)
     w.draft_orders.add(order_id)
-    return 2 + _rows(status)
+    return 2 + changed_rows(status)
 
 
 async def confirm_order(w: World, rng: random.Random, index: int) -> int | None:
@@ -145,7 +133,7 @@ async def confirm_order(w: World, rng: random.Random, index: int) -> int | None:
                 order_id,
             )
     w.draft_orders.discard(order_id)
-    if _rows(status) == 0:
+    if changed_rows(status) == 0:
         return None
     w.live_orders.add(order_id)
     return 1
@@ -250,7 +238,7 @@ async def cancel_order(w: World, rng: random.Random, index: int) -> int | None:
             )
     w.draft_orders.discard(order_id)
     w.live_orders.discard(order_id)
-    return _rows(status) or None
+    return changed_rows(status) or None
 
 
 async def update_account_billing(w: World, rng: random.Random, index: int) -> int | None:
@@ -307,104 +295,3 @@ async def create_account(w: World, rng: random.Random, index: int) -> int | None
     w.accounts[account_id] = spec.currency_code
     w.account_ids.add(account_id)
     return 1 + len(contacts)
-
-
-async def sign_contract(w: World, rng: random.Random, index: int) -> int | None:
-    """A contract for a confirmed order, with its installment schedule, in one go."""
-    order_id = w.live_orders.choice(rng, w.busy, "order")
-    if order_id is None:
-        return None
-    count = rng.choice((2, 3, 4, 6, 12))
-    start = _today() + dt.timedelta(days=rng.randint(0, 30))
-    with w.claim("order", order_id):
-        async with w.crm.acquire() as conn, conn.transaction():
-            order = await conn.fetchrow(
-                """SELECT account_id, currency_code, amount_total FROM crm.sales_order o
-                   WHERE id = $1 AND state IN ('confirmed', 'amended') AND amount_total > 0
-                     AND NOT EXISTS (SELECT 1 FROM crm.contract c WHERE c.sales_order_id = o.id)
-                   FOR UPDATE""",
-                order_id,
-            )
-            if order is None:
-                return None
-            currency = order["currency_code"]
-            amounts = split_installments(order["amount_total"], count, currency)
-            contract = await conn.fetchrow(
-                """INSERT INTO crm.contract (account_id, sales_order_id, state, currency_code,
-                       total_amount, start_date, signed_at)
-                   VALUES ($1, $2, 'active', $3, $4, $5, now())
-                   RETURNING id, number""",
-                order["account_id"],
-                order_id,
-                currency,
-                order["amount_total"],
-                start,
-            )
-            dues = [start + dt.timedelta(days=30 * n) for n in range(count)]
-            await conn.execute(
-                """INSERT INTO crm.installment (contract_id, seq, due_date, amount,
-                       currency_code, state)
-                   SELECT $1, n, d, a, $4, 'scheduled'
-                   FROM unnest($2::date[], $3::numeric[]) WITH ORDINALITY AS t(d, a, n)""",
-                contract["id"],
-                dues,
-                amounts,
-                currency,
-            )
-    w.active_contracts.add(contract["id"])
-    return 1 + count
-
-
-async def handle_service_case(w: World, rng: random.Random, index: int) -> int | None:
-    """Open a service case (often about an order), or move an open one along."""
-    case_id = w.open_cases.choice(rng, w.busy, "case") if rng.random() < 0.4 else None
-    async with w.crm.acquire() as conn:
-        if case_id is not None:
-            with w.claim("case", case_id):
-                state = await conn.fetchval(
-                    """UPDATE crm.service_case
-                       SET state = CASE state WHEN 'new' THEN 'open'
-                                              WHEN 'open' THEN $2
-                                              ELSE 'resolved' END,
-                           resolved_at = CASE WHEN state = 'waiting'
-                                                OR (state = 'open' AND $2 = 'resolved')
-                                              THEN now() END,
-                           updated_at = now()
-                       WHERE id = $1 AND state IN ('new', 'open', 'waiting')
-                       RETURNING state""",
-                    case_id,
-                    "waiting" if rng.random() < 0.5 else "resolved",
-                )
-            if state is None or state == "resolved":
-                w.open_cases.discard(case_id)
-            return None if state is None else 1
-        category = rng.choice(tuple(CASE_SUBJECTS))
-        priority = rng.choice(("low", "normal", "normal", "high", "urgent"))
-        order_id = w.live_orders.choice(rng, w.busy, "order") if rng.random() < 0.6 else None
-        if order_id is not None:
-            new_id = await conn.fetchval(
-                """INSERT INTO crm.service_case (account_id, sales_order_id, subject, category,
-                       priority)
-                   SELECT account_id, id, $2, $3, $4 FROM crm.sales_order WHERE id = $1
-                   RETURNING id""",
-                order_id,
-                CASE_SUBJECTS[category],
-                category,
-                priority,
-            )
-        else:
-            account_id = w.account_ids.choice(rng, w.busy, "account")
-            if account_id is None:
-                return None
-            new_id = await conn.fetchval(
-                """INSERT INTO crm.service_case (account_id, subject, category, priority)
-                   VALUES ($1, $2, $3, $4) RETURNING id""",
-                account_id,
-                CASE_SUBJECTS[category],
-                category,
-                priority,
-            )
-    if new_id is None:
-        return None
-    w.open_cases.add(new_id)
-    return 1

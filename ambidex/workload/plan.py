@@ -27,6 +27,7 @@ class OperationKind(StrEnum):
     UPDATE_ACCOUNT_BILLING = "update_account_billing"
     CREATE_ACCOUNT = "create_account"
     SIGN_CONTRACT = "sign_contract"
+    AMEND_CONTRACT = "amend_contract"
     HANDLE_SERVICE_CASE = "handle_service_case"
     # ERP: the ERP's own users and processes
     ENTER_ERP_ORDER = "enter_erp_order"
@@ -38,10 +39,12 @@ class OperationKind(StrEnum):
     PROGRESS_PRODUCTION = "progress_production"
     INSPECT_QUALITY = "inspect_quality"
     SHIP_ORDER = "ship_order"
+    DISPATCH_SHIPMENT = "dispatch_shipment"
     CONFIRM_DELIVERY = "confirm_delivery"
     INVOICE_ORDER = "invoice_order"
     INVOICE_INSTALLMENT = "invoice_installment"
     REGISTER_PAYMENT = "register_payment"
+    CANCEL_INVOICE = "cancel_invoice"
     CANCEL_ERP_ORDER = "cancel_erp_order"
 
     @property
@@ -60,12 +63,15 @@ CRM_OPERATIONS: frozenset[OperationKind] = frozenset(
         OperationKind.UPDATE_ACCOUNT_BILLING,
         OperationKind.CREATE_ACCOUNT,
         OperationKind.SIGN_CONTRACT,
+        OperationKind.AMEND_CONTRACT,
         OperationKind.HANDLE_SERVICE_CASE,
     }
 )
 
-#: Relative frequency of each operation (out of 100). Sales flow dominates the CRM
-#: side; reservation, shipping, invoicing and cash dominate the ERP side.
+#: Relative frequency of each operation. Sales flow dominates the CRM side;
+#: reservation, shipping, invoicing and cash dominate the ERP side. Contracts are a few
+#: percent of the CRM's operations, each installment billing run and payment a few of
+#: the ERP's (docs/workload.md).
 WEIGHTS: dict[OperationKind, int] = {
     OperationKind.CREATE_QUOTE: 11,
     OperationKind.ACCEPT_QUOTE: 8,
@@ -75,6 +81,7 @@ WEIGHTS: dict[OperationKind, int] = {
     OperationKind.UPDATE_ACCOUNT_BILLING: 3,
     OperationKind.CREATE_ACCOUNT: 1,
     OperationKind.SIGN_CONTRACT: 3,
+    OperationKind.AMEND_CONTRACT: 2,
     OperationKind.HANDLE_SERVICE_CASE: 3,
     OperationKind.ENTER_ERP_ORDER: 6,
     OperationKind.RECEIVE_STOCK: 4,
@@ -85,10 +92,12 @@ WEIGHTS: dict[OperationKind, int] = {
     OperationKind.PROGRESS_PRODUCTION: 6,
     OperationKind.INSPECT_QUALITY: 3,
     OperationKind.SHIP_ORDER: 7,
+    OperationKind.DISPATCH_SHIPMENT: 3,
     OperationKind.CONFIRM_DELIVERY: 4,
     OperationKind.INVOICE_ORDER: 6,
-    OperationKind.INVOICE_INSTALLMENT: 2,
-    OperationKind.REGISTER_PAYMENT: 6,
+    OperationKind.INVOICE_INSTALLMENT: 4,
+    OperationKind.REGISTER_PAYMENT: 7,
+    OperationKind.CANCEL_INVOICE: 1,
     OperationKind.CANCEL_ERP_ORDER: 1,
 }
 

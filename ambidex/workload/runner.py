@@ -18,9 +18,18 @@ from random import Random
 
 import asyncpg
 
+from ambidex.workload import (
+    billing,
+    contracts,
+    payments,
+    production_steps,
+    service_cases,
+    shipping,
+)
 from ambidex.workload import crm_operations as crm_ops
 from ambidex.workload import erp_operations as erp_ops
 from ambidex.workload.plan import OperationKind, iter_operations, operation_rng
+from ambidex.workload.reference_case import ensure_reference_case
 from ambidex.workload.world import World
 
 Operation = Callable[[World, Random, int], Awaitable[int | None]]
@@ -33,24 +42,30 @@ OPERATIONS: dict[OperationKind, Operation] = {
     OperationKind.CANCEL_ORDER: crm_ops.cancel_order,
     OperationKind.UPDATE_ACCOUNT_BILLING: crm_ops.update_account_billing,
     OperationKind.CREATE_ACCOUNT: crm_ops.create_account,
-    OperationKind.SIGN_CONTRACT: crm_ops.sign_contract,
-    OperationKind.HANDLE_SERVICE_CASE: crm_ops.handle_service_case,
+    OperationKind.SIGN_CONTRACT: contracts.sign_contract,
+    OperationKind.AMEND_CONTRACT: contracts.amend_contract,
+    OperationKind.HANDLE_SERVICE_CASE: service_cases.handle_service_case,
     OperationKind.ENTER_ERP_ORDER: erp_ops.enter_erp_order,
     OperationKind.RECEIVE_STOCK: erp_ops.receive_stock,
     OperationKind.ISSUE_STOCK: erp_ops.issue_stock,
     OperationKind.RESERVE_STOCK: erp_ops.reserve_stock,
     OperationKind.RELEASE_RESERVATION: erp_ops.release_reservation,
-    OperationKind.PLAN_PRODUCTION: erp_ops.plan_production,
-    OperationKind.PROGRESS_PRODUCTION: erp_ops.progress_production,
-    OperationKind.INSPECT_QUALITY: erp_ops.inspect_quality,
-    OperationKind.SHIP_ORDER: erp_ops.ship_order,
-    OperationKind.CONFIRM_DELIVERY: erp_ops.confirm_delivery,
-    OperationKind.INVOICE_ORDER: erp_ops.invoice_order,
-    OperationKind.INVOICE_INSTALLMENT: erp_ops.invoice_installment,
-    OperationKind.REGISTER_PAYMENT: erp_ops.register_payment,
+    OperationKind.PLAN_PRODUCTION: production_steps.plan_production,
+    OperationKind.PROGRESS_PRODUCTION: production_steps.progress_production,
+    OperationKind.INSPECT_QUALITY: production_steps.inspect_quality,
+    OperationKind.SHIP_ORDER: shipping.ship_order,
+    OperationKind.DISPATCH_SHIPMENT: shipping.dispatch_shipment,
+    OperationKind.CONFIRM_DELIVERY: shipping.confirm_delivery,
+    OperationKind.INVOICE_ORDER: billing.invoice_order,
+    OperationKind.INVOICE_INSTALLMENT: billing.invoice_installment,
+    OperationKind.REGISTER_PAYMENT: payments.register_payment,
+    OperationKind.CANCEL_INVOICE: billing.cancel_invoice,
     OperationKind.CANCEL_ERP_ORDER: erp_ops.cancel_erp_order,
 }
 
+#: Share of decisions with a deliberate slip (schedules.Slip, never-invoiced
+#: installments, amendments without a new total, payments of cancelled invoices).
+DEFAULT_DISCREPANCY_RATE = 0.02
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _MAX_ATTEMPTS = 3
 _MAX_ERROR_SAMPLES = 20
@@ -156,25 +171,32 @@ async def run_workload(
     concurrency: int | None = None,
     progress_interval: float = 0.5,
     refresh_interval: float = 2.0,
+    discrepancy_rate: float = DEFAULT_DISCREPANCY_RATE,
 ) -> WorkloadSummary:
     """Run seeded business operations at ``rate`` per second for ``duration`` seconds.
 
     ``duration`` may be ``math.inf`` (then only ``stop`` ends the run). The databases
-    must carry the reference schema and seed data.
+    must carry the reference schema and seed data. ``discrepancy_rate`` (0 to 1) is the
+    share of deliberate slips receivables must catch (0: consistent data).
     """
     if rate <= 0 or not math.isfinite(rate):
         raise ValueError("rate must be a positive number of operations per second")
     if duration < 0:
         raise ValueError("duration must not be negative")
+    if not 0 <= discrepancy_rate <= 1:
+        raise ValueError("discrepancy_rate must be between 0 and 1")
     workers = concurrency or max(2, min(16, math.ceil(rate / 40)))
     stop = stop or asyncio.Event()
     crm_pool = await asyncpg.create_pool(crm_dsn, min_size=1, max_size=workers)
     try:
         erp_pool = await asyncpg.create_pool(erp_dsn, min_size=1, max_size=workers)
         try:
-            world = World(crm=crm_pool, erp=erp_pool, seed=seed)
+            world = World(
+                crm=crm_pool, erp=erp_pool, seed=seed, discrepancy_rate=discrepancy_rate
+            )
             await world.load_master_data()
             await world.refresh()
+            await ensure_reference_case(world)
             return await _run(
                 world, rate, duration, stop, workers, progress, progress_interval, refresh_interval
             )
@@ -267,4 +289,10 @@ async def _run(
     )
 
 
-__all__ = ["OPERATIONS", "WorkloadProgress", "WorkloadSummary", "run_workload"]
+__all__ = [
+    "DEFAULT_DISCREPANCY_RATE",
+    "OPERATIONS",
+    "WorkloadProgress",
+    "WorkloadSummary",
+    "run_workload",
+]

@@ -33,6 +33,9 @@ class IdPool:
     def __len__(self) -> int:
         return len(self._items)
 
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self._items))
+
     def __contains__(self, item: object) -> bool:
         return item in self._index
 
@@ -75,15 +78,6 @@ class Product:
     make_to_order: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ContractInfo:
-    account_id: int
-    sales_order_id: int | None
-    number: str
-    currency_code: str
-    installments: tuple[tuple[int, Decimal, object], ...]  # (seq, amount, due_date)
-
-
 @dataclass
 class World:
     """Shared state of one workload run."""
@@ -91,6 +85,8 @@ class World:
     crm: asyncpg.Pool
     erp: asyncpg.Pool
     seed: int
+    #: share of invoices, payments and amendments with a deliberate slip (schedules.Slip)
+    discrepancy_rate: float = 0.0
     busy: set[tuple[str, int]] = field(default_factory=set)
     # CRM master data and documents
     accounts: dict[int, str] = field(default_factory=dict)  # id -> currency
@@ -100,8 +96,14 @@ class World:
     draft_orders: IdPool = field(default_factory=IdPool)
     live_orders: IdPool = field(default_factory=IdPool)
     active_contracts: IdPool = field(default_factory=IdPool)
-    contracts: dict[int, ContractInfo] = field(default_factory=dict)
+    draft_contracts: IdPool = field(default_factory=IdPool)
+    #: active contracts of accounts the ERP knows as a customer (the ERP can bill them)
+    billable_contracts: IdPool = field(default_factory=IdPool)
     open_cases: IdPool = field(default_factory=IdPool)
+    #: CRM accounts the ERP knows as a customer in the account's currency
+    linked_accounts: IdPool = field(default_factory=IdPool)
+    #: CRM orders whose ERP order is in production or further (complaints are about them)
+    orders_in_fulfilment: IdPool = field(default_factory=IdPool)
     # ERP master data and documents
     customers: dict[int, str] = field(default_factory=dict)  # id -> currency
     customer_ids: IdPool = field(default_factory=IdPool)
@@ -115,9 +117,16 @@ class World:
     shortages: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=500))
     active_production: IdPool = field(default_factory=IdPool)
     pending_inspections: IdPool = field(default_factory=IdPool)
+    ready_shipments: IdPool = field(default_factory=IdPool)
     shipments_in_transit: IdPool = field(default_factory=IdPool)
     orders_to_invoice: IdPool = field(default_factory=IdPool)
     open_invoices: IdPool = field(default_factory=IdPool)
+    #: posted invoices of CRM installments (paid in part or not at all)
+    installment_invoices: IdPool = field(default_factory=IdPool)
+    #: kept in memory only (no index finds them cheaply): what this run cancelled or
+    #: received without an invoice reference
+    cancelled_invoices: IdPool = field(default_factory=IdPool)
+    unallocated_payments: IdPool = field(default_factory=IdPool)
 
     @contextlib.contextmanager
     def claim(self, tag: str, item: int) -> Iterator[None]:
@@ -185,11 +194,18 @@ class World:
                 ORDER BY state, id DESC LIMIT 10000""",
                 )
             )
-            self.active_contracts.replace(
+            # reference cases (schedules.REFERENCE_PREFIX) stay as they were made
+            active = await conn.fetch(
+                """SELECT id, account_id FROM crm.contract
+                   WHERE state = 'active' AND number NOT LIKE 'CT-REF-%'
+                   ORDER BY id DESC LIMIT 5000"""
+            )
+            self.active_contracts.replace([r["id"] for r in active])
+            self.draft_contracts.replace(
                 await _ids(
                     conn,
                     """
-                SELECT id FROM crm.contract WHERE state = 'active'
+                SELECT id FROM crm.contract WHERE state = 'draft'
                 ORDER BY id DESC LIMIT 5000""",
                 )
             )
@@ -205,6 +221,27 @@ class World:
             rows = await conn.fetch("SELECT id, currency_code FROM erp.customer WHERE active")
             self.customers = {r["id"]: r["currency_code"] for r in rows}
             self.customer_ids.replace(list(self.customers))
+            linked = await conn.fetch(
+                """SELECT crm_account_id, currency_code FROM erp.customer
+                   WHERE active AND crm_account_id IS NOT NULL"""
+            )
+            self.linked_accounts.replace([
+                r["crm_account_id"] for r in linked
+                if self.accounts.get(r["crm_account_id"]) == r["currency_code"]
+            ])
+            self.billable_contracts.replace(
+                [r["id"] for r in active if r["account_id"] in self.linked_accounts]
+            )
+            self.orders_in_fulfilment.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT crm_order_id FROM erp.sales_order
+                WHERE crm_order_id IS NOT NULL
+                  AND state IN ('reserved', 'in_production', 'shipped', 'invoiced', 'done')
+                ORDER BY id DESC LIMIT 5000""",
+                )
+            )
             self.open_erp_orders.replace(
                 await _ids(
                     conn,
@@ -240,6 +277,14 @@ class World:
                 ORDER BY id DESC LIMIT 5000""",
                 )
             )
+            self.ready_shipments.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM erp.shipment WHERE state = 'ready'
+                ORDER BY id DESC LIMIT 5000""",
+                )
+            )
             self.shipments_in_transit.replace(
                 await _ids(
                     conn,
@@ -261,6 +306,15 @@ class World:
                     conn,
                     """
                 SELECT id FROM erp.invoice WHERE state = 'posted' AND amount_residual > 0
+                ORDER BY id DESC LIMIT 5000""",
+                )
+            )
+            self.installment_invoices.replace(
+                await _ids(
+                    conn,
+                    """
+                SELECT id FROM erp.invoice
+                WHERE state = 'posted' AND amount_residual > 0 AND crm_contract_id IS NOT NULL
                 ORDER BY id DESC LIMIT 5000""",
                 )
             )

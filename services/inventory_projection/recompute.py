@@ -125,6 +125,10 @@ class NonFiniteRow:
             "(left out of the recomputation)"
         )
 
+    def as_json(self) -> dict[str, Any]:
+        return {"table": self.table, "id": self.row_id, "field": self.column,
+                "value": self.value}
+
 
 async def non_finite_rows(crm_dsn: str, erp_dsn: str) -> list[NonFiniteRow]:
     """Every source row :func:`recompute_availability` leaves out (NaN, ±Infinity)."""
@@ -404,6 +408,13 @@ class Difference:
             f"{self.sku}@{self.warehouse_code} ({self.key}): {self.field} "
             f"projected {_show(self.projected)}, recomputed {_show(self.recomputed)}"
         )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "item_id": self.key.item_id, "warehouse_id": self.key.warehouse_id,
+            "sku": self.sku, "warehouse_code": self.warehouse_code, "field": self.field,
+            "projected": str(self.projected), "recomputed": str(self.recomputed),
+        }
 
 
 def _show(value: Any) -> str:

@@ -12,13 +12,10 @@ before calling it a defect.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-import click
-
-from ambidex.targets import database_targets
 from services.inventory_projection.recompute import (
     Difference,
     NonFiniteRow,
@@ -27,78 +24,40 @@ from services.inventory_projection.recompute import (
     read_projection,
     recompute_availability,
 )
+from services.shared.reconcile_cli import reconcile_command
 
 
-async def reconcile_once(crm_dsn: str, erp_dsn: str) -> tuple[int, list[Difference]]:
-    """``(keys compared, differences)``."""
+@dataclass(frozen=True)
+class AvailabilityReport:
+    keys: int
+    differences: list[Difference]
+    bad_rows: list[NonFiniteRow]
+
+    @property
+    def lines(self) -> Sequence[NonFiniteRow | Difference]:
+        return [*self.bad_rows, *self.differences]
+
+    @property
+    def summary(self) -> str:
+        return (f"{self.keys} keys compared, {len(self.differences)} differences, "
+                f"{len(self.bad_rows)} source rows not a number")
+
+    def failing(self, options: Mapping[str, Any]) -> bool:
+        return bool(self.differences or self.bad_rows)
+
+
+async def compare(crm_dsn: str, erp_dsn: str, options: Mapping[str, Any]) -> AvailabilityReport:
     recomputed = await recompute_availability(crm_dsn, erp_dsn)
     projected = await read_projection(crm_dsn)
-    return len(set(recomputed) | set(projected)), diff_availability(projected, recomputed)
-
-
-async def reconcile_all(
-    crm_dsn: str, erp_dsn: str, retries: int = 0
-) -> tuple[int, list[Difference], list[NonFiniteRow]]:
-    """:func:`reconcile_once` (again up to ``retries`` times, 2 s apart, while there are
-    differences), and the source rows left out because a quantity is not a number."""
-    keys, differences = await reconcile_once(crm_dsn, erp_dsn)
-    for _ in range(retries):
-        if not differences:
-            break
-        await asyncio.sleep(2.0)
-        keys, differences = await reconcile_once(crm_dsn, erp_dsn)
-    return keys, differences, await non_finite_rows(crm_dsn, erp_dsn)
-
-
-@click.command("reconcile")
-@click.option(
-    "--crm-dsn", default=None,
-    help="CRM DSN (default: AMBIDEX_CRM_DSN, else the local stack).",
-)
-@click.option(
-    "--erp-dsn", default=None,
-    help="ERP DSN (default: AMBIDEX_ERP_DSN, else the local stack).",
-)
-@click.option(
-    "--retries",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Compare again this many times (2 s apart) while there are differences.",
-)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per difference.")
-def reconcile(crm_dsn: str | None, erp_dsn: str | None, retries: int, as_json: bool) -> None:
-    """Compare inventory-projection's availability with a recomputation from the
-    source databases; print every difference (exit code 1 if any)."""
-    crm_dsn, erp_dsn = database_targets(crm_dsn, erp_dsn)
-
-    keys, differences, bad_rows = asyncio.run(reconcile_all(crm_dsn, erp_dsn, retries))
-    for row in bad_rows:
-        if as_json:
-            click.echo(json.dumps({"table": row.table, "id": row.row_id,
-                                   "field": row.column, "value": row.value}))
-        else:
-            click.echo(str(row))
-    for difference in differences:
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "item_id": difference.key.item_id,
-                        "warehouse_id": difference.key.warehouse_id,
-                        "sku": difference.sku,
-                        "warehouse_code": difference.warehouse_code,
-                        "field": difference.field,
-                        "projected": str(difference.projected),
-                        "recomputed": str(difference.recomputed),
-                    }
-                )
-            )
-        else:
-            click.echo(str(difference))
-    click.echo(
-        f"{keys} keys compared, {len(differences)} differences, "
-        f"{len(bad_rows)} source rows not a number",
-        err=True,
+    return AvailabilityReport(
+        len(set(recomputed) | set(projected)),
+        diff_availability(projected, recomputed),
+        await non_finite_rows(crm_dsn, erp_dsn),
     )
-    sys.exit(1 if differences or bad_rows else 0)
+
+
+reconcile = reconcile_command("reconcile", compare)
+reconcile.help = (
+    "Compare inventory-projection's availability with a recomputation from the source "
+    "databases; print every difference (exit code 1 if any)."
+)

@@ -108,6 +108,13 @@ class OrderDifference:
         return (f"{tag} CRM order {self.crm_order_id} / ERP {self.erp_order or '-'}: "
                 f"{self.field}: CRM {self.crm} != ERP {self.erp} ({shown})")
 
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "crm_order_id": self.crm_order_id, "erp_order": self.erp_order,
+            "field": self.field, "crm": self.crm, "erp": self.erp,
+            "status": self.status, "known": self.known,
+        }
+
 
 def _text(value: Any) -> str:
     if isinstance(value, Decimal):
@@ -183,6 +190,19 @@ class Report:
     @property
     def defects(self) -> list[OrderDifference]:
         return [d for d in self.differences if not d.known]
+
+    @property
+    def lines(self) -> list[OrderDifference]:
+        return self.differences
+
+    @property
+    def summary(self) -> str:
+        return (f"{self.orders} orders compared, {len(self.differences)} differences "
+                f"({len(self.defects)} not known to the CRM)")
+
+    def failing(self, options: Mapping[str, Any]) -> bool:
+        """Defects fail the run; with ``strict`` the known differences too."""
+        return bool(self.differences if options.get("strict") else self.defects)
 
 
 async def reconcile_orders(

@@ -241,6 +241,21 @@ class Receivables(StateView):
         else:
             self.kv.delete(key)
 
+    def note_incomplete(self, notes: Iterable[tuple[int, str, str | None]]) -> Outcome:
+        """Say on each contract that its figures are incomplete and why (a reason of
+        None takes the note back): ``(contract id, label, reason)``; for rows the shell
+        rejected before folding them (a source transaction rejected whole)."""
+        out = Outcome(stale=True)
+        touched = Touched()
+        for contract_id, label, reason in notes:
+            self._note_incomplete(contract_id, label, reason)
+            touched.contracts.add(contract_id)
+        if touched.contracts:
+            out.stale = False
+            self._settle(touched, out)
+            self._flush()
+        return out
+
     # ------------------------------------------------------------ per table
 
     def _contract(self, contract_id: int, old: Contract | None, new: Contract | None,

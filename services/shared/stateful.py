@@ -88,6 +88,12 @@ def _itself(record: Handle) -> Handle:
     return record
 
 
+def _published(
+    take: Callable[[F, Handle], None], fold: F, record: Handle, handle: Handle
+) -> None:
+    take(fold, handle)
+
+
 class StatefulRunner(Generic[F, S]):
     """The batch loop of a stateful service (see the module docstring).
 
@@ -107,6 +113,7 @@ class StatefulRunner(Generic[F, S]):
         apply: Callable[[S, F], Awaitable[None]],
         reference_topics: Mapping[str, Collection[str]] | None = None,
         after_commit: Callable[[F], Awaitable[None]] | None = None,
+        published: Callable[[F, Handle], None] | None = None,
         consumer: str = "changes",
         **options: Any,
     ) -> None:
@@ -115,6 +122,9 @@ class StatefulRunner(Generic[F, S]):
         self._load = load
         self._apply = apply
         self._after_commit = after_commit
+        #: ``published(fold, record)``: a record of ``sources.published`` (see
+        #: :func:`~services.shared.whole_transactions.read_records`)
+        self._published = published
         self.reference_topics: Mapping[str, Collection[str]] = dict(reference_topics or {})
         self.checkpoint = Checkpoint(Changelog(state_topic))
         self.source: BatchSource = self.checkpoint.batch_source(
@@ -156,7 +166,11 @@ class StatefulRunner(Generic[F, S]):
         slicer = self._slicer
         slicer.restart()
         intake = self.service.require_intake()
-        await read_records(batch.records, fold, intake, self.sources, _itself, slicer)
+        published = self._published
+        await read_records(
+            batch.records, fold, intake, self.sources, _itself, slicer,
+            None if published is None else partial(_published, published, fold),
+        )
         caught_up = self.source.caught_up
         await fold.held.expire(caught_up)
         ready = [db for db, topics in self.reference_topics.items() if await caught_up(topics)]

@@ -77,6 +77,9 @@ class TransactionFold(Generic[R, Out]):
         self.held: HeldTransactions[Handle] = HeldTransactions(
             collections, max_hold=max_hold, clock=clock
         )
+        #: the whole transaction :meth:`apply` is folding (its records' handles, e.g. for
+        #: a verdict given in a later step); None outside ``apply``
+        self.applying: Whole[Handle] | None = None
 
     # ------------------------------------------------------------------ to supply
 
@@ -96,6 +99,11 @@ class TransactionFold(Generic[R, Out]):
 
     def finish(self, outcome: Out, caught_up: Collection[str]) -> None:
         """End of a step: work driven by time rather than by a change."""
+
+    def rejected(self, transaction: CompleteTransaction, bad: ChangeEvent, error: BadInput,
+                 outcome: Out) -> None:
+        """A transaction was rejected whole because of ``bad`` (nothing of it applied):
+        e.g. say so on what its rows belonged to."""
 
     # ------------------------------------------------------------------ the feed
 
@@ -147,10 +155,15 @@ class TransactionFold(Generic[R, Out]):
                 records.append(self.parse(event))
             except BadInput as error:
                 self._reject(database, whole, event, error, out)
+                self.rejected(transaction, event, error, out.outcome)
                 return
         if transaction.events:
             self.observe(database, transaction.commit_time)
-        self.apply(records, transaction, out.outcome)
+        self.applying = whole
+        try:
+            self.apply(records, transaction, out.outcome)
+        finally:
+            self.applying = None
         out.commit_times.append(transaction.commit_time)
         out.applied += len(records)
 

@@ -12,7 +12,10 @@ source time, its heartbeat topic) and gives the records to a :class:`Transaction
   could not be read (``undecodable``): its transaction is given up whole once complete;
   one that does not even say its transaction is dead-lettered on the spot;
 - a Debezium tombstone and every record dead-lettered on the spot are let go of at once
-  (``release``).
+  (``release``);
+- a record of a topic another service *publishes* (``SourceTopics.published``, e.g.
+  ``ambidex.order-identity``: Avro, in no source transaction) goes as it is to the
+  ``published`` handler the caller gives (the fold decodes and applies it in its step).
 
 :class:`HeldTransactions` is the feed of a service with nothing else to do per record:
 one :class:`~services.shared.holding.TransactionHolder` per source database (the CRM's
@@ -58,19 +61,25 @@ class SourceTopics:
 
     markers: Mapping[str, str]
     heartbeats: Mapping[str, str] = field(default_factory=dict)
+    #: topics of records another service publishes (not change events: no transaction)
+    published: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, databases: Iterable[str], *, heartbeats: bool = False) -> SourceTopics:
+    def of(
+        cls, databases: Iterable[str], *, heartbeats: bool = False,
+        published: Iterable[str] = (),
+    ) -> SourceTopics:
         """The local stack's naming: ``cdc.<db>.transaction``, ``heartbeat.cdc.<db>``."""
         names = tuple(databases)
         return cls(
             markers={f"cdc.{db}.transaction": db for db in names},
             heartbeats={f"heartbeat.cdc.{db}": db for db in names} if heartbeats else {},
+            published=frozenset(published),
         )
 
     @property
     def topics(self) -> tuple[str, ...]:
-        return (*self.markers, *self.heartbeats)
+        return (*self.markers, *self.heartbeats, *sorted(self.published))
 
 
 class TransactionFeed(Protocol[H_in]):
@@ -104,17 +113,26 @@ async def read_records(
     sources: SourceTopics,
     hold: Callable[[R], H],
     slicer: Slicer | None = None,
+    published: Callable[[R, H], None] | None = None,
 ) -> None:
     """Hand every record of one fetch to ``feed`` (the module docstring says how);
     ``hold(record)`` is the handle the feed keeps for it. Bad records go to the
     service's dead-letter topic through ``intake`` with reason and origin. A large
-    batch gives the event loop back every slice (health, metrics, heartbeats answer)."""
+    batch gives the event loop back every slice (health, metrics, heartbeats answer).
+    ``published(record, handle)`` takes the records of ``sources.published``."""
     slicer = slicer if slicer is not None else Slicer()
     markers, heartbeats = sources.markers, sources.heartbeats
+    others = sources.published
+    if others and published is None:
+        raise ValueError(f"no handler for the published topics {sorted(others)}")
     for record in records:
         if slicer.due():
             await slicer.pause()
         topic = record.topic
+        if topic in others:
+            assert published is not None
+            published(record, hold(record))
+            continue
         database = heartbeats.get(topic)
         if database is not None:
             try:

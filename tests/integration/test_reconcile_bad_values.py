@@ -19,7 +19,7 @@ from ambidex.referencedb import apply_reference_schema, seed
 from ambidex.stack.local import LocalStack
 from services.inventory_projection.available_to_promise import AvailabilityKey
 from services.inventory_projection.recompute import NonFiniteRow, recompute_availability
-from services.inventory_projection.reconcile_cli import reconcile, reconcile_all
+from services.inventory_projection.reconcile_cli import compare, reconcile
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ async def test_nan_quantities_are_reported_not_a_crash(
     key = AvailabilityKey(quant["item_id"], quant["warehouse_id"])
     assert key not in recomputed or recomputed[key].on_hand.is_finite()
 
-    _, _, bad_rows = await reconcile_all(crm_dsn, erp_dsn)
+    bad_rows = (await compare(crm_dsn, erp_dsn, {})).bad_rows
     assert bad_rows == [
         NonFiniteRow("erp.stock_quant", quant["id"], "quantity", "NaN"),
         NonFiniteRow("crm.sales_order_line", line, "quantity", "NaN"),

@@ -17,6 +17,10 @@ from ambidex.topics import load_topic_declaration
 from services.inventory_projection import app as inventory
 from services.order_sync import app as order_sync
 from services.order_sync import codec as order_codec
+from services.production_status import app as production
+from services.production_status import effects as production_effects
+from services.receivables import app as receivables
+from services.receivables import emit as receivables_emit
 from services.registry import SERVICE_MODULES
 from services.shared.deadletters import dead_letter_topic
 
@@ -42,6 +46,22 @@ CODE = {
         },
         {inventory.AVAILABILITY_TOPIC, inventory.SHORTAGE_TOPIC, inventory.STATE_TOPIC},
         {"ambidex-inventory-projection.changes"},
+    ),
+    "receivables": (
+        {*receivables.CHANGE_TOPICS, *receivables.SOURCES.topics, receivables.STATE_TOPIC},
+        {receivables_emit.POSITION_TOPIC, receivables_emit.DISCREPANCY_TOPIC,
+         receivables.STATE_TOPIC},
+        {"ambidex-receivables.changes"},
+    ),
+    "production-status": (
+        {*production.CHANGE_TOPICS, *production.SOURCES.topics, production.STATE_TOPIC},
+        {
+            production_effects.STATUS_TOPIC,
+            production_effects.RISK_TOPIC,
+            production_effects.TRIAGE_TOPIC,
+            production.STATE_TOPIC,
+        },
+        {"ambidex-production-status.changes"},
     ),
 }
 

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from ambidex.manifests import alert_rules
+from ambidex.manifest_services import alert_rules
 from services import registry
 
 

@@ -161,3 +161,17 @@ async def test_every_record_comes_out_exactly_once() -> None:
     out = taken.merged()
     handles = [h for w in out.complete for h in w.handles] + out.ack_now + [h for h, _ in out.dead]
     assert sorted(handles) == sorted((r.topic, r.offset) for r in records)
+
+
+async def test_records_of_a_published_topic_go_to_their_handler_not_the_decoder() -> None:
+    sources = SourceTopics.of(("crm",), published=("ambidex.order-identity",))
+    assert "ambidex.order-identity" in sources.topics
+    identity = record("ambidex.order-identity", 4, b"avro bytes")
+    taken_by: list[tuple[str, int]] = []
+    intake = FakeIntake({})
+    held: HeldTransactions[tuple[str, int]] = HeldTransactions(COLLECTIONS)
+    fake: ChangeIntake = intake  # type: ignore[assignment]
+    await read_records([identity], held, fake, sources, lambda r: (r.topic, r.offset),
+                       Slicer(), lambda _, handle: taken_by.append(handle))
+    assert taken_by == [("ambidex.order-identity", 4)]
+    assert intake.rejected == [] and held.drain().let_go == []

@@ -2,7 +2,8 @@
 
 The same seed always asks for the same sequence of operations and the same per-op
 parameters (whatever the interleaving of workers), different seeds differ, and the
-mix follows the declared weights, covering every operation kind on both sides.
+mix follows the declared weights, covering every operation kind on both sides and
+every source table of receivables and production-status.
 """
 
 from __future__ import annotations
@@ -65,3 +66,27 @@ def test_both_sides_are_exercised() -> None:
 def test_negative_count_is_rejected() -> None:
     with pytest.raises(ValueError):
         plan_operations(1, -1)
+
+
+def test_receivables_and_production_status_sources_are_planned() -> None:
+    """Every source row receivables and production-status read is written by some
+    operation, often enough to show in a short run, and billing keeps up with signing."""
+    mix = Counter(plan_operations(13, 20_000))
+    for kind in (
+        OperationKind.SIGN_CONTRACT,
+        OperationKind.AMEND_CONTRACT,
+        OperationKind.INVOICE_INSTALLMENT,
+        OperationKind.REGISTER_PAYMENT,
+        OperationKind.CANCEL_INVOICE,
+        OperationKind.PLAN_PRODUCTION,
+        OperationKind.INSPECT_QUALITY,
+        OperationKind.SHIP_ORDER,
+        OperationKind.DISPATCH_SHIPMENT,
+        OperationKind.CONFIRM_DELIVERY,
+        OperationKind.HANDLE_SERVICE_CASE,
+    ):
+        assert mix[kind] > 100, kind
+    assert WEIGHTS[OperationKind.INVOICE_INSTALLMENT] >= WEIGHTS[OperationKind.SIGN_CONTRACT]
+    assert OperationKind.AMEND_CONTRACT.side == "crm"
+    assert OperationKind.DISPATCH_SHIPMENT.side == "erp"
+    assert OperationKind.CANCEL_INVOICE.side == "erp"

@@ -1,0 +1,336 @@
+"""The services' side of the manifests: one Deployment (+ Service, PodDisruptionBudget,
+config) per service of ``services.registry``, network policies and the alert rules.
+See :mod:`ambidex.manifests`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ambidex.access import (
+    Access,
+)
+from ambidex.manifest_kafka import secret_env
+from ambidex.manifest_values import (
+    BOOTSTRAP,
+    CA_DIR,
+    CLUSTER,
+    CLUSTER_CA_SECRET,
+    CONNECT,
+    CONNECT_API_PORT,
+    DEFAULT_SERVICE_MEMORY,
+    KAFKA_PORT,
+    METRICS_PORT,
+    MONITORING_NAMESPACE,
+    RUNTIME_DEFAULT_SECCOMP,
+    SERVICE_MEMORY,
+    DeploymentValues,
+    component_labels,
+)
+from services.registry import METRICS_PORTS
+
+
+def service_resources(service: str, values: DeploymentValues) -> list[dict[str, Any]]:
+    labels = {"app.kubernetes.io/name": service, **component_labels("service")}
+    selector = {"app.kubernetes.io/name": service}
+    principal = Access(service).user
+    env = [
+        {"name": "AMBIDEX_KAFKA_BOOTSTRAP", "value": BOOTSTRAP},
+        # the service's own principal over TLS (its KafkaUser's Secret, the cluster CA)
+        {"name": "AMBIDEX_KAFKA_SECURITY_PROTOCOL", "value": "SASL_SSL"},
+        {"name": "AMBIDEX_KAFKA_SASL_MECHANISM", "value": "SCRAM-SHA-512"},
+        {"name": "AMBIDEX_KAFKA_SASL_USERNAME", "value": principal},
+        secret_env("AMBIDEX_KAFKA_SASL_PASSWORD", principal, "password"),
+        {"name": "AMBIDEX_KAFKA_SSL_CAFILE", "value": f"{CA_DIR}/ca.crt"},
+        {
+            "name": "AMBIDEX_CONNECT_URL",
+            "value": f"http://{CONNECT}-connect-api:{CONNECT_API_PORT}",
+        },
+        {"name": "AMBIDEX_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "AMBIDEX_TABLE_STATE_DIR", "value": "/state"},
+        {"name": "AMBIDEX_SCHEMAS_DIR", "value": "/app/schemas"},
+        {"name": "AMBIDEX_LOG_FORMAT", "value": "json"},
+        secret_env("AMBIDEX_CRM_DSN", "ambidex-databases", "crm-dsn"),
+        secret_env("AMBIDEX_ERP_DSN", "ambidex-databases", "erp-dsn"),
+    ]
+    probe = {"port": "metrics"}
+    memory_request, memory_limit = SERVICE_MEMORY.get(service, DEFAULT_SERVICE_MEMORY)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": service, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            # one worker per service here: Recreate never runs two side by side (the
+            # production overlay runs a hot standby instead, see its kustomization)
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": service,
+                    # the services never call the Kubernetes API
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "runAsGroup": 10001,
+                        "fsGroup": 10001,
+                        **RUNTIME_DEFAULT_SECCOMP,
+                    },
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [
+                        {
+                            "name": service,
+                            "image": values.image,
+                            "args": ["run", service],
+                            "env": env,
+                            "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                            "livenessProbe": {
+                                "httpGet": {"path": "/healthz", **probe},
+                                "periodSeconds": 10,
+                                "failureThreshold": 6,
+                            },
+                            "readinessProbe": {
+                                "httpGet": {"path": "/readyz", **probe},
+                                "periodSeconds": 5,
+                            },
+                            "startupProbe": {
+                                "httpGet": {"path": "/healthz", **probe},
+                                "periodSeconds": 5,
+                                "failureThreshold": 120,
+                            },
+                            "resources": {
+                                "requests": {"cpu": "250m", "memory": memory_request},
+                                "limits": {"memory": memory_limit},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "state", "mountPath": "/state"},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "kafka-ca", "mountPath": CA_DIR, "readOnly": True},
+                            ],
+                        }
+                    ],
+                    # table state is rebuilt from its changelog when the pod moves
+                    "volumes": [
+                        {"name": "state", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}},
+                        {
+                            "name": "kafka-ca",
+                            "secret": {
+                                "secretName": CLUSTER_CA_SECRET,
+                                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                            },
+                        },
+                    ],
+                },
+            },
+        },
+    }
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": service, "labels": labels},
+            "automountServiceAccountToken": False,
+        },
+        deployment,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": service, "labels": labels},
+            "spec": {
+                "selector": selector,
+                "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}],
+            },
+        },
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": service, "labels": labels},
+            # a singleton: voluntary evictions may proceed (there is no standby to keep;
+            # the production overlay keeps one of its two replicas)
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+        },
+        service_network_policy(service, selector, labels),
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": {"name": service, "labels": labels},
+            "spec": {
+                "selector": {"matchLabels": selector},
+                "endpoints": [{"port": "metrics", "interval": "15s"}],
+            },
+        },
+    ]
+
+
+def _tcp(port: int | str) -> dict[str, Any]:
+    return {"protocol": "TCP", "port": port}
+
+
+def service_network_policy(
+    service: str, selector: dict[str, str], labels: dict[str, str]
+) -> dict[str, Any]:
+    """In: metrics from the monitoring namespace. Out: DNS, Kafka's TLS listener, the
+    Connect REST API, and PostgreSQL (the CRM and ERP hosts vary by cluster)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": service, "labels": labels},
+        "spec": {
+            "podSelector": {"matchLabels": selector},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
+                            }
+                        }
+                    ],
+                    "ports": [_tcp(METRICS_PORT)],
+                }
+            ],
+            "egress": [
+                {
+                    "to": [
+                        {
+                            "namespaceSelector": {},
+                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                        }
+                    ],
+                    "ports": [{"protocol": "UDP", "port": 53}, _tcp(53)],
+                },
+                {
+                    "to": [
+                        {
+                            "podSelector": {
+                                "matchLabels": {
+                                    "strimzi.io/cluster": CLUSTER,
+                                    "strimzi.io/kind": "Kafka",
+                                }
+                            }
+                        }
+                    ],
+                    "ports": [_tcp(KAFKA_PORT)],
+                },
+                {
+                    "to": [{"podSelector": {"matchLabels": {"strimzi.io/cluster": CONNECT}}}],
+                    "ports": [_tcp(CONNECT_API_PORT)],
+                },
+                {"ports": [_tcp(5432)]},
+            ],
+        },
+    }
+
+
+def default_deny_ingress() -> dict[str, Any]:
+    """Nothing reaches a pod in the namespace unless a policy allows it (Strimzi adds
+    its own for Kafka and Connect; each service has one above)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "default-deny-ingress", "labels": component_labels("network")},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+
+
+def alert_rules() -> dict[str, Any]:
+    rules = [
+        {
+            "alert": "AmbidexServiceDown",
+            "expr": f'up{{job=~"{"|".join(METRICS_PORTS)}"}} == 0',
+            "for": "2m",
+            "labels": {"severity": "critical"},
+            "annotations": {"summary": "{{ $labels.job }} is not scraped: the service is down"},
+        },
+        {
+            "alert": "AmbidexDeadLetters",
+            "expr": "increase(ambidex_dead_letters_total[10m]) > 0",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "{{ $labels.service }} dead-lettered events ({{ $labels.reason_kind }})",
+                "description": "Inspect with `ambidex deadletters inspect {{ $labels.service }}`.",
+            },
+        },
+        {
+            "alert": "AmbidexEndToEndLagHigh",
+            "expr": (
+                "histogram_quantile(0.99, sum by (service, path, le) "
+                "(rate(ambidex_end_to_end_lag_seconds_bucket[5m]))) > 5"
+            ),
+            "for": "10m",
+            "labels": {"severity": "warning"},
+            "annotations": {"summary": "{{ $labels.service }}: p99 source commit to effect > 5 s"},
+        },
+        {
+            "alert": "AmbidexEventLoopStalled",
+            "expr": "max by (service) (ambidex_event_loop_lag_max_seconds) > 1",
+            "for": "1m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "{{ $labels.service }}: event loop blocked for over 1 s at a time "
+                "(probes, metrics and consumer heartbeats wait; the session times out at 10 s)",
+            },
+        },
+        {
+            "alert": "AmbidexSourceStale",
+            "expr": "time() - ambidex_last_source_commit_timestamp_seconds > 300",
+            "for": "5m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "{{ $labels.service }} has seen nothing from {{ $labels.database }} "
+                "for 5 minutes (heartbeats included): capture or consumption stalled",
+            },
+        },
+        {
+            # both services give up a transaction held beyond AMBIDEX_MAX_HOLD_SECONDS of
+            # source time (300 s by default; heartbeats move source time every few
+            # seconds; services/shared/holding.py): one held for 15 minutes means the
+            # bound is not enforced, or source time stopped (capture down)
+            "alert": "AmbidexTransactionHeldTooLong",
+            "expr": "max by (service, database) "
+            "(ambidex_oldest_held_transaction_age_seconds) > 900",
+            "for": "5m",
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "{{ $labels.service }} has held a {{ $labels.database }} source "
+                "transaction for more than 15 minutes",
+                "description": "Offsets are not committed past it. See the service log "
+                "('incomplete after') and `ambidex deadletters inspect {{ $labels.service }}`.",
+            },
+        },
+        {
+            "alert": "AmbidexConsumerLagHigh",
+            "expr": "sum by (service, topic) (ambidex_consumer_lag_messages) > 100000",
+            "for": "10m",
+            "labels": {"severity": "warning"},
+            "annotations": {"summary": "{{ $labels.service }} is behind on {{ $labels.topic }}"},
+        },
+        {
+            # services/shared/truncates.py: a TRUNCATE the service cannot clear
+            "alert": "AmbidexSourceTruncated",
+            "expr": 'increase(ambidex_source_truncates_total{answer="needs_resnapshot"}[24h]) > 0',
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "{{ $labels.table }} was truncated: {{ $labels.service }} needs a "
+                "re-snapshot",
+                "description": "A TRUNCATE removed every row of {{ $labels.table }} at once; "
+                "{{ $labels.service }} cannot fold it and its state from that table is stale. "
+                "Rebuild it from a fresh snapshot of the table (the truncate is in "
+                "`ambidex deadletters inspect {{ $labels.service }}`, cause needs_resnapshot).",
+            },
+        },
+    ]
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "ambidex", "labels": component_labels("alerts")},
+        "spec": {"groups": [{"name": "ambidex", "rules": rules}]},
+    }

@@ -1,0 +1,130 @@
+"""production-status as a service: the thin I/O shell on the shared kit.
+
+One worker process (``ambidex run production-status``): the kit's
+:class:`~services.shared.stateful.StatefulRunner` reads the ERP's sales orders, lines,
+production orders, quality inspections, shipments and shipment lines, the CRM's sales
+orders and service cases, both transaction-metadata and heartbeat topics, and
+order-sync's ``ambidex.order-identity`` (consumer group
+``ambidex-production-status.changes``); whole source transactions go to the
+:class:`~.service_fold.StatusFold` (a bad row rejects its transaction whole, to
+``dlq.production-status``), whose steps the checkpoint makes durable after the
+:mod:`.effects` (CRM write-back, publishing, dead letters). State: the kit's local
+store and its changelog :data:`STATE_TOPIC` (restored from it when the disk is empty).
+
+The clock is source time (see :mod:`.service_fold`); at start it is floored at the
+write position the CRM table already holds, so a worker rebuilt from the source topics
+alone never writes below what is there.
+
+Scaling: a status reads rows of several topics and both databases, so the service runs
+as ONE worker (one shard of the state), like inventory-projection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+import asyncpg
+
+from services.production_status.effects import Effects
+from services.production_status.service_fold import CRM_TABLES, ERP_TABLES, Outcome, StatusFold
+from services.production_status.writeback import FULFILMENT_STATUS
+from services.shared.batches import attach_sources
+from services.shared.health import pool_probe
+from services.shared.runtime import Service
+from services.shared.runtime import build_service as build_base_service
+from services.shared.settings import ServiceSettings
+from services.shared.stateful import StatefulRunner
+from services.shared.transaction_fold import Applied
+from services.shared.whole_transactions import SourceTopics
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "production-status"
+IDENTITY_TOPIC = "ambidex.order-identity"
+CHANGE_TOPICS = (*(f"cdc.erp.{t}" for t in ERP_TABLES), *(f"cdc.crm.{t}" for t in CRM_TABLES))
+SOURCES = SourceTopics.of(("erp", "crm"), heartbeats=True, published=(IDENTITY_TOPIC,))
+STATE_TOPIC = "state.production-status"
+BATCH_MAX = 5_000
+
+MAX_WRITE_POSITION = f"""
+SELECT source_commit_lsn, source_lsn FROM {FULFILMENT_STATUS}
+ORDER BY source_commit_lsn DESC, source_lsn DESC LIMIT 1"""
+
+
+class Shell:
+    """The I/O around a :class:`StatusFold`, run by the kit's :class:`StatefulRunner`."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.effects = Effects(service)
+        codec = service.codec
+        load = partial(StatusFold.load, decode=lambda value: codec.decode(value).record,
+                       max_hold=timedelta(seconds=service.settings.max_hold_seconds))
+        self.runner: StatefulRunner[StatusFold, Applied[Outcome]] = StatefulRunner(
+            service,
+            state_topic=STATE_TOPIC,
+            topics=CHANGE_TOPICS,
+            sources=SOURCES,
+            load=load,
+            apply=self.effects.apply,
+            published=StatusFold.published,
+            max_records=BATCH_MAX,
+        )
+        self.source = self.runner.source
+        self.pool: asyncpg.Pool | None = None
+
+    async def start(self, service: Service) -> None:
+        """Open (or rebuild) the local state, open the write-back, floor the clock."""
+        started = time.monotonic()
+        settings = service.settings
+        restored = await self.runner.open()
+
+        async def pool() -> asyncpg.Pool:
+            created = await asyncpg.create_pool(
+                settings.crm_dsn.get_secret_value(), min_size=1, max_size=2)
+            assert created is not None
+            return created
+
+        # a CRM database that is down at start-up is waited for (readiness says so)
+        self.pool = await service.retry.call(
+            pool, check="database:crm", what="connecting to the CRM database")
+        service.health.add_probe("database:crm", pool_probe(self.pool))
+        await service.retry.call(self._floor, what="reading the write position")
+        self.effects.started(self.pool)
+        fold = self.runner.fold
+        self.effects.metrics.counts(fold)
+        service.health.set_check("state", True, "state loaded")
+        log.info("production-status state loaded", extra={
+            "restored_from_changelog": 0 if restored is None else restored.entries,
+            "revision": fold.meta.revision, "now": fold.now.isoformat(),
+            "seconds": round(time.monotonic() - started, 3)})
+
+    async def stop(self, _: Service) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        self.runner.close()
+
+    async def _floor(self) -> None:
+        assert self.pool is not None
+        row = await self.pool.fetchrow(MAX_WRITE_POSITION)
+        if row is not None:
+            at = datetime.fromtimestamp(int(row[0]) / 1000, UTC)
+            self.runner.fold.floor(at, int(row[1]))
+
+
+def build_service(settings: ServiceSettings) -> Service:
+    """production-status's service: the shell and its batch source; connects to nothing
+    until it runs."""
+    service = build_base_service(settings)
+    shell = Shell(service)
+    service.on_start.append(shell.start)
+    service.on_stop.append(shell.stop)
+    attach_sources(service, shell.source)  # starts after shell.start, stops before stop
+    service.health.expect("state")
+    return service
+
+
+__all__ = ["CHANGE_TOPICS", "IDENTITY_TOPIC", "SOURCES", "STATE_TOPIC", "Shell", "build_service"]

@@ -1,0 +1,224 @@
+"""production-status recovers to the same answers (DESIGN.md 1 and 6), on the real stack.
+
+* SIGKILL during a burst of production, inspection and shipping changes: once the burst
+  is over, the statuses of the burst's orders equal the recomputation from both
+  databases (``ambidex reconcile production-status``'s comparison is empty);
+* replay from the beginning changes nothing: with the group offsets reset AND the local
+  state and its changelog gone, the restarted worker reads every source topic from its
+  beginning and writes the same statuses, and no risk event that was not there before;
+* restore after losing the local state: the worker rebuilds its state from the
+  changelog (not by a replay) and a later change is folded on top of it correctly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from ambidex.stack.local import StackAddresses
+from services.production_status.app import CHANGE_TOPICS, SOURCES, STATE_TOPIC
+from services.production_status.reconcile import diff_statuses, read_statuses, reconcile_once
+from tests.conftest import ServiceProcess, wait_until
+from tests.integration.conftest import Dbs
+from tests.integration.production_status_support import (
+    GROUP,
+    SERVICE,
+    Order,
+    deliver,
+    inspect,
+    production_order,
+    running,
+    ship,
+    stage,
+    start_production,
+    synced_order,
+    wait_row,
+)
+from tests.integration.support import topic_partitions
+from tests.integration.test_inventory_projection import read_topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def production(
+    service_process: Callable[[str], ServiceProcess], order_sync: ServiceProcess
+) -> ServiceProcess:
+    return await running(service_process(SERVICE))
+
+
+async def walk(erp: asyncpg.Connection, order: Order, n: int) -> None:
+    """One order's production and shipping, one ERP transaction per step; QC fails on
+    every third order and is redone."""
+    mo = await production_order(erp, order)
+    await start_production(erp, mo)
+    await inspect(erp, mo, "pending")
+    if n % 3 == 0:
+        await inspect(erp, mo, "failed", notes="rework")
+    await erp.execute("UPDATE erp.production_order SET qty_produced = 5 WHERE id = $1", mo)
+    await inspect(erp, mo, "passed")
+    shipment = await ship(erp, order, 3 if n % 2 else 5, tracking=f"T{order.crm_id}")
+    if n % 4 != 1:
+        await deliver(erp, shipment)
+
+
+async def converged(stack: StackAddresses, orders: list[Order]) -> None:
+    mine = [o.crm_id for o in orders]
+    last: list[object] = []
+
+    async def agrees() -> bool:
+        _, differences, _ = await reconcile_once(stack.crm_admin_dsn, stack.erp_admin_dsn, mine)
+        last[:] = differences
+        return not differences
+
+    try:
+        await wait_until(agrees, timeout=180, interval=2.0)
+    except AssertionError:
+        raise AssertionError("differences: " + "; ".join(map(str, last))) from None
+
+
+async def test_sigkill_during_a_burst_converges_to_the_recomputation(
+    production: ServiceProcess, stack: StackAddresses, dbs: Dbs, unique: str
+) -> None:
+    crm, erp = dbs
+    orders = [await synced_order(stack, crm, erp, f"{unique}-{n}") for n in range(6)]
+
+    async def burst() -> None:
+        connection = await asyncpg.connect(stack.erp_admin_dsn)
+        try:
+            for n, order in enumerate(orders):
+                await walk(connection, order, n)
+        finally:
+            await connection.close()
+
+    work = asyncio.create_task(burst())
+    for pause in (1.0, 2.0):
+        await asyncio.sleep(pause)  # let it fold part of the burst, then pull the plug
+        production.kill()
+        await asyncio.sleep(1.0)  # the burst goes on while it is down
+        production.start()
+        await production.wait_ready()
+    await work
+    await converged(stack, orders)
+
+
+async def reset_to_the_beginning(stack: StackAddresses, process: ServiceProcess) -> None:
+    """Group offsets at the beginning, no local state and no changelog to restore from
+    (a compacted topic refuses delete-records: every key tombstoned, the offsets entry
+    last, so a restore finds an empty state)."""
+    topics = [*CHANGE_TOPICS, *SOURCES.topics]
+    partitions = await topic_partitions(stack.kafka_bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.commit(dict((await consumer.beginning_offsets(partitions)).items()))
+    finally:
+        await consumer.stop()
+    shutil.rmtree(Path(process.environment["AMBIDEX_TABLE_STATE_DIR"]) / SERVICE,
+                  ignore_errors=True)
+    keys = {k for k, _ in await read_topic(stack.kafka_bootstrap, STATE_TOPIC, bool, raw=True)}
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    await producer.start()
+    try:
+        for key in sorted(k for k in keys if k is not None and k != b"o"):
+            await producer.send(STATE_TOPIC, key=key, value=None, partition=0)
+        await producer.send_and_wait(STATE_TOPIC, key=b"o", value=None, partition=0)
+    finally:
+        await producer.stop()
+
+
+async def caught_up(stack: StackAddresses) -> None:
+    topics = [*CHANGE_TOPICS, *SOURCES.topics]
+    partitions = await topic_partitions(stack.kafka_bootstrap, topics)
+    probe = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP,
+                             enable_auto_commit=False)
+    await probe.start()
+    try:
+        ends = await probe.end_offsets(partitions)
+    finally:
+        await probe.stop()
+
+    async def done() -> bool:
+        check = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP,
+                                 enable_auto_commit=False)
+        await check.start()
+        try:
+            for tp in partitions:
+                committed = await check.committed(tp)
+                if committed is None or committed < ends[tp]:
+                    return False
+            return True
+        finally:
+            await check.stop()
+
+    await wait_until(done, timeout=240, interval=1.0)
+
+
+async def test_replay_from_the_beginning_changes_nothing(
+    production: ServiceProcess, stack: StackAddresses, dbs: Dbs, unique: str
+) -> None:
+    crm, erp = dbs
+    late = await synced_order(stack, crm, erp, f"{unique}-late", promised_in_days=1)
+    await walk(erp, late, 0)  # a risk raised (late), then cleared by the delivery
+    other = await synced_order(stack, crm, erp, f"{unique}-other")
+    await walk(erp, other, 1)  # shipped in part, not delivered
+    await wait_row(crm, late.crm_id, lambda r: r["stage"] == "delivered"
+                   and r["risk_level"] == "none")
+    await wait_row(crm, other.crm_id, stage("partially_shipped"))
+    await caught_up(stack)
+    production.stop()
+    before = await read_statuses(stack.crm_admin_dsn)
+    risks_before = await crm.fetch("SELECT risk_id, level FROM crm_integration.delay_risk_event "
+                                   "ORDER BY risk_id")
+    assert [r["level"] for r in risks_before
+            if r["risk_id"].startswith(f"{late.crm_id}:")] == ["late", "none"]
+
+    await reset_to_the_beginning(stack, production)
+    production.start()
+    await production.wait_ready()
+    await caught_up(stack)
+
+    after = await read_statuses(stack.crm_admin_dsn)
+    assert set(after) >= set(before)
+    assert diff_statuses({k: after[k] for k in before}, before) == []
+    risks_after = await crm.fetch("SELECT risk_id, level FROM crm_integration.delay_risk_event "
+                                  "ORDER BY risk_id")
+    assert [tuple(r) for r in risks_after] == [tuple(r) for r in risks_before]
+    await converged(stack, [late, other])
+
+
+async def test_restore_after_losing_the_local_state(
+    production: ServiceProcess, stack: StackAddresses, dbs: Dbs, unique: str
+) -> None:
+    crm, erp = dbs
+    order = await synced_order(stack, crm, erp, unique)
+    mo = await production_order(erp, order)
+    await start_production(erp, mo)
+    await erp.execute("UPDATE erp.production_order SET state = 'done', qty_produced = 5, "
+                      "date_finished = now() WHERE id = $1", mo)
+    shipment = await ship(erp, order, 5, tracking=f"R-{unique}")
+    await wait_row(crm, order.crm_id, stage("shipped"))
+    production.stop()
+    shutil.rmtree(Path(production.environment["AMBIDEX_TABLE_STATE_DIR"]) / SERVICE)
+    mark = production.log_path.stat().st_size
+    production.start()
+    await production.wait_ready()
+    with production.log_path.open("rb") as log:
+        log.seek(mark)
+        loaded = [json.loads(line) for line in log.read().splitlines()
+                  if b"production-status state loaded" in line]
+    assert loaded and loaded[-1]["restored_from_changelog"] > 0  # from the changelog
+    # a change folded on top of the restored state: the shipment (and its line) known
+    await deliver(erp, shipment)
+    row = await wait_row(crm, order.crm_id, stage("delivered"))
+    assert (row["delivered"], row["tracking_ref"]) == (5, f"R-{unique}")
+    await converged(stack, [order])

@@ -1,0 +1,210 @@
+"""Invariant: the sample workload, run against the stack's captured databases, writes the
+source rows receivables and production-status read — contracts with installment plans,
+installment invoices with payments, production orders with inspections, shipments and
+service cases about orders in fulfilment — every row valid input for both services,
+consistent except for the deliberate slips, each slip one of receivables' discrepancy
+kinds (docs/receivables.md), the seed's 120,000 case among them; and Debezium captures
+every one of those tables into its declared cdc topic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from ambidex.stack.local import StackAddresses
+from ambidex.workload import run_workload
+from ambidex.workload.billing import TYPO_CONTRACT_OFFSET
+from ambidex.workload.reference_case import NEVER_INVOICED
+from ambidex.workload.reference_case import NUMBER as REFERENCE_NUMBER
+from services.production_status import records as production
+from services.receivables.recompute import recompute
+from services.receivables.records import Table
+from services.receivables.rules import Kind, slot_identity
+from tests.conftest import ServiceProcess
+from tests.integration.conftest import Dbs
+from tests.integration.support import CdcTap
+
+pytestmark = pytest.mark.integration
+
+CRM_TABLES = ("contract", "installment", "service_case")
+ERP_TABLES = ("invoice", "payment", "production_order", "quality_inspection", "shipment",
+              "shipment_line")
+#: the discrepancy kinds the workload's slips and customers cause within a short run
+EXPECTED_KINDS = {
+    Kind.INSTALLMENT_NOT_INVOICED,
+    Kind.INVOICE_AMOUNT_MISMATCH,
+    Kind.UNKNOWN_INSTALLMENT,
+    Kind.UNKNOWN_CONTRACT,
+    Kind.INSTALLMENTS_TOTAL_MISMATCH,
+    Kind.CURRENCY_MISMATCH,
+    Kind.PAYMENT_OVER,
+    Kind.PAYMENT_WITHOUT_INVOICE,
+    Kind.PAYMENT_SHORT,
+}
+MONEY = {
+    "crm.contract": ("total_amount",),
+    "crm.installment": ("amount",),
+    "erp.invoice": ("amount_untaxed", "amount_tax", "amount_total", "amount_residual"),
+    "erp.payment": ("amount",),
+}
+
+
+class Checks:
+    """Every failed check of one run, reported together (a run takes minutes)."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def __call__(self, ok: bool, what: str, detail: object = "") -> None:
+        if not ok:
+            self.failed.append(f"{what}: {detail}")
+
+
+async def _max_ids(conn: asyncpg.Connection, schema: str, tables: tuple[str, ...]
+                   ) -> dict[str, int]:
+    return {t: await conn.fetchval(f"SELECT coalesce(max(id), 0) FROM {schema}.{t}")
+            for t in tables}
+
+
+async def test_the_workload_feeds_receivables_and_production_status(
+    stack: StackAddresses, order_sync: ServiceProcess, dbs: Dbs
+) -> None:
+    crm, erp = dbs
+    before = {**await _max_ids(crm, "crm", CRM_TABLES), **await _max_ids(erp, "erp", ERP_TABLES)}
+    async with (CdcTap(stack.kafka_bootstrap, "crm", CRM_TABLES) as crm_tap,
+                CdcTap(stack.kafka_bootstrap, "erp", ERP_TABLES) as erp_tap):
+        summary = await run_workload(
+            stack.crm_admin_dsn, stack.erp_admin_dsn, rate=100, duration=30, seed=23,
+            refresh_interval=0.5, discrepancy_rate=0.3,
+        )
+        assert summary.total_failed == 0, summary.error_samples
+        print("completed:", dict(sorted(summary.completed.items())))
+        print("skipped:", dict(sorted(summary.skipped.items())))
+
+        def new_tables(tap: CdcTap) -> set[str]:
+            return {e.table for e in tap.changes if int(e.key["id"]) > before[e.table]}
+
+        await crm_tap.until(lambda: new_tables(crm_tap) >= set(CRM_TABLES))
+        await erp_tap.until(lambda: new_tables(erp_tap) >= set(ERP_TABLES))
+
+    rows = {
+        Table.CONTRACT: [dict(r) for r in await crm.fetch("SELECT * FROM crm.contract")],
+        Table.INSTALLMENT: [dict(r) for r in await crm.fetch("SELECT * FROM crm.installment")],
+        Table.INVOICE: [dict(r) for r in await erp.fetch("SELECT * FROM erp.invoice")],
+        Table.PAYMENT: [dict(r) for r in await erp.fetch("SELECT * FROM erp.payment")],
+    }
+    check = Checks()
+    await _check_receivables_sources(check, crm, erp, rows)
+    await _check_production_sources(check, crm, erp)
+    assert check.failed == []
+
+
+async def _check_receivables_sources(
+    check: Checks, crm: asyncpg.Connection, erp: asyncpg.Connection,
+    rows: dict[Table, list[dict[str, object]]],
+) -> None:
+    for table, columns in MONEY.items():
+        for row in rows[Table(table)]:
+            for column in columns:
+                value = row[column]
+                assert isinstance(value, Decimal) and value.as_tuple().exponent == -2, (
+                    table, row["id"], column, value)
+
+    # contracts with plans, in every life stage
+    states = Counter(str(r["state"]) for r in rows[Table.CONTRACT])
+    check(states["active"] >= 10 and states["draft"] + states["terminated"] >= 1,
+          "contract states", states)
+    plans = Counter(int(str(r["contract_id"])) for r in rows[Table.INSTALLMENT])
+    check(sum(1 for n in plans.values() if n >= 2) >= 10, "plans of 2+ installments", plans)
+    check(any(r["state"] == "waived" for r in rows[Table.INSTALLMENT]), "a waived installment")
+
+    # every invoice names a contract the CRM has, except the typos (deliberate)
+    contract_ids = {r["id"] for r in rows[Table.CONTRACT]}
+    named = [r for r in rows[Table.INVOICE] if r["crm_contract_id"] is not None]
+    typos = [r for r in named if r["crm_contract_id"] not in contract_ids]
+    check(all(int(str(r["crm_contract_id"])) > TYPO_CONTRACT_OFFSET for r in typos),
+          "invoices of unknown contracts are only the typos", typos)
+    check(len(named) - len(typos) >= 20 and bool(typos), "installment invoices, typos",
+          (len(named), len(typos)))
+
+    # invoices with payments: full, partial, over, and receipts without an invoice
+    paid: dict[object, Decimal] = {}
+    for p in rows[Table.PAYMENT]:
+        if p["state"] == "posted" and p["invoice_id"] is not None:
+            amount = Decimal(str(p["amount"]))
+            paid[p["invoice_id"]] = paid.get(p["invoice_id"], Decimal(0)) + amount
+    shapes = Counter(
+        _shape(paid.get(i["id"], Decimal(0)), Decimal(str(i["amount_total"])))
+        for i in named if i["state"] in ("posted", "paid"))
+    check({"full", "partial", "over"} <= set(shapes), "invoice payment shapes", shapes)
+    check(any(p["invoice_id"] is None for p in rows[Table.PAYMENT]), "an unreferenced payment")
+
+    # receivables reads every row, and finds the discrepancies the workload made
+    result = recompute(rows, dt.date.today())
+    check(result.rejected == [], "rows receivables rejects", result.rejected[:5])
+    kinds = Counter(d.kind for d in result.discrepancies.values())
+    check(set(kinds) >= EXPECTED_KINDS, "discrepancy kinds", kinds)
+
+    # the seed's case: 120,000 contracted, 100,000 received, installment 3 never invoiced
+    reference = await crm.fetchval("SELECT id FROM crm.contract WHERE number = $1",
+                                   REFERENCE_NUMBER)
+    position = result.contracts[reference]
+    figures = (position.contracted, position.invoiced, position.paid, position.outstanding,
+               position.aging[3])  # the last: more than 90 days past due
+    check(figures == (Decimal("120000.00"), Decimal("100000.00"), Decimal("100000.00"),
+                      Decimal("20000.00"), Decimal("20000.00")), "the seed's case", figures)
+    check(slot_identity(Kind.INSTALLMENT_NOT_INVOICED, reference, NEVER_INVOICED)
+          in result.discrepancies, "the seed's installment 3 not invoiced")
+    check(await erp.fetchval(
+        "SELECT count(*) FROM erp.invoice WHERE crm_contract_id = $1", reference) == 5,
+        "the seed's case has 5 invoices")
+
+
+def _shape(paid: Decimal, total: Decimal) -> str:
+    if paid == 0:
+        return "unpaid"
+    return "partial" if paid < total else "full" if paid == total else "over"
+
+
+async def _check_production_sources(
+    check: Checks, crm: asyncpg.Connection, erp: asyncpg.Connection
+) -> None:
+    for table in (production.PRODUCTION_ORDER, production.INSPECTION, production.SHIPMENT,
+                  production.SHIPMENT_LINE, production.ERP_ORDER, production.ERP_ORDER_LINE):
+        for row in await erp.fetch(f"SELECT * FROM erp.{table}"):
+            production.parse(table, dict(row))  # BadInput: an impossible row
+    for row in await crm.fetch("SELECT * FROM crm.service_case"):
+        production.parse(production.SERVICE_CASE, dict(row))
+
+    crm_orders = {r[0] for r in await erp.fetch(
+        """SELECT DISTINCT o.crm_order_id FROM erp.sales_order o
+           WHERE o.crm_order_id IS NOT NULL
+             AND (EXISTS (SELECT 1 FROM erp.production_order p WHERE p.sales_order_id = o.id)
+                  OR EXISTS (SELECT 1 FROM erp.shipment s WHERE s.sales_order_id = o.id))""")}
+    check(bool(crm_orders), "CRM orders in production or shipping in the ERP")
+    complaints = await crm.fetchval(
+        "SELECT count(*) FROM crm.service_case WHERE sales_order_id = ANY($1::bigint[])",
+        list(crm_orders))
+    check(complaints > 0, "service cases about orders in fulfilment")
+
+    facts = await erp.fetchrow(
+        """SELECT
+             (SELECT count(*) FROM erp.quality_inspection WHERE state = 'failed') AS failed,
+             (SELECT count(*) FROM erp.quality_inspection WHERE state = 'passed') AS passed,
+             (SELECT count(*) FROM erp.production_order
+              WHERE state <> 'done' AND date_planned_finish < current_date) AS overdue,
+             (SELECT count(*) FROM erp.shipment WHERE state = 'ready') AS waiting,
+             (SELECT count(*) FROM erp.shipment
+              WHERE shipped_at::date > scheduled_date
+                 OR (state = 'ready' AND scheduled_date < current_date)) AS sent_late,
+             (SELECT count(*) FROM erp.shipment WHERE state = 'delivered') AS delivered,
+             (SELECT count(*) FROM (SELECT sales_order_id FROM erp.shipment
+                                    GROUP BY sales_order_id HAVING count(*) > 1) m)
+               AS partial""")
+    check(all(n > 0 for n in dict(facts).values()), "production and shipping facts",
+          dict(facts))

@@ -121,7 +121,8 @@ class World:
     shipments_in_transit: IdPool = field(default_factory=IdPool)
     orders_to_invoice: IdPool = field(default_factory=IdPool)
     open_invoices: IdPool = field(default_factory=IdPool)
-    #: posted invoices of CRM installments (paid in part or not at all)
+    #: posted invoices of CRM installments not paid at all (one paid in part is left to
+    #: the customer's dispute: it is paid, if at all, as any open invoice)
     installment_invoices: IdPool = field(default_factory=IdPool)
     #: kept in memory only (no index finds them cheaply): what this run cancelled or
     #: received without an invoice reference
@@ -315,6 +316,7 @@ class World:
                     """
                 SELECT id FROM erp.invoice
                 WHERE state = 'posted' AND amount_residual > 0 AND crm_contract_id IS NOT NULL
+                  AND amount_residual = amount_total
                 ORDER BY id DESC LIMIT 5000""",
                 )
             )

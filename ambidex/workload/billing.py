@@ -30,7 +30,7 @@ from ambidex.workload.schedules import (
     never_invoiced,
     to_bill,
 )
-from ambidex.workload.world import World
+from ambidex.workload.world import MEMORY_POOL_LIMIT, World
 from services.shared.money import line_net
 
 #: Invoices a billing run issues at most.
@@ -199,7 +199,7 @@ async def _billing_run(w: World, rng: random.Random, conn: asyncpg.Connection,
             rows += await cancel(conn, inv["id"])
             w.installment_invoices.discard(inv["id"])
             w.open_invoices.discard(inv["id"])
-            w.cancelled_invoices.add(inv["id"])
+            w.cancelled_invoices.add_bounded(inv["id"], MEMORY_POOL_LIMIT)
             continue
         seq = inv["installment_seq"]
         billed.add(seq)
@@ -307,5 +307,5 @@ async def cancel_invoice(w: World, rng: random.Random, index: int) -> int | None
             rows = await cancel(conn, invoice_id)
     w.installment_invoices.discard(invoice_id)
     w.open_invoices.discard(invoice_id)
-    w.cancelled_invoices.add(invoice_id)
+    w.cancelled_invoices.add_bounded(invoice_id, MEMORY_POOL_LIMIT)
     return rows or None

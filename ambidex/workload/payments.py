@@ -20,7 +20,7 @@ import asyncpg
 
 from ambidex.workload.common import changed_rows
 from ambidex.workload.money import partial_amount
-from ambidex.workload.world import World
+from ambidex.workload.world import MEMORY_POOL_LIMIT, World
 
 #: Shares of payments: paid in full, in part, twice (over), without a reference.
 FULL_SHARE = 0.62
@@ -55,7 +55,7 @@ async def register_payment(w: World, rng: random.Random, index: int) -> int | No
             residual = inv["amount_residual"]
             if roll >= FULL_SHARE + PARTIAL_SHARE + DOUBLE_SHARE:
                 payment_id = await _insert_payment(conn, inv, None, residual)
-                w.unallocated_payments.add(payment_id)
+                w.unallocated_payments.add_bounded(payment_id, MEMORY_POOL_LIMIT)
                 return 1
             if roll < FULL_SHARE:
                 amounts = [residual]

@@ -48,9 +48,8 @@ from services.order_sync.unit_of_work import (
     Written,
 )
 from services.shared.cooperative import Slicer
-from services.shared.source_records import erp
-from services.shared.source_records.crm import Account
-from services.shared.source_records.erp import Customer
+from services.shared.source_records.crm import Account, Product
+from services.shared.source_records.erp import Customer, Item, Warehouse
 
 _LOCK_INSERT = """
 INSERT INTO erp_integration.order_state (crm_order_id)
@@ -276,15 +275,15 @@ class ErpUnitOfWork:
             account_rows = await crm.fetch(_ACCOUNTS, list(account_ids)) if account_ids else []
             product_rows = await crm.fetch(_PRODUCTS, list(product_ids)) if product_ids else []
         accounts = {int(r["id"]): Account.from_row(dict(r)) for r in account_rows}
-        products = [crm.Product.from_row(dict(r)) for r in product_rows]
+        products = [Product.from_row(dict(r)) for r in product_rows]
         skus = {product.id: product.sku for product in products}
         conn = self.conn
         currencies = frozenset(str(r["code"]).strip() for r in await conn.fetch(_CURRENCIES))
-        known = [erp.Warehouse.from_row(dict(r)) for r in await conn.fetch(_WAREHOUSES)]
+        known = [Warehouse.from_row(dict(r)) for r in await conn.fetch(_WAREHOUSES)]
         warehouses = {warehouse.code: warehouse.id for warehouse in known}
         default_code = known[0].code if known else None
         item_rows = await conn.fetch(_ITEMS, sorted(set(skus.values())))
-        found = [erp.Item.from_row(dict(r)) for r in item_rows]
+        found = [Item.from_row(dict(r)) for r in item_rows]
         items = {item.sku: item for item in found}
         customers = {
             int(r["crm_account_id"]): Customer.from_row(dict(r))

@@ -32,10 +32,7 @@ from typing import Any, Self
 import asyncpg
 
 from services.order_sync import codec, erp_writes
-from services.order_sync.domain.crm_orders import CrmAccount
 from services.order_sync.domain.erp_orders import (
-    ErpCustomer,
-    ErpItem,
     ErpOrderSnapshot,
     StaticCatalogue,
 )
@@ -51,7 +48,8 @@ from services.order_sync.unit_of_work import (
     Written,
 )
 from services.shared.cooperative import Slicer
-from services.shared.source_records import erp
+from services.shared.source_records.crm import Account, Product
+from services.shared.source_records.erp import Customer, Item, Warehouse
 
 _LOCK_INSERT = """
 INSERT INTO erp_integration.order_state (crm_order_id)
@@ -276,19 +274,19 @@ class ErpUnitOfWork:
         async with self.crm.acquire() as crm:
             account_rows = await crm.fetch(_ACCOUNTS, list(account_ids)) if account_ids else []
             product_rows = await crm.fetch(_PRODUCTS, list(product_ids)) if product_ids else []
-        accounts = {int(r["id"]): CrmAccount.from_row(dict(r)) for r in account_rows}
-        products = [crm.Product.from_row(dict(r)) for r in product_rows]
+        accounts = {int(r["id"]): Account.from_row(dict(r)) for r in account_rows}
+        products = [Product.from_row(dict(r)) for r in product_rows]
         skus = {product.id: product.sku for product in products}
         conn = self.conn
         currencies = frozenset(str(r["code"]).strip() for r in await conn.fetch(_CURRENCIES))
-        known = [erp.Warehouse.from_row(dict(r)) for r in await conn.fetch(_WAREHOUSES)]
+        known = [Warehouse.from_row(dict(r)) for r in await conn.fetch(_WAREHOUSES)]
         warehouses = {warehouse.code: warehouse.id for warehouse in known}
         default_code = known[0].code if known else None
         item_rows = await conn.fetch(_ITEMS, sorted(set(skus.values())))
-        found = [ErpItem.from_row(dict(r)) for r in item_rows]
+        found = [Item.from_row(dict(r)) for r in item_rows]
         items = {item.sku: item for item in found}
         customers = {
-            int(r["crm_account_id"]): ErpCustomer.from_row(dict(r))
+            int(r["crm_account_id"]): Customer.from_row(dict(r))
             for r in await conn.fetch(_CUSTOMERS, list(account_ids))
         }
         catalogue = StaticCatalogue(skus, items, warehouses, default_code)

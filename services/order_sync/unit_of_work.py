@@ -21,17 +21,18 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from services.order_sync.domain.crm_orders import CrmAccount
 from services.order_sync.domain.decisions import (
     AmendErpOrder,
     CancelErpOrder,
     CreateErpOrder,
     CustomerUpsert,
 )
-from services.order_sync.domain.erp_orders import ErpCustomer, ErpOrderSnapshot, StaticCatalogue
+from services.order_sync.domain.erp_orders import ErpOrderSnapshot, StaticCatalogue
 from services.order_sync.domain.folding import OrderDraft
 from services.order_sync.domain.holds import Holds
 from services.shared.position import SourcePosition
+from services.shared.source_records.crm import Account
+from services.shared.source_records.erp import Customer
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +55,10 @@ class CrmOrderRows:
 class References:
     """The reference data a batch is decided against (latest versions)."""
 
-    accounts: Mapping[int, CrmAccount]
+    accounts: Mapping[int, Account]
     catalogue: StaticCatalogue
     currencies: frozenset[str]
-    customers: Mapping[int, ErpCustomer]  # by CRM account id
+    customers: Mapping[int, Customer]  # by CRM account id
 
 
 @dataclass

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from services.shared import rows
 from services.shared.errors import BadInput
 
 ERP_ORDER = "sales_order"
@@ -170,32 +171,25 @@ def _hints(cls: Any) -> dict[str, Any]:
     return _hints_of(cls)
 
 
+#: how a column of each type is read (:mod:`services.shared.rows`, the one rule set)
+_READERS: dict[Any, Callable[[Mapping[str, Any], str, str], Any]] = {
+    Decimal: lambda row, name, table: rows.exact(row[name], name, table),
+    datetime: rows.instant,
+    date: rows.day,
+    int: rows.required_int,
+    bool: rows.flag,
+    str: rows.text,
+}
+
+
 def _check(table: str, name: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if value is None:
-        if optional:
-            return None
-        raise BadInput(f"{table}.{name} is missing")
-    if base is Decimal:
-        if not isinstance(value, Decimal) or not value.is_finite():
-            raise BadInput(f"{table}.{name} is not a finite decimal: {value!r}")
-    elif base is datetime:
-        if not isinstance(value, datetime) or value.tzinfo is None:
-            raise BadInput(f"{table}.{name} is not an instant with a time zone: {value!r}")
-    elif base is date:
-        if not isinstance(value, date) or isinstance(value, datetime):
-            raise BadInput(f"{table}.{name} is not a date: {value!r}")
-    elif base is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise BadInput(f"{table}.{name} is not an integer: {value!r}")
-    elif base is bool:
-        if not isinstance(value, bool):
-            raise BadInput(f"{table}.{name} is not a boolean: {value!r}")
-    elif base is str and not isinstance(value, str):
-        raise BadInput(f"{table}.{name} is not text: {value!r}")
-    return value
+    if value is None and optional:
+        return None
+    read = _READERS.get(base)
+    return value if read is None else read({name: value}, name, table)
 
 
 def build(cls: type[T], table: str, row: Mapping[str, Any]) -> T:

@@ -20,14 +20,17 @@ its contract incomplete.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from services.shared import rows
 from services.shared.errors import BadInput
+from services.shared.rows import BadColumn, Sign
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
@@ -44,66 +47,56 @@ class BadRow(BadInput):
     """A source row receivables cannot reconcile (the reason names the column)."""
 
 
+_T = "receivables"  # a BadColumn's table; the reason of a BadRow names the column only
+
+
+@contextmanager
+def _bad_row() -> Iterator[None]:
+    """A bad column (:mod:`services.shared.rows`, the one reading rule set) as a
+    :class:`BadRow` naming the column; the fold names the table and row."""
+    try:
+        yield
+    except BadColumn as error:
+        raise BadRow(f"{error.column} {error.problem}") from None
+
+
 def _field(row: Mapping[str, Any], name: str) -> Any:
     if name not in row:
-        raise BadRow(f"column {name} is missing")
+        raise BadRow(f"{name} is missing (the row has no column of that name)")
     return row[name]
 
 
 def _int(row: Mapping[str, Any], name: str, *, optional: bool = False) -> int | None:
-    value = _field(row, name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRow(f"{name} is {value!r}, not an integer")
-    return value
+    with _bad_row():
+        return rows.optional_int(row, name, _T) if optional else rows.required_int(row, name, _T)
 
 
 def _id(row: Mapping[str, Any], name: str) -> int:
-    value = _int(row, name)
-    assert value is not None
-    return value
+    with _bad_row():
+        return rows.required_int(row, name, _T)
 
 
 def _text(row: Mapping[str, Any], name: str) -> str:
-    value = _field(row, name)
-    if not isinstance(value, str):
-        raise BadRow(f"{name} is {value!r}, not text")
-    return value
+    with _bad_row():
+        return rows.text(row, name, _T)
 
 
 def _currency(row: Mapping[str, Any]) -> str:
-    value = _text(row, "currency_code").strip().upper()
-    if len(value) != 3 or not value.isalpha():
-        raise BadRow(f"currency_code {value!r} is not an ISO 4217 code")
-    return value
+    with _bad_row():
+        return rows.currency(row, "currency_code", _T)
 
 
 def money(value: Any, name: str, *, positive: bool = False) -> Decimal:
-    """A money column as an exact Decimal of cents; NaN, infinities, fractions of a
-    cent and negative amounts are bad input (``positive``: zero too)."""
-    if isinstance(value, bool) or not isinstance(value, Decimal | int | str):
-        raise BadRow(f"{name} is {value!r}, not a decimal amount")
-    try:
-        amount = Decimal(value)
-    except ArithmeticError as error:
-        raise BadRow(f"{name} is {value!r}, not a decimal amount") from error
-    if not amount.is_finite():
-        raise BadRow(f"{name} is {amount}, not a finite amount")
-    if amount < 0 or (positive and amount == 0):
-        raise BadRow(f"{name} is {amount}: amounts are {'positive' if positive else '>= 0'}")
-    if amount != amount.quantize(CENT):
-        raise BadRow(f"{name} is {amount}: more than two decimal places")
-    return amount.quantize(CENT)
+    """A money column as an exact Decimal of cents (:func:`services.shared.rows.amount`);
+    NaN, infinities, fractions of a cent and negative amounts are bad input
+    (``positive``: zero too)."""
+    with _bad_row():
+        return rows.amount(value, name, _T, sign=Sign.POSITIVE if positive else Sign.NON_NEGATIVE)
 
 
 def _date(row: Mapping[str, Any], name: str, *, optional: bool = False) -> date | None:
-    value = _field(row, name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, date):
-        raise BadRow(f"{name} is {value!r}, not a date")
-    return value
+    with _bad_row():
+        return rows.optional_day(row, name, _T) if optional else rows.day(row, name, _T)
 
 
 class ContractState(StrEnum):
@@ -214,9 +207,8 @@ class Payment:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Payment:
-        paid_at = row.get("paid_at")
-        if paid_at is not None and not isinstance(paid_at, datetime):
-            raise BadRow(f"paid_at is {paid_at!r}, not a timestamp")
+        with _bad_row():
+            paid_at = rows.optional_instant(row, "paid_at", _T)
         return cls(_id(row, "id"), _text(row, "reference"), _id(row, "customer_id"),
                    _int(row, "invoice_id", optional=True),
                    money(_field(row, "amount"), "amount", positive=True), _currency(row),

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from services.order_sync.domain.crm_orders import CrmAccount, CrmOrder
+from services.order_sync.domain.crm_orders import CrmOrder
 from services.order_sync.domain.customers import (
     CustomerRejected,
     customer_changes,
@@ -59,8 +59,6 @@ from services.order_sync.domain.echoes import (
     row_fingerprint,
 )
 from services.order_sync.domain.erp_orders import (
-    ErpCustomer,
-    ErpItem,
     ErpOrderLineSnapshot,
     ErpOrderSnapshot,
     StaticCatalogue,
@@ -78,8 +76,8 @@ from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.errors import BadInput
 from services.shared.money import Money
 from services.shared.position import SourcePosition
-from services.shared.source_records.crm import CrmOrderState
-from services.shared.source_records.erp import ErpOrderState
+from services.shared.source_records.crm import Account, CrmOrderState
+from services.shared.source_records.erp import Customer, ErpOrderState, Item
 from tests.builders import change_event
 
 D = Decimal
@@ -93,20 +91,20 @@ ERP_ORDER_ID = 900
 CATALOGUE = StaticCatalogue(
     product_skus={1: "SKU-A", 2: "SKU-B", 3: "SKU-C", 4: "SKU-NOITEM", 5: "SKU-OLD"},
     items_by_sku={
-        "SKU-A": ErpItem(11, "SKU-A"),
-        "SKU-B": ErpItem(12, "SKU-B"),
-        "SKU-C": ErpItem(13, "SKU-C"),
-        "SKU-OLD": ErpItem(15, "SKU-OLD", active=False),
+        "SKU-A": Item(11, "SKU-A"),
+        "SKU-B": Item(12, "SKU-B"),
+        "SKU-C": Item(13, "SKU-C"),
+        "SKU-OLD": Item(15, "SKU-OLD", active=False),
     },
     warehouses_by_code={"WH1": 1, "WH2": 2},
     default_warehouse_code="WH1",
 )
 
-ACCOUNT = CrmAccount(
+ACCOUNT = Account(
     id=ACCOUNT_ID, name="Acme GmbH", street="Hauptstr. 1", city="Wien", postal_code="1010",
     country_code="AT", vat_number="ATU123", currency=EUR,
 )
-CUSTOMER = ErpCustomer(
+CUSTOMER = Customer(
     id=CUSTOMER_ID, crm_account_id=ACCOUNT_ID, origin="erp", name="Acme GmbH",
     street="Hauptstr. 1", city="Wien", postal_code="1010", country_code="AT",
     vat_number="ATU123", currency=EUR,
@@ -156,8 +154,8 @@ def run(
     crm: CrmOrder,
     erp: ErpOrderSnapshot | None = None,
     *,
-    account: CrmAccount | None = ACCOUNT,
-    customer: ErpCustomer | None = CUSTOMER,
+    account: Account | None = ACCOUNT,
+    customer: Customer | None = CUSTOMER,
     accepted: frozenset[str] = ACCEPTED,
 ) -> SyncDecision:
     return decide(crm, account, erp, CATALOGUE, accepted, erp_customer=customer)
@@ -445,7 +443,7 @@ class TestReject:
         # the item was active when the order was created, deactivated since
         crm = order(lines=[line(1, product_id=5)])
         active = replace(CATALOGUE, items_by_sku={**CATALOGUE.items_by_sku,
-                                                  "SKU-OLD": ErpItem(15, "SKU-OLD")})
+                                                  "SKU-OLD": Item(15, "SKU-OLD")})
         created = decide(crm, ACCOUNT, None, active, ACCEPTED, erp_customer=CUSTOMER)
         assert isinstance(created, CreateErpOrder)
         erp = create_in_erp(created)
@@ -852,7 +850,7 @@ class TestFold:
         assert fold_change(newer, event("account", ChangeOp.UPDATE, account_row,
                                         account_row, 200)) is None
         assert newer.row is not None
-        assert CrmAccount.from_row(newer.row).name == "Acme AG"
+        assert Account.from_row(newer.row).name == "Acme AG"
 
     def test_bad_rows_are_bad_input(self) -> None:
         with pytest.raises(BadInput, match="state"):

@@ -28,8 +28,7 @@ from typing import Self
 
 import pytest
 
-from services.order_sync.domain.crm_orders import CrmAccount
-from services.order_sync.domain.erp_orders import ErpCustomer, ErpOrderSnapshot
+from services.order_sync.domain.erp_orders import ErpOrderSnapshot
 from services.order_sync.domain.folding import OrderDraft
 from services.order_sync.domain.holds import Holds
 from services.order_sync.handlers import SyncBatch, sync_orders
@@ -44,7 +43,8 @@ from services.order_sync.unit_of_work import (
 )
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Slicer
-from services.shared.source_records.erp import ErpOrderState
+from services.shared.source_records.crm import Account
+from services.shared.source_records.erp import Customer, ErpOrderState
 from tests.unit.test_order_sync_domain import (
     ACCEPTED,
     ACCOUNT,
@@ -67,8 +67,8 @@ class FakeUnitOfWork:
 
     def __init__(
         self,
-        accounts: Mapping[int, CrmAccount] | None = None,
-        customers: Mapping[int, ErpCustomer] | None = None,
+        accounts: Mapping[int, Account] | None = None,
+        customers: Mapping[int, Customer] | None = None,
         fail_writes: bool = False,
     ) -> None:
         self.states: dict[int, StoredOrder] = {}

@@ -384,7 +384,7 @@ GOOD_MO: dict[str, Any] = {
 @pytest.mark.parametrize(("change", "reason"), [
     ({"date_finished": T0 - timedelta(hours=1)}, "before date_started"),
     ({"date_planned_finish": date(2026, 10, 1)}, "before date_planned_start"),
-    ({"quantity": D("NaN")}, "not a finite decimal"),
+    ({"quantity": D("NaN")}, "is not a number"),
     ({"quantity": None}, "missing"),
     ({"warehouse_id": "3"}, "not an integer"),
     ({"date_started": datetime(2026, 11, 2, 8)}, "time zone"),

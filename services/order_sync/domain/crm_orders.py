@@ -1,8 +1,9 @@
 """What order-sync reads from the CRM: sales orders with their lines, and accounts.
 
 A :class:`CrmOrder` is the latest version of a CRM sales order with its live lines;
-:class:`CrmAccount` the billing data the ERP customer master follows. Both are mapped
-from the canonical records (:mod:`services.shared.source_records.crm`, which read the
+:class:`~services.shared.source_records.crm.Account` (the canonical record itself) the
+billing data the ERP customer master follows. Orders are mapped from the canonical
+records (:mod:`services.shared.source_records.crm`, which read the
 rows): a line whose quantity or price is missing is kept (the decision rejects it with
 a reason), an unknown state is bad input, and a line number that is NaN or infinite (a
 row read from the database, which may lack the CHECK) leaves the value out and is named
@@ -130,32 +131,4 @@ class CrmOrder:
             lines=tuple(parsed),
             position=position or SourcePosition.zero(),
             unreadable=tuple(problems),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CrmAccount:
-    """The billing data of a CRM account that the ERP customer master follows."""
-
-    id: int
-    name: str
-    street: str | None
-    city: str | None
-    postal_code: str | None
-    country_code: str | None
-    vat_number: str | None
-    currency: str
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> CrmAccount:
-        account = crm.Account.from_row(row)
-        return cls(
-            id=account.id,
-            name=account.name,
-            street=account.street,
-            city=account.city,
-            postal_code=account.postal_code,
-            country_code=account.country_code,
-            vat_number=account.vat_number,
-            currency=account.currency,
         )

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from services.order_sync.domain.crm_orders import CrmAccount
 from services.order_sync.domain.decisions import CustomerUpsert
-from services.order_sync.domain.erp_orders import ErpCustomer
+from services.shared.source_records.crm import Account
+from services.shared.source_records.erp import Customer
 
 
 def customer_from_account(
-    account: CrmAccount, existing: ErpCustomer | None = None
+    account: Account, existing: Customer | None = None
 ) -> CustomerUpsert:
     """The ERP customer an account should have (whole desired state)."""
     return CustomerUpsert(
@@ -39,7 +39,7 @@ _CUSTOMER_FIELDS = (
 )
 
 
-def customer_changes(account: CrmAccount, existing: ErpCustomer | None) -> CustomerUpsert | None:
+def customer_changes(account: Account, existing: Customer | None) -> CustomerUpsert | None:
     """The upsert needed to bring the account's ERP customer up to date, or None.
 
     Billing data follow the CRM for every customer linked by crm_account_id, whatever
@@ -67,7 +67,7 @@ class CustomerRejected:
 
 
 def decide_customer(
-    account: CrmAccount, existing: ErpCustomer | None, accepted_currencies: Collection[str]
+    account: Account, existing: Customer | None, accepted_currencies: Collection[str]
 ) -> CustomerUpsert | CustomerRejected | None:
     """What an account change means for the ERP customer master (None: nothing to do).
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from services.order_sync.domain.amendments import decide_amendment
-from services.order_sync.domain.crm_orders import CrmAccount, CrmOrder
+from services.order_sync.domain.crm_orders import CrmOrder
 from services.order_sync.domain.decisions import (
     CancelErpOrder,
     Conflict,
@@ -45,25 +45,24 @@ from services.order_sync.domain.decisions import (
     SyncDecision,
 )
 from services.order_sync.domain.erp_orders import (
-    ErpCustomer,
     ErpOrderSnapshot,
     ItemCatalogue,
 )
 from services.order_sync.domain.holds import NO_HOLDS, Holds
 from services.order_sync.domain.validation import validate
 from services.shared.cooperative import Pausable, run_to_end
-from services.shared.source_records.crm import CrmOrderState
-from services.shared.source_records.erp import ErpOrderState
+from services.shared.source_records.crm import Account, CrmOrderState
+from services.shared.source_records.erp import Customer, ErpOrderState
 
 
 def decide(
     order: CrmOrder,
-    account: CrmAccount | None,
+    account: Account | None,
     erp_order: ErpOrderSnapshot | None,
     catalogue: ItemCatalogue,
     accepted_currencies: Collection[str],
     *,
-    erp_customer: ErpCustomer | None,
+    erp_customer: Customer | None,
     holds: Holds = NO_HOLDS,
 ) -> SyncDecision:
     """What to do in the ERP about the latest version of ``order``; see the module doc.
@@ -81,12 +80,12 @@ def decide(
 
 def decide_steps(
     order: CrmOrder,
-    account: CrmAccount | None,
+    account: Account | None,
     erp_order: ErpOrderSnapshot | None,
     catalogue: ItemCatalogue,
     accepted_currencies: Collection[str],
     *,
-    erp_customer: ErpCustomer | None,
+    erp_customer: Customer | None,
     holds: Holds = NO_HOLDS,
 ) -> Pausable[SyncDecision]:
     """:func:`decide`, pausable after each line (an order of 5,000 lines takes a

@@ -36,40 +36,6 @@ ERP_CLOSED_STATES = frozenset({ErpOrderState.SHIPPED, ErpOrderState.INVOICED, Er
 
 
 @dataclass(frozen=True, slots=True)
-class ErpCustomer:
-    """An ERP customer row (``erp.customer``)."""
-
-    id: int
-    crm_account_id: int | None
-    origin: str
-    name: str
-    street: str | None
-    city: str | None
-    postal_code: str | None
-    country_code: str | None
-    vat_number: str | None
-    currency: str
-    active: bool = True
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ErpCustomer:
-        c = erp.Customer.from_row(row)
-        return cls(
-            id=c.id,
-            crm_account_id=c.crm_account_id,
-            origin=c.origin,
-            name=c.name,
-            street=c.street,
-            city=c.city,
-            postal_code=c.postal_code,
-            country_code=c.country_code,
-            vat_number=c.vat_number,
-            currency=c.currency,
-            active=c.active,
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class ErpOrderLineSnapshot:
     id: int
     line_no: int
@@ -169,18 +135,6 @@ class ErpOrderSnapshot:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ErpItem:
-    id: int
-    sku: str
-    active: bool = True
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ErpItem:
-        item = erp.Item.from_row(row)
-        return cls(item.id, item.sku, item.active)
-
-
 class ItemCatalogue(Protocol):
     """Reference data :func:`decide` looks things up in (folded from CDC by the shell)."""
 
@@ -188,7 +142,7 @@ class ItemCatalogue(Protocol):
         """The SKU of a CRM product (``crm.product.sku``), None if unknown."""
         ...
 
-    def erp_item(self, sku: str) -> ErpItem | None:
+    def erp_item(self, sku: str) -> erp.Item | None:
         """The ERP item with that SKU (``erp.item``), None if there is none."""
         ...
 
@@ -203,14 +157,14 @@ class StaticCatalogue:
     """An :class:`ItemCatalogue` over plain mappings."""
 
     product_skus: Mapping[int, str]
-    items_by_sku: Mapping[str, ErpItem]
+    items_by_sku: Mapping[str, erp.Item]
     warehouses_by_code: Mapping[str, int]
     default_warehouse_code: str | None = None
 
     def product_sku(self, crm_product_id: int) -> str | None:
         return self.product_skus.get(crm_product_id)
 
-    def erp_item(self, sku: str) -> ErpItem | None:
+    def erp_item(self, sku: str) -> erp.Item | None:
         return self.items_by_sku.get(sku)
 
     def warehouse_id(self, code: str | None) -> int | None:

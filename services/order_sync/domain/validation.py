@@ -16,12 +16,10 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from decimal import Decimal
 
-from services.order_sync.domain.crm_orders import CrmAccount, CrmOrder
+from services.order_sync.domain.crm_orders import CrmOrder
 from services.order_sync.domain.customers import customer_changes
 from services.order_sync.domain.decisions import CustomerUpsert, ErpHeaderSpec, ErpLineSpec
 from services.order_sync.domain.erp_orders import (
-    ErpCustomer,
-    ErpItem,
     ErpOrderLineSnapshot,
     ErpOrderSnapshot,
     ItemCatalogue,
@@ -29,6 +27,8 @@ from services.order_sync.domain.erp_orders import (
 from services.order_sync.domain.money import PRICE_PLACES, QUANTITY_PLACES, line_amount
 from services.shared.cooperative import Pausable
 from services.shared.money import Money
+from services.shared.source_records.crm import Account
+from services.shared.source_records.erp import Customer, Item
 
 _HUNDRED = Decimal(100)
 
@@ -58,7 +58,7 @@ def _build_lines(
         seen[line.line_no] = line.id
         bad = False
 
-        item: ErpItem | None = None
+        item: Item | None = None
         sku = catalogue.product_sku(line.product_id)
         if sku is None:
             problems.append(f"{label}: CRM product {line.product_id} is unknown")
@@ -119,8 +119,8 @@ def _build_lines(
 
 def validate(
     order: CrmOrder,
-    account: CrmAccount | None,
-    erp_customer: ErpCustomer | None,
+    account: Account | None,
+    erp_customer: Customer | None,
     erp_order: ErpOrderSnapshot | None,
     catalogue: ItemCatalogue,
     accepted_currencies: Collection[str],

@@ -56,7 +56,7 @@ class Item:
     table: ClassVar[tuple[str, str]] = (ERP, "item")
     id: int
     sku: str
-    active: bool
+    active: bool = True
 
     @classmethod
     def from_row(cls, row: Row) -> Item:
@@ -95,7 +95,7 @@ class Customer:
     country_code: str | None
     vat_number: str | None
     currency: str
-    active: bool
+    active: bool = True
 
     @classmethod
     def from_row(cls, row: Row) -> Customer:

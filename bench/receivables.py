@@ -26,6 +26,7 @@ import time
 from datetime import date
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import BenchedService, reproduce_line, start_private_stack
@@ -48,6 +49,32 @@ EPOCH = date(1970, 1, 1)
 
 def _days(day: date) -> int:
     return (day - EPOCH).days
+
+
+async def seed_templates(crm_dsn: str, erp_dsn: str) -> None:
+    """One real row of each table (captured by Debezium) for the envelopes to copy."""
+    crm, erp = await asyncpg.connect(crm_dsn), await asyncpg.connect(erp_dsn)
+    try:
+        account = await crm.fetchval("SELECT min(id) FROM crm.account")
+        contract = await crm.fetchval(
+            """INSERT INTO crm.contract (account_id, state, currency_code, total_amount,
+               start_date) VALUES ($1, 'active', 'EUR', 100, current_date) RETURNING id""",
+            account)
+        await crm.execute(
+            """INSERT INTO crm.installment (contract_id, seq, due_date, amount, currency_code)
+               VALUES ($1, 1, current_date, 100, 'EUR')""", contract)
+        customer = await erp.fetchval("SELECT min(id) FROM erp.customer")
+        invoice = await erp.fetchval(
+            """INSERT INTO erp.invoice (customer_id, crm_contract_id, installment_seq, state,
+               currency_code, amount_untaxed, amount_total, amount_residual)
+               VALUES ($1, $2, 1, 'posted', 'EUR', 100, 100, 100) RETURNING id""",
+            customer, contract)
+        await erp.execute(
+            """INSERT INTO erp.payment (customer_id, invoice_id, amount, currency_code)
+               VALUES ($1, $2, 100, 'EUR')""", customer, invoice)
+    finally:
+        await crm.close()
+        await erp.close()
 
 
 async def produce_receivables(bootstrap: str, changes: int, installments: int) -> int:
@@ -162,6 +189,7 @@ async def main() -> None:
     }, stack.config.logs_dir / "bench-receivables.log")
     try:
         await produce_synthetic(bootstrap, 100, 100, args.changes)
+        await seed_templates(stack.addresses.crm_admin_dsn, stack.addresses.erp_admin_dsn)
         produced = await produce_receivables(bootstrap, args.changes, args.installments)
         inv_rate, _, inv_cpu = await replay_inventory(stack, inventory, args.changes)
         inventory.stop()

@@ -182,20 +182,26 @@ async def test_replay_from_the_beginning_changes_nothing(
     receivables.start()
     await receivables.wait_ready()
 
+    behind: dict[Any, tuple[int | None, int]] = {}
+
     async def caught_up() -> bool:
         probe = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP,
                                  enable_auto_commit=False)
         await probe.start()
         try:
+            behind.clear()
             for tp in partitions:
                 committed = await probe.committed(tp)
                 if committed is None or committed < ends[tp]:
-                    return False
-            return True
+                    behind[tp] = (committed, ends[tp])
+            return not behind
         finally:
             await probe.stop()
 
-    await wait_until(caught_up, timeout=180, interval=1.0)
+    try:
+        await wait_until(caught_up, timeout=420, interval=1.0)
+    except AssertionError:
+        raise AssertionError(f"not caught up: {behind}") from None
     await reconciled(stack, {contract}, {party.account_id})
     after = [tuple(r) for r in await crm.fetch(LIVE_ROWS, [contract])]
     assert after == before

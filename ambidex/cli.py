@@ -364,6 +364,11 @@ def compose_validate() -> None:
 )
 @click.option("--max-replication", type=int, default=None, help="Cap replication factors.")
 @click.option("--seed/--no-seed", default=True, help="Load the reference seed data once.")
+@click.option(
+    "--connector-principals",
+    is_flag=True,
+    help="Each connector produces as its own Kafka user (deploy/access.yaml).",
+)
 def setup(
     crm_admin_dsn: str,
     erp_admin_dsn: str,
@@ -374,6 +379,7 @@ def setup(
     connector_values: tuple[str, ...],
     max_replication: int | None,
     seed: bool,
+    connector_principals: bool,
 ) -> None:
     """Prepare a deployment other than the local stack (the compose file's setup job):
     schemas and seed, topics, connectors; each step a no-op when done."""
@@ -389,6 +395,7 @@ def setup(
         connect_url=connect_url,
         connector_values=values,
         max_replication=max_replication,
+        connector_principals=connector_principals,
     )
     _run(set_up(targets, seed=seed, progress=_progress))
 

@@ -9,10 +9,12 @@ no-op when already done, so the compose file runs it as a one-shot job on every 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from ambidex.access import load_access
 from ambidex.connectors import ConnectClient, load_connectors
 from ambidex.referencedb import apply_reference_schema, seed_once
+from ambidex.stack.kafka_access import connector_overrides
 from ambidex.topics import apply_topics, load_topic_declaration
 
 
@@ -29,6 +31,9 @@ class SetupTargets:
     #: the connectors' {{placeholders}} (database hosts and ports as Connect reaches them)
     connector_values: dict[str, str]
     max_replication: int | None = None
+    #: each connector produces as its own Kafka principal (deploy/access.yaml; a worker
+    #: on a SASL listener with the Principal override policy)
+    connector_principals: bool = False
 
 
 async def set_up(
@@ -54,10 +59,17 @@ async def set_up(
     progress(f"topics: {len(topics.created)} created, {len(topics.existing)} present")
     for line in topics.drift:
         progress(f"topics: drift {line}")
+    connectors = load_connectors(targets.connector_values)
+    if targets.connector_principals:
+        declaration = load_access()
+        connectors = [
+            replace(c, config={**c.config, **connector_overrides(declaration, c.name)})
+            for c in connectors
+        ]
     async with ConnectClient(targets.connect_url) as client:
-        for connector in load_connectors(targets.connector_values):
+        for connector in connectors:
             changed = await client.apply(connector)
             progress(f"connect: {connector.name} {'applied' if changed else 'unchanged'}")
-        for connector in load_connectors(targets.connector_values):
+        for connector in connectors:
             await client.wait_running(connector.name, timeout=300)
             progress(f"connect: {connector.name} RUNNING")

@@ -17,8 +17,17 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ambidex.access import Access, AccessDeclaration, acl_rules, load_access
+from ambidex.access import (
+    CONNECT_USER,
+    Access,
+    AccessDeclaration,
+    acl_rules,
+    connect_worker_acls,
+    load_access,
+)
+from ambidex.connectors import connect_worker_config
 from ambidex.stack.config import StackConfig
 from ambidex.stack.jars import JarLayout
 from ambidex.stack.processes import SASL_MECHANISM, StackError, _java
@@ -45,15 +54,28 @@ def _enum_name(operation: str) -> str:
 
 
 def principals(declaration: AccessDeclaration) -> list[Access]:
-    """Every principal of the declaration: the services, then the connectors."""
-    return [*declaration.services.values(), *declaration.connectors.values()]
+    """Every principal of the declaration: the services, then the connectors, then the
+    Connect worker (its group and storage topics, as on Kubernetes)."""
+    return [
+        *declaration.services.values(),
+        *declaration.connectors.values(),
+        Access(CONNECT_USER),
+    ]
+
+
+def _rules(access: Access) -> list[dict[str, Any]]:
+    if access.user != CONNECT_USER:
+        return acl_rules(access)
+    worker = connect_worker_config(replication=1)
+    storage = [worker[f"{kind}.storage.topic"] for kind in ("config", "offset", "status")]
+    return connect_worker_acls(worker["group.id"], storage)
 
 
 def acl_entries(declaration: AccessDeclaration) -> list[AclEntry]:
     """The declaration's ACLs, one entry per (principal, resource, operation)."""
     entries = []
     for access in principals(declaration):
-        for rule in acl_rules(access):
+        for rule in _rules(access):
             resource = rule["resource"]
             for operation in rule["operations"]:
                 entries.append(
@@ -153,3 +175,50 @@ def sasl_client_environment(config: StackConfig, user: str) -> dict[str, str]:
         "AMBIDEX_KAFKA_SASL_USERNAME": user,
         "AMBIDEX_KAFKA_SASL_PASSWORD": known[user],
     }
+
+
+def password_variable(user: str) -> str:
+    """The environment variable the Connect worker reads ``user``'s password from."""
+    return "AMBIDEX_KAFKA_PASSWORD_" + user.upper().replace("-", "_")
+
+
+def jaas(user: str) -> str:
+    """A SCRAM login for ``user`` whose password the worker resolves from its environment
+    (``${env:...}``: never in a properties file or the REST API)."""
+    return (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{user}" password="${{env:{password_variable(user)}}}";'
+    )
+
+
+def connect_worker_security(config: StackConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """Worker properties and environment that put the Connect worker on the SASL
+    listener as ``ambidex-connect`` (its own clients and, by default, its connectors'),
+    letting a connector replace only its principal (``Principal`` override policy, as
+    Kafka 4.1 names it; the Kubernetes manifests use 4.2's ``Allowlist``)."""
+    if config.kafka_sasl_bootstrap is None:
+        raise StackError("the stack has no SASL listener (set AMBIDEX_STACK_KAFKA_SASL_PORT)")
+    security = {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": SASL_MECHANISM,
+        "sasl.jaas.config": jaas(CONNECT_USER),
+    }
+    properties = {
+        "bootstrap.servers": config.kafka_sasl_bootstrap,
+        **security,
+        **{
+            f"{client}.{key}": value
+            for client in ("producer", "consumer", "admin")
+            for key, value in security.items()
+        },
+        "connector.client.config.override.policy": "Principal",
+    }
+    path = users_file(config.state_dir)
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    environment = {password_variable(user): password for user, password in known.items()}
+    return properties, environment
+
+
+def connector_overrides(declaration: AccessDeclaration, connector: str) -> dict[str, str]:
+    """Config that makes ``connector``'s producer authenticate as its own principal."""
+    return {"producer.override.sasl.jaas.config": jaas(declaration.connectors[connector].user)}

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 
-from ambidex.access import Access
-from ambidex.connectors import ConnectClient, load_connectors
+from ambidex.access import Access, load_access
+from ambidex.connectors import ConnectClient, ConnectorDefinition, load_connectors
 from ambidex.stack.config import REPO_ROOT, StackConfig, StackSecrets, _free_ports
 from ambidex.stack.jars import JarLayout, ensure_jars
-from ambidex.stack.kafka_access import apply_kafka_access, sasl_client_environment
+from ambidex.stack.kafka_access import (
+    apply_kafka_access,
+    connect_worker_security,
+    connector_overrides,
+    sasl_client_environment,
+)
 from ambidex.stack.ports import choose_service_ports, record_ports, recorded_ports
 from ambidex.stack.processes import (
     ConnectWorker,
@@ -68,7 +73,22 @@ class LocalStack:
 
     @property
     def connect(self) -> ConnectWorker:
-        return ConnectWorker(self.config, self.jars, self.secrets)
+        security = None
+        if self.config.kafka_sasl_port is not None:
+            security = connect_worker_security(self.config)
+        return ConnectWorker(self.config, self.jars, self.secrets, security)
+
+    def connectors(self) -> list[ConnectorDefinition]:
+        """The connector files with this stack's values; on a secured stack each
+        connector produces as its own principal."""
+        connectors = load_connectors(self.connector_values())
+        if self.config.kafka_sasl_port is None:
+            return connectors
+        declaration = load_access()
+        return [
+            replace(c, config={**c.config, **connector_overrides(declaration, c.name)})
+            for c in connectors
+        ]
 
     @property
     def addresses(self) -> StackAddresses:
@@ -259,7 +279,7 @@ class LocalStack:
     async def apply_connectors(self, *, timeout: float = 180.0) -> None:
         async with ConnectClient(self.config.connect_url) as client:
             await _wait_connect_ready(client, timeout=timeout)
-            for connector in load_connectors(self.connector_values()):
+            for connector in self.connectors():
                 if await client.apply(connector):
                     self.progress(f"connect: applied {connector.name} ({connector.source.name})")
                     continue
@@ -271,7 +291,7 @@ class LocalStack:
                     await client.restart_failed(connector.name)
                 else:
                     self.progress(f"connect: {connector.name} unchanged, left running")
-            for connector in load_connectors(self.connector_values()):
+            for connector in self.connectors():
                 await client.wait_running(connector.name, timeout=timeout)
                 self.progress(f"connect: {connector.name} RUNNING")
 

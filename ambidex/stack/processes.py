@@ -398,10 +398,18 @@ class KafkaBroker(DetachedProcess):
 class ConnectWorker(DetachedProcess):
     """A Kafka Connect worker in distributed mode with the Debezium plugin."""
 
-    def __init__(self, config: StackConfig, jars: JarLayout, secrets: StackSecrets) -> None:
+    def __init__(
+        self,
+        config: StackConfig,
+        jars: JarLayout,
+        secrets: StackSecrets,
+        security: tuple[dict[str, str], dict[str, str]] | None = None,
+    ) -> None:
         super().__init__("connect", config)
         self.jars = jars
         self.secrets = secrets
+        #: on a secured stack: worker properties and environment for the SASL listener
+        self.security = security
         self.properties = config.state_dir / "connect" / "worker.properties"
 
     def running(self) -> bool:
@@ -419,6 +427,7 @@ class ConnectWorker(DetachedProcess):
             "plugin.path": str(self.jars.plugin_path),
             "plugin.discovery": "hybrid_warn",
             "scheduled.rebalance.max.delay.ms": "0",
+            **(self.security[0] if self.security else {}),
         }
         _write_properties(self.properties, properties)
 
@@ -437,7 +446,10 @@ class ConnectWorker(DetachedProcess):
                 "org.apache.kafka.connect.cli.ConnectDistributed",
                 str(self.properties),
             ],
-            env={"AMBIDEX_CDC_PASSWORD": self.secrets.cdc_password},
+            env={
+                "AMBIDEX_CDC_PASSWORD": self.secrets.cdc_password,
+                **(self.security[1] if self.security else {}),
+            },
         )
         await wait_for(
             "Kafka Connect REST",

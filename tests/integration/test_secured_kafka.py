@@ -10,8 +10,10 @@ Invariants (issue 13, "prove the ACL set on the local stack"):
   only reads, another service's consumer group (GroupAuthorizationFailed); a capture
   connector writes under its own database's prefix and not under the other's.
 * A wrong password or an unknown user fails SASL authentication.
-* inventory-projection runs end to end as its own user over the SASL listener
-  (Debezium -> Kafka -> service -> CRM), and no password reaches any log.
+* The pipeline runs end to end over the SASL listener: Connect as ``ambidex-connect``,
+  each capture connector's producer as its own principal (the worker's user may write
+  no CDC topic, so a change only arrives if the override works), inventory-projection
+  as its own user (Debezium -> Kafka -> service -> CRM); no password reaches any log.
 
 The session's stack gets the SASL listener because this module is marked
 ``secured_kafka`` (tests/conftest.py); other modules' clients stay on the plain listener.

@@ -36,6 +36,8 @@ def test_setup_on_a_prepared_deployment_changes_nothing(local_stack: LocalStack)
             "setup",
             "--max-replication=1",
             *(f"--connector-value={name}={value}" for name, value in values.items()),
+            # a secured session's connectors produce as their own principals
+            *(["--connector-principals"] if local_stack.config.kafka_sasl_port else []),
         ],
         env={**os.environ, **environment},
         capture_output=True,

@@ -18,7 +18,10 @@ from ambidex.stack.kafka_access import (
     AclEntry,
     access_request,
     acl_entries,
+    connect_worker_security,
+    connector_overrides,
     load_or_create_passwords,
+    password_variable,
     sasl_client_environment,
     users_file,
 )
@@ -62,7 +65,15 @@ def test_the_acl_entries_are_the_kafkausers_rules_in_admin_api_names() -> None:
         for access in [*declaration.services.values(), *declaration.connectors.values()]
         for rule in acl_rules(access)
     )
-    assert len(entries) == len(set(entries)) == expected
+    worker = [e for e in entries if e.principal == "User:ambidex-connect"]
+    assert len(entries) - len(worker) == len(set(entries)) - len(worker) == expected
+    # the Connect worker: its group and its three storage topics, as its KafkaUser
+    assert {e.name for e in worker} == {
+        "ambidex-connect",
+        "_ambidex-connect-configs",
+        "_ambidex-connect-offsets",
+        "_ambidex-connect-status",
+    }
     assert (
         AclEntry("User:ambidex-order-sync", "TOPIC", "cdc.crm.sales_order", "LITERAL", "READ")
         in entries
@@ -78,8 +89,9 @@ def test_the_acl_entries_are_the_kafkausers_rules_in_admin_api_names() -> None:
         )
         in entries
     )
-    # nothing beyond read/write/describe of topics and read of groups
-    assert {e.operation for e in entries} == {"READ", "WRITE", "DESCRIBE"}
+    # nothing beyond read/write/describe of topics and read of groups (the worker also
+    # creates and checks its storage topics)
+    assert {e.operation for e in entries if e not in worker} == {"READ", "WRITE", "DESCRIBE"}
     assert not [
         e
         for e in entries
@@ -110,4 +122,27 @@ def test_a_client_environment_names_the_sasl_listener_and_its_user(tmp_path: Pat
         "AMBIDEX_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
         "AMBIDEX_KAFKA_SASL_USERNAME": "ambidex-order-sync",
         "AMBIDEX_KAFKA_SASL_PASSWORD": passwords["ambidex-order-sync"],
+    }
+
+
+def test_connect_and_its_connectors_authenticate_with_passwords_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, secured=True)
+    passwords = load_or_create_passwords(tmp_path, ["ambidex-connect", "ambidex-crm"])
+    properties, environment = connect_worker_security(config)
+    assert properties["bootstrap.servers"] == config.kafka_sasl_bootstrap
+    for client in ("", "producer.", "consumer.", "admin."):
+        assert properties[f"{client}security.protocol"] == "SASL_PLAINTEXT"
+        assert 'username="ambidex-connect"' in properties[f"{client}sasl.jaas.config"]
+    assert properties["connector.client.config.override.policy"] == "Principal"
+    # passwords only in the worker's environment, referenced as ${env:...}
+    assert not [p for p in passwords.values() if p in str(properties)]
+    assert environment[password_variable("ambidex-crm")] == passwords["ambidex-crm"]
+    override = connector_overrides(load_access(), "ambidex-crm")
+    assert override == {
+        "producer.override.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            'username="ambidex-crm" password="${env:AMBIDEX_KAFKA_PASSWORD_AMBIDEX_CRM}";'
+        )
     }

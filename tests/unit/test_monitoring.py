@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ambidex.compose import load_compose
 from ambidex.manifests import prometheus_rule
-from ambidex.monitoring import RULES_FILE, alert_rules, render
-from services.registry import SERVICE_MODULES
+from ambidex.monitoring import RULES_FILE, alert_rules, render, scrape_jobs
+from services.registry import METRICS_PORTS, SERVICE_MODULES
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "docs" / "runbooks.md"
 
@@ -52,3 +53,11 @@ def test_every_alert_links_a_runbook_section_that_exists() -> None:
 
 def test_the_prometheusrule_carries_the_same_rules() -> None:
     assert prometheus_rule()["spec"] == alert_rules()
+
+
+def test_the_compose_prometheus_scrapes_each_service_under_its_name() -> None:
+    assert scrape_jobs() == {name: f"{name}:9400" for name in SERVICE_MODULES}
+    compose = load_compose()["services"]
+    assert "../monitoring:/etc/prometheus:ro" in compose["prometheus"]["volumes"]
+    for name in SERVICE_MODULES:
+        assert "9400" in str(compose[name]["healthcheck"]["test"])

@@ -4,7 +4,10 @@
 makes the step durable (a crash redoes it; each write is idempotent):
 
 * surges ``raised`` / ``cleared`` to ``ambidex.demand-surges`` (key ``{"sku","warehouse"}``,
-  at least once: consumers deduplicate on ``surge_id``);
+  at least once: consumers deduplicate on ``surge_id``), published BEFORE the rows are
+  written; a surge the table already shows raised (or cleared) is not published again,
+  so a replay from the beginning with the state gone raises no surge twice (a
+  tombstone keeps its ``surge_id`` for this);
 * ``erp_integration.supply_priority`` upserted (tombstoned when the surge clears) at
   the projection's write position (position-guarded: never below a newer row);
 * ``crm_integration.feasibility_answer`` written at its request row's CRM position (a
@@ -30,10 +33,11 @@ from services.demand_signals.emit import (
     surge_key,
     surge_record,
 )
+from services.demand_signals.surge import Surge
 from services.inventory_projection.demand_signals import DemandStep
 from services.shared.position import SourcePosition
 from services.shared.runtime import Service
-from services.shared.sinks import PositionGuardedSink, SinkWrite, UpsertSpec
+from services.shared.sinks import DeleteSpec, PositionGuardedSink, SinkWrite, UpsertSpec
 
 ANSWER_SPEC = UpsertSpec(
     ANSWER_TABLE,
@@ -48,6 +52,11 @@ PRIORITY_SPEC = UpsertSpec(
                    "rate", "baseline", "projected", "supply", "lead_time_days", "reasons",
                    "evidence", "raised_at"),
 )
+#: a cleared surge's row keeps its identity (and figures): see DemandEffects.unseen
+PRIORITY_CLEARED = DeleteSpec(SUPPLY_PRIORITY_TABLE, PRIORITY_SPEC.key_columns)
+KNOWN_SURGES = """
+SELECT surge_id, deleted FROM erp_integration.supply_priority
+WHERE surge_id = ANY($1::text[])"""
 MAX_PRIORITY_POSITION = """
 SELECT source_commit_lsn, source_lsn FROM erp_integration.supply_priority
 ORDER BY source_commit_lsn DESC, source_lsn DESC LIMIT 1"""
@@ -69,7 +78,7 @@ def priority_writes(step: DemandStep, position: SourcePosition) -> list[SinkWrit
     for _, surge in sorted(step.outcome.priorities.items()):
         row = supply_priority_row(surge)
         if row is None:
-            writes.append(PRIORITY_SPEC.delete(supply_priority_key(surge), position))
+            writes.append(PRIORITY_CLEARED.delete(supply_priority_key(surge), position))
         else:
             writes.append(PRIORITY_SPEC.upsert(row, position))
     return writes
@@ -82,9 +91,11 @@ class DemandEffects:
         self.service = service
         self.crm: PositionGuardedSink | None = None
         self.erp: PositionGuardedSink | None = None
+        self.erp_pool: asyncpg.Pool | None = None
 
     def started(self, crm_pool: asyncpg.Pool, erp_pool: asyncpg.Pool) -> None:
         service = self.service
+        self.erp_pool = erp_pool
         self.crm = PositionGuardedSink(crm_pool, name="feasibility_answer",
                                        metrics=service.metrics, retry=service.retry)
         self.erp = PositionGuardedSink(erp_pool, name="supply_priority",
@@ -95,27 +106,52 @@ class DemandEffects:
         assert self.crm is not None and self.erp is not None
         answers = answer_writes(step)
         priorities = priority_writes(step, position)
+        # the surges first: a redo after a crash between the two finds the rows
+        # written and must not skip an event that was never acknowledged
+        published = await self.publish(step.outcome.events)
         await asyncio.gather(
             self.crm.apply(answers) if answers else _nothing(),
             self.erp.apply(priorities) if priorities else _nothing(),
-            self.publish(step),
         )
         metrics = self.service.metrics
         if step.folded:
             metrics.event("demand_signals", "applied", step.folded)
-        if step.outcome.events:
-            metrics.event(SURGE_TOPIC, "applied", len(step.outcome.events))
+        if published:
+            metrics.event(SURGE_TOPIC, "applied", published)
+        if len(step.outcome.events) > published:
+            metrics.event(SURGE_TOPIC, "skipped_stale", len(step.outcome.events) - published)
         if step.outcome.answers:
             metrics.event(ANSWER_TABLE, "applied", len(step.outcome.answers))
         # the feasibility latency: request commit -> answer written
         metrics.observe_end_to_end_lags(
             "feasibility_answer", [t.timestamp() for t in step.commit_times], time.time())
 
-    async def publish(self, step: DemandStep) -> None:
-        events = step.outcome.events
-        if events:
+    async def unseen(self, events: Sequence[Surge]) -> list[Surge]:
+        """The events the supply-priority table does not show yet: a surge raised is
+        known once a row carries its id, a surge cleared once that row is a tombstone
+        (a replay from the beginning with the state gone judges them all again)."""
+        pool = self.erp_pool
+        assert pool is not None
+        ids = sorted({s.surge_id for s in events})
+
+        async def fetch() -> list[asyncpg.Record]:
+            return list(await pool.fetch(KNOWN_SURGES, ids))
+
+        rows = await self.service.retry.call(
+            fetch, check="sink:supply_priority", what="reading the surges already raised")
+        known = {r["surge_id"]: bool(r["deleted"]) for r in rows}
+        return [s for s in events
+                if not (s.surge_id in known and (s.status == "raised" or known[s.surge_id]))]
+
+    async def publish(self, events: Sequence[Surge]) -> int:
+        """Publish the events not seen yet (acknowledged); how many."""
+        if not events:
+            return 0
+        fresh = await self.unseen(events)
+        if fresh:
             await self.service.require_publisher().publish_many(
-                [(SURGE_TOPIC, SURGE_SCHEMA, surge_key(s), surge_record(s)) for s in events])
+                [(SURGE_TOPIC, SURGE_SCHEMA, surge_key(s), surge_record(s)) for s in fresh])
+        return len(fresh)
 
 
 async def _nothing() -> None:

@@ -70,6 +70,7 @@ LEAD_PREFIX = b"L:"
 OWN_COLLECTIONS = frozenset({"crm.quote", "crm.quote_line", "crm.feasibility_request"})
 CHANGE_TOPICS = tuple(f"cdc.{c}" for c in sorted(OWN_COLLECTIONS))
 TABLES: Mapping[str, Table] = {t.value: t for t in Table}
+ITEM_COLLECTION = "erp.item"  # its lead time
 #: requests awaiting their order's or product's row at most (beyond: answered at once)
 HOLD_LIMIT = 10_000
 PAUSE_EVERY = 64
@@ -199,8 +200,10 @@ class DemandSide(Generic[H]):
         for count, event in enumerate(events, start=1):
             if not count % PAUSE_EVERY:
                 yield
-            if event.op is ChangeOp.TRUNCATE:
-                continue  # answered by the projector (declared in .truncates)
+            collection = event.data_collection
+            if event.op is ChangeOp.TRUNCATE or (
+                    collection not in TABLES and collection != ITEM_COLLECTION):
+                continue  # stock rows (most of a replay); truncates: the projector's
             handle = whole.handle_of(event)
             try:
                 self._apply(event, handle, transaction.commit_time, caught_up)
@@ -215,7 +218,7 @@ class DemandSide(Generic[H]):
         if row_id is None and event.row is not None:
             row_id = event.row.get("id")
         row = None if event.is_delete else event.after
-        if collection == "erp.item":
+        if collection == ITEM_COLLECTION:
             if isinstance(row_id, int):
                 self._lead_time(row_id, event.position, row)
             return

@@ -13,6 +13,7 @@ COPY services services
 COPY schemas schemas
 COPY deploy/topics.yaml deploy/topics.yaml
 COPY deploy/connectors deploy/connectors
+COPY deploy/sql deploy/sql
 RUN uv sync --frozen --no-dev --extra rocksdb
 
 FROM python:3.11-slim-bookworm

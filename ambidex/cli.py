@@ -300,6 +300,99 @@ def topics_apply(bootstrap: str | None) -> None:
         _progress(f"drift: {line}")
 
 
+# ------------------------------------------------------------------ monitoring
+@main.group()
+def monitoring() -> None:
+    """The services' Prometheus alert rules, deploy/monitoring/."""
+
+
+@monitoring.command("render")
+def monitoring_render() -> None:
+    """Write deploy/monitoring/alerts.yaml from ambidex/monitoring.py."""
+    from ambidex.monitoring import RULES_FILE, render
+
+    RULES_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RULES_FILE.write_text(render())
+    _progress(f"wrote {RULES_FILE}")
+
+
+@monitoring.command("validate")
+def monitoring_validate() -> None:
+    """The rule file is current, promtool checks it and passes its unit tests."""
+    from ambidex.monitoring import MonitoringCheckError, validate
+
+    try:
+        for line in validate():
+            _progress(line)
+    except MonitoringCheckError as error:
+        raise click.ClickException(str(error)) from error
+
+
+# --------------------------------------------------------------------- compose
+@main.group()
+def compose() -> None:
+    """deploy/compose/compose.yaml: Ambidex with Docker Compose."""
+
+
+@compose.command("validate")
+def compose_validate() -> None:
+    """Check the compose file against the Compose schema, the policy and the local stack."""
+    from ambidex.compose import COMPOSE_FILE, validate
+
+    problems = validate()
+    for problem in problems:
+        click.echo(f"{COMPOSE_FILE.name}: {problem}", err=True)
+    if problems:
+        raise SystemExit(1)
+    _progress(f"{COMPOSE_FILE.relative_to(COMPOSE_FILE.parents[2])}: valid")
+
+
+# ----------------------------------------------------------------------- setup
+@main.command("setup")
+@click.option("--crm-admin-dsn", envvar="AMBIDEX_CRM_ADMIN_DSN", required=True)
+@click.option("--erp-admin-dsn", envvar="AMBIDEX_ERP_ADMIN_DSN", required=True)
+@click.option("--cdc-password", envvar="AMBIDEX_CDC_PASSWORD", required=True)
+@click.option("--app-password", envvar="AMBIDEX_APP_PASSWORD", required=True)
+@click.option("--bootstrap", envvar="AMBIDEX_KAFKA_BOOTSTRAP", required=True)
+@click.option("--connect-url", envvar="AMBIDEX_CONNECT_URL", required=True)
+@click.option(
+    "--connector-value",
+    "connector_values",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A {{placeholder}} of deploy/connectors/*.json (database hosts and ports).",
+)
+@click.option("--max-replication", type=int, default=None, help="Cap replication factors.")
+@click.option("--seed/--no-seed", default=True, help="Load the reference seed data once.")
+def setup(
+    crm_admin_dsn: str,
+    erp_admin_dsn: str,
+    cdc_password: str,
+    app_password: str,
+    bootstrap: str,
+    connect_url: str,
+    connector_values: tuple[str, ...],
+    max_replication: int | None,
+    seed: bool,
+) -> None:
+    """Prepare a deployment other than the local stack (the compose file's setup job):
+    schemas and seed, topics, connectors; each step a no-op when done."""
+    from ambidex.setup import SetupTargets, set_up
+
+    values = dict(value.split("=", 1) for value in connector_values)
+    targets = SetupTargets(
+        crm_admin_dsn=crm_admin_dsn,
+        erp_admin_dsn=erp_admin_dsn,
+        cdc_password=cdc_password,
+        app_password=app_password,
+        kafka_bootstrap=bootstrap,
+        connect_url=connect_url,
+        connector_values=values,
+        max_replication=max_replication,
+    )
+    _run(set_up(targets, seed=seed, progress=_progress))
+
+
 # -------------------------------------------------------------------- workload
 @main.group()
 def workload() -> None:
@@ -326,18 +419,33 @@ def workload() -> None:
     help="Share of deliberate slips (wrong invoice amounts, forgotten installments...).",
 )
 @click.option("--quiet", is_flag=True, help="Progress as a log line every 10 s, no bar.")
+@click.option(
+    "--crm-dsn",
+    envvar="AMBIDEX_CRM_ADMIN_DSN",
+    default=None,
+    help="CRM database (default: AMBIDEX_CRM_ADMIN_DSN, else the local stack).",
+)
+@click.option(
+    "--erp-dsn",
+    envvar="AMBIDEX_ERP_ADMIN_DSN",
+    default=None,
+    help="ERP database (default: AMBIDEX_ERP_ADMIN_DSN, else the local stack).",
+)
 def workload_run(
-    rate: float, duration: float, seed: int, discrepancy_rate: float, quiet: bool
+    rate: float, duration: float, seed: int, discrepancy_rate: float, quiet: bool,
+    crm_dsn: str | None, erp_dsn: str | None,
 ) -> None:
     """Run business operations against the CRM and ERP databases."""
     from ambidex.workload import run_workload
 
-    local = _stack()
-    addresses = local.addresses
+    if crm_dsn is None or erp_dsn is None:
+        addresses = _stack().addresses
+        crm_dsn = crm_dsn or addresses.crm_admin_dsn
+        erp_dsn = erp_dsn or addresses.erp_admin_dsn
     summary = _run(
         run_workload(
-            addresses.crm_admin_dsn,
-            addresses.erp_admin_dsn,
+            crm_dsn,
+            erp_dsn,
             rate=rate,
             duration=duration if duration > 0 else float("inf"),
             seed=seed,

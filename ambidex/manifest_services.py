@@ -26,7 +26,7 @@ from ambidex.manifest_values import (
     DeploymentValues,
     component_labels,
 )
-from services.registry import METRICS_PORTS
+from ambidex.monitoring import alert_rules
 
 
 def service_resources(service: str, values: DeploymentValues) -> list[dict[str, Any]]:
@@ -241,96 +241,11 @@ def default_deny_ingress() -> dict[str, Any]:
     }
 
 
-def alert_rules() -> dict[str, Any]:
-    rules = [
-        {
-            "alert": "AmbidexServiceDown",
-            "expr": f'up{{job=~"{"|".join(METRICS_PORTS)}"}} == 0',
-            "for": "2m",
-            "labels": {"severity": "critical"},
-            "annotations": {"summary": "{{ $labels.job }} is not scraped: the service is down"},
-        },
-        {
-            "alert": "AmbidexDeadLetters",
-            "expr": "increase(ambidex_dead_letters_total[10m]) > 0",
-            "labels": {"severity": "warning"},
-            "annotations": {
-                "summary": "{{ $labels.service }} dead-lettered events ({{ $labels.reason_kind }})",
-                "description": "Inspect with `ambidex deadletters inspect {{ $labels.service }}`.",
-            },
-        },
-        {
-            "alert": "AmbidexEndToEndLagHigh",
-            "expr": (
-                "histogram_quantile(0.99, sum by (service, path, le) "
-                "(rate(ambidex_end_to_end_lag_seconds_bucket[5m]))) > 5"
-            ),
-            "for": "10m",
-            "labels": {"severity": "warning"},
-            "annotations": {"summary": "{{ $labels.service }}: p99 source commit to effect > 5 s"},
-        },
-        {
-            "alert": "AmbidexEventLoopStalled",
-            "expr": "max by (service) (ambidex_event_loop_lag_max_seconds) > 1",
-            "for": "1m",
-            "labels": {"severity": "warning"},
-            "annotations": {
-                "summary": "{{ $labels.service }}: event loop blocked for over 1 s at a time "
-                "(probes, metrics and consumer heartbeats wait; the session times out at 10 s)",
-            },
-        },
-        {
-            "alert": "AmbidexSourceStale",
-            "expr": "time() - ambidex_last_source_commit_timestamp_seconds > 300",
-            "for": "5m",
-            "labels": {"severity": "warning"},
-            "annotations": {
-                "summary": "{{ $labels.service }} has seen nothing from {{ $labels.database }} "
-                "for 5 minutes (heartbeats included): capture or consumption stalled",
-            },
-        },
-        {
-            # both services give up a transaction held beyond AMBIDEX_MAX_HOLD_SECONDS of
-            # source time (300 s by default; heartbeats move source time every few
-            # seconds; services/shared/holding.py): one held for 15 minutes means the
-            # bound is not enforced, or source time stopped (capture down)
-            "alert": "AmbidexTransactionHeldTooLong",
-            "expr": "max by (service, database) "
-            "(ambidex_oldest_held_transaction_age_seconds) > 900",
-            "for": "5m",
-            "labels": {"severity": "critical"},
-            "annotations": {
-                "summary": "{{ $labels.service }} has held a {{ $labels.database }} source "
-                "transaction for more than 15 minutes",
-                "description": "Offsets are not committed past it. See the service log "
-                "('incomplete after') and `ambidex deadletters inspect {{ $labels.service }}`.",
-            },
-        },
-        {
-            "alert": "AmbidexConsumerLagHigh",
-            "expr": "sum by (service, topic) (ambidex_consumer_lag_messages) > 100000",
-            "for": "10m",
-            "labels": {"severity": "warning"},
-            "annotations": {"summary": "{{ $labels.service }} is behind on {{ $labels.topic }}"},
-        },
-        {
-            # services/shared/truncates.py: a TRUNCATE the service cannot clear
-            "alert": "AmbidexSourceTruncated",
-            "expr": 'increase(ambidex_source_truncates_total{answer="needs_resnapshot"}[24h]) > 0',
-            "labels": {"severity": "critical"},
-            "annotations": {
-                "summary": "{{ $labels.table }} was truncated: {{ $labels.service }} needs a "
-                "re-snapshot",
-                "description": "A TRUNCATE removed every row of {{ $labels.table }} at once; "
-                "{{ $labels.service }} cannot fold it and its state from that table is stale. "
-                "Rebuild it from a fresh snapshot of the table (the truncate is in "
-                "`ambidex deadletters inspect {{ $labels.service }}`, cause needs_resnapshot).",
-            },
-        },
-    ]
+def prometheus_rule() -> dict[str, Any]:
+    """The alert rules of :mod:`ambidex.monitoring` as a prometheus-operator resource."""
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
         "metadata": {"name": "ambidex", "labels": component_labels("alerts")},
-        "spec": {"groups": [{"name": "ambidex", "rules": rules}]},
+        "spec": alert_rules(),
     }

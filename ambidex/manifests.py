@@ -15,7 +15,8 @@ written here.
 
 Parts: :mod:`ambidex.manifest_values` (names, ports, per-cluster values),
 :mod:`ambidex.manifest_kafka` (Strimzi: cluster, topics, users, Connect),
-:mod:`ambidex.manifest_services` (Deployments, network policies, alert rules).
+:mod:`ambidex.manifest_services` (Deployments, network policies, the PrometheusRule of
+:mod:`ambidex.monitoring`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 
 from ambidex.manifest_kafka import kafka_cluster, kafka_connect, kafka_topics, kafka_users
-from ambidex.manifest_services import alert_rules, default_deny_ingress, service_resources
+from ambidex.manifest_services import default_deny_ingress, prometheus_rule, service_resources
 from ambidex.manifest_values import GENERATED, DeploymentValues
 from services.registry import SERVICE_MODULES
 
@@ -54,7 +55,7 @@ def render(values: DeploymentValues | None = None) -> dict[str, str]:
         "users.yaml": kafka_users(),
         "connect.yaml": kafka_connect(values),
         "network.yaml": [default_deny_ingress()],
-        "alerts.yaml": [alert_rules()],
+        "alerts.yaml": [prometheus_rule()],
     }
     for service in SERVICE_MODULES:
         files[f"service-{service}.yaml"] = service_resources(service, values)

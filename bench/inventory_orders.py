@@ -135,8 +135,11 @@ def _erp_line(line_no: int, reserved: int) -> dict[str, Any]:
         "order_id": ERP_ORDER_ID,
         "line_no": line_no,
         "item_id": ITEM_ID,
+        "quantity": Decimal(_quantity(line_no)),
+        "unit_price": Decimal("1.00"),
         "qty_reserved": Decimal(reserved),
         "qty_delivered": Decimal(0),
+        "qty_invoiced": Decimal(0),
     }
 
 
@@ -158,7 +161,7 @@ def run_order(lines: int, single: int = SINGLE) -> OrderResult:
     projector.step()
     header = {
         "id": CRM_ORDER_ID, "number": "SO-BENCH", "account_id": 1, "state": "confirmed",
-        "warehouse_code": CODE, "version": 1,
+        "warehouse_code": CODE, "version": 1, "currency_code": "EUR",
     }
     numbers = range(1, lines + 1)
     spread = [1 + k * lines // single % lines for k in range(single)]
@@ -167,7 +170,9 @@ def run_order(lines: int, single: int = SINGLE) -> OrderResult:
                               *(("sales_order_line", _crm_line(n, _quantity(n)))
                                 for n in numbers)])],
         "erp insert": [(ERP, [("sales_order", {"id": ERP_ORDER_ID, "crm_order_id": CRM_ORDER_ID,
-                                               "state": "open"}),
+                                               "state": "open", "customer_id": 1,
+                                               "currency_code": "EUR",
+                                               "warehouse_id": WAREHOUSE_ID}),
                               *(("sales_order_line", _erp_line(n, 0)) for n in numbers)])],
         "erp reserve": [(ERP, [("sales_order_line", _erp_line(n, 1)) for n in numbers])],
         # one line per transaction, spread over the order

@@ -5,12 +5,17 @@ decoder would: key from the row's ``id`` (none for a TRUNCATE), position
 ``(commit_lsn, lsn)``, origin on the table's CDC topic at offset ``lsn``. Each test
 module keeps its own short wrappers for its own vocabulary; none builds a ChangeEvent
 field by field.
+
+The decoder delivers every column of a table; a test names the columns it cares about
+and :func:`complete_row` adds the reference schema's value of the few others a
+canonical record (:mod:`services.shared.source_records`) requires.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Final
 
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
@@ -18,6 +23,23 @@ from services.shared.position import SourcePosition
 
 #: a commit time for tests that do not care which
 COMMIT_TIME: Final = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
+
+
+#: per table, the value of a column a test may leave out (never a column under test)
+REFERENCE_VALUES: Final[dict[tuple[str, str], dict[str, Any]]] = {
+    ("crm", "sales_order"): {"currency_code": "EUR"},
+    ("erp", "sales_order"): {"customer_id": 1, "currency_code": "EUR", "warehouse_id": 1},
+    ("erp", "sales_order_line"): {
+        "quantity": Decimal("1.000"), "unit_price": Decimal("0.00"),
+        "qty_invoiced": Decimal("0.000"),
+    },
+}
+
+
+def complete_row(database: str, table: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` with the columns of :data:`REFERENCE_VALUES` it leaves out."""
+    defaults = REFERENCE_VALUES.get((database, table))
+    return dict(row) if defaults is None else {**defaults, **row}
 
 
 class _Default:
@@ -59,8 +81,8 @@ def change_event(
         table=table,
         op=op,
         key=dict(key),
-        before=None if before is None else dict(before),
-        after=None if after is None else dict(after),
+        before=None if before is None else complete_row(database, table, before),
+        after=None if after is None else complete_row(database, table, after),
         position=SourcePosition(commit_lsn, position_lsn),
         transaction_id=(
             str(commit_lsn) if isinstance(transaction_id, _Default) else transaction_id

@@ -43,14 +43,22 @@ def stack_state_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-async def local_stack(stack_state_dir: Path) -> AsyncIterator[LocalStack]:
-    """Kafka (KRaft), Connect with Debezium, CRM and ERP PostgreSQL, reference schemas."""
+async def local_stack(
+    stack_state_dir: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[LocalStack]:
+    """Kafka (KRaft), Connect with Debezium, CRM and ERP PostgreSQL, reference schemas.
+
+    The broker gets its SASL/SCRAM listener, authorizer and users only when the session
+    holds a test marked ``secured_kafka``; every other client stays on the plain listener.
+    """
     started = time.monotonic()
 
     def progress(message: str) -> None:
         print(f"[stack {time.monotonic() - started:5.1f}s] {message}", flush=True)
 
-    stack = LocalStack(StackConfig.from_env().ephemeral(stack_state_dir), progress=progress)
+    secured = any(item.get_closest_marker("secured_kafka") for item in request.session.items)
+    config = StackConfig.from_env().ephemeral(stack_state_dir, secured=secured)
+    stack = LocalStack(config, progress=progress)
     try:
         await stack.up(seed=True)
         yield stack
@@ -186,7 +194,7 @@ def service_process(local_stack: LocalStack) -> Iterator[Callable[[str], Service
     def start(name: str) -> ServiceProcess:
         if name not in running:
             environment = {
-                **local_stack.service_environment(name),
+                **local_stack.service_environment(name, secured=False),
                 "AMBIDEX_METRICS_PORT": str(_free_ports(1)[0]),
                 "AMBIDEX_LOG_FORMAT": "json",
             }

@@ -58,6 +58,10 @@ class StackConfig:
     metrics_port: int | None = None
     restart_backoff_s: float = 1.0
     restart_backoff_max_s: float = 60.0
+    #: AMBIDEX_STACK_KAFKA_SASL_PORT: a SASL_PLAINTEXT (SCRAM-SHA-512) listener beside the
+    #: plain one, with the standard authorizer and the users and ACLs of deploy/access.yaml
+    #: (see ambidex.stack.kafka_access); None = the plain listener only, no authorizer
+    kafka_sasl_port: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
@@ -85,11 +89,15 @@ class StackConfig:
             else None,
             restart_backoff_s=float(env.get("AMBIDEX_STACK_RESTART_BACKOFF_S", 1.0)),
             restart_backoff_max_s=float(env.get("AMBIDEX_STACK_RESTART_BACKOFF_MAX_S", 60.0)),
+            kafka_sasl_port=int(env["AMBIDEX_STACK_KAFKA_SASL_PORT"])
+            if env.get("AMBIDEX_STACK_KAFKA_SASL_PORT")
+            else None,
         )
 
-    def ephemeral(self, state_dir: Path) -> StackConfig:
-        """The same stack on free ports in another state directory (for tests)."""
-        ports = _free_ports(5)
+    def ephemeral(self, state_dir: Path, *, secured: bool = False) -> StackConfig:
+        """The same stack on free ports in another state directory (for tests);
+        ``secured`` adds the SASL/SCRAM listener (on a free port too)."""
+        ports = _free_ports(6)
         return replace(
             self,
             state_dir=state_dir,
@@ -100,6 +108,7 @@ class StackConfig:
             erp_port=ports[4],
             heartbeat_interval_ms=1000,
             metrics_port=0,
+            kafka_sasl_port=ports[5] if secured else None,
         )
 
     def environment(self) -> dict[str, str]:
@@ -122,11 +131,20 @@ class StackConfig:
             env["AMBIDEX_METRICS_PORT"] = str(self.metrics_port)
         if self.java_home:
             env["AMBIDEX_JAVA_HOME"] = self.java_home
+        if self.kafka_sasl_port is not None:
+            env["AMBIDEX_STACK_KAFKA_SASL_PORT"] = str(self.kafka_sasl_port)
         return env
 
     @property
     def kafka_bootstrap(self) -> str:
         return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def kafka_sasl_bootstrap(self) -> str | None:
+        """The SASL_PLAINTEXT listener's address, when the stack has one."""
+        if self.kafka_sasl_port is None:
+            return None
+        return f"{self.host}:{self.kafka_sasl_port}"
 
     @property
     def connect_url(self) -> str:

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from ambidex.access import Access
 from ambidex.connectors import ConnectClient, load_connectors
 from ambidex.stack.config import REPO_ROOT, StackConfig, StackSecrets, _free_ports
 from ambidex.stack.jars import JarLayout, ensure_jars
+from ambidex.stack.kafka_access import apply_kafka_access, sasl_client_environment
 from ambidex.stack.ports import choose_service_ports, record_ports, recorded_ports
 from ambidex.stack.processes import (
     ConnectWorker,
@@ -89,14 +91,26 @@ class LocalStack:
             "heartbeat_interval_ms": str(self.config.heartbeat_interval_ms),
         }
 
-    def service_environment(self, service: str, metrics_port: int | None = None) -> dict[str, str]:
+    def service_environment(
+        self, service: str, metrics_port: int | None = None, *, secured: bool | None = None
+    ) -> dict[str, str]:
         """The ``AMBIDEX_*`` settings a service process gets in the local stack (its
-        metrics port: the given one, else the one this stack recorded, else any free)."""
+        metrics port: the given one, else the one this stack recorded, else any free).
+
+        ``secured`` (default: whether the stack has a SASL listener) connects it to the
+        SASL listener as its own Kafka user (``ambidex.stack.kafka_access``)."""
         addresses = self.addresses
         if metrics_port is None:
             metrics_port = recorded_ports(self.config.state_dir).get(service, 0)
+        if secured is None:
+            secured = self.config.kafka_sasl_port is not None
+        kafka = (
+            sasl_client_environment(self.config, Access(service).user)
+            if secured
+            else {"AMBIDEX_KAFKA_BOOTSTRAP": addresses.kafka_bootstrap}
+        )
         return {
-            "AMBIDEX_KAFKA_BOOTSTRAP": addresses.kafka_bootstrap,
+            **kafka,
             "AMBIDEX_CRM_DSN": addresses.crm_dsn,
             "AMBIDEX_ERP_DSN": addresses.erp_dsn,
             "AMBIDEX_CONNECT_URL": addresses.connect_url,
@@ -181,6 +195,10 @@ class LocalStack:
         )
         for line in report.drift:
             self.progress(f"kafka: drift {line}")
+        if self.config.kafka_sasl_port is not None:
+            self.progress("kafka: applying the users and ACLs of deploy/access.yaml")
+            summary = await apply_kafka_access(self.config, self.jars)
+            self.progress(f"kafka: {summary}; SASL/SCRAM on {self.config.kafka_sasl_bootstrap}")
         self.progress("connect: starting the worker with the Debezium plugin")
         await self.connect.start()
         await self.apply_connectors()

@@ -284,6 +284,61 @@ class PostgresCluster:
         )
 
 
+#: the standard (KRaft) authorizer; ACLs live in the cluster metadata
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+def broker_properties(c: StackConfig, data_dir: Path) -> dict[str, str]:
+    """server.properties of the single-node broker; with ``kafka_sasl_port`` also a
+    SASL_PLAINTEXT/SCRAM listener and the standard authorizer.
+
+    On a secured stack the plain listener stays for the operator's tools, Connect and
+    the broker's own controller traffic, all bound to the stack's loopback host: its
+    principal ``ANONYMOUS`` is a super user, so everything the unsecured stack does works
+    unchanged, while a client on the SASL listener is its SCRAM user and gets exactly the
+    ACLs deploy/access.yaml grants it (no ACL = denied).
+    """
+    listeners = [f"PLAINTEXT://{c.host}:{c.kafka_port}"]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    if c.kafka_sasl_port is not None:
+        listeners.append(f"SASL_PLAINTEXT://{c.host}:{c.kafka_sasl_port}")
+        protocols.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
+    properties = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{c.host}:{c.controller_port}",
+        "listeners": ",".join([*listeners, f"CONTROLLER://{c.host}:{c.controller_port}"]),
+        "advertised.listeners": ",".join(listeners),
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": ",".join(protocols),
+        "log.dirs": str(data_dir),
+        "num.partitions": "1",
+        "auto.create.topics.enable": "false",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "log.retention.check.interval.ms": "60000",
+    }
+    if c.kafka_sasl_port is not None:
+        properties |= {
+            "inter.broker.listener.name": "PLAINTEXT",
+            "sasl.enabled.mechanisms": SASL_MECHANISM,
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms": SASL_MECHANISM,
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "authorizer.class.name": STANDARD_AUTHORIZER,
+            "super.users": "User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+    return properties
+
+
 class KafkaBroker(DetachedProcess):
     """A single-node Kafka in KRaft mode (broker and controller in one process)."""
 
@@ -297,28 +352,7 @@ class KafkaBroker(DetachedProcess):
         return self.pid() is not None and port_open(self.config.host, self.config.kafka_port)
 
     def _write_properties(self) -> None:
-        c = self.config
-        properties = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{c.host}:{c.controller_port}",
-            "listeners": f"PLAINTEXT://{c.host}:{c.kafka_port},CONTROLLER://{c.host}:{c.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{c.host}:{c.kafka_port}",
-            "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "log.dirs": str(self.data_dir),
-            "num.partitions": "1",
-            "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            "group.initial.rebalance.delay.ms": "0",
-            "log.retention.check.interval.ms": "60000",
-        }
-        _write_properties(self.properties, properties)
+        _write_properties(self.properties, broker_properties(self.config, self.data_dir))
 
     async def start(self) -> None:
         if self.running():

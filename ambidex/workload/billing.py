@@ -30,7 +30,7 @@ from ambidex.workload.schedules import (
     never_invoiced,
     to_bill,
 )
-from ambidex.workload.world import World
+from ambidex.workload.world import MEMORY_POOL_LIMIT, World
 from services.shared.money import line_net
 
 #: Invoices a billing run issues at most.
@@ -199,7 +199,7 @@ async def _billing_run(w: World, rng: random.Random, conn: asyncpg.Connection,
             rows += await cancel(conn, inv["id"])
             w.installment_invoices.discard(inv["id"])
             w.open_invoices.discard(inv["id"])
-            w.cancelled_invoices.add(inv["id"])
+            w.cancelled_invoices.add_bounded(inv["id"], MEMORY_POOL_LIMIT)
             continue
         seq = inv["installment_seq"]
         billed.add(seq)
@@ -285,15 +285,18 @@ async def cancel_invoice(w: World, rng: random.Random, index: int) -> int | None
     """The customer disputes an installment invoice: finance issues a credit note (the
     next billing run invoices the installment again). Only an unpaid one, except as a
     slip (invoice_cancelled_after_payment)."""
-    invoice_id = w.installment_invoices.choice(rng, w.busy, "invoice")
+    slip = rng.random() < w.discrepancy_rate
+    # the slip finds invoices paid in part among all open ones
+    invoice_id = (w.open_invoices if slip else w.installment_invoices).choice(
+        rng, w.busy, "invoice")
     if invoice_id is None:
         return None
-    slip = rng.random() < w.discrepancy_rate
     with w.claim("invoice", invoice_id):
         async with w.erp.acquire() as conn, conn.transaction():
             inv = await conn.fetchrow(
                 """SELECT amount_total, amount_residual FROM erp.invoice
-                   WHERE id = $1 AND state = 'posted' FOR UPDATE""",
+                   WHERE id = $1 AND state = 'posted' AND crm_contract_id IS NOT NULL
+                   FOR UPDATE""",
                 invoice_id,
             )
             if inv is None:
@@ -304,5 +307,5 @@ async def cancel_invoice(w: World, rng: random.Random, index: int) -> int | None
             rows = await cancel(conn, invoice_id)
     w.installment_invoices.discard(invoice_id)
     w.open_invoices.discard(invoice_id)
-    w.cancelled_invoices.add(invoice_id)
+    w.cancelled_invoices.add_bounded(invoice_id, MEMORY_POOL_LIMIT)
     return rows or None

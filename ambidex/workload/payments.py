@@ -1,12 +1,14 @@
 """ERP cash: customer payments as the bank statement brings them, one transaction each.
 
-Most payments settle an open invoice in full; some pay part of it (the rest later, or
-never: ``payment_short`` once past due), some pay it twice (``payment_over``), some
-arrive without an invoice reference (``payment_without_invoice``) and are matched to an
-open invoice of the customer later. Payments are registered when they arrive, so an
-invoice of an installment already past due is paid late. At the run's discrepancy
-rate a customer pays an invoice that was cancelled (``invoice_cancelled_after_payment``).
-An invoice's residual is its total less its posted payments, never below zero.
+Most payments settle an open invoice in full; some pay part of it (the rest later, at
+the pace of any open invoice, or never: ``payment_short`` once past due), some pay it
+twice (``payment_over``), some arrive without an invoice reference
+(``payment_without_invoice``) and are matched to an open invoice of the customer later.
+Half the payments are for installment invoices not paid at all yet. Payments are
+registered when they arrive, so an invoice of an installment already past due is paid
+late. At the run's discrepancy rate a customer pays an invoice that was cancelled
+(``invoice_cancelled_after_payment``). An invoice's residual is its total less its
+posted payments, never below zero.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import asyncpg
 
 from ambidex.workload.common import changed_rows
 from ambidex.workload.money import partial_amount
-from ambidex.workload.world import World
+from ambidex.workload.world import MEMORY_POOL_LIMIT, World
 
 #: Shares of payments: paid in full, in part, twice (over), without a reference.
 FULL_SHARE = 0.62
 PARTIAL_SHARE = 0.24
 DOUBLE_SHARE = 0.05
+#: Share of payments for installment invoices (the rest: any open invoice).
+CONTRACT_SHARE = 0.5
 #: Chance that a payment operation matches an unallocated receipt instead.
-MATCH_SHARE = 0.3
+MATCH_SHARE = 0.05
 
 
 async def register_payment(w: World, rng: random.Random, index: int) -> int | None:
@@ -34,7 +38,10 @@ async def register_payment(w: World, rng: random.Random, index: int) -> int | No
         return await _match_receipt(w, rng)
     if w.cancelled_invoices and rng.random() < w.discrepancy_rate:
         return await _pay_cancelled(w, rng)
-    invoice_id = w.open_invoices.choice(rng, w.busy, "invoice")
+    # contract customers pay as often as the rest (their invoices are fewer)
+    pool = w.installment_invoices if rng.random() < CONTRACT_SHARE else w.open_invoices
+    invoice_id = pool.choice(rng, w.busy, "invoice") or w.open_invoices.choice(
+        rng, w.busy, "invoice")
     if invoice_id is None:
         return None
     roll = rng.random()
@@ -48,7 +55,7 @@ async def register_payment(w: World, rng: random.Random, index: int) -> int | No
             residual = inv["amount_residual"]
             if roll >= FULL_SHARE + PARTIAL_SHARE + DOUBLE_SHARE:
                 payment_id = await _insert_payment(conn, inv, None, residual)
-                w.unallocated_payments.add(payment_id)
+                w.unallocated_payments.add_bounded(payment_id, MEMORY_POOL_LIMIT)
                 return 1
             if roll < FULL_SHARE:
                 amounts = [residual]
@@ -59,9 +66,9 @@ async def register_payment(w: World, rng: random.Random, index: int) -> int | No
             for amount in amounts:
                 await _insert_payment(conn, inv, invoice_id, amount)
             rows = len(amounts) + await _settle(conn, invoice_id, inv, sum(amounts))
+    w.installment_invoices.discard(invoice_id)
     if sum(amounts) >= residual:
         w.open_invoices.discard(invoice_id)
-        w.installment_invoices.discard(invoice_id)
     return rows
 
 

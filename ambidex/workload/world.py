@@ -53,6 +53,12 @@ class IdPool:
             self._items[pos] = last
             self._index[last] = pos
 
+    def add_bounded(self, item: int, limit: int) -> None:
+        """Add ``item`` unless the pool already holds ``limit`` ids (a pool kept only in
+        memory must not grow with the length of the run)."""
+        if len(self._items) < limit:
+            self.add(item)
+
     def replace(self, ids: list[int]) -> None:
         self._items = []
         self._index = {}
@@ -68,6 +74,10 @@ class IdPool:
             if (tag, item) not in busy:
                 return item
         return None
+
+
+#: Ids a pool that is never refreshed from the databases keeps at most.
+MEMORY_POOL_LIMIT = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +131,11 @@ class World:
     shipments_in_transit: IdPool = field(default_factory=IdPool)
     orders_to_invoice: IdPool = field(default_factory=IdPool)
     open_invoices: IdPool = field(default_factory=IdPool)
-    #: posted invoices of CRM installments (paid in part or not at all)
+    #: posted invoices of CRM installments not paid at all (one paid in part is left to
+    #: the customer's dispute: it is paid, if at all, as any open invoice)
     installment_invoices: IdPool = field(default_factory=IdPool)
-    #: kept in memory only (no index finds them cheaply): what this run cancelled or
-    #: received without an invoice reference
+    #: kept in memory only (no index finds them cheaply), at most MEMORY_POOL_LIMIT ids:
+    #: what this run cancelled or received without an invoice reference
     cancelled_invoices: IdPool = field(default_factory=IdPool)
     unallocated_payments: IdPool = field(default_factory=IdPool)
 
@@ -315,6 +326,7 @@ class World:
                     """
                 SELECT id FROM erp.invoice
                 WHERE state = 'posted' AND amount_residual > 0 AND crm_contract_id IS NOT NULL
+                  AND amount_residual = amount_total
                 ORDER BY id DESC LIMIT 5000""",
                 )
             )

@@ -1,7 +1,9 @@
 """The canonical record of each source table inventory-projection folds (pure).
 
-One frozen dataclass per table (:data:`RECORD_TYPES`): ``from_row`` reads a decoded
-source row (:class:`BadInput` when malformed, before anything is stored), ``to_dict``
+One frozen dataclass per table (:data:`RECORD_TYPES`), the columns the projection
+keeps: ``from_row`` maps the table's canonical record
+(:mod:`services.shared.source_records`, which reads the row and refuses a malformed one
+with :class:`~services.shared.rows.BadColumn` before anything is stored), ``to_dict``
 and ``from_dict`` are the form kept in the state. :class:`Version` is the newest known
 version of one row with its :class:`SourcePosition` (``record`` None: deleted, kept as
 a tombstone so a replayed older insert cannot resurrect it). The stock tables
@@ -19,7 +21,6 @@ from typing import Any, ClassVar
 from services.inventory_projection.source_rows import (
     CRM_ORDER,
     CRM_ORDER_LINE,
-    CRM_ORDER_STATES,
     ERP_ORDER,
     ERP_ORDER_CANCELLED,
     ERP_ORDER_LINE,
@@ -32,16 +33,11 @@ from services.inventory_projection.source_rows import (
     WAREHOUSE,
     Table,
     exact_quantity,
-    int_column,
-    optional_int_column,
-    optional_text_column,
-    quantity_column,
-    state_column,
-    text_column,
 )
 from services.inventory_projection.stock_records import ProductionOrder, Reservation, StockQuant
-from services.shared.errors import BadInput
+from services.shared import rows
 from services.shared.position import SourcePosition
+from services.shared.source_records import crm, erp
 
 # --------------------------------------------------------------------------- records
 
@@ -54,7 +50,8 @@ class ErpItem:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ErpItem:
-        return cls(int_column(row, "id", "erp.item"), text_column(row, "sku", "erp.item"))
+        item = erp.Item.from_row(row)
+        return cls(item.id, item.sku)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "sku": self.sku}
@@ -72,9 +69,8 @@ class Warehouse:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Warehouse:
-        return cls(
-            int_column(row, "id", "erp.warehouse"), text_column(row, "code", "erp.warehouse")
-        )
+        warehouse = erp.Warehouse.from_row(row)
+        return cls(warehouse.id, warehouse.code)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "code": self.code}
@@ -92,7 +88,8 @@ class CrmProduct:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> CrmProduct:
-        return cls(int_column(row, "id", "crm.product"), text_column(row, "sku", "crm.product"))
+        product = crm.Product.from_row(row)
+        return cls(product.id, product.sku)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "sku": self.sku}
@@ -118,15 +115,14 @@ class CrmOrder:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> CrmOrder:
-        t = "crm.sales_order"
-        order_id = int_column(row, "id", t)
+        order = crm.SalesOrder.from_row(row)
         return cls(
-            order_id,
-            optional_text_column(row, "number", t) or str(order_id),
-            int_column(row, "account_id", t),
-            state_column(row, t, CRM_ORDER_STATES),
-            optional_text_column(row, "warehouse_code", t) or None,
-            optional_int_column(row, "version", t) or 1,
+            order.id,
+            order.number,
+            order.account_id,
+            order.state.value,
+            order.warehouse_code,
+            order.version,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,17 +158,12 @@ class CrmOrderLine:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> CrmOrderLine:
-        t = "crm.sales_order_line"
-        qty = quantity_column(row, "quantity", t)
-        if qty <= 0:
-            raise BadInput(f"{t}.quantity {qty} is not positive")
-        return cls(
-            int_column(row, "id", t),
-            int_column(row, "order_id", t),
-            int_column(row, "line_no", t),
-            int_column(row, "product_id", t),
-            qty,
-        )
+        line = crm.SalesOrderLine.from_row(row)
+        # the canonical line carries the quantity as typed (order-sync explains a bad
+        # one to the salesperson); demand counts only a positive numeric(14,3)
+        qty = rows.number(line.quantity, "quantity", "crm.sales_order_line",
+                          places=3, digits=14, sign=rows.Sign.POSITIVE)
+        return cls(line.id, line.order_id, line.line_no, line.product_id, qty)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -209,12 +200,8 @@ class ErpOrder:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ErpOrder:
-        t = "erp.sales_order"
-        return cls(
-            int_column(row, "id", t),
-            optional_int_column(row, "crm_order_id", t),
-            text_column(row, "state", t),
-        )
+        order = erp.SalesOrder.from_row(row)
+        return cls(order.id, order.crm_order_id, order.state.value)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "crm_order_id": self.crm_order_id, "state": self.state}
@@ -241,18 +228,10 @@ class ErpOrderLine:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ErpOrderLine:
-        t = "erp.sales_order_line"
-        reserved = quantity_column(row, "qty_reserved", t)
-        delivered = quantity_column(row, "qty_delivered", t)
-        if reserved < 0 or delivered < 0:
-            raise BadInput(f"{t}: negative qty_reserved/qty_delivered")
+        line = erp.SalesOrderLine.from_row(row)
         return cls(
-            int_column(row, "id", t),
-            int_column(row, "order_id", t),
-            int_column(row, "line_no", t),
-            int_column(row, "item_id", t),
-            reserved,
-            delivered,
+            line.id, line.order_id, line.line_no, line.item_id,
+            line.qty_reserved, line.qty_delivered,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,7 +4,9 @@
 and ``erp.production_order`` (incoming while open, at its planned finish date): a
 million rows in production, folded into the :class:`~.ledger.StockLedger` as the
 :class:`~.ledger.Contribution` each present row makes (:func:`contribution_of`), not
-kept whole. The rules of each figure are in :mod:`.available_to_promise`.
+kept whole. The rules of each figure are in :mod:`.available_to_promise`. Each is
+mapped from the canonical record of its table (:mod:`services.shared.source_records.erp`),
+which reads and checks the row.
 """
 
 from __future__ import annotations
@@ -22,18 +24,13 @@ from services.inventory_projection.source_rows import (
     RESERVATION,
     STOCK_QUANT,
     ZERO,
-    ProductionState,
-    ReservationState,
     Table,
     date_text,
     exact_quantity,
-    int_column,
-    optional_date_column,
     parse_date,
-    quantity_column,
-    state_column,
 )
-from services.shared.errors import BadInput
+from services.shared.source_records import erp
+from services.shared.source_records.erp import ProductionState, ReservationState
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +49,8 @@ class StockQuant:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> StockQuant:
-        t = "erp.stock_quant"
-        return cls(
-            int_column(row, "id", t),
-            int_column(row, "item_id", t),
-            int_column(row, "warehouse_id", t),
-            quantity_column(row, "quantity", t),
-        )
+        quant = erp.StockQuant.from_row(row)
+        return cls(quant.id, quant.item_id, quant.warehouse_id, quant.quantity)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,17 +85,8 @@ class Reservation:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Reservation:
-        t = "erp.stock_reservation"
-        qty = quantity_column(row, "quantity", t)
-        if qty <= 0:
-            raise BadInput(f"{t}.quantity {qty} is not positive")
-        return cls(
-            int_column(row, "id", t),
-            int_column(row, "item_id", t),
-            int_column(row, "warehouse_id", t),
-            qty,
-            ReservationState(state_column(row, t, {s.value for s in ReservationState})),
-        )
+        r = erp.StockReservation.from_row(row)
+        return cls(r.id, r.item_id, r.warehouse_id, r.quantity, r.state)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,18 +124,8 @@ class ProductionOrder:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ProductionOrder:
-        t = "erp.production_order"
-        qty = quantity_column(row, "quantity", t)
-        if qty <= 0:
-            raise BadInput(f"{t}.quantity {qty} is not positive")
-        return cls(
-            int_column(row, "id", t),
-            int_column(row, "item_id", t),
-            int_column(row, "warehouse_id", t),
-            qty,
-            ProductionState(state_column(row, t, {s.value for s in ProductionState})),
-            optional_date_column(row, "date_planned_finish", t),
-        )
+        p = erp.ProductionOrder.from_row(row)
+        return cls(p.id, p.item_id, p.warehouse_id, p.quantity, p.state, p.date_planned_finish)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 #: Fingerprints kept per ERP row (as ``erp_integration.written_row`` keeps them).
 FINGERPRINT_HISTORY = 8
+#: entries per generation, rows and orders each (see :class:`EchoMemory`)
+CAPACITY = 10_000
 
 
 class EchoMemory:
@@ -24,9 +26,15 @@ class EchoMemory:
     than the database; a row it does not know (older, or written by another worker) is
     looked up in the database. Bounded: two generations of ``capacity`` entries each,
     the older dropped whole when the newer fills (cheaper than an LRU per lookup).
+
+    Sized for the echo window, not the history: an echo comes back a CDC round trip
+    (seconds) after its write, and :data:`CAPACITY` rows are a minute or more of writes
+    at the sample workload's 100 operations/s. What it forgot costs one batched query
+    per batch (an old order's shipping or invoicing changes), never a wrong answer;
+    at most ~10 MB however long the service runs (``bench/id_memories.py``).
     """
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
         self._rows: dict[tuple[str, int], list[str]] = {}
         self._old_rows: dict[tuple[str, int], list[str]] = {}
@@ -45,6 +53,12 @@ class EchoMemory:
         self._orders[erp_order_id] = (crm_order_id, erp_order_name)
         if len(self._orders) > self.capacity:
             self._old_orders, self._orders = self._orders, {}
+
+    def __len__(self) -> int:
+        """Rows and orders held (at most four times the capacity)."""
+        return (
+            len(self._rows) + len(self._old_rows) + len(self._orders) + len(self._old_orders)
+        )
 
     def history(self, table: str, row_id: int) -> list[str] | None:
         key = (table, row_id)

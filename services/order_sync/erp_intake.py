@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from services.order_sync.domain.erp_orders import ErpOrderState
 from services.order_sync.domain.progress import progress_status
 from services.order_sync.handlers import SyncBatch, sync_orders
 from services.order_sync.metrics import OrderSyncMetrics
@@ -35,6 +34,7 @@ from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Slicer
 from services.shared.errors import BadInput
 from services.shared.runtime import Service
+from services.shared.source_records.erp import ErpOrderState
 
 log = logging.getLogger(__name__)
 

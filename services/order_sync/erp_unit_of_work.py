@@ -51,6 +51,7 @@ from services.order_sync.unit_of_work import (
     Written,
 )
 from services.shared.cooperative import Slicer
+from services.shared.source_records import erp
 
 _LOCK_INSERT = """
 INSERT INTO erp_integration.order_state (crm_order_id)
@@ -276,17 +277,16 @@ class ErpUnitOfWork:
             account_rows = await crm.fetch(_ACCOUNTS, list(account_ids)) if account_ids else []
             product_rows = await crm.fetch(_PRODUCTS, list(product_ids)) if product_ids else []
         accounts = {int(r["id"]): CrmAccount.from_row(dict(r)) for r in account_rows}
-        skus = {int(r["id"]): str(r["sku"]) for r in product_rows}
+        products = [crm.Product.from_row(dict(r)) for r in product_rows]
+        skus = {product.id: product.sku for product in products}
         conn = self.conn
         currencies = frozenset(str(r["code"]).strip() for r in await conn.fetch(_CURRENCIES))
-        warehouse_rows = await conn.fetch(_WAREHOUSES)
-        warehouses = {str(r["code"]): int(r["id"]) for r in warehouse_rows}
-        default_code = str(warehouse_rows[0]["code"]) if warehouse_rows else None
+        known = [erp.Warehouse.from_row(dict(r)) for r in await conn.fetch(_WAREHOUSES)]
+        warehouses = {warehouse.code: warehouse.id for warehouse in known}
+        default_code = known[0].code if known else None
         item_rows = await conn.fetch(_ITEMS, sorted(set(skus.values())))
-        items = {
-            str(r["sku"]): ErpItem(int(r["id"]), str(r["sku"]), bool(r["active"]))
-            for r in item_rows
-        }
+        found = [ErpItem.from_row(dict(r)) for r in item_rows]
+        items = {item.sku: item for item in found}
         customers = {
             int(r["crm_account_id"]): ErpCustomer.from_row(dict(r))
             for r in await conn.fetch(_CUSTOMERS, list(account_ids))

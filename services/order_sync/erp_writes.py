@@ -18,9 +18,10 @@ import asyncpg
 
 from services.order_sync.domain.decisions import CustomerUpsert, ErpLineSpec
 from services.order_sync.domain.echoes import ROW_DELETED, header_row, line_row, row_fingerprint
-from services.order_sync.domain.erp_orders import ERP_LINE_TABLE, ERP_ORDER_TABLE, ErpOrderState
+from services.order_sync.domain.erp_orders import ERP_LINE_TABLE, ERP_ORDER_TABLE
 from services.order_sync.unit_of_work import ErpWrites, Written
 from services.shared.cooperative import Slicer
+from services.shared.source_records.erp import ErpOrderState
 
 #: Fingerprints written: (table, row id, fingerprint).
 Fingerprint = tuple[str, int, str]

@@ -29,12 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.order_sync.domain import outcomes
-from services.order_sync.domain.crm_orders import (
-    CRM_LINE_TABLE,
-    CRM_ORDER_TABLE,
-    CrmOrder,
-    non_finite_values,
-)
+from services.order_sync.domain.crm_orders import CRM_LINE_TABLE, CRM_ORDER_TABLE, CrmOrder
 from services.order_sync.domain.customers import CustomerRejected, decide_customer
 from services.order_sync.domain.deciding import decide_steps
 from services.order_sync.domain.decisions import (
@@ -124,7 +119,7 @@ async def sync_orders(
         drafts = {order_id: s.draft for order_id, s in stored.items()}
         folded = dict(drafts)
         folded.update(await slicer.drive(fold_transaction_steps(drafts, batch.events)))
-        unreadable = await _reread_rejected(uow, folded, changed)
+        await _reread_rejected(uow, folded, changed)
         orders, bad = await _orders_of(folded, slicer)
 
         live = [o for o in orders.values() if o is not None]
@@ -142,8 +137,8 @@ async def sync_orders(
                 if order_id in bad:
                     decisions[order_id] = Reject(order_id, 0, (bad[order_id],))
                 continue
-            if order_id in unreadable:
-                decisions[order_id] = Reject(order_id, order.version, unreadable[order_id])
+            if order.unreadable:
+                decisions[order_id] = Reject(order_id, order.version, order.unreadable)
                 continue
             decision = await slicer.drive(decide_steps(
                 order,
@@ -194,27 +189,21 @@ def _last_decision(stored: Mapping[int, StoredOrder], order_id: int) -> str | No
 
 async def _reread_rejected(
     uow: UnitOfWork, folded: dict[int, OrderDraft], changed: set[int]
-) -> dict[int, tuple[str, ...]]:
+) -> None:
     """Replace the folds of ``changed`` orders whose CRM status is ``rejected`` by the
-    orders as the CRM has them now (in ``folded``); the non-finite numbers found, in
-    words, per order that still has any.
+    orders as the CRM has them now (in ``folded``); a number still NaN or infinite there
+    is named in the order's :attr:`~CrmOrder.unreadable` and rejects it.
 
     The rows read are given the position of the newest change folded for the order:
     changes after it fold on top as usual (the CRM had them already, so at worst an
     older value is shown until the change that follows arrives)."""
     rejected = await uow.rejected_in_crm(sorted(changed)) if changed else frozenset()
     if not rejected:
-        return {}
-    unreadable: dict[int, tuple[str, ...]] = {}
+        return
     for order_id, rows in (await uow.crm_orders(sorted(rejected))).items():
         draft = folded.get(order_id)
-        if draft is None:
-            continue
-        folded[order_id] = draft.reread(rows.header, rows.lines, draft.position)
-        problems = non_finite_values(rows.header, rows.lines)
-        if problems:
-            unreadable[order_id] = tuple(problems)
-    return unreadable
+        if draft is not None:
+            folded[order_id] = draft.reread(rows.header, rows.lines, draft.position)
 
 
 async def _orders_of(

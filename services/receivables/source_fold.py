@@ -30,7 +30,7 @@ around the core (:class:`~services.receivables.fold.Receivables`):
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeGuard
@@ -43,6 +43,7 @@ from services.receivables.rules import Kind, Rules
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Pausable
 from services.shared.errors import BadInput, Cause, NeedsResnapshot
+from services.shared.holding import GivenUp
 from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
 from services.shared.stateful import Handle
@@ -182,38 +183,40 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
 
     def steps(self, caught_up: Collection[str]) -> Pausable[Step]:
         out: Step = yield from super().steps(caught_up)
+        notes = self._note_rejected(out.rejected)
+        if notes:
+            out.outcome.merge(self.core.note_incomplete(notes))
         self._verdicts(CRM in caught_up, out)
         return out
 
     # ------------------------------------------------------------------ rejected rows
 
-    def rejected(self, transaction: CompleteTransaction, bad: ChangeEvent, error: BadInput,
-                 outcome: Outcome) -> None:
-        """Every contract a row of the rejected transaction belongs to says its figures
-        are incomplete and why, until a newer version of that row is folded."""
-        bad_name = f"{bad.database}.{bad.table} {bad.key.get('id')}"
+    def _note_rejected(self, given_up: Sequence[GivenUp]) -> list[tuple[int, str, str | None]]:
+        """Every contract a row of a transaction rejected or given up whole belongs to
+        says its figures are incomplete and why, until a newer version of that row is
+        folded."""
         notes: list[tuple[int, str, str | None]] = []
-        for event in transaction.events:
-            name = f"{event.database}.{event.table}"
-            row_id = event.key.get("id")
-            if name not in COLLECTIONS or not _is_id(row_id):
-                continue
-            table = Table(name)
-            contract_id = self._contract_named(table, row_id, event.row)
-            if contract_id is None:
-                continue
-            reason = (f"{name} {row_id}: {error.reason}" if event is bad else
-                      f"{name} {row_id}: rejected with {bad_name} (source transaction "
-                      f"{transaction.id})")
-            notes.append((contract_id, f"{name}:{row_id}", reason))
-            key = REJECTED + codec.row_key(table, row_id)[1:]
-            self.core.kv.put(key, codec.dumps([event.position.commit_lsn, event.position.lsn,
-                                              contract_id]))
-        if notes:
-            outcome.merge(self.core.note_incomplete(notes))
+        for whole in given_up:
+            rows: list[tuple[str, Any, Mapping[str, Any] | None, SourcePosition]] = [
+                (e.data_collection, e.key.get("id"), e.row, e.position) for e in whole.events]
+            rows += [(d.data_collection, (d.row or {}).get("id"), d.row, d.position)
+                     for d in whole.defects]
+            for name, row_id, row, position in rows:
+                if name not in COLLECTIONS or not _is_id(row_id):
+                    continue
+                table = Table(name)
+                contract_id = self._contract_named(table, row_id, row)
+                if contract_id is None:
+                    continue
+                notes.append((contract_id, f"{name}:{row_id}",
+                              f"{name} {row_id}: {whole.reason}"))
+                key = REJECTED + codec.row_key(table, row_id)[1:]
+                self.core.kv.put(key, codec.dumps([position.commit_lsn, position.lsn,
+                                                  contract_id]))
+        return notes
 
     def _contract_named(self, table: Table, row_id: int, row: Any) -> int | None:
-        if not isinstance(row, dict):
+        if not isinstance(row, Mapping):
             return row_id if table is Table.CONTRACT else None
         if table is Table.CONTRACT:
             return row_id

@@ -13,8 +13,9 @@ Each letter carries a :class:`~services.shared.errors.Cause` (``bad_input``,
 ``unknown_reference``, ``erp_state``, ``needs_resnapshot``). Dead-lettering is
 idempotent per origin and cause: the publisher learns the letters already in the topic
 when the service starts (:meth:`KafkaDeadLetterPublisher.load_index`, the last
-:data:`INDEX_LIMIT` of them) and remembers what it publishes, so a replay of the source
-topics (or a redelivery after a crash) does not write the same letter again.
+:data:`INDEX_LIMIT` of them) and remembers what it publishes (the newest
+:data:`INDEX_LIMIT` in all, :class:`LetterIndex`), so a replay of the source topics (or
+a redelivery after a crash) does not write the same letter again.
 
 Operators inspect them (:func:`read_dead_letters`, :func:`render_dead_letter`) and,
 once the cause is fixed, replay them (:func:`replay_dead_letters`): the *original*
@@ -34,6 +35,7 @@ import base64
 import datetime as _dt
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -54,6 +56,7 @@ __all__ = [
     "DeadLetterTopicError",
     "InMemoryDeadLetterPublisher",
     "KafkaDeadLetterPublisher",
+    "LetterIndex",
     "PublishedDeadLetter",
     "ReplayResult",
     "dead_letter_from",
@@ -229,6 +232,32 @@ class DeadLetterPublisher(Protocol):
         ...
 
 
+class LetterIndex:
+    """The identities of the newest :data:`INDEX_LIMIT` letters, oldest forgotten first.
+
+    What a publisher remembers to skip repeats: as much as it reads at start
+    (:meth:`KafkaDeadLetterPublisher.load_index`), so a long-running service knows no
+    more than a restarted one, and its memory does not grow with the letters written.
+    """
+
+    def __init__(self, limit: int = INDEX_LIMIT) -> None:
+        self.limit = limit
+        self._identities: OrderedDict[tuple[bytes, str], None] = OrderedDict()
+
+    def add(self, identity: tuple[bytes, str]) -> None:
+        identities = self._identities
+        identities[identity] = None
+        identities.move_to_end(identity)
+        if len(identities) > self.limit:
+            identities.popitem(last=False)
+
+    def __contains__(self, identity: object) -> bool:
+        return identity in self._identities
+
+    def __len__(self) -> int:
+        return len(self._identities)
+
+
 class KafkaDeadLetterPublisher:
     """Publishes to ``dlq.<service>`` with an already started aiokafka producer.
 
@@ -242,8 +271,8 @@ class KafkaDeadLetterPublisher:
         self._producer = producer
         self._codec = codec
         self._headers = codec.headers(DEAD_LETTER_SCHEMA)
-        self.known: set[tuple[bytes, str]] = set()
-        """Identities of the letters in the topic (loaded at start, then published)."""
+        self.known = LetterIndex()
+        """Identities of the newest letters in the topic (loaded at start, then published)."""
 
     async def load_index(
         self, kafka: Kafka, service: str, *, limit: int = INDEX_LIMIT

@@ -44,6 +44,18 @@ applied in part (invariants 3 and 4):
   (:attr:`Released.orphans` counts them; re-applying would be a no-op anyway).
 * Records of a transaction given up that arrive later go to :attr:`Released.dead` with
   the same reason (markers to :attr:`Released.ack_now`).
+* **redeliveries** of applied transactions (Debezium sends the tail of its output again
+  after a restart) are acknowledged at once, recognised by source position
+  (:mod:`services.shared.transactions`, "Redeliveries").
+
+Memory: what the holder keeps is open work — the records of open transactions, bounded
+by the overflow limits — plus the ids of the last ``remember_completed`` (10,000)
+transactions applied and given up, whatever the history read. The applied ones are only
+needed for an END marker redelivered after its events; the given-up ones (with their
+reason) for records of the transaction arriving after it was given up, which come with
+the rest of it (Debezium writes a transaction's records together; they are apart only by
+the consumers' lag between topics). A rebalance or a redo starts a fresh holder (Kafka
+redelivers then), so neither memory ever has to cover a redelivery from Kafka.
 
 Monitoring (both services, :meth:`TransactionHolder.report`):
 ``ambidex_held_transactions`` and ``ambidex_oldest_held_transaction_age_seconds`` (clock
@@ -82,6 +94,7 @@ from services.shared.errors import BadInput
 from services.shared.observability import ServiceMetrics
 from services.shared.position import SourcePosition
 from services.shared.transactions import (
+    REMEMBER_COMPLETED,
     CompleteTransaction,
     InconsistentTransaction,
     TooManyOpenTransactions,
@@ -181,7 +194,7 @@ class TransactionHolder(Generic[H]):
         max_hold: timedelta,
         max_open_transactions: int = 10_000,
         max_buffered_events: int = 1_000_000,
-        remember_completed: int = 100_000,
+        remember_completed: int = REMEMBER_COMPLETED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.database = database
@@ -203,7 +216,8 @@ class TransactionHolder(Generic[H]):
         self._no_end: dict[str, int] = {}
         self._no_end_heap: list[tuple[int, str]] = []
         self._ended: set[str] = set()
-        self._done: OrderedDict[str, None] = OrderedDict()
+        # reasons of the transactions given up, for their records arriving later; the
+        # ids of applied ones are the assembler's (recognised by source position)
         self._given_up: OrderedDict[str, str] = OrderedDict()
         self._remember = remember_completed
         self._last_end: datetime | None = None  # commit time of the newest END seen
@@ -231,6 +245,12 @@ class TransactionHolder(Generic[H]):
     def waiting_for_events(self) -> int:
         """Open transactions whose END came before all their events (changes lag)."""
         return len(self._ended)
+
+    @property
+    def remembered(self) -> int:
+        """Ids of finished transactions kept (applied and given up): at most twice
+        ``remember_completed`` whatever the history read (module docstring, "Memory")."""
+        return self._assembler.remembered + len(self._given_up)
 
     def oldest_age(self) -> float:
         """Source-time seconds the oldest open transaction has been held."""
@@ -275,6 +295,11 @@ class TransactionHolder(Generic[H]):
         if xid in self._given_up:
             self._follow(xid, handle, order, released)
             return released
+        if self._assembler.redelivered(xid, event.position.commit_lsn):
+            # a redelivery of an applied transaction (with an END redelivered before it)
+            released.ack_now.extend(h for h, _ in self._discard(xid))
+            released.ack_now.append(handle)
+            return released
         try:  # the common case first: no closure, no loop
             complete = self._assembler.add_change(event)
         except (InconsistentTransaction, TooManyOpenTransactions) as error:
@@ -285,9 +310,6 @@ class TransactionHolder(Generic[H]):
             complete = decided
         if complete:
             self._finish(xid, handle, order, complete, released)
-            return released
-        if xid in self._done:
-            released.ack_now.append(handle)  # a redelivery of an applied transaction
             return released
         self._hold(xid, (handle, order), event.position.commit_lsn)
         return released
@@ -303,6 +325,13 @@ class TransactionHolder(Generic[H]):
         if xid in self._given_up:
             self._follow(xid, handle, order, released)
             return released
+        if change.data_collection in self._subscribed and self._assembler.redelivered(
+            xid, change.position.commit_lsn
+        ):
+            # a redelivery into an applied transaction: dead-lettered alone
+            released.ack_now.extend(h for h, _ in self._discard(xid))
+            released.dead.append((handle, BadInput(change.reason)))
+            return released
         try:
             complete = self._assembler.add_undecodable(change)
         except (InconsistentTransaction, TooManyOpenTransactions) as error:
@@ -314,8 +343,8 @@ class TransactionHolder(Generic[H]):
         if complete:
             self._finish(xid, handle, order, complete, released)
             return released
-        if xid in self._done or change.data_collection not in self._subscribed:
-            # a redelivery into an applied transaction, or not ours: dead-lettered alone
+        if change.data_collection not in self._subscribed:
+            # not ours: dead-lettered alone
             released.dead.append((handle, BadInput(change.reason)))
             return released
         self._hold(xid, (handle, order), change.position.commit_lsn)
@@ -351,7 +380,7 @@ class TransactionHolder(Generic[H]):
             count > 0 and name in self._subscribed
             for name, count in marker.data_collections.items()
         )
-        if not ours or xid in self._done:
+        if not ours or self._assembler.remembers(xid):
             released.ack_now.append(handle)
             return released
         self._open.setdefault(xid, []).append((handle, None))
@@ -472,7 +501,6 @@ class TransactionHolder(Generic[H]):
                 # the first record of each member (a redelivery's is only acked)
                 members = {at: h for h, at in reversed(records) if at is not None}
                 released.complete.append(Whole(transaction, [h for h, _ in records], members))
-                self._remember_done(xid)
             records = []
             self._release_orphans(transaction.position.commit_lsn, released)
 
@@ -566,13 +594,9 @@ class TransactionHolder(Generic[H]):
             released.orphans += 1
 
     def _remember_done(self, xid: str) -> None:
-        self._done[xid] = None
-        self._done.move_to_end(xid)
-        while len(self._done) > self._remember:
-            self._done.popitem(last=False)
+        self._assembler.remember(xid)
 
     def _remember_given_up(self, xid: str, reason: str) -> None:
-        self._done.pop(xid, None)
         self._given_up[xid] = reason
         while len(self._given_up) > self._remember:
             self._given_up.popitem(last=False)

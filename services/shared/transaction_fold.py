@@ -100,11 +100,6 @@ class TransactionFold(Generic[R, Out]):
     def finish(self, outcome: Out, caught_up: Collection[str]) -> None:
         """End of a step: work driven by time rather than by a change."""
 
-    def rejected(self, transaction: CompleteTransaction, bad: ChangeEvent, error: BadInput,
-                 outcome: Out) -> None:
-        """A transaction was rejected whole because of ``bad`` (nothing of it applied):
-        e.g. say so on what its rows belonged to."""
-
     # ------------------------------------------------------------------ the feed
 
     def change(self, event: ChangeEvent, handle: Handle) -> None:
@@ -155,7 +150,6 @@ class TransactionFold(Generic[R, Out]):
                 records.append(self.parse(event))
             except BadInput as error:
                 self._reject(database, whole, event, error, out)
-                self.rejected(transaction, event, error, out.outcome)
                 return
         if transaction.events:
             self.observe(database, transaction.commit_time)

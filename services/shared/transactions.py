@@ -30,6 +30,25 @@ For monitoring, :meth:`TransactionAssembler.oldest_open_held_for` is how long (c
 time) this process has held its oldest open transaction: a replay reads hours of source
 time in minutes, and an alert must not fire on that.
 
+Redeliveries (a Debezium restart writes the tail of what it had sent again: events and
+END markers of transactions already applied) are recognised by *source position*, so the
+memory this takes does not grow with the history read. END markers share one partition
+in commit order, and a transaction completes only once its END is read; so when the
+newest completed transaction committed at ``H`` (the *horizon*), the END of every
+transaction that committed before it has been read (or lay before this consumer's start:
+applied before a restart). A change of a transaction that is not open and committed at
+or before ``H`` is therefore a redelivery of a finished one (or of one applied before
+this process started), never new work: it is ignored. An END that opens a transaction
+records ``H`` at that moment: a first END is read before any later transaction can
+complete, so its events commit after that ``H``; if they do not, the END was a
+redelivery too and the transaction is dropped. Only an END redelivered *after* its
+events (nothing left to compare it with) needs the transaction's id: the ids of the
+last ``remember_completed`` (:data:`REMEMBER_COMPLETED`) completed transactions are kept for
+that (a small count: a redelivery comes within a Connect offset flush of the original,
+every rebalance or redo starts a fresh assembler, and an END redelivered beyond the
+memory is held until the bound of source time and then given up with nothing in it —
+nothing is applied twice or lost).
+
 Ids: Debezium's PostgreSQL transaction id is ``"<xid>:<lsn>"`` with the LSN of the
 moment each record was written, so it differs between BEGIN, the events and END; the
 assembler matches on the ``<xid>`` part (:func:`services.shared.changes.transaction_xid`).
@@ -93,6 +112,11 @@ class CompleteTransaction:
     @property
     def rejected(self) -> bool:
         return bool(self.defects)
+
+
+#: ids of completed transactions kept for END markers redelivered after their events
+#: (module docstring, "Redeliveries"): ~150 bytes each
+REMEMBER_COMPLETED = 10_000
 
 
 class TooManyOpenTransactions(RuntimeError):
@@ -191,6 +215,8 @@ class _Open:
     defects: dict[int, UndecodedChange] = field(default_factory=dict)  # by total_order
     since: datetime | None = None  # source time of its first record
     seen_at: float = 0.0  # clock time this process first held a record of it
+    #: opened by its END marker: the horizon then (its events must commit after it)
+    end_horizon: int | None = None
 
 
 class TransactionAssembler:
@@ -200,8 +226,10 @@ class TransactionAssembler:
     (e.g. ``{"crm.sales_order", "crm.sales_order_line"}``); END counts of other tables
     are ignored. At most ``max_open_transactions`` transactions and
     ``max_buffered_events`` events are held; beyond that :class:`TooManyOpenTransactions`
-    is raised. The ids of the last ``remember_completed`` transactions are kept so that
-    their redelivered events and markers are recognised and ignored.
+    is raised. Redelivered events and markers of completed transactions are recognised
+    and ignored (module docstring: by source position; only the ids of the last
+    ``remember_completed`` transactions are kept, for END markers redelivered after
+    their events).
 
     Completed transactions are returned in the order they complete, which across topics
     need not be commit order; consumers order per business key by
@@ -214,7 +242,7 @@ class TransactionAssembler:
         *,
         max_open_transactions: int = 10_000,
         max_buffered_events: int = 1_000_000,
-        remember_completed: int = 100_000,
+        remember_completed: int = REMEMBER_COMPLETED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
@@ -232,6 +260,8 @@ class TransactionAssembler:
         self._open: dict[str, _Open] = {}
         self._buffered = 0
         self._completed: OrderedDict[str, None] = OrderedDict()
+        # commit LSN of the newest completed transaction (see "Redeliveries")
+        self._horizon = -1
         self._source_time: datetime | None = None
 
     @property
@@ -305,8 +335,9 @@ class TransactionAssembler:
             )
         xid = event.transaction_id
         self.observe(event.commit_time)
-        if xid in self._completed:
-            return []  # redelivery of an already assembled transaction
+        if self.redelivered(xid, event.position.commit_lsn):
+            self.discard(xid)  # an END redelivered before it is dropped with it
+            return []
         state = self._open.get(xid)
         if state is None:
             state = self._admit(xid, event.commit_time)
@@ -331,7 +362,8 @@ class TransactionAssembler:
             return []
         xid = change.transaction_id
         self.observe(change.commit_time)
-        if xid in self._completed:
+        if self.redelivered(xid, change.position.commit_lsn):
+            self.discard(xid)
             return []
         state = self._open.get(xid)
         if state is None:
@@ -365,11 +397,42 @@ class TransactionAssembler:
         state = self._open.get(xid)
         if state is None:
             if not expected:
-                self._remember_completed(xid)
-                return []  # touched none of our tables
+                return []  # touched none of our tables (nothing to remember either)
             state = self._admit(xid, marker.ts)
+            state.end_horizon = self._horizon
         state.expected = expected
         return self._try_complete(xid, state)
+
+    def redelivered(self, xid: str, commit_lsn: int) -> bool:
+        """Whether a change of ``xid`` committed at ``commit_lsn`` is a redelivery of a
+        completed transaction (module docstring, "Redeliveries"): ``xid`` is remembered,
+        or not open and committed at or before the horizon, or opened only by an END
+        read after a transaction that committed at or after ``commit_lsn`` completed."""
+        if xid in self._completed:
+            return True
+        state = self._open.get(xid)
+        if state is None:
+            return commit_lsn <= self._horizon
+        return (
+            state.end_horizon is not None
+            and not state.events
+            and not state.defects
+            and commit_lsn <= state.end_horizon
+        )
+
+    def remembers(self, xid: str) -> bool:
+        """Whether ``xid`` is among the ids of completed transactions kept."""
+        return xid in self._completed
+
+    def remember(self, xid: str) -> None:
+        """Keep ``xid`` as finished (e.g. acknowledged as an orphan): its END, if it ever
+        comes, is ignored."""
+        self._remember_completed(xid)
+
+    @property
+    def remembered(self) -> int:
+        """How many transaction ids are kept (at most ``remember_completed``)."""
+        return len(self._completed)
 
     def discard(self, transaction_id: str) -> tuple[ChangeEvent, ...]:
         """Forget an open transaction (operator action); returns its buffered events."""
@@ -432,12 +495,15 @@ class TransactionAssembler:
             return []
         events = tuple(state.events[order] for order in sorted(state.events))
         defects = tuple(state.defects[order] for order in sorted(state.defects))
+        position = max([e.position for e in events] + [d.position for d in defects])
+        if position.commit_lsn > self._horizon:
+            self._horizon = position.commit_lsn
         return [
             CompleteTransaction(
                 id=xid,
                 events=events,
                 commit_time=min([e.commit_time for e in events] + [d.commit_time for d in defects]),
-                position=max([e.position for e in events] + [d.position for d in defects]),
+                position=position,
                 defects=defects,
             )
         ]

@@ -154,7 +154,8 @@ async def caught_up(stack: StackAddresses) -> None:
         try:
             for tp in partitions:
                 committed = await check.committed(tp)
-                if committed is None or committed < ends[tp]:
+                # (a partition that never had a record has no committed offset)
+                if ends[tp] > 0 and (committed is None or committed < ends[tp]):
                     return False
             return True
         finally:

@@ -13,7 +13,8 @@ Invariants shown here, each on a fresh CRM account, ERP customer and contract:
   the CRM table has none of them open at the end.
 * A source transaction with a bad row (a NaN payment amount, the ``*_finite`` check
   dropped as in a database that predates it) goes whole to ``dlq.receivables`` with
-  the reason; nothing of it is applied, and the service goes on.
+  the reason; nothing of it is applied, the contract's position says it is incomplete
+  and why, and the service goes on.
 """
 
 from __future__ import annotations
@@ -314,3 +315,6 @@ async def test_a_transaction_with_a_nan_amount_goes_whole_to_the_dead_letters(
     position = await until_row(crm, "receivable_position", "contract_id = $1", contract,
                                check=lambda r: r["paid"] != money("0.00"))
     assert position["paid"] == money("20.00")
+    # and its position says it is incomplete, naming the rows and why
+    incomplete = " ".join(json.loads(position["incomplete"]))
+    assert f"erp.payment {good}:" in incomplete and f"erp.payment {bad}:" in incomplete

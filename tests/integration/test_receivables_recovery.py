@@ -45,7 +45,7 @@ from tests.integration.test_receivables import (
     until_row,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # kills, restarts, a replay
 __all__ = ["receivables"]  # the fixture, used by name
 
 LIVE_ROWS = """
@@ -69,9 +69,13 @@ async def test_sigkill_during_a_burst_converges_to_the_recomputation(
         contracts.append(contract)
         invoices.append(await bill(erp, party, contract, 1, "1000.00"))
 
-    async def burst() -> None:
-        for n in range(200):
-            await pay(erp, party, invoices[n % len(invoices)], "1.25")
+    done = asyncio.Event()
+    paid: list[int] = []
+
+    async def burst() -> None:  # payments until both kills are over
+        while not done.is_set():
+            paid.append(await pay(erp, party, invoices[len(paid) % len(invoices)], "1.25"))
+            await asyncio.sleep(0.005)
 
     task = asyncio.create_task(burst())
     try:
@@ -81,12 +85,16 @@ async def test_sigkill_during_a_burst_converges_to_the_recomputation(
             await asyncio.sleep(1.0)  # the burst goes on while it is down
             receivables.start()
             await receivables.wait_ready()
+        await asyncio.sleep(1.0)
+        done.set()
         await task
     finally:
+        done.set()
         if not task.done():
             task.cancel()
+    total = money("1.25") * len(paid)
     await until_row(crm, "receivable_customer", "account_id = $1 AND currency_code = 'EUR'",
-                    party.account_id, check=lambda r: r["paid"] == money("250.00"),
+                    party.account_id, check=lambda r: r["paid"] == total,
                     timeout=120)
     await reconciled(stack, set(contracts), {party.account_id})
 

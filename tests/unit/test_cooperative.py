@@ -44,7 +44,7 @@ from services.shared.cooperative import Slicer, run_to_end
 from services.shared.observability import EventLoopMonitor, ServiceMetrics
 from services.shared.position import SourcePosition
 from services.shared.transactions import TransactionMarker, TransactionStatus
-from tests.builders import change_event
+from tests.builders import change_event, complete_row
 
 # ------------------------------------------------------------------ the slicer
 
@@ -190,7 +190,7 @@ def test_one_change_that_resolves_a_whole_large_order_pauses_too() -> None:
     lsn = itertools.count(100, 10)
 
     def put(table: Any, row: dict[str, Any]) -> None:
-        store.apply_row(table, row["id"], SourcePosition(next(lsn), 0), row)
+        store.apply_row(table, row["id"], SourcePosition(next(lsn), 0), complete_row(*table, row))
 
     put(ITEM, {"id": 1, "sku": "A"})
     put(WAREHOUSE, {"id": 1, "code": "W"})

@@ -191,7 +191,7 @@ def _order_lives(worker: Worker, n: int) -> None:
     crm = [change("crm", "sales_order", order, xid(1), 1)]
     crm += [change("crm", "sales_order_line", line, xid(1), 2 + i) for i, line in enumerate(lines)]
     transaction("crm", crm)
-    erp_order = {"id": n, "crm_order_id": n, "state": "confirmed"}
+    erp_order = {"id": n, "crm_order_id": n, "state": "open"}
     erp_lines = [
         {
             "id": n * 10 + k,

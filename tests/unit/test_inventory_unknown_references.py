@@ -236,14 +236,16 @@ def test_unknown_warehouse_is_dead_lettered_too() -> None:
 def test_verdicts_follow_source_order_whatever_the_batches() -> None:
     """An ERP commit past the due time decides before it is applied: the item that
     commits after it is late, in one step or in many."""
-    history = [
-        Tx("erp", 10, quant(10, "3")),
-        Tx("erp", 16, quant(11, "1", item_id=99)),  # at/after 10 + grace
-        Tx("erp", 17, item()),  # too late for q10
-    ]
-    for batches in ([history], [[tx] for tx in history]):
+    for in_one in (True, False):
         p: Projector[str] = Projector()
         erp_catalogue(p)
+        # built after the catalogue: transactions commit in the order they are sent
+        history = [
+            Tx("erp", 10, quant(10, "3")),
+            Tx("erp", 16, quant(11, "1", item_id=99)),  # at/after 10 + grace
+            Tx("erp", 17, item()),  # too late for q10
+        ]
+        batches = [history] if in_one else [[tx] for tx in history]
         found: list[tuple[str, str]] = []
         for batch in batches:
             for tx in batch:

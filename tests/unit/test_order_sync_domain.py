@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from services.order_sync.domain.crm_orders import CrmAccount, CrmOrder, CrmOrderState
+from services.order_sync.domain.crm_orders import CrmAccount, CrmOrder
 from services.order_sync.domain.customers import (
     CustomerRejected,
     customer_changes,
@@ -63,7 +63,6 @@ from services.order_sync.domain.erp_orders import (
     ErpItem,
     ErpOrderLineSnapshot,
     ErpOrderSnapshot,
-    ErpOrderState,
     StaticCatalogue,
 )
 from services.order_sync.domain.folding import (
@@ -79,6 +78,8 @@ from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.errors import BadInput
 from services.shared.money import Money
 from services.shared.position import SourcePosition
+from services.shared.source_records.crm import CrmOrderState
+from services.shared.source_records.erp import ErpOrderState
 from tests.builders import change_event
 
 D = Decimal

@@ -29,7 +29,7 @@ from typing import Self
 import pytest
 
 from services.order_sync.domain.crm_orders import CrmAccount
-from services.order_sync.domain.erp_orders import ErpCustomer, ErpOrderSnapshot, ErpOrderState
+from services.order_sync.domain.erp_orders import ErpCustomer, ErpOrderSnapshot
 from services.order_sync.domain.folding import OrderDraft
 from services.order_sync.domain.holds import Holds
 from services.order_sync.handlers import SyncBatch, sync_orders
@@ -44,6 +44,7 @@ from services.order_sync.unit_of_work import (
 )
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Slicer
+from services.shared.source_records.erp import ErpOrderState
 from tests.unit.test_order_sync_domain import (
     ACCEPTED,
     ACCOUNT,

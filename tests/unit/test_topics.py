@@ -1,6 +1,7 @@
 """The topic declaration is the one source of topic names: it parses, names no topic
-twice, declares a CDC topic for exactly the tables the reference schemas capture, and
-malformed declarations fail with a message naming the problem."""
+twice, declares a CDC topic for exactly the tables the reference schemas capture (every
+table receivables and production-status read among them), and malformed declarations
+fail with a message naming the problem."""
 
 from __future__ import annotations
 
@@ -67,3 +68,18 @@ def test_group_without_partitions_is_refused(tmp_path: Path) -> None:
     path.write_text("groups:\n  a: {topics: [x]}\n")
     with pytest.raises(TopicDeclarationError, match="'a' needs an integer 'partitions'"):
         load_topic_declaration(path)
+
+
+def test_every_source_table_of_receivables_and_production_status_is_captured() -> None:
+    """The tables the workload writes for them reach Kafka: each is in the publication
+    (ambidex.referencedb.CAPTURED_TABLES) and has its declared cdc topic."""
+    from ambidex.referencedb import CAPTURED_TABLES
+    from services.production_status.records import TABLES
+    from services.receivables.records import Table
+
+    names = {spec.name for spec in load_topic_declaration()}
+    read = {t.value for t in Table} | {t if "." in t else f"erp.{t}" for t in TABLES}
+    for qualified in sorted(read):
+        database, table = qualified.split(".")
+        assert table in CAPTURED_TABLES[database], qualified
+        assert cdc_topic(database, table) in names, qualified

@@ -90,3 +90,15 @@ def test_receivables_and_production_status_sources_are_planned() -> None:
     assert OperationKind.AMEND_CONTRACT.side == "crm"
     assert OperationKind.DISPATCH_SHIPMENT.side == "erp"
     assert OperationKind.CANCEL_INVOICE.side == "erp"
+
+
+def test_a_pool_kept_only_in_memory_stays_bounded() -> None:
+    from ambidex.workload.world import IdPool
+
+    pool = IdPool()
+    for item in range(1, 2000):
+        pool.add_bounded(item, 500)
+    assert len(pool) == 500 and set(pool) == set(range(1, 501))
+    pool.discard(7)
+    pool.add_bounded(9999, 500)
+    assert 9999 in pool and len(pool) == 500

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from services.order_sync.domain.amendments import decide_amendment
-from services.order_sync.domain.crm_orders import CrmAccount, CrmOrder, CrmOrderState
+from services.order_sync.domain.crm_orders import CrmAccount, CrmOrder
 from services.order_sync.domain.decisions import (
     CancelErpOrder,
     Conflict,
@@ -47,12 +47,13 @@ from services.order_sync.domain.decisions import (
 from services.order_sync.domain.erp_orders import (
     ErpCustomer,
     ErpOrderSnapshot,
-    ErpOrderState,
     ItemCatalogue,
 )
 from services.order_sync.domain.holds import NO_HOLDS, Holds
 from services.order_sync.domain.validation import validate
 from services.shared.cooperative import Pausable, run_to_end
+from services.shared.source_records.crm import CrmOrderState
+from services.shared.source_records.erp import ErpOrderState
 
 
 def decide(

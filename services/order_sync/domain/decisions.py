@@ -15,9 +15,10 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, TypeAlias
 
-from services.order_sync.domain.erp_orders import ORIGIN_AMBIDEX, ErpOrderState
+from services.order_sync.domain.erp_orders import ORIGIN_AMBIDEX
 from services.shared.money import Money
 from services.shared.position import SourcePosition
+from services.shared.source_records.erp import ErpOrderState
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,9 @@ from services.order_sync.domain.erp_orders import (
     ERP_LINE_TABLE,
     ERP_ORDER_TABLE,
     ORIGIN_AMBIDEX,
-    ErpOrderState,
 )
 from services.shared.changes import ChangeEvent, ChangeOp
+from services.shared.source_records.erp import ErpOrderState
 
 #: What :func:`is_echo` expects order-sync to have recorded for a row it deleted.
 ROW_DELETED = "deleted"

@@ -4,6 +4,8 @@ ERP states ``draft/open/reserved/in_production`` are *open* (the order still tak
 amendments and cancellation); ``shipped/invoiced/done`` are *closed*. Per ERP line,
 ``committed = max(qty_delivered, qty_invoiced)`` is what the ERP can no longer take
 back. The :class:`ItemCatalogue` is the reference data a decision looks things up in.
+Every record is mapped from the canonical record of its table
+(:mod:`services.shared.source_records.erp`, which reads and checks the row).
 """
 
 from __future__ import annotations
@@ -12,37 +14,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any, Protocol
 
-from services.order_sync.domain.row_values import (
-    column,
-    currency_code,
-    decimal_or,
-    integer,
-    optional_date,
-    optional_int,
-    optional_text,
-)
 from services.shared.cooperative import Pausable, run_to_end
-from services.shared.errors import BadInput
 from services.shared.money import Money
+from services.shared.source_records import erp
+from services.shared.source_records.erp import ErpOrderState
 
 ERP_ORDER_TABLE = "sales_order"
 ERP_LINE_TABLE = "sales_order_line"
 
 ORIGIN_AMBIDEX = "ambidex"
-
-
-class ErpOrderState(StrEnum):
-    DRAFT = "draft"
-    OPEN = "open"
-    RESERVED = "reserved"
-    IN_PRODUCTION = "in_production"
-    SHIPPED = "shipped"
-    INVOICED = "invoiced"
-    DONE = "done"
-    CANCELLED = "cancelled"
 
 
 #: ERP states in which an order still takes amendments and cancellation.
@@ -71,19 +53,19 @@ class ErpCustomer:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ErpCustomer:
-        table = "erp.customer"
+        c = erp.Customer.from_row(row)
         return cls(
-            id=integer(row, "id", table),
-            crm_account_id=optional_int(row, "crm_account_id", table),
-            origin=str(row.get("origin") or "erp"),
-            name=str(column(row, "name", table)),
-            street=optional_text(row, "street"),
-            city=optional_text(row, "city"),
-            postal_code=optional_text(row, "postal_code"),
-            country_code=optional_text(row, "country_code"),
-            vat_number=optional_text(row, "vat_number"),
-            currency=currency_code(row, "currency_code", table),
-            active=bool(row.get("active", True)),
+            id=c.id,
+            crm_account_id=c.crm_account_id,
+            origin=c.origin,
+            name=c.name,
+            street=c.street,
+            city=c.city,
+            postal_code=c.postal_code,
+            country_code=c.country_code,
+            vat_number=c.vat_number,
+            currency=c.currency,
+            active=c.active,
         )
 
 
@@ -109,19 +91,17 @@ class ErpOrderLineSnapshot:
         return "shipped" if self.qty_delivered >= self.qty_invoiced else "invoiced"
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], currency: str) -> ErpOrderLineSnapshot:
-        table = "erp.sales_order_line"
-        zero = Decimal(0)
+    def of(cls, line: erp.SalesOrderLine, currency: str) -> ErpOrderLineSnapshot:
         return cls(
-            id=integer(row, "id", table),
-            line_no=integer(row, "line_no", table),
-            item_id=integer(row, "item_id", table),
-            quantity=decimal_or(row, "quantity", table, zero),
-            unit_price=Money(decimal_or(row, "unit_price", table, zero), currency),
-            discount_pct=decimal_or(row, "discount_pct", table, zero),
-            qty_reserved=decimal_or(row, "qty_reserved", table, zero),
-            qty_delivered=decimal_or(row, "qty_delivered", table, zero),
-            qty_invoiced=decimal_or(row, "qty_invoiced", table, zero),
+            id=line.id,
+            line_no=line.line_no,
+            item_id=line.item_id,
+            quantity=line.quantity,
+            unit_price=Money(line.unit_price, currency),
+            discount_pct=line.discount_pct,
+            qty_reserved=line.qty_reserved,
+            qty_delivered=line.qty_delivered,
+            qty_invoiced=line.qty_invoiced,
         )
 
 
@@ -167,31 +147,24 @@ class ErpOrderSnapshot:
         cls, header: Mapping[str, Any], lines: Iterable[Mapping[str, Any]]
     ) -> Pausable[ErpOrderSnapshot]:
         """:meth:`from_rows`, pausable after each line."""
-        table = "erp.sales_order"
-        state_text = column(header, "state", table)
-        try:
-            state = ErpOrderState(state_text)
-        except ValueError:
-            raise BadInput(f"{table}.state {state_text!r} is not a known order state") from None
-        currency = currency_code(header, "currency_code", table)
-        order_id = integer(header, "id", table)
+        order = erp.SalesOrder.from_row(header)
         parsed: list[ErpOrderLineSnapshot] = []
         for row in lines:
             yield
-            parsed.append(ErpOrderLineSnapshot.from_row(row, currency))
+            parsed.append(ErpOrderLineSnapshot.of(erp.SalesOrderLine.from_row(row), order.currency))
         return cls(
-            id=order_id,
-            name=str(header.get("name") or order_id),
-            crm_order_id=optional_int(header, "crm_order_id", table),
-            crm_order_version=optional_int(header, "crm_order_version", table),
-            customer_id=integer(header, "customer_id", table),
-            state=state,
-            currency=currency,
-            requested_date=optional_date(header, "requested_date", table),
-            warehouse_id=integer(header, "warehouse_id", table),
-            origin=str(header.get("origin") or "erp"),
-            client_order_ref=optional_text(header, "client_order_ref"),
-            amount_total=Money(decimal_or(header, "amount_total", table, Decimal(0)), currency),
+            id=order.id,
+            name=order.name,
+            crm_order_id=order.crm_order_id,
+            crm_order_version=order.crm_order_version,
+            customer_id=order.customer_id,
+            state=order.state,
+            currency=order.currency,
+            requested_date=order.requested_date,
+            warehouse_id=order.warehouse_id,
+            origin=order.origin,
+            client_order_ref=order.client_order_ref,
+            amount_total=order.amount_total,
             lines=tuple(sorted(parsed, key=lambda line: line.line_no)),
         )
 
@@ -201,6 +174,11 @@ class ErpItem:
     id: int
     sku: str
     active: bool = True
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ErpItem:
+        item = erp.Item.from_row(row)
+        return cls(item.id, item.sku, item.active)
 
 
 class ItemCatalogue(Protocol):

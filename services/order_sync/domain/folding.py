@@ -21,7 +21,7 @@ from typing import Any, Self
 
 from services.order_sync.domain.crm_orders import CRM_LINE_TABLE, CRM_ORDER_TABLE, CrmOrder
 from services.order_sync.domain.erp_orders import ERP_LINE_TABLE, ERP_ORDER_TABLE, ErpOrderSnapshot
-from services.order_sync.domain.row_values import integer
+from services.shared import rows
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Pausable, run_to_end
 from services.shared.errors import BadInput
@@ -173,8 +173,11 @@ class OrderDraft(_HeaderAndLines):
         """This order replaced by its rows as read whole from the CRM (header and every
         line) at ``position``: lines it holds that the CRM no longer has become
         tombstones. Later changes fold on top as usual."""
-        read = {integer(row, "id", CRM_LINE_TABLE): RowVersion(position, MappingProxyType(
-            dict(row))) for row in lines}
+        read = {
+            rows.required_int(row, "id", "crm.sales_order_line"):
+                RowVersion(position, MappingProxyType(dict(row)))
+            for row in lines
+        }
         gone = {
             line_id: RowVersion(position, None)
             for line_id in self.lines if line_id not in read

@@ -25,7 +25,7 @@ from typing import Any
 
 from services.order_sync import codec
 from services.order_sync.codec import StatusRow
-from services.order_sync.domain.crm_orders import CrmOrder, CrmOrderState
+from services.order_sync.domain.crm_orders import CrmOrder
 from services.order_sync.domain.customers import CustomerRejected
 from services.order_sync.domain.decisions import (
     AmendErpOrder,
@@ -36,8 +36,10 @@ from services.order_sync.domain.decisions import (
     Reject,
     SyncDecision,
 )
-from services.order_sync.domain.erp_orders import ErpOrderSnapshot, ErpOrderState
+from services.order_sync.domain.erp_orders import ErpOrderSnapshot
 from services.shared.position import SourcePosition
+from services.shared.source_records.crm import CrmOrderState
+from services.shared.source_records.erp import ErpOrderState
 
 #: What :func:`kind` answers; also the ``last_decision`` stored per CRM order.
 CREATE, AMEND, CANCEL, REJECT, CONFLICT, NOTHING = (

@@ -15,8 +15,8 @@ from enum import IntEnum, StrEnum
 from services.order_sync.domain.erp_orders import (
     ErpOrderLineSnapshot,
     ErpOrderSnapshot,
-    ErpOrderState,
 )
+from services.shared.source_records.erp import ErpOrderState
 
 
 class CrmOrderStatus(StrEnum):

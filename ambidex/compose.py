@@ -1,0 +1,171 @@
+"""Static checks of ``deploy/compose/compose.yaml`` (no Docker engine needed; run by
+``ambidex compose validate`` in ``bin/ambidex lint``).
+
+1. The file is valid against the Compose specification's JSON schema, shipped in
+   ``tests/schemas/compose-spec.json`` (compose-spec/compose-spec ``schema/compose-spec.json``
+   at commit 170098ba07d9f53c383a41bfd4c5166b0a4529a6; CI has no internet).
+2. Policy: every service has a healthcheck, or is a one-shot job (``restart: "no"``)
+   that the services depending on it wait for with ``service_completed_successfully``;
+   every image is pinned to an exact version (a digest, or a tag with major.minor, never
+   ``latest``) unless the service is built from the project's Dockerfile; no secret is
+   inline (a password variable or a DSN's password is a ``${VARIABLE}`` reference).
+3. One source with the local stack: the broker's and the Connect worker's settings equal
+   the local stack's (:func:`ambidex.stack.processes.broker_properties`,
+   :func:`ambidex.connectors.connect_worker_config`), and each service gets every
+   setting the local stack gives it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from ambidex.stack.config import REPO_ROOT
+
+COMPOSE_FILE = REPO_ROOT / "deploy" / "compose" / "compose.yaml"
+SCHEMA_FILE = REPO_ROOT / "tests" / "schemas" / "compose-spec.json"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+
+_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL", re.IGNORECASE)
+_DSN_PASSWORD = re.compile(r"://[^:/@\s]+:(?P<password>[^@\s]*)@")
+_REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?][^}]*)?\}$")
+_PINNED_TAG = re.compile(r":[^/:@]*\d+\.\d+[^/:@]*$")
+#: broker settings that name this deployment's hosts, ports and paths
+_BROKER_LOCAL_ONLY = {
+    "listeners",
+    "advertised.listeners",
+    "controller.quorum.voters",
+    "listener.security.protocol.map",
+    "log.dirs",
+}
+#: Connect settings the Debezium image takes under their own variable names
+_CONNECT_NAMED = {
+    "group.id": "GROUP_ID",
+    "config.storage.topic": "CONFIG_STORAGE_TOPIC",
+    "offset.storage.topic": "OFFSET_STORAGE_TOPIC",
+    "status.storage.topic": "STATUS_STORAGE_TOPIC",
+}
+
+
+def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    document = yaml.safe_load(path.read_text())
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected a mapping")
+    return document
+
+
+def schema_problems(document: Mapping[str, Any], schema_file: Path = SCHEMA_FILE) -> list[str]:
+    schema = json.loads(schema_file.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"schema: {'/'.join(str(p) for p in error.absolute_path) or '(top)'}: {error.message}"
+        for error in sorted(validator.iter_errors(document), key=lambda e: list(e.path))
+    ]
+
+
+def _environment(service: Mapping[str, Any]) -> dict[str, str]:
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):  # ["NAME=value", ...]
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in environment)
+    return {str(k): "" if v is None else str(v) for k, v in environment.items()}
+
+
+def _waited_for_completion(services: Mapping[str, Any], name: str) -> bool:
+    dependents = [
+        s.get("depends_on")
+        for s in services.values()
+        if isinstance(s.get("depends_on"), dict) and name in s["depends_on"]
+    ]
+    return bool(dependents) and all(
+        d[name].get("condition") == "service_completed_successfully" for d in dependents
+    )
+
+
+def _secret_problems(name: str, environment: Mapping[str, str]) -> Iterator[str]:
+    for variable, value in environment.items():
+        if _SECRET_NAME.search(variable) and value and not _REFERENCE.match(value):
+            yield f"{name}: {variable} is inline; reference it as ${{VARIABLE}}"
+        match = _DSN_PASSWORD.search(value)
+        if match and not _REFERENCE.match(match["password"]):
+            yield f"{name}: {variable} holds an inline password; use ${{VARIABLE}}"
+
+
+def policy_problems(document: Mapping[str, Any]) -> list[str]:
+    services: Mapping[str, Any] = document.get("services") or {}
+    problems = []
+    for name, service in services.items():
+        healthcheck = service.get("healthcheck") or {}
+        if not healthcheck.get("test") or healthcheck.get("disable"):
+            job = service.get("restart") == "no" and _waited_for_completion(services, name)
+            if not job:
+                problems.append(
+                    f'{name}: no healthcheck (only a one-shot job, restart "no", that its '
+                    "dependents wait for with service_completed_successfully may go without)"
+                )
+        image = service.get("image")
+        if "build" not in service:
+            if not image:
+                problems.append(f"{name}: neither an image nor a build")
+            elif "@sha256:" not in image and not _PINNED_TAG.search(image):
+                problems.append(f"{name}: image {image} is not pinned to an exact version")
+        problems.extend(_secret_problems(name, _environment(service)))
+    return problems
+
+
+def _dockerfile_environment(dockerfile: Path = DOCKERFILE) -> set[str]:
+    text = dockerfile.read_text().replace("\\\n", " ")
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            names |= set(re.findall(r"([A-Z_][A-Z0-9_]*)=", line))
+    return names
+
+
+def consistency_problems(document: Mapping[str, Any]) -> list[str]:
+    """The broker, the Connect worker and the services against the local stack's."""
+    from ambidex.connectors import connect_worker_config
+    from ambidex.stack.config import StackConfig
+    from ambidex.stack.local import LocalStack
+    from ambidex.stack.processes import broker_properties
+    from services.registry import available_services
+
+    services: Mapping[str, Any] = document.get("services") or {}
+    problems = []
+    config = StackConfig(state_dir=Path("/nonexistent"), cache_dir=Path("/nonexistent"))
+    kafka = _environment(services.get("kafka", {}))
+    for key, value in broker_properties(config, Path("/data")).items():
+        if key in _BROKER_LOCAL_ONLY:
+            continue
+        variable = "KAFKA_" + key.upper().replace(".", "_")
+        if kafka.get(variable) != value:
+            problems.append(f"kafka: {variable}={kafka.get(variable)!r}, local stack {value!r}")
+    connect = _environment(services.get("connect", {}))
+    for key, value in connect_worker_config(replication=1).items():
+        variable = _CONNECT_NAMED.get(key) or "CONNECT_" + key.upper().replace(".", "_")
+        if connect.get(variable) != value:
+            problems.append(f"connect: {variable}={connect.get(variable)!r}, local stack {value!r}")
+    baked = _dockerfile_environment()
+    with tempfile.TemporaryDirectory() as state_dir:
+        local = LocalStack(replace(config, state_dir=Path(state_dir)))
+        settings = {name: set(local.service_environment(name, 0)) for name in available_services()}
+    for name, wanted in settings.items():
+        if name not in services:
+            problems.append(f"{name}: a service of this build is missing")
+            continue
+        missing = sorted(wanted - set(_environment(services[name])) - baked)
+        if missing:
+            problems.append(f"{name}: settings of the local stack missing: {missing}")
+    return problems
+
+
+def validate(path: Path = COMPOSE_FILE) -> list[str]:
+    document = load_compose(path)
+    return [*schema_problems(document), *policy_problems(document), *consistency_problems(document)]

@@ -1,0 +1,63 @@
+"""``ambidex setup``: prepare a deployment that is not the local stack (docker-compose).
+
+The same steps, in the same order and from the same sources, as ``LocalStack.up``: the
+reference schemas' migrations and the seed (``deploy/sql``), the topic declaration
+(``deploy/topics.yaml``), the capture connectors (``deploy/connectors``). Each step is a
+no-op when already done, so the compose file runs it as a one-shot job on every start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ambidex.connectors import ConnectClient, load_connectors
+from ambidex.referencedb import apply_reference_schema, seed_once
+from ambidex.topics import apply_topics, load_topic_declaration
+
+
+@dataclass(frozen=True)
+class SetupTargets:
+    """Where the deployment's parts are; admin DSNs and passwords are never printed."""
+
+    crm_admin_dsn: str = field(repr=False)
+    erp_admin_dsn: str = field(repr=False)
+    cdc_password: str = field(repr=False)
+    app_password: str = field(repr=False)
+    kafka_bootstrap: str
+    connect_url: str
+    #: the connectors' {{placeholders}} (database hosts and ports as Connect reaches them)
+    connector_values: dict[str, str]
+    max_replication: int | None = None
+
+
+async def set_up(
+    targets: SetupTargets, *, seed: bool = True, progress: Callable[[str], None] = print
+) -> None:
+    for database, dsn in (("crm", targets.crm_admin_dsn), ("erp", targets.erp_admin_dsn)):
+        report = await apply_reference_schema(
+            dsn,
+            database,  # type: ignore[arg-type]
+            cdc_password=targets.cdc_password,
+            app_password=targets.app_password,
+            progress=progress,
+        )
+        progress(f"{database}: {len(report.applied)} migrations applied, {report.already} before")
+    if seed:
+        summary = await seed_once(targets.crm_admin_dsn, targets.erp_admin_dsn)
+        progress("seed: already loaded" if summary is None else f"seed: {summary.total} rows")
+    topics = await apply_topics(
+        targets.kafka_bootstrap,
+        load_topic_declaration(),
+        max_replication=targets.max_replication,
+    )
+    progress(f"topics: {len(topics.created)} created, {len(topics.existing)} present")
+    for line in topics.drift:
+        progress(f"topics: drift {line}")
+    async with ConnectClient(targets.connect_url) as client:
+        for connector in load_connectors(targets.connector_values):
+            changed = await client.apply(connector)
+            progress(f"connect: {connector.name} {'applied' if changed else 'unchanged'}")
+        for connector in load_connectors(targets.connector_values):
+            await client.wait_running(connector.name, timeout=300)
+            progress(f"connect: {connector.name} RUNNING")

@@ -138,7 +138,8 @@ async def test_a_surge_is_raised_and_cleared_once(
         assert raised["surge_id"] == f"{fx.sku}:{fx.code}:1"
         # ATP 30 runs out on day 3 (70/7 x 4 > 30) of a 4-day lead time: not within half
         assert raised["priority"] == "normal"
-        await crm.execute("UPDATE crm.sales_order SET state = 'cancelled' WHERE id = $1",
+        await crm.execute("UPDATE crm.sales_order SET state = 'cancelled', cancelled_at = now()"
+                          " WHERE id = $1",
                           order_id)
         await wait_row(stack, fx, deleted=True)
     finally:

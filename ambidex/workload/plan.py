@@ -29,6 +29,8 @@ class OperationKind(StrEnum):
     SIGN_CONTRACT = "sign_contract"
     AMEND_CONTRACT = "amend_contract"
     HANDLE_SERVICE_CASE = "handle_service_case"
+    RUN_PROMOTION = "run_promotion"
+    ASK_FEASIBILITY = "ask_feasibility"
     # ERP: the ERP's own users and processes
     ENTER_ERP_ORDER = "enter_erp_order"
     RECEIVE_STOCK = "receive_stock"
@@ -65,6 +67,8 @@ CRM_OPERATIONS: frozenset[OperationKind] = frozenset(
         OperationKind.SIGN_CONTRACT,
         OperationKind.AMEND_CONTRACT,
         OperationKind.HANDLE_SERVICE_CASE,
+        OperationKind.RUN_PROMOTION,
+        OperationKind.ASK_FEASIBILITY,
     }
 )
 
@@ -83,6 +87,8 @@ WEIGHTS: dict[OperationKind, int] = {
     OperationKind.SIGN_CONTRACT: 3,
     OperationKind.AMEND_CONTRACT: 2,
     OperationKind.HANDLE_SERVICE_CASE: 3,
+    OperationKind.RUN_PROMOTION: 1,
+    OperationKind.ASK_FEASIBILITY: 2,
     OperationKind.ENTER_ERP_ORDER: 6,
     OperationKind.RECEIVE_STOCK: 4,
     OperationKind.ISSUE_STOCK: 2,

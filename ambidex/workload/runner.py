@@ -21,6 +21,7 @@ import asyncpg
 from ambidex.workload import (
     billing,
     contracts,
+    demand,
     payments,
     production_steps,
     service_cases,
@@ -45,6 +46,8 @@ OPERATIONS: dict[OperationKind, Operation] = {
     OperationKind.SIGN_CONTRACT: contracts.sign_contract,
     OperationKind.AMEND_CONTRACT: contracts.amend_contract,
     OperationKind.HANDLE_SERVICE_CASE: service_cases.handle_service_case,
+    OperationKind.RUN_PROMOTION: demand.run_promotion,
+    OperationKind.ASK_FEASIBILITY: demand.ask_feasibility,
     OperationKind.ENTER_ERP_ORDER: erp_ops.enter_erp_order,
     OperationKind.RECEIVE_STOCK: erp_ops.receive_stock,
     OperationKind.ISSUE_STOCK: erp_ops.issue_stock,

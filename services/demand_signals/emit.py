@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from services.demand_signals.feasibility import Answer
+from services.demand_signals.records import QUANTUM
 from services.demand_signals.surge import Surge
 from services.inventory_projection.available_to_promise import topic_key
 
@@ -42,8 +43,9 @@ def surge_key(surge: Surge) -> bytes:
 
 
 def _evidence(surge: Surge) -> list[dict[str, Any]]:
-    return [{"document": e.kind.value, "id": e.document_id, "quantity": e.quantity}
-            for e in surge.evidence]
+    # a quote's quantity times its stage's weight may have more places than decimal(14,3)
+    return [{"document": e.kind.value, "id": e.document_id,
+             "quantity": e.quantity.quantize(QUANTUM)} for e in surge.evidence]
 
 
 def surge_record(surge: Surge) -> dict[str, Any]:

@@ -18,7 +18,7 @@ of its document or the length of history (``tests/unit/test_demand_fold.py``).
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,12 +41,19 @@ from services.demand_signals.records import (
     parse,
 )
 from services.demand_signals.surge import Figures, Surge, SurgeBook, SurgeRules, judge
+from services.shared.cooperative import Pausable, run_to_end
 from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
 
 _q = struct.Struct(">q")
 AS_OF_KEY = b"a"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: :meth:`DemandSignals.advance_steps` yields after judging this many keys
+PAUSE_EVERY = 64
+
+#: ``hold(answer)``: whether to hold a request's answer (not recorded, so the same
+#: version is judged again later: see :meth:`DemandSignals.apply`)
+Hold = Callable[[Answer], bool]
 
 
 @dataclass
@@ -58,6 +65,8 @@ class Outcome:
     events: list[Surge] = field(default_factory=list)
     priorities: dict[tuple[int, str], Surge] = field(default_factory=dict)
     answers: dict[int, Answer | None] = field(default_factory=dict)
+    held: list[int] = field(default_factory=list)
+    """Requests whose answer ``hold`` kept back (nothing recorded for them)."""
 
     def add(self, surge: Surge | None) -> None:
         if surge is None:
@@ -70,6 +79,7 @@ class Outcome:
         self.events += other.events
         self.priorities.update(other.priorities)
         self.answers.update(other.answers)
+        self.held += other.held
         return self
 
     @property
@@ -100,9 +110,12 @@ class DemandSignals:
     # ------------------------------------------------------------------ inputs
 
     def apply(self, table: Table, row_id: int, position: SourcePosition,
-              row: Mapping[str, Any] | None) -> Outcome:
+              row: Mapping[str, Any] | None, hold: Hold | None = None) -> Outcome:
         """Fold one row version (None: deleted). A malformed row raises
-        :class:`~.records.BadRow` before anything is stored."""
+        :class:`~.records.BadRow` before anything is stored. A request whose answer
+        ``hold`` keeps back (e.g. its order is not seen yet while the CRM topics are
+        still being read) is listed in :attr:`Outcome.held` and not recorded: the same
+        version is judged again when applied again."""
         record = parse(table, row)
         out = Outcome()
         touched: set[DemandKey] | None
@@ -119,7 +132,7 @@ class DemandSignals:
             touched = self._apply_product(row_id, position, record)
         else:
             assert record is None or isinstance(record, Request)
-            self._apply_request(row_id, position, record, out)
+            self._apply_request(row_id, position, record, out, hold)
             return out
         for key in sorted(touched or ()):
             out.add(self.evaluate(key))
@@ -136,6 +149,11 @@ class DemandSignals:
     def advance(self, as_of: datetime) -> Outcome:
         """Move the as-of time (never backwards); a new day re-judges every key with
         demand in its windows and every open surge."""
+        return run_to_end(self.advance_steps(as_of))
+
+    def advance_steps(self, as_of: datetime) -> Pausable[Outcome]:
+        """:meth:`advance` as pausable work: a new day judges every key with demand, so
+        it yields every :data:`PAUSE_EVERY` keys (a shell gives its event loop back)."""
         out = Outcome()
         if self.as_of is not None and as_of <= self.as_of:
             return out
@@ -144,7 +162,9 @@ class DemandSignals:
         self.kv.put(AS_OF_KEY, as_of.isoformat().encode())
         if new_day:
             keys = self.rates.advance(as_of.date()) | self.surges.open_keys()
-            for key in sorted(keys):
+            for count, key in enumerate(sorted(keys), start=1):
+                if not count % PAUSE_EVERY:
+                    yield
                 out.add(self.evaluate(key))
         return out
 
@@ -180,20 +200,22 @@ class DemandSignals:
         return data[2] if len(data) > 2 else None
 
     def _apply_request(self, request_id: int, position: SourcePosition,
-                       request: Request | None, out: Outcome) -> None:
+                       request: Request | None, out: Outcome, hold: Hold | None) -> None:
         row_key = b"f:" + _q.pack(request_id)
         raw = self.kv.get(row_key)
         if raw is not None and position <= SourcePosition(*orjson.loads(raw)):
             return
+        answer = None
+        if request is not None:
+            order = None if request.crm_order_id is None else self.documents.header(
+                Kind.ORDER, request.crm_order_id)
+            answer = feasibility.answer(request, order, self.sku_of, self.view,
+                                        self.as_of or EPOCH)
+            if hold is not None and hold(answer):
+                out.held.append(request_id)
+                return
         self.kv.put(row_key, orjson.dumps([position.commit_lsn, position.lsn]))
-        if request is None:
-            out.answers[request_id] = None
-            return
-        order = None if request.crm_order_id is None else self.documents.header(
-            Kind.ORDER, request.crm_order_id)
-        as_of = self.as_of or EPOCH
-        out.answers[request_id] = feasibility.answer(request, order, self.sku_of, self.view,
-                                                     as_of)
+        out.answers[request_id] = answer
 
     # ------------------------------------------------------------------ surges
 

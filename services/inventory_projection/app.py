@@ -42,13 +42,17 @@ runs as ONE worker (its Deployment has one replica): one shard of the state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import asyncpg
 
+from services.inventory_projection import demand_signals
+from services.inventory_projection.demand_effects import DemandEffects, max_priority_position
 from services.inventory_projection.effects import AVAILABILITY_TOPIC, SHORTAGE_TOPIC, Effects
 from services.inventory_projection.metrics import ProjectionMetrics
 from services.inventory_projection.projector import Projector, Step
@@ -78,6 +82,7 @@ CRM_TABLES = ("sales_order", "sales_order_line", "product")
 CHANGE_TOPICS = (
     *(f"cdc.erp.{t}" for t in ERP_TABLES),
     *(f"cdc.crm.{t}" for t in CRM_TABLES),
+    *demand_signals.CHANGE_TOPICS,  # demand signals run in this process (docs/demand-signals.md)
 )
 #: transaction markers and heartbeats of both databases (source time: the as-of time)
 SOURCES = SourceTopics.of((ERP, CRM), heartbeats=True)
@@ -105,14 +110,15 @@ class Shell:
         self.metrics = ProjectionMetrics(service)
         truncates = TruncateCounter(service.registry, service.name)
         self.effects = Effects(service, self.metrics, truncates)
+        self.demand = DemandEffects(service)
         self._max_hold = timedelta(seconds=service.settings.max_hold_seconds)
         self.runner: StatefulRunner[Projector[Handle], Step[Handle]] = StatefulRunner(
             service,
             state_topic=STATE_TOPIC,
             topics=CHANGE_TOPICS,
             sources=SOURCES,
-            load=partial(Projector.load, max_hold=self._max_hold),
-            apply=self.effects.apply,
+            load=partial(demand_signals.load, max_hold=self._max_hold),
+            apply=self.apply,
             reference_topics=REFERENCE_TOPICS,
             after_commit=self.effects.refresh,
             max_records=BATCH_MAX,
@@ -123,11 +129,22 @@ class Shell:
         )
         self.source = self.runner.source
         self.pool: asyncpg.Pool | None = None
+        self.erp_pool: asyncpg.Pool | None = None
         self.restored_entries = 0
 
     @property
     def projector(self) -> Projector[Handle]:
         return self.runner.fold
+
+    async def apply(self, step: Step[Handle], projector: Projector[Handle]) -> None:
+        """The step's effects: the projection's and demand signals' (independent: their
+        round trips overlap), all done before the checkpoint records the step."""
+        side = demand_signals.demand_side(projector)
+        await asyncio.gather(
+            self.effects.apply(step, projector),
+            self.demand.apply(side.take(), projector.store.write_position()),
+        )
+        self.metrics.held_requests.set(side.holding)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,20 +157,28 @@ class Shell:
             self.restored_entries = restored.entries
         service.metrics.set_table_rows("availability", self.projector.store.ledger.key_count)
 
-        async def pool() -> asyncpg.Pool:
-            created = await asyncpg.create_pool(
-                settings.crm_dsn.get_secret_value(), min_size=1, max_size=2
-            )
-            assert created is not None
-            return created
+        def pool(dsn: str) -> Callable[[], Awaitable[asyncpg.Pool]]:
+            async def create() -> asyncpg.Pool:
+                created = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+                assert created is not None
+                return created
+            return create
 
-        # a CRM database that is down at start-up is waited for (readiness says so)
+        # a database that is down at start-up is waited for (readiness says so)
         self.pool = await service.retry.call(
-            pool, check="database:crm", what="connecting to the CRM database"
+            pool(settings.crm_dsn.get_secret_value()), check="database:crm",
+            what="connecting to the CRM database"
         )
         service.health.add_probe("database:crm", pool_probe(self.pool))
+        # demand signals' supply priorities are written into the ERP
+        self.erp_pool = await service.retry.call(
+            pool(settings.erp_dsn.get_secret_value()), check="database:erp",
+            what="connecting to the ERP database"
+        )
+        service.health.add_probe("database:erp", pool_probe(self.erp_pool))
         await service.retry.call(self._resume_write_position, what="reading the write position")
         self.effects.started(self.pool, self.projector)
+        self.demand.started(self.pool, self.erp_pool)
         store = self.projector.store
         service.health.set_check("projection", True, "state loaded")
         # (the shared runtime relaxes the garbage collector once every start hook ran)
@@ -168,24 +193,24 @@ class Shell:
         )
 
     async def stop(self, _: Service) -> None:
-        if self.pool is not None:
-            await self.pool.close()
+        for pool in (self.pool, self.erp_pool):
+            if pool is not None:
+                await pool.close()
         self.runner.close()
 
     async def _resume_write_position(self) -> None:
         """Never write below what the write-back already holds (e.g. a replay from the
         beginning with a fresh state)."""
-        assert self.pool is not None
+        assert self.pool is not None and self.erp_pool is not None
         row = await self.pool.fetchrow(MAX_WRITE_POSITION)
-        if row is None:
-            return
+        priority = await max_priority_position(self.erp_pool)
         store = self.projector.store
-        as_of_ms, revision = int(row[0]), int(row[1])
-        if as_of_ms > 0:
-            at = datetime.fromtimestamp(as_of_ms / 1000, UTC)
-            store.observe(CRM, at)
-            store.observe(ERP, at)
-        store.revision = max(store.revision, revision)
+        for as_of_ms, revision in [p for p in ((row and tuple(row)), priority) if p]:
+            if as_of_ms > 0:
+                at = datetime.fromtimestamp(int(as_of_ms) / 1000, UTC)
+                store.observe(CRM, at)
+                store.observe(ERP, at)
+            store.revision = max(store.revision, int(revision))
 
 
 def build_service(settings: ServiceSettings) -> Service:

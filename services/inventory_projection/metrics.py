@@ -43,6 +43,13 @@ class ProjectionMetrics:
             ("service",),
             registry=registry,
         ).labels(name)
+        self.held_requests = Gauge(
+            "ambidex_demand_held_requests",
+            "Feasibility requests whose order or product is not seen yet, held until the "
+            "CRM topics are read to their position (then answered).",
+            ("service",),
+            registry=registry,
+        ).labels(name)
 
 
 __all__ = ["ProjectionMetrics"]

@@ -225,6 +225,16 @@ class OrderRows:
         """The CRM order's line ids (the batch's set: do not modify it)."""
         return self._lines_by_order.ids(id_bytes(crm_order_id))
 
+    def erp_lines_of(self, crm_order_id: int) -> Iterator[ErpOrderLine]:
+        """The lines of the ERP orders covering the CRM order (what it holds there)."""
+        for erp_order_id in self._erp_orders_by_crm.ids(id_bytes(crm_order_id)):
+            if coverage(self.record(ERP_ORDER, erp_order_id)) != crm_order_id:
+                continue
+            for erp_line_id in self._erp_lines_by_order.ids(id_bytes(erp_order_id)):
+                line = self.record(ERP_ORDER_LINE, erp_line_id)
+                if isinstance(line, ErpOrderLine):
+                    yield line
+
     def orders_with_code(self, code: str) -> set[int]:
         """The CRM orders naming a warehouse code (a scan: catalogue changes only)."""
         return self._orders_by_code.ids(_code_group(code))

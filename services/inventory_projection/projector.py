@@ -69,7 +69,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -157,6 +157,18 @@ def verdict_key(table: Table, row_id: int) -> bytes:
     return VERDICT_PREFIX + storage_key(table, row_id).encode()
 
 
+class Companion(Protocol):
+    """A second fold run over the same whole transactions and the same state (demand
+    signals, :mod:`.demand_signals`): after each transaction the projection folded,
+    and once at the end of the step (it may add dead letters and withhold handles)."""
+
+    collections: frozenset[str]
+
+    def transaction(self, whole: Whole[Any], caught_up: Collection[str]) -> Pausable[None]: ...
+
+    def finish(self, out: Step[Any], caught_up: Collection[str]) -> Pausable[None]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Removed:
     """A key that no longer has an availability: tombstone it (DB row and topic key)."""
@@ -224,11 +236,12 @@ class Projector(Generic[H]):
         max_hold: timedelta = timedelta(seconds=300),
         clock: Callable[[], float] = time.monotonic,
         truncated: Mapping[str, SourcePosition] | None = None,
+        companion: Companion | None = None,
     ) -> None:
         self.store = store or RowStore()
-        self.truncates = TruncateAnswers(
-            "inventory-projection", ANSWERS, frozenset(DATA_COLLECTIONS)
-        )
+        self.companion = companion
+        collections = DATA_COLLECTIONS | (companion.collections if companion else frozenset())
+        self.truncates = TruncateAnswers("inventory-projection", ANSWERS, collections)
         #: per ``db.table``, the position of its last cleared truncate
         self._truncated: dict[str, SourcePosition] = dict(truncated or {})
         self.evaluated = EvaluatedVersions(self.store.kv)
@@ -236,7 +249,7 @@ class Projector(Generic[H]):
             self.evaluated[order_id] = version
         # one holder per database: transaction ids (xids) of the two databases collide
         self.held: HeldTransactions[H] = HeldTransactions(
-            DATA_COLLECTIONS, max_hold=max_hold, clock=clock
+            collections, max_hold=max_hold, clock=clock
         )
         self._ready: list[Whole[H]] = []
         self._release: list[H] = []
@@ -373,6 +386,8 @@ class Projector(Generic[H]):
                 if event.op is ChangeOp.TRUNCATE:
                     folded = self._truncate(event, handle, out, keys) or folded
                     continue
+                if event.data_collection not in DATA_COLLECTIONS:
+                    continue  # the companion's table alone
                 if self._truncated:
                     since = self._truncated.get(event.data_collection)
                     if since is not None and event.position < since:
@@ -404,6 +419,8 @@ class Projector(Generic[H]):
                     out.dead_letters.append((handle, applied.flagged))
             if folded:
                 out.commit_times.append(transaction.commit_time)
+            if self.companion is not None:
+                yield from self.companion.transaction(whole, caught_up)
         if self._awaiting:
             self._due_verdicts(caught_up, out)
         if registered:
@@ -434,6 +451,8 @@ class Projector(Generic[H]):
                 out.evaluated[str(order_id)] = version
                 store.kv.put(evaluated_key(order_id), str(version).encode())
             out.shortages.extend(shortages)
+        if self.companion is not None:
+            yield from self.companion.finish(out, caught_up)
         if self._meta_dirty:
             out.meta = store.meta()
             store.save_meta()

@@ -42,6 +42,10 @@ ANSWERS: Mapping[str, TruncateAnswer] = {
     "crm.product": RESNAPSHOT,
     "crm.sales_order": RESNAPSHOT,
     "crm.sales_order_line": RESNAPSHOT,
+    # demand signals' own tables (run in the projection's process, .demand_signals)
+    "crm.quote": RESNAPSHOT,
+    "crm.quote_line": RESNAPSHOT,
+    "crm.feasibility_request": RESNAPSHOT,
 }
 
 #: State keys ``T:<db>.<table>`` -> JSON ``[commit_lsn, lsn]`` of the table's last

@@ -14,6 +14,7 @@ from ambidex.access import Access, acl_rules, load_access
 from ambidex.connectors import load_connectors
 from ambidex.manifests import render
 from ambidex.topics import load_topic_declaration
+from services.demand_signals.emit import SURGE_TOPIC
 from services.inventory_projection import app as inventory
 from services.order_sync import app as order_sync
 from services.order_sync import codec as order_codec
@@ -44,7 +45,8 @@ CODE = {
             *inventory.SOURCES.topics,
             inventory.STATE_TOPIC,
         },
-        {inventory.AVAILABILITY_TOPIC, inventory.SHORTAGE_TOPIC, inventory.STATE_TOPIC},
+        {inventory.AVAILABILITY_TOPIC, inventory.SHORTAGE_TOPIC, inventory.STATE_TOPIC,
+         SURGE_TOPIC},
         {"ambidex-inventory-projection.changes"},
     ),
     "receivables": (

@@ -19,7 +19,16 @@ from pathlib import Path
 from services.demand_signals import emit
 from services.demand_signals.records import Table
 from services.shared.avro import AvroCodec, SchemaCatalogue
-from tests.unit.demand_support import Feed, at, order, order_line, product, request
+from tests.unit.demand_support import (
+    Feed,
+    at,
+    order,
+    order_line,
+    product,
+    quote,
+    quote_line,
+    request,
+)
 
 CODEC = AvroCodec(SchemaCatalogue.load())
 SQL = Path(__file__).resolve().parents[2] / "deploy" / "sql"
@@ -84,3 +93,18 @@ def test_rows_write_every_value_column_and_a_cleared_surge_is_a_tombstone() -> N
     assert set(row) == COLUMNS[emit.ANSWER_TABLE] - BOOKKEEPING
     assert json.loads(row["lines"])[0]["available_now"] == "3.000"
     assert set(emit.KEYS) == set(COLUMNS) - {"crm.feasibility_request"}
+
+
+def test_a_weighted_quote_as_evidence_fits_the_schema() -> None:
+    """A sent quote counts half: 20.001 x 0.5 = 10.0005 is 10.000 in the event (found on
+    the real stack: the unquantized product was refused by the schema)."""
+    feed = Feed()
+    feed.view.add_item(7, "SKU-7", lead_time_days=30)
+    feed.put(Table.PRODUCT, product(70, "SKU-7"))
+    feed.fold.advance(at(T))
+    feed.put(Table.QUOTE, quote(1, T))
+    out = feed.put(Table.QUOTE_LINE, quote_line(1, 1, 70, "20.001"))
+    (raised,) = out.events
+    record = emit.surge_record(raised)
+    decoded = CODEC.decode(CODEC.encode(emit.SURGE_SCHEMA, record)).record
+    assert [e["quantity"] for e in decoded["evidence"]] == [Decimal("10.000")]

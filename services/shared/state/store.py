@@ -211,4 +211,31 @@ class Overlay:
         self.pending = {}
 
 
-__all__ = ["KeyValue", "MemoryState", "Overlay", "StateStore", "StateWriter"]
+class Prefixed:
+    """A :class:`KeyValue` whose keys all live under ``prefix`` of ``base``: a second
+    fold sharing one state (demand signals in inventory-projection's) keeps its own
+    key space, so neither's layout can collide with the other's."""
+
+    __slots__ = ("base", "prefix")
+
+    def __init__(self, base: KeyValue, prefix: bytes) -> None:
+        self.base = base
+        self.prefix = prefix
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.base.get(self.prefix + key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.base.put(self.prefix + key, value)
+
+    def delete(self, key: bytes) -> None:
+        self.base.delete(self.prefix + key)
+
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        cut = len(self.prefix)
+        begin = None if start is None else self.prefix + start
+        for key, value in self.base.scan(self.prefix + prefix, begin):
+            yield key[cut:], value
+
+
+__all__ = ["KeyValue", "MemoryState", "Overlay", "Prefixed", "StateStore", "StateWriter"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from ambidex.compose import load_compose
 from ambidex.manifests import prometheus_rule
 from ambidex.monitoring import RULES_FILE, alert_rules, render, scrape_jobs
-from services.registry import METRICS_PORTS, SERVICE_MODULES
+from services.registry import SERVICE_MODULES
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "docs" / "runbooks.md"
 

@@ -74,6 +74,10 @@ class Difference:
         return (f"CRM order {self.crm_order_id}: {self.field}: written {self.written!r}, "
                 f"recomputed {self.recomputed!r}")
 
+    def as_json(self) -> dict[str, Any]:
+        return {"crm_order_id": self.crm_order_id, "field": self.field,
+                "written": str(self.written), "recomputed": str(self.recomputed)}
+
 
 @dataclass(frozen=True, slots=True)
 class RefusedRow:
@@ -85,6 +89,9 @@ class RefusedRow:
 
     def __str__(self) -> str:
         return f"{self.table} {self.row_id} refused: {self.reason}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"table": self.table, "id": self.row_id, "refused": self.reason}
 
 
 def _comparable(record: Mapping[str, Any]) -> Status:

@@ -10,25 +10,24 @@ with what the recomputation says, printing each difference (:func:`~.tables.diff
 and exiting 1 if there is any. The ``as_of`` column itself is not compared: it says when
 a row was last written, and a row the as-of date did not change is not rewritten. On a
 live system a row touched between the reads may differ once; ``--retries`` compares
-again.
+again. The command's shape (DSNs, ``--retries``, ``--json``, exit code) is the kit's
+:func:`~services.shared.reconcile_cli.reconcile_command`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
-import click
 
-from ambidex.targets import database_targets
 from services.receivables.recompute import recompute
 from services.receivables.records import Table
-from services.receivables.tables import KEYS, expected_rows
+from services.receivables.tables import KEYS, RowDifference, expected_rows
 from services.receivables.tables import differences as table_differences
+from services.shared.reconcile_cli import reconcile_command
 
 SOURCES = {Table.CONTRACT: "crm", Table.INSTALLMENT: "crm", Table.INVOICE: "erp",
            Table.PAYMENT: "erp"}
@@ -48,7 +47,8 @@ CONTRACT_COLUMN = {
 
 
 async def reconcile_once(crm_dsn: str, erp_dsn: str, contracts: Collection[int] | None = None,
-                         accounts: Collection[int] | None = None) -> tuple[int, list[str]]:
+                         accounts: Collection[int] | None = None
+                         ) -> tuple[int, list[RowDifference]]:
     """``(rows compared, differences)``; ``contracts``/``accounts``: compare only the
     rows of these contracts (and these accounts' customer rows)."""
     crm = await asyncpg.connect(crm_dsn)
@@ -68,7 +68,7 @@ async def reconcile_once(crm_dsn: str, erp_dsn: str, contracts: Collection[int] 
         await erp.close()
     expected = expected_rows(recompute(rows, as_of), as_of)
     compared = 0
-    lines: list[str] = []
+    lines: list[RowDifference] = []
     for table in KEYS:
         want = [{k: v for k, v in r.items() if k != "as_of"} for r in expected[table]]
         have = actual[table]
@@ -88,30 +88,25 @@ def _chosen(table: str, row: dict[str, Any], contracts: Collection[int] | None,
     return accounts is not None and row.get("account_id") in accounts
 
 
-async def reconcile_all(crm_dsn: str, erp_dsn: str, retries: int = 0,
-                        **only: Any) -> tuple[int, list[str]]:
-    compared, lines = await reconcile_once(crm_dsn, erp_dsn, **only)
-    for _ in range(retries):
-        if not lines:
-            break
-        await asyncio.sleep(2.0)
-        compared, lines = await reconcile_once(crm_dsn, erp_dsn, **only)
-    return compared, lines
+@dataclass(frozen=True)
+class ReceivablesReport:
+    compared: int
+    lines: Sequence[RowDifference]
+
+    @property
+    def summary(self) -> str:
+        return f"{self.compared} rows compared, {len(self.lines)} differences"
+
+    def failing(self, options: Mapping[str, Any]) -> bool:
+        return bool(self.lines)
 
 
-@click.command("receivables")
-@click.option("--crm-dsn", default=None,
-              help="CRM DSN (default: AMBIDEX_CRM_DSN, else the local stack).")
-@click.option("--erp-dsn", default=None,
-              help="ERP DSN (default: AMBIDEX_ERP_DSN, else the local stack).")
-@click.option("--retries", type=int, default=0, show_default=True,
-              help="Compare again this many times (2 s apart) while there are differences.")
-def reconcile_receivables(crm_dsn: str | None, erp_dsn: str | None, retries: int) -> None:
-    """Compare receivables' positions, plan and open discrepancies with a recomputation
-    from the source databases; print every difference (exit code 1 if any)."""
-    crm_dsn, erp_dsn = database_targets(crm_dsn, erp_dsn)
-    compared, lines = asyncio.run(reconcile_all(crm_dsn, erp_dsn, retries))
-    for line in lines:
-        click.echo(line)
-    click.echo(f"{compared} rows compared, {len(lines)} differences", err=True)
-    sys.exit(1 if lines else 0)
+async def compare(crm_dsn: str, erp_dsn: str, options: Mapping[str, Any]) -> ReceivablesReport:
+    return ReceivablesReport(*await reconcile_once(crm_dsn, erp_dsn))
+
+
+reconcile_receivables = reconcile_command("receivables", compare)
+reconcile_receivables.help = (
+    "Compare receivables' positions, plan and open discrepancies with a recomputation "
+    "from the source databases; print every difference (exit code 1 if any)."
+)

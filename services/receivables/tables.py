@@ -11,6 +11,7 @@ and prints :func:`differences` (exit 1 if any).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -123,24 +124,40 @@ def _normal(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class RowDifference:
+    """One key whose row differs: ``missing``, ``not expected``, or the columns that
+    disagree (``column: written != expected recomputed``, ``; ``-joined)."""
+
+    table: str
+    key: dict[str, Any]
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.table} {self.key}: {self.problem}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"table": self.table, "key": self.key, "difference": self.problem}
+
+
 def differences(table: str, expected: Iterable[Mapping[str, Any]],
-                actual: Iterable[Mapping[str, Any]]) -> list[str]:
-    """One line per key whose row differs (missing, extra, or columns that disagree);
+                actual: Iterable[Mapping[str, Any]]) -> list[RowDifference]:
+    """One entry per key whose row differs (missing, extra, or columns that disagree);
     only the columns of the expected rows are compared."""
     keys = KEYS[table]
     want = {tuple(r[k] for k in keys): r for r in expected}
     have = {tuple(r[k] for k in keys): r for r in actual}
-    lines: list[str] = []
+    found: list[RowDifference] = []
     for key in sorted(set(want) | set(have), key=repr):
-        name = f"{table} {dict(zip(keys, key, strict=True))}"
+        named = dict(zip(keys, key, strict=True))
         if key not in have:
-            lines.append(f"{name}: missing")
+            found.append(RowDifference(table, named, "missing"))
         elif key not in want:
-            lines.append(f"{name}: not expected")
+            found.append(RowDifference(table, named, "not expected"))
         else:
             bad = [f"{c}: {have[key].get(c)!r} != expected {v!r}"
                    for c, v in want[key].items()
                    if _normal(have[key].get(c)) != _normal(v)]
             if bad:
-                lines.append(f"{name}: " + "; ".join(bad))
-    return lines
+                found.append(RowDifference(table, named, "; ".join(bad)))
+    return found

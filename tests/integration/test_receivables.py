@@ -33,6 +33,7 @@ import pytest
 from ambidex.stack.local import StackAddresses
 from services.receivables.emit import DISCREPANCY_TOPIC, POSITION_TOPIC
 from services.receivables.reconcile_cli import reconcile_once
+from services.receivables.tables import RowDifference
 from services.shared.deadletters import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.test_inventory_projection import metric, read_topic
@@ -137,7 +138,7 @@ async def until_row(crm: asyncpg.Connection, table: str, where: str, *args: Any,
 
 async def reconciled(stack: StackAddresses, contracts: set[int], accounts: set[int]) -> None:
     """Wait until the reconcile recomputation finds no difference for these contracts."""
-    last: list[list[str]] = [[]]
+    last: list[list[RowDifference]] = [[]]
 
     async def agree() -> bool:
         _, last[0] = await reconcile_once(stack.crm_admin_dsn, stack.erp_admin_dsn,
@@ -147,7 +148,7 @@ async def reconciled(stack: StackAddresses, contracts: set[int], accounts: set[i
     try:
         await wait_until(agree, timeout=120, interval=1.0)
     except AssertionError:
-        raise AssertionError("differs from the recomputation:\n" + "\n".join(last[0][:20])
+        raise AssertionError("differs from the recomputation:\n" + "\n".join(map(str, last[0][:20]))
                              ) from None
 
 

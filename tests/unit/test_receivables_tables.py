@@ -65,7 +65,7 @@ def test_differences_finds_missing_extra_and_changed_rows() -> None:
     live[0]["erp_invoice_ids"] = [1]  # jsonb read back as a list: equal
     extra = {**live[1], "seq": 9}
     lines = tables.differences(name, expected[name], [live[0], extra])
-    assert lines == [
+    assert [str(line) for line in lines] == [
         f"{name} {{'contract_id': 1, 'seq': 1}}: paid: Decimal('59.99') != expected "
         "Decimal('60.00')",
         f"{name} {{'contract_id': 1, 'seq': 2}}: missing",

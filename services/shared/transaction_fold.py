@@ -44,9 +44,6 @@ if TYPE_CHECKING:
 Out = TypeVar("Out")
 R = TypeVar("R")
 
-#: whole transactions folded between two pauses of the event loop
-PAUSE_EVERY = 200
-
 
 @dataclass
 class Applied(Generic[Out]):
@@ -124,7 +121,6 @@ class TransactionFold(Generic[R, Out]):
         """Fold every transaction completed since the last step (pausable)."""
         taken = self.held.drain()
         out: Applied[Out] = Applied(self.new_outcome(), release=list(taken.let_go))
-        folded = 0
         for database, released in taken.released.items():
             out.release.extend(released.ack_now)
             for handle, error in released.dead:
@@ -134,9 +130,10 @@ class TransactionFold(Generic[R, Out]):
             if released.orphans:
                 out.orphans[database] = out.orphans.get(database, 0) + released.orphans
             for whole in released.complete:
-                folded += 1
-                if folded % PAUSE_EVERY == 0:
-                    yield None
+                # a pause point between any two transactions: the runner gives the loop
+                # back there once its slice is used (every 200 transactions held the
+                # loop for seconds when one took milliseconds: issue 11's replay)
+                yield None
                 self._fold_whole(database, whole, out)
         self.finish(out.outcome, caught_up)
         return out

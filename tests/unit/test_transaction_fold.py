@@ -4,11 +4,13 @@ Invariants (DESIGN.md 3 and 4): nothing of a transaction is applied before all o
 is there; one bad row rejects the whole transaction — every record of it goes to the
 dead letters (the bad row with its own reason, the others naming it), nothing of it is
 applied, it is reported — and the fold goes on with the next; every record is released
-exactly once, only in the step that decided it. Pure: a toy fold, no Kafka.
+exactly once, only in the step that decided it; a step of many transactions gives the
+event loop back between any two of them. Pure: a toy fold, no Kafka.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,7 +19,7 @@ from typing import Any
 from aiokafka.structs import ConsumerRecord
 
 from services.shared.changes import ChangeEvent
-from services.shared.cooperative import run_to_end
+from services.shared.cooperative import Slicer, run_to_end
 from services.shared.errors import SchemaViolation
 from services.shared.holding import GiveUpCause
 from services.shared.stateful import Handle
@@ -124,3 +126,55 @@ def test_a_heartbeat_moves_source_time_and_is_released() -> None:
     out = step(fold)
     assert fold.seen == [("crm", COMMIT)]
     assert out.release == [beat] and out.dead_letters == []
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SlowTotals(Totals):
+    """Each transaction "costs" 30 ms of the slicer's (fake) clock: more than a slice."""
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def apply(
+        self, records: Sequence[tuple[int, Decimal]], transaction: CompleteTransaction,
+        outcome: list[str],
+    ) -> None:
+        self.clock.now += 0.030
+        super().apply(records, transaction, outcome)
+
+
+async def test_a_step_gives_the_loop_back_between_any_two_transactions() -> None:
+    """However many whole transactions a step folds, the runner's slicer gets a pause
+    point after each one: another task runs between any two once a slice is used (a
+    step of thousands of transactions held the loop for minutes: issue 11)."""
+    clock = _Clock()
+    fold = SlowTotals(clock)
+    for n in range(1, 41):
+        feed(fold, str(n), ["1.00"], 100 * n)
+        fold.marker("crm", end(str(n), {"crm.payment": 1}), record("cdc.crm.transaction", n))
+    slicer = Slicer(0.02, clock)
+    progress: list[int] = []  # transactions folded each time the other task ran
+
+    async def ticker() -> None:
+        while True:
+            progress.append(len(fold.seen))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    try:
+        out = await slicer.drive(fold.steps(("crm",)))
+    finally:
+        task.cancel()
+    assert out.applied == 40 and fold.totals == {7: Decimal("40.00")}
+    # 40 transactions of 30 ms, slices of 20 ms: a pause before each but the first
+    assert slicer.pauses >= 39
+    assert {n for n in progress if 0 < n < 40} == set(range(1, 40))

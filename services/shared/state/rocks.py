@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from services.shared.state.store import prefix_end
 
 
 class RocksState:
@@ -42,7 +44,15 @@ class RocksState:
         return None if value is None else bytes(value)
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        iterator = self.db.iter()
+        # Bounded at the prefix's end: a seek skips deleted keys (tombstones, until a
+        # compaction drops them) up to the next live key, which without the bound is
+        # searched past the prefix, through every later deleted key (issue 11: 1.4 ms a
+        # seek in a replay whose paid installments deleted their index entries).
+        options = ReadOptions()
+        end = prefix_end(prefix)
+        if end is not None:
+            options.set_iterate_upper_bound(end)
+        iterator = self.db.iter(options)
         iterator.seek(max(prefix, start) if start is not None else prefix)
         while iterator.valid():
             key = iterator.key()

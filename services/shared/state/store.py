@@ -25,6 +25,8 @@ import bisect
 from collections.abc import Iterator, Mapping
 from typing import Protocol
 
+from sortedcontainers import SortedList
+
 
 class KeyValue(Protocol):
     """Ordered raw key-value access, what the pure core needs."""
@@ -84,7 +86,7 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
-def _end(prefix: bytes) -> bytes | None:
+def prefix_end(prefix: bytes) -> bytes | None:
     """The smallest key greater than every key starting with ``prefix``."""
     stripped = prefix.rstrip(b"\xff")
     if not stripped:
@@ -116,7 +118,7 @@ class MemoryState:
             self._sorted = sorted(self.data)
         keys = self._sorted
         low = max(prefix, start) if start is not None else prefix
-        end = _end(prefix)
+        end = prefix_end(prefix)
         i = bisect.bisect_left(keys, low)
         while i < len(keys):
             key = keys[i]
@@ -166,11 +168,20 @@ class _DictWriter:
 
 
 class Overlay:
-    """A batch's writes buffered over ``base``; see the module docstring."""
+    """A batch's writes buffered over ``base``; see the module docstring.
+
+    The written keys are also kept in key order (:class:`SortedList`), so a
+    :meth:`scan` merges the base's entries with the batch's own lazily: it costs a
+    search plus the entries it hands out, however many keys the batch has written
+    (a scan that filtered every written key made a batch's fold quadratic: issue 11's
+    replay of one change per transaction stalled at thousands of keys a batch)."""
 
     def __init__(self, base: StateStore) -> None:
         self.base = base
         self.pending: dict[bytes, bytes | None] = {}
+        self._keys: SortedList = SortedList()
+        #: keys added to ``_keys`` so far: a scan searches again only after one
+        self._added = 0
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.pending:
@@ -178,37 +189,63 @@ class Overlay:
         return self.base.get(key)
 
     def put(self, key: bytes, value: bytes) -> None:
+        if key not in self.pending:
+            self._keys.add(key)
+            self._added += 1
         self.pending[key] = value
 
     def delete(self, key: bytes) -> None:
+        if key not in self.pending:
+            self._keys.add(key)
+            self._added += 1
         self.pending[key] = None
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        if not self.pending:
-            yield from self.base.scan(prefix, start)
-            return
+        """The base's entries merged with the batch's writes, in key order.
+
+        Lazy: each entry is read when it is reached, with its value then (a key written
+        or deleted during the scan beyond the entry last handed out counts as written);
+        keys are handed out once each, in ascending order."""
+        keys = self._keys
+        pending = self.pending
+        end = prefix_end(prefix)
+        base = self.base.scan(prefix, start)
+        below = next(base, None)
         low = max(prefix, start) if start is not None else prefix
-        mine = sorted(k for k in self.pending if k.startswith(prefix) and k >= low)
-        if not mine:
-            yield from self.base.scan(prefix, start)
-            return
-        merged = dict(self.base.scan(prefix, start))
-        for key in mine:
-            value = self.pending[key]
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = value
-        for key in sorted(merged):
-            yield key, merged[key]
+        written = keys.irange(low, end, inclusive=(True, False))
+        mine: bytes | None = next(written, None)
+        added = self._added
+        while below is not None or mine is not None:
+            if below is not None and (mine is None or below[0] < mine):
+                key = below[0]
+                yield below
+                below = next(base, None)
+            elif mine is not None:
+                key = mine
+                if below is not None and below[0] == mine:
+                    below = next(base, None)
+                value = pending.get(mine)
+                if value is not None:
+                    yield mine, value
+                if self._added == added:
+                    mine = next(written, None)
+            if self._added != added:
+                # the batch wrote meanwhile (``written`` is then stale): on from ``key``
+                added = self._added
+                written = keys.irange(key, end, inclusive=(False, False))
+                mine = next(written, None)
 
     def drain(self) -> dict[bytes, bytes | None]:
         """The batch's change set; the overlay is empty afterwards."""
         changes, self.pending = self.pending, {}
+        self._keys = SortedList()
+        self._added = 0
         return changes
 
     def discard(self) -> None:
         self.pending = {}
+        self._keys = SortedList()
+        self._added = 0
 
 
 class Prefixed:
@@ -238,4 +275,6 @@ class Prefixed:
             yield key[cut:], value
 
 
-__all__ = ["KeyValue", "MemoryState", "Overlay", "Prefixed", "StateStore", "StateWriter"]
+__all__ = [
+    "KeyValue", "MemoryState", "Overlay", "Prefixed", "StateStore", "StateWriter", "prefix_end",
+]

@@ -75,6 +75,7 @@ from services.receivables.views import (
     invoice_facts,
     plan_entry,
 )
+from services.shared.cooperative import Pausable, run_to_end
 from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
 
@@ -443,11 +444,17 @@ class Receivables(StateView):
     def advance(self, as_of: date) -> Outcome:
         """Move the as-of date forward (never back): what crosses an aging limit or a
         grace moves; the rest is not visited."""
+        return run_to_end(self.advancing(as_of))
+
+    def advancing(self, as_of: date) -> Pausable[Outcome]:
+        """:meth:`advance`, pausable between the due dates and the figures it moves: a
+        day can age thousands of installments (a replay's first as-of date all of them),
+        too long to hold the event loop. Nothing else may use the fold until it ends."""
         before = self.as_of
         if as_of <= before:
             return Outcome()
         try:
-            out = self._advance(before, as_of)
+            out = yield from self._advance(before, as_of)
         except BaseException:
             self.as_of = before
             self._discard()
@@ -455,7 +462,7 @@ class Receivables(StateView):
         self._flush()
         return out
 
-    def _advance(self, before: date, as_of: date) -> Outcome:
+    def _advance(self, before: date, as_of: date) -> Pausable[Outcome]:
         out = Outcome()
         touched = Touched()
         due_dates: set[tuple[date, int]] = set()
@@ -494,9 +501,10 @@ class Receivables(StateView):
                 new = installment_position(contract_id, seq, facts, as_of)
                 if old != new:
                     out.installments[(contract_id, seq)] = new
+            yield None
         self.as_of = as_of
         self.kv.put(codec.META, codec.dumps({"as_of": as_of.toordinal()}))
-        self._settle(touched, out)
+        yield from self._settling(touched, out)
         return out
 
 

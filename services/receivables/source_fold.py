@@ -169,10 +169,10 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
     def observe(self, database: str, at: datetime) -> None:
         self.watermarks.observe(database, at)
 
-    def finish(self, outcome: Outcome, caught_up: Collection[str]) -> None:
+    def finish(self, outcome: Outcome, caught_up: Collection[str]) -> Pausable[None]:
         as_of = self.watermarks.as_of()
         if as_of is not None:
-            outcome.merge(self.core.advance(as_of))
+            outcome.merge((yield from self.core.advancing(as_of)))
         if CRM not in caught_up:
             self.withholding = True
             withhold(outcome)

@@ -48,6 +48,7 @@ from services.receivables.rules import (
     slot_discrepancies,
     slot_identity,
 )
+from services.shared.cooperative import Pausable, run_to_end
 from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
 
@@ -164,6 +165,10 @@ class StateView:
         return header_of(contract) if isinstance(contract, Contract) else None
 
     def _settle(self, touched: Touched, out: Outcome) -> None:
+        run_to_end(self._settling(touched, out))
+
+    def _settling(self, touched: Touched, out: Outcome) -> Pausable[None]:
+        """Evaluate what was touched; pausable between any two of them."""
         customers: set[tuple[int, str]] = set()
         for contract_id in sorted(touched.contracts):
             header = self._header(contract_id)
@@ -174,12 +179,14 @@ class StateView:
             prefix = codec.open_key(currency_prefix(contract_id))
             identities += [k[1:].decode() for k, _ in self.kv.scan(prefix)]
             self._reconcile(identities, found, out)
+            yield None
         for contract_id, seq in sorted(touched.slots):
             facts = self._slot(contract_id, seq)
             found = slot_discrepancies(contract_id, seq, facts, self._header(contract_id),
                                        self.as_of, self.rules)
             self._reconcile([slot_identity(k, contract_id, seq) for k in SLOT_KINDS], found,
                             out)
+            yield None
         for invoice_id in sorted(touched.invoices):
             invoice = self.record(Table.INVOICE, invoice_id)
             found = []
@@ -188,14 +195,17 @@ class StateView:
                 found = invoice_discrepancies(billing, self.as_of, self.rules)
             self._reconcile([invoice_identity(k, invoice_id) for k in INVOICE_KINDS], found,
                             out)
+            yield None
         for payment_id, payment in sorted(touched.payments.items()):
             found = []
             if payment is not None and payment.posted and payment.invoice_id is None:
                 found = [payment_discrepancy(payment.id, payment.customer_id, payment.reference,
                                              payment.currency, payment.amount)]
             self._reconcile([payment_identity(payment_id)], found, out)
+            yield None
         for account_id, currency in sorted(customers):
             self._customer_figures(account_id, currency, out)
+            yield None
 
     def _contract_figures(self, contract_id: int, header: ContractHeader | None,
                           sums: Mapping[str, Sums], customers: set[tuple[int, str]],

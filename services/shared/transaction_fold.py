@@ -15,7 +15,8 @@ A subclass supplies, in plain synchronous code over its state (``KeyValue``):
 - ``apply(records, transaction, outcome)``: fold one whole transaction into ``outcome``
   (the service's own type of what the step changed: rows to write, events to publish);
 - ``new_outcome()``; optionally ``observe(database, at)`` (a heartbeat: source time) and
-  ``finish(outcome, caught_up)`` (end of the step: time-driven work, e.g. aging).
+  ``finish(outcome, caught_up)`` (end of the step: time-driven work, e.g. aging; pausable
+  when it may be long).
 
 The step it returns (:class:`Applied`) carries the outcome, the dead letters, and the
 records to release once the effects are durable (:func:`dead_letter_all` writes the
@@ -94,8 +95,11 @@ class TransactionFold(Generic[R, Out]):
     def observe(self, database: str, at: datetime) -> None:
         """Source time of ``database`` moved on (a heartbeat, a commit)."""
 
-    def finish(self, outcome: Out, caught_up: Collection[str]) -> None:
-        """End of a step: work driven by time rather than by a change."""
+    def finish(self, outcome: Out, caught_up: Collection[str]) -> Pausable[None] | None:
+        """End of a step: work driven by time rather than by a change. May be pausable
+        (a generator: the runner gives the loop back at its yields once a slice is used),
+        for work that grows with the state (e.g. every installment a new day ages)."""
+        return None
 
     # ------------------------------------------------------------------ the feed
 
@@ -135,7 +139,9 @@ class TransactionFold(Generic[R, Out]):
                 # loop for seconds when one took milliseconds: issue 11's replay)
                 yield None
                 self._fold_whole(database, whole, out)
-        self.finish(out.outcome, caught_up)
+        finishing = self.finish(out.outcome, caught_up)
+        if finishing is not None:
+            yield from finishing
         return out
 
     def _fold_whole(self, database: str, whole: Whole[Handle], out: Applied[Out]) -> None:

@@ -186,7 +186,7 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
         notes = self._note_rejected(out.rejected)
         if notes:
             out.outcome.merge(self.core.note_incomplete(notes))
-        self._verdicts(CRM in caught_up, out)
+        yield from self._verdicts(CRM in caught_up, out)
         return out
 
     # ------------------------------------------------------------------ rejected rows
@@ -259,13 +259,15 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
             installment_id, contract_id, position, commit_time + UNKNOWN_REFERENCE_GRACE,
             handle)
 
-    def _verdicts(self, crm_caught_up: bool, out: Step) -> None:
-        """Give the verdicts due; keep the records of those still waiting unreleased."""
+    def _verdicts(self, crm_caught_up: bool, out: Step) -> Pausable[None]:
+        """Give the verdicts due; keep the records of those still waiting unreleased
+        (pausable between them: up to :data:`AWAITING_LIMIT` wait)."""
         now = self.watermarks.times.get(CRM)
         withheld: set[int] = set()
         out.release.extend(self._superseded)
         self._superseded = []
         for installment_id, entry in list(self._awaiting.items()):
+            yield None
             stored = self.core.record(Table.INSTALLMENT, installment_id)
             known = (not isinstance(stored, Installment)
                      or stored.contract_id != entry.contract_id

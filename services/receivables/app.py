@@ -43,10 +43,7 @@ SOURCES = SourceTopics.of((CRM, ERP), heartbeats=True)
 REFERENCE_TOPICS = {CRM: ("cdc.crm.contract", "cdc.crm.installment")}
 #: the compacted changelog of the state (declared in deploy/topics.yaml)
 STATE_TOPIC = "state.receivables"
-#: records a batch at most: a batch's effects (rows written back, positions published)
-#: and its state write (one atomic RocksDB write, ~5 keys a change) are not pausable and
-#: grow with it; at 20,000 they held the event loop for 0.3-1 s (issue 11's replay)
-BATCH_MAX = 5_000
+BATCH_MAX = 20_000
 
 
 class Shell:

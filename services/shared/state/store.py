@@ -180,8 +180,6 @@ class Overlay:
         self.base = base
         self.pending: dict[bytes, bytes | None] = {}
         self._keys: SortedList = SortedList()
-        #: keys added to ``_keys`` so far: a scan searches again only after one
-        self._added = 0
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.pending:
@@ -191,61 +189,49 @@ class Overlay:
     def put(self, key: bytes, value: bytes) -> None:
         if key not in self.pending:
             self._keys.add(key)
-            self._added += 1
         self.pending[key] = value
 
     def delete(self, key: bytes) -> None:
         if key not in self.pending:
             self._keys.add(key)
-            self._added += 1
         self.pending[key] = None
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """The base's entries merged with the batch's writes, in key order.
 
-        Lazy: each entry is read when it is reached, with its value then (a key written
-        or deleted during the scan beyond the entry last handed out counts as written);
-        keys are handed out once each, in ascending order."""
-        keys = self._keys
+        The batch's writes in the range are taken when the scan starts (writes made
+        during it are not seen, as before); the base's entries are read lazily (it is
+        not written during a batch), so a scan stopped early reads no more of it."""
+        low = max(prefix, start) if start is not None else prefix
         pending = self.pending
-        end = prefix_end(prefix)
+        mine = [(key, pending[key])
+                for key in self._keys.irange(low, prefix_end(prefix), inclusive=(True, False))]
+        if not mine:
+            yield from self.base.scan(prefix, start)
+            return
         base = self.base.scan(prefix, start)
         below = next(base, None)
-        low = max(prefix, start) if start is not None else prefix
-        written = keys.irange(low, end, inclusive=(True, False))
-        mine: bytes | None = next(written, None)
-        added = self._added
-        while below is not None or mine is not None:
-            if below is not None and (mine is None or below[0] < mine):
-                key = below[0]
+        for key, value in mine:
+            while below is not None and below[0] < key:
                 yield below
                 below = next(base, None)
-            elif mine is not None:
-                key = mine
-                if below is not None and below[0] == mine:
-                    below = next(base, None)
-                value = pending.get(mine)
-                if value is not None:
-                    yield mine, value
-                if self._added == added:
-                    mine = next(written, None)
-            if self._added != added:
-                # the batch wrote meanwhile (``written`` is then stale): on from ``key``
-                added = self._added
-                written = keys.irange(key, end, inclusive=(False, False))
-                mine = next(written, None)
+            if below is not None and below[0] == key:
+                below = next(base, None)
+            if value is not None:
+                yield key, value
+        while below is not None:
+            yield below
+            below = next(base, None)
 
     def drain(self) -> dict[bytes, bytes | None]:
         """The batch's change set; the overlay is empty afterwards."""
         changes, self.pending = self.pending, {}
         self._keys = SortedList()
-        self._added = 0
         return changes
 
     def discard(self) -> None:
         self.pending = {}
         self._keys = SortedList()
-        self._added = 0
 
 
 class Prefixed:

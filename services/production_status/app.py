@@ -46,6 +46,13 @@ SERVICE_NAME = "production-status"
 IDENTITY_TOPIC = "ambidex.order-identity"
 CHANGE_TOPICS = (*(f"cdc.erp.{t}" for t in ERP_TABLES), *(f"cdc.crm.{t}" for t in CRM_TABLES))
 SOURCES = SourceTopics.of(("erp", "crm"), heartbeats=True, published=(IDENTITY_TOPIC,))
+#: per source database, the topics that bring the rows others name (a row naming one
+#: still unknown is judged once these are read to their end: services/shared/verdicts.py)
+REFERENCE_TOPICS = {
+    "erp": ("cdc.erp.sales_order", "cdc.erp.production_order", "cdc.erp.shipment",
+            "cdc.erp.transaction"),
+    "crm": ("cdc.crm.sales_order", "cdc.crm.transaction"),
+}
 STATE_TOPIC = "state.production-status"
 BATCH_MAX = 5_000
 
@@ -71,6 +78,7 @@ class Shell:
             load=load,
             apply=self.effects.apply,
             published=StatusFold.published,
+            reference_topics=REFERENCE_TOPICS,
             max_records=BATCH_MAX,
         )
         self.source = self.runner.source

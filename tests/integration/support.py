@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ambidex.stack.processes import DetachedProcess, pid_alive
+from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.cdc_schemas import load_envelope_schemas
 from services.shared.changes import ChangeDecoder, ChangeEvent, Tombstone
 from services.shared.transactions import CompleteTransaction, TransactionAssembler, decode_marker
+from tests.conftest import ServiceProcess
 
 
 class CdcTap:
@@ -126,3 +132,120 @@ def kill_component(process: DetachedProcess) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{process.name} (pid {pid}) survived SIGKILL")
         time.sleep(0.1)
+
+
+async def read_topic(
+    bootstrap: str, topic: str, accept: Callable[[bytes | None], bool], *, raw: bool = False
+) -> list[tuple[bytes | None, Any]]:
+    """Every record of ``topic`` from the beginning whose key ``accept`` takes, as
+    ``(key, decoded Avro value, None for a tombstone)`` (``raw``: the value's bytes)."""
+    codec = AvroCodec(SchemaCatalogue.load())
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(bootstrap, [topic])
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        found: list[tuple[bytes | None, Any]] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    if accept(record.key) and raw:
+                        found.append((record.key, record.value))
+                    elif accept(record.key):
+                        value = None if record.value is None else codec.decode(record.value)
+                        found.append((record.key, None if value is None else dict(value.record)))
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def values_with_key(bootstrap: str, topic: str, key: bytes) -> list[dict[str, Any]]:
+    """Every decoded value (tombstones left out) with ``key`` on ``topic``, from the
+    beginning, in order."""
+    return [v for _, v in await read_topic(bootstrap, topic, lambda k: k == key)
+            if v is not None]
+
+
+async def metric(process: ServiceProcess, name: str) -> float:
+    """Sum of a Prometheus metric's samples (every label set) on the service's /metrics."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{process.metrics_url}/metrics")).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            head = line.split(" ")[0]
+            if head == name or head.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def replay_from_the_beginning(
+    bootstrap: str, *, group: str, topics: Iterable[str], state_topic: str, state_dir: Path
+) -> dict[TopicPartition, int]:
+    """Set a stopped service up to rebuild from its sources alone: the group's offsets
+    at the beginning of ``topics``, no local state (``state_dir``) and no changelog to
+    restore from (a compacted topic refuses delete-records: every key is tombstoned, the
+    offsets entry ``o`` last, so a restore finds an empty state). Returns the end
+    offsets at the rewind: the replay is done when the group's commits reach them."""
+    partitions = await topic_partitions(bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        await consumer.commit(dict((await consumer.beginning_offsets(partitions)).items()))
+    finally:
+        await consumer.stop()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    keys = {k for k, _ in await read_topic(bootstrap, state_topic, bool, raw=True)}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for key in sorted(k for k in keys if k is not None and k != b"o"):
+            await producer.send(state_topic, key=key, value=None, partition=0)
+        await producer.send_and_wait(state_topic, key=b"o", value=None, partition=0)
+    finally:
+        await producer.stop()
+    return ends
+
+
+async def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    partitions = await topic_partitions(bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+async def wait_caught_up(
+    bootstrap: str, group: str, ends: Mapping[TopicPartition, int], *, timeout: float
+) -> None:
+    """Until ``group`` has committed ``ends`` on every partition that has records (an
+    empty one never gets a committed offset); fails naming the partitions behind."""
+    behind: dict[TopicPartition, tuple[int | None, int]] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                 enable_auto_commit=False)
+        await probe.start()
+        try:
+            behind.clear()
+            for tp, end in ends.items():
+                committed = await probe.committed(tp)
+                if end > 0 and (committed is None or committed < end):
+                    behind[tp] = (committed, end)
+        finally:
+            await probe.stop()
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{group} not caught up within {timeout:.0f}s "
+                                 f"(partition: (committed, end)): {behind}")
+        await asyncio.sleep(1.0)

@@ -18,7 +18,6 @@ Invariants protected here, each on a fresh ERP item, warehouse and CRM product:
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,15 +27,18 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ambidex.stack.local import StackAddresses
 from services.demand_signals.emit import SURGE_TOPIC
 from services.inventory_projection.app import CHANGE_TOPICS, SOURCES, STATE_TOPIC
 from services.inventory_projection.available_to_promise import topic_key
 from tests.conftest import ServiceProcess, wait_until
-from tests.integration.support import topic_partitions
-from tests.integration.test_inventory_projection import GROUP, SERVICE, read_topic
+from tests.integration.support import (
+    read_topic,
+    replay_from_the_beginning,
+    wait_caught_up,
+)
+from tests.integration.test_inventory_projection import GROUP, SERVICE
 
 pytestmark = pytest.mark.integration
 
@@ -306,45 +308,14 @@ async def test_replay_from_the_beginning_changes_no_answer_and_raises_no_surge_t
     before_answers, before_priorities = await _answer_rows(stack), await _priority_rows(stack)
     before_events = await read_topic(stack.kafka_bootstrap, SURGE_TOPIC, bool)
 
-    topics = [*CHANGE_TOPICS, *SOURCES.topics]
-    partitions = await topic_partitions(stack.kafka_bootstrap, topics)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        earliest = await consumer.beginning_offsets(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.commit(dict(earliest.items()))
-    finally:
-        await consumer.stop()
-    shutil.rmtree(Path(projection.environment["AMBIDEX_TABLE_STATE_DIR"]) / SERVICE)
-    keys = {k for k, _ in await read_topic(stack.kafka_bootstrap, STATE_TOPIC, bool, raw=True)}
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
-    await producer.start()
-    try:
-        for key in sorted(k for k in keys if k is not None and k != b"o"):
-            await producer.send(STATE_TOPIC, key=key, value=None, partition=0)
-        await producer.send_and_wait(STATE_TOPIC, key=b"o", value=None, partition=0)
-    finally:
-        await producer.stop()
+    ends = await replay_from_the_beginning(
+        stack.kafka_bootstrap, group=GROUP, topics=[*CHANGE_TOPICS, *SOURCES.topics],
+        state_topic=STATE_TOPIC,
+        state_dir=Path(projection.environment["AMBIDEX_TABLE_STATE_DIR"]) / SERVICE,
+    )
     projection.start()
     await projection.wait_ready()
-
-    async def caught_up() -> bool:
-        probe = AIOKafkaConsumer(
-            bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP, enable_auto_commit=False)
-        await probe.start()
-        try:
-            for tp in partitions:
-                committed = await probe.committed(tp)
-                if committed is None or committed < ends[tp]:
-                    return False
-            return True
-        finally:
-            await probe.stop()
-
-    await wait_until(caught_up, timeout=180, interval=1.0)
+    await wait_caught_up(stack.kafka_bootstrap, GROUP, ends, timeout=180)
     after_answers, after_priorities = await _answer_rows(stack), await _priority_rows(stack)
     assert {k: after_answers[k] for k in before_answers} == before_answers
     assert {k: after_priorities[k] for k in before_priorities} == before_priorities

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,7 +32,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from ambidex.stack.local import StackAddresses
 from services.inventory_projection.app import (
@@ -47,10 +46,14 @@ from services.inventory_projection.recompute import (
     read_projection,
     recompute_availability,
 )
-from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.deadletters import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
-from tests.integration.support import topic_partitions
+from tests.integration.support import (
+    metric,
+    read_topic,
+    replay_from_the_beginning,
+    wait_caught_up,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -154,49 +157,6 @@ def quantities(
 ) -> Callable[[Figures], bool]:
     want = tuple(Decimal(str(v)) for v in (on_hand, reserved, pending, atp))
     return lambda f: (f.on_hand, f.reserved, f.pending, f.atp) == want
-
-
-async def read_topic(
-    bootstrap: str, topic: str, accept: Callable[[bytes | None], bool], *, raw: bool = False
-) -> list[tuple[bytes | None, Any]]:
-    """Every record of ``topic`` from the beginning whose key ``accept`` takes, as
-    ``(key, decoded Avro value, None for a tombstone)`` (``raw``: the value's bytes)."""
-    codec = AvroCodec(SchemaCatalogue.load())
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = await topic_partitions(bootstrap, [topic])
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        found: list[tuple[bytes | None, Any]] = []
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    if accept(record.key) and raw:
-                        found.append((record.key, record.value))
-                    elif accept(record.key):
-                        value = None if record.value is None else codec.decode(record.value)
-                        found.append((record.key, None if value is None else dict(value.record)))
-        return found
-    finally:
-        await consumer.stop()
-
-
-async def metric(process: ServiceProcess, name: str) -> float:
-    """Sum of a Prometheus metric's samples on the service's /metrics."""
-    import httpx
-
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{process.metrics_url}/metrics")).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            head = line.split(" ")[0]
-            if head == name or head.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -548,52 +508,15 @@ async def test_replay_from_the_beginning_changes_nothing(
     projection.stop()
     before = await read_projection(stack.crm_admin_dsn)
 
-    # every source topic from the beginning
-    topics = [*CHANGE_TOPICS, *SOURCES.topics]
-    partitions = await topic_partitions(stack.kafka_bootstrap, topics)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP, enable_auto_commit=False
+    # every source topic from the beginning, with no state to restore
+    ends = await replay_from_the_beginning(
+        stack.kafka_bootstrap, group=GROUP, topics=[*CHANGE_TOPICS, *SOURCES.topics],
+        state_topic=STATE_TOPIC,
+        state_dir=Path(projection.environment["AMBIDEX_TABLE_STATE_DIR"]) / SERVICE,
     )
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        earliest = await consumer.beginning_offsets(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.commit(dict(earliest.items()))
-    finally:
-        await consumer.stop()
-    # no local state and no changelog to restore it from: nothing but the source topics
-    shutil.rmtree(Path(projection.environment["AMBIDEX_TABLE_STATE_DIR"]) / SERVICE)
-    # (a compacted topic refuses delete-records: tombstone every key it holds instead,
-    # the offsets entry last, so a restore finds an empty state)
-    keys = {k for k, _ in await read_topic(stack.kafka_bootstrap, STATE_TOPIC, bool, raw=True)}
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
-    await producer.start()
-    try:
-        for key in sorted(k for k in keys if k is not None and k != b"o"):
-            await producer.send(STATE_TOPIC, key=key, value=None, partition=0)
-        await producer.send_and_wait(STATE_TOPIC, key=b"o", value=None, partition=0)
-    finally:
-        await producer.stop()
-
     projection.start()
     await projection.wait_ready()
-
-    async def caught_up() -> bool:
-        probe = AIOKafkaConsumer(
-            bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP, enable_auto_commit=False
-        )
-        await probe.start()
-        try:
-            for tp in partitions:
-                committed = await probe.committed(tp)
-                if committed is None or committed < ends[tp]:
-                    return False
-            return True
-        finally:
-            await probe.stop()
-
-    await wait_until(caught_up, timeout=180, interval=1.0)
+    await wait_caught_up(stack.kafka_bootstrap, GROUP, ends, timeout=180)
     # no source record is dead-lettered twice (for the same cause)
     letters = [
         letter

@@ -26,15 +26,13 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from ambidex.stack.local import StackAddresses
-from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.deadletters import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.conftest import Dbs
-from tests.integration.support import topic_partitions
+from tests.integration.support import metric, values_with_key
 
 SERVICE = "order-sync"
 
@@ -172,44 +170,6 @@ def lines_of(order: dict[str, Any]) -> list[tuple[int, int, Decimal, Decimal]]:
     ]
 
 
-async def read_topic(
-    bootstrap: str, topic: str, key: bytes, *, codec: AvroCodec | None = None
-) -> list[dict[str, Any]]:
-    """Every record with ``key`` on ``topic`` so far (decoded), from the beginning."""
-    codec = codec or AvroCodec(SchemaCatalogue.load())
-    partitions = await topic_partitions(bootstrap, [topic])
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    found: list[dict[str, Any]] = []
-    try:
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        for tp, offset in (await consumer.beginning_offsets(partitions)).items():
-            consumer.seek(tp, offset)
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < ends[tp] for tp in partitions])
-
-        while await behind():
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    if record.key == key and record.value is not None:
-                        found.append(codec.decode(record.value).record)
-    finally:
-        await consumer.stop()
-    return found
-
-
-async def metric(process: ServiceProcess, name: str) -> float:
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{process.metrics_url}/metrics")).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 # --------------------------------------------------------------------------- tests
 
 
@@ -252,7 +212,7 @@ async def test_confirmed_order_becomes_one_erp_order_for_a_new_customer(
     )
     assert identity is not None and identity["erp_order_id"] == header["id"]
     assert status["erp_order_id"] == header["id"] and status["erp_order_name"] == header["name"]
-    published = await read_topic(
+    published = await values_with_key(
         stack.kafka_bootstrap, "ambidex.order-identity", str(order_id).encode()
     )
     assert published and published[-1]["erp_order_id"] == header["id"]
@@ -351,7 +311,7 @@ async def test_unsyncable_order_is_rejected_whole_and_synced_once_fixed(
     assert await erp.fetchval(
         "SELECT count(*) FROM erp.customer WHERE crm_account_id = $1", account
     ) == 0
-    conflicts = await read_topic(
+    conflicts = await values_with_key(
         stack.kafka_bootstrap, "ambidex.order-conflicts", str(order_id).encode()
     )
     assert [c["kind"] for c in conflicts][-1:] == ["rejected"]
@@ -415,7 +375,7 @@ async def test_erp_progress_flows_back_and_own_writes_do_not_echo(
         order["header"]["id"],
     )
     await wait_status(crm, order_id, "partially_shipped")
-    published = await read_topic(
+    published = await values_with_key(
         stack.kafka_bootstrap, "ambidex.order-status", str(order_id).encode()
     )
     assert [p["status"] for p in published] == ["synced", "reserved", "partially_shipped"]
@@ -456,7 +416,7 @@ async def test_conflicting_change_after_shipment_is_a_conflict(
     after = await erp_order(erp, order_id)
     assert after is not None and lines_of(after) == lines_of(order)  # ERP unchanged
     assert after["header"]["crm_order_version"] == 1
-    conflicts = await read_topic(
+    conflicts = await values_with_key(
         stack.kafka_bootstrap, "ambidex.order-conflicts", str(order_id).encode()
     )
     assert conflicts and conflicts[-1]["kind"] == "conflict"

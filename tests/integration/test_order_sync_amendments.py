@@ -34,6 +34,7 @@ from ambidex.stack.local import StackAddresses
 from services.shared.deadletters import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.conftest import Dbs
+from tests.integration.support import values_with_key
 from tests.integration.test_order_sync import (
     SERVICE,
     catalogue,
@@ -41,7 +42,6 @@ from tests.integration.test_order_sync import (
     lines_of,
     new_account,
     new_order,
-    read_topic,
     sync_status,
     wait_status,
 )
@@ -155,7 +155,7 @@ async def test_reserved_line_removal_is_a_conflict_kept_until_the_erp_releases_i
     assert status["reason"] == (
         f"line 3 cannot be removed: 1 unit is reserved in warehouse {cat.warehouse_code}"
     )
-    conflicts = await read_topic(
+    conflicts = await values_with_key(
         stack.kafka_bootstrap, "ambidex.order-conflicts", str(order_id).encode()
     )
     assert conflicts[-1]["kind"] == "conflict" and conflicts[-1]["crm_order_version"] == 2

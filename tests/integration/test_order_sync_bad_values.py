@@ -31,12 +31,12 @@ from ambidex.stack.local import StackAddresses
 from services.shared.deadletters import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.conftest import Dbs
+from tests.integration.support import metric
 from tests.integration.test_order_sync import (
     SERVICE,
     catalogue,
     erp_order,
     erp_order_count,
-    metric,
     new_account,
     new_order,
     wait_status,

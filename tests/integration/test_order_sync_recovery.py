@@ -29,12 +29,11 @@ from ambidex.stack.local import LocalStack, StackAddresses
 from services.order_sync.app import CRM_TOPICS, ERP_TOPICS
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.conftest import Dbs
-from tests.integration.support import topic_partitions
+from tests.integration.support import metric, topic_partitions
 from tests.integration.test_order_sync import (
     SERVICE,
     Catalogue,
     catalogue,
-    metric,
     new_account,
     new_order,
     wait_status,

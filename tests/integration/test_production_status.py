@@ -40,7 +40,7 @@ from tests.integration.production_status_support import (
     synced_order,
     wait_row,
 )
-from tests.integration.test_order_sync import read_topic
+from tests.integration.support import values_with_key
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ async def test_an_order_shows_each_step_of_its_production_and_delivery(
                               "WHERE crm_order_id = $1 AND line_no = 1", order.crm_id)
     assert line is not None and (line["stage"], line["delivered"]) == ("delivered", 5)
     # one status per CRM order on the topic too: its latest record says the same
-    records = await read_topic(stack.kafka_bootstrap, "ambidex.fulfilment-status",
+    records = await values_with_key(stack.kafka_bootstrap, "ambidex.fulfilment-status",
                                topic_key(order.crm_id))
     assert {r["crm_order_id"] for r in records} == {order.crm_id}
     latest = records[-1]
@@ -115,7 +115,7 @@ async def test_a_delay_raises_a_risk_once_and_the_delivery_clears_it(
     findings = json.loads(events[0]["findings"])
     assert findings[0]["reason"] == "prediction_past_promise"
     assert findings[0]["evidence"]["promised_date"] == row["promised_date"].isoformat()
-    published = await read_topic(stack.kafka_bootstrap, "ambidex.delay-risks",
+    published = await values_with_key(stack.kafka_bootstrap, "ambidex.delay-risks",
                                  topic_key(order.crm_id))
     assert sorted({r["risk_id"] for r in published}) == [e["risk_id"] for e in events]
 
@@ -148,7 +148,7 @@ async def test_a_complaint_about_a_failed_inspection_is_triaged_to_quality(
     failed = [e for e in evidence if e["verdict"] == "failed"]
     assert failed and failed[0]["facts"]["inspector"] == f"Q-{unique}"
     assert failed[0]["facts"]["notes"] == "scratched housing"
-    published = await read_topic(stack.kafka_bootstrap, "ambidex.case-triage", topic_key(case))
+    published = await values_with_key(stack.kafka_bootstrap, "ambidex.case-triage", topic_key(case))
     assert published and published[-1]["culprit"] == "quality"
 
 

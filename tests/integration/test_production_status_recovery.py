@@ -20,7 +20,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ambidex.stack.local import StackAddresses
 from services.production_status.app import CHANGE_TOPICS, SOURCES, STATE_TOPIC
@@ -41,8 +40,11 @@ from tests.integration.production_status_support import (
     synced_order,
     wait_row,
 )
-from tests.integration.support import topic_partitions
-from tests.integration.test_inventory_projection import read_topic
+from tests.integration.support import (
+    end_offsets,
+    replay_from_the_beginning,
+    wait_caught_up,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -109,59 +111,9 @@ async def test_sigkill_during_a_burst_converges_to_the_recomputation(
     await converged(stack, orders)
 
 
-async def reset_to_the_beginning(stack: StackAddresses, process: ServiceProcess) -> None:
-    """Group offsets at the beginning, no local state and no changelog to restore from
-    (a compacted topic refuses delete-records: every key tombstoned, the offsets entry
-    last, so a restore finds an empty state)."""
-    topics = [*CHANGE_TOPICS, *SOURCES.topics]
-    partitions = await topic_partitions(stack.kafka_bootstrap, topics)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.commit(dict((await consumer.beginning_offsets(partitions)).items()))
-    finally:
-        await consumer.stop()
-    shutil.rmtree(Path(process.environment["AMBIDEX_TABLE_STATE_DIR"]) / SERVICE,
-                  ignore_errors=True)
-    keys = {k for k, _ in await read_topic(stack.kafka_bootstrap, STATE_TOPIC, bool, raw=True)}
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
-    await producer.start()
-    try:
-        for key in sorted(k for k in keys if k is not None and k != b"o"):
-            await producer.send(STATE_TOPIC, key=key, value=None, partition=0)
-        await producer.send_and_wait(STATE_TOPIC, key=b"o", value=None, partition=0)
-    finally:
-        await producer.stop()
-
-
 async def caught_up(stack: StackAddresses) -> None:
-    topics = [*CHANGE_TOPICS, *SOURCES.topics]
-    partitions = await topic_partitions(stack.kafka_bootstrap, topics)
-    probe = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP,
-                             enable_auto_commit=False)
-    await probe.start()
-    try:
-        ends = await probe.end_offsets(partitions)
-    finally:
-        await probe.stop()
-
-    async def done() -> bool:
-        check = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP,
-                                 enable_auto_commit=False)
-        await check.start()
-        try:
-            for tp in partitions:
-                committed = await check.committed(tp)
-                # (a partition that never had a record has no committed offset)
-                if ends[tp] > 0 and (committed is None or committed < ends[tp]):
-                    return False
-            return True
-        finally:
-            await check.stop()
-
-    await wait_until(done, timeout=240, interval=1.0)
+    ends = await end_offsets(stack.kafka_bootstrap, [*CHANGE_TOPICS, *SOURCES.topics])
+    await wait_caught_up(stack.kafka_bootstrap, GROUP, ends, timeout=240)
 
 
 async def test_replay_from_the_beginning_changes_nothing(
@@ -183,10 +135,14 @@ async def test_replay_from_the_beginning_changes_nothing(
     assert [r["level"] for r in risks_before
             if r["risk_id"].startswith(f"{late.crm_id}:")] == ["late", "none"]
 
-    await reset_to_the_beginning(stack, production)
+    ends = await replay_from_the_beginning(
+        stack.kafka_bootstrap, group=GROUP, topics=[*CHANGE_TOPICS, *SOURCES.topics],
+        state_topic=STATE_TOPIC,
+        state_dir=Path(production.environment["AMBIDEX_TABLE_STATE_DIR"]) / SERVICE,
+    )
     production.start()
     await production.wait_ready()
-    await caught_up(stack)
+    await wait_caught_up(stack.kafka_bootstrap, GROUP, ends, timeout=240)
 
     after = await read_statuses(stack.crm_admin_dsn)
     assert set(after) >= set(before)

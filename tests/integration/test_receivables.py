@@ -36,7 +36,7 @@ from services.receivables.reconcile_cli import reconcile_once
 from services.receivables.tables import RowDifference
 from services.shared.deadletters import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
-from tests.integration.test_inventory_projection import metric, read_topic
+from tests.integration.support import metric, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -22,15 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ambidex.stack.local import StackAddresses
 from services.receivables.app import CHANGE_TOPICS, SOURCES, STATE_TOPIC
 from services.receivables.emit import DISCREPANCY_TOPIC
 from services.shared.deadletters import read_dead_letters
-from tests.conftest import ServiceProcess, wait_until
-from tests.integration.support import topic_partitions
-from tests.integration.test_inventory_projection import read_topic
+from tests.conftest import ServiceProcess
+from tests.integration.support import (
+    read_topic,
+    replay_from_the_beginning,
+    wait_caught_up,
+)
 from tests.integration.test_receivables import (
     GROUP,
     SERVICE,
@@ -154,54 +156,15 @@ async def test_replay_from_the_beginning_changes_nothing(
     events_before = await read_topic(stack.kafka_bootstrap, DISCREPANCY_TOPIC, mine)
     receivables.stop()
 
-    # every source topic from the beginning
-    topics = [*CHANGE_TOPICS, *SOURCES.topics]
-    partitions = await topic_partitions(stack.kafka_bootstrap, topics)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        earliest = await consumer.beginning_offsets(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.commit(dict(earliest.items()))
-    finally:
-        await consumer.stop()
-    # no local state and no changelog to restore it from (tombstones: compacted topic)
-    shutil.rmtree(Path(receivables.environment["AMBIDEX_TABLE_STATE_DIR"]) / SERVICE)
-    keys = {k for k, _ in await read_topic(stack.kafka_bootstrap, STATE_TOPIC, bool, raw=True)}
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
-    await producer.start()
-    try:
-        for key in sorted(k for k in keys if k is not None and k != b"o"):
-            await producer.send(STATE_TOPIC, key=key, value=None, partition=0)
-        await producer.send_and_wait(STATE_TOPIC, key=b"o", value=None, partition=0)
-    finally:
-        await producer.stop()
-
+    # every source topic from the beginning, with no state to restore
+    ends = await replay_from_the_beginning(
+        stack.kafka_bootstrap, group=GROUP, topics=[*CHANGE_TOPICS, *SOURCES.topics],
+        state_topic=STATE_TOPIC,
+        state_dir=Path(receivables.environment["AMBIDEX_TABLE_STATE_DIR"]) / SERVICE,
+    )
     receivables.start()
     await receivables.wait_ready()
-
-    behind: dict[Any, tuple[int | None, int]] = {}
-
-    async def caught_up() -> bool:
-        probe = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=GROUP,
-                                 enable_auto_commit=False)
-        await probe.start()
-        try:
-            behind.clear()
-            for tp in partitions:
-                committed = await probe.committed(tp)
-                if committed is None or committed < ends[tp]:
-                    behind[tp] = (committed, ends[tp])
-            return not behind
-        finally:
-            await probe.stop()
-
-    try:
-        await wait_until(caught_up, timeout=420, interval=1.0)
-    except AssertionError:
-        raise AssertionError(f"not caught up: {behind}") from None
+    await wait_caught_up(stack.kafka_bootstrap, GROUP, ends, timeout=420)
     await reconciled(stack, {contract}, {party.account_id})
     after = [tuple(r) for r in await crm.fetch(LIVE_ROWS, [contract])]
     assert after == before

@@ -32,10 +32,10 @@ from services.inventory_projection.recompute import (
 from services.shared.deadletters import DeadLetter, read_dead_letters
 from services.shared.errors import Cause
 from tests.conftest import ServiceProcess, wait_until
+from tests.integration.support import metric
 from tests.integration.test_inventory_projection import (
     connections,
     expect,
-    metric,
     new_fixture,
     quantities,
     receive,

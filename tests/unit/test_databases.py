@@ -23,8 +23,10 @@ async def _no_sleep(_: float) -> None:
 
 @dataclass
 class FakeSettings:
-    crm_dsn: SecretStr = SecretStr("postgresql://app:hunter2@crm:5432/crm")
-    erp_dsn: SecretStr = SecretStr("postgresql://app:hunter2@erp:5432/erp")
+    crm_dsn: SecretStr = field(
+        default_factory=lambda: SecretStr("postgresql://app:hunter2@crm:5432/crm"))
+    erp_dsn: SecretStr = field(
+        default_factory=lambda: SecretStr("postgresql://app:hunter2@erp:5432/erp"))
 
 
 @dataclass
@@ -56,7 +58,7 @@ async def test_a_database_down_at_start_is_waited_for_then_probed_live(
         attempts.append(dsn)
         if len(attempts) < 3:
             if len(attempts) == 2:
-                ok, body = await service.health.readiness()
+                _, body = await service.health.readiness()
                 check = body["checks"]["database:erp"]
                 seen_while_down.append((check["ok"], check["detail"]))
             raise ConnectionRefusedError("connection refused")

@@ -11,9 +11,10 @@ order-sync's ``ambidex.order-identity`` (consumer group
 :mod:`.effects` (CRM write-back, publishing, dead letters). State: the kit's local
 store and its changelog :data:`STATE_TOPIC` (restored from it when the disk is empty).
 
-The clock is source time (see :mod:`.service_fold`); at start it is floored at the
-write position the CRM table already holds, so a worker rebuilt from the source topics
-alone never writes below what is there.
+The clock is source time (see :mod:`.service_fold`); at start the *write position* is
+floored at the one the CRM table already holds (the clock is not), so a worker rebuilt
+from the source topics alone never writes below what is there and still assesses each
+change at its own source time.
 
 Scaling: a status reads rows of several topics and both databases, so the service runs
 as ONE worker (one shard of the state), like inventory-projection.
@@ -85,7 +86,8 @@ class Shell:
         self.pool: asyncpg.Pool | None = None
 
     async def start(self, service: Service) -> None:
-        """Open (or rebuild) the local state, open the write-back, floor the clock."""
+        """Open (or rebuild) the local state, open the write-back, floor the write
+        position."""
         started = time.monotonic()
         restored = await self.runner.open()
 

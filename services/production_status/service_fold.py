@@ -155,11 +155,15 @@ class Meta:
     revision: int = 0
     stages: dict[str, int] = field(default_factory=dict)
     levels: dict[str, int] = field(default_factory=dict)
+    #: the as-of (ms) of the highest write position used or found in the write-back: a
+    #: write never goes below it, whatever the clock (a replay's clock starts far back)
+    written_ms: int = 0
 
     def encode(self) -> bytes:
         return dumps({"seen": {db: t.isoformat() for db, t in self.seen.items()},
                       "now": self.now.isoformat(), "revision": self.revision,
-                      "stages": self.stages, "levels": self.levels})
+                      "stages": self.stages, "levels": self.levels,
+                      "written_ms": self.written_ms})
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Meta:
@@ -168,7 +172,7 @@ class Meta:
         data = loads(raw)
         return cls({db: datetime.fromisoformat(t) for db, t in data["seen"].items()},
                    datetime.fromisoformat(data["now"]), int(data["revision"]),
-                   dict(data["stages"]), dict(data["levels"]))
+                   dict(data["stages"]), dict(data["levels"]), int(data.get("written_ms", 0)))
 
 
 def _digest(record: Mapping[str, Any], stamp: str) -> str:
@@ -223,10 +227,10 @@ class StatusFold(TransactionFold[Change, Outcome]):
 
     def floor(self, at: datetime, revision: int) -> None:
         """Never write below what the write-back already holds (the shell reads it at
-        start): the clock and the revision start at least there."""
-        for database in (CRM, ERP):
-            self.observe(database, at)
-        self.meta.now = max(self.meta.now, at)
+        start): the write position and the revision start at least there. The clock is
+        left to the sources, so a worker rebuilt from them assesses each change at the
+        time it was made, as the live run did (no risk raised that it did not raise)."""
+        self.meta.written_ms = max(self.meta.written_ms, as_of_ms(at))
         self.meta.revision = max(self.meta.revision, revision)
 
     # ------------------------------------------------------------------ rows
@@ -342,7 +346,8 @@ class StatusFold(TransactionFold[Change, Outcome]):
             self._case(case, now, outcome)
         if outcome.writes_anything:
             self.meta.revision += 1
-            outcome.position = SourcePosition(as_of_ms(now), self.meta.revision)
+            self.meta.written_ms = max(self.meta.written_ms, as_of_ms(now))
+            outcome.position = SourcePosition(self.meta.written_ms, self.meta.revision)
         self.kv.put(META, self.meta.encode())
 
     def _sweep(self) -> set[int]:

@@ -23,7 +23,7 @@ from services.customer_value.sources import NOWHERE, Anchor, Node, ReceivablePos
 from services.shared.source_records import record_type
 
 #: the columns each captured table is read with (every column its record reads)
-_QUERIES: Mapping[str, str] = {
+QUERIES: Mapping[str, str] = {
     "crm.account": "SELECT * FROM crm.account",
     "crm.sales_order": "SELECT * FROM crm.sales_order",
     "crm.contract": "SELECT * FROM crm.contract",
@@ -35,7 +35,7 @@ _QUERIES: Mapping[str, str] = {
     "erp.shipment": "SELECT * FROM erp.shipment",
     "erp.shipment_line": "SELECT * FROM erp.shipment_line",
 }
-_POSITIONS = """SELECT contract_id, account_id, currency_code AS currency, invoiced, paid,
+POSITIONS_QUERY = """SELECT contract_id, account_id, currency_code AS currency, invoiced, paid,
                        outstanding
                 FROM crm_integration.receivable_position WHERE NOT deleted"""
 
@@ -99,11 +99,11 @@ def _nets_to_something(nodes: list[Node]) -> bool:
 async def load(crm: asyncpg.Connection, erp: asyncpg.Connection) -> list[Any]:
     """The latest rows of every source, as records (a bad row raises ``BadInput``)."""
     records: list[Any] = []
-    for source, query in _QUERIES.items():
+    for source, query in QUERIES.items():
         database, table = source.split(".")
         connection = crm if database == "crm" else erp
         reader = record_type(database, table)
         records.extend(reader.from_row(dict(row)) for row in await connection.fetch(query))
     records.extend(ReceivablePosition.from_record(dict(row))
-                   for row in await crm.fetch(_POSITIONS))
+                   for row in await crm.fetch(POSITIONS_QUERY))
     return records

@@ -51,6 +51,7 @@ from functools import partial
 
 import asyncpg
 
+from services.demand_signals.surge import SurgeRules
 from services.inventory_projection import demand_signals
 from services.inventory_projection.demand_effects import DemandEffects, max_priority_position
 from services.inventory_projection.effects import AVAILABILITY_TOPIC, SHORTAGE_TOPIC, Effects
@@ -117,7 +118,10 @@ class Shell:
             state_topic=STATE_TOPIC,
             topics=CHANGE_TOPICS,
             sources=SOURCES,
-            load=partial(demand_signals.load, max_hold=self._max_hold),
+            load=partial(demand_signals.load, max_hold=self._max_hold, rules=SurgeRules(
+                factor=service.settings.demand_surge_factor,
+                min_rate=service.settings.demand_surge_min_rate,
+            )),
             apply=self.apply,
             reference_topics=REFERENCE_TOPICS,
             after_commit=self.effects.refresh,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -162,6 +163,24 @@ class ServiceSettings(BaseSettings):
             "decides the same), once it has read the topics of the missing records to their "
             "end; then the transaction is rejected whole to the dead letters (order-sync "
             "also marks its CRM orders rejected)."
+        ),
+    )
+    demand_surge_factor: Decimal = Field(
+        default=Decimal("2"),
+        ge=1,
+        allow_inf_nan=False,
+        description=(
+            "inventory-projection's demand signals: a product's 7-day demand rate above "
+            "its 28-day baseline by this factor is a surge (docs/demand-signals.md)."
+        ),
+    )
+    demand_surge_min_rate: Decimal = Field(
+        default=Decimal("1"),
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Floor of that baseline, units a day, so a first quote on a new product is "
+            "no surge."
         ),
     )
     retry_max_delay_seconds: float = Field(

@@ -6,6 +6,7 @@ passwords never reach repr/str/logs; docs/configuration.md documents every setti
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,13 @@ def test_sasl_without_its_credentials_is_refused_naming_the_variables() -> None:
     message = str(refused.value)
     assert "AMBIDEX_KAFKA_SASL_MECHANISM" in message and "AMBIDEX_KAFKA_SASL_USERNAME" in message
     assert SECRET not in message
+
+
+def test_demand_surge_rules_come_from_the_environment_and_refuse_nan() -> None:
+    settings = load_settings("inventory-projection", {
+        "AMBIDEX_DEMAND_SURGE_FACTOR": "3.5", "AMBIDEX_DEMAND_SURGE_MIN_RATE": "0.5"})
+    assert settings.demand_surge_factor == Decimal("3.5")
+    assert settings.demand_surge_min_rate == Decimal("0.5")
+    for bad in ("NaN", "0.5"):  # not a number; a factor below 1 would call flat demand a surge
+        with pytest.raises(SettingsError, match="AMBIDEX_DEMAND_SURGE_FACTOR"):
+            load_settings("inventory-projection", {"AMBIDEX_DEMAND_SURGE_FACTOR": bad})

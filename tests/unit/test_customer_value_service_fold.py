@@ -27,9 +27,17 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from services.customer_value import emit
-from services.customer_value.service_fold import POSITIONS_TOPIC, Outcome, ValueFold
+from services.customer_value.service_fold import (
+    POSITIONS_TOPIC,
+    Outcome,
+    ValueFold,
+    parse_change,
+    parse_position,
+)
 from services.shared.avro import AvroCodec, SchemaCatalogue
+from services.shared.changes import ChangeOp
 from services.shared.cooperative import run_to_end
+from services.shared.errors import BadInput
 from services.shared.rows import BadColumn
 from services.shared.source_records import erp
 from services.shared.state.store import MemoryState
@@ -182,3 +190,27 @@ def test_a_bad_cost_names_table_and_column(record: Any, row: dict[str, Any],
     with pytest.raises(BadColumn) as caught:
         record.from_row(row)
     assert column in caught.value.reason
+
+
+def test_deletes_take_a_row_out_and_truncates_and_bad_positions_are_bad_input() -> None:
+    source = Source()
+    source.commit("erp", [("customer", CUSTOMER), ("sales_order", ORDER),
+                          ("shipment", shipment(D("12.00")))])
+    source.step()
+    source.xid += 1
+    xid = str(source.xid)
+    gone = change_event("erp", "shipment", op=ChangeOp.DELETE, before=shipment(D("12.00")),
+                        commit_lsn=1_000 * source.xid, transaction_id=xid, commit_time=T0)
+    assert parse_change(gone).node is None
+    source.fold.change(gone, source.record("cdc.erp.shipment"))
+    source.fold.marker("erp", end(xid, {"erp.shipment": 1}, lsn=1_000 * source.xid + 9),
+                       source.record("cdc.erp.transaction"))
+    assert source.step().outcome.values == {(7, "2026-03", "EUR"): None}
+    with pytest.raises(BadInput, match="TRUNCATE"):
+        parse_change(change_event("erp", "shipment", op=ChangeOp.TRUNCATE, commit_lsn=5))
+    record = {"contract_id": 1, "account_id": 7, "currency": "EUR", "invoiced": D("NaN"),
+              "paid": D(0), "outstanding": D(0)}
+    with pytest.raises(BadInput, match="invoiced"):
+        parse_position(b"1", record, 3)
+    with pytest.raises(BadInput, match="not a contract id"):
+        parse_position(b"x", None, 4)

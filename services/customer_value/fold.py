@@ -14,7 +14,8 @@ Keys (``|``-separated text):
 
 - ``n|<source>|<id>`` -> the row's node: position, deleted, parent, own and resolved
   anchor, figures, counted, link, and the bucket its contribution sits in;
-- ``c|<parent source>|<parent id>|<source>|<id>`` -> a child of a row;
+- ``c|<parent source>|<parent id>|<source>|<id>`` -> a child of a row, and
+  ``k|<source>|<id>`` -> how many children it has (no scan for a row without);
 - ``b|<owner>|<month>|<currency>`` -> the bucket (per source: rows and figure sums);
 - ``l|<crm account>|<erp customer>`` -> an ERP customer linked to the account.
 """
@@ -96,6 +97,10 @@ def _children_prefix(source: str, row_id: int) -> bytes:
     return f"c|{source}|{row_id}|".encode()
 
 
+def _count_key(source: str, row_id: int) -> bytes:
+    return f"k|{source}|{row_id}".encode()
+
+
 def _bucket_key(anchor: Anchor) -> str:
     return f"b|{anchor.owner}|{anchor.month}|{anchor.currency}"
 
@@ -121,8 +126,10 @@ class CustomerValues:
         parent = None if node is None else node.parent
         if old is not None and old.parent is not None and old.parent != parent:
             self.kv.delete(_children_prefix(*old.parent) + f"{source}|{row_id}".encode())
+            self._count_child(old.parent, -1)
         if parent is not None and (old is None or old.parent != parent):
             self.kv.put(_children_prefix(*parent) + f"{source}|{row_id}".encode(), b"")
+            self._count_child(parent, 1)
         own = NOWHERE if node is None else node.own
         state = _State(
             position=list(position), deleted=node is None, parent=parent, own=own,
@@ -170,7 +177,20 @@ class CustomerValues:
             child.at = None
             self._settle(child_source, child_id, child, before, touched)
 
+    def _count_child(self, parent: tuple[str, int], step: int) -> None:
+        key = _count_key(*parent)
+        raw = self.kv.get(key)
+        count = (0 if raw is None else int(raw)) + step
+        if count:
+            self.kv.put(key, str(count).encode())
+        else:
+            self.kv.delete(key)
+
     def _children(self, source: str, row_id: int) -> Iterator[tuple[str, int]]:
+        # Most rows have no children (or none yet): their count spares the scan, which
+        # costs more than a lookup (a batch's pending writes are merged into it).
+        if self.kv.get(_count_key(source, row_id)) is None:
+            return
         prefix = _children_prefix(source, row_id)
         for key, _ in self.kv.scan(prefix):
             child_source, child_id = key[len(prefix):].decode().rsplit("|", 1)

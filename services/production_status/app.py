@@ -32,7 +32,7 @@ from services.production_status.effects import Effects
 from services.production_status.service_fold import CRM_TABLES, ERP_TABLES, Outcome, StatusFold
 from services.production_status.writeback import FULFILMENT_STATUS
 from services.shared.batches import attach_sources
-from services.shared.health import pool_probe
+from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
@@ -79,19 +79,10 @@ class Shell:
     async def start(self, service: Service) -> None:
         """Open (or rebuild) the local state, open the write-back, floor the clock."""
         started = time.monotonic()
-        settings = service.settings
         restored = await self.runner.open()
 
-        async def pool() -> asyncpg.Pool:
-            created = await asyncpg.create_pool(
-                settings.crm_dsn.get_secret_value(), min_size=1, max_size=2)
-            assert created is not None
-            return created
-
         # a CRM database that is down at start-up is waited for (readiness says so)
-        self.pool = await service.retry.call(
-            pool, check="database:crm", what="connecting to the CRM database")
-        service.health.add_probe("database:crm", pool_probe(self.pool))
+        self.pool = await open_pool(service, "crm")
         await service.retry.call(self._floor, what="reading the write position")
         self.effects.started(self.pool)
         fold = self.runner.fold

@@ -121,7 +121,14 @@ async def test_replay_from_the_beginning_changes_nothing(
 ) -> None:
     crm, erp = dbs
     late = await synced_order(stack, crm, erp, f"{unique}-late", promised_in_days=1)
-    await walk(erp, late, 0)  # a risk raised (late), then cleared by the delivery
+    # a risk raised (production planned to finish after the promise), then cleared by
+    # the delivery: waited for in between, so it is raised whatever the batching
+    mo = await production_order(erp, late, finish_in_days=21)
+    await wait_row(crm, late.crm_id, lambda r: r["risk_level"] == "late")
+    await start_production(erp, mo)
+    await erp.execute("UPDATE erp.production_order SET state = 'done', qty_produced = 5, "
+                      "date_finished = now() WHERE id = $1", mo)
+    await deliver(erp, await ship(erp, late, 5, tracking=f"T{late.crm_id}"))
     other = await synced_order(stack, crm, erp, f"{unique}-other")
     await walk(erp, other, 1)  # shipped in part, not delivered
     await wait_row(crm, late.crm_id, lambda r: r["stage"] == "delivered"

@@ -47,11 +47,19 @@ async def test_a_killed_service_comes_back_ready_and_the_restart_is_counted(
 ) -> None:
     port = recorded_ports(local_stack.config.state_dir)[SERVICE]
 
-    async def ready() -> bool:
-        component = await _component(local_stack)
-        return component.running and component.detail.startswith("ready")
+    last: list[ComponentStatus] = []
 
-    await wait_until(ready, timeout=120)
+    async def ready() -> bool:
+        last[:] = [await _component(local_stack)]
+        return last[0].running and last[0].detail.startswith("ready")
+
+    async def until_ready() -> None:
+        try:
+            await wait_until(ready, timeout=120)
+        except AssertionError:
+            raise AssertionError(f"{SERVICE} not ready: {last}") from None
+
+    await until_ready()
     first = await _component(local_stack)
     assert first.address == f"http://{local_stack.config.host}:{port}/metrics"
     assert first.restarts == 0
@@ -59,7 +67,7 @@ async def test_a_killed_service_comes_back_ready_and_the_restart_is_counted(
 
     os.kill(first.pid, signal.SIGKILL)
     await wait_until(lambda: not pid_alive(first.pid or 0), timeout=30)
-    await wait_until(ready, timeout=120)
+    await until_ready()
     again = await _component(local_stack)
     assert again.pid != first.pid and again.restarts == 1
     assert "killed by SIGKILL" in again.detail

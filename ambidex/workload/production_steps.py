@@ -5,6 +5,8 @@ already past their planned finish, so production-status sees production run late
 replenishment for stock, output booked in steps, and an inspection per finished run:
 passed (output to stock, reserved for its order line) or failed (the lot is scrapped
 and the run is redone, inspected again by a new inspection: QC failure and rework).
+Costs as the ERP records them (:mod:`.costs`): the planned cost at standard when a run is
+confirmed, the rework on a failed inspection, the actual cost when the run is done.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from decimal import Decimal
 import asyncpg
 
 from ambidex.workload.common import changed_rows
+from ambidex.workload.costs import actual_cost, rework_cost
 from ambidex.workload.erp_operations import (
     OPEN_STATES,
     lock_open_order,
@@ -129,9 +132,14 @@ async def progress_production(w: World, rng: random.Random, index: int) -> int |
                 w.active_production.discard(production_id)
                 return None
             if p["state"] == "planned":
+                # Confirmed: its planned cost frozen at the item's standard cost.
                 await conn.execute(
-                    """UPDATE erp.production_order SET state = 'confirmed', updated_at = now()
-                       WHERE id = $1""",
+                    """UPDATE erp.production_order p SET state = 'confirmed',
+                           standard_cost = round(p.quantity * i.standard_cost,
+                                                 c.decimal_places),
+                           cost_currency_code = i.currency_code, updated_at = now()
+                       FROM erp.item i JOIN erp.currency c ON c.code = i.currency_code
+                       WHERE p.id = $1 AND i.id = p.item_id""",
                     production_id,
                 )
                 return 1
@@ -194,7 +202,9 @@ async def inspect_quality(w: World, rng: random.Random, index: int) -> int | Non
                     target["sales_order_id"],
                 )
             p = await conn.fetchrow(
-                """SELECT id, item_id, warehouse_id, quantity, sales_order_line_id, state
+                """SELECT id, item_id, warehouse_id, quantity, sales_order_line_id, state,
+                          coalesce(standard_cost, 0) AS standard_cost,
+                          coalesce(cost_currency_code, 'EUR') AS cost_currency_code
                    FROM erp.production_order WHERE id = $1 FOR UPDATE""",
                 target["production_order_id"],
             )
@@ -212,6 +222,14 @@ async def inspect_quality(w: World, rng: random.Random, index: int) -> int | Non
             if p["state"] != "in_progress":  # production cancelled meanwhile
                 return 1
             if not passed:
+                # The failed lot's rework is recorded on the inspection.
+                await conn.execute(
+                    """UPDATE erp.quality_inspection SET rework_cost = $2,
+                           cost_currency_code = $3 WHERE id = $1""",
+                    inspection_id,
+                    rework_cost(inspection_id, p["standard_cost"], p["cost_currency_code"]),
+                    p["cost_currency_code"],
+                )
                 await conn.execute(
                     """UPDATE erp.production_order SET qty_produced = 0, updated_at = now()
                        WHERE id = $1""",
@@ -219,10 +237,17 @@ async def inspect_quality(w: World, rng: random.Random, index: int) -> int | Non
                 )
                 w.active_production.add(p["id"])
                 return 2
+            cost = actual_cost(p["id"], p["standard_cost"], p["cost_currency_code"])
             await conn.execute(
                 """UPDATE erp.production_order SET state = 'done', qty_produced = quantity,
-                       date_finished = now(), updated_at = now() WHERE id = $1""",
+                       material_cost = $2, labour_cost = $3, machine_cost = $4,
+                       cost_currency_code = $5, date_finished = now(), updated_at = now()
+                   WHERE id = $1""",
                 p["id"],
+                cost.material,
+                cost.labour,
+                cost.machine,
+                p["cost_currency_code"],
             )
             await conn.execute(
                 """INSERT INTO erp.stock_quant (item_id, warehouse_id, quantity)

@@ -6,7 +6,9 @@ carrier at once; a share waits packed (``ready``) for a pickup scheduled from tw
 ago (picking ran late) to two days ahead, and :func:`dispatch_shipment` hands it over
 later, so production-status sees shipments not sent by their scheduled day. One
 carrier is slow (:data:`LATE_CARRIER`): its deliveries are confirmed far later, so its
-learned transport time is longer and its shipments run overdue.
+learned transport time is longer and its shipments run overdue. A shipment records the
+carrier's freight charge, each of its lines the unit cost its goods left at
+(:mod:`.costs`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from ambidex.workload.common import changed_rows
+from ambidex.workload.costs import freight_cost
 from ambidex.workload.erp_operations import lock_open_order
 from ambidex.workload.world import World
 
@@ -81,24 +84,33 @@ async def ship_order(w: World, rng: random.Random, index: int) -> int | None:
             rows = 0
             if keep:
                 ready = rng.random() < READY_SHARE
+                carrier = rng.choice(CARRIERS)
+                freight = freight_cost(order_id, index, carrier,
+                                       sum((shipped[n] for n in keep), Decimal(0)),
+                                       order["currency_code"])
                 shipment_id = await conn.fetchval(
                     """INSERT INTO erp.shipment (sales_order_id, warehouse_id, state,
-                           scheduled_date, shipped_at, carrier, tracking_ref)
+                           scheduled_date, shipped_at, carrier, tracking_ref,
+                           freight_cost, freight_currency_code)
                        VALUES ($1, $2, $5, current_date + $6::int,
-                               CASE WHEN $5 = 'shipped' THEN now() END, $3, $4)
+                               CASE WHEN $5 = 'shipped' THEN now() END, $3, $4, $7, $8)
                        RETURNING id""",
                     order_id,
                     warehouse_id,
-                    rng.choice(CARRIERS),
+                    carrier,
                     f"TRK{rng.randint(10**9, 10**10 - 1)}",
                     "ready" if ready else "shipped",
                     rng.choice(PICKUP_DAYS) if ready else 0,
+                    freight,
+                    order["currency_code"],
                 )
+                # Goods leave at the item's standard cost (the cost of goods sold).
                 await conn.execute(
                     """INSERT INTO erp.shipment_line (shipment_id, sales_order_line_id, item_id,
-                           quantity)
-                       SELECT $1, l, i, q
-                       FROM unnest($2::bigint[], $3::bigint[], $4::numeric[]) AS t(l, i, q)""",
+                           quantity, unit_cost, cost_currency_code)
+                       SELECT $1, l, t.i, q, it.standard_cost, it.currency_code
+                       FROM unnest($2::bigint[], $3::bigint[], $4::numeric[]) AS t(l, i, q)
+                       JOIN erp.item it ON it.id = t.i""",
                     shipment_id,
                     [line_ids[n] for n in keep],
                     [items[n] for n in keep],

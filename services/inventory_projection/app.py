@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -59,7 +58,7 @@ from services.inventory_projection.metrics import ProjectionMetrics
 from services.inventory_projection.projector import Projector, Step
 from services.inventory_projection.source_rows import CRM, ERP, OVERALL_CODE
 from services.shared.batches import attach_sources
-from services.shared.health import pool_probe
+from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
@@ -155,31 +154,15 @@ class Shell:
     async def start(self, service: Service) -> None:
         """Open (or rebuild) the local state, load the projector, open the write-back."""
         started = time.monotonic()
-        settings = service.settings
         restored = await self.runner.open()
         if restored is not None:
             self.restored_entries = restored.entries
         service.metrics.set_table_rows("availability", self.projector.store.ledger.key_count)
 
-        def pool(dsn: str) -> Callable[[], Awaitable[asyncpg.Pool]]:
-            async def create() -> asyncpg.Pool:
-                created = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-                assert created is not None
-                return created
-            return create
-
-        # a database that is down at start-up is waited for (readiness says so)
-        self.pool = await service.retry.call(
-            pool(settings.crm_dsn.get_secret_value()), check="database:crm",
-            what="connecting to the CRM database"
-        )
-        service.health.add_probe("database:crm", pool_probe(self.pool))
+        # a database that is down at start-up is waited for (readiness says so);
         # demand signals' supply priorities are written into the ERP
-        self.erp_pool = await service.retry.call(
-            pool(settings.erp_dsn.get_secret_value()), check="database:erp",
-            what="connecting to the ERP database"
-        )
-        service.health.add_probe("database:erp", pool_probe(self.erp_pool))
+        self.pool = await open_pool(service, "crm")
+        self.erp_pool = await open_pool(service, "erp")
         await service.retry.call(self._resume_write_position, what="reading the write position")
         self.effects.started(self.pool, self.projector)
         self.demand.started(self.pool, self.erp_pool)

@@ -48,7 +48,7 @@ from services.order_sync.metrics import OrderSyncMetrics
 from services.order_sync.syncing import Stores, Syncing
 from services.order_sync.truncates import ANSWERS, TruncateHandler
 from services.shared.batches import attach_sources
-from services.shared.health import pool_probe
+from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_shared_service
 from services.shared.settings import ServiceSettings
@@ -104,30 +104,15 @@ class OrderSync:
                              topics=ERP_TOPICS)
 
     async def start(self, service: Service) -> None:
-        settings = service.settings
-
-        async def pool(dsn: str) -> asyncpg.Pool:
-            created = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-            assert created is not None
-            return created
 
         # a database that is down at start-up is waited for (readiness says so)
-        self.crm_pool = await self.retry.call(
-            lambda: pool(settings.crm_dsn.get_secret_value()), check="database:crm",
-            what="connecting to the CRM database",
-        )
-        self.erp_pool = await self.retry.call(
-            lambda: pool(settings.erp_dsn.get_secret_value()), check="database:erp",
-            what="connecting to the ERP database",
-        )
+        self.crm_pool = await open_pool(service, "crm", max_size=4, retry=self.retry)
+        self.erp_pool = await open_pool(service, "erp", max_size=4, retry=self.retry)
         self.syncing.attach(Stores(
             ErpStore(self.crm_pool, self.erp_pool, self.echo_memory),
             ProgressReader(self.erp_pool, self.echo_memory),
             StatusWriter(self.crm_pool, service.require_publisher()),
         ))
-        # asked live on /readyz (briefly cached), not set once here
-        service.health.add_probe("database:crm", pool_probe(self.crm_pool))
-        service.health.add_probe("database:erp", pool_probe(self.erp_pool))
 
     async def stop(self, service: Service) -> None:
         for pool in (self.crm_pool, self.erp_pool):

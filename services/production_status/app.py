@@ -11,9 +11,10 @@ order-sync's ``ambidex.order-identity`` (consumer group
 :mod:`.effects` (CRM write-back, publishing, dead letters). State: the kit's local
 store and its changelog :data:`STATE_TOPIC` (restored from it when the disk is empty).
 
-The clock is source time (see :mod:`.service_fold`); at start it is floored at the
-write position the CRM table already holds, so a worker rebuilt from the source topics
-alone never writes below what is there.
+The clock is source time (see :mod:`.service_fold`); at start the *write position* is
+floored at the one the CRM table already holds (the clock is not), so a worker rebuilt
+from the source topics alone never writes below what is there and still assesses each
+change at its own source time.
 
 Scaling: a status reads rows of several topics and both databases, so the service runs
 as ONE worker (one shard of the state), like inventory-projection.
@@ -32,7 +33,7 @@ from services.production_status.effects import Effects
 from services.production_status.service_fold import CRM_TABLES, ERP_TABLES, Outcome, StatusFold
 from services.production_status.writeback import FULFILMENT_STATUS
 from services.shared.batches import attach_sources
-from services.shared.health import pool_probe
+from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
@@ -46,6 +47,13 @@ SERVICE_NAME = "production-status"
 IDENTITY_TOPIC = "ambidex.order-identity"
 CHANGE_TOPICS = (*(f"cdc.erp.{t}" for t in ERP_TABLES), *(f"cdc.crm.{t}" for t in CRM_TABLES))
 SOURCES = SourceTopics.of(("erp", "crm"), heartbeats=True, published=(IDENTITY_TOPIC,))
+#: per source database, the topics that bring the rows others name (a row naming one
+#: still unknown is judged once these are read to their end: services/shared/verdicts.py)
+REFERENCE_TOPICS = {
+    "erp": ("cdc.erp.sales_order", "cdc.erp.production_order", "cdc.erp.shipment",
+            "cdc.erp.transaction"),
+    "crm": ("cdc.crm.sales_order", "cdc.crm.transaction"),
+}
 STATE_TOPIC = "state.production-status"
 BATCH_MAX = 5_000
 
@@ -71,27 +79,20 @@ class Shell:
             load=load,
             apply=self.effects.apply,
             published=StatusFold.published,
+            reference_topics=REFERENCE_TOPICS,
             max_records=BATCH_MAX,
         )
         self.source = self.runner.source
         self.pool: asyncpg.Pool | None = None
 
     async def start(self, service: Service) -> None:
-        """Open (or rebuild) the local state, open the write-back, floor the clock."""
+        """Open (or rebuild) the local state, open the write-back, floor the write
+        position."""
         started = time.monotonic()
-        settings = service.settings
         restored = await self.runner.open()
 
-        async def pool() -> asyncpg.Pool:
-            created = await asyncpg.create_pool(
-                settings.crm_dsn.get_secret_value(), min_size=1, max_size=2)
-            assert created is not None
-            return created
-
         # a CRM database that is down at start-up is waited for (readiness says so)
-        self.pool = await service.retry.call(
-            pool, check="database:crm", what="connecting to the CRM database")
-        service.health.add_probe("database:crm", pool_probe(self.pool))
+        self.pool = await open_pool(service, "crm")
         await service.retry.call(self._floor, what="reading the write position")
         self.effects.started(self.pool)
         fold = self.runner.fold

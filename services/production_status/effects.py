@@ -110,6 +110,7 @@ class Effects:
         if out.identities:
             m.identities.inc(out.identities)
         m.counts(fold)
+        fold.verdicts.report(service.metrics)
         service.metrics.set_table_rows("fulfilment_status", fold.published_orders())
 
     async def write_back(self, out: Outcome) -> None:

@@ -31,7 +31,8 @@ Key layout (ids 8-byte big-endian):
   ``kc:<crm order><case>``, ``op:<erp order>`` (open orders, for the shell's timer);
 * ``w:<o|p|s><id>``: rows waiting for a parent: figures of an ERP order whose header
   is unknown, inspections of an unknown production order, shipment lines of an unknown
-  shipment (the shell dead-letters them after its grace);
+  shipment (kept: they show once the parent comes; the service fold dead-letters each
+  such row's record once after the grace, :mod:`.service_fold`);
 * ``i:<erp order>`` -> ``[crm order, version, identity]``, ``j:<crm order>`` ->
   ``[version, erp order]``; ``d:...`` durations; ``rk:<crm order>`` the last risk
   published (:mod:`.risk`).
@@ -148,6 +149,11 @@ class ProgressFold:
             row_key(table, row_id),
             dumps([rec.position.commit_lsn, rec.position.lsn, fields, rec.extra]),
         )
+
+    def present(self, table: str, row_id: int) -> bool:
+        """Whether the row is known (seen, and not deleted since)."""
+        raw = self.kv.get(row_key(table, row_id))
+        return raw is not None and loads(raw)[2] is not None
 
     def row(self, table: str, row_id: int) -> Any:
         rec = self.record(table, row_id)

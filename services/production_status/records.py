@@ -159,6 +159,27 @@ TABLES: dict[str, type[Row] | type[CrmRow]] = {
     SERVICE_CASE: ServiceCase,
 }
 
+#: the row a table's rows wait for until it is seen (dead-lettered, cause
+#: unknown_reference, after the grace): table -> (the parent's table, the field naming it)
+PARENTS: dict[str, tuple[str, str]] = {
+    ERP_ORDER_LINE: (ERP_ORDER, "order_id"),
+    PRODUCTION_ORDER: (ERP_ORDER, "sales_order_id"),
+    SHIPMENT: (ERP_ORDER, "sales_order_id"),
+    INSPECTION: (PRODUCTION_ORDER, "production_order_id"),
+    SHIPMENT_LINE: (SHIPMENT, "shipment_id"),
+    SERVICE_CASE: (CRM_ORDER, "sales_order_id"),
+}
+
+
+def parent_of(table: str, row: Row | CrmRow) -> tuple[str, int] | None:
+    """The parent ``row`` of ``table`` names (its table and id), if any."""
+    link = PARENTS.get(table)
+    if link is None:
+        return None
+    parent_id = getattr(row, link[1])
+    return None if parent_id is None else (link[0], parent_id)
+
+
 T = TypeVar("T")
 
 

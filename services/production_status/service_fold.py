@@ -6,6 +6,14 @@ A :class:`~services.shared.transaction_fold.TransactionFold` around the pure cor
   a change without an integer id: :class:`BadInput`, and its whole transaction is
   rejected by the kit);
 * :meth:`StatusFold.apply` folds the rows into :class:`~.fold.ProgressFold`;
+* a row naming a parent not seen yet (:data:`.records.PARENTS`: an order line,
+  production order or shipment of an unknown ERP order, an inspection of an unknown
+  production order, a shipment line of an unknown shipment, a service case of an
+  unknown CRM order) is folded all the same (it shows once the parent comes) and
+  awaits a verdict (:mod:`services.shared.verdicts`): its record stays unreleased until
+  the parent's database is read to its end (the runner's reference topics) and that
+  database's source time passes the row's commit by the grace; then, the parent still
+  unknown, it is dead-lettered once (cause ``unknown_reference``) and released;
 * order identities (``ambidex.order-identity``, published by order-sync, in no source
   transaction) come in through :meth:`StatusFold.published` and are folded at the end
   of the step; an unreadable one is dead-lettered;
@@ -24,7 +32,9 @@ assessed.
 State beside the core's (``services/production_status/fold.py`` names its keys):
 ``m`` -> meta (per-database source time, the clock, the write revision, counts per
 stage and risk level); ``ps:<crm order>`` -> what was last published for the order
-(digest, line numbers, stage, level); ``pt:<case>`` -> the digest of its last triage.
+(digest, line numbers, stage, level); ``pt:<case>`` -> the digest of its last triage;
+``v:<table code><id>`` -> the position of the row's newest version dead-lettered for an
+unknown parent (a redelivery or replay of it is not judged again).
 """
 
 from __future__ import annotations
@@ -40,15 +50,19 @@ from typing import Any
 import orjson
 
 from services.production_status import publish
-from services.production_status.fold import ProgressFold, key_id
+from services.production_status.fold import CODES, ProgressFold, key_id
 from services.production_status.records import (
     CRM_ORDER,
+    ERP_ORDER,
+    PRODUCTION_ORDER,
     SERVICE_CASE,
+    SHIPMENT,
     CrmRow,
     Row,
     dumps,
     identity_from_record,
     loads,
+    parent_of,
     parse,
 )
 from services.production_status.risk import assess, last_risk, transition
@@ -62,6 +76,7 @@ from services.shared.state.store import KeyValue
 from services.shared.stateful import Handle
 from services.shared.transaction_fold import Applied, TransactionFold
 from services.shared.transactions import CompleteTransaction
+from services.shared.verdicts import Awaiting, UnknownReference, Verdicts
 
 CRM, ERP = "crm", "erp"
 ERP_TABLES = (
@@ -80,6 +95,24 @@ SWEEP_EVERY = timedelta(seconds=60)
 
 _pack = struct.Struct(">q").pack
 Decode = Callable[[bytes], Mapping[str, Any]]
+#: what a parent is called in a dead letter's reason
+PARENT_NAMES = {ERP_ORDER: "ERP order", PRODUCTION_ORDER: "production order",
+                SHIPMENT: "shipment", CRM_ORDER: "CRM order"}
+#: a row awaiting its parent: (table, id)
+RowRef = tuple[str, int]
+
+
+def _verdict_key(row: RowRef) -> bytes:
+    return b"v:" + CODES[row[0]] + _pack(row[1])
+
+
+def database_of(table: str) -> str:
+    return CRM if table.startswith("crm.") else ERP
+
+
+def collection_of(table: str) -> str:
+    """``schema.table`` of a table as :data:`.records.TABLES` names it."""
+    return table if table.startswith("crm.") else f"erp.{table}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +155,15 @@ class Meta:
     revision: int = 0
     stages: dict[str, int] = field(default_factory=dict)
     levels: dict[str, int] = field(default_factory=dict)
+    #: the as-of (ms) of the highest write position used or found in the write-back: a
+    #: write never goes below it, whatever the clock (a replay's clock starts far back)
+    written_ms: int = 0
 
     def encode(self) -> bytes:
         return dumps({"seen": {db: t.isoformat() for db, t in self.seen.items()},
                       "now": self.now.isoformat(), "revision": self.revision,
-                      "stages": self.stages, "levels": self.levels})
+                      "stages": self.stages, "levels": self.levels,
+                      "written_ms": self.written_ms})
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Meta:
@@ -135,7 +172,7 @@ class Meta:
         data = loads(raw)
         return cls({db: datetime.fromisoformat(t) for db, t in data["seen"].items()},
                    datetime.fromisoformat(data["now"]), int(data["revision"]),
-                   dict(data["stages"]), dict(data["levels"]))
+                   dict(data["stages"]), dict(data["levels"]), int(data.get("written_ms", 0)))
 
 
 def _digest(record: Mapping[str, Any], stamp: str) -> str:
@@ -164,6 +201,8 @@ class StatusFold(TransactionFold[Change, Outcome]):
         self._bad: list[tuple[Handle, BadInput]] = []
         self._cursor: bytes | None = None
         self._last_sweep = self.meta.now
+        #: rows naming a parent not seen yet, awaiting their verdict
+        self.verdicts: Verdicts[RowRef] = Verdicts(memory=(kv, _verdict_key))
 
     @classmethod
     def load(cls, kv: KeyValue, *, decode: Decode, max_hold: timedelta) -> StatusFold:
@@ -188,10 +227,10 @@ class StatusFold(TransactionFold[Change, Outcome]):
 
     def floor(self, at: datetime, revision: int) -> None:
         """Never write below what the write-back already holds (the shell reads it at
-        start): the clock and the revision start at least there."""
-        for database in (CRM, ERP):
-            self.observe(database, at)
-        self.meta.now = max(self.meta.now, at)
+        start): the write position and the revision start at least there. The clock is
+        left to the sources, so a worker rebuilt from them assesses each change at the
+        time it was made, as the live run did (no risk raised that it did not raise)."""
+        self.meta.written_ms = max(self.meta.written_ms, as_of_ms(at))
         self.meta.revision = max(self.meta.revision, revision)
 
     # ------------------------------------------------------------------ rows
@@ -212,16 +251,52 @@ class StatusFold(TransactionFold[Change, Outcome]):
 
     def apply(self, records: Sequence[Change], transaction: CompleteTransaction,
               outcome: Outcome) -> None:
-        for change in records:
+        whole = self.applying
+        for change, event in zip(records, transaction.events, strict=True):
             applied = self.core.apply(change.table, change.row_id, change.position, change.row)
-            if not applied.changed:
+            if applied.changed:
+                outcome.crm_orders |= applied.crm_orders
+                outcome.cases |= applied.cases
+            else:
                 outcome.stale += 1
-                continue
-            outcome.crm_orders |= applied.crm_orders
-            outcome.cases |= applied.cases
+            # a redelivered version still awaits (its record was withheld before)
+            handle = None if whole is None else whole.handle_of(event)
+            if handle is not None and change.row is not None:
+                self._await_parent(change, change.row, transaction.commit_time, handle)
 
     def new_outcome(self) -> Outcome:
         return Outcome()
+
+    # ------------------------------------------------------------------ unknown parents
+
+    def _await_parent(self, change: Change, row: Row | CrmRow, commit_time: datetime,
+                      handle: Handle) -> None:
+        parent = parent_of(change.table, row)
+        if parent is None or self.core.present(*parent):
+            return
+        stored = self.core.record(change.table, change.row_id)
+        if stored is None or stored.position != change.position:
+            return  # a newer version speaks for the row
+        self.verdicts.wait((change.table, change.row_id), parent, database_of(parent[0]),
+                           change.position, commit_time, handle)
+
+    def _settled(self, entry: Awaiting[RowRef]) -> bool:
+        """The row's parent is known now, or the row no longer names it (changed, gone)."""
+        rec = self.core.record(*entry.row)
+        if rec is None or rec.row is None:
+            return True
+        parent = parent_of(entry.row[0], rec.row)
+        return parent != entry.reference or self.core.present(*entry.reference)
+
+    def _unknown_parent(self, entry: Awaiting[RowRef]) -> UnknownReference:
+        table, row_id = entry.row
+        parent_table, parent_id = entry.reference
+        name = PARENT_NAMES[parent_table]
+        return UnknownReference(
+            f"{collection_of(table)} {row_id}: {name} {parent_id} is unknown to the "
+            f"{entry.database.upper()} topics {self.verdicts.grace_text} (source time) "
+            f"after the change, read to their end; the row is kept and shows once that "
+            f"{name} appears")
 
     # ------------------------------------------------------------------ identities
 
@@ -244,12 +319,15 @@ class StatusFold(TransactionFold[Change, Outcome]):
             outcome.crm_orders |= applied.crm_orders
 
     def steps(self, caught_up: Collection[str]) -> Pausable[Applied[Outcome]]:
-        """The kit's step, plus the identities folded (and released) with it."""
+        """The kit's step, plus the identities folded (and released) with it, and the
+        verdicts on rows naming an unknown parent (their records held until then)."""
         handles = list(self._identities)
         out: Applied[Outcome] = yield from super().steps(caught_up)
         out.release.extend(handles)
         out.dead_letters.extend(self._bad)
         self._bad = []
+        self.verdicts.judge(out, caught_up=caught_up, times=self.meta.seen,
+                            settled=self._settled, error=self._unknown_parent)
         return out
 
     # ------------------------------------------------------------------ the step's records
@@ -268,7 +346,8 @@ class StatusFold(TransactionFold[Change, Outcome]):
             self._case(case, now, outcome)
         if outcome.writes_anything:
             self.meta.revision += 1
-            outcome.position = SourcePosition(as_of_ms(now), self.meta.revision)
+            self.meta.written_ms = max(self.meta.written_ms, as_of_ms(now))
+            outcome.position = SourcePosition(self.meta.written_ms, self.meta.revision)
         self.kv.put(META, self.meta.encode())
 
     def _sweep(self) -> set[int]:

@@ -26,7 +26,7 @@ import asyncpg
 from services.receivables.outputs import Outputs, ReceivablesMetrics
 from services.receivables.source_fold import CRM, ERP, TABLES, ReceivablesFold, Step
 from services.shared.batches import attach_sources
-from services.shared.health import pool_probe
+from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
@@ -72,20 +72,10 @@ class Shell:
         """Open (or rebuild) the local state, then the two databases' write-back."""
         started = time.monotonic()
         restored = await self.runner.open()
-        settings = service.settings
 
-        async def pool(dsn: str) -> asyncpg.Pool:
-            created = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-            assert created is not None
-            return created
-
-        crm = await service.retry.call(partial(pool, settings.crm_dsn.get_secret_value()),
-                                       check="database:crm", what="connecting to the CRM")
-        erp = await service.retry.call(partial(pool, settings.erp_dsn.get_secret_value()),
-                                       check="database:erp", what="connecting to the ERP")
+        crm = await open_pool(service, "crm")
+        erp = await open_pool(service, "erp")
         self.pools = [crm, erp]
-        service.health.add_probe("database:crm", pool_probe(crm))
-        service.health.add_probe("database:erp", pool_probe(erp))
         await service.retry.call(partial(self.outputs.started, crm, erp),
                                  what="reading the write position")
         fold = self.runner.fold

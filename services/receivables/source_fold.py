@@ -17,10 +17,10 @@ around the core (:class:`~services.receivables.fold.Receivables`):
 * **An installment whose contract is unknown** is folded like any row (state stays a
   function of the rows, as the recomputation has it) and *awaits a verdict*: its record
   is kept out of the step's release (a restart redelivers it) until the CRM's topics
-  are read to their end and its source time passes the commit by
-  :data:`UNKNOWN_REFERENCE_GRACE`. Still unknown then: dead-lettered (cause
-  ``unknown_reference``) once; known by then: just released. At most
-  :data:`AWAITING_LIMIT` wait; beyond, they are released unjudged (counted).
+  are read to their end and its source time passes the commit by the kit's grace
+  (:mod:`services.shared.verdicts`). Still unknown then: dead-lettered (cause
+  ``unknown_reference``) once; known by then: just released. At most the kit's limit
+  wait; beyond, they are released unjudged (counted).
 * **unknown_contract / unknown_installment are withheld at start**: while the CRM
   topics are not read to their end, an invoice read before its contract would raise
   them falsely, so raising (and re-figuring) them is held back; once the CRM is caught
@@ -42,23 +42,19 @@ from services.receivables.records import Installment, Table, parse
 from services.receivables.rules import Kind, Rules
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Pausable
-from services.shared.errors import BadInput, Cause, NeedsResnapshot
+from services.shared.errors import BadInput, NeedsResnapshot
 from services.shared.holding import GivenUp
 from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
-from services.shared.stateful import Handle
 from services.shared.transaction_fold import Applied, TransactionFold
 from services.shared.transactions import CompleteTransaction
+from services.shared.verdicts import Awaiting, UnknownReference, Verdicts
 
 CRM = "crm"
 ERP = "erp"
 TABLES = tuple(Table)
 #: ``schema.table`` of every consumed table (as Debezium's transaction metadata names them)
 COLLECTIONS = tuple(t.value for t in TABLES)
-#: how long (source time of the CRM) an installment may name an unknown contract
-UNKNOWN_REFERENCE_GRACE = timedelta(seconds=5)
-#: installments awaiting a verdict at most (memory); beyond, released unjudged
-AWAITING_LIMIT = 10_000
 #: the alerts that need the CRM read to its end before they are true
 WITHHELD_KINDS = (Kind.UNKNOWN_CONTRACT, Kind.UNKNOWN_INSTALLMENT)
 
@@ -72,20 +68,8 @@ def _is_id(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class UnknownContract(BadInput):
+class UnknownContract(UnknownReference):
     """An installment still naming an unknown contract after the grace."""
-
-    cause = Cause.UNKNOWN_REFERENCE
-
-
-@dataclass
-class _Awaiting:
-    installment_id: int
-    contract_id: int
-    position: Any
-    due: datetime
-    handle: Handle
-    withheld: bool = False
 
 
 @dataclass
@@ -114,13 +98,10 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
         super().__init__(COLLECTIONS, max_hold=max_hold)
         self.core = Receivables(kv, rules)
         self.watermarks = Watermarks()
-        self._awaiting: dict[int, _Awaiting] = {}
-        #: withheld records of superseded waits, released with the next step
-        self._superseded: list[Handle] = []
+        #: installments naming an unknown contract, by id
+        self.verdicts: Verdicts[int] = Verdicts()
         #: alerts of WITHHELD_KINDS are held back until the CRM is caught up
         self.withholding = True
-        #: installments released without a verdict (AWAITING_LIMIT reached)
-        self.unjudged = 0
 
     @classmethod
     def load(cls, kv: KeyValue, **options: Any) -> ReceivablesFold:
@@ -128,7 +109,12 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
 
     @property
     def awaiting_verdicts(self) -> int:
-        return len(self._awaiting)
+        return len(self.verdicts)
+
+    @property
+    def unjudged(self) -> int:
+        """Installments released without a verdict (the kit's limit reached)."""
+        return self.verdicts.unjudged
 
     # ------------------------------------------------------------------ the policy
 
@@ -161,7 +147,8 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
                 continue
             handle = None if whole is None else whole.handle_of(event)
             if handle is not None:
-                self._await(row_id, contract_id, position, transaction.commit_time, handle)
+                self.verdicts.wait(row_id, contract_id, CRM, position,
+                                   transaction.commit_time, handle)
 
     def new_outcome(self) -> Outcome:
         return Outcome(stale=True)
@@ -186,7 +173,8 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
         notes = self._note_rejected(out.rejected)
         if notes:
             out.outcome.merge(self.core.note_incomplete(notes))
-        yield from self._verdicts(CRM in caught_up, out)
+        self.verdicts.judge(out, caught_up=caught_up, times=self.watermarks.times,
+                            settled=self._settled, error=self._unknown_contract)
         return out
 
     # ------------------------------------------------------------------ rejected rows
@@ -245,50 +233,18 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
 
     # ------------------------------------------------------------------ verdicts
 
-    def _await(self, installment_id: int, contract_id: int, position: Any,
-               commit_time: datetime, handle: Handle) -> None:
-        entry = self._awaiting.get(installment_id)
-        if entry is not None and entry.position >= position:
-            return  # a redelivery of what awaits already
-        if entry is None and len(self._awaiting) >= AWAITING_LIMIT:
-            self.unjudged += 1
-            return
-        if entry is not None and entry.withheld:
-            self._superseded.append(entry.handle)
-        self._awaiting[installment_id] = _Awaiting(
-            installment_id, contract_id, position, commit_time + UNKNOWN_REFERENCE_GRACE,
-            handle)
+    def _settled(self, entry: Awaiting[int]) -> bool:
+        """The installment no longer names an unknown contract (or is gone)."""
+        stored = self.core.record(Table.INSTALLMENT, entry.row)
+        return (not isinstance(stored, Installment)
+                or stored.contract_id != entry.reference
+                or self.core.contract_known(entry.reference))
 
-    def _verdicts(self, crm_caught_up: bool, out: Step) -> Pausable[None]:
-        """Give the verdicts due; keep the records of those still waiting unreleased
-        (pausable between them: up to :data:`AWAITING_LIMIT` wait)."""
-        now = self.watermarks.times.get(CRM)
-        withheld: set[int] = set()
-        out.release.extend(self._superseded)
-        self._superseded = []
-        for installment_id, entry in list(self._awaiting.items()):
-            yield None
-            stored = self.core.record(Table.INSTALLMENT, installment_id)
-            known = (not isinstance(stored, Installment)
-                     or stored.contract_id != entry.contract_id
-                     or self.core.contract_known(entry.contract_id))
-            due = crm_caught_up and now is not None and now >= entry.due
-            if not known and not due:
-                if not entry.withheld:
-                    entry.withheld = True
-                    withheld.add(id(entry.handle))
-                continue
-            del self._awaiting[installment_id]
-            if not known:
-                out.dead_letters.append((entry.handle, UnknownContract(
-                    f"crm.installment {installment_id}: contract {entry.contract_id} is "
-                    f"unknown to the CRM topics {UNKNOWN_REFERENCE_GRACE.total_seconds():g} s "
-                    "(source time) after the change, read to their end; the installment "
-                    "is kept and counted once the contract appears")))
-            if entry.withheld:
-                out.release.append(entry.handle)
-        if withheld:
-            out.release = [h for h in out.release if id(h) not in withheld]
+    def _unknown_contract(self, entry: Awaiting[int]) -> UnknownContract:
+        return UnknownContract(
+            f"crm.installment {entry.row}: contract {entry.reference} is unknown to the "
+            f"CRM topics {self.verdicts.grace_text} (source time) after the change, read "
+            "to their end; the installment is kept and counted once the contract appears")
 
     # ------------------------------------------------------------------ withheld alerts
 

@@ -20,7 +20,8 @@ Rebalances: aiokafka revokes every partition before an assignment (eager protoco
 On revocation the source commits what is committable, tells the handler to drop what
 it holds (``on_reset``), and forgets every hold; after the assignment aiokafka resumes
 each partition from its committed offset (or the positions ``resume_from`` gives, for a
-handler that keeps its own offsets beside its state). Releases of holds taken before a
+handler that keeps its own offsets beside its state; those are committed with the next
+commit, as if fetched up to there). Releases of holds taken before a
 reset are ignored, so a batch that was in flight during the rebalance cannot commit
 past a record that will be redelivered.
 
@@ -523,6 +524,11 @@ class BatchSource:
         for tp, offset in positions.items():
             if tp in partitions:
                 self.consumer.seek(tp, offset)
+                # what the handler's own offsets cover is done: committed with the next
+                # commit, so the group's offsets (lag, tests, tools) follow the state
+                # even for a partition that gets no new record (its last records folded
+                # by a worker killed before its group commit)
+                self.ledger.fetched(tp, offset)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

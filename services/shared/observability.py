@@ -167,6 +167,20 @@ class ServiceMetrics:
             ("service", "database", "cause"),
             registry=registry,
         )
+        self.awaiting_verdicts = Gauge(
+            "ambidex_awaiting_verdicts",
+            "Rows naming a reference not known yet whose records are held for a verdict "
+            "(dead-lettered, cause unknown_reference, once the grace has passed).",
+            ("service",),
+            registry=registry,
+        )
+        self.unjudged_references = Gauge(
+            "ambidex_unjudged_references",
+            "Rows naming an unknown reference released without a verdict since the start "
+            "(more were waiting than the limit allows).",
+            ("service",),
+            registry=registry,
+        )
         self.orphan_transactions_total = Counter(
             "ambidex_orphan_transactions_total",
             "Leftovers of source transactions applied before a restart, released unapplied.",
@@ -245,6 +259,12 @@ class ServiceMetrics:
 
     def transaction_rejected(self, database: str, cause: str) -> None:
         self.rejected_transactions_total.labels(self.service, database, cause).inc()
+
+    def set_awaiting_verdicts(self, rows: int, unjudged: int) -> None:
+        """How many rows await an unknown-reference verdict, and how many were released
+        without one (services/shared/verdicts.py)."""
+        self.awaiting_verdicts.labels(self.service).set(rows)
+        self.unjudged_references.labels(self.service).set(unjudged)
 
     def state_restored(self, seconds: float, records: int) -> None:
         """A stateful service rebuilt its local state from the changelog at start."""

@@ -12,7 +12,11 @@ Invariants shown here, each on a fresh CRM account and order synced by order-syn
   the inspector and the notes as evidence (CRM table and ``ambidex.case-triage``);
 * a source transaction with one impossible row (finished before started) goes whole to
   dlq.production-status with the reason and origin, nothing of it shows in the status,
-  and the service goes on with the next change.
+  and the service goes on with the next change;
+* a production order naming an ERP sales order that never exists is not held forever:
+  once the ERP topics are read to their end and the grace has passed, it is
+  dead-lettered once (cause unknown_reference, the order named), and a later good
+  production order still flows.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import httpx
 import pytest
 
 from ambidex.stack.local import StackAddresses
@@ -59,7 +64,10 @@ async def test_an_order_shows_each_step_of_its_production_and_delivery(
     crm, erp = dbs
     order = await synced_order(stack, crm, erp, unique)
     mo = await production_order(erp, order)
-    row = await wait_row(crm, order.crm_id, stage("awaiting_production"))
+    # the identity may come before the ERP rows: a status without lines says awaiting
+    # production too, so wait for the one that counts the line and the production order
+    row = await wait_row(crm, order.crm_id, lambda r: r["stage"] == "awaiting_production"
+                         and r["lines"] == 1 and production_orders(r) == {"awaiting": 1})
     assert (row["erp_order_id"], row["ordered"], row["lines"]) == (order.erp_id, 5, 1)
     assert row["predicted_p50"] is not None and row["predicted_p90"] >= row["predicted_p50"]
     assert row["promised_date"] is not None
@@ -188,3 +196,43 @@ async def test_a_transaction_with_an_impossible_row_goes_whole_to_the_dead_lette
     row = await wait_row(crm, order.crm_id, stage("in_production"))
     assert production_orders(row) == {"producing": 1}
     assert production.process is not None and production.process.poll() is None
+
+
+async def test_a_production_order_of_an_order_that_never_exists_is_dead_lettered(
+    production: ServiceProcess, stack: StackAddresses, dbs: Dbs, unique: str
+) -> None:
+    crm, erp = dbs
+    order = await synced_order(stack, crm, erp, unique)
+    missing = 10**12 + order.erp_id  # an ERP sales order id no sequence will reach
+    async with erp.transaction():
+        # the foreign key would refuse it: the ERP row is planted as a broken import would
+        await erp.execute("SET LOCAL session_replication_role = replica")
+        orphan = int(await erp.fetchval(
+            """INSERT INTO erp.production_order (item_id, warehouse_id, sales_order_id,
+                   quantity, state, date_planned_start, date_planned_finish)
+               VALUES ($1, $2, $3, 5, 'confirmed', current_date, current_date + 3)
+               RETURNING id""", order.item_id, order.warehouse_id, missing))
+    letters: list[tuple[str, str]] = []
+
+    async def dead_lettered() -> bool:
+        letters.clear()
+        async for _, letter in read_dead_letters(stack.kafka_bootstrap, SERVICE, limit=None,
+                                                 idle_timeout_s=5.0):
+            if letter.source_topic == "cdc.erp.production_order" and letter.key is not None:
+                key = json.loads(letter.key)
+                if key.get("payload", key).get("id") == orphan:
+                    letters.append((letter.cause.value, letter.reason))
+        return bool(letters)
+
+    await wait_until(dead_lettered, timeout=90, interval=1.0)
+    ((cause, reason),) = letters  # once
+    assert cause == "unknown_reference"
+    assert f"erp.production_order {orphan}: ERP order {missing} is unknown" in reason
+    # the service goes on: a later production order of a real order flows
+    await production_order(erp, order)
+    await wait_row(crm, order.crm_id, lambda r: r["stage"] == "awaiting_production"
+                   and production_orders(r) == {"awaiting": 1})
+    assert production.process is not None and production.process.poll() is None
+    async with httpx.AsyncClient(timeout=10) as client:
+        metrics = (await client.get(f"{production.metrics_url}/metrics")).text
+    assert 'ambidex_awaiting_verdicts{service="production-status"}' in metrics

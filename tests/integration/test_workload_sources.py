@@ -1,5 +1,6 @@
 """Invariant: the sample workload, run against the stack's captured databases, writes the
-source rows receivables and production-status read — contracts with installment plans,
+source rows receivables, production-status and customer-value read — the ERP's costs
+(080) among them, captured with their rows — contracts with installment plans,
 installment invoices with payments, production orders with inspections, shipments and
 service cases about orders in fulfilment — every row valid input for both services,
 consistent except for the deliberate slips, each slip one of receivables' discrepancy
@@ -21,10 +22,14 @@ from ambidex.workload import run_workload
 from ambidex.workload.billing import TYPO_CONTRACT_OFFSET
 from ambidex.workload.reference_case import NEVER_INVOICED
 from ambidex.workload.reference_case import NUMBER as REFERENCE_NUMBER
+from services.customer_value import recompute as customer_value
+from services.customer_value.sources import ReceivablePosition
 from services.production_status import records as production
 from services.receivables.recompute import recompute
 from services.receivables.records import Table
 from services.receivables.rules import Kind, slot_identity
+from services.shared.errors import BadInput
+from services.shared.source_records import record_type
 from tests.conftest import ServiceProcess
 from tests.integration.conftest import Dbs
 from tests.integration.support import CdcTap
@@ -52,6 +57,19 @@ MONEY = {
     "erp.invoice": ("amount_untaxed", "amount_tax", "amount_total", "amount_residual"),
     "erp.payment": ("amount",),
 }
+
+
+#: the ERP's cost columns (deploy/sql/erp/080_customer_value.sql) the workload fills
+COST_COLUMNS = {("production_order", "standard_cost"), ("production_order", "material_cost"),
+                ("production_order", "labour_cost"), ("production_order", "machine_cost"),
+                ("quality_inspection", "rework_cost"), ("shipment", "freight_cost"),
+                ("shipment_line", "unit_cost")}
+
+
+def _captured_costs(tap: CdcTap) -> set[tuple[str, str]]:
+    """The cost columns seen with a value in the captured changes."""
+    return {(e.table, c) for e in tap.changes for t, c in COST_COLUMNS
+            if e.table == t and (e.after or {}).get(c) is not None}
 
 
 class Checks:
@@ -92,6 +110,7 @@ async def test_the_workload_feeds_receivables_and_production_status(
 
         await crm_tap.until(lambda: new_tables(crm_tap) >= set(CRM_TABLES))
         await erp_tap.until(lambda: new_tables(erp_tap) >= set(ERP_TABLES))
+        await erp_tap.until(lambda: _captured_costs(erp_tap) >= COST_COLUMNS)
 
     rows = {
         Table.CONTRACT: [dict(r) for r in await crm.fetch("SELECT * FROM crm.contract")],
@@ -102,6 +121,7 @@ async def test_the_workload_feeds_receivables_and_production_status(
     check = Checks()
     await _check_receivables_sources(check, crm, erp, rows)
     await _check_production_sources(check, crm, erp, before)
+    await _check_cost_sources(check, crm, erp, before, erp_tap)
     assert check.failed == [], "\n".join(check.failed)
 
 
@@ -210,3 +230,58 @@ async def _check_production_sources(
                AS partial""")
     check(all(n > 0 for n in dict(facts).values()), "production and shipping facts",
           dict(facts))
+
+
+async def _check_cost_sources(
+    check: Checks, crm: asyncpg.Connection, erp: asyncpg.Connection, before: dict[str, int],
+    erp_tap: CdcTap,
+) -> None:
+    costs = dict(await erp.fetchrow(
+        """SELECT
+             (SELECT count(*) FROM erp.production_order WHERE id > $1 AND state = 'done'
+                AND (material_cost IS NULL OR labour_cost IS NULL OR machine_cost IS NULL))
+               AS done_without_cost,
+             (SELECT count(*) FROM erp.production_order WHERE id > $1 AND state = 'done'
+                AND material_cost + labour_cost + machine_cost > standard_cost * 1.05)
+               AS over_standard,
+             (SELECT count(*) FROM erp.quality_inspection WHERE id > $2 AND state = 'failed'
+                AND rework_cost > 0) AS rework,
+             (SELECT count(*) FROM erp.shipment WHERE id > $3 AND freight_cost IS NULL)
+               AS without_freight,
+             (SELECT count(*) FROM erp.shipment_line WHERE id > $4 AND unit_cost IS NULL)
+               AS lines_without_cost""",
+        before["production_order"], before["quality_inspection"], before["shipment"],
+        before["shipment_line"]))
+    check(costs["done_without_cost"] == 0 and costs["over_standard"] > 0
+          and costs["rework"] > 0 and costs["without_freight"] == 0
+          and costs["lines_without_cost"] == 0, "ERP costs recorded", costs)
+    captured = _captured_costs(erp_tap)
+    check(captured >= COST_COLUMNS, "cost columns captured", captured)
+
+    # customer-value reads every row of this run and finds costs beside revenue
+    records, bad = [], []
+    for source, query in customer_value.QUERIES.items():
+        database, table = source.split(".")
+        for row in await (crm if database == "crm" else erp).fetch(query):
+            try:
+                records.append(record_type(database, table).from_row(dict(row)))
+            except BadInput as error:  # other tests of the session plant bad rows
+                if row["id"] > before.get(table, 2**62):
+                    bad.append(error.reason)
+    records += [ReceivablePosition.from_record(dict(r))
+                for r in await crm.fetch(customer_value.POSITIONS_QUERY)]
+    check(bad == [], "this run's rows customer-value rejects", bad[:5])
+    values = customer_value.recompute(records).values()
+    totals = {name: sum((v[name] for v in values), Decimal(0))
+              for name in ("revenue_booked", "cost_of_goods", "production_actual", "freight",
+                           "rework")}
+    # rework counts only where the failed run was for a CRM-linked customer's order
+    linked_rework = await erp.fetchval(
+        """SELECT coalesce(sum(q.rework_cost), 0) FROM erp.quality_inspection q
+           JOIN erp.production_order p ON p.id = q.production_order_id
+           JOIN erp.sales_order o ON o.id = p.sales_order_id
+           JOIN erp.customer c ON c.id = o.customer_id
+           WHERE q.state = 'failed' AND c.crm_account_id IS NOT NULL""")
+    check(all(t > 0 for name, t in totals.items() if name != "rework")
+          and totals["rework"] == linked_rework, "customer-value figures",
+          (totals, linked_rework))

@@ -2,7 +2,9 @@
 
 Invariant (DESIGN.md 1 and 3, at-least-once): per partition the committable offset is
 the lowest offset still held, or the next offset to fetch when nothing is held; holds
-taken before a reset (rebalance) can neither release nor advance anything afterwards.
+taken before a reset (rebalance) can neither release nor advance anything afterwards;
+a partition resumed from the handler's own offsets (its state) is committed there
+without waiting for a new record.
 And a source is never split between workers (whole transactions need all of its
 partitions): one member owns every partition, the others stand by.
 """
@@ -15,7 +17,8 @@ from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberMetadata,
 )
 
-from services.shared.batches import OffsetLedger, WholeSourceAssignor
+from services.shared.batches import BatchSource, OffsetLedger, RecordBatch, WholeSourceAssignor
+from tests.unit.test_batch_outages import TP, FakeConsumer, FakeService
 
 A = TopicPartition("cdc.crm.sales_order", 0)
 B = TopicPartition("cdc.crm.transaction", 0)
@@ -133,3 +136,21 @@ def test_a_member_knows_it_owns_the_source_after_its_assignment() -> None:
     assert assignor.metadata(["t"]).user_data == b"owner"
     assignor.on_assignment(ConsumerProtocolMemberAssignment(0, [], b""))
     assert assignor.metadata(["t"]).user_data == b""
+
+
+async def test_positions_resumed_from_the_handlers_state_are_committed() -> None:
+    # the state covers records a killed worker folded but never committed to the group:
+    # the group's offsets must follow it even if the partition never gets a new record
+    async def handler(batch: RecordBatch) -> None:
+        return None
+
+    async def resume_from(partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: 7 for tp in partitions}
+
+    source = BatchSource(FakeService(), "crm", ["cdc.crm.sales_order"], handler,  # type: ignore[arg-type]
+                         resume_from=resume_from, align_window_ms=None)
+    consumer = FakeConsumer(7)
+    source.consumer = consumer  # type: ignore[assignment]
+    await source._assigned([TP])
+    await source.commit()
+    assert consumer.seeks == [7] and consumer.committed == {TP: 7}

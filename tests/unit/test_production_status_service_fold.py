@@ -12,7 +12,10 @@ Invariants (issue 12; DESIGN.md 3, 4, 6):
   an unreadable identity record is dead-lettered;
 * a redelivered transaction publishes nothing again (state is a function of the latest
   row versions; the records sent are remembered by digest);
-* a case is triaged, and a delay raises a risk once.
+* a case is triaged, and a delay raises a risk once;
+* a worker rebuilt from the sources writes above what the write-back holds, yet judges
+  each change at its own source time (the floor is the write position's, not the
+  clock's).
 Pure: the kit's fold with its state in memory, no Kafka.
 """
 
@@ -24,7 +27,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from services.production_status.service_fold import StatusFold
+from services.production_status.service_fold import EPOCH, StatusFold
 from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.changes import ChangeEvent
 from services.shared.cooperative import run_to_end
@@ -234,3 +237,22 @@ def test_a_delay_raises_a_risk_once_and_a_case_is_triaged() -> None:
     assert "production order MO31 on time" in triaged["summary"]
     assert case.outcome.position is not None
     assert case.outcome.position > out.outcome.position  # the write-back moves forward
+
+
+def test_a_rebuilt_worker_writes_above_the_table_but_keeps_the_source_clock() -> None:
+    # a worker rebuilt from the source topics (no state) finds the write-back ahead
+    source = Source()
+    written = T0 + timedelta(days=30)
+    source.fold.floor(written, 40)
+    assert not source.fold.clock_known  # the clock still comes from the sources alone
+    source.beat("crm", T0)
+    source.beat("erp", T0)
+    source.commit("crm", [crm_order(date(2026, 11, 30))])
+    source.commit("erp", [erp_order(), erp_line(), production("confirmed", date(2026, 11, 6))])
+    source.identity()
+    out = source.step()
+    assert source.fold.now == T0  # progress judged at the time it was made
+    assert statuses(out)[CRM_ORDER]["risk_level"] == "none"
+    position = out.outcome.position
+    assert position is not None and position.lsn == 41
+    assert position.commit_lsn == int((written - EPOCH).total_seconds() * 1000)

@@ -21,16 +21,12 @@ from aiokafka.structs import ConsumerRecord
 
 from services.receivables.records import Table
 from services.receivables.rules import Kind
-from services.receivables.source_fold import (
-    UNKNOWN_REFERENCE_GRACE,
-    ReceivablesFold,
-    Step,
-    UnknownContract,
-)
+from services.receivables.source_fold import ReceivablesFold, Step, UnknownContract
 from services.shared.changes import ChangeOp
 from services.shared.cooperative import run_to_end
 from services.shared.errors import Cause
 from services.shared.stateful import Handle
+from services.shared.verdicts import UNKNOWN_REFERENCE_GRACE
 from tests.builders import change_event
 from tests.unit.receivables_support import MemoryKV, contract, installment, invoice, payment
 from tests.unit.test_transactions import end

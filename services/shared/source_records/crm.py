@@ -16,7 +16,7 @@ refuses such a line as bad input (:func:`services.shared.rows.number` with its r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import ClassVar
@@ -50,6 +50,8 @@ class SalesOrder:
     warehouse_code: str | None
     version: int
     amount_total: Money
+    confirmed_at: datetime | None = None
+    cancelled_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> SalesOrder:
@@ -67,6 +69,8 @@ class SalesOrder:
             warehouse_code=rows.optional_text(row, "warehouse_code", t),
             version=rows.optional_int(row, "version", t) or 1,
             amount_total=Money.zero(code) if total is None else total,
+            confirmed_at=rows.optional_instant(row, "confirmed_at", t),
+            cancelled_at=rows.optional_instant(row, "cancelled_at", t),
         )
 
 
@@ -141,4 +145,75 @@ class Account:
         )
 
 
-RECORDS = (SalesOrder, SalesOrderLine, Product, Account)
+class ContractState(StrEnum):
+    DRAFT = "draft"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    TERMINATED = "terminated"
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """``crm.contract``: a contract's value and when it was signed (or starts)."""
+
+    table: ClassVar[tuple[str, str]] = (CRM, "contract")
+    id: int
+    number: str
+    account_id: int
+    sales_order_id: int | None
+    state: ContractState
+    total: Money
+    start_date: date
+    signed_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> Contract:
+        t = "crm.contract"
+        contract_id = rows.required_int(row, "id", t)
+        code = rows.currency(row, "currency_code", t)
+        return cls(
+            id=contract_id,
+            number=rows.optional_text(row, "number", t) or str(contract_id),
+            account_id=rows.required_int(row, "account_id", t),
+            sales_order_id=rows.optional_int(row, "sales_order_id", t),
+            state=rows.state(row, "state", t, ContractState),
+            total=rows.money(row, "total_amount", t, code),
+            start_date=rows.day(row, "start_date", t),
+            signed_at=rows.optional_instant(row, "signed_at", t),
+        )
+
+
+class CaseState(StrEnum):
+    NEW = "new"
+    OPEN = "open"
+    WAITING = "waiting"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCase:
+    """``crm.service_case``: a customer's case, about an order or not."""
+
+    table: ClassVar[tuple[str, str]] = (CRM, "service_case")
+    id: int
+    account_id: int
+    sales_order_id: int | None
+    category: str
+    state: CaseState
+    opened_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row) -> ServiceCase:
+        t = "crm.service_case"
+        return cls(
+            id=rows.required_int(row, "id", t),
+            account_id=rows.required_int(row, "account_id", t),
+            sales_order_id=rows.optional_int(row, "sales_order_id", t),
+            category=rows.optional_text(row, "category", t) or "question",
+            state=rows.state(row, "state", t, CaseState),
+            opened_at=rows.instant(row, "opened_at", t),
+        )
+
+
+RECORDS = (SalesOrder, SalesOrderLine, Product, Account, Contract, ServiceCase)

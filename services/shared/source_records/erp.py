@@ -248,10 +248,17 @@ class ProductionOrder:
     date_planned_finish: date | None
     date_started: datetime | None
     date_finished: datetime | None
+    #: planned cost at the item's standard, and the actual cost by element (080)
+    standard_cost: Money | None = None
+    material_cost: Money | None = None
+    labour_cost: Money | None = None
+    machine_cost: Money | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> ProductionOrder:
         t = "erp.production_order"
+        costs = _costs(row, t, "cost_currency_code",
+                       ("standard_cost", "material_cost", "labour_cost", "machine_cost"))
         return cls(
             id=rows.required_int(row, "id", t),
             item_id=rows.required_int(row, "item_id", t),
@@ -264,10 +271,119 @@ class ProductionOrder:
             date_planned_finish=rows.optional_day(row, "date_planned_finish", t),
             date_started=rows.optional_instant(row, "date_started", t),
             date_finished=rows.optional_instant(row, "date_finished", t),
+            **costs,
+        )
+
+
+def _costs(row: Row, table: str, currency_column: str,
+           columns: tuple[str, ...]) -> dict[str, Money | None]:
+    """Cost columns (080) in the row's cost currency; an amount without its currency is
+    a bad row (the ERP records both together)."""
+    code = rows.optional_text(row, currency_column, table)
+    found: dict[str, Money | None] = {}
+    for column in columns:
+        if row.get(column) is None:
+            found[column] = None
+        elif code is None:
+            raise rows.BadColumn(table, currency_column, f"is empty beside {column}")
+        else:
+            found[column] = rows.optional_money(
+                row, column, table, rows.currency(row, currency_column, table))
+    return found
+
+
+class InspectionState(StrEnum):
+    PENDING = "pending"
+    PASSED = "passed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class QualityInspection:
+    """``erp.quality_inspection`` and the rework a failed one cost (080)."""
+
+    table: ClassVar[tuple[str, str]] = (ERP, "quality_inspection")
+    id: int
+    production_order_id: int
+    state: InspectionState
+    inspected_at: datetime | None
+    rework_cost: Money | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> QualityInspection:
+        t = "erp.quality_inspection"
+        return cls(
+            id=rows.required_int(row, "id", t),
+            production_order_id=rows.required_int(row, "production_order_id", t),
+            state=rows.state(row, "state", t, InspectionState),
+            inspected_at=rows.optional_instant(row, "inspected_at", t),
+            **_costs(row, t, "cost_currency_code", ("rework_cost",)),
+        )
+
+
+class ShipmentState(StrEnum):
+    DRAFT = "draft"
+    READY = "ready"
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    """``erp.shipment`` and the carrier's freight charge (080)."""
+
+    table: ClassVar[tuple[str, str]] = (ERP, "shipment")
+    id: int
+    sales_order_id: int
+    warehouse_id: int
+    state: ShipmentState
+    shipped_at: datetime | None
+    delivered_at: datetime | None
+    carrier: str | None
+    freight_cost: Money | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> Shipment:
+        t = "erp.shipment"
+        return cls(
+            id=rows.required_int(row, "id", t),
+            sales_order_id=rows.required_int(row, "sales_order_id", t),
+            warehouse_id=rows.required_int(row, "warehouse_id", t),
+            state=rows.state(row, "state", t, ShipmentState),
+            shipped_at=rows.optional_instant(row, "shipped_at", t),
+            delivered_at=rows.optional_instant(row, "delivered_at", t),
+            carrier=rows.optional_text(row, "carrier", t),
+            **_costs(row, t, "freight_currency_code", ("freight_cost",)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ShipmentLine:
+    """``erp.shipment_line`` and the unit cost its goods left at (080)."""
+
+    table: ClassVar[tuple[str, str]] = (ERP, "shipment_line")
+    id: int
+    shipment_id: int
+    sales_order_line_id: int
+    item_id: int
+    quantity: Decimal
+    unit_cost: Money | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> ShipmentLine:
+        t = "erp.shipment_line"
+        return cls(
+            id=rows.required_int(row, "id", t),
+            shipment_id=rows.required_int(row, "shipment_id", t),
+            sales_order_line_id=rows.required_int(row, "sales_order_line_id", t),
+            item_id=rows.required_int(row, "item_id", t),
+            quantity=rows.quantity(row, "quantity", t, sign=Sign.POSITIVE),
+            **_costs(row, t, "cost_currency_code", ("unit_cost",)),
         )
 
 
 RECORDS = (
     Item, Warehouse, Customer, SalesOrder, SalesOrderLine, StockQuant, StockReservation,
-    ProductionOrder,
+    ProductionOrder, QualityInspection, Shipment, ShipmentLine,
 )

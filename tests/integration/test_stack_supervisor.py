@@ -57,7 +57,9 @@ async def test_a_killed_service_comes_back_ready_and_the_restart_is_counted(
         try:
             await wait_until(ready, timeout=120)
         except AssertionError:
-            raise AssertionError(f"{SERVICE} not ready: {last}") from None
+            log = supervised.log_file
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+            raise AssertionError(f"{SERVICE} not ready: {last}; its log ends:\n{tail}") from None
 
     await until_ready()
     first = await _component(local_stack)

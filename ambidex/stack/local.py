@@ -183,6 +183,7 @@ class LocalStack:
                     f"--backoff-max={c.restart_backoff_max_s:g}",
                     "--",
                     sys.executable,
+                    "-P",  # not the cwd (the state directory, see DetachedProcess.spawn)
                     "-m",
                     "ambidex.cli",
                     "run",

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -108,6 +109,13 @@ class DetachedProcess:
         return pid if pid_alive(pid) else None
 
     def spawn(self, command: list[str], env: dict[str, str] | None = None) -> int:
+        """Start ``command`` detached (its own session), output to its log, in the state
+        directory. A Python command runs with ``-P``: the state directory holds the
+        services' state under ``services/``, which Python would otherwise import as the
+        ``services`` package (the editable install is a finder, not a path entry), and the
+        process would die at import."""
+        if command and command[0] == sys.executable and command[1:2] != ["-P"]:
+            command = [command[0], "-P", *command[1:]]
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:

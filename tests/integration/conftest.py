@@ -1,5 +1,5 @@
-"""Fixtures shared by the integration modules: order-sync and inventory-projection
-running against the session stack, and admin connections to both databases (closed
+"""Fixtures shared by the integration modules: each service running against the
+session stack, and admin connections to both databases (closed
 after each test)."""
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from tests.conftest import ServiceProcess
 Dbs = tuple[asyncpg.Connection, asyncpg.Connection]
 
 
-@pytest.fixture
-async def order_sync(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
-    """order-sync, started once for the session's stack and ready."""
-    process = service_process("order-sync")
+async def running_service(
+    service_process: Callable[[str], ServiceProcess], name: str
+) -> ServiceProcess:
+    """The session's process of service ``name``, started again if a previous test
+    stopped or killed it, and ready."""
+    process = service_process(name)
     if process.process is None or process.process.poll() is not None:
         process.start()
     await process.wait_ready()
@@ -27,13 +29,29 @@ async def order_sync(service_process: Callable[[str], ServiceProcess]) -> Servic
 
 
 @pytest.fixture
+async def order_sync(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
+    """order-sync, started once for the session's stack and ready."""
+    return await running_service(service_process, "order-sync")
+
+
+@pytest.fixture
 async def projection(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
     """inventory-projection, started once for the session's stack and ready."""
-    process = service_process("inventory-projection")
-    if process.process is None or process.process.poll() is not None:
-        process.start()  # a previous test stopped or killed it
-    await process.wait_ready()
-    return process
+    return await running_service(service_process, "inventory-projection")
+
+
+@pytest.fixture
+async def receivables(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
+    """receivables, started once for the session's stack and ready."""
+    return await running_service(service_process, "receivables")
+
+
+@pytest.fixture
+async def production(
+    service_process: Callable[[str], ServiceProcess], order_sync: ServiceProcess
+) -> ServiceProcess:
+    """production-status (and order-sync, which publishes the order identity), ready."""
+    return await running_service(service_process, "production-status")
 
 
 @pytest.fixture

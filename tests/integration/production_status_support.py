@@ -12,18 +12,11 @@ from typing import Any
 import asyncpg
 
 from ambidex.stack.local import StackAddresses
-from tests.conftest import ServiceProcess, wait_until
+from tests.conftest import wait_until
 from tests.integration.test_order_sync import catalogue, new_account, wait_status
 
 SERVICE = "production-status"
 GROUP = "ambidex-production-status.changes"  # its BatchSource's consumer group
-
-
-async def running(process: ServiceProcess) -> ServiceProcess:
-    if process.process is None or process.process.poll() is not None:
-        process.start()  # a previous test stopped or killed it
-    await process.wait_ready()
-    return process
 
 
 @dataclass(frozen=True)

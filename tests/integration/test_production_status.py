@@ -22,7 +22,6 @@ Invariants shown here, each on a fresh CRM account and order synced by order-syn
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -38,7 +37,6 @@ from tests.integration.production_status_support import (
     inspect,
     production_order,
     production_orders,
-    running,
     ship,
     stage,
     start_production,
@@ -48,14 +46,6 @@ from tests.integration.production_status_support import (
 from tests.integration.support import values_with_key
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def production(
-    service_process: Callable[[str], ServiceProcess], order_sync: ServiceProcess
-) -> ServiceProcess:
-    """production-status (and order-sync, which publishes the order identity), ready."""
-    return await running(service_process(SERVICE))
 
 
 async def test_an_order_shows_each_step_of_its_production_and_delivery(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -33,7 +32,6 @@ from tests.integration.production_status_support import (
     deliver,
     inspect,
     production_order,
-    running,
     ship,
     stage,
     start_production,
@@ -47,13 +45,6 @@ from tests.integration.support import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def production(
-    service_process: Callable[[str], ServiceProcess], order_sync: ServiceProcess
-) -> ServiceProcess:
-    return await running(service_process(SERVICE))
 
 
 async def walk(erp: asyncpg.Connection, order: Order, n: int) -> None:

@@ -44,16 +44,6 @@ SERVICE = "receivables"
 GROUP = "ambidex-receivables.changes"
 
 
-@pytest.fixture
-async def receivables(service_process: Callable[[str], ServiceProcess]) -> ServiceProcess:
-    """receivables, started once for the session's stack and ready."""
-    process = service_process(SERVICE)
-    if process.process is None or process.process.poll() is not None:
-        process.start()  # a previous test stopped or killed it
-    await process.wait_ready()
-    return process
-
-
 def today() -> date:
     """The as-of date the service reaches: the databases' time, as a UTC date."""
     return datetime.now(UTC).date()

@@ -40,7 +40,6 @@ from tests.integration.test_receivables import (
     money,
     new_party,
     pay,
-    receivables,
     reconciled,
     sign,
     today,
@@ -48,7 +47,6 @@ from tests.integration.test_receivables import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # kills, restarts, a replay
-__all__ = ["receivables"]  # the fixture, used by name
 
 LIVE_ROWS = """
 SELECT 'position' AS t, contract_id::text AS k, paid, outstanding FROM

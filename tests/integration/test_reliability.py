@@ -30,6 +30,7 @@ import pytest
 from ambidex.connectors import ConnectClient, load_connectors
 from ambidex.stack.local import LocalStack, StackAddresses
 from tests.conftest import ServiceProcess, wait_until
+from tests.integration.conftest import running_service
 from tests.integration.support import kill_component
 from tests.integration.test_order_sync import Catalogue, catalogue, new_account, new_order
 from tests.integration.test_order_sync_recovery import (
@@ -47,21 +48,11 @@ def _say(message: str) -> None:
     print(f"[drill {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-async def _running(
-    service_process: Callable[[str], ServiceProcess], name: str
-) -> ServiceProcess:
-    process = service_process(name)
-    if process.process is None or process.process.poll() is not None:
-        process.start()  # a previous test stopped or killed it
-    await process.wait_ready()
-    return process
-
-
 @pytest.fixture
 async def services(
     service_process: Callable[[str], ServiceProcess],
 ) -> dict[str, ServiceProcess]:
-    return {name: await _running(service_process, name) for name in SERVICES}
+    return {name: await running_service(service_process, name) for name in SERVICES}
 
 
 async def _ready(process: ServiceProcess) -> bool:

@@ -20,14 +20,14 @@ import pytest
 from ambidex.stack.local import StackAddresses
 from ambidex.workload import run_workload
 from ambidex.workload.billing import TYPO_CONTRACT_OFFSET
-from ambidex.workload.reference_case import NEVER_INVOICED
+from ambidex.workload.reference_case import NEVER_INVOICED, SHORT_NUMBER
 from ambidex.workload.reference_case import NUMBER as REFERENCE_NUMBER
 from services.customer_value import recompute as customer_value
 from services.customer_value.sources import ReceivablePosition
 from services.production_status import records as production
 from services.receivables.recompute import recompute
 from services.receivables.records import Table
-from services.receivables.rules import Kind, slot_identity
+from services.receivables.rules import Kind, invoice_identity, slot_identity
 from services.shared.errors import BadInput
 from services.shared.source_records import record_type
 from tests.conftest import ServiceProcess
@@ -184,6 +184,19 @@ async def _check_receivables_sources(
     check(await erp.fetchval(
         "SELECT count(*) FROM erp.invoice WHERE crm_contract_id = $1", reference) == 5,
         "the seed's case has 5 invoices")
+
+    # the short case: no payment or cancellation of the run touched its invoices
+    short = await crm.fetchval("SELECT id FROM crm.contract WHERE number = $1", SHORT_NUMBER)
+    invoices = {r["installment_seq"]: r for r in await erp.fetch(
+        """SELECT id, installment_seq, state, amount_residual FROM erp.invoice
+           WHERE crm_contract_id = $1""", short)}
+    short_shapes = sorted((seq, r["state"], r["amount_residual"]) for seq, r in invoices.items())
+    made = [(1, "paid", Decimal("0.00")), (2, "posted", Decimal("600.00")),
+            (3, "posted", Decimal("1000.00"))]
+    check(short_shapes == made, "the short case's invoices", short_shapes)
+    if 2 in invoices:
+        check(invoice_identity(Kind.PAYMENT_SHORT, invoices[2]["id"]) in result.discrepancies,
+              "the short case's payment_short")
 
 
 def _shape(paid: Decimal, total: Decimal) -> str:

@@ -39,9 +39,12 @@ pytestmark = pytest.mark.integration
 CRM_TABLES = ("contract", "installment", "service_case")
 ERP_TABLES = ("invoice", "payment", "production_order", "quality_inspection", "shipment",
               "shipment_line")
-#: the discrepancy kinds the workload's slips and customers cause within a short run
-EXPECTED_KINDS = {
-    Kind.INSTALLMENT_NOT_INVOICED,
+#: the discrepancy kinds of the seed's reference cases: in every run
+SEEDED_KINDS = {Kind.INSTALLMENT_NOT_INVOICED, Kind.PAYMENT_SHORT}
+#: the kinds the workload's slips and customers cause by chance, a few of each per 30 s:
+#: all but two must show (one kind missing is a dice roll of a few per cent; the slips
+#: themselves are unit-tested in test_workload_schedules)
+SLIP_KINDS = {
     Kind.INVOICE_AMOUNT_MISMATCH,
     Kind.UNKNOWN_INSTALLMENT,
     Kind.UNKNOWN_CONTRACT,
@@ -49,7 +52,6 @@ EXPECTED_KINDS = {
     Kind.CURRENCY_MISMATCH,
     Kind.PAYMENT_OVER,
     Kind.PAYMENT_WITHOUT_INVOICE,
-    Kind.PAYMENT_SHORT,
 }
 MONEY = {
     "crm.contract": ("total_amount",),
@@ -169,7 +171,8 @@ async def _check_receivables_sources(
     result = recompute(rows, dt.date.today())
     check(result.rejected == [], "rows receivables rejects", result.rejected[:5])
     kinds = Counter(d.kind for d in result.discrepancies.values())
-    check(set(kinds) >= EXPECTED_KINDS, "discrepancy kinds", kinds)
+    check(set(kinds) >= SEEDED_KINDS, "the reference cases' discrepancy kinds", kinds)
+    check(len(set(kinds) & SLIP_KINDS) >= len(SLIP_KINDS) - 2, "slip discrepancy kinds", kinds)
 
     # the seed's case: 120,000 contracted, 100,000 received, installment 3 never invoiced
     reference = await crm.fetchval("SELECT id FROM crm.contract WHERE number = $1",

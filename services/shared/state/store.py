@@ -94,6 +94,16 @@ def prefix_end(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
+def right_sized(value: bytes) -> bytes:
+    """A copy of ``value`` in a buffer of its own length.
+
+    orjson (3.12 on) hands back its output in the buffer it wrote into, at least 4 KiB
+    whatever the length: a batch's change set holds every value it puts until the
+    checkpoint drains it, so 50,000 entries of ~60 bytes held 200 MB (issue 11: the
+    worker's RSS rose 5 KB a change replayed). Copying costs well under a microsecond."""
+    return b"".join((value, b""))
+
+
 class MemoryState:
     """:class:`StateStore` in a dict (unit tests, ``table_store=memory``)."""
 
@@ -189,7 +199,7 @@ class Overlay:
     def put(self, key: bytes, value: bytes) -> None:
         if key not in self.pending:
             self._keys.add(key)
-        self.pending[key] = value
+        self.pending[key] = right_sized(value)
 
     def delete(self, key: bytes) -> None:
         if key not in self.pending:
@@ -263,4 +273,5 @@ class Prefixed:
 
 __all__ = [
     "KeyValue", "MemoryState", "Overlay", "Prefixed", "StateStore", "StateWriter", "prefix_end",
+    "right_sized",
 ]

@@ -212,14 +212,15 @@ async def replay_receivables(bootstrap: str, service: BenchedService,
     while True:
         done = await _offsets(bootstrap, GROUP, partitions)
         now = time.monotonic()
-        service.sample_rss()
+        rss = service.sample_rss()
         if now - last_watch > 5:
             await watch.sample()
             last_watch = now
         if first is None and done > 0:
             first = (now, done, service.cpu_seconds())
         if now - last_log > 10:
-            log(f"receivables replay: {done:,}/{end:,} committed after {now - started:.0f}s")
+            log(f"receivables replay: {done:,}/{end:,} committed after {now - started:.0f}s, "
+                f"RSS {rss:.0f} MB")
             last_log = now
         if done >= end:
             await watch.sample()

@@ -128,8 +128,8 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
         if isinstance(row_id, bool) or not isinstance(row_id, int):
             raise BadInput(f"{name} key {event.key!r} has no integer id")
         row = None if event.op is ChangeOp.DELETE else event.after
-        parse(table, row)  # BadRow: the transaction is rejected whole
-        return table, row_id, event.position, row
+        # BadRow: the transaction is rejected whole; typed once, folded as it is
+        return table, row_id, event.position, parse(table, row)
 
     def apply(self, records: Sequence[Change], transaction: CompleteTransaction,
               outcome: Outcome) -> None:
@@ -139,11 +139,11 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
         if taken_back:
             outcome.merge(self.core.note_incomplete(taken_back))
         whole = self.applying
-        for (table, row_id, position, row), event in zip(records, transaction.events,
+        for (_, row_id, position, row), event in zip(records, transaction.events,
                                                         strict=True):
-            if table is not Table.INSTALLMENT or row is None:
+            if not isinstance(row, Installment):
                 continue
-            contract_id = row["contract_id"]
+            contract_id = row.contract_id
             if self.core.contract_known(contract_id):
                 continue
             handle = None if whole is None else whole.handle_of(event)

@@ -399,8 +399,10 @@ class Receivables(StateView):
         # the contract's sums: the slot's old part out, its new part in
         table = self._sums(contract_id)
         old_sums, new_sums = slot_sums(old), slot_sums(new)
-        _add_sums(table, slot_sums_as_of(old, self.as_of, old_sums), -1)
-        _add_sums(table, slot_sums_as_of(new, self.as_of, new_sums), 1)
+        old_aged = slot_sums_as_of(old, self.as_of, old_sums)
+        new_aged = slot_sums_as_of(new, self.as_of, new_sums)
+        _add_sums(table, old_aged, -1)
+        _add_sums(table, new_aged, 1)
         self._put_sums(contract_id, table)
         # the dated index and the calendar
         before, after = _listing(old, old_sums), _listing(new, new_sums)
@@ -418,8 +420,8 @@ class Receivables(StateView):
                 self.kv.put(codec.uninvoiced_key(contract_id, seq), b"")
             else:
                 self.kv.delete(codec.uninvoiced_key(contract_id, seq))
-        position = installment_position(contract_id, seq, new, self.as_of, new_sums)
-        if installment_position(contract_id, seq, old, self.as_of, old_sums) != position:
+        position = installment_position(contract_id, seq, new, self.as_of, aged=new_aged)
+        if installment_position(contract_id, seq, old, self.as_of, aged=old_aged) != position:
             out.installments[(contract_id, seq)] = position
         entry = plan_entry(contract_id, seq, new)
         if plan_entry(contract_id, seq, old) != entry:

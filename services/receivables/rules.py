@@ -250,12 +250,16 @@ class InstallmentPosition:
 
 
 def installment_position(contract_id: int, seq: int, facts: SlotFacts, as_of: date,
-                         unaged: dict[str, Sums] | None = None) -> InstallmentPosition | None:
-    """(``unaged``: the slot's :func:`slot_sums`, when already computed.)"""
+                         unaged: dict[str, Sums] | None = None, *,
+                         aged: Mapping[str, Sums] | None = None) -> InstallmentPosition | None:
+    """(``unaged``: the slot's :func:`slot_sums`, ``aged``: its :func:`slot_sums_as_of`,
+    when already computed.)"""
     inst = facts.installment
     if inst is None:
         return None
-    sums = slot_sums_as_of(facts, as_of, unaged).get(inst.currency, EMPTY)
+    if aged is None:
+        aged = slot_sums_as_of(facts, as_of, unaged)
+    sums = aged.get(inst.currency, EMPTY)
     bucket = bucket_of(inst.due_date, as_of) if sums.outstanding else None
     paid_on = [i.last_paid_on for i in facts.invoices if i.last_paid_on is not None]
     return InstallmentPosition(

@@ -62,6 +62,7 @@ from aiokafka import TopicPartition
 
 from services.shared.batches import BatchSource, Hold, OffsetLedger, RecordBatch
 from services.shared.kafka import Kafka
+from services.shared.memory import release_free_memory
 from services.shared.state.changelog import (
     BATCH_HEADER,
     OFFSETS_KEY,
@@ -231,6 +232,9 @@ class Checkpoint:
         changes[OFFSETS_KEY] = offsets
         self.state.write(changes)
         await acknowledged
+        # the batch's garbage is freed by now: its pages go back (not kept for the RSS)
+        del changes
+        release_free_memory()
 
     def _track(
         self, batch: RecordBatch, released: Iterable[ConsumerRecord[bytes, bytes]]

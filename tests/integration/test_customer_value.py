@@ -143,7 +143,9 @@ async def test_a_transaction_with_a_bad_row_goes_whole_to_the_dead_letters(
 
     await wait_until(dead_lettered, timeout=90, interval=1.0)
     assert "NaN" in found[bad][0] and "freight_cost" in found[bad][0]
-    assert "rejected whole" in found[good][0] and "shipment row" in found[good][0]
+    # the good row's letter names the transaction and the bad record's origin
+    assert "rejected whole" in found[good][0] and "NaN" in found[good][0]
+    assert f"cdc.erp.shipment@{found[bad][2]}:{found[bad][3]}" in found[good][0]
     assert all(origin[2] >= 0 and origin[3] >= 0 for origin in found.values())
     # the service goes on: the next shipment is folded, nothing of the rejected one shows
     await ship(erp, customer, freight="7.00", quantity=1, unit_cost="3.00")

@@ -5,6 +5,8 @@
   cost of goods, service cases, and the derived variance, cost to serve and margin)
   equal the recomputation from both databases, and the topic carries the same figures
   as the table;
+* an account's open delay risks (kept in the state for the dashboard) follow what
+  production-status publishes: a late order counted, gone once delivered;
 * a source transaction with a bad row (a NaN freight, the check dropped as in a
   database that predates it) goes whole to ``dlq.customer-value``, each record with
   its reason and origin; nothing of it shows in the figures, and the service goes on
@@ -22,6 +24,7 @@ import asyncpg
 import pytest
 
 from ambidex.stack.local import StackAddresses
+from services.customer_value.app import STATE_TOPIC
 from services.customer_value.effects import VALUE_TOPIC
 from services.shared.deadletters import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
@@ -38,7 +41,9 @@ from tests.integration.customer_value_support import (
     this_month,
     until_value,
 )
-from tests.integration.support import values_with_key
+from tests.integration.production_status_support import deliver, production_order, synced_order
+from tests.integration.production_status_support import ship as ps_ship
+from tests.integration.support import read_topic, values_with_key
 from tests.integration.test_receivables import bill, pay, sign, today
 
 pytestmark = pytest.mark.integration
@@ -152,3 +157,39 @@ async def test_a_transaction_with_a_bad_row_goes_whole_to_the_dead_letters(
     row = await until_value(crm, customer.account_id, month, freight=D("7.00"))
     assert row["shipments"] == 1 and row["cost_of_goods"] == D("3.00")
     assert customer_value.process is not None and customer_value.process.poll() is None
+
+
+async def test_an_accounts_open_delay_risks_follow_production_status(
+    customer_value: ServiceProcess, production: ServiceProcess, stack: StackAddresses,
+    dbs: Dbs, unique: str,
+) -> None:
+    """The open delay risks kept per account (services/customer_value/risks.py), read
+    from the service's own changelog: a late order of the account is counted once
+    production-status publishes it late, and the count is gone once it is delivered."""
+    crm, erp = dbs
+    # promised for tomorrow; production planned to finish in three weeks: late
+    order = await synced_order(stack, crm, erp, unique, promised_in_days=1)
+    mo = await production_order(erp, order, finish_in_days=21)
+    counts = f"rn|{order.account_id}".encode()
+    entry = f"rx|{order.account_id}|{order.crm_id}".encode()
+
+    async def latest(key: bytes) -> object:
+        records = await read_topic(stack.kafka_bootstrap, STATE_TOPIC, lambda k: k == key,
+                                   raw=True)
+        value = records[-1][1] if records else None
+        return None if value is None else json.loads(value)
+
+    async def late() -> bool:
+        return await latest(counts) == {"late": 1}
+
+    await wait_until(late, timeout=120, interval=1.0)
+    risk = await latest(entry)
+    assert isinstance(risk, dict) and (risk["o"], risk["l"]) == (order.crm_id, "late")
+    await erp.execute("UPDATE erp.production_order SET state = 'done', qty_produced = 5, "
+                      "date_finished = now() WHERE id = $1", mo)
+    await deliver(erp, await ps_ship(erp, order, 5))
+
+    async def cleared() -> bool:
+        return await latest(counts) is None and await latest(entry) is None
+
+    await wait_until(cleared, timeout=120, interval=1.0)

@@ -1,8 +1,10 @@
 """customer-value's in-process reader hook (services/customer_value/observer.py,
 effects.py): the observer hears a step's figures and risks only after the checkpoint
 commit (the runner's ``after_commit``), once per commit, never for a step whose commit
-did not happen; and a fold's full set (what ``loaded`` is given) is every account month
-the state holds. Pure: the kit's fold in memory, the service built but not started."""
+did not happen; a fold's full set (what ``loaded`` is given) is every account month
+the state holds; and a fold reloaded by the runner keeps the write position the table
+held at start (a write below it would be refused by the guard, i.e. lost).
+Pure: the kit's fold in memory, the service built but not started."""
 
 from __future__ import annotations
 
@@ -77,3 +79,13 @@ def test_the_full_set_is_every_account_month_of_the_state() -> None:
     source.commit("crm", rows)
     out = source.step().outcome
     assert {v.key for v in source.fold.current()} == set(out.values) and len(out.values) == 9
+
+
+def test_every_reload_of_the_fold_keeps_the_tables_write_position() -> None:
+    from services.customer_value.app import Shell
+    from services.shared.state.store import MemoryState
+
+    shell = Shell(build_service(load_settings("customer-value", {})))
+    shell._written = (datetime(2026, 5, 1, tzinfo=UTC), 40)
+    fold = shell.load(MemoryState())  # as the runner reloads it after a failed batch
+    assert fold.meta.revision == 40 and fold.meta.written_ms > 0

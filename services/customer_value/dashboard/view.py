@@ -1,0 +1,328 @@
+"""The dashboard's figures, kept up to date one published record at a time (pure).
+
+:class:`DashboardView` takes customer-value's records (:class:`CustomerValue`, one per
+account, month and currency) as the service commits them: the latest record of a key
+replaces the one before, the same record again changes nothing, and a removed key (a
+month that emptied) takes its figures out. Every change costs O(log n) in the number of
+customers — the account's running totals and its currency's are adjusted by the
+difference, and the account's entry in the ordered indexes is moved — never a rescan.
+
+What it answers, each in time that does not grow with the number of customers beyond
+a logarithm (a page costs O(log n + page size)):
+
+- the top customers of a currency by revenue booked or by margin, a page at a time
+  (ties in account order, so paging gives every customer exactly once);
+- one customer's months (the margin trend), totals, cost breakdown and ranks;
+- per currency, the totals over every customer (where the cost goes overall).
+
+Money is never added across currencies: every total is per currency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sortedcontainers import SortedDict, SortedList
+
+from services.customer_value.figures import COUNTS, ZERO, CustomerValue
+from services.customer_value.fold import ValueKey
+
+#: money figures summed per customer and currency (over its months) and per currency
+TOTALED = (
+    "revenue_booked", "invoiced", "collected", "outstanding", "cost_of_goods",
+    "production_variance", "rework", "freight", "cost_to_serve", "margin",
+)
+COUNTED = tuple(COUNTS.values())
+#: the rankings offered: name -> the figure customers are ordered by (highest first)
+RANKINGS: Mapping[str, str] = {"revenue": "revenue_booked", "margin": "margin"}
+MAX_PAGE_SIZE = 200
+
+
+@dataclass(frozen=True, slots=True)
+class CostBreakdown:
+    """Where the cost to serve goes; ``production + quality + freight`` is
+    ``cost_to_serve``. Service cases are counted only: the CRM records no cost."""
+
+    production: Decimal  # goods at cost as they left the warehouse + production variance
+    quality: Decimal  # rework of failed inspections
+    freight: Decimal
+    failed_inspections: int
+    service_cases: int
+
+    @property
+    def total(self) -> Decimal:
+        return self.production + self.quality + self.freight
+
+    def parts(self) -> tuple[tuple[str, Decimal], ...]:
+        return (("production", self.production), ("quality", self.quality),
+                ("freight", self.freight))
+
+
+def cost_breakdown(figures: Mapping[str, Decimal], counts: Mapping[str, int]) -> CostBreakdown:
+    return CostBreakdown(
+        production=figures["cost_of_goods"] + figures["production_variance"],
+        quality=figures["rework"],
+        freight=figures["freight"],
+        failed_inspections=counts["failed_inspections"],
+        service_cases=counts["service_cases"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """Totals over some months (one customer's, or a currency's), in one currency."""
+
+    currency: str
+    figures: Mapping[str, Decimal]
+    counts: Mapping[str, int]
+    months: int  # (account, month) records summed
+
+    def __getitem__(self, name: str) -> Decimal:
+        return self.figures[name]
+
+    @property
+    def cost(self) -> CostBreakdown:
+        return cost_breakdown(self.figures, self.counts)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"currency": self.currency, "months": self.months,
+                "figures": {k: str(v) for k, v in self.figures.items()},
+                "counts": dict(self.counts), "cost": _cost_json(self.cost)}
+
+
+def _cost_json(cost: CostBreakdown) -> dict[str, Any]:
+    return {"production": str(cost.production), "quality": str(cost.quality),
+            "freight": str(cost.freight), "total": str(cost.total),
+            "failed_inspections": cost.failed_inspections,
+            "service_cases": cost.service_cases}
+
+
+def value_json(value: CustomerValue) -> dict[str, Any]:
+    """One month of a customer, as the JSON endpoints give it."""
+    return {"month": value.month, "currency": value.currency,
+            "erp_customer_ids": list(value.erp_customer_ids),
+            "figures": {name: str(value[name]) for name in TOTALED},
+            "counts": dict(value.counts),
+            "cost": _cost_json(cost_breakdown(value.figures, value.counts))}
+
+
+class _Totals:
+    """Running sums, adjusted by each record put in or taken out."""
+
+    __slots__ = ("counts", "figures", "months")
+
+    def __init__(self) -> None:
+        self.figures = dict.fromkeys(TOTALED, ZERO)
+        self.counts = dict.fromkeys(COUNTED, 0)
+        self.months = 0
+
+    def add(self, value: CustomerValue, sign: int) -> None:
+        for name in TOTALED:
+            self.figures[name] += value[name] * sign
+        for name in COUNTED:
+            self.counts[name] += value.counts[name] * sign
+        self.months += sign
+
+    def snapshot(self, currency: str) -> Figures:
+        return Figures(currency, dict(self.figures), dict(self.counts), self.months)
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    rank: int  # 1 = first
+    account_id: int
+    totals: Figures
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a ranking in one currency."""
+
+    by: str
+    currency: str | None  # None: no customer has figures yet
+    page: int
+    size: int
+    customers: int  # in that currency
+    rows: tuple[Ranked, ...]
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.customers // self.size))
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerCurrency:
+    """One customer's figures in one currency."""
+
+    currency: str
+    totals: Figures
+    months: tuple[CustomerValue, ...]  # month order
+    ranks: Mapping[str, int]  # ranking -> place among the currency's customers
+    customers: int  # in that currency
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerView:
+    account_id: int
+    currencies: tuple[CustomerCurrency, ...]  # currency order
+
+
+def _rank_key(totals: _Totals, figure: str, account: int) -> tuple[Decimal, int]:
+    return (-totals.figures[figure], account)
+
+
+class DashboardView:
+    """customer-value's figures, indexed for the dashboard (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._values: dict[ValueKey, CustomerValue] = {}
+        # (account, currency) -> month -> record, and the running totals over them
+        self._months: dict[tuple[int, str], SortedDict] = {}
+        self._totals: dict[tuple[int, str], _Totals] = {}
+        self._currencies_of: dict[int, set[str]] = {}
+        # currency -> totals over every customer; ranking -> (-figure, account) in order
+        self._overall: dict[str, _Totals] = {}
+        self._ranks: dict[str, dict[str, SortedList]] = {}
+        self.as_of: datetime | None = None
+        #: counts the changes applied (a change of the figures, not a repeated record)
+        self.revision = 0
+
+    # -- changes --------------------------------------------------------------------
+
+    def commit(self, values: Iterable[CustomerValue], removed: Iterable[ValueKey] = (),
+               as_of: datetime | None = None) -> int:
+        """Apply one commit of the service: records written, keys removed (months that
+        emptied), and the commit's as-of time. Returns how many keys changed."""
+        changed = sum(self.apply(value) for value in values)
+        changed += sum(self.remove(key) for key in removed)
+        if as_of is not None:
+            self.as_of = as_of
+        return changed
+
+    def apply(self, value: CustomerValue) -> bool:
+        """The latest record of its key; False if it equals the one held."""
+        old = self._values.get(value.key)
+        if old == value:
+            return False
+        self._replace(value.key, old, value)
+        return True
+
+    def remove(self, key: ValueKey) -> bool:
+        old = self._values.get(key)
+        if old is None:
+            return False
+        self._replace(key, old, None)
+        return True
+
+    def _replace(self, key: ValueKey, old: CustomerValue | None,
+                 new: CustomerValue | None) -> None:
+        account, month, currency = key
+        pair = (account, currency)
+        ranks = self._ranks.setdefault(currency, {by: SortedList() for by in RANKINGS})
+        overall = self._overall.setdefault(currency, _Totals())
+        totals = self._totals.get(pair)
+        if totals is None:
+            totals = self._totals[pair] = _Totals()
+            self._months[pair] = SortedDict()
+            self._currencies_of.setdefault(account, set()).add(currency)
+        else:  # out of the indexes at its old place, back in at its new one below
+            for by, figure in RANKINGS.items():
+                ranks[by].remove(_rank_key(totals, figure, account))
+        months = self._months[pair]
+        if old is not None:
+            totals.add(old, -1)
+            overall.add(old, -1)
+            del months[month]
+        if new is not None:
+            totals.add(new, 1)
+            overall.add(new, 1)
+            months[month] = new
+            self._values[key] = new
+        else:
+            del self._values[key]
+        if totals.months:
+            for by, figure in RANKINGS.items():
+                ranks[by].add(_rank_key(totals, figure, account))
+        else:  # the customer's last month in this currency went
+            del self._totals[pair], self._months[pair]
+            currencies = self._currencies_of[account]
+            currencies.discard(currency)
+            if not currencies:
+                del self._currencies_of[account]
+            if not overall.months:
+                del self._overall[currency], self._ranks[currency]
+        self.revision += 1
+
+    # -- answers --------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Records held (account, month, currency)."""
+        return len(self._values)
+
+    def get(self, key: ValueKey) -> CustomerValue | None:
+        return self._values.get(key)
+
+    def currencies(self) -> list[tuple[str, int]]:
+        """Every currency with figures, and how many customers have some in it."""
+        return [(c, len(r["revenue"])) for c, r in sorted(self._ranks.items())]
+
+    def default_currency(self) -> str | None:
+        """The currency most customers have figures in (ties: alphabetical)."""
+        found = self.currencies()
+        if not found:
+            return None
+        return min(found, key=lambda item: (-item[1], item[0]))[0]
+
+    def overall(self, currency: str) -> Figures | None:
+        """Totals over every customer in ``currency``."""
+        totals = self._overall.get(currency)
+        return totals.snapshot(currency) if totals is not None else None
+
+    def customers(self, currency: str) -> int:
+        ranks = self._ranks.get(currency)
+        return len(ranks["revenue"]) if ranks else 0
+
+    def top(self, by: str, currency: str | None = None, page: int = 1,
+            size: int = 25) -> Page:
+        """Page ``page`` (from 1) of the customers in ``currency`` (default:
+        :meth:`default_currency`) ordered by ``by`` (a :data:`RANKINGS` name), highest
+        first, ties by account id. Costs O(log n + size)."""
+        if by not in RANKINGS:
+            raise ValueError(f"unknown ranking {by!r}; one of {', '.join(RANKINGS)}")
+        if page < 1:
+            raise ValueError("page starts at 1")
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page size must be 1 to {MAX_PAGE_SIZE}")
+        shown = currency or self.default_currency()
+        ranks = self._ranks.get(shown) if shown else None
+        if shown is None or ranks is None:
+            return Page(by, shown, page, size, 0, ())
+        ordered = ranks[by]
+        start = (page - 1) * size
+        rows = tuple(
+            Ranked(start + offset + 1, account, self._totals[(account, shown)].snapshot(shown))
+            for offset, (_, account) in enumerate(ordered.islice(start, start + size))
+        )
+        return Page(by, shown, page, size, len(ordered), rows)
+
+    def customer(self, account_id: int) -> CustomerView | None:
+        """One customer's figures per currency; None if it has none. Costs its months
+        plus O(log n) per currency for its ranks."""
+        currencies = self._currencies_of.get(account_id)
+        if not currencies:
+            return None
+        out = []
+        for currency in sorted(currencies):
+            pair = (account_id, currency)
+            totals = self._totals[pair]
+            ordered = self._ranks[currency]
+            ranks = {by: ordered[by].index(_rank_key(totals, figure, account_id)) + 1
+                     for by, figure in RANKINGS.items()}
+            out.append(CustomerCurrency(currency, totals.snapshot(currency),
+                                        tuple(self._months[pair].values()), ranks,
+                                        len(ordered["revenue"])))
+        return CustomerView(account_id, tuple(out))

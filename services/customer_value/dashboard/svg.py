@@ -14,7 +14,7 @@ from decimal import Decimal
 from html import escape
 
 ZERO = Decimal(0)
-LABEL_WIDTH = 220
+LABEL_WIDTH = 260
 VALUE_WIDTH = 120
 ROW_HEIGHT = 22
 COLOURS = {"positive": "#2f6f9f", "negative": "#b5473a", "line": "#2f6f9f",
@@ -60,7 +60,7 @@ def bar_chart(bars: Sequence[Bar], *, title: str, currency: str, width: int = 72
         length = _scale(bar.amount, span, plot)
         x = zero_x - length if bar.amount < 0 else zero_x
         colour = bar.colour or COLOURS["negative" if bar.amount < 0 else "positive"]
-        label = escape(_clip(bar.label, 30))
+        label = escape(_clip(bar.label, 34))
         if bar.href is not None:
             label = f'<a href="{escape(bar.href)}">{label}</a>'
         parts.append(
@@ -80,7 +80,7 @@ def bar_chart(bars: Sequence[Bar], *, title: str, currency: str, width: int = 72
 def line_chart(points: Sequence[tuple[str, Decimal]], *, title: str, currency: str,
                width: int = 720, height: int = 220) -> str:
     """One series over months (``YYYY-MM`` labels), with the zero line and the range."""
-    left, right, top, bottom = 90, 20, 16, 36
+    left, right, top, bottom = 90, 40, 16, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     amounts = [amount for _, amount in points]
     high = max([ZERO, *amounts])

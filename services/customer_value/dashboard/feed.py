@@ -19,7 +19,7 @@ from services.customer_value.figures import CustomerValue
 from services.customer_value.fold import ValueKey
 
 #: records applied between two yields to the event loop while loading the full set
-LOAD_SLICE = 2000
+LOAD_SLICE = 500
 
 
 class CommitObserver(Protocol):
@@ -43,7 +43,7 @@ class ViewObserver:
 async def load(view: DashboardView, values: Iterable[CustomerValue],
                as_of: datetime | None) -> int:
     """Apply the full current set, yielding to the loop every :data:`LOAD_SLICE`
-    records (120,000 records would otherwise hold it for a second or more)."""
+    records (120,000 records would otherwise hold it for seconds)."""
     applied = 0
     for seen, value in enumerate(values, 1):
         applied += view.apply(value)

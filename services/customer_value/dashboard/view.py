@@ -121,10 +121,18 @@ class _Totals:
         self.months = 0
 
     def add(self, value: CustomerValue, sign: int) -> None:
-        for name in TOTALED:
-            self.figures[name] += value[name] * sign
-        for name in COUNTED:
-            self.counts[name] += value.counts[name] * sign
+        figures, counts = self.figures, self.counts
+        theirs, their_counts = value.figures, value.counts
+        if sign > 0:
+            for name in TOTALED:
+                figures[name] += theirs[name]
+            for name in COUNTED:
+                counts[name] += their_counts[name]
+        else:
+            for name in TOTALED:
+                figures[name] -= theirs[name]
+            for name in COUNTED:
+                counts[name] -= their_counts[name]
         self.months += sign
 
     def snapshot(self, currency: str) -> Figures:

@@ -32,11 +32,11 @@ from typing import Any, TypeVar
 
 import httpx
 
-from services.customer_value.dashboard.accounts import AccountFacts, DelayRisk, Receivable
 from services.customer_value.dashboard.feed import load
 from services.customer_value.dashboard.server import start_dashboard
 from services.customer_value.dashboard.view import DashboardView
 from services.customer_value.figures import CustomerValue
+from services.customer_value.risks import AccountRisks, OrderRisk
 from services.shared.health import ObservabilityServer
 
 T = TypeVar("T")
@@ -74,13 +74,6 @@ def records(customers: int, months: int, rng: random.Random) -> list[CustomerVal
 class MemoryAccounts:
     async def names(self, account_ids: Sequence[int]) -> Mapping[int, str]:
         return {a: f"Customer {a} <GmbH & Co>" for a in account_ids}
-
-    async def facts(self, account_id: int) -> AccountFacts:
-        return AccountFacts(
-            f"Customer {account_id}",
-            (Receivable("EUR", Decimal("1200.00"), Decimal("0.00"), None),),
-            (DelayRisk(1, "SO0000001", "at_risk", "qc_overdue", "in_quality_control",
-                       None, None),))
 
 
 class Served:
@@ -130,6 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     made = records(args.customers, args.months, rng)
     view = DashboardView()
+    for account in range(1, args.customers + 1, 7):  # one in seven with an open delay risk
+        view.set_risks(AccountRisks(account, {"at_risk": 1}, (OrderRisk(
+            account, f"SO{account:07d}", "at_risk", "qc_overdue", "in_quality_control",
+            None, None),)))
     loaded = time.perf_counter()
     asyncio.run(load(view, made, datetime.now(UTC)))
     done = time.perf_counter()

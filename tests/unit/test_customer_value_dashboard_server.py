@@ -9,14 +9,13 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, date, datetime
-from decimal import Decimal
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.customer_value.dashboard.accounts import AccountFacts, DelayRisk, Receivable
 from services.customer_value.dashboard.server import dashboard_app
 from services.customer_value.dashboard.view import DashboardView
+from services.customer_value.risks import AccountRisks, OrderRisk
 from tests.unit.test_customer_value_dashboard_view import _NoScan, value
 
 EVIL = '<script>alert("x")</script> & Söhne'
@@ -36,22 +35,18 @@ class FakeAccounts:
             await asyncio.sleep(3600)
         return {a: EVIL if a == 1 else f"Customer {a}" for a in account_ids}
 
-    async def facts(self, account_id: int) -> AccountFacts:
-        if self.fail:
-            raise OSError("database down")
-        return AccountFacts(
-            EVIL if account_id == 1 else f"Customer {account_id}",
-            (Receivable("EUR", Decimal("1200.00"), Decimal("200.00"), date(2027, 1, 5)),),
-            (DelayRisk(77, "SO<77>", "late", "promise_missed", "in_production",
-                       date(2026, 11, 30), date(2026, 12, 20)),))
-
 
 def sample_view() -> DashboardView:
     view = DashboardView()
     view.commit([value(1, "2026-01", revenue="1000.00", goods="400.00", freight="20.00"),
                  value(1, "2026-02", revenue="500.00", goods="600.00", rework="5.00"),
                  value(2, "2026-01", revenue="800.00", goods="100.00"),
-                 value(3, "2026-01", "USD", revenue="50.00")], as_of=AS_OF)
+                 value(3, "2026-01", "USD", revenue="50.00", outstanding="1200.00")],
+                as_of=AS_OF)
+    view.set_risks(AccountRisks(1, {"late": 1, "at_risk": 1}, (
+        OrderRisk(78, "SO78", "at_risk", "qc_overdue", "in_quality_control", None, None),
+        OrderRisk(77, "SO<77>", "late", "promise_missed", "in_production",
+                  date(2026, 11, 30), date(2026, 12, 20)))))
     return view
 
 
@@ -87,6 +82,7 @@ async def test_overview_shows_the_rankings_costs_and_as_of_with_names_escaped(
     rows = re.findall(r'<table class="ranking" data-by="(\w+)">(.*?)</table>', html)
     ranked = {by: re.findall(r'href="/customers/(\d+)"', table) for by, table in rows}
     assert ranked == {"revenue": ["1", "2"], "margin": ["2", "1"]}
+    assert "1 late, 1 at risk" in html
     usd = cells(await (await client.get("/?currency=usd")).text())
     assert usd == {("3", "USD", "", n): v for (_, _, _, n), v in usd.items()}
     assert usd[("3", "USD", "", "revenue_booked")] == "50.00"
@@ -101,6 +97,7 @@ async def test_json_gives_the_same_figures_a_page_at_a_time(
     assert row["figures"]["margin"] == "475.00"
     assert row["cost"] == {"production": "1000.00", "quality": "5.00", "freight": "20.00",
                            "total": "1025.00", "failed_inspections": 1, "service_cases": 0}
+    assert row["delay_risks"] == {"late": 1, "at_risk": 1}
     overview = await (await client.get("/api/overview")).json()
     assert overview["as_of"] == AS_OF.isoformat()
     assert overview["currencies"] == [{"currency": "EUR", "customers": 2},
@@ -117,12 +114,15 @@ async def test_customer_page_has_trend_costs_receivables_and_risks(
     assert shown[("1", "EUR", "2026-01", "margin")] == "580.00"
     assert shown[("1", "EUR", "2026-02", "margin")] == "-105.00"
     assert shown[("1", "EUR", "", "margin")] == "475.00"
-    assert "1,200.00" in html and "promise_missed" in html
+    assert re.findall(r'data-order="(\d+)"', html) == ["77", "78"]  # late first
     body = await (await client.get("/api/customers/1")).json()
+    assert body["name"] == EVIL
     assert [m["figures"]["margin"] for m in body["currencies"][0]["months"]] == [
         "580.00", "-105.00"]
     assert body["currencies"][0]["ranks"] == {"revenue": 1, "margin": 2}
-    assert body["delay_risks"][0]["level"] == "late"
+    assert [o["level"] for o in body["delay_risks"]["orders"]] == ["late", "at_risk"]
+    usd = cells(await (await client.get("/customers/3")).text())
+    assert usd[("3", "USD", "", "outstanding")] == "1200.00"
     assert (await client.get("/customers/99")).status == 404
     assert (await client.get("/api/customers/99")).status == 404
 

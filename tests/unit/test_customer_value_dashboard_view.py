@@ -262,33 +262,3 @@ def test_bad_paging_is_refused() -> None:
     empty = view.top("revenue")
     assert (empty.currency, empty.customers, empty.rows, empty.pages) == (None, 0, (), 1)
 
-
-async def test_loading_the_full_set_lets_the_loop_serve_and_commits_follow() -> None:
-    import asyncio
-    from datetime import UTC, datetime
-
-    from services.customer_value.dashboard.feed import LOAD_SLICE, ViewObserver, load
-
-    view = DashboardView()
-    turns = 0
-
-    async def other_work() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(other_work())
-    await asyncio.sleep(0)
-    started = turns
-    as_of = datetime(2026, 12, 3, tzinfo=UTC)
-    assert await load(view, (value(a, revenue="1.00") for a in range(LOAD_SLICE * 6)),
-                      as_of) == LOAD_SLICE * 6
-    task.cancel()
-    assert turns - started >= 6  # the loop ran other work while the set was loading
-    assert view.as_of == as_of
-    later = datetime(2026, 12, 4, tzinfo=UTC)
-    ViewObserver(view).on_committed([value(1, revenue="9.00")], later,
-                                    removed=[(2, "2026-01", "EUR")])
-    assert view.top("revenue").rows[0].account_id == 1
-    assert view.customer(2) is None and view.as_of == later

@@ -15,14 +15,15 @@ from decimal import Decimal
 from html import escape
 from urllib.parse import urlencode
 
-from services.customer_value.dashboard.accounts import AccountFacts
 from services.customer_value.dashboard.svg import Bar, bar_chart, line_chart, money_text
 from services.customer_value.dashboard.view import (
     RANKINGS,
     CostBreakdown,
     CustomerView,
+    DashboardView,
     Figures,
     Page,
+    ordered_risks,
 )
 
 TITLES = {"revenue": "revenue booked", "margin": "margin"}
@@ -31,6 +32,7 @@ COLUMNS = ("revenue_booked", "cost_to_serve", "margin", "invoiced", "collected",
 HEADINGS = {"revenue_booked": "revenue booked", "cost_to_serve": "cost to serve",
             "margin": "margin", "invoiced": "invoiced", "collected": "collected",
             "outstanding": "outstanding"}
+RECEIVABLES = ("outstanding", "invoiced", "collected")
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;max-width:1100px}
 h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:1.6rem}h3{font-size:1rem}
@@ -63,7 +65,27 @@ def _figure(amount: Decimal, *, account: int | None, currency: str, figure: str,
     return f"<td {shown}{css}>{money_text(amount)}</td>"
 
 
-def _document(title: str, as_of: datetime | None, body: str) -> str:
+def risk_counts(view: DashboardView, shown: Sequence[Page]) -> dict[int, Mapping[str, int]]:
+    """The open delay risks by level of the accounts on the pages shown."""
+    out = {}
+    for page in shown:
+        for row in page.rows:
+            risks = view.risks(row.account_id)
+            if risks is not None:
+                out[row.account_id] = risks.counts
+    return out
+
+
+def _risk_text(counts: Mapping[str, int] | None) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{counts[level]} {level.replace('_', ' ')}"
+                     for level in ("late", "at_risk") if counts.get(level))
+
+
+def _document(title: str, as_of: datetime | None, body: str, loaded: bool = True) -> str:
+    loading = ("" if loaded else '<p class="negative" id="loading">Loading the figures: '
+               "this page shows part of them.</p>")
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
@@ -73,7 +95,7 @@ def _document(title: str, as_of: datetime | None, body: str) -> str:
         f'<p class="asof">Figures as of <time id="as-of" datetime="'
         f'{escape(as_of.isoformat() if as_of else "")}">{escape(as_of_text(as_of))}</time> '
         "(source time of the last change counted)</p>"
-        f"{body}</body></html>"
+        f"{loading}{body}</body></html>"
     )
 
 
@@ -98,7 +120,8 @@ def cost_chart(cost: CostBreakdown, *, title: str, currency: str) -> str:
             "cases (the CRM records no cost for them).</p>")
 
 
-def ranking_section(page: Page, names: Mapping[int, str], *, more: bool) -> str:
+def ranking_section(page: Page, names: Mapping[int, str],
+                    risks: Mapping[int, Mapping[str, int]], *, more: bool) -> str:
     """A ranking's page: its bar chart and its table."""
     currency = page.currency or ""
     figure = RANKINGS[page.by]
@@ -113,8 +136,9 @@ def ranking_section(page: Page, names: Mapping[int, str], *, more: bool) -> str:
                                 figure=name) for name in COLUMNS)
         rows.append(f'<tr data-rank="{r.rank}"><td>{r.rank}</td><td class="name">'
                     f'<a href="/customers/{r.account_id}">'
-                    f"{escape(customer_name(r.account_id, names))}</a></td>{cells}</tr>")
-    head = "".join(f"<th>{HEADINGS[name]}</th>" for name in COLUMNS)
+                    f"{escape(customer_name(r.account_id, names))}</a></td>{cells}"
+                    f'<td class="risks">{_risk_text(risks.get(r.account_id))}</td></tr>')
+    head = "".join(f"<th>{HEADINGS[name]}</th>" for name in COLUMNS) + "<th>delay risks</th>"
     link = ""
     if more:
         href = f"/top?{urlencode({'by': page.by, 'currency': currency})}"
@@ -128,7 +152,8 @@ def ranking_section(page: Page, names: Mapping[int, str], *, more: bool) -> str:
 
 def overview_page(*, currencies: Sequence[tuple[str, int]], currency: str | None,
                   overall: Figures | None, tops: Sequence[Page], names: Mapping[int, str],
-                  as_of: datetime | None) -> str:
+                  risks: Mapping[int, Mapping[str, int]], as_of: datetime | None,
+                  loaded: bool) -> str:
     body = [_currency_links("/", currencies, currency)]
     if currency is None or overall is None:
         body.append("<p>No figures yet.</p>")
@@ -136,15 +161,16 @@ def overview_page(*, currencies: Sequence[tuple[str, int]], currency: str | None
         body.append(f"<h2>Where the cost goes ({escape(currency)}, all customers)</h2>")
         body.append(cost_chart(overall.cost, title=f"Cost to serve by kind ({currency})",
                                currency=currency))
-        body.extend(ranking_section(page, names, more=True) for page in tops)
-    return _document("Customer value", as_of, "".join(body))
+        body.extend(ranking_section(page, names, risks, more=True) for page in tops)
+    return _document("Customer value", as_of, "".join(body), loaded)
 
 
 def ranking_page(*, currencies: Sequence[tuple[str, int]], page: Page,
-                 names: Mapping[int, str], as_of: datetime | None) -> str:
+                 names: Mapping[int, str], risks: Mapping[int, Mapping[str, int]],
+                 as_of: datetime | None, loaded: bool) -> str:
     query = {"by": page.by, "size": str(page.size)}
     body = [_currency_links("/top", currencies, page.currency, **query),
-            ranking_section(page, names, more=False)]
+            ranking_section(page, names, risks, more=False)]
     links = []
     for label, number in (("← previous", page.page - 1), ("next →", page.page + 1)):
         if 1 <= number <= page.pages:
@@ -153,13 +179,13 @@ def ranking_page(*, currencies: Sequence[tuple[str, int]], page: Page,
                          f'href="{escape(href)}">{label}</a>')
     body.append(f'<p class="pages">Page {page.page} of {page.pages} '
                 f"({page.customers} customers) {' '.join(links)}</p>")
-    return _document(f"Customers by {TITLES[page.by]}", as_of, "".join(body))
+    return _document(f"Customers by {TITLES[page.by]}", as_of, "".join(body), loaded)
 
 
-def customer_page(customer: CustomerView, facts: AccountFacts,
-                  as_of: datetime | None) -> str:
+def customer_page(customer: CustomerView, name: str | None, as_of: datetime | None,
+                  loaded: bool = True) -> str:
     account = customer.account_id
-    title = customer_name(account, {account: facts.name} if facts.name else {})
+    title = customer_name(account, {account: name} if name is not None else {})
     body = []
     for part in customer.currencies:
         currency = part.currency
@@ -187,30 +213,32 @@ def customer_page(customer: CustomerView, facts: AccountFacts,
         body.append(f'<table class="months"><thead><tr><th>month</th>{head}</tr></thead>'
                     f"<tbody>{''.join(rows)}</tbody></table></section>")
     body.append("<h2>Open receivables</h2>")
-    if facts.receivables:
-        rows = [f"<tr><td>{escape(r.currency)}</td><td>{money_text(r.outstanding)}</td>"
-                f"<td>{money_text(r.overdue)}</td>"
-                f"<td>{escape(r.next_due_date.isoformat() if r.next_due_date else '')}</td></tr>"
-                for r in facts.receivables]
-        body.append("<table class=\"receivables\"><thead><tr><th>currency</th>"
-                    "<th>outstanding</th><th>overdue</th><th>next due</th></tr></thead>"
-                    f"<tbody>{''.join(rows)}</tbody></table>")
+    if customer.currencies:
+        rows = [f"<tr><td>{escape(part.currency)}</td>"
+                + "".join(_figure(part.totals[name], account=account, currency=part.currency,
+                                  figure=name) for name in RECEIVABLES) + "</tr>"
+                for part in customer.currencies]
+        body.append('<table class="receivables"><thead><tr><th>currency</th>'
+                    + "".join(f"<th>{name}</th>" for name in RECEIVABLES)
+                    + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+                    '<p class="muted">receivables\' positions of the account\'s contracts.</p>')
     else:
         body.append("<p>None.</p>")
     body.append("<h2>Open delay risks</h2>")
-    if facts.delay_risks:
-        rows = [f'<tr class="{escape(r.level)}"><td>{escape(r.order_number or str(r.crm_order_id))}'
-                f"</td><td>{escape(r.level)}</td><td>{escape(r.reason or '')}</td>"
-                f"<td>{escape(r.stage or '')}</td>"
+    if customer.risks is not None:
+        rows = [f'<tr class="{escape(r.level)}" data-order="{r.crm_order_id}">'
+                f"<td>{escape(r.number)}</td><td>{escape(r.level)}</td>"
+                f"<td>{escape(r.reason or '')}</td><td>{escape(r.stage)}</td>"
                 f"<td>{escape(r.promised_date.isoformat() if r.promised_date else '')}</td>"
-                f"<td>{escape(r.predicted_p90.isoformat() if r.predicted_p90 else '')}</td></tr>"
-                for r in facts.delay_risks]
-        body.append('<table class="risks"><thead><tr><th>order</th><th>level</th>'
-                    "<th>reason</th><th>stage</th><th>promised</th><th>predicted (p90)</th>"
+                f"<td>{escape(r.predicted_p50.isoformat() if r.predicted_p50 else '')}</td></tr>"
+                for r in ordered_risks(customer.risks)]
+        body.append(f"<p>{escape(_risk_text(customer.risks.counts))}</p>"
+                    '<table class="risks"><thead><tr><th>order</th><th>level</th>'
+                    "<th>reason</th><th>stage</th><th>promised</th><th>predicted (p50)</th>"
                     f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
     else:
         body.append("<p>None.</p>")
-    return _document(title, as_of, "".join(body))
+    return _document(title, as_of, "".join(body), loaded)
 
 
 def not_found_page(what: str, as_of: datetime | None) -> str:

@@ -9,12 +9,13 @@ Routes (``currency`` defaults to the one most customers have figures in; ``page`
 - ``/top`` and ``/api/top`` (``by=revenue|margin``, ``currency``, ``page``, ``size``):
   one page of a ranking;
 - ``/customers/{id}`` and ``/api/customers/{id}``: one customer's totals, months
-  (margin trend), cost breakdown, ranks, open receivables and delay risks.
+  (margin trend), cost breakdown, ranks, open receivables (receivables' outstanding,
+  as customer-value counts it) and open delay risks (production-status's).
 
 A request reads the view without yielding in between (one consistent state), then asks
-:class:`~.accounts.Accounts` for the page's names and the customer's facts; if the
-database does not answer in time the page is still served, with account ids and the
-facts marked unavailable. Nothing here costs more than the rows shown.
+:class:`~.accounts.AccountNames` for the names of the accounts shown; if the database
+does not answer in time the page is still served, with account ids. Nothing here costs
+more than the rows shown.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ import orjson
 from aiohttp import web
 
 from services.customer_value.dashboard import pages
-from services.customer_value.dashboard.accounts import AccountFacts, Accounts
-from services.customer_value.dashboard.view import RANKINGS, DashboardView, Page, value_json
+from services.customer_value.dashboard.accounts import AccountNames
+from services.customer_value.dashboard.view import (
+    RANKINGS,
+    DashboardView,
+    Page,
+    risks_json,
+    value_json,
+)
 from services.shared.health import ObservabilityServer, serve_app
 
 log = logging.getLogger(__name__)
@@ -38,7 +45,7 @@ log = logging.getLogger(__name__)
 #: rows of each ranking on the overview page
 OVERVIEW_SIZE = 10
 DEFAULT_SIZE = 25
-#: longest wait for the CRM database (names, receivables, risks) before serving without
+#: longest wait for the CRM database (the accounts' names) before serving without
 LOOKUP_TIMEOUT = 2.0
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 #: nothing on the page is fetched from anywhere: no script, no external style or image
@@ -93,18 +100,19 @@ def _json(body: Any, status: int = 200) -> web.Response:
                         status=status, headers=HEADERS)
 
 
-def _page_json(page: Page, names: Mapping[int, str]) -> dict[str, Any]:
+def _page_json(view: DashboardView, page: Page, names: Mapping[int, str]) -> dict[str, Any]:
     return {"by": page.by, "currency": page.currency, "page": page.page, "size": page.size,
             "pages": page.pages, "customers": page.customers,
             "rows": [{"rank": r.rank, "account_id": r.account_id,
-                      "name": names.get(r.account_id), **r.totals.as_json()}
+                      "name": names.get(r.account_id), **r.totals.as_json(),
+                      "delay_risks": risks_json(view.risks(r.account_id))["counts"]}
                      for r in page.rows]}
 
 
 class Dashboard:
-    """The handlers over one view and one :class:`Accounts`."""
+    """The handlers over one view and one :class:`AccountNames`."""
 
-    def __init__(self, view: DashboardView, accounts: Accounts,
+    def __init__(self, view: DashboardView, accounts: AccountNames,
                  lookup_timeout: float = LOOKUP_TIMEOUT) -> None:
         self.view = view
         self.accounts = accounts
@@ -118,9 +126,11 @@ class Dashboard:
                                                           "error": type(error).__name__})
             return fallback
 
-    async def _names(self, pages_shown: Sequence[Page]) -> Mapping[int, str]:
-        ids = sorted({r.account_id for page in pages_shown for r in page.rows})
-        return await self._ask("names", lambda: self.accounts.names(ids), {})
+    async def _names(self, ids: Sequence[int]) -> Mapping[int, str]:
+        return await self._ask("names", lambda: self.accounts.names(sorted(set(ids))), {})
+
+    def _ids(self, pages_shown: Sequence[Page]) -> list[int]:
+        return [r.account_id for page in pages_shown for r in page.rows]
 
     def _overview(self, request: web.Request) -> tuple[str | None, list[Page]]:
         currency = _currency(request) or self.view.default_currency()
@@ -130,35 +140,44 @@ class Dashboard:
         currency, tops = self._overview(request)
         overall = self.view.overall(currency) if currency else None
         currencies, as_of = self.view.currencies(), self.view.as_of
-        names = await self._names(tops)
+        risks = pages.risk_counts(self.view, tops)
+        names = await self._names(self._ids(tops))
         return _html(pages.overview_page(currencies=currencies, currency=currency,
                                          overall=overall, tops=tops, names=names,
-                                         as_of=as_of))
+                                         risks=risks, as_of=as_of,
+                                         loaded=self.view.loaded))
 
     async def overview_json(self, request: web.Request) -> web.Response:
         currency, tops = self._overview(request)
         overall = self.view.overall(currency) if currency else None
         currencies, as_of = self.view.currencies(), self.view.as_of
-        names = await self._names(tops)
+        top = {page.by: _page_json(self.view, page, {}) for page in tops}
+        names = await self._names(self._ids(tops))
+        for ranking in top.values():
+            for row in ranking["rows"]:
+                row["name"] = names.get(row["account_id"])
         return _json({"as_of": as_of.isoformat() if as_of else None,
+                      "loaded": self.view.loaded,
                       "currencies": [{"currency": c, "customers": n} for c, n in currencies],
                       "currency": currency,
-                      "overall": overall.as_json() if overall else None,
-                      "top": {page.by: _page_json(page, names) for page in tops}})
+                      "overall": overall.as_json() if overall else None, "top": top})
 
     async def top(self, request: web.Request) -> web.Response:
         page = _ranking(request, self.view, DEFAULT_SIZE)
         currencies, as_of = self.view.currencies(), self.view.as_of
-        names = await self._names([page])
+        risks = pages.risk_counts(self.view, [page])
+        names = await self._names(self._ids([page]))
         return _html(pages.ranking_page(currencies=currencies, page=page, names=names,
-                                        as_of=as_of))
+                                        risks=risks, as_of=as_of, loaded=self.view.loaded))
 
     async def top_json(self, request: web.Request) -> web.Response:
         page = _ranking(request, self.view, DEFAULT_SIZE)
-        as_of = self.view.as_of
-        names = await self._names([page])
-        return _json({"as_of": as_of.isoformat() if as_of else None,
-                      **_page_json(page, names)})
+        body = {"as_of": self.view.as_of.isoformat() if self.view.as_of else None,
+                "loaded": self.view.loaded, **_page_json(self.view, page, {})}
+        names = await self._names(self._ids([page]))
+        for row in body["rows"]:
+            row["name"] = names.get(row["account_id"])
+        return _json(body)
 
     def _account(self, request: web.Request) -> int:
         raw = request.match_info["account"]
@@ -166,34 +185,32 @@ class Dashboard:
             raise BadQuery("the account id must be a whole number")
         return int(raw)
 
-    async def _facts(self, account: int) -> AccountFacts:
-        return await self._ask("facts", lambda: self.accounts.facts(account),
-                               AccountFacts(None, (), ()))
-
     async def customer(self, request: web.Request) -> web.Response:
         account = self._account(request)
         shown, as_of = self.view.customer(account), self.view.as_of
         if shown is None:
             return _html(pages.not_found_page(
                 f"Account {account} has no customer-value figures.", as_of), 404)
-        return _html(pages.customer_page(shown, await self._facts(account), as_of))
+        names = await self._names([account])
+        return _html(pages.customer_page(shown, names.get(account), as_of,
+                                         loaded=self.view.loaded))
 
     async def customer_json(self, request: web.Request) -> web.Response:
         account = self._account(request)
         shown, as_of = self.view.customer(account), self.view.as_of
         if shown is None:
             return _json({"error": f"account {account} has no customer-value figures"}, 404)
-        facts = await self._facts(account)
-        return _json({
-            "as_of": as_of.isoformat() if as_of else None, "account_id": account,
-            "name": facts.name,
+        body = {
+            "as_of": as_of.isoformat() if as_of else None, "loaded": self.view.loaded,
+            "account_id": account,
             "currencies": [{"currency": part.currency, "ranks": dict(part.ranks),
                             "customers": part.customers, "totals": part.totals.as_json(),
                             "months": [value_json(v) for v in part.months]}
                            for part in shown.currencies],
-            "receivables": [r.as_json() for r in facts.receivables],
-            "delay_risks": [r.as_json() for r in facts.delay_risks],
-        })
+            "delay_risks": risks_json(shown.risks),
+        }
+        body["name"] = (await self._names([account])).get(account)
+        return _json(body)
 
 
 @web.middleware
@@ -208,7 +225,7 @@ async def _bad_query(request: web.Request,
         return _html(pages.not_found_page(str(error), None), 400)
 
 
-def dashboard_app(view: DashboardView, accounts: Accounts, *,
+def dashboard_app(view: DashboardView, accounts: AccountNames, *,
                   lookup_timeout: float = LOOKUP_TIMEOUT) -> web.Application:
     """The read-only application: GET (and HEAD) routes only; anything else is 405."""
     dashboard = Dashboard(view, accounts, lookup_timeout)
@@ -222,7 +239,7 @@ def dashboard_app(view: DashboardView, accounts: Accounts, *,
     return app
 
 
-async def start_dashboard(view: DashboardView, accounts: Accounts, host: str,
+async def start_dashboard(view: DashboardView, accounts: AccountNames, host: str,
                           port: int) -> ObservabilityServer:
     """Serve the dashboard on ``host:port`` (0 = a free port; ``.port`` is the bound one)."""
     server = await serve_app(dashboard_app(view, accounts), host, port)

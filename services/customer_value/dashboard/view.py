@@ -13,7 +13,9 @@ a logarithm (a page costs O(log n + page size)):
 - the top customers of a currency by revenue booked or by margin, a page at a time
   (ties in account order, so paging gives every customer exactly once);
 - one customer's months (the margin trend), totals, cost breakdown and ranks;
-- per currency, the totals over every customer (where the cost goes overall).
+- per currency, the totals over every customer (where the cost goes overall);
+- an account's open delay risks (production-status's, as customer-value holds them:
+  replaced whole per account, O(1)).
 
 Money is never added across currencies: every total is per currency.
 """
@@ -30,6 +32,7 @@ from sortedcontainers import SortedDict, SortedList
 
 from services.customer_value.figures import COUNTS, ZERO, CustomerValue
 from services.customer_value.fold import ValueKey
+from services.customer_value.risks import AccountRisks, OrderRisk
 
 #: money figures summed per customer and currency (over its months) and per currency
 TOTALED = (
@@ -110,6 +113,22 @@ def value_json(value: CustomerValue) -> dict[str, Any]:
             "cost": _cost_json(cost_breakdown(value.figures, value.counts))}
 
 
+def risks_json(risks: AccountRisks | None) -> dict[str, Any]:
+    """An account's open delay risks (late ones first), as the JSON endpoints give them."""
+    if risks is None:
+        return {"counts": {}, "orders": []}
+    return {"counts": dict(risks.counts), "orders": [
+        {"crm_order_id": r.crm_order_id, "number": r.number, "level": r.level,
+         "reason": r.reason, "stage": r.stage,
+         "promised_date": r.promised_date.isoformat() if r.promised_date else None,
+         "predicted_p50": r.predicted_p50.isoformat() if r.predicted_p50 else None}
+        for r in ordered_risks(risks)]}
+
+
+def ordered_risks(risks: AccountRisks) -> list[OrderRisk]:
+    return sorted(risks.orders, key=lambda r: (r.level != "late", r.crm_order_id))
+
+
 class _Totals:
     """Running sums, adjusted by each record put in or taken out."""
 
@@ -177,6 +196,7 @@ class CustomerCurrency:
 class CustomerView:
     account_id: int
     currencies: tuple[CustomerCurrency, ...]  # currency order
+    risks: AccountRisks | None  # None: no open delay risk
 
 
 def _rank_key(totals: _Totals, figure: str, account: int) -> tuple[Decimal, int]:
@@ -195,7 +215,10 @@ class DashboardView:
         # currency -> totals over every customer; ranking -> (-figure, account) in order
         self._overall: dict[str, _Totals] = {}
         self._ranks: dict[str, dict[str, SortedList]] = {}
+        self._risks: dict[int, AccountRisks] = {}
         self.as_of: datetime | None = None
+        #: False until the service's full set is applied (the pages say so meanwhile)
+        self.loaded = False
         #: counts the changes applied (a change of the figures, not a repeated record)
         self.revision = 0
 
@@ -225,6 +248,16 @@ class DashboardView:
             return False
         self._replace(key, old, None)
         return True
+
+    def set_risks(self, risks: AccountRisks) -> None:
+        """An account's open delay risks now (``total == 0``: none left)."""
+        if risks.total:
+            self._risks[risks.account_id] = risks
+        else:
+            self._risks.pop(risks.account_id, None)
+
+    def risks(self, account_id: int) -> AccountRisks | None:
+        return self._risks.get(account_id)
 
     def _replace(self, key: ValueKey, old: CustomerValue | None,
                  new: CustomerValue | None) -> None:
@@ -318,13 +351,14 @@ class DashboardView:
         return Page(by, shown, page, size, len(ordered), rows)
 
     def customer(self, account_id: int) -> CustomerView | None:
-        """One customer's figures per currency; None if it has none. Costs its months
-        plus O(log n) per currency for its ranks."""
+        """One customer's figures per currency and open delay risks; None if it has
+        neither. Costs its months plus O(log n) per currency for its ranks."""
         currencies = self._currencies_of.get(account_id)
-        if not currencies:
+        risks = self._risks.get(account_id)
+        if not currencies and risks is None:
             return None
         out = []
-        for currency in sorted(currencies):
+        for currency in sorted(currencies or ()):
             pair = (account_id, currency)
             totals = self._totals[pair]
             ordered = self._ranks[currency]
@@ -333,4 +367,4 @@ class DashboardView:
             out.append(CustomerCurrency(currency, totals.snapshot(currency),
                                         tuple(self._months[pair].values()), ranks,
                                         len(ordered["revenue"])))
-        return CustomerView(account_id, tuple(out))
+        return CustomerView(account_id, tuple(out), risks)

@@ -37,7 +37,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;max-width:1100px}
 h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:1.6rem}h3{font-size:1rem}
 table{border-collapse:collapse;margin:.5rem 0}th,td{padding:.2rem .6rem;text-align:right}
-th:first-child,td:first-child,td.name{text-align:left}tr:nth-child(even){background:#f4f6f8}
+th:first-child,td:first-child,td.name,th.name{text-align:left}tr:nth-child(even){background:#f4f6f8}
 .negative{color:#b5473a}.muted{color:#666}nav a{margin-right:.8rem}.asof{color:#555}
 .chart{display:block;margin:.4rem 0}
 """
@@ -99,11 +99,15 @@ def _document(title: str, as_of: datetime | None, body: str, loaded: bool = True
     )
 
 
+def _customers(count: int) -> str:
+    return "1 customer" if count == 1 else f"{count} customers"
+
+
 def _currency_links(path: str, currencies: Sequence[tuple[str, int]], chosen: str | None,
                     **query: str) -> str:
     links = []
     for currency, customers in currencies:
-        label = f"{escape(currency)} ({customers} customers)"
+        label = f"{escape(currency)} ({_customers(customers)})"
         if currency == chosen:
             links.append(f"<strong>{label}</strong>")
         else:
@@ -146,7 +150,8 @@ def ranking_section(page: Page, names: Mapping[int, str],
     return (f"<h2>{escape(title)}</h2>"
             + bar_chart(bars, title=title, currency=currency)
             + f'<table class="ranking" data-by="{page.by}"><thead><tr><th>#</th>'
-            f"<th>customer</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            '<th class="name">customer</th>'
+            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
             + link)
 
 
@@ -178,7 +183,7 @@ def ranking_page(*, currencies: Sequence[tuple[str, int]], page: Page,
             links.append(f'<a rel="{"prev" if number < page.page else "next"}" '
                          f'href="{escape(href)}">{label}</a>')
     body.append(f'<p class="pages">Page {page.page} of {page.pages} '
-                f"({page.customers} customers) {' '.join(links)}</p>")
+                f"({_customers(page.customers)}) {' '.join(links)}</p>")
     return _document(f"Customers by {TITLES[page.by]}", as_of, "".join(body), loaded)
 
 

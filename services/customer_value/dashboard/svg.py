@@ -79,7 +79,8 @@ def bar_chart(bars: Sequence[Bar], *, title: str, currency: str, width: int = 72
 
 def line_chart(points: Sequence[tuple[str, Decimal]], *, title: str, currency: str,
                width: int = 720, height: int = 220) -> str:
-    """One series over months (``YYYY-MM`` labels), with the zero line and the range."""
+    """One series over months (``YYYY-MM`` labels, in order), with the zero line and
+    the range."""
     left, right, top, bottom = 90, 40, 16, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     amounts = [amount for _, amount in points]
@@ -90,10 +91,14 @@ def line_chart(points: Sequence[tuple[str, Decimal]], *, title: str, currency: s
     def y_of(amount: Decimal) -> int:
         return top + plot_h - _scale(amount - low, span, plot_h)
 
+    # months are placed by the time between them (a month without figures leaves a gap)
+    ordinals = [_month_ordinal(month) for month, _ in points]
+    first, months = (ordinals[0], ordinals[-1] - ordinals[0]) if ordinals else (0, 0)
+
     def x_of(index: int) -> int:
-        if len(points) == 1:
+        if months <= 0:
             return left + plot_w // 2
-        return left + index * plot_w // (len(points) - 1)
+        return left + (ordinals[index] - first) * plot_w // months
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart trend" role="img" '
@@ -121,6 +126,12 @@ def line_chart(points: Sequence[tuple[str, Decimal]], *, title: str, currency: s
                          f'font-size="11">{escape(month)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _month_ordinal(month: str) -> int:
+    """``YYYY-MM`` as months since year 0 (anything else: 0, drawn at the start)."""
+    year, _, number = month.partition("-")
+    return int(year) * 12 + int(number) - 1 if year.isdigit() and number.isdigit() else 0
 
 
 def _clip(text: str, most: int) -> str:

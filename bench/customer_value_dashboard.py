@@ -6,6 +6,13 @@ Not a test: it prints figures and the command that reproduces them.
     uv run python -m bench.customer_value_dashboard                  # 10,000 x 12 months
     uv run python -m bench.customer_value_dashboard --customers 2000 --months 6 --no-browser
     uv run python -m bench.customer_value_dashboard --screenshot /tmp/dashboard.png
+    uv run python -m bench.customer_value_dashboard --stack --samples 200   # end to end
+
+With ``--stack``: a private stack (seeded) and ``ambidex run customer-value`` as its own
+process; a CRM order confirmed (committed) at a time, each for one of 20 fresh
+accounts, and its revenue read from the dashboard's ``/api/customers/<id>`` every 10 ms:
+source commit -> figure on the dashboard, through Debezium, Kafka, the service's step,
+its checkpoint and the observer (run it through /work/wt/with-stack or alone).
 
 The dashboard runs in its own thread and event loop (as in the service process); the
 benchmark asks it over HTTP. Server time is the time of a whole HTTP request from this
@@ -117,7 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--changes", type=int, default=300, help="applied -> served samples")
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--screenshot", help="save a screenshot of the overview page here")
+    parser.add_argument("--stack", action="store_true",
+                        help="source commit -> dashboard figure on a private stack")
+    parser.add_argument("--samples", type=int, default=200, help="with --stack")
     args = parser.parse_args(argv)
+    if args.stack:
+        asyncio.run(end_to_end(args.samples))
+        print("\nreproduce: uv run python -m bench.customer_value_dashboard "
+              + " ".join(argv if argv is not None else sys.argv[1:]))
+        return
     rng = random.Random(14)
 
     started = time.perf_counter()
@@ -211,6 +226,58 @@ def browse(base: str, paths: list[str], args: argparse.Namespace) -> None:
                 print(f"screenshot: {shot}")
     finally:
         driver.quit()
+
+
+async def end_to_end(samples: int) -> None:
+    import shutil
+
+    import asyncpg
+
+    from bench.common import BenchedService, start_private_stack
+
+    stack, state_dir = await start_private_stack(lambda line: print(line, flush=True))
+    service = BenchedService("customer-value", {
+        **stack.service_environment("customer-value", secured=False),
+        "AMBIDEX_LOG_LEVEL": "WARNING",
+        "AMBIDEX_TABLE_STATE_DIR": str(state_dir / "services-bench"),
+    }, stack.config.logs_dir / "bench-customer-value.log")
+    latencies: list[float] = []
+    try:
+        service.start()
+        await service.wait_ready(timeout=300)
+        crm = await asyncpg.connect(stack.addresses.crm_admin_dsn)
+        base = f"http://127.0.0.1:{service.dashboard_port}"
+        accounts = [int(await crm.fetchval(
+            """INSERT INTO crm.account (name, country_code, currency_code)
+               VALUES ($1, 'DE', 'EUR') RETURNING id""", f"bench {n}")) for n in range(20)]
+        booked = dict.fromkeys(accounts, Decimal(0))
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            for n in range(samples):
+                account = accounts[n % len(accounts)]
+                amount = Decimal(100 + n) + Decimal("0.50")
+                booked[account] += amount
+                t0 = time.perf_counter()
+                await crm.execute(
+                    """INSERT INTO crm.sales_order (account_id, state, currency_code,
+                           amount_total, confirmed_at)
+                       VALUES ($1, 'confirmed', 'EUR', $2, now())""", account, amount)
+                while True:
+                    response = await client.get(f"/api/customers/{account}")
+                    if response.status_code == 200 and any(
+                            part["totals"]["figures"]["revenue_booked"] == str(booked[account])
+                            for part in response.json()["currencies"]):
+                        break
+                    if time.perf_counter() - t0 > 60:
+                        raise RuntimeError(f"account {account} not shown after 60 s")
+                    await asyncio.sleep(0.01)
+                latencies.append((time.perf_counter() - t0) * 1000)
+        await crm.close()
+    finally:
+        service.stop()
+        await stack.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    print(f"\nsource commit -> dashboard figure ({samples} CRM orders confirmed one at a "
+          f"time, read every 10 ms): {percentiles(latencies)}")
 
 
 if __name__ == "__main__":

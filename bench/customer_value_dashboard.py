@@ -108,6 +108,15 @@ class Served:
         self.thread.join()
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        lines = status.read().splitlines()
+    for line in lines:
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def percentiles(samples: list[float]) -> str:
     ordered = sorted(samples)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -143,11 +152,13 @@ def main(argv: list[str] | None = None) -> None:
             account, f"SO{account:07d}", "at_risk", "qc_overdue", "in_quality_control",
             None, None),)))
     loaded = time.perf_counter()
+    before = rss_mb()
     asyncio.run(load(view, made, datetime.now(UTC)))
     done = time.perf_counter()
     print(f"{len(made):,} records ({args.customers:,} customers x {args.months} months, "
           f"one in ten also in USD): made in {loaded - started:.1f} s, loaded into the view "
-          f"in {done - loaded:.2f} s ({(done - loaded) / len(made) * 1e6:.1f} µs a record)")
+          f"in {done - loaded:.2f} s ({(done - loaded) / len(made) * 1e6:.1f} µs a record); "
+          f"the view holds them in {rss_mb() - before:.0f} MB (resident memory grown)")
 
     served = Served(view)
     base = served.server.url

@@ -102,3 +102,24 @@ async def test_the_service_serves_its_dashboard_and_a_taken_port_costs_only_the_
         response = await client.get(f"http://127.0.0.1:{port}/api/overview")
     assert response.status_code == 200 and response.json()["loaded"] is False
     await dashboard.stop(SimpleNamespace())  # type: ignore[arg-type]
+
+
+def test_a_record_the_view_cannot_hold_is_logged_never_raised_into_the_service(
+        caplog: object) -> None:
+    import dataclasses
+    from decimal import Decimal
+
+    import pytest
+
+    view = DashboardView()
+    observer = DashboardObserver(view)
+    good = value(1, revenue="5.00")
+    odd = dataclasses.replace(value(2, revenue="5.00"),
+                              figures={**value(2, revenue="5.00").figures,
+                                       "revenue_booked": Decimal("5.001")})
+    with pytest.raises(ValueError, match="hundredths"):
+        view.apply(odd)
+    observer.committed(Update({odd.key: odd, good.key: good}, {}, LATER))
+    assert view.customer(1) is not None and view.customer(2) is None
+    assert view.as_of == LATER
+    assert "left a record out" in caplog.text  # type: ignore[attr-defined]

@@ -163,7 +163,7 @@ async def test_pages_are_served_when_the_crm_database_fails_or_hangs() -> None:
 async def test_a_page_never_walks_over_every_customer() -> None:
     view = DashboardView()
     view.commit(value(a, revenue=str(a % 97), goods=str(a % 13)) for a in range(3000))
-    for name in ("_values", "_months", "_totals", "_currencies_of", "_overall"):
+    for name in ("_months", "_totals", "_currencies_of", "_overall", "_risks"):
         setattr(view, name, _NoScan(getattr(view, name)))
     accounts = FakeAccounts()
     async with TestClient(TestServer(dashboard_app(view, accounts))) as c:

@@ -242,11 +242,13 @@ def test_a_change_and_a_page_never_walk_over_every_customer() -> None:
     rng = random.Random(3)
     view = DashboardView()
     view.commit(random_value(rng, 2000) for _ in range(3000))
-    for name in ("_values", "_months", "_totals", "_currencies_of", "_overall"):
+    for name in ("_months", "_totals", "_currencies_of", "_overall", "_risks"):
         setattr(view, name, _NoScan(getattr(view, name)))
     for _ in range(200):
         view.apply(random_value(rng, 2000))
-    view.remove(next(iter(dict.keys(view._values))))
+    account, currency = next(iter(dict.keys(view._totals)))
+    month = next(iter(dict.__getitem__(view._months, (account, currency))))
+    assert view.remove((account, month, currency))
     assert len(view.top("margin", "EUR", 3, 50).rows) == 50
     assert view.customer(next(iter(dict.keys(view._totals)))[0]) is not None
 
@@ -262,3 +264,20 @@ def test_bad_paging_is_refused() -> None:
     empty = view.top("revenue")
     assert (empty.currency, empty.customers, empty.rows, empty.pages) == (None, 0, (), 1)
 
+
+
+def test_amounts_are_held_exactly_and_odd_ones_refused() -> None:
+    import dataclasses
+
+    view = DashboardView()
+    big = value(1, revenue="9999999999999999.99", goods="0.01")
+    view.apply(big)
+    held = view.get(big.key)
+    assert held is not None and held["revenue_booked"] == D("9999999999999999.99")
+    assert held["margin"] == D("9999999999999999.98")
+    assert str(held["freight"]) == "0.00"
+    for odd in (D("0.001"), D("NaN"), D("Infinity"), D("1E+30")):
+        bad = dataclasses.replace(big, figures={**big.figures, "freight": odd})
+        with pytest.raises(ValueError):
+            view.apply(bad)
+    assert view.get(big.key) == held

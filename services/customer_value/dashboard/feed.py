@@ -42,8 +42,19 @@ async def load(view: DashboardView, values: Iterable[CustomerValue],
 
 
 def apply_update(view: DashboardView, update: Update) -> None:
-    view.commit((v for v in update.values.values() if v is not None),
-                [key for key, v in update.values.items() if v is None], update.as_of)
+    """One commit: a record the view cannot hold (never one the service publishes) is
+    logged and left out, the rest of the commit still applied."""
+    for key, value in update.values.items():
+        try:
+            if value is None:
+                view.remove(key)
+            else:
+                view.apply(value)
+        except ValueError as error:
+            log.error("customer-value dashboard left a record out", extra={
+                "key": list(key), "error": str(error)})
+    if update.as_of is not None:
+        view.as_of = update.as_of
     for risks in update.risks.values():
         view.set_risks(risks)
 
@@ -63,6 +74,13 @@ class DashboardObserver:
             self._load(snapshot), name="customer-value-dashboard-load")
 
     async def _load(self, snapshot: Snapshot) -> None:
+        try:
+            await self._load_all(snapshot)
+        except Exception:  # the dashboard must never stop the service
+            self._waiting = None
+            log.exception("customer-value dashboard could not load the figures")
+
+    async def _load_all(self, snapshot: Snapshot) -> None:
         applied = await load(self.view, snapshot.values, snapshot.as_of)
         for risks in snapshot.risks:
             self.view.set_risks(risks)
@@ -77,5 +95,8 @@ class DashboardObserver:
     def committed(self, update: Update) -> None:
         if self._waiting is not None:
             self._waiting.append(update)
-        else:
+            return
+        try:
             apply_update(self.view, update)
+        except Exception:  # the dashboard must never stop the service's commits
+            log.exception("customer-value dashboard could not apply a commit")

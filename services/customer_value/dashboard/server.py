@@ -36,7 +36,6 @@ from services.customer_value.dashboard.view import (
     DashboardView,
     Page,
     risks_json,
-    value_json,
 )
 from services.shared.health import ObservabilityServer, serve_app
 
@@ -205,7 +204,7 @@ class Dashboard:
             "account_id": account,
             "currencies": [{"currency": part.currency, "ranks": dict(part.ranks),
                             "customers": part.customers, "totals": part.totals.as_json(),
-                            "months": [value_json(v) for v in part.months]}
+                            "months": [month.as_json() for month in part.months]}
                            for part in shown.currencies],
             "delay_risks": risks_json(shown.risks),
         }

@@ -146,7 +146,7 @@ def ranking_section(page: Page, names: Mapping[int, str],
     link = ""
     if more:
         href = f"/top?{urlencode({'by': page.by, 'currency': currency})}"
-        link = f'<p><a href="{escape(href)}">all {page.customers} customers →</a></p>'
+        link = f'<p><a href="{escape(href)}">all {_customers(page.customers)} →</a></p>'
     return (f"<h2>{escape(title)}</h2>"
             + bar_chart(bars, title=title, currency=currency)
             + f'<table class="ranking" data-by="{page.by}"><thead><tr><th>#</th>'

@@ -31,6 +31,7 @@ from functools import partial
 
 import asyncpg
 
+from services.customer_value.dashboard.attach import attach_dashboard
 from services.customer_value.effects import TABLE, Effects
 from services.customer_value.observer import Snapshot, ValueObserver
 from services.customer_value.service_fold import PUBLISHED_TOPICS, Outcome, ValueFold
@@ -133,8 +134,11 @@ class Shell:
 
 def build_service(settings: ServiceSettings, observer: ValueObserver | None = None) -> Service:
     """customer-value's service: the shell and its batch source; connects to nothing
-    until it runs. ``observer``: an in-process reader of the figures (the dashboard)."""
+    until it runs. ``observer``: an in-process reader of the figures; by default the
+    dashboard, served on its own port (services/customer_value/dashboard)."""
     service = build_base_service(settings)
+    if observer is None:
+        observer = attach_dashboard(service)
     shell = Shell(service, observer)
     service.on_start.append(shell.start)
     service.on_stop.append(shell.stop)

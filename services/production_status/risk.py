@@ -7,9 +7,10 @@ Findings (:func:`assess`), each with its evidence:
   passed and not everything is delivered;
 * ``prediction_past_promise``: the p50 prediction is after the promised date (late), or
   only the p90 one (at risk);
-* ``shipment_overdue`` (at risk): a shipment on the road longer than its leg's p90, or
-  not sent by its scheduled date;
-* ``qc_overdue`` (at risk): quality control running longer than its p90;
+* ``shipment_overdue`` (at risk): a shipment on the road longer than its leg's p90
+  (from the instant it was shipped), or not sent by its scheduled date (a day);
+* ``qc_overdue`` (at risk): quality control running longer than its p90 (from the
+  instant its inspection was opened);
 * ``production_overdue`` (at risk): production still open after its planned finish day;
 * ``qc_failed`` (at risk): a production order's latest inspection failed (rework).
 
@@ -27,11 +28,11 @@ replay over restored state (which already holds the last level) raises nothing t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from services.production_status.durations import QC, TRANSPORT, Durations
-from services.production_status.progress import Figures
+from services.production_status.progress import Figures, parse_instant
 from services.production_status.records import dumps, loads
 from services.production_status.status import FulfilmentStatus, Stage
 from services.shared.state.store import KeyValue
@@ -94,10 +95,6 @@ class RiskEvent:
     detected_at: datetime
 
 
-def _start(d: date) -> datetime:
-    return datetime.combine(d, time(0), UTC)
-
-
 def assess(status: FulfilmentStatus, figures: Figures, durations: Durations, now: datetime
            ) -> Assessment:
     """The findings of the module docstring for one order at ``now``."""
@@ -129,11 +126,11 @@ def assess(status: FulfilmentStatus, figures: Figures, durations: Durations, now
         if kind in ("qc", "finish") and not producing_matters:
             continue
         if kind == "transit":
-            wh, carrier, day = rest.split("|")
+            wh, carrier, shipped = rest.split("|")
             tr = durations.quantiles(TRANSPORT, int(wh), carrier or None)
-            if _start(date.fromisoformat(day)) + timedelta(hours=tr.p90_hours) < now:
+            if parse_instant(shipped) + timedelta(hours=tr.p90_hours) < now:
                 findings.append(Finding(Reason.SHIPMENT_OVERDUE, Level.AT_RISK, (
-                    ("warehouse_id", wh), ("carrier", carrier), ("shipped_on", day),
+                    ("warehouse_id", wh), ("carrier", carrier), ("shipped_at", shipped),
                     ("transport_p90_hours", f"{tr.p90_hours:.1f}"), ("basis", tr.basis))))
         elif kind == "pending":
             wh, day = rest.split("|")
@@ -141,11 +138,11 @@ def assess(status: FulfilmentStatus, figures: Figures, durations: Durations, now
                 findings.append(Finding(Reason.SHIPMENT_OVERDUE, Level.AT_RISK, (
                     ("warehouse_id", wh), ("scheduled_date", day), ("state", "not sent"))))
         elif kind == "qc":
-            wh, day = rest.split("|")
+            wh, since = rest.split("|")
             qc = durations.quantiles(QC, int(wh))
-            if _start(date.fromisoformat(day)) + timedelta(hours=qc.p90_hours) < now:
+            if parse_instant(since) + timedelta(hours=qc.p90_hours) < now:
                 findings.append(Finding(Reason.QC_OVERDUE, Level.AT_RISK, (
-                    ("warehouse_id", wh), ("in_qc_since", day),
+                    ("warehouse_id", wh), ("in_qc_since", since),
                     ("qc_p90_hours", f"{qc.p90_hours:.1f}"), ("basis", qc.basis))))
         elif kind == "finish":
             wh, day = rest.split("|")

@@ -19,7 +19,8 @@ each change its own source transaction — and each order's identity on
 ``ambidex.order-identity`` (as order-sync publishes it). inventory-projection replays
 its topic first, then production-status (``ambidex run production-status``, its own
 process) replays its topics; each rate is changes / (time from its first committed
-offset to caught up) (:mod:`bench.replay`).
+offset to caught up) (:mod:`bench.replay`); production-status's is caught up AND every
+order's final status (delivered) written back to the CRM.
 Phase 2 (latency), production-status still running: ``--latency-orders`` real ERP orders
 of 10 production orders each are inserted through PostgreSQL (captured by Debezium),
 their identities published; then ``--rate`` production-order updates a second (10 per
@@ -315,8 +316,20 @@ async def main() -> None:
         inv_rate, inv_seconds, inv_cpu = await replay_inventory(stack, inventory, args.changes)
         inventory.stop()
         log(f"inventory-projection replay: {inv_rate:,.0f} changes/s")
-        run = await replay_group(bootstrap, worker, group=GROUP, topics=CHANGE_TOPICS,
-                                 watch=watch, label=SERVICE)
+        crm = await asyncpg.connect(stack.addresses.crm_admin_dsn)
+
+        async def delivered() -> bool:  # every order's final status written back
+            count = await crm.fetchval(
+                """SELECT count(*) FROM crm_integration.fulfilment_status
+                   WHERE crm_order_id >= $1 AND crm_order_id < $2 AND stage = 'delivered'
+                     AND NOT deleted""", BASE_ID, BASE_ID + orders)
+            return bool(count >= orders)
+
+        try:
+            run = await replay_group(bootstrap, worker, group=GROUP, topics=CHANGE_TOPICS,
+                                     watch=watch, label=SERVICE, finished=delivered)
+        finally:
+            await crm.close()
         rss_replay, peak_replay = worker.rss_mb(), worker.peak_rss
         log(f"{SERVICE} replay: {run.start_rate:,.0f} changes/s from its start")
 

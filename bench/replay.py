@@ -14,7 +14,7 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import httpx
@@ -108,8 +108,11 @@ class ReplayRun:
 
 
 async def replay_group(bootstrap: str, service: BenchedService, *, group: str,
-                       topics: Iterable[str], watch: LoopWatch, label: str) -> ReplayRun:
-    """Start ``service`` and time its replay of ``topics`` (see the module docstring)."""
+                       topics: Iterable[str], watch: LoopWatch, label: str,
+                       finished: Callable[[], Awaitable[bool]] | None = None) -> ReplayRun:
+    """Start ``service`` and time its replay of ``topics`` (see the module docstring);
+    with ``finished``, the replay ends once that also holds (e.g. every output written,
+    not only every input committed)."""
     partitions = await partitions_of(bootstrap, topics)
     end = await offsets(bootstrap, None, partitions)
     service.start()
@@ -128,7 +131,7 @@ async def replay_group(bootstrap: str, service: BenchedService, *, group: str,
             log(f"{label} replay: {done:,}/{end:,} committed after {now - started:.0f}s, "
                 f"RSS {service.rss_mb():.0f} MB")
             last_log = now
-        if done >= end:
+        if done >= end and (finished is None or await finished()):
             await watch.sample()
             break
         if service.process is not None and service.process.poll() is not None:

@@ -20,6 +20,14 @@ A :class:`~services.shared.transaction_fold.TransactionFold` around the pure cor
 * :meth:`StatusFold.finish` builds, for every CRM order the step touched (and a slice
   of open orders as time passes), its status, its risk transition and the triage of
   its cases, as the records :mod:`.publish` defines; unchanged ones are not sent again.
+* while the worker reads a backlog (a source database not read to its end: a replay, a
+  restart after downtime), the orders a step touches are *deferred* (``dz:<crm
+  order>``) instead: an order's changes come on seven topics, read in different steps,
+  and its status was built and sent once per step, most of a replay's time. Once both
+  databases are read to their end, the deferred orders are built, at most
+  :data:`DEFER_SLICE` a step, with the progress of the whole backlog folded and at the
+  clock of then (so no intermediate state is judged). Live, the sources are read to
+  their end at every step and nothing is deferred.
 
 The clock (why source time): delay risk and the predicted dates depend on "now". The
 fold never reads the wall clock: ``now`` is the *older* of the two databases' source
@@ -31,8 +39,9 @@ assessed.
 
 State beside the core's (``services/production_status/fold.py`` names its keys):
 ``m`` -> meta (per-database source time, the clock, the write revision, counts per
-stage and risk level); ``ps:<crm order>`` -> what was last published for the order
-(digest, line numbers, stage, level); ``pt:<case>`` -> the digest of its last triage;
+stage and risk level, orders deferred); ``dz:<crm order>`` a deferred order;
+``ps:<crm order>`` -> what was last published for the order (digest, line numbers,
+stage, level); ``pt:<case>`` -> the digest of its last triage;
 ``v:<table code><id>`` -> the position of the row's newest version dead-lettered for an
 unknown parent (a redelivery or replay of it is not judged again).
 """
@@ -92,6 +101,8 @@ META = b"m"
 #: 20 slices)
 SWEEP_SLICE = 500
 SWEEP_EVERY = timedelta(seconds=60)
+#: deferred orders built per step once the sources are read to their end
+DEFER_SLICE = 2_000
 
 _pack = struct.Struct(">q").pack
 Decode = Callable[[bytes], Mapping[str, Any]]
@@ -158,12 +169,14 @@ class Meta:
     #: the as-of (ms) of the highest write position used or found in the write-back: a
     #: write never goes below it, whatever the clock (a replay's clock starts far back)
     written_ms: int = 0
+    #: orders whose status waits for the backlog to be read (``dz:`` keys)
+    deferred: int = 0
 
     def encode(self) -> bytes:
         return dumps({"seen": {db: t.isoformat() for db, t in self.seen.items()},
                       "now": self.now.isoformat(), "revision": self.revision,
                       "stages": self.stages, "levels": self.levels,
-                      "written_ms": self.written_ms})
+                      "written_ms": self.written_ms, "deferred": self.deferred})
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Meta:
@@ -172,7 +185,8 @@ class Meta:
         data = loads(raw)
         return cls({db: datetime.fromisoformat(t) for db, t in data["seen"].items()},
                    datetime.fromisoformat(data["now"]), int(data["revision"]),
-                   dict(data["stages"]), dict(data["levels"]), int(data.get("written_ms", 0)))
+                   dict(data["stages"]), dict(data["levels"]), int(data.get("written_ms", 0)),
+                   int(data.get("deferred", 0)))
 
 
 def _digest(record: Mapping[str, Any], stamp: str) -> str:
@@ -339,6 +353,11 @@ class StatusFold(TransactionFold[Change, Outcome]):
         if self.clock_known and now - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = now
             orders |= self._sweep()
+        if CRM in caught_up and ERP in caught_up:
+            orders |= self._undefer()
+        else:
+            self._defer(orders)
+            orders = set()
         for crm in sorted(orders):
             self._order(crm, now, outcome)
             outcome.cases.update(self.core.cases_of(crm))
@@ -349,6 +368,25 @@ class StatusFold(TransactionFold[Change, Outcome]):
             self.meta.written_ms = max(self.meta.written_ms, as_of_ms(now))
             outcome.position = SourcePosition(self.meta.written_ms, self.meta.revision)
         self.kv.put(META, self.meta.encode())
+
+    def _defer(self, orders: Collection[int]) -> None:
+        for crm in orders:
+            key = b"dz:" + _pack(crm)
+            if self.kv.get(key) is None:
+                self.kv.put(key, b"")
+                self.meta.deferred += 1
+
+    def _undefer(self) -> set[int]:
+        """Up to :data:`DEFER_SLICE` deferred orders, no longer deferred."""
+        taken: set[int] = set()
+        for key, _ in self.kv.scan(b"dz:"):
+            if len(taken) >= DEFER_SLICE:
+                break
+            taken.add(key_id(key))
+        for crm in taken:
+            self.kv.delete(b"dz:" + _pack(crm))
+        self.meta.deferred -= len(taken)
+        return taken
 
     def _sweep(self) -> set[int]:
         found: set[int] = set()

@@ -346,7 +346,9 @@ class StatusFold(TransactionFold[Change, Outcome]):
 
     # ------------------------------------------------------------------ the step's records
 
-    def finish(self, outcome: Outcome, caught_up: Collection[str]) -> None:
+    def finish(self, outcome: Outcome, caught_up: Collection[str]) -> Pausable[None]:
+        """The step's statuses, risks and triages; pausable between any two orders (a
+        step's few thousand orders held the event loop for seconds)."""
         self._fold_identities(outcome)
         now = self.now
         orders = set(outcome.crm_orders)
@@ -359,9 +361,11 @@ class StatusFold(TransactionFold[Change, Outcome]):
             self._defer(orders)
             orders = set()
         for crm in sorted(orders):
+            yield None
             self._order(crm, now, outcome)
             outcome.cases.update(self.core.cases_of(crm))
         for case in sorted(outcome.cases):
+            yield None
             self._case(case, now, outcome)
         if outcome.writes_anything:
             self.meta.revision += 1

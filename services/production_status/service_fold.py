@@ -24,9 +24,10 @@ A :class:`~services.shared.transaction_fold.TransactionFold` around the pure cor
   restart after downtime), the orders a step touches are *deferred* (``dz:<crm
   order>``) instead: an order's changes come on seven topics, read in different steps,
   and its status was built and sent once per step, most of a replay's time. Once both
-  databases are read to their end, the deferred orders are built, at most
-  :data:`DEFER_SLICE` a step, with the progress of the whole backlog folded and at the
-  clock of then (so no intermediate state is judged). Live, the sources are read to
+  databases are read to their end, or the oldest deferral is :data:`DEFER_FOR` old
+  (process clock: a worker that lags behind live traffic still writes within seconds),
+  the deferred orders are built, at most :data:`DEFER_SLICE` a step, with the progress
+  of the backlog folded so far and at the clock of then. Live, the sources are read to
   their end at every step and nothing is deferred.
 
 The clock (why source time): delay risk and the predicted dates depend on "now". The
@@ -103,6 +104,8 @@ SWEEP_SLICE = 500
 SWEEP_EVERY = timedelta(seconds=60)
 #: deferred orders built per step once the sources are read to their end
 DEFER_SLICE = 2_000
+#: deferred orders are built once the oldest waited this long (process clock, seconds)
+DEFER_FOR = 5.0
 
 _pack = struct.Struct(">q").pack
 Decode = Callable[[bytes], Mapping[str, Any]]
@@ -207,6 +210,10 @@ class StatusFold(TransactionFold[Change, Outcome]):
                  max_hold: timedelta = timedelta(seconds=300),
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(COLLECTIONS, max_hold=max_hold, clock=clock)
+        self._monotonic = clock
+        #: when the deferred set last became non-empty (process clock); a worker that
+        #: loads deferred orders counts from its start
+        self._deferred_since: float | None = None
         self.kv = kv
         self.core = ProgressFold(kv)
         self._decode = decode
@@ -355,11 +362,13 @@ class StatusFold(TransactionFold[Change, Outcome]):
         if self.clock_known and now - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = now
             orders |= self._sweep()
-        if CRM in caught_up and ERP in caught_up:
-            orders |= self._undefer()
-        else:
+        if not (CRM in caught_up and ERP in caught_up):
             self._defer(orders)
             orders = set()
+            if self._monotonic() - (self._deferred_since or 0.0) >= DEFER_FOR:
+                orders = self._undefer()
+        else:
+            orders |= self._undefer()
         for crm in sorted(orders):
             yield None
             self._order(crm, now, outcome)
@@ -374,6 +383,8 @@ class StatusFold(TransactionFold[Change, Outcome]):
         self.kv.put(META, self.meta.encode())
 
     def _defer(self, orders: Collection[int]) -> None:
+        if self._deferred_since is None or not self.meta.deferred:
+            self._deferred_since = self._monotonic()
         for crm in orders:
             key = b"dz:" + _pack(crm)
             if self.kv.get(key) is None:
@@ -390,6 +401,8 @@ class StatusFold(TransactionFold[Change, Outcome]):
         for crm in taken:
             self.kv.delete(b"dz:" + _pack(crm))
         self.meta.deferred -= len(taken)
+        if not self.meta.deferred:
+            self._deferred_since = None
         return taken
 
     def _sweep(self) -> set[int]:

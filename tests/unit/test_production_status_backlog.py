@@ -5,7 +5,8 @@ to its end, an order's status is not built and sent once per step that touched i
 changes come on seven topics, read in different steps): the orders are deferred, in the
 state (so a restart keeps them), and once both databases are read to their end each
 deferred order is built once, from the whole backlog, at most ``DEFER_SLICE`` a step;
-nothing is lost and the result is the one a live worker gives. Live (read to the end),
+nothing is lost and the result is the one a live worker gives. A worker that stays
+behind still builds them once the oldest waited ``DEFER_FOR``. Live (read to the end),
 nothing is deferred.
 """
 
@@ -30,6 +31,13 @@ from tests.unit.test_production_status_service_fold import (
 )
 
 
+def frozen() -> Source:
+    """A source whose fold's process clock stands still (no deferral times out)."""
+    source = Source()
+    source.fold = StatusFold(source.kv, decode, clock=lambda: 0.0)
+    return source
+
+
 def behind(source: Source) -> Any:
     """A step while neither database is read to its end."""
     return run_to_end(source.fold.steps(()))
@@ -44,7 +52,7 @@ def backlog(source: Source) -> None:
 
 
 def test_orders_touched_while_behind_are_built_once_when_caught_up() -> None:
-    source = Source()
+    source = frozen()
     backlog(source)
     first = behind(source)
     assert first.outcome.statuses == [] and first.outcome.risks == []
@@ -62,7 +70,7 @@ def test_the_result_is_the_live_workers() -> None:
     live = Source()
     backlog(live)
     live_status = statuses(live.step())[CRM_ORDER]
-    replay = Source()
+    replay = frozen()
     backlog(replay)
     behind(replay)
     replay_status = statuses(replay.step())[CRM_ORDER]
@@ -71,10 +79,10 @@ def test_the_result_is_the_live_workers() -> None:
 
 
 def test_deferred_orders_survive_a_restart() -> None:
-    source = Source()
+    source = frozen()
     backlog(source)
     behind(source)
-    source.fold = StatusFold(source.kv, decode)  # a new worker on the same state
+    source.fold = StatusFold(source.kv, decode, clock=lambda: 0.0)  # a new worker
     source.beat("crm", T0)
     source.beat("erp", T0)
     (status,) = source.step().outcome.statuses
@@ -83,7 +91,7 @@ def test_deferred_orders_survive_a_restart() -> None:
 
 def test_at_most_a_slice_is_built_a_step(monkeypatch: Any) -> None:
     monkeypatch.setattr(service_fold, "DEFER_SLICE", 2)
-    source = Source()
+    source = frozen()
     source.fold._defer([1, 2, 3, 4, 5])
     assert source.fold.meta.deferred == 5
     source.step()
@@ -92,3 +100,16 @@ def test_at_most_a_slice_is_built_a_step(monkeypatch: Any) -> None:
     source.step()
     assert source.fold.meta.deferred == 0
     assert list(source.kv.scan(b"dz:")) == []
+
+
+def test_a_worker_that_stays_behind_still_writes_within_the_deferral_bound() -> None:
+    now = [100.0]
+    source = Source()
+    source.fold = StatusFold(source.kv, decode, clock=lambda: now[0])
+    backlog(source)
+    assert behind(source).outcome.statuses == []
+    now[0] += service_fold.DEFER_FOR / 2
+    assert behind(source).outcome.statuses == []
+    now[0] += service_fold.DEFER_FOR / 2
+    (status,) = behind(source).outcome.statuses  # still behind, but waited long enough
+    assert status["crm_order_id"] == CRM_ORDER and source.fold.meta.deferred == 0

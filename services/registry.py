@@ -21,6 +21,7 @@ SERVICE_MODULES = {
     "inventory-projection": "services.inventory_projection.app",
     "receivables": "services.receivables.app",
     "production-status": "services.production_status.app",
+    "customer-value": "services.customer_value.app",
 }
 #: default metrics port of every service, planned ones included (ports stay stable)
 METRICS_PORTS = {
@@ -28,6 +29,7 @@ METRICS_PORTS = {
     "inventory-projection": 9402,
     "receivables": 9403,
     "production-status": 9404,
+    "customer-value": 9405,
 }
 
 

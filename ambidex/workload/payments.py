@@ -137,10 +137,12 @@ async def _match_receipt(w: World, rng: random.Random) -> int | None:
                 """SELECT id FROM erp.invoice
                    WHERE customer_id = $1 AND currency_code = $2 AND state = 'posted'
                      AND amount_residual > 0
+                     AND (crm_contract_id IS NULL OR crm_contract_id <> ALL($4::bigint[]))
                    ORDER BY amount_residual = $3 DESC, id LIMIT 1""",
                 payment["customer_id"],
                 payment["currency_code"],
                 payment["amount"],
+                sorted(w.reference_contracts),
             )
             if payment is None or invoice_id is None or ("invoice", invoice_id) in w.busy:
                 w.unallocated_payments.discard(payment_id)

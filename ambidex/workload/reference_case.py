@@ -11,7 +11,9 @@ workload makes one only now and then): ``CT-REF-SHORT-3000``, three monthly
 installments of 1,000, all invoiced; the first paid in full, the second paid 400 and
 past due (``payment_short``), the third not paid.
 
-The workload's operations leave both alone (:data:`~.schedules.REFERENCE_PREFIX`). Each
+The workload's operations leave both alone: no contract operation picks a contract
+numbered with :data:`~.schedules.REFERENCE_PREFIX`, and no payment or cancellation picks
+their invoices (:attr:`~.world.World.reference_contracts`). Each
 side is made idempotently in its own transaction, so a run interrupted half-way
 completes it the next time.
 """
@@ -55,6 +57,7 @@ async def ensure_reference_case(w: World) -> int | None:
     """The reference contracts made if missing; the 120,000 case's id, None when no CRM
     account is known to the ERP as a customer in its currency yet."""
     made = [await _ensure(w, case) for case in CASES]
+    w.reference_contracts |= {c for c in made if c is not None}
     return made[0]
 
 

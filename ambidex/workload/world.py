@@ -138,6 +138,9 @@ class World:
     #: what this run cancelled or received without an invoice reference
     cancelled_invoices: IdPool = field(default_factory=IdPool)
     unallocated_payments: IdPool = field(default_factory=IdPool)
+    #: the reference cases' contracts (:mod:`.reference_case`): their invoices stay out of
+    #: every pool, so no payment or cancellation of this run changes what they show
+    reference_contracts: set[int] = field(default_factory=set)
 
     @contextlib.contextmanager
     def claim(self, tag: str, item: int) -> Iterator[None]:
@@ -206,6 +209,8 @@ class World:
                 )
             )
             # reference cases (schedules.REFERENCE_PREFIX) stay as they were made
+            self.reference_contracts |= set(await _ids(
+                conn, "SELECT id FROM crm.contract WHERE number LIKE 'CT-REF-%'"))
             active = await conn.fetch(
                 """SELECT id, account_id FROM crm.contract
                    WHERE state = 'active' AND number NOT LIKE 'CT-REF-%'
@@ -317,7 +322,9 @@ class World:
                     conn,
                     """
                 SELECT id FROM erp.invoice WHERE state = 'posted' AND amount_residual > 0
+                  AND (crm_contract_id IS NULL OR crm_contract_id <> ALL($1::bigint[]))
                 ORDER BY id DESC LIMIT 5000""",
+                    sorted(self.reference_contracts),
                 )
             )
             self.installment_invoices.replace(
@@ -327,10 +334,12 @@ class World:
                 SELECT id FROM erp.invoice
                 WHERE state = 'posted' AND amount_residual > 0 AND crm_contract_id IS NOT NULL
                   AND amount_residual = amount_total
+                  AND (crm_contract_id IS NULL OR crm_contract_id <> ALL($1::bigint[]))
                 ORDER BY id DESC LIMIT 5000""",
+                    sorted(self.reference_contracts),
                 )
             )
 
 
-async def _ids(conn: asyncpg.Connection, query: str) -> list[int]:
-    return [r[0] for r in await conn.fetch(query)]
+async def _ids(conn: asyncpg.Connection, query: str, *args: object) -> list[int]:
+    return [r[0] for r in await conn.fetch(query, *args)]

@@ -18,6 +18,9 @@ from services.customer_value.fold import ValueKey
 
 SCHEMA = "ambidex.customer_value.CustomerValue"
 DERIVED = ("production_variance", "cost_to_serve", "margin")
+#: the columns :func:`row` fills (the sink manages the position and ``deleted``)
+ROW_COLUMNS = ("account_id", "month", "currency_code", "erp_customer_id", *MONEY, *DERIVED,
+               *COUNTS.values(), "sources", "as_of")
 
 
 def key(value_key: ValueKey) -> bytes:

@@ -243,6 +243,15 @@ class CustomerValues:
                 found.add((link, month, currency))
         return found
 
+    def value_keys(self) -> list[ValueKey]:
+        """Every (account, month, currency) some bucket counts for (a full scan of the
+        buckets: for a first load, not per change)."""
+        found: set[ValueKey] = set()
+        for key, _ in self.kv.scan(b"b|"):
+            _, owner, month, currency = key.decode().split("|")
+            found |= self._accounts_of({(owner, month, currency)})
+        return sorted(found)
+
     def linked_customers(self, account: int) -> list[int]:
         prefix = f"l|{account}|".encode()
         return [int(key[len(prefix):]) for key, _ in self.kv.scan(prefix)]

@@ -52,8 +52,11 @@ PRIORITY_SPEC = UpsertSpec(
                    "rate", "baseline", "projected", "supply", "lead_time_days", "reasons",
                    "evidence", "raised_at"),
 )
-#: a cleared surge's row keeps its identity (and figures): see DemandEffects.unseen
-PRIORITY_CLEARED = DeleteSpec(SUPPLY_PRIORITY_TABLE, PRIORITY_SPEC.key_columns)
+#: a cleared surge's row keeps its identity (and its figures when it was written
+#: raised): see DemandEffects.unseen. The id is written with the tombstone, so a surge
+#: raised and cleared within one step (never written raised) is known cleared too.
+PRIORITY_CLEARED = DeleteSpec(SUPPLY_PRIORITY_TABLE, PRIORITY_SPEC.key_columns,
+                              kept_columns=("surge_id",))
 KNOWN_SURGES = """
 SELECT surge_id, deleted FROM erp_integration.supply_priority
 WHERE surge_id = ANY($1::text[])"""
@@ -78,7 +81,8 @@ def priority_writes(step: DemandStep, position: SourcePosition) -> list[SinkWrit
     for _, surge in sorted(step.outcome.priorities.items()):
         row = supply_priority_row(surge)
         if row is None:
-            writes.append(PRIORITY_CLEARED.delete(supply_priority_key(surge), position))
+            writes.append(PRIORITY_CLEARED.delete(supply_priority_key(surge), position,
+                                                  {"surge_id": surge.surge_id}))
         else:
             writes.append(PRIORITY_SPEC.upsert(row, position))
     return writes

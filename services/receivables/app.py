@@ -24,6 +24,7 @@ from functools import partial
 import asyncpg
 
 from services.receivables.outputs import Outputs, ReceivablesMetrics
+from services.receivables.rules import Rules
 from services.receivables.source_fold import CRM, ERP, TABLES, ReceivablesFold, Step
 from services.shared.batches import attach_sources
 from services.shared.databases import open_pool
@@ -59,7 +60,8 @@ class Shell:
             state_topic=STATE_TOPIC,
             topics=CHANGE_TOPICS,
             sources=SOURCES,
-            load=partial(ReceivablesFold.load, max_hold=max_hold),
+            load=partial(ReceivablesFold.load, max_hold=max_hold,
+                         rules=Rules(grace_days=service.settings.receivables_grace_days)),
             apply=self.outputs.apply,
             reference_topics=REFERENCE_TOPICS,
             max_records=BATCH_MAX,

@@ -134,14 +134,35 @@ class Receivables(StateView):
         """Fold several row versions (a source transaction, a batch), then evaluate what
         they touched once: a contract touched by a hundred changes of a batch is
         evaluated once, and the outcome is netted."""
+        out = self.fold_pending(changes)
+        out.merge(run_to_end(self.settling()))
+        return out
+
+    def fold_pending(self, changes: Iterable[Change]) -> Outcome:
+        """Fold row versions, leaving what they touched to evaluate at the step's end
+        (:meth:`settling`): the service folds a batch transaction by transaction, and a
+        contract whose invoices and payments come one per transaction was evaluated
+        (positions, its customer's, every open discrepancy) after each of them, most of
+        a replay's time (issue 11)."""
         out = Outcome(stale=True)
-        touched = Touched()
         try:
             for table, row_id, position, row in changes:
-                self._fold(table, row_id, position, row, touched, out)
-            self._settle(touched, out)
+                self._fold(table, row_id, position, row, self._pending, out)
         except BaseException:
+            self._pending = Touched()
             self._discard()  # the shell discards the batch's writes too
+            raise
+        return out
+
+    def settling(self) -> Pausable[Outcome]:
+        """Evaluate everything folded since the last evaluation, once (pausable
+        between any two contracts, slots, invoices, payments or customers)."""
+        touched, self._pending = self._pending, Touched()
+        out = Outcome(stale=True)
+        try:
+            yield from self._settling(touched, out)
+        except BaseException:
+            self._discard()
             raise
         self._flush()
         return out

@@ -8,7 +8,8 @@ of ``crm_integration.receivable_position`` / ``_installment`` / ``_customer`` /
 ``_discrepancy`` and ``erp_integration.expected_receivable_plan`` / ``expected_receivable``
 with what the recomputation says, printing each difference (:func:`~.tables.differences`)
 and exiting 1 if there is any. The ``as_of`` column itself is not compared: it says when
-a row was last written, and a row the as-of date did not change is not rewritten. On a
+a row was last written, and a row the as-of date did not change is not rewritten. The
+grace is the service's (``--grace-days``, default ``AMBIDEX_RECEIVABLES_GRACE_DAYS``). On a
 live system a row touched between the reads may differ once; ``--retries`` compares
 again. The command's shape (DSNs, ``--retries``, ``--json``, exit code) is the kit's
 :func:`~services.shared.reconcile_cli.reconcile_command`.
@@ -22,9 +23,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
+import click
 
 from services.receivables.recompute import recompute
 from services.receivables.records import Table
+from services.receivables.rules import Rules
 from services.receivables.tables import KEYS, RowDifference, expected_rows
 from services.receivables.tables import differences as table_differences
 from services.shared.reconcile_cli import reconcile_command
@@ -47,10 +50,11 @@ CONTRACT_COLUMN = {
 
 
 async def reconcile_once(crm_dsn: str, erp_dsn: str, contracts: Collection[int] | None = None,
-                         accounts: Collection[int] | None = None
+                         accounts: Collection[int] | None = None, rules: Rules | None = None
                          ) -> tuple[int, list[RowDifference]]:
     """``(rows compared, differences)``; ``contracts``/``accounts``: compare only the
-    rows of these contracts (and these accounts' customer rows)."""
+    rows of these contracts (and these accounts' customer rows); ``rules``: the
+    service's (its grace days)."""
     crm = await asyncpg.connect(crm_dsn)
     erp = await asyncpg.connect(erp_dsn)
     try:
@@ -66,7 +70,7 @@ async def reconcile_once(crm_dsn: str, erp_dsn: str, contracts: Collection[int] 
     finally:
         await crm.close()
         await erp.close()
-    expected = expected_rows(recompute(rows, as_of), as_of)
+    expected = expected_rows(recompute(rows, as_of, rules), as_of)
     compared = 0
     lines: list[RowDifference] = []
     for table in KEYS:
@@ -102,10 +106,15 @@ class ReceivablesReport:
 
 
 async def compare(crm_dsn: str, erp_dsn: str, options: Mapping[str, Any]) -> ReceivablesReport:
-    return ReceivablesReport(*await reconcile_once(crm_dsn, erp_dsn))
+    rules = Rules(grace_days=options["grace_days"])
+    return ReceivablesReport(*await reconcile_once(crm_dsn, erp_dsn, rules=rules))
 
 
-reconcile_receivables = reconcile_command("receivables", compare)
+reconcile_receivables = reconcile_command("receivables", compare, options=[
+    click.option("--grace-days", type=click.IntRange(0, 365), default=5, show_default=True,
+                 envvar="AMBIDEX_RECEIVABLES_GRACE_DAYS",
+                 help="The service's grace (default: AMBIDEX_RECEIVABLES_GRACE_DAYS)."),
+])
 reconcile_receivables.help = (
     "Compare receivables' positions, plan and open discrepancies with a recomputation "
     "from the source databases; print every difference (exit code 1 if any)."

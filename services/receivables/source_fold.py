@@ -134,7 +134,8 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
     def apply(self, records: Sequence[Change], transaction: CompleteTransaction,
               outcome: Outcome) -> None:
         taken_back = self._supersede_rejected(records)
-        outcome.merge(self.core.apply_all(records))
+        # evaluated once for the whole step, in finish
+        outcome.merge(self.core.fold_pending(records))
         if taken_back:
             outcome.merge(self.core.note_incomplete(taken_back))
         whole = self.applying
@@ -157,6 +158,7 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
         self.watermarks.observe(database, at)
 
     def finish(self, outcome: Outcome, caught_up: Collection[str]) -> Pausable[None]:
+        outcome.merge((yield from self.core.settling()))
         as_of = self.watermarks.as_of()
         if as_of is not None:
             outcome.merge((yield from self.core.advancing(as_of)))

@@ -94,6 +94,8 @@ class StateView:
         # and slots; decoding and encoding them per change was most of the fold.
         self._objects: dict[bytes, Any] = {}
         self._encoders: dict[bytes, Callable[[Any], bytes | None]] = {}
+        #: what was folded and is not evaluated yet (see Receivables.fold_pending)
+        self._pending = Touched()
 
     def _load(self, key: bytes, decode: Callable[[bytes | None], Any]) -> Any:
         if key in self._objects:

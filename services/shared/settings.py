@@ -183,6 +183,17 @@ class ServiceSettings(BaseSettings):
             "no surge."
         ),
     )
+    receivables_grace_days: int = Field(
+        default=5,
+        ge=0,
+        le=365,
+        description=(
+            "receivables: days past its due date an installment may stay without an ERP "
+            "invoice, and a posted invoice partly paid, before it is a discrepancy "
+            "(`ambidex reconcile receivables` reads the same variable). A change applies "
+            "to what changes or ages next; rebuild the state to judge everything again."
+        ),
+    )
     retry_max_delay_seconds: float = Field(
         default=5.0,
         gt=0,

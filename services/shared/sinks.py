@@ -175,26 +175,37 @@ class UpsertSpec:
 class DeleteSpec:
     """Deletes on one target table, written as guarded tombstones (see module doc).
 
-    ``clear_columns`` are set to NULL in the tombstone (on insert and on update); other
-    non-key columns keep their stored value (or get their default on insert).
+    ``clear_columns`` are set to NULL in the tombstone (on insert and on update);
+    ``kept_columns`` are written with it (the identity of what was deleted, given to
+    :meth:`delete`: a tombstone whose row was never written still says what it ends);
+    other non-key columns keep their stored value (or get their default on insert).
     """
 
     table: str
     key_columns: tuple[str, ...]
     clear_columns: tuple[str, ...] = ()
+    kept_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         quote_table(self.table)
         if not self.key_columns:
             raise ValueError(f"{self.table}: at least one key column is needed")
-        _check_columns(self.table, (*self.key_columns, *self.clear_columns))
+        _check_columns(self.table, (*self.key_columns, *self.clear_columns, *self.kept_columns))
 
-    def delete(self, key: Mapping[str, Any], position: SourcePosition) -> Delete:
+    def delete(
+        self, key: Mapping[str, Any], position: SourcePosition,
+        kept: Mapping[str, Any] | None = None,
+    ) -> Delete:
         _check_position(position)
         extra = set(key) - set(self.key_columns)
         if extra:
             raise ValueError(f"{self.table}: not key column(s) {sorted(extra)}")
-        return Delete(self, _key_of(self.table, self.key_columns, key), position)
+        given = dict(kept or {})
+        if set(given) != set(self.kept_columns):
+            raise ValueError(f"{self.table}: a tombstone keeps exactly "
+                             f"{list(self.kept_columns)}, given {sorted(given)}")
+        return Delete(self, _key_of(self.table, self.key_columns, key), position,
+                      tuple(given[c] for c in self.kept_columns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +225,8 @@ class Delete:
     spec: DeleteSpec
     key: tuple[Any, ...]
     position: SourcePosition
+    #: the values of ``spec.kept_columns``
+    kept: tuple[Any, ...] = ()
 
     @property
     def table(self) -> str:
@@ -349,19 +362,22 @@ def upsert_sql(spec: UpsertSpec, column_types: Mapping[str, str]) -> str:
 
 def delete_sql(spec: DeleteSpec, column_types: Mapping[str, str]) -> str:
     """The guarded multi-row tombstone write; parameters: one array per key column,
-    then commit LSNs, then LSNs."""
+    one per kept column, then commit LSNs, then LSNs."""
     keys = [quote_ident(c) for c in spec.key_columns]
+    kept = [quote_ident(c) for c in spec.kept_columns]
     cleared = [quote_ident(c) for c in spec.clear_columns]
     nulls = [f"NULL::{column_types[c]}" for c in spec.clear_columns]
     positions = [COMMIT_LSN, LSN]
-    param_types = [column_types[c] for c in spec.key_columns] + ["bigint", "bigint"]
-    updates = [f"{c} = NULL" for c in cleared]
+    param_types = [column_types[c] for c in (*spec.key_columns, *spec.kept_columns)]
+    param_types += ["bigint", "bigint"]
+    updates = [f"{c} = NULL" for c in cleared] + [f"{c} = EXCLUDED.{c}" for c in kept]
     updates += [f"{DELETED} = true", *(f"{p} = EXCLUDED.{p}" for p in positions)]
+    given = [*keys, *kept, *positions]
     return (
         f"INSERT INTO {quote_table(spec.table)} AS {_TARGET} "
-        f"({', '.join([*keys, *cleared, DELETED, *positions])})\n"
-        f"SELECT {', '.join([*keys, *nulls, 'true', *positions])}\n"
-        f"FROM unnest({_array_params(param_types)}) AS u({', '.join([*keys, *positions])})\n"
+        f"({', '.join([*keys, *kept, *cleared, DELETED, *positions])})\n"
+        f"SELECT {', '.join([*keys, *kept, *nulls, 'true', *positions])}\n"
+        f"FROM unnest({_array_params(param_types)}) AS u({', '.join(given)})\n"
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(updates)}\n"
         f"{_guard()}"
     )
@@ -437,7 +453,8 @@ class PositionGuardedSink:
             if plan.upsert_spec.tombstones:
                 needed.append(DELETED)
         if plan.delete_spec is not None:
-            needed += [*plan.delete_spec.key_columns, *plan.delete_spec.clear_columns, DELETED]
+            spec = plan.delete_spec
+            needed += [*spec.key_columns, *spec.clear_columns, *spec.kept_columns, DELETED]
         needed += [COMMIT_LSN, LSN]
         missing = sorted({c for c in needed if c not in types.sql_types})
         if missing:
@@ -534,9 +551,10 @@ def _upsert_arrays(spec: UpsertSpec, writes: Sequence[Upsert]) -> list[list[Any]
 
 
 def _delete_arrays(spec: DeleteSpec, writes: Sequence[Delete]) -> list[list[Any]]:
-    arrays: list[list[Any]] = [[] for _ in range(len(spec.key_columns) + 2)]
+    arrays: list[list[Any]] = [
+        [] for _ in range(len(spec.key_columns) + len(spec.kept_columns) + 2)]
     for write in writes:
-        for i, value in enumerate(write.key):
+        for i, value in enumerate((*write.key, *write.kept)):
             arrays[i].append(value)
         arrays[-2].append(write.position.commit_lsn)
         arrays[-1].append(write.position.lsn)

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from services.shared.observability import ServiceMetrics
 from services.shared.position import SourcePosition
 from services.shared.sinks import (
+    DeleteSpec,
     PositionGuardedSink,
     SinkResult,
     SinkWrite,
@@ -218,6 +219,24 @@ async def test_delete_of_a_never_seen_key_leaves_a_tombstone(
     assert await sink.apply([order(o, 9, "confirmed", P(40, 1))]) == SinkResult(0, 1)
     assert (9,) not in await live(pool, o)
     assert (await rows(pool, o))[(9,)]["deleted"] is True
+
+
+async def test_a_tombstone_keeps_its_identity_whether_or_not_the_row_was_written(
+    pool: asyncpg.Pool, sink: PositionGuardedSink, tables: Tables
+) -> None:
+    o = tables.orders
+    ends = DeleteSpec(o.table, o.key_columns, ("status", "amount"), kept_columns=("currency_code",))
+    await sink.apply([order(o, 11, "confirmed", P(40, 1))])
+    assert await sink.apply([ends.delete({"crm_order_id": 11}, P(50, 1), {"currency_code": "USD"}),
+                             ends.delete({"crm_order_id": 12}, P(50, 2), {"currency_code": "CHF"})]
+                            ) == SinkResult(2, 0)
+    stored = await rows(pool, o)
+    assert [(stored[(k,)]["deleted"], stored[(k,)]["status"], stored[(k,)]["currency_code"])
+            for k in (11, 12)] == [(True, None, "USD"), (True, None, "CHF")]
+    # a replayed tombstone is a redelivery: nothing changes
+    assert await sink.apply([ends.delete({"crm_order_id": 12}, P(50, 2), {"currency_code": "X"})]
+                            ) == SinkResult(0, 1)
+    assert (await rows(pool, o))[(12,)]["currency_code"] == "CHF"
 
 
 # =====================================================================================

@@ -20,14 +20,14 @@ import pytest
 from ambidex.stack.local import StackAddresses
 from ambidex.workload import run_workload
 from ambidex.workload.billing import TYPO_CONTRACT_OFFSET
-from ambidex.workload.reference_case import NEVER_INVOICED
+from ambidex.workload.reference_case import NEVER_INVOICED, SHORT_NUMBER
 from ambidex.workload.reference_case import NUMBER as REFERENCE_NUMBER
 from services.customer_value import recompute as customer_value
 from services.customer_value.sources import ReceivablePosition
 from services.production_status import records as production
 from services.receivables.recompute import recompute
 from services.receivables.records import Table
-from services.receivables.rules import Kind, slot_identity
+from services.receivables.rules import Kind, invoice_identity, slot_identity
 from services.shared.errors import BadInput
 from services.shared.source_records import record_type
 from tests.conftest import ServiceProcess
@@ -39,9 +39,12 @@ pytestmark = pytest.mark.integration
 CRM_TABLES = ("contract", "installment", "service_case")
 ERP_TABLES = ("invoice", "payment", "production_order", "quality_inspection", "shipment",
               "shipment_line")
-#: the discrepancy kinds the workload's slips and customers cause within a short run
-EXPECTED_KINDS = {
-    Kind.INSTALLMENT_NOT_INVOICED,
+#: the discrepancy kinds of the seed's reference cases: in every run
+SEEDED_KINDS = {Kind.INSTALLMENT_NOT_INVOICED, Kind.PAYMENT_SHORT}
+#: the kinds the workload's slips and customers cause by chance, a few of each per 30 s:
+#: all but two must show (one kind missing is a dice roll of a few per cent; the slips
+#: themselves are unit-tested in test_workload_schedules)
+SLIP_KINDS = {
     Kind.INVOICE_AMOUNT_MISMATCH,
     Kind.UNKNOWN_INSTALLMENT,
     Kind.UNKNOWN_CONTRACT,
@@ -49,7 +52,6 @@ EXPECTED_KINDS = {
     Kind.CURRENCY_MISMATCH,
     Kind.PAYMENT_OVER,
     Kind.PAYMENT_WITHOUT_INVOICE,
-    Kind.PAYMENT_SHORT,
 }
 MONEY = {
     "crm.contract": ("total_amount",),
@@ -169,7 +171,8 @@ async def _check_receivables_sources(
     result = recompute(rows, dt.date.today())
     check(result.rejected == [], "rows receivables rejects", result.rejected[:5])
     kinds = Counter(d.kind for d in result.discrepancies.values())
-    check(set(kinds) >= EXPECTED_KINDS, "discrepancy kinds", kinds)
+    check(set(kinds) >= SEEDED_KINDS, "the reference cases' discrepancy kinds", kinds)
+    check(len(set(kinds) & SLIP_KINDS) >= len(SLIP_KINDS) - 2, "slip discrepancy kinds", kinds)
 
     # the seed's case: 120,000 contracted, 100,000 received, installment 3 never invoiced
     reference = await crm.fetchval("SELECT id FROM crm.contract WHERE number = $1",
@@ -184,6 +187,19 @@ async def _check_receivables_sources(
     check(await erp.fetchval(
         "SELECT count(*) FROM erp.invoice WHERE crm_contract_id = $1", reference) == 5,
         "the seed's case has 5 invoices")
+
+    # the short case: no payment or cancellation of the run touched its invoices
+    short = await crm.fetchval("SELECT id FROM crm.contract WHERE number = $1", SHORT_NUMBER)
+    invoices = {r["installment_seq"]: r for r in await erp.fetch(
+        """SELECT id, installment_seq, state, amount_residual FROM erp.invoice
+           WHERE crm_contract_id = $1""", short)}
+    short_shapes = sorted((seq, r["state"], r["amount_residual"]) for seq, r in invoices.items())
+    made = [(1, "paid", Decimal("0.00")), (2, "posted", Decimal("600.00")),
+            (3, "posted", Decimal("1000.00"))]
+    check(short_shapes == made, "the short case's invoices", short_shapes)
+    if 2 in invoices:
+        check(invoice_identity(Kind.PAYMENT_SHORT, invoices[2]["id"]) in result.discrepancies,
+              "the short case's payment_short")
 
 
 def _shape(paid: Decimal, total: Decimal) -> str:

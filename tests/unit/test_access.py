@@ -14,6 +14,8 @@ from ambidex.access import Access, acl_rules, load_access
 from ambidex.connectors import load_connectors
 from ambidex.manifests import render
 from ambidex.topics import load_topic_declaration
+from services.customer_value import app as customer_value
+from services.customer_value import effects as customer_value_effects
 from services.demand_signals.emit import SURGE_TOPIC
 from services.inventory_projection import app as inventory
 from services.order_sync import app as order_sync
@@ -64,6 +66,12 @@ CODE = {
             production.STATE_TOPIC,
         },
         {"ambidex-production-status.changes"},
+    ),
+    "customer-value": (
+        {*customer_value.CHANGE_TOPICS, *customer_value.SOURCES.topics,
+         customer_value.STATE_TOPIC},
+        {customer_value_effects.VALUE_TOPIC, customer_value.STATE_TOPIC},
+        {"ambidex-customer-value.changes"},
     ),
 }
 

@@ -5,7 +5,8 @@ Invariants protected here: raised and cleared surges encode with the published s
 and decode to the same figures (quantities exact Decimals), keyed like availability so
 one key's events stay in order; the supply-priority and answer rows write every value
 column of their tables (a renamed column fails here, not in production); a cleared
-surge is a tombstone of its row.
+surge is a tombstone of its row that keeps the surge's id, also for a surge raised and
+cleared within one step (its row never written raised): a replay finds it known.
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ from decimal import Decimal
 from pathlib import Path
 
 from services.demand_signals import emit
+from services.demand_signals.fold import Outcome
 from services.demand_signals.records import Table
+from services.demand_signals.surge import Surge
+from services.inventory_projection.demand_effects import priority_writes
+from services.inventory_projection.demand_signals import DemandStep
 from services.shared.avro import AvroCodec, SchemaCatalogue
+from services.shared.position import SourcePosition
+from services.shared.sinks import Delete
 from tests.unit.demand_support import (
     Feed,
     at,
@@ -49,7 +56,7 @@ COLUMNS = _columns(SQL / "crm" / "070_demand_signals.sql") | _columns(
     SQL / "erp" / "070_demand_signals.sql")
 
 
-def _surging_feed() -> tuple[Feed, list[emit.Surge]]:
+def _surging_outcome() -> tuple[Feed, Outcome]:
     feed = Feed()
     feed.view.add_item(7, "SKU-7", lead_time_days=10)
     feed.view.atp[(7, 1)] = Decimal("5")
@@ -59,6 +66,11 @@ def _surging_feed() -> tuple[Feed, list[emit.Surge]]:
     feed.put(Table.ORDER, order(1, T))
     out = feed.put(Table.ORDER_LINE, order_line(1, 1, 70, "70.125"))
     out.merge(feed.put(Table.ORDER, {**order(1, T), "state": "cancelled", "cancelled_at": at(T)}))
+    return feed, out
+
+
+def _surging_feed() -> tuple[Feed, list[Surge]]:
+    feed, out = _surging_outcome()
     return feed, out.events
 
 
@@ -93,6 +105,15 @@ def test_rows_write_every_value_column_and_a_cleared_surge_is_a_tombstone() -> N
     assert set(row) == COLUMNS[emit.ANSWER_TABLE] - BOOKKEEPING
     assert json.loads(row["lines"])[0]["available_now"] == "3.000"
     assert set(emit.KEYS) == set(COLUMNS) - {"crm.feasibility_request"}
+
+
+def test_a_surge_raised_and_cleared_in_one_step_leaves_a_tombstone_with_its_id() -> None:
+    _, out = _surging_outcome()
+    raised, cleared = out.events
+    writes = priority_writes(DemandStep(out), SourcePosition(9, 9))
+    assert [(type(w).__name__, w.key) for w in writes] == [("Delete", (7, "WH1"))]
+    assert isinstance(writes[0], Delete) and writes[0].kept == (raised.surge_id,)
+    assert cleared.surge_id == raised.surge_id
 
 
 def test_a_weighted_quote_as_evidence_fits_the_schema() -> None:

@@ -86,6 +86,38 @@ def test_a_contract_with_its_plan_invoices_and_payments_gives_exact_figures() ->
     assert out.dead_letters == [] and out.applied == 6
 
 
+def _many_small_transactions(fold: ReceivablesFold, steps: bool) -> list[Step]:
+    """A contract of 6 installments, then each invoiced and paid in a transaction of
+    its own (a replay's shape); ``steps``: a step after every transaction."""
+    outs = []
+    transaction(fold, "crm", [("contract", contract(1, total="600.00")),
+                              *(("installment", installment(10 + s, 1, s, date(2026, s, 1)))
+                                for s in range(1, 7))])
+    for s in range(1, 7):
+        transaction(fold, "erp", [("invoice", invoice(20 + s, 1, s, "100.00"))])
+        if steps:
+            outs.append(step(fold))
+        transaction(fold, "erp", [("payment", payment(30 + s, 20 + s, f"{s}0.00"))])
+        if steps:
+            outs.append(step(fold))
+    outs.append(step(fold))
+    return outs
+
+
+def test_a_step_of_many_transactions_ends_as_a_step_per_transaction() -> None:
+    """A step evaluates what its transactions touched once, at its end: the positions
+    and open discrepancies are those of folding the transactions one step each, and the
+    step's outcome says each contract's final position once."""
+    one_by_one, together = ReceivablesFold(MemoryKV()), ReceivablesFold(MemoryKV())
+    _many_small_transactions(one_by_one, steps=True)
+    [out] = _many_small_transactions(together, steps=False)
+    assert together.core.contract_positions() == one_by_one.core.contract_positions()
+    assert together.core.open_discrepancies() == one_by_one.core.open_discrepancies()
+    position = out.outcome.contracts[1]
+    assert position is not None and position.paid == Decimal("210.00")
+    assert out.applied == 19 and out.dead_letters == []
+
+
 def test_a_bad_row_rejects_its_transaction_whole_and_the_fold_goes_on() -> None:
     fold = ReceivablesFold(MemoryKV())
     transaction(fold, "crm", [("contract", contract(1, total="100.00")),

@@ -184,3 +184,12 @@ def test_demand_surge_rules_come_from_the_environment_and_refuse_nan() -> None:
     for bad in ("NaN", "0.5"):  # not a number; a factor below 1 would call flat demand a surge
         with pytest.raises(SettingsError, match="AMBIDEX_DEMAND_SURGE_FACTOR"):
             load_settings("inventory-projection", {"AMBIDEX_DEMAND_SURGE_FACTOR": bad})
+
+
+def test_receivables_grace_days_come_from_the_environment_and_are_checked() -> None:
+    settings = load_settings("receivables", {"AMBIDEX_RECEIVABLES_GRACE_DAYS": "10"})
+    assert settings.receivables_grace_days == 10
+    assert load_settings("receivables", {}).receivables_grace_days == 5
+    for bad in ("-1", "1.5", "NaN"):
+        with pytest.raises(SettingsError, match="AMBIDEX_RECEIVABLES_GRACE_DAYS"):
+            load_settings("receivables", {"AMBIDEX_RECEIVABLES_GRACE_DAYS": bad})

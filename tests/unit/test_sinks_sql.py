@@ -100,6 +100,27 @@ def test_delete_is_a_guarded_tombstone_upsert_never_a_delete() -> None:
     )
 
 
+def test_a_tombstone_writes_its_kept_columns_on_insert_and_on_update() -> None:
+    spec = DeleteSpec("t", ("k",), ("v",), kept_columns=("ident",))
+    sql = _flat(delete_sql(spec, {"k": "bigint", "v": "numeric(9,2)", "ident": "text"}))
+    assert sql == _flat(
+        'INSERT INTO "t" AS target ("k", "ident", "v", deleted, source_commit_lsn, source_lsn) '
+        'SELECT "k", "ident", NULL::numeric(9,2), true, source_commit_lsn, source_lsn '
+        "FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) "
+        'AS u("k", "ident", source_commit_lsn, source_lsn) '
+        'ON CONFLICT ("k") DO UPDATE SET "v" = NULL, "ident" = EXCLUDED."ident", '
+        "deleted = true, source_commit_lsn = EXCLUDED.source_commit_lsn, "
+        "source_lsn = EXCLUDED.source_lsn " + GUARD
+    )
+    assert spec.delete({"k": 1}, P(1, 1), {"ident": "s-1"}).kept == ("s-1",)
+    with pytest.raises(ValueError, match="keeps exactly"):
+        spec.delete({"k": 1}, P(1, 1))
+    with pytest.raises(ValueError, match="keeps exactly"):
+        DeleteSpec("t", ("k",)).delete({"k": 1}, P(1, 1), {"ident": "s-1"})
+    with pytest.raises(ValueError, match="duplicate"):
+        DeleteSpec("t", ("k",), ("v",), kept_columns=("v",))
+
+
 def test_hostile_names_only_appear_quoted() -> None:
     spec = UpsertSpec('s.t"; DROP TABLE x; --', ('k") --',), ("v v",))
     sql = upsert_sql(spec, {'k") --': "text", "v v": "text"})

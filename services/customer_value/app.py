@@ -1,0 +1,135 @@
+"""customer-value as a service: the thin I/O shell on the shared kit (issue 14).
+
+One worker process (``ambidex run customer-value``): the kit's
+:class:`~services.shared.stateful.StatefulRunner` reads the CRM's and the ERP's tables
+the figures come from (:data:`CHANGE_TOPICS`), both transaction-metadata and heartbeat
+topics, receivables' ``ambidex.receivable-position`` and production-status's
+``ambidex.fulfilment-status`` (consumer group ``ambidex-customer-value.changes``);
+whole source transactions go to the :class:`~.service_fold.ValueFold` (a bad row
+rejects its transaction whole, to ``dlq.customer-value``), whose steps the checkpoint
+makes durable after the :mod:`.effects` (``crm_integration.customer_value``, the
+compacted ``ambidex.customer-value``, dead letters). State: the kit's local store and
+its changelog :data:`STATE_TOPIC` (restored from it when the disk is empty).
+
+At start the write position is floored at the one the CRM table already holds, so a
+worker rebuilt from the source topics never writes below what is there.
+
+An in-process reader (the dashboard) passes a :class:`~.observer.ValueObserver` to
+:func:`build_service`: it is given the full set once the state is open and every
+commit's figures after (docs/customer-value.md, "In-process readers").
+
+Scaling: an account's figures join rows of both databases and two published topics,
+so the service runs as ONE worker (one shard of the state), like production-status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+import asyncpg
+
+from services.customer_value.effects import TABLE, Effects
+from services.customer_value.observer import Snapshot, ValueObserver
+from services.customer_value.service_fold import PUBLISHED_TOPICS, Outcome, ValueFold
+from services.customer_value.sources import TABLES
+from services.shared.batches import attach_sources
+from services.shared.databases import open_pool
+from services.shared.runtime import Service
+from services.shared.runtime import build_service as build_base_service
+from services.shared.settings import ServiceSettings
+from services.shared.stateful import StatefulRunner
+from services.shared.transaction_fold import Applied
+from services.shared.whole_transactions import SourceTopics
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "customer-value"
+CHANGE_TOPICS = tuple(f"cdc.{t}" for t in TABLES)
+SOURCES = SourceTopics.of(("crm", "erp"), heartbeats=True, published=PUBLISHED_TOPICS)
+STATE_TOPIC = "state.customer-value"
+BATCH_MAX = 5_000
+
+MAX_WRITE_POSITION = f"""
+SELECT source_commit_lsn, source_lsn FROM {TABLE}
+ORDER BY source_commit_lsn DESC, source_lsn DESC LIMIT 1"""
+
+
+class Shell:
+    """The I/O around a :class:`ValueFold`, run by the kit's :class:`StatefulRunner`."""
+
+    def __init__(self, service: Service, observer: ValueObserver | None = None) -> None:
+        self.service = service
+        self.observer = observer
+        self.effects = Effects(service, observer)
+        codec = service.codec
+        load = partial(ValueFold.load, decode=lambda value: codec.decode(value).record,
+                       max_hold=timedelta(seconds=service.settings.max_hold_seconds))
+        self.runner: StatefulRunner[ValueFold, Applied[Outcome]] = StatefulRunner(
+            service,
+            state_topic=STATE_TOPIC,
+            topics=CHANGE_TOPICS,
+            sources=SOURCES,
+            load=load,
+            apply=self.effects.apply,
+            after_commit=self.effects.committed,
+            published=ValueFold.published,
+            max_records=BATCH_MAX,
+        )
+        self.source = self.runner.source
+        self.pool: asyncpg.Pool | None = None
+
+    async def start(self, service: Service) -> None:
+        """Open (or rebuild) the local state, open the write-back, floor the write
+        position, hand the observer the full set."""
+        started = time.monotonic()
+        restored = await self.runner.open()
+
+        # a CRM database that is down at start-up is waited for (readiness says so)
+        self.pool = await open_pool(service, "crm")
+        await service.retry.call(self._floor, what="reading the write position")
+        self.effects.started(self.pool)
+        fold = self.runner.fold
+        if self.observer is not None:
+            self.observer.loaded(self.snapshot())
+        service.health.set_check("state", True, "state loaded")
+        log.info("customer-value state loaded", extra={
+            "restored_from_changelog": 0 if restored is None else restored.entries,
+            "revision": fold.meta.revision,
+            "as_of": None if fold.as_of is None else fold.as_of.isoformat(),
+            "seconds": round(time.monotonic() - started, 3)})
+
+    def snapshot(self) -> Snapshot:
+        """Every account's figures and open delay risks as the durable state holds
+        them (call between batches: at start, or from the observer's callbacks)."""
+        fold = self.runner.fold
+        return Snapshot(list(fold.current()), list(fold.open_risks()), fold.as_of)
+
+    async def stop(self, _: Service) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        self.runner.close()
+
+    async def _floor(self) -> None:
+        assert self.pool is not None
+        row = await self.pool.fetchrow(MAX_WRITE_POSITION)
+        if row is not None:
+            at = datetime.fromtimestamp(int(row[0]) / 1000, UTC)
+            self.runner.fold.floor(at, int(row[1]))
+
+
+def build_service(settings: ServiceSettings, observer: ValueObserver | None = None) -> Service:
+    """customer-value's service: the shell and its batch source; connects to nothing
+    until it runs. ``observer``: an in-process reader of the figures (the dashboard)."""
+    service = build_base_service(settings)
+    shell = Shell(service, observer)
+    service.on_start.append(shell.start)
+    service.on_stop.append(shell.stop)
+    attach_sources(service, shell.source)  # starts after shell.start, stops before stop
+    service.health.expect("state")
+    return service
+
+
+__all__ = ["CHANGE_TOPICS", "SOURCES", "STATE_TOPIC", "Shell", "build_service"]

@@ -20,15 +20,16 @@ A :class:`~services.shared.transaction_fold.TransactionFold` around the pure cor
 * :meth:`StatusFold.finish` builds, for every CRM order the step touched (and a slice
   of open orders as time passes), its status, its risk transition and the triage of
   its cases, as the records :mod:`.publish` defines; unchanged ones are not sent again.
-* while the worker reads a backlog (a source database not read to its end: a replay, a
-  restart after downtime), the orders a step touches are *deferred* (``dz:<crm
-  order>``) instead: an order's changes come on seven topics, read in different steps,
-  and its status was built and sent once per step, most of a replay's time. Once both
-  databases are read to their end, or the oldest deferral is :data:`DEFER_FOR` old
-  (process clock: a worker that lags behind live traffic still writes within seconds),
-  the deferred orders are built, at most :data:`DEFER_SLICE` a step, with the progress
-  of the backlog folded so far and at the clock of then. Live, the sources are read to
-  their end at every step and nothing is deferred.
+* while the worker reads a backlog (a source database not read to its end, and the
+  source clock more than :data:`DEFER_LAG` behind the wall clock: a replay, a restart
+  after downtime), the orders a step touches are *deferred* (``dz:<crm order>``)
+  instead: an order's changes come on seven topics, read in different steps, and its
+  status was built and sent once per step, most of a replay's time. Once both
+  databases are read to their end, the source clock is within :data:`DEFER_LAG`, or the
+  oldest deferral is :data:`DEFER_FOR` old (process clock), the deferred orders are
+  built, at most :data:`DEFER_SLICE` a step, with the progress of the backlog folded so
+  far and at the source clock of then. Live, even a few seconds behind, nothing is
+  deferred (the wall clock decides when a status is built, never what it says).
 
 The clock (why source time): delay risk and the predicted dates depend on "now". The
 fold never reads the wall clock: ``now`` is the *older* of the two databases' source
@@ -105,7 +106,9 @@ SWEEP_EVERY = timedelta(seconds=60)
 #: deferred orders built per step once the sources are read to their end
 DEFER_SLICE = 2_000
 #: deferred orders are built once the oldest waited this long (process clock, seconds)
-DEFER_FOR = 5.0
+DEFER_FOR = 30.0
+#: a worker whose source clock is less than this behind the wall clock defers nothing
+DEFER_LAG = timedelta(seconds=60)
 
 _pack = struct.Struct(">q").pack
 Decode = Callable[[bytes], Mapping[str, Any]]
@@ -208,9 +211,11 @@ class StatusFold(TransactionFold[Change, Outcome]):
 
     def __init__(self, kv: KeyValue, decode: Decode, *,
                  max_hold: timedelta = timedelta(seconds=300),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         super().__init__(COLLECTIONS, max_hold=max_hold, clock=clock)
         self._monotonic = clock
+        self._wall = wall
         #: when the deferred set last became non-empty (process clock); a worker that
         #: loads deferred orders counts from its start
         self._deferred_since: float | None = None
@@ -362,7 +367,9 @@ class StatusFold(TransactionFold[Change, Outcome]):
         if self.clock_known and now - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = now
             orders |= self._sweep()
-        if not (CRM in caught_up and ERP in caught_up):
+        backlog = not (CRM in caught_up and ERP in caught_up) and (
+            not self.clock_known or self._wall() - now > DEFER_LAG)
+        if backlog:
             self._defer(orders)
             orders = set()
             if self._monotonic() - (self._deferred_since or 0.0) >= DEFER_FOR:

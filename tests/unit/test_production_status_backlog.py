@@ -6,13 +6,13 @@ changes come on seven topics, read in different steps): the orders are deferred,
 state (so a restart keeps them), and once both databases are read to their end each
 deferred order is built once, from the whole backlog, at most ``DEFER_SLICE`` a step;
 nothing is lost and the result is the one a live worker gives. A worker that stays
-behind still builds them once the oldest waited ``DEFER_FOR``. Live (read to the end),
-nothing is deferred.
+behind still builds them once the oldest waited ``DEFER_FOR``. Live (read to the end, or
+less than ``DEFER_LAG`` behind the wall clock), nothing is deferred.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from services.production_status import service_fold
@@ -112,4 +112,13 @@ def test_a_worker_that_stays_behind_still_writes_within_the_deferral_bound() -> 
     assert behind(source).outcome.statuses == []
     now[0] += service_fold.DEFER_FOR / 2
     (status,) = behind(source).outcome.statuses  # still behind, but waited long enough
+    assert status["crm_order_id"] == CRM_ORDER and source.fold.meta.deferred == 0
+
+
+def test_a_worker_a_few_seconds_behind_live_traffic_defers_nothing() -> None:
+    source = Source()
+    source.fold = StatusFold(source.kv, decode, clock=lambda: 0.0,
+                             wall=lambda: T0 + timedelta(seconds=10))
+    backlog(source)
+    (status,) = behind(source).outcome.statuses  # not read to the end, but not far behind
     assert status["crm_order_id"] == CRM_ORDER and source.fold.meta.deferred == 0

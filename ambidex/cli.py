@@ -403,6 +403,7 @@ main.add_command(operator_commands.deadletters)
 
 
 def _register_service_commands() -> None:
+    from services.customer_value.reconcile_cli import reconcile_customer_value
     from services.inventory_projection.reconcile_cli import reconcile as inventory
     from services.order_sync.reconcile_cli import reconcile_order_sync
     from services.production_status.reconcile_cli import reconcile_production_status
@@ -422,12 +423,14 @@ def _register_service_commands() -> None:
         invoke_without_command=True,
         help=f"{inventory.help}\n\n`reconcile order-sync` compares every CRM order with its "
         "ERP order instead; `reconcile receivables` the receivables' figures; "
-        "`reconcile production-status` the fulfilment statuses.",
+        "`reconcile production-status` the fulfilment statuses; `reconcile customer-value` "
+        "the customer figures.",
     )
     reconcile.add_command(inventory, "inventory")
     reconcile.add_command(reconcile_order_sync, "order-sync")
     reconcile.add_command(reconcile_receivables, "receivables")
     reconcile.add_command(reconcile_production_status, "production-status")
+    reconcile.add_command(reconcile_customer_value, "customer-value")
     main.add_command(reconcile)
 
 

@@ -23,6 +23,7 @@ from ambidex.manifest_values import (
     MONITORING_NAMESPACE,
     RUNTIME_DEFAULT_SECCOMP,
     SERVICE_MEMORY,
+    WEB_PORTS,
     DeploymentValues,
     component_labels,
 )
@@ -52,6 +53,13 @@ def service_resources(service: str, values: DeploymentValues) -> list[dict[str, 
         secret_env("AMBIDEX_CRM_DSN", "ambidex-databases", "crm-dsn"),
         secret_env("AMBIDEX_ERP_DSN", "ambidex-databases", "erp-dsn"),
     ]
+    ports = [{"name": "metrics", "containerPort": METRICS_PORT}]
+    service_ports = [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}]
+    if service in WEB_PORTS:
+        web_name, web_port, setting = WEB_PORTS[service]
+        env.append({"name": setting, "value": str(web_port)})
+        ports.append({"name": web_name, "containerPort": web_port})
+        service_ports.append({"name": web_name, "port": web_port, "targetPort": web_name})
     probe = {"port": "metrics"}
     memory_request, memory_limit = SERVICE_MEMORY.get(service, DEFAULT_SERVICE_MEMORY)
     deployment = {
@@ -84,7 +92,7 @@ def service_resources(service: str, values: DeploymentValues) -> list[dict[str, 
                             "image": values.image,
                             "args": ["run", service],
                             "env": env,
-                            "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                            "ports": ports,
                             "livenessProbe": {
                                 "httpGet": {"path": "/healthz", **probe},
                                 "periodSeconds": 10,
@@ -145,7 +153,7 @@ def service_resources(service: str, values: DeploymentValues) -> list[dict[str, 
             "metadata": {"name": service, "labels": labels},
             "spec": {
                 "selector": selector,
-                "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}],
+                "ports": service_ports,
             },
         },
         {

@@ -21,6 +21,12 @@ CLUSTER_CA_SECRET = f"{CLUSTER}-cluster-ca-cert"
 CA_DIR = "/etc/ambidex/kafka-ca"
 METRICS_PORT = 9400
 CONNECT_API_PORT = 8083
+#: services that serve a web page besides their metrics: name -> (port name, port, the
+#: setting that names it); reached with ``kubectl port-forward`` (the network policy
+#: admits only metrics from the monitoring namespace)
+WEB_PORTS = {
+    "customer-value": ("dashboard", 9410, "AMBIDEX_CUSTOMER_VALUE_DASHBOARD_PORT"),
+}
 #: the namespace whose Prometheus scrapes the services (an overlay may change it)
 MONITORING_NAMESPACE = "monitoring"
 #: per service, memory request and limit from its measured peak with headroom

@@ -37,8 +37,11 @@ class BenchedService:
         self.name = name
         #: what runs the service (``ambidex run <name>`` unless a harness wraps it)
         self.command = list(command or [sys.executable, "-m", "ambidex.cli", "run", name])
-        self.port = _free_ports(1)[0]
-        self.environment = {**environment, "AMBIDEX_METRICS_PORT": str(self.port)}
+        self.port, self.dashboard_port = _free_ports(2)
+        self.environment = {
+            # customer-value's dashboard, unless given (other services ignore it)
+            "AMBIDEX_CUSTOMER_VALUE_DASHBOARD_PORT": str(self.dashboard_port),
+            **environment, "AMBIDEX_METRICS_PORT": str(self.port)}
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss = 0.0

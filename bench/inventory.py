@@ -290,12 +290,19 @@ async def flink_phase(bootstrap: str, service: ServiceUnderTest) -> FlinkRun:
 # ------------------------------------------------------------------ latency
 
 
-async def drive(dsn: str, rate: float, seconds: float, rows_per_tx: int = 10) -> int:
+STOCK_UPDATE = """UPDATE erp.stock_quant SET quantity = quantity + 1, updated_at = now()
+                  WHERE id = ANY($1::bigint[])"""
+
+
+async def drive(dsn: str, rate: float, seconds: float, rows_per_tx: int = 10, *,
+                ids: list[int] | None = None, update: str = STOCK_UPDATE) -> int:
+    """``rate`` row changes a second for ``seconds``: ``update`` of ``rows_per_tx`` of
+    ``ids`` (default: every seeded stock quant) per transaction, round robin; the rows
+    written."""
     pool = await asyncpg.create_pool(dsn, min_size=4, max_size=4)
     assert pool is not None
-    ids = [r["id"] for r in await pool.fetch("SELECT id FROM erp.stock_quant ORDER BY id")]
-    update = """UPDATE erp.stock_quant SET quantity = quantity + 1, updated_at = now()
-                WHERE id = ANY($1::bigint[])"""
+    if ids is None:
+        ids = [r["id"] for r in await pool.fetch("SELECT id FROM erp.stock_quant ORDER BY id")]
     written, cursor = 0, 0
     interval = rows_per_tx / rate
     started = time.monotonic()

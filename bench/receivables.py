@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import time
 from datetime import date
 from typing import Any
 
 import asyncpg
-import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from bench.common import BenchedService, reproduce_line, start_private_stack
 from bench.inventory import (
@@ -45,6 +43,7 @@ from bench.inventory import (
     produce_synthetic,
 )
 from bench.inventory import replay as replay_inventory
+from bench.replay import LoopWatch, replay_group
 from services.receivables.app import CHANGE_TOPICS
 
 GROUP = "ambidex-receivables.changes"
@@ -137,104 +136,13 @@ async def produce_receivables(bootstrap: str, changes: int, installments: int) -
     return produced
 
 
-async def _offsets(bootstrap: str, group: str | None,
-                   partitions: list[TopicPartition]) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
-    await consumer.start()
-    try:
-        if group is None:
-            return sum((await consumer.end_offsets(partitions)).values())
-        return sum([await consumer.committed(tp) or 0 for tp in partitions])
-    finally:
-        await consumer.stop()
-
-
-#: what aiokafka logs when the group's session is lost or the group rebalances
-SESSION_LOST = re.compile(r"session expired|heartbeat failed|rebalanc|unknownmemberid",
-                          re.IGNORECASE)
-
-
-def _sample(text: str, name: str, **labels: str) -> float | None:
-    """One sample of a Prometheus text exposition (None: absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, _, value = line.rpartition(" ")
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            return float(value)
-    return None
-
-
-class LoopWatch:
-    """The event loop's stalls in a benched service, read from its /metrics."""
-
-    def __init__(self, service: BenchedService) -> None:
-        self.service = service
-        self.longest = 0.0
-        self.late = 0.0  # 0.1 s ticks more than 0.1 s late
-        self.ticks = 0.0
-
-    async def sample(self) -> None:
-        try:
-            text = await self.service.metrics()
-        except httpx.HTTPError:  # missed (e.g. the loop blocked past the timeout)
-            return
-        name = "ambidex_event_loop_lag"
-        self.longest = max(self.longest, _sample(text, name + "_max_seconds") or 0.0)
-        count = _sample(text, name + "_seconds_count")
-        within = _sample(text, name + "_seconds_bucket", le="0.1")
-        if count is not None and within is not None:
-            self.ticks, self.late = count, count - within
-
-    def session_lost(self) -> int:
-        """Lines of the service's log saying the group session was lost or rebalanced."""
-        try:
-            text = self.service.log_path.read_text(errors="replace")
-        except OSError:
-            return 0
-        return sum(1 for line in text.splitlines() if SESSION_LOST.search(line))
-
-
 async def replay_receivables(bootstrap: str, service: BenchedService,
                              watch: LoopWatch) -> tuple[float | None, float, float]:
     """(changes/s from the first committed progress to caught up, None when the first
     commit covered them all; changes/s from the process's start; CPU µs a change)."""
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await probe.start()
-    await probe._client.force_metadata_update()
-    partitions = [TopicPartition(t, p) for t in CHANGE_TOPICS
-                  for p in probe.partitions_for_topic(t) or ()]
-    await probe.stop()
-    end = await _offsets(bootstrap, None, partitions)
-    service.start()
-    first: tuple[float, int, float] | None = None
-    last_log = last_watch = started = time.monotonic()
-    while True:
-        done = await _offsets(bootstrap, GROUP, partitions)
-        now = time.monotonic()
-        rss = service.sample_rss()
-        if now - last_watch > 5:
-            await watch.sample()
-            last_watch = now
-        if first is None and done > 0:
-            first = (now, done, service.cpu_seconds())
-        if now - last_log > 10:
-            log(f"receivables replay: {done:,}/{end:,} committed after {now - started:.0f}s, "
-                f"RSS {rss:.0f} MB")
-            last_log = now
-        if done >= end:
-            await watch.sample()
-            break
-        if service.process is not None and service.process.poll() is not None:
-            raise RuntimeError(f"receivables exited, see {service.log_path}")
-        await asyncio.sleep(0.5)
-    assert first is not None
-    from_start = end / max(now - started, 1e-9)
-    if first[1] >= end:  # one batch: no rate between commits
-        return None, from_start, service.cpu_seconds() / max(end, 1) * 1e6
-    count = end - first[1]
-    return (count / max(now - first[0], 1e-9), from_start,
-            (service.cpu_seconds() - first[2]) / count * 1e6)
+    run = await replay_group(bootstrap, service, group=GROUP, topics=CHANGE_TOPICS,
+                             watch=watch, label="receivables")
+    return run.first_rate, run.start_rate, run.cpu_us
 
 
 async def main() -> None:

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer
 
 from bench.common import BenchedService, reproduce_line, start_private_stack
 from bench.inventory import histogram, log, quantile
-from bench.receivables import LoopWatch
+from bench.replay import LoopWatch
 
 INSTALLMENTS = 12
 LATENCY = ("ambidex_end_to_end_lag_seconds", 'path="crm_write_back"')

@@ -193,9 +193,12 @@ def service_process(local_stack: LocalStack) -> Iterator[Callable[[str], Service
 
     def start(name: str) -> ServiceProcess:
         if name not in running:
+            metrics, dashboard = _free_ports(2)
             environment = {
                 **local_stack.service_environment(name, secured=False),
-                "AMBIDEX_METRICS_PORT": str(_free_ports(1)[0]),
+                "AMBIDEX_METRICS_PORT": str(metrics),
+                # customer-value's dashboard (other services ignore it)
+                "AMBIDEX_CUSTOMER_VALUE_DASHBOARD_PORT": str(dashboard),
                 "AMBIDEX_LOG_FORMAT": "json",
             }
             running[name] = ServiceProcess(name, local_stack, environment)

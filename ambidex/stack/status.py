@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from ambidex.stack.processes import DetachedProcess, pid_alive, port_open
 from ambidex.stack.supervisor import read_state
 from ambidex.topics import load_topic_declaration
 from services.registry import METRICS_PORTS as SERVICE_METRICS_PORTS
-from services.shared.settings import redact_dsn
+from services.shared.settings import ServiceSettings, redact_dsn
 
 SERVICE_NAMES = tuple(SERVICE_METRICS_PORTS)
 
@@ -106,6 +107,10 @@ async def gather_status(stack: LocalStack, *, sample_seconds: float = 1.0) -> St
             for name, port in ports.items()
         },
     }
+    if "customer-value" in ports:  # its dashboard, on the port its settings give it
+        default = ServiceSettings.model_fields["customer_value_dashboard_port"].default
+        dashboard = os.environ.get("AMBIDEX_CUSTOMER_VALUE_DASHBOARD_PORT", str(default))
+        addresses["customer-value_dashboard_url"] = f"http://{config.host}:{dashboard}/"
 
     connectors: list[dict[str, Any]] = []
     kafka_up = any(c.name == "kafka" and c.running for c in components)

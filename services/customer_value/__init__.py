@@ -1,3 +1,3 @@
 """customer-value: per CRM account and month, what the customer brought beside what
-serving them cost (docs/customer-value.md). This package holds the pure core; the
-service shell, dashboard and reconcile command follow."""
+serving them cost (docs/customer-value.md): the pure core, the service process
+(``app.py``) and its reconcile command; the dashboard follows."""

@@ -31,6 +31,7 @@ from functools import partial
 
 import asyncpg
 
+from services.customer_value.dashboard.attach import attach_dashboard
 from services.customer_value.effects import TABLE, Effects
 from services.customer_value.observer import Snapshot, ValueObserver
 from services.customer_value.service_fold import PUBLISHED_TOPICS, Outcome, ValueFold
@@ -40,6 +41,7 @@ from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
+from services.shared.state.store import KeyValue
 from services.shared.stateful import StatefulRunner
 from services.shared.transaction_fold import Applied
 from services.shared.whole_transactions import SourceTopics
@@ -65,14 +67,16 @@ class Shell:
         self.observer = observer
         self.effects = Effects(service, observer)
         codec = service.codec
-        load = partial(ValueFold.load, decode=lambda value: codec.decode(value).record,
-                       max_hold=timedelta(seconds=service.settings.max_hold_seconds))
+        self._load = partial(ValueFold.load, decode=lambda value: codec.decode(value).record,
+                             max_hold=timedelta(seconds=service.settings.max_hold_seconds))
+        #: the write position the table held at start (kept for every reload of the fold)
+        self._written: tuple[datetime, int] | None = None
         self.runner: StatefulRunner[ValueFold, Applied[Outcome]] = StatefulRunner(
             service,
             state_topic=STATE_TOPIC,
             topics=CHANGE_TOPICS,
             sources=SOURCES,
-            load=load,
+            load=self.load,
             apply=self.effects.apply,
             after_commit=self.effects.committed,
             published=ValueFold.published,
@@ -80,6 +84,14 @@ class Shell:
         )
         self.source = self.runner.source
         self.pool: asyncpg.Pool | None = None
+
+    def load(self, kv: KeyValue) -> ValueFold:
+        """The fold over the durable state, floored at the table's write position: a
+        reload after a failed batch (before the floor reached the state) keeps it."""
+        fold = self._load(kv)
+        if self._written is not None:
+            fold.floor(*self._written)
+        return fold
 
     async def start(self, service: Service) -> None:
         """Open (or rebuild) the local state, open the write-back, floor the write
@@ -116,14 +128,17 @@ class Shell:
         assert self.pool is not None
         row = await self.pool.fetchrow(MAX_WRITE_POSITION)
         if row is not None:
-            at = datetime.fromtimestamp(int(row[0]) / 1000, UTC)
-            self.runner.fold.floor(at, int(row[1]))
+            self._written = (datetime.fromtimestamp(int(row[0]) / 1000, UTC), int(row[1]))
+            self.runner.fold.floor(*self._written)
 
 
 def build_service(settings: ServiceSettings, observer: ValueObserver | None = None) -> Service:
     """customer-value's service: the shell and its batch source; connects to nothing
-    until it runs. ``observer``: an in-process reader of the figures (the dashboard)."""
+    until it runs. ``observer``: an in-process reader of the figures; by default the
+    dashboard, served on its own port (services/customer_value/dashboard)."""
     service = build_base_service(settings)
+    if observer is None:
+        observer = attach_dashboard(service)
     shell = Shell(service, observer)
     service.on_start.append(shell.start)
     service.on_stop.append(shell.stop)

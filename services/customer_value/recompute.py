@@ -12,14 +12,22 @@ done here directly over the rows. :func:`load` reads the rows from the two datab
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import asyncpg
 
 from services.customer_value.figures import Bucket, CustomerValue, add_to
 from services.customer_value.fold import ValueKey
-from services.customer_value.sources import NOWHERE, Anchor, Node, ReceivablePosition, node_of
+from services.customer_value.sources import (
+    NOWHERE,
+    POSITION,
+    Anchor,
+    Node,
+    ReceivablePosition,
+    node_of,
+)
+from services.shared.errors import BadInput
 from services.shared.source_records import record_type
 
 #: the columns each captured table is read with (every column its record reads)
@@ -96,14 +104,27 @@ def _nets_to_something(nodes: list[Node]) -> bool:
     return bool(bucket)
 
 
-async def load(crm: asyncpg.Connection, erp: asyncpg.Connection) -> list[Any]:
-    """The latest rows of every source, as records (a bad row raises ``BadInput``)."""
+async def load(crm: asyncpg.Connection, erp: asyncpg.Connection,
+               refused: list[tuple[str, Any, BadInput]] | None = None) -> list[Any]:
+    """The latest rows of every source, as records. A bad row raises ``BadInput``, or,
+    with ``refused`` given, is left out and listed there as (source, id, error): the
+    service dead-letters its transaction."""
     records: list[Any] = []
+
+    def read(source: str, parse: Callable[[dict[str, Any]], Any], row: dict[str, Any]) -> None:
+        try:
+            records.append(parse(row))
+        except BadInput as error:
+            if refused is None:
+                raise
+            refused.append((source, row.get("id", row.get("contract_id")), error))
+
     for source, query in QUERIES.items():
         database, table = source.split(".")
         connection = crm if database == "crm" else erp
         reader = record_type(database, table)
-        records.extend(reader.from_row(dict(row)) for row in await connection.fetch(query))
-    records.extend(ReceivablePosition.from_record(dict(row))
-                   for row in await crm.fetch(POSITIONS_QUERY))
+        for row in await connection.fetch(query):
+            read(source, reader.from_row, dict(row))
+    for row in await crm.fetch(POSITIONS_QUERY):
+        read(POSITION, ReceivablePosition.from_record, dict(row))
     return records

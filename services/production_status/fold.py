@@ -267,8 +267,11 @@ class ProgressFold:
 
     # ------------------------------------------------------------------ units
 
-    def _recompute_mo(self, mo_id: int, touched: _Touched) -> None:
-        rec = self.record(PRODUCTION_ORDER, mo_id)
+    def _recompute_mo(self, mo_id: int, touched: _Touched, rec: Record | None = None) -> None:
+        """``rec``: the production order's record when the caller holds its newest
+        version, not written yet (written here once, with its unit state)."""
+        if rec is None:
+            rec = self.record(PRODUCTION_ORDER, mo_id)
         mo: ProductionOrder | None = None if rec is None else rec.row
         old_order, old_c = _unit(rec)
         inspections: list[tuple[Record, Inspection]] = []
@@ -309,8 +312,11 @@ class ProgressFold:
         else:
             self.kv.delete(waiting)
 
-    def _recompute_shipment(self, shipment_id: int, touched: _Touched) -> None:
-        rec = self.record(SHIPMENT, shipment_id)
+    def _recompute_shipment(self, shipment_id: int, touched: _Touched,
+                            rec: Record | None = None) -> None:
+        """``rec``: as :meth:`_recompute_mo`'s."""
+        if rec is None:
+            rec = self.record(SHIPMENT, shipment_id)
         shipment: Shipment | None = None if rec is None else rec.row
         raw = self.kv.get(b"n:" + _pack(shipment_id))
         quantity, lines = (ZERO, 0) if raw is None else (Decimal(loads(raw)[0]), loads(raw)[1])
@@ -370,8 +376,7 @@ class ProgressFold:
             self.kv.delete(_index(b"lm:", old_line, row_id))
         if new_line is not None:
             self.kv.put(_index(b"lm:", new_line, row_id), b"")
-        self._write(PRODUCTION_ORDER, row_id, new)
-        self._recompute_mo(row_id, t)
+        self._recompute_mo(row_id, t, new)  # writes it
 
     def _inspection(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
         before: Inspection | None = None if old is None else old.row
@@ -394,8 +399,7 @@ class ProgressFold:
             self._recompute_mo(mo_id, t)
 
     def _shipment(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
-        self._write(SHIPMENT, row_id, new)
-        self._recompute_shipment(row_id, t)
+        self._recompute_shipment(row_id, t, new)  # writes it
 
     def _shipment_line(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
         before: ShipmentLine | None = None if old is None else old.row

@@ -20,6 +20,16 @@ A :class:`~services.shared.transaction_fold.TransactionFold` around the pure cor
 * :meth:`StatusFold.finish` builds, for every CRM order the step touched (and a slice
   of open orders as time passes), its status, its risk transition and the triage of
   its cases, as the records :mod:`.publish` defines; unchanged ones are not sent again.
+* while the worker reads a backlog (a source database not read to its end, and the
+  source clock more than :data:`DEFER_LAG` behind the wall clock: a replay, a restart
+  after downtime), the orders a step touches are *deferred* (``dz:<crm order>``)
+  instead: an order's changes come on seven topics, read in different steps, and its
+  status was built and sent once per step, most of a replay's time. Once both
+  databases are read to their end, the source clock is within :data:`DEFER_LAG`, or the
+  oldest deferral is :data:`DEFER_FOR` old (process clock), the deferred orders are
+  built, at most :data:`DEFER_SLICE` a step, with the progress of the backlog folded so
+  far and at the source clock of then. Live, even a few seconds behind, nothing is
+  deferred (the wall clock decides when a status is built, never what it says).
 
 The clock (why source time): delay risk and the predicted dates depend on "now". The
 fold never reads the wall clock: ``now`` is the *older* of the two databases' source
@@ -31,8 +41,9 @@ assessed.
 
 State beside the core's (``services/production_status/fold.py`` names its keys):
 ``m`` -> meta (per-database source time, the clock, the write revision, counts per
-stage and risk level); ``ps:<crm order>`` -> what was last published for the order
-(digest, line numbers, stage, level); ``pt:<case>`` -> the digest of its last triage;
+stage and risk level, orders deferred); ``dz:<crm order>`` a deferred order;
+``ps:<crm order>`` -> what was last published for the order (digest, line numbers,
+stage, level); ``pt:<case>`` -> the digest of its last triage;
 ``v:<table code><id>`` -> the position of the row's newest version dead-lettered for an
 unknown parent (a redelivery or replay of it is not judged again).
 """
@@ -92,6 +103,12 @@ META = b"m"
 #: 20 slices)
 SWEEP_SLICE = 500
 SWEEP_EVERY = timedelta(seconds=60)
+#: deferred orders built per step once the sources are read to their end
+DEFER_SLICE = 2_000
+#: deferred orders are built once the oldest waited this long (process clock, seconds)
+DEFER_FOR = 30.0
+#: a worker whose source clock is less than this behind the wall clock defers nothing
+DEFER_LAG = timedelta(seconds=60)
 
 _pack = struct.Struct(">q").pack
 Decode = Callable[[bytes], Mapping[str, Any]]
@@ -158,12 +175,14 @@ class Meta:
     #: the as-of (ms) of the highest write position used or found in the write-back: a
     #: write never goes below it, whatever the clock (a replay's clock starts far back)
     written_ms: int = 0
+    #: orders whose status waits for the backlog to be read (``dz:`` keys)
+    deferred: int = 0
 
     def encode(self) -> bytes:
         return dumps({"seen": {db: t.isoformat() for db, t in self.seen.items()},
                       "now": self.now.isoformat(), "revision": self.revision,
                       "stages": self.stages, "levels": self.levels,
-                      "written_ms": self.written_ms})
+                      "written_ms": self.written_ms, "deferred": self.deferred})
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Meta:
@@ -172,7 +191,8 @@ class Meta:
         data = loads(raw)
         return cls({db: datetime.fromisoformat(t) for db, t in data["seen"].items()},
                    datetime.fromisoformat(data["now"]), int(data["revision"]),
-                   dict(data["stages"]), dict(data["levels"]), int(data.get("written_ms", 0)))
+                   dict(data["stages"]), dict(data["levels"]), int(data.get("written_ms", 0)),
+                   int(data.get("deferred", 0)))
 
 
 def _digest(record: Mapping[str, Any], stamp: str) -> str:
@@ -191,8 +211,14 @@ class StatusFold(TransactionFold[Change, Outcome]):
 
     def __init__(self, kv: KeyValue, decode: Decode, *,
                  max_hold: timedelta = timedelta(seconds=300),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         super().__init__(COLLECTIONS, max_hold=max_hold, clock=clock)
+        self._monotonic = clock
+        self._wall = wall
+        #: when the deferred set last became non-empty (process clock); a worker that
+        #: loads deferred orders counts from its start
+        self._deferred_since: float | None = None
         self.kv = kv
         self.core = ProgressFold(kv)
         self._decode = decode
@@ -332,23 +358,59 @@ class StatusFold(TransactionFold[Change, Outcome]):
 
     # ------------------------------------------------------------------ the step's records
 
-    def finish(self, outcome: Outcome, caught_up: Collection[str]) -> None:
+    def finish(self, outcome: Outcome, caught_up: Collection[str]) -> Pausable[None]:
+        """The step's statuses, risks and triages; pausable between any two orders (a
+        step's few thousand orders held the event loop for seconds)."""
         self._fold_identities(outcome)
         now = self.now
         orders = set(outcome.crm_orders)
         if self.clock_known and now - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = now
             orders |= self._sweep()
+        backlog = not (CRM in caught_up and ERP in caught_up) and (
+            not self.clock_known or self._wall() - now > DEFER_LAG)
+        if backlog:
+            self._defer(orders)
+            orders = set()
+            if self._monotonic() - (self._deferred_since or 0.0) >= DEFER_FOR:
+                orders = self._undefer()
+        else:
+            orders |= self._undefer()
         for crm in sorted(orders):
+            yield None
             self._order(crm, now, outcome)
             outcome.cases.update(self.core.cases_of(crm))
         for case in sorted(outcome.cases):
+            yield None
             self._case(case, now, outcome)
         if outcome.writes_anything:
             self.meta.revision += 1
             self.meta.written_ms = max(self.meta.written_ms, as_of_ms(now))
             outcome.position = SourcePosition(self.meta.written_ms, self.meta.revision)
         self.kv.put(META, self.meta.encode())
+
+    def _defer(self, orders: Collection[int]) -> None:
+        if self._deferred_since is None or not self.meta.deferred:
+            self._deferred_since = self._monotonic()
+        for crm in orders:
+            key = b"dz:" + _pack(crm)
+            if self.kv.get(key) is None:
+                self.kv.put(key, b"")
+                self.meta.deferred += 1
+
+    def _undefer(self) -> set[int]:
+        """Up to :data:`DEFER_SLICE` deferred orders, no longer deferred."""
+        taken: set[int] = set()
+        for key, _ in self.kv.scan(b"dz:"):
+            if len(taken) >= DEFER_SLICE:
+                break
+            taken.add(key_id(key))
+        for crm in taken:
+            self.kv.delete(b"dz:" + _pack(crm))
+        self.meta.deferred -= len(taken)
+        if not self.meta.deferred:
+            self._deferred_since = None
+        return taken
 
     def _sweep(self) -> set[int]:
         found: set[int] = set()

@@ -16,13 +16,13 @@ still under way (day resolution, UTC):
 
 * still to produce (``finish.<wh>|<planned finish>``):
   ``max(end of planned finish day, now) + QC(wh) + transport(wh)``;
-* in quality control since day d: ``max(d + QC(wh), now) + transport(wh)``;
+* in quality control since instant t: ``max(t + QC(wh), now) + transport(wh)``;
 * production and quality control count only while some ordered quantity is on no
   shipment yet;
 * goods ready but not sent (unsent quantity beyond what production still has to pass):
   ``now + transport(order warehouse)``; a shipment not sent yet, scheduled on d:
   ``max(d, now) + transport(wh)``;
-* on the road since day d with carrier c: ``max(d + transport(wh, c), now)``;
+* on the road since instant t with carrier c: ``max(t + transport(wh, c), now)``;
 * all delivered: the last delivery date (what happened, not a prediction).
 
 QC(wh) and transport(wh[, c]) are the learned p50 (for the p50 date) or p90 (for the
@@ -40,7 +40,7 @@ from enum import StrEnum
 from services.production_status import progress
 from services.production_status.durations import QC, TRANSPORT, Durations, Quantiles
 from services.production_status.fold import ProgressFold, key_id
-from services.production_status.progress import Figures, MoStage
+from services.production_status.progress import Figures, MoStage, parse_instant
 from services.production_status.records import (
     CRM_ORDER,
     ERP_ORDER,
@@ -229,10 +229,10 @@ def predict(figures: Figures, warehouse_id: int | None, durations: Durations, no
                        _input("quality_control", wh, None, None, qc),
                        _input("transport", wh, None, None, tr)]
         elif kind == "qc":
-            wh_text, day_text = rest.split("|")
-            wh, since = int(wh_text), date.fromisoformat(day_text)
+            wh_text, since_text = rest.split("|")
+            wh, start = int(wh_text), parse_instant(since_text)
+            since = start.date()
             qc, tr = durations.quantiles(QC, wh), durations.quantiles(TRANSPORT, wh)
-            start = _day_start(since)
             ends.append((max(start + _hours(qc.p50_hours), now) + _hours(tr.p50_hours),
                          max(start + _hours(qc.p90_hours), now) + _hours(tr.p90_hours)))
             inputs += [_input("quality_control", wh, None, since, qc),
@@ -245,10 +245,10 @@ def predict(figures: Figures, warehouse_id: int | None, durations: Durations, no
             ends.append((base + _hours(tr.p50_hours), base + _hours(tr.p90_hours)))
             inputs.append(_input("transport", wh, None, scheduled, tr))
         elif kind == "transit":
-            wh_text, carrier, day_text = rest.split("|")
-            wh, since = int(wh_text), date.fromisoformat(day_text)
+            wh_text, carrier, since_text = rest.split("|")
+            wh, start = int(wh_text), parse_instant(since_text)
+            since = start.date()
             tr = durations.quantiles(TRANSPORT, wh, carrier or None)
-            start = _day_start(since)
             ends.append((max(start + _hours(tr.p50_hours), now),
                          max(start + _hours(tr.p90_hours), now)))
             inputs.append(_input("transport", wh, carrier or None, since, tr))

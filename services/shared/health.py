@@ -216,6 +216,11 @@ async def start_observability_server(
     host: str, port: int, registry: CollectorRegistry, health: HealthState
 ) -> ObservabilityServer:
     """Serve ``/metrics``, ``/healthz``, ``/readyz`` on ``host:port`` (0 = a free port)."""
+    return await serve_app(observability_app(registry, health), host, port)
+
+
+async def serve_app(app: web.Application, host: str, port: int) -> ObservabilityServer:
+    """Serve ``app`` on ``host:port`` (0 = a free port; the bound one is returned)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -226,7 +231,7 @@ async def start_observability_server(
     except OSError:
         sock.close()
         raise
-    runner = web.AppRunner(observability_app(registry, health), access_log=None)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()

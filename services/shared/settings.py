@@ -116,6 +116,15 @@ class ServiceSettings(BaseSettings):
         le=65535,
         description="Port of the observability server (0 = any free port).",
     )
+    customer_value_dashboard_port: int = Field(
+        default=9410,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of customer-value's read-only dashboard (HTML and JSON, bound to the "
+            "`AMBIDEX_METRICS_HOST` address; 0 = any free port). Other services ignore it."
+        ),
+    )
     log_format: LogFormat = Field(
         default="json",
         description="`json` (one object per line, for collectors) or `console` (humans).",

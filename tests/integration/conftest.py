@@ -55,6 +55,14 @@ async def production(
 
 
 @pytest.fixture
+async def customer_value(
+    service_process: Callable[[str], ServiceProcess], receivables: ServiceProcess
+) -> ServiceProcess:
+    """customer-value (and receivables, which publishes the positions it reads), ready."""
+    return await running_service(service_process, "customer-value")
+
+
+@pytest.fixture
 async def dbs(stack: StackAddresses) -> AsyncIterator[Dbs]:
     crm = await asyncpg.connect(stack.crm_admin_dsn)
     erp = await asyncpg.connect(stack.erp_admin_dsn)

@@ -8,6 +8,9 @@ Invariants shown here, each on a fresh CRM account and order synced by order-syn
   record say the stage, with a predicted delivery date while it is not delivered;
 * a delay (production planned to finish after the promised date) raises a delay risk
   once (CRM table and ``ambidex.delay-risks``); the delivery clears it once;
+* a shipment is overdue its carrier's learned p90 after the instant it was shipped: one
+  sent just now on a carrier whose leg takes half an hour is not at risk (it was, when
+  the leg was counted from the day's midnight);
 * a complaint about an order whose quality control failed is triaged to quality, with
   the inspector and the notes as evidence (CRM table and ``ambidex.case-triage``);
 * a source transaction with one impossible row (finished before started) goes whole to
@@ -27,6 +30,7 @@ import httpx
 import pytest
 
 from ambidex.stack.local import StackAddresses
+from services.production_status.durations import MIN_SAMPLES
 from services.production_status.publish import topic_key
 from services.shared.deadletters import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
@@ -108,14 +112,41 @@ async def test_a_delay_raises_a_risk_once_and_the_delivery_clears_it(
     await wait_row(crm, order.crm_id, lambda r: r["stage"] == "delivered"
                    and r["risk_level"] == "none")
     events = await crm.fetch("SELECT * FROM crm_integration.delay_risk_event "
-                             "WHERE crm_order_id = $1 ORDER BY risk_id", order.crm_id)
+                             "WHERE crm_order_id = $1 ORDER BY detected_at, risk_id",
+                             order.crm_id)
     assert [(e["level"], e["cleared"]) for e in events] == [("late", False), ("none", True)]
     findings = json.loads(events[0]["findings"])
     assert findings[0]["reason"] == "prediction_past_promise"
     assert findings[0]["evidence"]["promised_date"] == row["promised_date"].isoformat()
     published = await values_with_key(stack.kafka_bootstrap, "ambidex.delay-risks",
                                  topic_key(order.crm_id))
-    assert sorted({r["risk_id"] for r in published}) == [e["risk_id"] for e in events]
+    assert sorted({r["risk_id"] for r in published}) == sorted(e["risk_id"] for e in events)
+
+
+async def test_a_shipment_is_not_at_risk_minutes_after_it_leaves(
+    production: ServiceProcess, stack: StackAddresses, dbs: Dbs, unique: str
+) -> None:
+    crm, erp = dbs
+    carrier = f"Quick-{unique}"  # a carrier of its own: its learned leg is this test's
+    teacher = await synced_order(stack, crm, erp, f"{unique}-teacher", quantity=25)
+    for n in range(MIN_SAMPLES):  # delivered, each half an hour on the road
+        await erp.execute(
+            """INSERT INTO erp.shipment (sales_order_id, warehouse_id, state, scheduled_date,
+                   shipped_at, delivered_at, carrier, tracking_ref)
+               VALUES ($1, $2, 'delivered', current_date, now() - interval '40 minutes',
+                       now() - interval '10 minutes', $3, $4)""",
+            teacher.erp_id, teacher.warehouse_id, carrier, f"L{n}-{unique}")
+    order = await synced_order(stack, crm, erp, unique)
+    await wait_row(crm, teacher.crm_id, lambda r: r["shipments"] == MIN_SAMPLES)
+    await ship(erp, order, 5, carrier=carrier, tracking=f"Q-{unique}")  # shipped now()
+    row = await wait_row(crm, order.crm_id, stage("shipped"))
+    inputs = json.loads(row["prediction_inputs"])
+    assert [i["basis"] for i in inputs] == [f"transport {order.warehouse_id}/{carrier}"]
+    assert inputs[0]["p90_minutes"] < 60  # the learned leg, not the default
+    assert (row["risk_level"], row["risk_reason"]) == ("none", None)
+    events = await crm.fetch("SELECT level, reason FROM crm_integration.delay_risk_event "
+                             "WHERE crm_order_id = $1", order.crm_id)
+    assert events == []
 
 
 async def test_a_complaint_about_a_failed_inspection_is_triaged_to_quality(

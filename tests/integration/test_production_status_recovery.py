@@ -6,6 +6,9 @@
 * replay from the beginning changes nothing: with the group offsets reset AND the local
   state and its changelog gone, the restarted worker reads every source topic from its
   beginning and writes the same statuses, and no risk event that was not there before;
+  a risk id names one risk only, on the topic as in the table (a rebuilt worker folding
+  the backlog sees fewer transitions than the live run: it once gave the live run's
+  first id, a late risk, to the QC failure it saw first);
 * restore after losing the local state: the worker rebuilds its state from the
   changelog (not by a replay) and a later change is folded on top of it correctly.
 """
@@ -22,6 +25,7 @@ import pytest
 
 from ambidex.stack.local import StackAddresses
 from services.production_status.app import CHANGE_TOPICS, SOURCES, STATE_TOPIC
+from services.production_status.publish import topic_key
 from services.production_status.reconcile import diff_statuses, read_statuses, reconcile_once
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.conftest import Dbs
@@ -41,6 +45,7 @@ from tests.integration.production_status_support import (
 from tests.integration.support import (
     end_offsets,
     replay_from_the_beginning,
+    values_with_key,
     wait_caught_up,
 )
 
@@ -120,6 +125,22 @@ async def test_replay_from_the_beginning_changes_nothing(
     await erp.execute("UPDATE erp.production_order SET state = 'done', qty_produced = 5, "
                       "date_finished = now() WHERE id = $1", mo)
     await deliver(erp, await ship(erp, late, 5, tracking=f"T{late.crm_id}"))
+    # late, cleared by a new plan, QC failed, cleared by the delivery: four events the
+    # live run sees one by one, a worker folding the backlog maybe only the last ones
+    flappy = await synced_order(stack, crm, erp, f"{unique}-flappy", promised_in_days=60)
+    fmo = await production_order(erp, flappy, finish_in_days=90)
+    await wait_row(crm, flappy.crm_id, lambda r: r["risk_level"] == "late")
+    await erp.execute("UPDATE erp.production_order SET date_planned_finish = current_date + 3 "
+                      "WHERE id = $1", fmo)
+    await wait_row(crm, flappy.crm_id, lambda r: r["risk_level"] == "none")
+    await start_production(erp, fmo)
+    await inspect(erp, fmo, "failed", notes="rework")
+    await wait_row(crm, flappy.crm_id, lambda r: r["risk_reason"] == "qc_failed")
+    await erp.execute("UPDATE erp.production_order SET state = 'done', qty_produced = 5, "
+                      "date_finished = now() WHERE id = $1", fmo)
+    await deliver(erp, await ship(erp, flappy, 5, tracking=f"T{flappy.crm_id}"))
+    await wait_row(crm, flappy.crm_id, lambda r: r["stage"] == "delivered"
+                   and r["risk_level"] == "none")
     other = await synced_order(stack, crm, erp, f"{unique}-other")
     await walk(erp, other, 1)  # shipped in part, not delivered
     await wait_row(crm, late.crm_id, lambda r: r["stage"] == "delivered"
@@ -131,9 +152,12 @@ async def test_replay_from_the_beginning_changes_nothing(
     # the delivered order's events only: an open order (this test's other one, other
     # tests' orders) may rightly be re-assessed as source time passes during the replay
     risks = ("SELECT risk_id, level FROM crm_integration.delay_risk_event "
-             "WHERE crm_order_id = $1 ORDER BY risk_id")
+             "WHERE crm_order_id = $1 ORDER BY detected_at, risk_id")
     risks_before = await crm.fetch(risks, late.crm_id)
     assert [r["level"] for r in risks_before] == ["late", "none"]
+    flappy_before = await crm.fetch(risks, flappy.crm_id)
+    # (events of one source time, as when only ERP commits move the clock, sort by id)
+    assert sorted(r["level"] for r in flappy_before) == ["at_risk", "late", "none", "none"]
 
     ends = await replay_from_the_beginning(
         stack.kafka_bootstrap, group=GROUP, topics=[*CHANGE_TOPICS, *SOURCES.topics],
@@ -149,7 +173,16 @@ async def test_replay_from_the_beginning_changes_nothing(
     assert diff_statuses({k: after[k] for k in before}, before) == []
     risks_after = await crm.fetch(risks, late.crm_id)
     assert [tuple(r) for r in risks_after] == [tuple(r) for r in risks_before]
-    await converged(stack, [late, other])
+    assert [tuple(r) for r in await crm.fetch(risks, flappy.crm_id)] == [
+        tuple(r) for r in flappy_before]
+    for order, rows in ((late, risks_before), (flappy, flappy_before)):
+        said: dict[str, set[tuple[object, ...]]] = {}
+        for r in await values_with_key(stack.kafka_bootstrap, "ambidex.delay-risks",
+                                       topic_key(order.crm_id)):
+            said.setdefault(r["risk_id"], set()).add((r["level"], r["reason"], r["cleared"]))
+        assert {i: len(s) for i, s in said.items() if len(s) > 1} == {}  # one risk an id
+        assert set(said) == {r["risk_id"] for r in rows}  # the replay raised no new risk
+    await converged(stack, [late, flappy, other])
 
 
 async def test_restore_after_losing_the_local_state(

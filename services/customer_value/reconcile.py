@@ -1,0 +1,137 @@
+"""customer-value's write-back against a recomputation from both databases (I/O).
+
+:func:`reconcile_once` reads the final rows of both databases and receivables' positions
+(:func:`.recompute.load`), recomputes every (account, month, currency) from scratch
+(:func:`.recompute.recompute`), reads what the service wrote into
+``crm_integration.customer_value`` and compares them figure by figure: every money
+figure, every count, the linked ERP customer and the per-source breakdown
+(``sources``). A month the service holds and the recomputation does not (or the other
+way round) is a difference of field ``row``. Not compared: ``as_of`` (when, not what).
+
+Source rows the service refuses (bad input: their transactions are dead-lettered whole)
+are left out of the recomputation and listed, so a figure they would change is not
+reported twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.customer_value import emit
+from services.customer_value.effects import TABLE
+from services.customer_value.figures import COUNTS, MONEY, month_of
+from services.customer_value.fold import ValueKey
+from services.customer_value.recompute import load, recompute
+from services.customer_value.sources import node_of
+from services.shared.errors import BadInput
+
+COMPARED = ("erp_customer_id", *MONEY, *emit.DERIVED, *COUNTS.values(), "sources")
+WRITTEN = f"SELECT * FROM {TABLE} WHERE NOT deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    key: ValueKey
+    field: str  # a column, or "row" (one side has no such month)
+    written: Any
+    recomputed: Any
+
+    def __str__(self) -> str:
+        account, month, currency = self.key
+        return (f"account {account} {month} {currency}: {self.field}: written "
+                f"{self.written!r}, recomputed {self.recomputed!r}")
+
+    def as_json(self) -> dict[str, Any]:
+        account, month, currency = self.key
+        return {"account_id": account, "month": month, "currency": currency,
+                "field": self.field, "written": str(self.written),
+                "recomputed": str(self.recomputed)}
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRow:
+    """A source row the service dead-letters (its transaction rejected whole)."""
+
+    source: str
+    row_id: Any
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.row_id} refused: {self.reason}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"source": self.source, "id": self.row_id, "refused": self.reason}
+
+
+def _comparable(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = {name: row[name] for name in COMPARED}
+    sources = out["sources"]
+    out["sources"] = orjson.loads(sources) if isinstance(sources, str | bytes) else sources
+    return out
+
+
+async def read_written(crm: asyncpg.Connection) -> dict[ValueKey, dict[str, Any]]:
+    """What the service wrote (tombstones left out), comparable."""
+    found: dict[ValueKey, dict[str, Any]] = {}
+    for row in await crm.fetch(WRITTEN):
+        month: date = row["month"]
+        found[(int(row["account_id"]), month_of(month), str(row["currency_code"]))] = \
+            _comparable(dict(row))
+    return found
+
+
+async def recomputed(crm: asyncpg.Connection, erp: asyncpg.Connection,
+                     refused: list[RefusedRow]) -> dict[ValueKey, dict[str, Any]]:
+    """The figures from the final rows, comparable; bad rows go to ``refused``."""
+    bad: list[tuple[str, Any, BadInput]] = []
+    records = await load(crm, erp, bad)
+    usable = []
+    for record in records:
+        try:
+            node_of(record)
+        except BadInput as error:
+            bad.append((type(record).__name__, getattr(record, "id", "?"), error))
+            continue
+        usable.append(record)
+    refused.extend(RefusedRow(source, row_id, error.reason) for source, row_id, error in bad)
+    return {key: _comparable(emit.row(value, None))
+            for key, value in recompute(usable).items()}
+
+
+def diff(written: Mapping[ValueKey, Mapping[str, Any]],
+         expected: Mapping[ValueKey, Mapping[str, Any]]) -> list[Difference]:
+    out: list[Difference] = []
+    for key in sorted(set(written) | set(expected)):
+        have, want = written.get(key), expected.get(key)
+        if have is None or want is None:
+            out.append(Difference(key, "row", "present" if have else "absent",
+                                  "present" if want else "absent"))
+            continue
+        out += [Difference(key, name, have[name], want[name])
+                for name in COMPARED if have[name] != want[name]]
+    return out
+
+
+async def reconcile_once(crm_dsn: str, erp_dsn: str, accounts: Collection[int] | None = None,
+                         ) -> tuple[int, list[Difference], list[RefusedRow]]:
+    """(months compared, differences, refused source rows); ``accounts``: only these."""
+    crm = await asyncpg.connect(crm_dsn)
+    erp = await asyncpg.connect(erp_dsn)
+    try:
+        refused: list[RefusedRow] = []
+        expected = await recomputed(crm, erp, refused)
+        written = await read_written(crm)
+    finally:
+        await crm.close()
+        await erp.close()
+    if accounts is not None:
+        mine = set(accounts)
+        expected = {k: v for k, v in expected.items() if k[0] in mine}
+        written = {k: v for k, v in written.items() if k[0] in mine}
+    return len(set(expected) | set(written)), diff(written, expected), refused

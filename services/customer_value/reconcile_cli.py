@@ -11,35 +11,16 @@ command's shape is the kit's :func:`~services.shared.reconcile_cli.reconcile_com
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from services.customer_value.reconcile import Difference, RefusedRow, reconcile_once
-from services.shared.reconcile_cli import reconcile_command
+from services.customer_value.reconcile import reconcile_once
+from services.shared.reconcile_cli import RowsReport, reconcile_command
 
 
-@dataclass(frozen=True)
-class ValueReport:
-    months: int
-    differences: list[Difference]
-    refused: list[RefusedRow]
-
-    @property
-    def lines(self) -> Sequence[RefusedRow | Difference]:
-        return [*self.refused, *self.differences]
-
-    @property
-    def summary(self) -> str:
-        return (f"{self.months} account months compared, {len(self.differences)} "
-                f"differences, {len(self.refused)} source rows refused")
-
-    def failing(self, options: Mapping[str, Any]) -> bool:
-        return bool(self.differences or self.refused)
-
-
-async def compare(crm_dsn: str, erp_dsn: str, options: Mapping[str, Any]) -> ValueReport:
-    return ValueReport(*await reconcile_once(crm_dsn, erp_dsn))
+async def compare(crm_dsn: str, erp_dsn: str, options: Mapping[str, Any]) -> RowsReport:
+    compared, differences, refused = await reconcile_once(crm_dsn, erp_dsn)
+    return RowsReport(compared, "account months", differences, refused)
 
 
 reconcile_customer_value = reconcile_command("customer-value", compare)

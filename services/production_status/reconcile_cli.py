@@ -12,35 +12,16 @@ a live system an order changed between the reads may differ once; run it again
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from services.production_status.reconcile import Difference, RefusedRow, reconcile_once
-from services.shared.reconcile_cli import reconcile_command
+from services.production_status.reconcile import reconcile_once
+from services.shared.reconcile_cli import RowsReport, reconcile_command
 
 
-@dataclass(frozen=True)
-class StatusReport:
-    orders: int
-    differences: list[Difference]
-    refused: list[RefusedRow]
-
-    @property
-    def lines(self) -> Sequence[RefusedRow | Difference]:
-        return [*self.refused, *self.differences]
-
-    @property
-    def summary(self) -> str:
-        return (f"{self.orders} orders compared, {len(self.differences)} differences, "
-                f"{len(self.refused)} source rows refused")
-
-    def failing(self, options: Mapping[str, Any]) -> bool:
-        return bool(self.differences or self.refused)
-
-
-async def compare(crm_dsn: str, erp_dsn: str, options: Mapping[str, Any]) -> StatusReport:
-    return StatusReport(*await reconcile_once(crm_dsn, erp_dsn))
+async def compare(crm_dsn: str, erp_dsn: str, options: Mapping[str, Any]) -> RowsReport:
+    compared, differences, refused = await reconcile_once(crm_dsn, erp_dsn)
+    return RowsReport(compared, "orders", differences, refused)
 
 
 reconcile_production_status = reconcile_command("production-status", compare)

@@ -15,6 +15,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import click
@@ -40,6 +41,30 @@ class Report(Protocol):
     def failing(self, options: Mapping[str, Any]) -> bool:
         """Whether the run fails (the command's own ``options``, e.g. ``strict``)."""
         ...
+
+
+@dataclass(frozen=True)
+class RowsReport:
+    """The common report: ``compared`` things (``what``: "orders", "account months"),
+    the differences, and the source rows the service refuses (bad input, listed too);
+    either fails the run."""
+
+    compared: int
+    what: str
+    differences: Sequence[Difference]
+    refused: Sequence[Difference]
+
+    @property
+    def lines(self) -> Sequence[Difference]:
+        return [*self.refused, *self.differences]
+
+    @property
+    def summary(self) -> str:
+        return (f"{self.compared} {self.what} compared, {len(self.differences)} "
+                f"differences, {len(self.refused)} source rows refused")
+
+    def failing(self, options: Mapping[str, Any]) -> bool:
+        return bool(self.differences or self.refused)
 
 
 #: ``compare(crm_dsn, erp_dsn, options)`` -> the report

@@ -41,6 +41,7 @@ from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
+from services.shared.sinks import newest_position
 from services.shared.state.store import KeyValue
 from services.shared.stateful import StatefulRunner
 from services.shared.transaction_fold import Applied
@@ -53,10 +54,6 @@ CHANGE_TOPICS = tuple(f"cdc.{t}" for t in TABLES)
 SOURCES = SourceTopics.of(("crm", "erp"), heartbeats=True, published=PUBLISHED_TOPICS)
 STATE_TOPIC = "state.customer-value"
 BATCH_MAX = 5_000
-
-MAX_WRITE_POSITION = f"""
-SELECT source_commit_lsn, source_lsn FROM {TABLE}
-ORDER BY source_commit_lsn DESC, source_lsn DESC LIMIT 1"""
 
 
 class Shell:
@@ -126,9 +123,9 @@ class Shell:
 
     async def _floor(self) -> None:
         assert self.pool is not None
-        row = await self.pool.fetchrow(MAX_WRITE_POSITION)
-        if row is not None:
-            self._written = (datetime.fromtimestamp(int(row[0]) / 1000, UTC), int(row[1]))
+        newest = await newest_position(self.pool, TABLE)
+        if newest is not None:
+            self._written = (datetime.fromtimestamp(newest[0] / 1000, UTC), newest[1])
             self.runner.fold.floor(*self._written)
 
 

@@ -50,9 +50,10 @@ from functools import partial
 
 import asyncpg
 
+from services.demand_signals.emit import SUPPLY_PRIORITY_TABLE
 from services.demand_signals.surge import SurgeRules
 from services.inventory_projection import demand_signals
-from services.inventory_projection.demand_effects import DemandEffects, max_priority_position
+from services.inventory_projection.demand_effects import DemandEffects
 from services.inventory_projection.effects import AVAILABILITY_TOPIC, SHORTAGE_TOPIC, Effects
 from services.inventory_projection.metrics import ProjectionMetrics
 from services.inventory_projection.projector import Projector, Step
@@ -62,6 +63,7 @@ from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
+from services.shared.sinks import newest_position
 from services.shared.stateful import Handle, StatefulRunner
 from services.shared.truncates import TruncateCounter
 from services.shared.whole_transactions import SourceTopics
@@ -96,10 +98,6 @@ REFERENCE_TOPICS = {
 #: the compacted changelog of the state (declared in deploy/topics.yaml)
 STATE_TOPIC = "state.inventory-projection"
 BATCH_MAX = 20_000
-
-MAX_WRITE_POSITION = """
-SELECT source_commit_lsn, source_lsn FROM crm_integration.availability
-ORDER BY source_commit_lsn DESC, source_lsn DESC LIMIT 1"""
 
 
 class Shell:
@@ -189,10 +187,10 @@ class Shell:
         """Never write below what the write-back already holds (e.g. a replay from the
         beginning with a fresh state)."""
         assert self.pool is not None and self.erp_pool is not None
-        row = await self.pool.fetchrow(MAX_WRITE_POSITION)
-        priority = await max_priority_position(self.erp_pool)
+        written = await newest_position(self.pool, "crm_integration.availability")
+        priority = await newest_position(self.erp_pool, SUPPLY_PRIORITY_TABLE)
         store = self.projector.store
-        for as_of_ms, revision in [p for p in ((row and tuple(row)), priority) if p]:
+        for as_of_ms, revision in [p for p in (written, priority) if p]:
             if as_of_ms > 0:
                 at = datetime.fromtimestamp(int(as_of_ms) / 1000, UTC)
                 store.observe(CRM, at)

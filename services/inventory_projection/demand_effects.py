@@ -60,9 +60,6 @@ PRIORITY_CLEARED = DeleteSpec(SUPPLY_PRIORITY_TABLE, PRIORITY_SPEC.key_columns,
 KNOWN_SURGES = """
 SELECT surge_id, deleted FROM erp_integration.supply_priority
 WHERE surge_id = ANY($1::text[])"""
-MAX_PRIORITY_POSITION = """
-SELECT source_commit_lsn, source_lsn FROM erp_integration.supply_priority
-ORDER BY source_commit_lsn DESC, source_lsn DESC LIMIT 1"""
 
 
 def answer_writes(step: DemandStep) -> list[SinkWrite]:
@@ -162,10 +159,4 @@ async def _nothing() -> None:
     return None
 
 
-async def max_priority_position(pool: asyncpg.Pool) -> Sequence[int] | None:
-    """The newest write position in the supply-priority table (None: empty)."""
-    row = await pool.fetchrow(MAX_PRIORITY_POSITION)
-    return None if row is None else (int(row[0]), int(row[1]))
-
-
-__all__ = ["ANSWER_SPEC", "PRIORITY_SPEC", "DemandEffects", "max_priority_position"]
+__all__ = ["ANSWER_SPEC", "PRIORITY_SPEC", "DemandEffects"]

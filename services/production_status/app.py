@@ -37,6 +37,7 @@ from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
+from services.shared.sinks import newest_position
 from services.shared.stateful import StatefulRunner
 from services.shared.transaction_fold import Applied
 from services.shared.whole_transactions import SourceTopics
@@ -56,10 +57,6 @@ REFERENCE_TOPICS = {
 }
 STATE_TOPIC = "state.production-status"
 BATCH_MAX = 5_000
-
-MAX_WRITE_POSITION = f"""
-SELECT source_commit_lsn, source_lsn FROM {FULFILMENT_STATUS}
-ORDER BY source_commit_lsn DESC, source_lsn DESC LIMIT 1"""
 
 
 class Shell:
@@ -110,10 +107,10 @@ class Shell:
 
     async def _floor(self) -> None:
         assert self.pool is not None
-        row = await self.pool.fetchrow(MAX_WRITE_POSITION)
-        if row is not None:
-            at = datetime.fromtimestamp(int(row[0]) / 1000, UTC)
-            self.runner.fold.floor(at, int(row[1]))
+        newest = await newest_position(self.pool, FULFILMENT_STATUS)
+        if newest is not None:
+            at = datetime.fromtimestamp(newest[0] / 1000, UTC)
+            self.runner.fold.floor(at, newest[1])
 
 
 def build_service(settings: ServiceSettings) -> Service:

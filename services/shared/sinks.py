@@ -401,6 +401,16 @@ class _TableTypes:
     numeric: frozenset[str]
 
 
+async def newest_position(pool: asyncpg.Pool, table: str) -> tuple[int, int] | None:
+    """The newest ``(source_commit_lsn, source_lsn)`` stored in ``table`` (None: empty):
+    a worker rebuilt from the topics floors its write position at it, so it never
+    writes below what the table holds."""
+    row = await pool.fetchrow(
+        f"SELECT {COMMIT_LSN}, {LSN} FROM {quote_table(table)} "
+        f"ORDER BY {COMMIT_LSN} DESC, {LSN} DESC LIMIT 1")
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
 # -------------------------------------------------------------------- the real sink
 
 

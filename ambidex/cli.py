@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
@@ -14,22 +12,12 @@ from rich.table import Table
 
 from ambidex import cli_deploy as deploy_commands
 from ambidex import cli_operator as operator_commands
+from ambidex.cli_common import console
+from ambidex.cli_common import local_stack as _stack
+from ambidex.cli_common import progress as _progress
+from ambidex.cli_common import run as _run
 from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack
-
-T = TypeVar("T")
-console = Console(stderr=True)
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
-
-
-_progress = deploy_commands.progress
-
-
-def _stack() -> LocalStack:
-    return LocalStack(StackConfig.from_env(), progress=_progress)
 
 
 @click.group()

@@ -6,14 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-console = Console(stderr=True)
-
-
-def progress(message: str) -> None:
-    """One progress line on stderr (every ``ambidex`` command's style)."""
-    console.print(f"[dim]>[/dim] {message}")
+from ambidex.cli_common import progress
 
 
 # ------------------------------------------------------------------- manifests

@@ -3,31 +3,21 @@ running system (the sample workload; inspecting and replaying a service's dead l
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
-from ambidex.cli_deploy import progress as _progress
-from ambidex.stack.config import StackConfig
-from ambidex.stack.local import LocalStack
+from ambidex.cli_common import console
+from ambidex.cli_common import local_stack as _stack
+from ambidex.cli_common import progress as _progress
+from ambidex.cli_common import run as _run
 
 if TYPE_CHECKING:
     from ambidex.targets import Targets
 
 T = TypeVar("T")
-console = Console(stderr=True)
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
-
-
-def _stack() -> LocalStack:
-    return LocalStack(StackConfig.from_env(), progress=_progress)
 
 
 # -------------------------------------------------------------------- workload

@@ -127,7 +127,7 @@ def deadletters() -> None:
 )
 def deadletters_inspect(service: str, limit: int | None, bootstrap: str | None) -> None:
     """Print each dead letter as one JSON object per line."""
-    from services.shared.deadletters import read_dead_letters, render_dead_letter
+    from services.shared.deadletter_tools import read_dead_letters, render_dead_letter
 
     targets = _kafka_targets(bootstrap)
 
@@ -181,7 +181,7 @@ def deadletters_replay(
 ) -> None:
     """Send the original bytes back to their topic once the cause is fixed (once per
     origin; letters whose cause is ERP state or a truncate only with --force)."""
-    from services.shared.deadletters import render_dead_letter, replay_dead_letters
+    from services.shared.deadletter_tools import render_dead_letter, replay_dead_letters
 
     targets = _kafka_targets(bootstrap)
     result = _dead_letter_run(
@@ -232,7 +232,7 @@ def _dead_letter_run(targets: Targets, work: Coroutine[Any, Any, T]) -> T:
     from aiokafka.errors import KafkaError
 
     from ambidex.targets import unreachable
-    from services.shared.deadletters import DeadLetterTopicError
+    from services.shared.deadletter_tools import DeadLetterTopicError
 
     try:
         return _run(work)

@@ -26,7 +26,7 @@ import pytest
 from ambidex.stack.local import StackAddresses
 from services.customer_value.app import STATE_TOPIC
 from services.customer_value.effects import VALUE_TOPIC
-from services.shared.deadletters import read_dead_letters
+from services.shared.deadletter_tools import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.conftest import Dbs
 from tests.integration.customer_value_support import (

@@ -21,11 +21,8 @@ from ambidex.stack.local import StackAddresses
 from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.cdc_schemas import EnvelopeSchemas, load_envelope_schemas
 from services.shared.changes import ChangeDecoder, ChangeEvent
-from services.shared.deadletters import (
-    KafkaDeadLetterPublisher,
-    read_dead_letters,
-    replay_dead_letters,
-)
+from services.shared.deadletter_tools import read_dead_letters, replay_dead_letters
+from services.shared.deadletters import KafkaDeadLetterPublisher
 from services.shared.intake import ChangeIntake
 from tests.integration.support import create_topic, topic_partitions
 

@@ -46,7 +46,7 @@ from services.inventory_projection.recompute import (
     read_projection,
     recompute_availability,
 )
-from services.shared.deadletters import read_dead_letters
+from services.shared.deadletter_tools import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.support import (
     metric,

@@ -16,7 +16,7 @@ import json
 import pytest
 
 from ambidex.stack.local import StackAddresses
-from services.shared.deadletters import read_dead_letters
+from services.shared.deadletter_tools import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.support import metric
 from tests.integration.test_inventory_projection import (

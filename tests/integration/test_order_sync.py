@@ -29,7 +29,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from ambidex.stack.local import StackAddresses
-from services.shared.deadletters import read_dead_letters
+from services.shared.deadletter_tools import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.conftest import Dbs
 from tests.integration.support import metric, values_with_key

@@ -32,7 +32,7 @@ import pytest
 from ambidex.stack.local import StackAddresses
 from services.production_status.durations import MIN_SAMPLES
 from services.production_status.publish import topic_key
-from services.shared.deadletters import read_dead_letters
+from services.shared.deadletter_tools import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.conftest import Dbs
 from tests.integration.production_status_support import (

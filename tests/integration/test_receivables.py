@@ -34,7 +34,7 @@ from ambidex.stack.local import StackAddresses
 from services.receivables.emit import DISCREPANCY_TOPIC, POSITION_TOPIC
 from services.receivables.reconcile_cli import reconcile_once
 from services.receivables.tables import RowDifference
-from services.shared.deadletters import read_dead_letters
+from services.shared.deadletter_tools import read_dead_letters
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.support import metric, read_topic
 

@@ -26,7 +26,7 @@ import pytest
 from ambidex.stack.local import StackAddresses
 from services.receivables.app import CHANGE_TOPICS, SOURCES, STATE_TOPIC
 from services.receivables.emit import DISCREPANCY_TOPIC
-from services.shared.deadletters import read_dead_letters
+from services.shared.deadletter_tools import read_dead_letters
 from tests.conftest import ServiceProcess
 from tests.integration.support import (
     read_topic,

@@ -29,7 +29,8 @@ from services.inventory_projection.recompute import (
     read_projection,
     recompute_availability,
 )
-from services.shared.deadletters import DeadLetter, read_dead_letters
+from services.shared.deadletter_tools import read_dead_letters
+from services.shared.deadletters import DeadLetter
 from services.shared.errors import Cause
 from tests.conftest import ServiceProcess, wait_until
 from tests.integration.support import metric

@@ -28,6 +28,7 @@ from typing import Any, cast
 import pytest
 
 from services.shared.avro import HEADER_SCHEMA, AvroCodec, SchemaCatalogue
+from services.shared.deadletter_tools import render_dead_letter, replay_headers, replay_selection
 from services.shared.deadletters import (
     DEAD_LETTER_SCHEMA,
     REPLAYED_FROM_HEADER,
@@ -38,9 +39,6 @@ from services.shared.deadletters import (
     dead_letter_from,
     dead_letter_topic,
     decode_dead_letter,
-    render_dead_letter,
-    replay_headers,
-    replay_selection,
 )
 from services.shared.errors import (
     BadInput,

@@ -53,8 +53,8 @@ PRIORITY_SPEC = UpsertSpec(
                    "evidence", "raised_at"),
 )
 #: a cleared surge's row keeps its identity (and its figures when it was written
-#: raised): see DemandEffects.unseen. The id is written with the tombstone, so a surge
-#: raised and cleared within one step (never written raised) is known cleared too.
+#: raised): see DemandEffects.unseen. A row never written raised gets the id with its
+#: tombstone, so a surge raised and cleared within one step is known cleared too.
 PRIORITY_CLEARED = DeleteSpec(SUPPLY_PRIORITY_TABLE, PRIORITY_SPEC.key_columns,
                               kept_columns=("surge_id",))
 KNOWN_SURGES = """

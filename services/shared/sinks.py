@@ -176,8 +176,9 @@ class DeleteSpec:
     """Deletes on one target table, written as guarded tombstones (see module doc).
 
     ``clear_columns`` are set to NULL in the tombstone (on insert and on update);
-    ``kept_columns`` are written with it (the identity of what was deleted, given to
-    :meth:`delete`: a tombstone whose row was never written still says what it ends);
+    ``kept_columns`` say what the tombstone ends (given to :meth:`delete`): a row
+    that has them keeps its stored values, a row never written (or without them) gets
+    the given ones;
     other non-key columns keep their stored value (or get their default on insert).
     """
 
@@ -370,7 +371,8 @@ def delete_sql(spec: DeleteSpec, column_types: Mapping[str, str]) -> str:
     positions = [COMMIT_LSN, LSN]
     param_types = [column_types[c] for c in (*spec.key_columns, *spec.kept_columns)]
     param_types += ["bigint", "bigint"]
-    updates = [f"{c} = NULL" for c in cleared] + [f"{c} = EXCLUDED.{c}" for c in kept]
+    updates = [f"{c} = NULL" for c in cleared]
+    updates += [f"{c} = COALESCE({_TARGET}.{c}, EXCLUDED.{c})" for c in kept]
     updates += [f"{DELETED} = true", *(f"{p} = EXCLUDED.{p}" for p in positions)]
     given = [*keys, *kept, *positions]
     return (

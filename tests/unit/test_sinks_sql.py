@@ -100,7 +100,7 @@ def test_delete_is_a_guarded_tombstone_upsert_never_a_delete() -> None:
     )
 
 
-def test_a_tombstone_writes_its_kept_columns_on_insert_and_on_update() -> None:
+def test_a_tombstone_writes_its_kept_columns_where_the_row_has_none() -> None:
     spec = DeleteSpec("t", ("k",), ("v",), kept_columns=("ident",))
     sql = _flat(delete_sql(spec, {"k": "bigint", "v": "numeric(9,2)", "ident": "text"}))
     assert sql == _flat(
@@ -108,7 +108,8 @@ def test_a_tombstone_writes_its_kept_columns_on_insert_and_on_update() -> None:
         'SELECT "k", "ident", NULL::numeric(9,2), true, source_commit_lsn, source_lsn '
         "FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) "
         'AS u("k", "ident", source_commit_lsn, source_lsn) '
-        'ON CONFLICT ("k") DO UPDATE SET "v" = NULL, "ident" = EXCLUDED."ident", '
+        'ON CONFLICT ("k") DO UPDATE SET "v" = NULL, "ident" = COALESCE(target."ident", '
+        'EXCLUDED."ident"), '
         "deleted = true, source_commit_lsn = EXCLUDED.source_commit_lsn, "
         "source_lsn = EXCLUDED.source_lsn " + GUARD
     )

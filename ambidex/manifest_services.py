@@ -18,6 +18,7 @@ from ambidex.manifest_values import (
     CONNECT,
     CONNECT_API_PORT,
     DEFAULT_SERVICE_MEMORY,
+    INGRESS_NAMESPACE,
     KAFKA_PORT,
     METRICS_PORT,
     MONITORING_NAMESPACE,
@@ -181,11 +182,25 @@ def _tcp(port: int | str) -> dict[str, Any]:
     return {"protocol": "TCP", "port": port}
 
 
+def _from_namespace(namespace: str, port: int) -> dict[str, Any]:
+    """An ingress rule: ``port`` from any pod of ``namespace``."""
+    return {
+        "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+        ],
+        "ports": [_tcp(port)],
+    }
+
+
 def service_network_policy(
     service: str, selector: dict[str, str], labels: dict[str, str]
 ) -> dict[str, Any]:
-    """In: metrics from the monitoring namespace. Out: DNS, Kafka's TLS listener, the
-    Connect REST API, and PostgreSQL (the CRM and ERP hosts vary by cluster)."""
+    """In: metrics from the monitoring namespace, a web page (``WEB_PORTS``) from the
+    ingress controller's namespace. Out: DNS, Kafka's TLS listener, the Connect REST
+    API, and PostgreSQL (the CRM and ERP hosts vary by cluster)."""
+    ingress: list[dict[str, Any]] = [_from_namespace(MONITORING_NAMESPACE, METRICS_PORT)]
+    if service in WEB_PORTS:
+        ingress.append(_from_namespace(INGRESS_NAMESPACE, WEB_PORTS[service][1]))
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -193,18 +208,7 @@ def service_network_policy(
         "spec": {
             "podSelector": {"matchLabels": selector},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [
-                {
-                    "from": [
-                        {
-                            "namespaceSelector": {
-                                "matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
-                            }
-                        }
-                    ],
-                    "ports": [_tcp(METRICS_PORT)],
-                }
-            ],
+            "ingress": ingress,
             "egress": [
                 {
                     "to": [

@@ -106,7 +106,7 @@ WEIGHTS: dict[OperationKind, int] = {
     OperationKind.REGISTER_PAYMENT: 7,
     OperationKind.CANCEL_INVOICE: 1,
     OperationKind.CANCEL_ERP_ORDER: 1,
-    OperationKind.HANDLE_RETURN: 1,
+    OperationKind.HANDLE_RETURN: 2,
 }
 
 _KINDS: tuple[OperationKind, ...] = tuple(WEIGHTS)

@@ -172,3 +172,19 @@ def test_wire_format_setting() -> None:
     secret = load_settings("s", {**url, "AMBIDEX_SCHEMA_REGISTRY_USERNAME": "svc",
                                  "AMBIDEX_SCHEMA_REGISTRY_PASSWORD": "hunter2"})
     assert "hunter2" not in json.dumps(secret.redacted(), default=str) + repr(secret)
+
+
+def test_asyncapi_states_both_wire_formats() -> None:
+    import yaml
+
+    from ambidex.asyncapi import DOCUMENT
+
+    document = yaml.safe_load(DOCUMENT.read_text())
+    assert document["servers"]["kafka"]["bindings"]["kafka"]["schemaRegistryUrl"]
+    messages = document["components"]["messages"].values()
+    assert messages
+    for message in messages:
+        assert "0x00" in message["description"] and "0xC3 0x01" in message["description"]
+        binding = message["bindings"]["kafka"]
+        assert (binding["schemaIdLocation"], binding["schemaIdPayloadEncoding"]) == (
+            "payload", "confluent")

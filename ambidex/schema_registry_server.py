@@ -158,10 +158,11 @@ def build_app(state: RegistryState) -> web.Application:
         text = await _schema_text(request)
         if isinstance(text, web.Response):
             return text
-        problems = state.problems(subject, text)
-        if problems and state._canonical(text) not in {
+        known = state._canonical(text) in {
             state._canonical(state.schemas[i]) for i in state.subjects.get(subject, [])
-        }:
+        }
+        problems = [] if known else state.problems(subject, text)
+        if problems:
             level = state.config.get(subject, state.level)
             return _error(409, 409, (
                 f"Schema being registered is incompatible with an earlier schema for "

@@ -10,6 +10,8 @@ from ambidex.access import (
     Access,
 )
 from ambidex.manifest_kafka import secret_env
+from ambidex.manifest_registry import URL as REGISTRY_URL
+from ambidex.manifest_registry import registry_egress
 from ambidex.manifest_values import (
     BOOTSTRAP,
     CA_DIR,
@@ -51,6 +53,7 @@ def service_resources(service: str, values: DeploymentValues) -> list[dict[str, 
         {"name": "AMBIDEX_TABLE_STATE_DIR", "value": "/state"},
         {"name": "AMBIDEX_SCHEMAS_DIR", "value": "/app/schemas"},
         {"name": "AMBIDEX_LOG_FORMAT", "value": "json"},
+        {"name": "AMBIDEX_SCHEMA_REGISTRY_URL", "value": REGISTRY_URL},
         secret_env("AMBIDEX_CRM_DSN", "ambidex-databases", "crm-dsn"),
         secret_env("AMBIDEX_ERP_DSN", "ambidex-databases", "erp-dsn"),
     ]
@@ -236,6 +239,7 @@ def service_network_policy(
                     "to": [{"podSelector": {"matchLabels": {"strimzi.io/cluster": CONNECT}}}],
                     "ports": [_tcp(CONNECT_API_PORT)],
                 },
+                registry_egress(),
                 {"ports": [_tcp(5432)]},
             ],
         },

@@ -103,7 +103,10 @@ def test_connectors_match_their_versioned_configuration() -> None:
 
 
 def test_service_pods_are_probed_limited_and_never_doubled() -> None:
-    deployments = _kind("Deployment")
+    deployments = [
+        d for d in _kind("Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "service"
+    ]
     assert deployments
     for deployment in deployments:
         spec = deployment["spec"]

@@ -294,12 +294,11 @@ def monitoring() -> None:
 
 @monitoring.command("render")
 def monitoring_render() -> None:
-    """Write deploy/monitoring/alerts.yaml from ambidex/monitoring.py."""
-    from ambidex.monitoring import RULES_FILE, render
+    """Write deploy/monitoring/ (alert rules, dashboards) from ambidex/monitoring.py."""
+    from ambidex.monitoring import write
 
-    RULES_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RULES_FILE.write_text(render())
-    _progress(f"wrote {RULES_FILE}")
+    for path in write():
+        _progress(f"wrote {path}")
 
 
 @monitoring.command("validate")

@@ -1,0 +1,59 @@
+"""The metric names a PromQL expression reads (for checking them against a live scrape).
+
+A small lexer, not a PromQL parser: strings, label matchers ``{...}``, range and subquery
+brackets ``[...]``, the label lists of ``by``/``without``/``on``/``ignoring``/
+``group_left``/``group_right``, function names (an identifier before ``(``), keywords and
+numbers are dropped; every identifier left is a metric name. Enough for the expressions
+of our alerts and dashboards; ``promtool check rules`` checks their syntax.
+"""
+
+from __future__ import annotations
+
+import re
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_RANGES = re.compile(r"\[[^\[\]]*\]")
+_LABEL_LISTS = re.compile(
+    r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", re.IGNORECASE
+)
+_OFFSET = re.compile(r"\b(?:offset)\s+-?\w+|@\s*[\w.()]+", re.IGNORECASE)
+_IDENTIFIER = re.compile(r"(?<![\w.$])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?")
+_KEYWORDS = frozenset(
+    {
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "inf",
+        "nan",
+    }
+)
+
+
+def metric_names(expression: str) -> set[str]:
+    """Metric names in ``expression``."""
+    text = _STRINGS.sub('""', expression)
+    text = _MATCHERS.sub(" ", text)
+    text = _RANGES.sub(" ", text)
+    text = _LABEL_LISTS.sub(" ", text)
+    text = _OFFSET.sub(" ", text)
+    names = set()
+    for match in _IDENTIFIER.finditer(text):
+        name, call = match.group(1), match.group(2)
+        if call or name.lower() in _KEYWORDS:
+            continue
+        names.add(name)
+    return names
+
+
+def exposed_names(families: dict[str, set[str]]) -> set[str]:
+    """Every name a query can use for scraped families ``{family: sample names}``."""
+    return {name for family, samples in families.items() for name in (family, *samples)}

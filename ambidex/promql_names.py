@@ -54,6 +54,32 @@ def metric_names(expression: str) -> set[str]:
     return names
 
 
-def exposed_names(families: dict[str, set[str]]) -> set[str]:
-    """Every name a query can use for scraped families ``{family: sample names}``."""
-    return {name for family, samples in families.items() for name in (family, *samples)}
+#: series Prometheus itself adds to every scraped target
+SYNTHETIC = frozenset(
+    {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"}
+)
+#: the sample names a family of each type has, whether or not it has samples yet
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("_count", "_sum", "_created"),
+}
+
+
+def exposed_names(families: dict[str, tuple[str, set[str]]]) -> set[str]:
+    """Every name a query can use, from scraped ``{family: (type, sample names)}``: a
+    family declared without samples yet (a labelled metric nothing has touched) counts."""
+    names = set(SYNTHETIC)
+    for family, (kind, samples) in families.items():
+        names |= {family, *samples, *(family + s for s in _SUFFIXES.get(kind, ()))}
+    return names
+
+
+def scraped_families(text: str) -> dict[str, tuple[str, set[str]]]:
+    """``{family: (type, sample names)}`` of a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        family.name: (family.type, {sample.name for sample in family.samples})
+        for family in text_string_to_metric_families(text)
+    }

@@ -24,7 +24,7 @@ from ambidex.dashboards import (
     rendered_dashboards,
 )
 from ambidex.monitoring import alert_rules
-from ambidex.promql_names import exposed_names, metric_names
+from ambidex.promql_names import exposed_names, metric_names, scraped_families
 from services.registry import SERVICE_MODULES
 
 
@@ -103,12 +103,14 @@ def test_the_name_reader_finds_the_metrics_an_expression_reads(
 
 def test_a_wrong_metric_name_is_found_missing_from_a_scrape() -> None:
     scraped = exposed_names(
-        {
-            "ambidex_events": {"ambidex_events_total"},
-            "debezium_postgres_streaming_connected": {"debezium_postgres_streaming_connected"},
-        }
+        scraped_families(
+            "# HELP ambidex_events_total Events.\n# TYPE ambidex_events_total counter\n"
+            "# HELP debezium_postgres_streaming_connected c\n"
+            "# TYPE debezium_postgres_streaming_connected gauge\n"
+            'debezium_postgres_streaming_connected{server="cdc.crm"} 1.0\n'
+        )
     )
-    good = metric_names("sum(rate(ambidex_events_total[5m]))")
+    good = metric_names("sum(rate(ambidex_events_total[5m])) * up")
     wrong = metric_names("debezium_postgres_streaming_conected == 0")  # misspelt
     assert good <= scraped
     assert wrong - scraped == {"debezium_postgres_streaming_conected"}

@@ -141,9 +141,12 @@ def stack_supervise(
 
 @stack.command("fetch")
 def stack_fetch() -> None:
-    """Fetch the Kafka, Connect and Debezium jars into the cache."""
-    layout = _stack().jars
-    _progress(f"jars ready in {layout.root}")
+    """Fetch the Kafka, Connect and Debezium jars (and the JMX exporter agent) into the cache."""
+    from ambidex.stack.jars import ensure_jmx_agent
+
+    local = _stack()
+    layout = local.jars
+    _progress(f"jars ready in {layout.root}; JMX agent {ensure_jmx_agent(local.config.jars_dir)}")
 
 
 def _print_status(local: LocalStack, *, as_json: bool, show_secrets: bool = False) -> bool:

@@ -141,9 +141,12 @@ def stack_supervise(
 
 @stack.command("fetch")
 def stack_fetch() -> None:
-    """Fetch the Kafka, Connect and Debezium jars into the cache."""
-    layout = _stack().jars
-    _progress(f"jars ready in {layout.root}")
+    """Fetch the Kafka, Connect and Debezium jars (and the JMX exporter agent) into the cache."""
+    from ambidex.stack.jars import ensure_jmx_agent
+
+    local = _stack()
+    layout = local.jars
+    _progress(f"jars ready in {layout.root}; JMX agent {ensure_jmx_agent(local.config.jars_dir)}")
 
 
 def _print_status(local: LocalStack, *, as_json: bool, show_secrets: bool = False) -> bool:
@@ -294,12 +297,11 @@ def monitoring() -> None:
 
 @monitoring.command("render")
 def monitoring_render() -> None:
-    """Write deploy/monitoring/alerts.yaml from ambidex/monitoring.py."""
-    from ambidex.monitoring import RULES_FILE, render
+    """Write deploy/monitoring/ (alert rules, dashboards) from ambidex/monitoring.py."""
+    from ambidex.monitoring import write
 
-    RULES_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RULES_FILE.write_text(render())
-    _progress(f"wrote {RULES_FILE}")
+    for path in write():
+        _progress(f"wrote {path}")
 
 
 @monitoring.command("validate")

@@ -35,6 +35,7 @@ SCHEMA_LOCATION = "{{ .ResourceKind }}{{ .KindSuffix }}.json"
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 KUBERNETES_KINDS = (
     ("Namespace", "v1"),
+    ("ConfigMap", "v1"),
     ("ServiceAccount", "v1"),
     ("Service", "v1"),
     ("Deployment", "apps/v1"),

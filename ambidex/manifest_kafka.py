@@ -29,6 +29,18 @@ from ambidex.manifest_values import (
 from ambidex.topics import load_topic_declaration
 
 
+def metrics_config(component: str) -> dict[str, Any]:
+    from ambidex.manifest_monitoring import metrics_config as config
+
+    return config(component)
+
+
+def kafka_exporter() -> dict[str, Any]:
+    from ambidex.manifest_monitoring import kafka_exporter as exporter
+
+    return exporter()
+
+
 def kafka_cluster(values: DeploymentValues) -> list[dict[str, Any]]:
     return [
         {
@@ -93,7 +105,10 @@ def kafka_cluster(values: DeploymentValues) -> list[dict[str, Any]]:
                         "transaction.state.log.replication.factor": 3,
                         "transaction.state.log.min.isr": 2,
                     },
+                    # JMX exporter rules: deploy/monitoring/jmx/kafka.yaml (monitoring.yaml)
+                    "metricsConfig": metrics_config("kafka"),
                 },
+                "kafkaExporter": kafka_exporter(),
                 "entityOperator": {
                     "topicOperator": {},
                     "userOperator": {},
@@ -272,6 +287,8 @@ def kafka_connect(values: DeploymentValues) -> list[dict[str, Any]]:
                 ],
             },
             "template": {**pod_template(), "connectContainer": {"env": env}},
+            # JMX exporter rules: deploy/monitoring/jmx/connect.yaml (monitoring.yaml)
+            "metricsConfig": metrics_config("connect"),
             "resources": {
                 "requests": {"cpu": "500m", "memory": "1Gi"},
                 "limits": {"memory": "1Gi"},

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from ambidex.manifest_kafka import kafka_cluster, kafka_connect, kafka_topics, kafka_users
+from ambidex.manifest_monitoring import monitoring_resources
 from ambidex.manifest_registry import schema_registry_resources
 from ambidex.manifest_services import default_deny_ingress, prometheus_rule, service_resources
 from ambidex.manifest_values import GENERATED, DeploymentValues
@@ -58,6 +59,7 @@ def render(values: DeploymentValues | None = None) -> dict[str, str]:
         "network.yaml": [default_deny_ingress()],
         "alerts.yaml": [prometheus_rule()],
         "schema-registry.yaml": schema_registry_resources(),
+        "monitoring.yaml": monitoring_resources(values),
     }
     for service in SERVICE_MODULES:
         files[f"service-{service}.yaml"] = service_resources(service, values)

@@ -11,8 +11,11 @@ Service alerts name only the services of this build (``services.registry``), nev
 planned ones. A service is scraped under a job named after it (the ServiceMonitor's
 Service name on Kubernetes; say so in a plain Prometheus's scrape config).
 
-No alert on the replication slot's retained WAL yet: nothing exports it (Debezium's and
-PostgreSQL's metrics are not scraped in any deployment of this repository).
+The pipeline's alerts (capture, replication slots, Kafka, consumer groups;
+:mod:`ambidex.monitoring_pipeline`) go to ``deploy/monitoring/pipeline-alerts.yaml``, a
+file of their own: the Docker Compose deployment's Prometheus loads only the services'
+(it runs no JMX or pipeline exporter), the PrometheusRule carries both groups. Grafana
+dashboards: :mod:`ambidex.dashboards`, written by the same ``render``.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from typing import Any
 
 import yaml
 
+from ambidex.monitoring_pipeline import pipeline_rules
 from services.registry import SERVICE_MODULES
 
 MONITORING_DIR = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
 RULES_FILE = MONITORING_DIR / "alerts.yaml"
+PIPELINE_RULES_FILE = MONITORING_DIR / "pipeline-alerts.yaml"
 TESTS_FILE = MONITORING_DIR / "tests.yaml"
 #: the docker-compose deployment's Prometheus (scrapes each service under its name)
 PROMETHEUS_CONFIG = MONITORING_DIR / "prometheus.yml"
@@ -156,12 +161,25 @@ def _rules() -> list[dict[str, Any]]:
     ]
 
 
-def alert_rules() -> dict[str, Any]:
-    """``{"groups": [...]}``: a Prometheus rule file, and a PrometheusRule's spec."""
-    rules = _rules()
+def _with_runbooks(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for rule in rules:
         rule["annotations"]["runbook_url"] = _runbook(rule["alert"])
-    return {"groups": [{"name": "ambidex", "rules": rules}]}
+    return rules
+
+
+def service_rule_groups() -> dict[str, Any]:
+    """``{"groups": [...]}`` of the services' alerts (``alerts.yaml``)."""
+    return {"groups": [{"name": "ambidex", "rules": _with_runbooks(_rules())}]}
+
+
+def pipeline_rule_groups() -> dict[str, Any]:
+    """``{"groups": [...]}`` of the pipeline's alerts (``pipeline-alerts.yaml``)."""
+    return {"groups": [{"name": "ambidex-pipeline", "rules": _with_runbooks(pipeline_rules())}]}
+
+
+def alert_rules() -> dict[str, Any]:
+    """Every group: the Kubernetes PrometheusRule's spec."""
+    return {"groups": [*service_rule_groups()["groups"], *pipeline_rule_groups()["groups"]]}
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -169,8 +187,32 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
+def _dump(groups: dict[str, Any]) -> str:
+    return GENERATED + yaml.dump(groups, Dumper=_PlainDumper, sort_keys=False, width=100)
+
+
 def render() -> str:
-    return GENERATED + yaml.dump(alert_rules(), Dumper=_PlainDumper, sort_keys=False, width=100)
+    return _dump(service_rule_groups())
+
+
+def rendered_files() -> dict[Path, str]:
+    """Every generated file of deploy/monitoring/: rule files and dashboards."""
+    from ambidex.dashboards import rendered_dashboards
+
+    return {
+        RULES_FILE: render(),
+        PIPELINE_RULES_FILE: _dump(pipeline_rule_groups()),
+        **rendered_dashboards(),
+    }
+
+
+def write() -> list[Path]:
+    written = []
+    for path, text in rendered_files().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    return written
 
 
 def scrape_jobs() -> dict[str, str]:
@@ -202,8 +244,14 @@ def validate() -> list[str]:
     """Check the rule file is current, the compose deployment's Prometheus scrapes every
     service under its name, then ``promtool check config`` (which checks the rule
     file too) and ``promtool test rules``."""
-    if not RULES_FILE.exists() or RULES_FILE.read_text() != render():
-        raise MonitoringCheckError(f"{RULES_FILE} is stale (run: ambidex monitoring render)")
+    for path, text in rendered_files().items():
+        if not path.exists() or path.read_text() != text:
+            raise MonitoringCheckError(f"{path} is stale (run: ambidex monitoring render)")
+    from ambidex.dashboards import check_dashboards
+
+    problems = check_dashboards()
+    if problems:
+        raise MonitoringCheckError("dashboards:\n" + "\n".join(problems))
     jobs = scrape_jobs()
     if jobs != {name: f"{name}:9400" for name in SERVICE_MODULES}:
         raise MonitoringCheckError(
@@ -214,6 +262,7 @@ def validate() -> list[str]:
     reports = []
     for command in (
         ["check", "config", str(PROMETHEUS_CONFIG)],
+        ["check", "rules", str(PIPELINE_RULES_FILE)],
         ["test", "rules", str(TESTS_FILE)],
     ):
         result = subprocess.run(
@@ -224,4 +273,29 @@ def validate() -> list[str]:
             raise MonitoringCheckError(f"promtool {' '.join(command)} failed:\n{output}")
         summary = " ".join(line.strip() for line in output.splitlines() if "SUCCESS" in line)
         reports.append(f"promtool {' '.join(command[:2])}: {summary or 'ok'}")
+    reports.append(_check_dashboard_queries(tool))
     return reports
+
+
+def _check_dashboard_queries(tool: str) -> str:
+    """Every dashboard panel's query parses (promtool checks them as recording rules)."""
+    import tempfile
+
+    from ambidex.dashboards import dashboards, panel_expressions
+
+    rules = [
+        {"record": "dashboard:query", "expr": expr}
+        for board in dashboards().values()
+        for expr in panel_expressions(board)
+    ]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}, file)
+        file.flush()
+        result = subprocess.run(
+            [tool, "check", "rules", file.name], capture_output=True, text=True, check=False
+        )
+    if result.returncode != 0:
+        raise MonitoringCheckError(
+            f"a dashboard query does not parse:\n{(result.stdout + result.stderr).strip()}"
+        )
+    return f"promtool: {len(rules)} dashboard queries parse"

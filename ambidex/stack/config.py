@@ -62,6 +62,12 @@ class StackConfig:
     #: plain one, with the standard authorizer and the users and ACLs of deploy/access.yaml
     #: (see ambidex.stack.kafka_access); None = the plain listener only, no authorizer
     kafka_sasl_port: int | None = None
+    #: AMBIDEX_STACK_{KAFKA,CONNECT}_METRICS_PORT: the JMX exporter agents' /metrics in the
+    #: broker's and the worker's JVM; AMBIDEX_STACK_EXPORTER_PORT: the pipeline exporter's
+    #: (replication slots, consumer-group lag; ambidex.pipeline_exporter)
+    kafka_metrics_port: int = 9410
+    connect_metrics_port: int = 9411
+    exporter_port: int = 9412
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
@@ -92,12 +98,16 @@ class StackConfig:
             kafka_sasl_port=int(env["AMBIDEX_STACK_KAFKA_SASL_PORT"])
             if env.get("AMBIDEX_STACK_KAFKA_SASL_PORT")
             else None,
+            kafka_metrics_port=port("KAFKA_METRICS", 9410),
+            connect_metrics_port=port("CONNECT_METRICS", 9411),
+            exporter_port=port("EXPORTER", 9412),
         )
 
     def ephemeral(self, state_dir: Path, *, secured: bool = False) -> StackConfig:
         """The same stack on free ports in another state directory (for tests);
         ``secured`` adds the SASL/SCRAM listener (on a free port too)."""
         ports = _free_ports(6)
+        metrics = _free_ports(3)
         return replace(
             self,
             state_dir=state_dir,
@@ -109,6 +119,9 @@ class StackConfig:
             heartbeat_interval_ms=1000,
             metrics_port=0,
             kafka_sasl_port=ports[5] if secured else None,
+            kafka_metrics_port=metrics[0],
+            connect_metrics_port=metrics[1],
+            exporter_port=metrics[2],
         )
 
     def environment(self) -> dict[str, str]:
@@ -126,6 +139,9 @@ class StackConfig:
             "AMBIDEX_STACK_HEARTBEAT_MS": str(self.heartbeat_interval_ms),
             "AMBIDEX_STACK_RESTART_BACKOFF_S": str(self.restart_backoff_s),
             "AMBIDEX_STACK_RESTART_BACKOFF_MAX_S": str(self.restart_backoff_max_s),
+            "AMBIDEX_STACK_KAFKA_METRICS_PORT": str(self.kafka_metrics_port),
+            "AMBIDEX_STACK_CONNECT_METRICS_PORT": str(self.connect_metrics_port),
+            "AMBIDEX_STACK_EXPORTER_PORT": str(self.exporter_port),
         }
         if self.metrics_port is not None:
             env["AMBIDEX_METRICS_PORT"] = str(self.metrics_port)

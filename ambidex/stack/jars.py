@@ -19,6 +19,8 @@ from ambidex.stack.config import REPO_ROOT
 POM_DIR = REPO_ROOT / "deploy" / "local"
 KAFKA_POM = POM_DIR / "jars" / "pom.xml"
 DEBEZIUM_POM = POM_DIR / "debezium" / "pom.xml"
+#: the Prometheus JMX exporter's Java agent (kept apart: adding it changed no other jar)
+JMX_AGENT_POM = POM_DIR / "jmx" / "pom.xml"
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,22 @@ def ensure_jars(jars_dir: Path, progress: Callable[[str], None] = lambda _: None
         copy_dependencies(pom, target, progress)
     layout.complete_marker.write_text("ok\n")
     return layout
+
+
+def ensure_jmx_agent(jars_dir: Path, progress: Callable[[str], None] = lambda _: None) -> Path:
+    """The JMX exporter agent's jar, fetched once into a directory keyed by its pom."""
+    digest = hashlib.sha256(JMX_AGENT_POM.read_bytes()).hexdigest()[:12]
+    root = jars_dir / f"jmx-agent-{digest}"
+    if not (root / ".complete").exists():
+        if shutil.which("mvn") is None:
+            raise JarFetchError("mvn is not installed (apt-get install maven)")
+        shutil.rmtree(root, ignore_errors=True)
+        copy_dependencies(JMX_AGENT_POM, root, progress)
+        (root / ".complete").write_text("ok\n")
+    jars = sorted(root.glob("jmx_prometheus_javaagent-*.jar"))
+    if not jars:
+        raise JarFetchError(f"no jmx_prometheus_javaagent jar in {root}")
+    return jars[-1]
 
 
 def copy_dependencies(pom: Path, target: Path, progress: Callable[[str], None]) -> None:

@@ -19,6 +19,11 @@ from ambidex.stack.kafka_access import (
     connector_overrides,
     sasl_client_environment,
 )
+from ambidex.stack.pipeline_metrics import (
+    EXPORTER,
+    jmx_agent_options,
+    start_pipeline_exporter,
+)
 from ambidex.stack.ports import choose_service_ports, record_ports, recorded_ports
 from ambidex.stack.processes import (
     ConnectWorker,
@@ -74,14 +79,20 @@ class LocalStack:
 
     @property
     def kafka(self) -> KafkaBroker:
-        return KafkaBroker(self.config, self.jars)
+        return KafkaBroker(self.config, self.jars, jmx_agent_options(self.config, "kafka"))
 
     @property
     def connect(self) -> ConnectWorker:
         security = None
         if self.config.kafka_sasl_port is not None:
             security = connect_worker_security(self.config)
-        return ConnectWorker(self.config, self.jars, self.secrets, security)
+        return ConnectWorker(
+            self.config,
+            self.jars,
+            self.secrets,
+            security,
+            jvm_options=jmx_agent_options(self.config, "connect"),
+        )
 
     def connectors(self) -> list[ConnectorDefinition]:
         """The connector files with this stack's values; on a secured stack each
@@ -230,7 +241,17 @@ class LocalStack:
         self.progress("connect: starting the worker with the Debezium plugin")
         await self.connect.start()
         await self.apply_connectors()
-        return self.addresses
+        self.progress("metrics: starting the pipeline exporter (replication slots, group lag)")
+        addresses = self.addresses
+        await start_pipeline_exporter(
+            self.config,
+            {
+                "AMBIDEX_CRM_DSN": addresses.crm_dsn,
+                "AMBIDEX_ERP_DSN": addresses.erp_dsn,
+                "AMBIDEX_KAFKA_BOOTSTRAP": addresses.kafka_bootstrap,
+            },
+        )
+        return addresses
 
     async def wait_kafka(self) -> None:
         """Return once the broker answers a metadata request (60 s at most)."""
@@ -309,7 +330,7 @@ class LocalStack:
         from services.registry import METRICS_PORTS
 
         services = dict.fromkeys([*METRICS_PORTS, *recorded_ports(self.config.state_dir)])
-        for name in ("workload", *services):
+        for name in ("workload", EXPORTER, *services):
             if await DetachedProcess(name, self.config).terminate():
                 stopped.append(name)
         if self._jars is not None or (self.config.state_dir / "run").exists():

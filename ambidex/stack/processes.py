@@ -350,9 +350,13 @@ def broker_properties(c: StackConfig, data_dir: Path) -> dict[str, str]:
 class KafkaBroker(DetachedProcess):
     """A single-node Kafka in KRaft mode (broker and controller in one process)."""
 
-    def __init__(self, config: StackConfig, jars: JarLayout) -> None:
+    def __init__(
+        self, config: StackConfig, jars: JarLayout, jvm_options: list[str] | None = None
+    ) -> None:
         super().__init__("kafka", config)
         self.jars = jars
+        #: extra JVM options (the JMX exporter agent, ambidex.stack.pipeline_metrics)
+        self.jvm_options = jvm_options or []
         self.data_dir = config.state_dir / "kafka" / "data"
         self.properties = config.state_dir / "kafka" / "server.properties"
 
@@ -388,6 +392,7 @@ class KafkaBroker(DetachedProcess):
                 *_java(self.config),
                 "-Xms256m",
                 f"-Xmx{self.config.kafka_heap}",
+                *self.jvm_options,
                 *_log4j(self.config, self.name),
                 "-cp",
                 self.jars.kafka_classpath,
@@ -412,8 +417,11 @@ class ConnectWorker(DetachedProcess):
         jars: JarLayout,
         secrets: StackSecrets,
         security: tuple[dict[str, str], dict[str, str]] | None = None,
+        jvm_options: list[str] | None = None,
     ) -> None:
         super().__init__("connect", config)
+        #: extra JVM options (the JMX exporter agent, ambidex.stack.pipeline_metrics)
+        self.jvm_options = jvm_options or []
         self.jars = jars
         self.secrets = secrets
         #: on a secured stack: worker properties and environment for the SASL listener
@@ -448,6 +456,7 @@ class ConnectWorker(DetachedProcess):
                 *_java(self.config),
                 "-Xms256m",
                 f"-Xmx{self.config.connect_heap}",
+                *self.jvm_options,
                 *_log4j(self.config, self.name),
                 "-cp",
                 self.jars.kafka_classpath,

@@ -104,7 +104,8 @@ def test_connectors_match_their_versioned_configuration() -> None:
 
 def test_service_pods_are_probed_limited_and_never_doubled() -> None:
     deployments = [
-        d for d in _kind("Deployment")
+        d
+        for d in _kind("Deployment")
         if d["metadata"]["labels"]["app.kubernetes.io/component"] == "service"
     ]
     assert deployments
@@ -122,14 +123,15 @@ def test_service_pods_are_probed_limited_and_never_doubled() -> None:
         secrets = [e for e in container["env"] if e["name"].endswith(("_DSN", "_PASSWORD"))]
         assert len(secrets) == 3 and all("secretKeyRef" in e["valueFrom"] for e in secrets)
     monitored = {m["metadata"]["name"] for m in _kind("ServiceMonitor")}
-    assert monitored == {d["metadata"]["name"] for d in deployments}
+    assert monitored == {d["metadata"]["name"] for d in _kind("Deployment")}
 
 
 def test_alert_rules_name_metrics_the_services_expose() -> None:
     (rule,) = _kind("PrometheusRule")
     exprs = " ".join(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
     shared = Path(__file__).parents[2] / "services/shared"
-    declared = " ".join(path.read_text() for path in shared.glob("*.py"))
+    exporter = Path(__file__).parents[2] / "ambidex/pipeline_exporter.py"
+    declared = " ".join(path.read_text() for path in [*shared.glob("*.py"), exporter])
     for metric in set(re.findall(r"ambidex_[a-z_]+", exprs)):
         base = re.sub(r"_(bucket|count|sum)$", "", metric)
         assert f'"{base}"' in declared, f"alert uses unknown metric {metric}"

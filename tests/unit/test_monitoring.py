@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ambidex.compose import load_compose
 from ambidex.manifests import prometheus_rule
-from ambidex.monitoring import RULES_FILE, alert_rules, render, scrape_jobs
+from ambidex.monitoring import RULES_FILE, alert_rules, render, rendered_files, scrape_jobs
+from ambidex.monitoring_pipeline import connector_names, service_groups_regex
 from services.registry import SERVICE_MODULES
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "docs" / "runbooks.md"
@@ -26,6 +27,24 @@ def _rules() -> list[dict[str, object]]:
 
 def test_the_rule_file_is_current() -> None:
     assert RULES_FILE.read_text() == render(), "run: ambidex monitoring render"
+
+
+def test_every_generated_monitoring_file_is_current() -> None:
+    for path, text in rendered_files().items():
+        assert path.read_text() == text, f"{path} is stale: run ambidex monitoring render"
+
+
+def test_the_pipeline_alerts_name_only_this_builds_services_and_connectors() -> None:
+    regex = service_groups_regex()
+    assert all(name in regex for name in SERVICE_MODULES)
+    assert re.fullmatch(regex.replace("\\\\", "\\"), "ambidex-order-sync.crm")
+    assert not re.fullmatch(regex.replace("\\\\", "\\"), "ambidex-planned-service.x")
+    absent = {
+        str(rule["labels"]["connector"])  # type: ignore[index]
+        for rule in _rules()
+        if rule["alert"] == "AmbidexConnectorAbsent"
+    }
+    assert absent == set(connector_names()) == {"ambidex-crm", "ambidex-erp"}
 
 
 def test_every_service_of_the_build_has_a_down_and_an_absent_alert_and_no_other() -> None:

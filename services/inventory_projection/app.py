@@ -60,6 +60,7 @@ from services.inventory_projection.projector import Projector, Step
 from services.inventory_projection.source_rows import CRM, ERP, OVERALL_CODE
 from services.shared.batches import attach_sources
 from services.shared.databases import open_pool
+from services.shared.errors import BadInput
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
@@ -120,6 +121,7 @@ class Shell:
                 min_rate=service.settings.demand_surge_min_rate,
             )),
             apply=self.apply,
+            check=self.check,
             reference_topics=REFERENCE_TOPICS,
             after_commit=self.effects.refresh,
             max_records=BATCH_MAX,
@@ -146,6 +148,16 @@ class Shell:
             self.demand.apply(side.take(), projector.store.write_position()),
         )
         self.metrics.held_requests.set(side.holding)
+
+    def check(self, step: Step[Handle], projector: Projector[Handle], *,
+              prune: bool = False) -> BadInput | None:
+        """The first output of the step its schema refuses, the projection's or demand
+        signals' (the kit's output check; ``prune``: leave the refused ones out)."""
+        first = self.effects.check(step, projector, prune=prune)
+        if first is not None and not prune:
+            return first
+        side = demand_signals.demand_side(projector).step
+        return self.demand.check(side, prune=prune) or first
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -202,6 +202,8 @@ class Step(Generic[H]):
     """Per database: leftovers of transactions applied before a restart, released."""
     applied: int = 0
     stale: int = 0
+    encoded: list[bytes] | None = None
+    """:attr:`availability` encoded for publishing, in order (by the output check)."""
 
     @property
     def writes_anything(self) -> bool:

@@ -56,8 +56,9 @@ from services.inventory_projection import demand_signals
 from services.inventory_projection.demand_effects import DemandEffects
 from services.inventory_projection.effects import AVAILABILITY_TOPIC, SHORTAGE_TOPIC, Effects
 from services.inventory_projection.metrics import ProjectionMetrics
-from services.inventory_projection.projector import Projector, Step
+from services.inventory_projection.projector import Projector
 from services.inventory_projection.source_rows import CRM, ERP, OVERALL_CODE
+from services.inventory_projection.step import Step
 from services.shared.batches import attach_sources
 from services.shared.databases import open_pool
 from services.shared.errors import BadInput

@@ -36,8 +36,9 @@ from services.inventory_projection.emit import (
     availability_topic_key,
 )
 from services.inventory_projection.metrics import ProjectionMetrics
-from services.inventory_projection.projector import Projector, Removed, Step
+from services.inventory_projection.projector import Projector
 from services.inventory_projection.recompute import AVAILABILITY_SPEC, availability_upsert
+from services.inventory_projection.step import Removed, Step
 from services.inventory_projection.writeback import write_availability
 from services.shared.cooperative import Slicer
 from services.shared.errors import BadInput, SchemaViolation

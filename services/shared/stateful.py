@@ -178,11 +178,12 @@ class StatefulRunner(Generic[F, S]):
         restored = await self.checkpoint.open(open_state(settings), settings.kafka, producer)
         if restored is not None:
             self.service.metrics.state_restored(restored.seconds, restored.records)
-        self._fold = self._loaded(self.checkpoint.overlay)
+        self._fold = self._loaded()
         return restored
 
-    def _loaded(self, kv: KeyValue) -> F:
-        fold = self._load(kv)
+    def _loaded(self) -> F:
+        """The fold from the durable state; the refusals outlive it (a redo needs them)."""
+        fold = self._load(self.checkpoint.overlay)
         fold.held.refusals = self.refusals
         return fold
 
@@ -192,7 +193,7 @@ class StatefulRunner(Generic[F, S]):
     async def on_reset(self) -> None:
         """Partitions revoked or a batch failed: the checkpoint dropped what the batch
         held; reload the fold from the durable state."""
-        self._fold = self._loaded(self.checkpoint.overlay)
+        self._fold = self._loaded()
 
     async def on_batch(self, batch: RecordBatch) -> None:
         fold = self.fold

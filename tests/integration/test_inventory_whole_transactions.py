@@ -12,6 +12,7 @@ the quant's next change is applied (state is a function of the latest row versio
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 
 import httpx
 import pytest
@@ -33,6 +34,21 @@ from tests.integration.test_inventory_projection import (
 pytestmark = pytest.mark.integration
 
 FINITE = "stock_quant_quantity_finite"
+
+
+async def quant_letters(stack: StackAddresses, rows: Collection[int], says: str
+                        ) -> dict[int, str]:
+    """The reasons of dlq.inventory-projection's letters of these erp.stock_quant rows
+    that say ``says``, by row id."""
+    letters: dict[int, str] = {}
+    async for _, letter in read_dead_letters(
+        stack.kafka_bootstrap, SERVICE, limit=None, idle_timeout_s=5.0
+    ):
+        if letter.source_topic == "cdc.erp.stock_quant" and letter.key is not None:
+            row = json.loads(letter.key).get("id")
+            if row in rows and says in letter.reason:
+                letters[row] = letter.reason
+    return letters
 
 
 async def test_a_transaction_with_an_unreadable_quant_is_given_up_whole(
@@ -69,14 +85,7 @@ async def test_a_transaction_with_an_unreadable_quant_is_given_up_whole(
         letters: dict[int, str] = {}
 
         async def both_dead_lettered() -> bool:
-            letters.clear()
-            async for _, letter in read_dead_letters(
-                stack.kafka_bootstrap, SERVICE, limit=None, idle_timeout_s=5.0
-            ):
-                if letter.source_topic == "cdc.erp.stock_quant" and letter.key is not None:
-                    row = json.loads(letter.key).get("id")
-                    if row in (readable, unreadable) and "rejected whole" in letter.reason:
-                        letters[row] = letter.reason
+            letters.update(await quant_letters(stack, (readable, unreadable), "rejected whole"))
             return len(letters) == 2
 
         # applied in part (before the shared holder), the readable change was applied
@@ -130,14 +139,7 @@ async def test_a_transaction_whose_availability_cannot_be_published_is_rejected_
         letters: dict[int, str] = {}
 
         async def both_dead_lettered() -> bool:
-            letters.clear()
-            async for _, letter in read_dead_letters(
-                stack.kafka_bootstrap, SERVICE, limit=None, idle_timeout_s=5.0
-            ):
-                if letter.source_topic == "cdc.erp.stock_quant" and letter.key is not None:
-                    row = json.loads(letter.key).get("id")
-                    if row in (readable, large) and "cannot be published" in letter.reason:
-                        letters[row] = letter.reason
+            letters.update(await quant_letters(stack, (readable, large), "cannot be published"))
             return len(letters) == 2
 
         await wait_until(both_dead_lettered, timeout=120, interval=1.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 
+import asyncpg
 import httpx
 import pytest
 
@@ -24,6 +25,7 @@ from tests.conftest import ServiceProcess, wait_until
 from tests.integration.support import metric
 from tests.integration.test_inventory_projection import (
     SERVICE,
+    Fixture,
     connections,
     expect,
     new_fixture,
@@ -34,6 +36,19 @@ from tests.integration.test_inventory_projection import (
 pytestmark = pytest.mark.integration
 
 FINITE = "stock_quant_quantity_finite"
+
+
+async def a_quant_of_3(stack: StackAddresses, fx: Fixture, erp: asyncpg.Connection,
+                       unique: str) -> tuple[int, int]:
+    """A second warehouse, and a quant of 3 of the fixture's item, applied: (the second
+    warehouse's id, the quant's id)."""
+    other = await erp.fetchval(
+        "INSERT INTO erp.warehouse (code, name) VALUES ($1, $1) RETURNING id",
+        f"WH2-{unique}",
+    )
+    readable = await receive(erp, fx, 3)
+    await expect(stack, fx, quantities(3, 0, 0, 3))
+    return int(other), readable
 
 
 async def quant_letters(stack: StackAddresses, rows: Collection[int], says: str
@@ -57,12 +72,7 @@ async def test_a_transaction_with_an_unreadable_quant_is_given_up_whole(
     fx = await new_fixture(stack, unique)
     crm, erp = await connections(stack)
     try:
-        other = await erp.fetchval(
-            "INSERT INTO erp.warehouse (code, name) VALUES ($1, $1) RETURNING id",
-            f"WH2-{unique}",
-        )
-        readable = await receive(erp, fx, 3)
-        await expect(stack, fx, quantities(3, 0, 0, 3))
+        other, readable = await a_quant_of_3(stack, fx, erp, unique)
         await erp.execute(f"ALTER TABLE erp.stock_quant DROP CONSTRAINT {FINITE}")
         try:
             # one ERP transaction: a readable change of the quant, and a NaN quant
@@ -120,12 +130,7 @@ async def test_a_transaction_whose_availability_cannot_be_published_is_rejected_
     fx = await new_fixture(stack, unique)
     crm, erp = await connections(stack)
     try:
-        other = await erp.fetchval(
-            "INSERT INTO erp.warehouse (code, name) VALUES ($1, $1) RETURNING id",
-            f"WH2-{unique}",
-        )
-        readable = await receive(erp, fx, 3)
-        await expect(stack, fx, quantities(3, 0, 0, 3))
+        other, readable = await a_quant_of_3(stack, fx, erp, unique)
         async with erp.transaction():
             await erp.execute(
                 "UPDATE erp.stock_quant SET quantity = 60000000000 WHERE id = $1", readable

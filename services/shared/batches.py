@@ -64,6 +64,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+class RedoBatch(Exception):
+    """Raised by a batch handler: drop the batch and fetch it again from the committed
+    (or ``resume_from``) position at once; neither an outage nor a crash."""
+
+
 @dataclass(frozen=True, slots=True)
 class Hold:
     """A record's offset kept from being committed until :meth:`OffsetLedger.release`."""
@@ -368,6 +374,10 @@ class BatchSource:
                     log.info("batches succeed again", extra={"group": self.group_id})
             except asyncio.CancelledError:
                 raise
+            except RedoBatch as redo:
+                # the handler decided the batch must be folded again (a transaction to
+                # refuse: services.shared.output_check): no outage, no delay
+                log.warning("batch redone: %s", redo, extra={"group": self.group_id})
             except Exception as error:
                 kind = policy.classify(error)
                 if not kind.transient:

@@ -115,6 +115,8 @@ class GiveUpCause(StrEnum):
     OVERFLOW = "overflow"
     #: a row of it is bad input for the service's typed records (TransactionFold)
     BAD_ROW = "bad_row"
+    #: an output it made cannot be published (services.shared.output_check)
+    UNPUBLISHABLE = "unpublishable"
 
 
 @dataclass(slots=True)  # not frozen: one per transaction, built on the hot path

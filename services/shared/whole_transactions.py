@@ -40,9 +40,16 @@ from typing import Generic, Protocol, TypeVar
 from services.shared.changes import ChangeEvent, UndecodedChange, undecoded_change
 from services.shared.cooperative import Slicer
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
-from services.shared.holding import Released, TransactionHolder, expire_overdue
+from services.shared.holding import (
+    GiveUpCause,
+    Released,
+    TransactionHolder,
+    Whole,
+    expire_overdue,
+)
 from services.shared.intake import ChangeIntake, ConsumedRecord
 from services.shared.observability import ServiceMetrics
+from services.shared.output_check import Drained, Refusals, reject_whole
 from services.shared.transactions import TransactionMarker
 
 H = TypeVar("H")
@@ -193,6 +200,11 @@ class HeldTransactions(Generic[H]):
         self._released: dict[str, Released[H]] = {db: Released() for db in self.holders}
         #: handles with nothing to apply (tombstones, heartbeats, dead letters on the spot)
         self._let_go: list[H] = []
+        #: transactions to give up whole when complete (their outputs cannot be
+        #: published: services.shared.output_check); the runner's, kept across reloads
+        self.refusals: Refusals | None = None
+        #: the whole transactions the last :meth:`drain` handed on, in order
+        self.drained: list[Drained] = []
 
     @property
     def databases(self) -> tuple[str, ...]:
@@ -251,11 +263,37 @@ class HeldTransactions(Generic[H]):
             self._released[database].extend(await expire_overdue(holder, caught_up))
 
     def drain(self) -> Taken[H]:
-        """What was released since the last drain."""
+        """What was released since the last drain; a refused transaction (see
+        :attr:`refusals`) given up whole instead of complete."""
         taken = Taken(self._released, self._let_go)
         self._released = {db: Released() for db in self.holders}
         self._let_go = []
+        refusals = self.refusals
+        if refusals:
+            for database, released in taken.released.items():
+                kept: list[Whole[H]] = []
+                for whole in released.complete:
+                    reason = refusals.take(database, whole.transaction)
+                    if reason is None:
+                        kept.append(whole)
+                        continue
+                    dead, given = reject_whole(database, whole, GiveUpCause.UNPUBLISHABLE,
+                                               reason)
+                    released.dead.extend(dead)
+                    released.given_up.append(given)
+                released.complete = kept
+        self.drained = [(database, whole) for database, released in taken.released.items()
+                        for whole in released.complete]
         return taken
+
+    def replay(self, wholes: Iterable[Drained]) -> None:
+        """Hand exactly ``wholes`` on at the next :meth:`drain` (a probe's scratch fold:
+        services.shared.output_check)."""
+        released: dict[str, Released[H]] = {db: Released() for db in self.holders}
+        for database, whole in wholes:
+            released.setdefault(database, Released()).complete.append(whole)
+        self._released = released
+        self._let_go = []
 
     def report(self, metrics: ServiceMetrics, taken: Taken[H]) -> None:
         """The holding metrics, counting what ``taken`` gave up and orphaned."""

@@ -30,7 +30,8 @@ import pytest
 from services.inventory_projection import app as inventory_app
 from services.inventory_projection import truncates as inventory_truncates
 from services.inventory_projection.available_to_promise import AvailabilityKey
-from services.inventory_projection.projector import Projector, Step
+from services.inventory_projection.projector import Projector
+from services.inventory_projection.step import Step
 from services.order_sync import app as order_sync_app
 from services.order_sync import truncates as order_sync_truncates
 from services.shared.cdc_schemas import load_envelope_schemas

@@ -150,8 +150,14 @@ class StatefulRunner(Generic[F, S]):
         restored = await self.checkpoint.open(open_state(settings), settings.kafka, producer)
         if restored is not None:
             self.service.metrics.state_restored(restored.seconds, restored.records)
-        self._fold = self._load(self.checkpoint.overlay)
+        self._fold = self._loaded()
         return restored
+
+    def _loaded(self) -> F:
+        """The fold from the durable state, its holders told what was finished."""
+        fold = self._load(self.checkpoint.overlay)
+        fold.held.resume_progress(self.checkpoint.overlay)
+        return fold
 
     def close(self) -> None:
         self.checkpoint.close()
@@ -159,7 +165,7 @@ class StatefulRunner(Generic[F, S]):
     async def on_reset(self) -> None:
         """Partitions revoked or a batch failed: the checkpoint dropped what the batch
         held; reload the fold from the durable state."""
-        self._fold = self._load(self.checkpoint.overlay)
+        self._fold = self._loaded()
 
     async def on_batch(self, batch: RecordBatch) -> None:
         fold = self.fold
@@ -175,6 +181,7 @@ class StatefulRunner(Generic[F, S]):
         await fold.held.expire(caught_up)
         ready = [db for db, topics in self.reference_topics.items() if await caught_up(topics)]
         step: S = await slicer.drive(fold.steps(ready))
+        fold.held.record_progress(self.checkpoint.overlay)
         await self.checkpoint.commit(batch, step.release, partial(self._apply, step, fold))
         if self._after_commit is not None:
             await self._after_commit(fold)

@@ -56,6 +56,7 @@ from aiokafka.coordinator.protocol import (
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from services.shared.kafka import client_options
+from services.shared.memory import release_free_memory
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -270,9 +271,14 @@ class BatchSource:
         fetch_wait_ms: int = 20,
         commit_interval: float = 1.0,
         progress: CommitProgress | None = None,
+        release_memory: bool = True,
     ) -> None:
         self.service = service
         self._progress = progress
+        # give the C heap's free pages back after a batch, at most once per commit
+        # interval (a handler whose checkpoint already does it each batch says False)
+        self._release_memory = release_memory
+        self._last_release = 0.0
         self.name = name
         self.topics = tuple(topics)
         self.group_id = f"ambidex-{service.name}.{name}"
@@ -431,6 +437,14 @@ class BatchSource:
                 self.ledger.fetched(tp, ends[tp])
                 self._last_timestamp[tp] = part[-1].timestamp
         self.records_handled += len(records)
+        if self._release_memory:
+            now = time.monotonic()
+            if now - self._last_release >= self._commit_interval:
+                # a batch's decoded rows and buffers are freed by now; glibc keeps the
+                # pages in its heap otherwise (order-sync: 166 -> 125 MB RSS at one
+                # trim after 49 minutes of the soak)
+                release_free_memory()
+                self._last_release = now
         if self._align_window_ms is not None:
             await self._align()
 

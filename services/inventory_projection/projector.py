@@ -314,7 +314,7 @@ class Projector(Generic[H]):
                 if not work % PAUSE_EVERY:
                     yield
                 if event.op is ChangeOp.TRUNCATE:
-                    folded = self._truncate(event, handle, out, keys) or folded
+                    folded = (yield from self._truncate(event, handle, out, keys)) or folded
                     continue
                 if event.data_collection not in DATA_COLLECTIONS:
                     continue  # the companion's table alone
@@ -394,8 +394,9 @@ class Projector(Generic[H]):
 
     def _truncate(
         self, event: ChangeEvent, handle: H | None, out: Step[H], keys: set[AvailabilityKey]
-    ) -> bool:
-        """The declared answer to a TRUNCATE; whether it changed the state."""
+    ) -> Pausable[bool]:
+        """The declared answer to a TRUNCATE; whether it changed the state (pausable:
+        a cleared table may hold millions of rows)."""
         answer = self.truncates.answer(event)
         collection = event.data_collection
         since = self._truncated.get(collection)
@@ -408,7 +409,9 @@ class Projector(Generic[H]):
                 out.dead_letters.append((handle, self.truncates.error(event)))
             return False
         store = self.store
-        count, touched = clear_table(store, (event.database, event.table), event.position)
+        count, touched = yield from clear_table(
+            store, (event.database, event.table), event.position, pause_every=PAUSE_EVERY
+        )
         self._truncated[collection] = event.position
         store.kv.put(
             truncated_key(collection),

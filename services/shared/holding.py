@@ -42,6 +42,15 @@ applied in part (invariants 3 and 4):
   partition in commit order, so once a *later* END is read, an open transaction without
   END never gets one: its records are acknowledged without applying anything
   (:attr:`Released.orphans` counts them; re-applying would be a no-op anyway).
+* **restarts**: the durable offsets of a topic stop at its lowest record still held,
+  so after a restart an END (and some events) of a transaction finished before may be
+  read again without the rest, which the offsets had passed. The holder's
+  :attr:`~TransactionHolder.finished_through` (the newest END LSN of a finished
+  transaction) is recorded with the state the transactions went into and handed back at
+  start (:meth:`~TransactionHolder.resume_after`): a transaction still incomplete when
+  overdue whose END is at or below it was finished before, and its records are
+  acknowledged like an orphan's, never given up. (One that was held, unfinished, at the
+  crash has every record read again — none of them was covered — and completes.)
 * Records of a transaction given up that arrive later go to :attr:`Released.dead` with
   the same reason (markers to :attr:`Released.ack_now`).
 * **redeliveries** of applied transactions (Debezium sends the tail of its output again
@@ -80,6 +89,7 @@ Pure: no I/O, handles are opaque.
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
@@ -102,6 +112,8 @@ from services.shared.transactions import (
     TransactionMarker,
     TransactionStatus,
 )
+
+log = logging.getLogger(__name__)
 
 H = TypeVar("H")
 
@@ -223,6 +235,12 @@ class TransactionHolder(Generic[H]):
         self._given_up: OrderedDict[str, str] = OrderedDict()
         self._remember = remember_completed
         self._last_end: datetime | None = None  # commit time of the newest END seen
+        # END LSNs of open transactions whose END was read; the newest END LSN of a
+        # transaction finished (applied whole, given up, orphaned); the same as recorded
+        # durably before this holder started (module docstring, "Restarts")
+        self._end_lsn: dict[str, int] = {}
+        self._finished_through = -1
+        self._restored_through = -1
 
     # ------------------------------------------------------------------ figures
 
@@ -253,6 +271,18 @@ class TransactionHolder(Generic[H]):
         """Ids of finished transactions kept (applied and given up): at most twice
         ``remember_completed`` whatever the history read (module docstring, "Memory")."""
         return self._assembler.remembered + len(self._given_up)
+
+    @property
+    def finished_through(self) -> int:
+        """The newest END LSN of a transaction this holder (or, per :meth:`resume_after`,
+        an earlier one) finished: what to record durably with the state it applied."""
+        return max(self._finished_through, self._restored_through)
+
+    def resume_after(self, finished_through: int) -> None:
+        """Start after a restart: transactions whose END LSN is at or below
+        ``finished_through`` (recorded durably with the state) were finished before;
+        their records read again are leftovers (module docstring, "Restarts")."""
+        self._restored_through = max(self._restored_through, finished_through)
 
     def oldest_age(self) -> float:
         """Source-time seconds the oldest open transaction has been held."""
@@ -367,6 +397,9 @@ class TransactionHolder(Generic[H]):
         if xid in self._given_up:
             self._follow(xid, handle, None, released)
             return released
+        lsn = marker.lsn
+        if lsn is not None:
+            self._end_lsn[xid] = lsn
         try:
             complete = self._assembler.add_marker(marker)
         except (InconsistentTransaction, TooManyOpenTransactions) as error:
@@ -383,6 +416,7 @@ class TransactionHolder(Generic[H]):
             for name, count in marker.data_collections.items()
         )
         if not ours or self._assembler.remembers(xid):
+            self._end_lsn.pop(xid, None)
             released.ack_now.append(handle)
             return released
         self._open.setdefault(xid, []).append((handle, None))
@@ -413,7 +447,21 @@ class TransactionHolder(Generic[H]):
         (incomplete), or released as an orphan when a later END was read before it."""
         released: Released[H] = Released()
         if xid not in self._open:
+            self._end_lsn.pop(xid, None)
             self._assembler.discard(xid)  # open in the assembler only: nothing held
+            return released
+        end_lsn = self._end_lsn.get(xid)
+        if end_lsn is not None and end_lsn <= self._restored_through:
+            # finished before a restart: its END (and maybe some events) read again,
+            # the rest covered by the durable offsets; nothing of it to apply again
+            log.info(
+                "source transaction %s was finished before this worker started: its "
+                "records read again are acknowledged", xid,
+                extra={"database": self.database, "transaction": xid},
+            )
+            released.ack_now.extend(h for h, _ in self._discard(xid))
+            self._remember_done(xid)
+            released.orphans += 1
             return released
         _, _, since = self._assembler.peek(xid)
         if (
@@ -491,6 +539,7 @@ class TransactionHolder(Generic[H]):
     ) -> None:
         """``xid`` completed with this record: applied whole, or given up (undecodable)."""
         # the assembler has let go of it already (complete)
+        self._finished(xid)
         records = self._open.pop(xid, None) or []
         records.append((handle, order))
         if xid in self._no_end:
@@ -575,7 +624,13 @@ class TransactionHolder(Generic[H]):
             return None
         return max(self._open, key=lambda xid: len(self._open[xid]))
 
+    def _finished(self, xid: str) -> None:
+        lsn = self._end_lsn.pop(xid, None)
+        if lsn is not None and lsn > self._finished_through:
+            self._finished_through = lsn
+
     def _discard(self, xid: str) -> list[_Record[H]]:
+        self._finished(xid)
         self._assembler.discard(xid)
         self._ended.discard(xid)
         self._no_end.pop(xid, None)

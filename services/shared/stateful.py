@@ -182,8 +182,10 @@ class StatefulRunner(Generic[F, S]):
         return restored
 
     def _loaded(self) -> F:
-        """The fold from the durable state; the refusals outlive it (a redo needs them)."""
+        """The fold from the durable state, its holders told what was finished; the
+        refusals outlive it (a redo needs them)."""
         fold = self._load(self.checkpoint.overlay)
+        fold.held.resume_progress(self.checkpoint.overlay)
         fold.held.refusals = self.refusals
         return fold
 
@@ -219,6 +221,7 @@ class StatefulRunner(Generic[F, S]):
         if self._check is not None:
             await self._checked(step, fold, ready, taken)
         fold.held.drained = []
+        fold.held.record_progress(self.checkpoint.overlay)
         await self.checkpoint.commit(batch, step.release, partial(self._apply, step, fold))
         if self._after_commit is not None:
             await self._after_commit(fold)

@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from services.shared.changes import ChangeEvent, UndecodedChange, undecoded_change
 from services.shared.cooperative import Slicer
@@ -51,6 +51,13 @@ from services.shared.intake import ChangeIntake, ConsumedRecord
 from services.shared.observability import ServiceMetrics
 from services.shared.output_check import Drained, Refusals, reject_whole
 from services.shared.transactions import TransactionMarker
+
+if TYPE_CHECKING:
+    from services.shared.state.store import KeyValue
+
+#: the state key of the holders' progress (:meth:`HeldTransactions.record_progress`);
+#: no service key starts with this byte
+PROGRESS_KEY = b"\x01held"
 
 H = TypeVar("H")
 H_in = TypeVar("H_in", contravariant=True)
@@ -205,6 +212,7 @@ class HeldTransactions(Generic[H]):
         self.refusals: Refusals | None = None
         #: the whole transactions the last :meth:`drain` handed on, in order
         self.drained: list[Drained] = []
+        self._recorded: dict[str, int] = {}
 
     @property
     def databases(self) -> tuple[str, ...]:
@@ -254,6 +262,36 @@ class HeldTransactions(Generic[H]):
 
     def release(self, handle: H) -> None:
         self._let_go.append(handle)
+
+    # ------------------------------------------------------------------ restarts
+
+    def progress(self) -> dict[str, int]:
+        """Per source database, its holder's :attr:`~TransactionHolder.finished_through`:
+        what to record durably with what the finished transactions changed (module
+        docstring of :mod:`services.shared.holding`, "restarts")."""
+        return {db: h.finished_through for db, h in self.holders.items()}
+
+    def resume(self, progress: Mapping[str, int]) -> None:
+        """Hand each holder what was finished before it started (a restart, a redo)."""
+        for database, finished_through in progress.items():
+            holder = self.holders.get(database)
+            if holder is not None:
+                holder.resume_after(int(finished_through))
+
+    def record_progress(self, state: KeyValue) -> None:
+        """Put :meth:`progress` into ``state`` (the same commit as what the finished
+        transactions changed), only when it moved."""
+        progress = self.progress()
+        if progress != self._recorded:
+            state.put(PROGRESS_KEY, json.dumps(progress).encode())
+            self._recorded = progress
+
+    def resume_progress(self, state: KeyValue) -> None:
+        """:meth:`resume` from what ``state`` records (:meth:`record_progress`)."""
+        stored = state.get(PROGRESS_KEY)
+        if stored is not None:
+            self.resume(json.loads(stored))
+        self._recorded = self.progress()
 
     # ------------------------------------------------------------------ after the batch
 

@@ -82,29 +82,29 @@ async def read_ours(bootstrap: str, registry: str) -> tuple[dict[tuple[int, int]
         await consumer.stop()
 
 
-async def topic_size(bootstrap: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+async def settle(bootstrap: str, quiet_for: float = 20.0, at_most: float = 300.0) -> int:
+    """Wait until the published topic has not grown for ``quiet_for`` seconds."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = [TopicPartition(POSITION_TOPIC, p)
                       for p in consumer.partitions_for_topic(POSITION_TOPIC) or ()]
-        return sum((await consumer.end_offsets(partitions)).values())
+
+        async def size() -> int:
+            return sum((await consumer.end_offsets(partitions)).values())
+
+        deadline = time.monotonic() + at_most
+        last, since = await size(), time.monotonic()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(2)
+            now = await size()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif last and time.monotonic() - since >= quiet_for:
+                return last
+        raise RuntimeError(f"{POSITION_TOPIC} did not settle (size {last})")
     finally:
         await consumer.stop()
-
-
-async def settle(bootstrap: str, quiet_for: float = 20.0, at_most: float = 300.0) -> int:
-    """Wait until the published topic has not grown for ``quiet_for`` seconds."""
-    deadline = time.monotonic() + at_most
-    size, since = await topic_size(bootstrap), time.monotonic()
-    while time.monotonic() < deadline:
-        await asyncio.sleep(2)
-        now = await topic_size(bootstrap)
-        if now != size:
-            size, since = now, time.monotonic()
-        elif size and time.monotonic() - since >= quiet_for:
-            return size
-    raise RuntimeError(f"{POSITION_TOPIC} did not settle (size {size})")
 
 
 def run_flink_job(bootstrap: str, registry: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -89,6 +89,7 @@ async def settle(bootstrap: str, quiet_for: float = 20.0, at_most: float = 300.0
     try:
         partitions = [TopicPartition(POSITION_TOPIC, p)
                       for p in consumer.partitions_for_topic(POSITION_TOPIC) or ()]
+        consumer.assign(partitions)  # aiokafka's stop() fails on a consumer never assigned
 
         async def size() -> int:
             return sum((await consumer.end_offsets(partitions)).values())

@@ -9,8 +9,10 @@ runs that check, and validates the document against the AsyncAPI 3.0.0 JSON sche
 Per topic: a channel (address = topic name, Kafka channel binding with partitions,
 replicas and the topic configuration), one message (Avro payload, the key as the
 message binding's description), and a ``send`` operation of the producing service.
-The encoding of the value (Avro single-object encoding: marker, fingerprint, body) is
-said in each message's description and in ``docs/wire-format.md``.
+The wire formats of the value (the registry wire format: 0x00, schema id, body; or
+Avro single-object encoding: marker, fingerprint, body) are said in each message's
+description and Kafka binding, the registry in the server's binding, and in
+``docs/wire-format.md``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,16 @@ REPO = Path(__file__).resolve().parent.parent
 DOCUMENT = REPO / "docs" / "asyncapi.yaml"
 AVRO_FORMAT = "application/vnd.apache.avro;version=1.9.0"
 ENCODING = (
-    "Value: one Avro datum in single-object encoding (0xC3 0x01, the 8-byte CRC-64-AVRO "
-    "fingerprint of the writer schema, the binary body), decodable from the schema "
-    "alone; headers ambidex.schema and ambidex.schema.version name it "
-    "(docs/wire-format.md)."
+    "Value: one Avro datum, in either of two wire formats (docs/wire-format.md), told "
+    "apart by the first byte. Registry wire format (the default when a schema registry "
+    "is configured; what Kafka Connect's AvroConverter, ksqlDB, Flink's avro-confluent "
+    "and Kafka UIs read): 0x00, the 4-byte big-endian schema id of the writer schema in "
+    "the registry (subject <topic>-value, compatibility FULL), the binary body. Avro "
+    "single-object encoding (AMBIDEX_WIRE_FORMAT=single-object): 0xC3 0x01, the 8-byte "
+    "CRC-64-AVRO fingerprint of the writer schema, the binary body, decodable from the "
+    "schema alone. Headers ambidex.schema and ambidex.schema.version name the schema."
 )
+REGISTRY_URL = "http://schema-registry:8080/apis/ccompat/v7"
 _TOPIC_CONFIG: dict[str, Callable[[str], Any]] = {  # Kafka binding 0.5.0: keys it knows
     "cleanup.policy": lambda v: v.split(","),
     "retention.ms": int,
@@ -87,6 +94,11 @@ def _message(spec: TopicSpec, entry: SchemaEntry) -> dict[str, Any]:
             "kafka": {
                 "bindingVersion": "0.5.0",
                 "key": {"type": "string", "description": spec.publication.key},
+                # registry wire format: the schema id opens the payload (Confluent's
+                # framing), looked up under the topic's subject
+                "schemaIdLocation": "payload",
+                "schemaIdPayloadEncoding": "confluent",
+                "schemaLookupStrategy": "TopicIdStrategy",
             }
         },
     }
@@ -140,7 +152,17 @@ def build_document(
             "kafka": {
                 "host": "kafka-bootstrap:9092",
                 "protocol": "kafka",
-                "description": "Your cluster's bootstrap servers (AMBIDEX_KAFKA_BOOTSTRAP).",
+                "description": (
+                    "Your cluster's bootstrap servers (AMBIDEX_KAFKA_BOOTSTRAP); the schema "
+                    "registry the values' ids refer to is AMBIDEX_SCHEMA_REGISTRY_URL."
+                ),
+                "bindings": {
+                    "kafka": {
+                        "bindingVersion": "0.5.0",
+                        "schemaRegistryUrl": REGISTRY_URL,
+                        "schemaRegistryVendor": "apicurio",
+                    }
+                },
             }
         },
         "channels": channels,

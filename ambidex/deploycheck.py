@@ -41,6 +41,7 @@ KUBERNETES_KINDS = (
     ("Deployment", "apps/v1"),
     ("PodDisruptionBudget", "policy/v1"),
     ("NetworkPolicy", "networking.k8s.io/v1"),
+    ("Ingress", "networking.k8s.io/v1"),
 )
 
 

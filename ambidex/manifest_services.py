@@ -10,6 +10,8 @@ from ambidex.access import (
     Access,
 )
 from ambidex.manifest_kafka import secret_env
+from ambidex.manifest_registry import URL as REGISTRY_URL
+from ambidex.manifest_registry import registry_egress
 from ambidex.manifest_values import (
     BOOTSTRAP,
     CA_DIR,
@@ -18,6 +20,7 @@ from ambidex.manifest_values import (
     CONNECT,
     CONNECT_API_PORT,
     DEFAULT_SERVICE_MEMORY,
+    INGRESS_NAMESPACE,
     KAFKA_PORT,
     METRICS_PORT,
     MONITORING_NAMESPACE,
@@ -50,6 +53,7 @@ def service_resources(service: str, values: DeploymentValues) -> list[dict[str, 
         {"name": "AMBIDEX_TABLE_STATE_DIR", "value": "/state"},
         {"name": "AMBIDEX_SCHEMAS_DIR", "value": "/app/schemas"},
         {"name": "AMBIDEX_LOG_FORMAT", "value": "json"},
+        {"name": "AMBIDEX_SCHEMA_REGISTRY_URL", "value": REGISTRY_URL},
         secret_env("AMBIDEX_CRM_DSN", "ambidex-databases", "crm-dsn"),
         secret_env("AMBIDEX_ERP_DSN", "ambidex-databases", "erp-dsn"),
     ]
@@ -181,11 +185,25 @@ def _tcp(port: int | str) -> dict[str, Any]:
     return {"protocol": "TCP", "port": port}
 
 
+def _from_namespace(namespace: str, port: int) -> dict[str, Any]:
+    """An ingress rule: ``port`` from any pod of ``namespace``."""
+    return {
+        "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+        ],
+        "ports": [_tcp(port)],
+    }
+
+
 def service_network_policy(
     service: str, selector: dict[str, str], labels: dict[str, str]
 ) -> dict[str, Any]:
-    """In: metrics from the monitoring namespace. Out: DNS, Kafka's TLS listener, the
-    Connect REST API, and PostgreSQL (the CRM and ERP hosts vary by cluster)."""
+    """In: metrics from the monitoring namespace, a web page (``WEB_PORTS``) from the
+    ingress controller's namespace. Out: DNS, Kafka's TLS listener, the Connect REST
+    API, and PostgreSQL (the CRM and ERP hosts vary by cluster)."""
+    ingress: list[dict[str, Any]] = [_from_namespace(MONITORING_NAMESPACE, METRICS_PORT)]
+    if service in WEB_PORTS:
+        ingress.append(_from_namespace(INGRESS_NAMESPACE, WEB_PORTS[service][1]))
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -193,18 +211,7 @@ def service_network_policy(
         "spec": {
             "podSelector": {"matchLabels": selector},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [
-                {
-                    "from": [
-                        {
-                            "namespaceSelector": {
-                                "matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
-                            }
-                        }
-                    ],
-                    "ports": [_tcp(METRICS_PORT)],
-                }
-            ],
+            "ingress": ingress,
             "egress": [
                 {
                     "to": [
@@ -232,6 +239,7 @@ def service_network_policy(
                     "to": [{"podSelector": {"matchLabels": {"strimzi.io/cluster": CONNECT}}}],
                     "ports": [_tcp(CONNECT_API_PORT)],
                 },
+                registry_egress(),
                 {"ports": [_tcp(5432)]},
             ],
         },

@@ -22,13 +22,16 @@ CA_DIR = "/etc/ambidex/kafka-ca"
 METRICS_PORT = 9400
 CONNECT_API_PORT = 8083
 #: services that serve a web page besides their metrics: name -> (port name, port, the
-#: setting that names it); reached with ``kubectl port-forward`` (the network policy
-#: admits only metrics from the monitoring namespace)
+#: setting that names it); on the Service, and admitted by the network policy from the
+#: ingress controller's namespace only (the production overlay adds the Ingress)
 WEB_PORTS = {
     "customer-value": ("dashboard", 9410, "AMBIDEX_CUSTOMER_VALUE_DASHBOARD_PORT"),
 }
 #: the namespace whose Prometheus scrapes the services (an overlay may change it)
 MONITORING_NAMESPACE = "monitoring"
+#: the namespace of the ingress controller that may reach the web ports (ingress-nginx's
+#: default; an overlay patches the policy's namespaceSelector for another controller)
+INGRESS_NAMESPACE = "ingress-nginx"
 #: per service, memory request and limit from its measured peak with headroom
 #: (docs/benchmarks.md): inventory-projection peaks at 426-439 MB with 1M item x
 #: warehouse keys; order-sync at 167 MB under load.

@@ -28,6 +28,7 @@ import yaml
 
 from ambidex.manifest_kafka import kafka_cluster, kafka_connect, kafka_topics, kafka_users
 from ambidex.manifest_monitoring import monitoring_resources
+from ambidex.manifest_registry import schema_registry_resources
 from ambidex.manifest_services import default_deny_ingress, prometheus_rule, service_resources
 from ambidex.manifest_values import GENERATED, DeploymentValues
 from services.registry import SERVICE_MODULES
@@ -57,6 +58,7 @@ def render(values: DeploymentValues | None = None) -> dict[str, str]:
         "connect.yaml": kafka_connect(values),
         "network.yaml": [default_deny_ingress()],
         "alerts.yaml": [prometheus_rule()],
+        "schema-registry.yaml": schema_registry_resources(),
         "monitoring.yaml": monitoring_resources(values),
     }
     for service in SERVICE_MODULES:

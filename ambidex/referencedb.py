@@ -62,6 +62,7 @@ CAPTURED_TABLES: dict[str, tuple[str, ...]] = {
         "quality_inspection",
         "shipment",
         "shipment_line",
+        "return_order",
         "invoice",
         "invoice_line",
         "payment",

@@ -28,18 +28,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import resource
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import httpx
 
-from services.customer_value.dashboard.feed import load
+from services.customer_value.dashboard.feed import load, packed
 from services.customer_value.dashboard.server import start_dashboard
 from services.customer_value.dashboard.view import DashboardView
 from services.customer_value.figures import CustomerValue
@@ -67,15 +68,14 @@ def record(account: int, month: str, currency: str, rng: random.Random,
     return CustomerValue.of(account, month, currency, bucket, [account])
 
 
-def records(customers: int, months: int, rng: random.Random) -> list[CustomerValue]:
-    """Every customer in EUR over ``months`` months; one in ten also in USD."""
-    out = []
+def records(customers: int, months: int, rng: random.Random) -> Iterator[CustomerValue]:
+    """Every customer in EUR over ``months`` months; one in ten also in USD; made one at
+    a time as iterated, as the service's state hands them (``Shell.snapshot``)."""
     for account in range(1, customers + 1):
         for month in range(1, months + 1):
-            out.append(record(account, f"2026-{month:02d}", "EUR", rng))
+            yield record(account, f"2026-{month:02d}", "EUR", rng)
             if account % 10 == 0:
-                out.append(record(account, f"2026-{month:02d}", "USD", rng))
-    return out
+                yield record(account, f"2026-{month:02d}", "USD", rng)
 
 
 class MemoryAccounts:
@@ -145,7 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(14)
 
     started = time.perf_counter()
-    made = records(args.customers, args.months, rng)
+    base_rss = rss_mb()
+    # as the observer takes the service's snapshot at start: each record packed as read
+    made = packed(records(args.customers, args.months, rng))
+    count = len(made)
     view = DashboardView()
     for account in range(1, args.customers + 1, 7):  # one in seven with an open delay risk
         view.set_risks(AccountRisks(account, {"at_risk": 1}, (OrderRisk(
@@ -155,10 +158,14 @@ def main(argv: list[str] | None = None) -> None:
     before = rss_mb()
     asyncio.run(load(view, made, datetime.now(UTC)))
     done = time.perf_counter()
-    print(f"{len(made):,} records ({args.customers:,} customers x {args.months} months, "
-          f"one in ten also in USD): made in {loaded - started:.1f} s, loaded into the view "
-          f"in {done - loaded:.2f} s ({(done - loaded) / len(made) * 1e6:.1f} µs a record); "
-          f"the view holds them in {rss_mb() - before:.0f} MB (resident memory grown)")
+    del made
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{count:,} records ({args.customers:,} customers x {args.months} months, "
+          f"one in ten also in USD): made and packed in {loaded - started:.1f} s, loaded "
+          f"into the view in {done - loaded:.2f} s ({(done - loaded) / count * 1e6:.1f} µs "
+          f"a record); the view holds them in {rss_mb() - before:.0f} MB (resident memory "
+          f"grown); process RSS {base_rss:.0f} MB before, {rss_mb():.0f} MB after, peak "
+          f"{peak:.0f} MB")
 
     served = Served(view)
     base = served.server.url

@@ -23,6 +23,7 @@ import pytest
 
 from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack, StackAddresses
+from ambidex.stack.schema_registry import registry_environment
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -61,6 +62,9 @@ async def local_stack(
     stack = LocalStack(config, progress=progress)
     try:
         await stack.up(seed=True)
+        # the test process reads the stack's topics as its services do: registry-framed
+        # values resolve their schema ids with the stack's registry (dead-letter tools too)
+        os.environ.update(registry_environment(config))
         yield stack
     finally:
         if not os.environ.get("AMBIDEX_TEST_KEEP_STACK"):

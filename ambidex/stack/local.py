@@ -33,6 +33,11 @@ from ambidex.stack.processes import (
     StackError,
     port_free,
 )
+from ambidex.stack.schema_registry import (
+    registry_environment,
+    start_schema_registry,
+    stop_schema_registry,
+)
 from ambidex.topics import apply_topics, load_topic_declaration
 
 Progress = Callable[[str], None]
@@ -150,6 +155,7 @@ class LocalStack:
             "AMBIDEX_TABLE_STATE_DIR": str(self.config.state_dir / "services"),
             "AMBIDEX_SCHEMAS_DIR": str(REPO_ROOT / "schemas"),
             "AMBIDEX_LOG_FORMAT": "json",
+            **registry_environment(self.config),
         }
 
     def choose_service_ports(self, names: list[str]) -> dict[str, int]:
@@ -231,6 +237,7 @@ class LocalStack:
             self.progress("kafka: applying the users and ACLs of deploy/access.yaml")
             summary = await apply_kafka_access(self.config, self.jars)
             self.progress(f"kafka: {summary}; SASL/SCRAM on {self.config.kafka_sasl_bootstrap}")
+        self.progress(f"schema registry: {await start_schema_registry(self.config)}")
         self.progress("connect: starting the worker with the Debezium plugin")
         await self.connect.start()
         await self.apply_connectors()
@@ -333,6 +340,8 @@ class LocalStack:
             ):
                 if await process.terminate():
                     stopped.append(process.name)
+        if await stop_schema_registry(self.config):
+            stopped.append("schema-registry")
         for cluster in self.postgres.values():
             if await cluster.stop():
                 stopped.append(cluster.name)

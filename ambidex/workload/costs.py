@@ -9,6 +9,9 @@ document it belongs to (the production order, the inspection, the order and step
   go over (scrap, overtime, a slow machine), so actual is sometimes well above standard.
 - A failed inspection records the rework it causes: a share of the run's standard cost.
 - A shipment's freight: the carrier's base charge plus a charge per unit shipped.
+- A return (deploy/sql/erp/100_returns.sql) is credited at the price its order line
+  was sold at, and its handling (return freight, inspection, restocking) costs a base
+  charge plus a charge per unit returned.
 Every amount is rounded by the one money rule (:func:`services.shared.money.round_money`).
 """
 
@@ -66,3 +69,22 @@ def freight_cost(order_id: int, index: int, carrier: str, units: Decimal,
     base = FREIGHT_BASE.get(carrier, Decimal("40"))
     jitter = Decimal(_rng("freight", order_id, index).randint(90, 115)) / 100
     return round_money((base + units * FREIGHT_PER_UNIT) * jitter, currency)
+
+
+#: a return's handling: base charge and charge per unit returned (in the order's currency)
+RETURN_HANDLING_BASE = Decimal("18")
+RETURN_HANDLING_PER_UNIT = Decimal("1.40")
+
+
+def return_credit(quantity: Decimal, unit_price: Decimal, discount_pct: Decimal,
+                  currency: str) -> Decimal:
+    """What the customer is credited for ``quantity`` returned of a line sold at
+    ``unit_price`` less ``discount_pct``."""
+    return round_money(quantity * unit_price * (100 - discount_pct) / 100, currency)
+
+
+def return_handling_cost(return_id: int, quantity: Decimal, currency: str) -> Decimal:
+    """Return freight, inspection and restocking of one return of ``quantity`` units."""
+    jitter = Decimal(_rng("return", return_id).randint(80, 125)) / 100
+    return round_money((RETURN_HANDLING_BASE + quantity * RETURN_HANDLING_PER_UNIT) * jitter,
+                       currency)

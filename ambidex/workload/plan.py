@@ -48,6 +48,7 @@ class OperationKind(StrEnum):
     REGISTER_PAYMENT = "register_payment"
     CANCEL_INVOICE = "cancel_invoice"
     CANCEL_ERP_ORDER = "cancel_erp_order"
+    HANDLE_RETURN = "handle_return"
 
     @property
     def side(self) -> str:
@@ -105,6 +106,7 @@ WEIGHTS: dict[OperationKind, int] = {
     OperationKind.REGISTER_PAYMENT: 7,
     OperationKind.CANCEL_INVOICE: 1,
     OperationKind.CANCEL_ERP_ORDER: 1,
+    OperationKind.HANDLE_RETURN: 2,
 }
 
 _KINDS: tuple[OperationKind, ...] = tuple(WEIGHTS)

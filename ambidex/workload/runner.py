@@ -24,6 +24,7 @@ from ambidex.workload import (
     demand,
     payments,
     production_steps,
+    returns,
     service_cases,
     shipping,
 )
@@ -64,6 +65,7 @@ OPERATIONS: dict[OperationKind, Operation] = {
     OperationKind.REGISTER_PAYMENT: payments.register_payment,
     OperationKind.CANCEL_INVOICE: billing.cancel_invoice,
     OperationKind.CANCEL_ERP_ORDER: erp_ops.cancel_erp_order,
+    OperationKind.HANDLE_RETURN: returns.handle_return,
 }
 
 #: Share of decisions with a deliberate slip (schedules.Slip, never-invoiced

@@ -112,9 +112,10 @@ class Shell:
 
     def snapshot(self) -> Snapshot:
         """Every account's figures and open delay risks as the durable state holds
-        them (call between batches: at start, or from the observer's callbacks)."""
+        them (call between batches: at start, or from the observer's callbacks). The
+        figures are made as iterated, never all at once (observer.py)."""
         fold = self.runner.fold
-        return Snapshot(list(fold.current()), list(fold.open_risks()), fold.as_of)
+        return Snapshot(fold.current(), list(fold.open_risks()), fold.as_of)
 
     async def stop(self, _: Service) -> None:
         if self.pool is not None:

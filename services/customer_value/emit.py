@@ -1,8 +1,8 @@
 """customer-value's records as written and published (pure).
 
-:func:`key` is the Kafka key of ``schemas/published/customer_value/v1.avsc``
+:func:`key` is the Kafka key of ``schemas/published/customer_value/v2.avsc``
 (``<account>:<YYYY-MM>:<currency>``), :func:`record` its value, :func:`row` the columns
-of ``crm_integration.customer_value`` (deploy/sql/crm/080_customer_value.sql; the
+of ``crm_integration.customer_value`` (deploy/sql/crm/080 and 100; the
 position and ``deleted`` bookkeeping is the sink's). Both carry the same figures.
 """
 

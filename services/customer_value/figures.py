@@ -10,7 +10,8 @@ structure the fold keeps incrementally and the batch recomputation builds from s
 sources, plus the derived ones (formulas in docs/customer-value.md):
 
 - ``production_variance = production_actual - production_standard``
-- ``cost_to_serve = cost_of_goods + production_variance + rework + freight``
+- ``cost_to_serve = cost_of_goods + production_variance + rework + freight
+  + return_credit + return_handling``
 - ``margin = revenue_booked - cost_to_serve``
 
 Amounts are exact Decimals of the row's currency (never converted), each rounded once
@@ -31,7 +32,8 @@ from services.shared.money import round_money
 #: money figures a row may contribute
 MONEY = (
     "revenue_booked", "invoiced", "collected", "outstanding", "cost_of_goods",
-    "production_standard", "production_actual", "rework", "freight",
+    "production_standard", "production_actual", "rework", "freight", "return_credit",
+    "return_handling",
 )
 #: count figure per source: a counted row of that source is one of these
 COUNTS: Mapping[str, str] = {
@@ -41,6 +43,7 @@ COUNTS: Mapping[str, str] = {
     "erp.quality_inspection": "failed_inspections",
     "erp.shipment": "shipments",
     "crm.service_case": "service_cases",
+    "erp.return_order": "returns",
 }
 ROWS = "rows"
 ZERO = Decimal(0)
@@ -124,7 +127,8 @@ class CustomerValue:
                     raw[name] += amount
         figures = {name: round_money(amount, currency) for name, amount in raw.items()}
         variance = figures["production_actual"] - figures["production_standard"]
-        cost = figures["cost_of_goods"] + variance + figures["rework"] + figures["freight"]
+        cost = (figures["cost_of_goods"] + variance + figures["rework"] + figures["freight"]
+                + figures["return_credit"] + figures["return_handling"])
         figures["production_variance"] = variance
         figures["cost_to_serve"] = cost
         figures["margin"] = figures["revenue_booked"] - cost

@@ -42,6 +42,7 @@ QUERIES: Mapping[str, str] = {
     "erp.quality_inspection": "SELECT * FROM erp.quality_inspection",
     "erp.shipment": "SELECT * FROM erp.shipment",
     "erp.shipment_line": "SELECT * FROM erp.shipment_line",
+    "erp.return_order": "SELECT * FROM erp.return_order",
 }
 POSITIONS_QUERY = """SELECT contract_id, account_id, currency_code AS currency, invoiced, paid,
                        outstanding

@@ -32,6 +32,9 @@ erp.shipment               erp.sales_order          freight (shipped/delivered,
                                                     month shipped)
 erp.shipment_line          erp.shipment             cost_of_goods = quantity x unit
                                                     cost (its shipment's month)
+erp.return_order           erp.sales_order          return_credit, return_handling, a
+                                                    count (goods received, not
+                                                    cancelled; month received)
 =========================  =======================  ==================================
 """
 
@@ -54,7 +57,7 @@ POSITION = "receivables.position"
 SOURCES = (
     "crm.account", "crm.sales_order", "crm.contract", POSITION, "crm.service_case",
     "erp.customer", "erp.sales_order", "erp.production_order", "erp.quality_inspection",
-    "erp.shipment", "erp.shipment_line",
+    "erp.shipment", "erp.shipment_line", "erp.return_order",
 )
 #: the captured tables read (``schema.table``)
 TABLES = tuple(s for s in SOURCES if s != POSITION)
@@ -222,4 +225,16 @@ def _node(r: Any) -> Node:
             cost = round_money(r.quantity * r.unit_cost.amount, r.unit_cost.currency)
             return Node("erp.shipment_line", r.id, Anchor(None, None, r.unit_cost.currency),
                         parent, {"cost_of_goods": cost})
+        case erp.ReturnOrder():
+            parent = ("erp.sales_order", r.sales_order_id)
+            # a return costs once its goods are back (a request may still be withdrawn);
+            # a rejected one keeps what its handling cost
+            back = r.state is not erp.ReturnState.CANCELLED and r.received_at is not None
+            if not back:
+                return Node("erp.return_order", r.id, NOWHERE, parent)
+            assert r.received_at is not None
+            code = _money(figures, "return_credit", r.credit_amount)
+            code = _money(figures, "return_handling", r.handling_cost) or code
+            return Node("erp.return_order", r.id, Anchor(None, month_of(r.received_at), code),
+                        parent, figures, counted=True)
     raise TypeError(f"customer-value reads no {type(r).__name__}")

@@ -56,10 +56,12 @@ from services.inventory_projection import demand_signals
 from services.inventory_projection.demand_effects import DemandEffects
 from services.inventory_projection.effects import AVAILABILITY_TOPIC, SHORTAGE_TOPIC, Effects
 from services.inventory_projection.metrics import ProjectionMetrics
-from services.inventory_projection.projector import Projector, Step
+from services.inventory_projection.projector import Projector
 from services.inventory_projection.source_rows import CRM, ERP, OVERALL_CODE
+from services.inventory_projection.step import Step
 from services.shared.batches import attach_sources
 from services.shared.databases import open_pool
+from services.shared.errors import BadInput
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
@@ -120,6 +122,7 @@ class Shell:
                 min_rate=service.settings.demand_surge_min_rate,
             )),
             apply=self.apply,
+            check=self.check,
             reference_topics=REFERENCE_TOPICS,
             after_commit=self.effects.refresh,
             max_records=BATCH_MAX,
@@ -146,6 +149,16 @@ class Shell:
             self.demand.apply(side.take(), projector.store.write_position()),
         )
         self.metrics.held_requests.set(side.holding)
+
+    def check(self, step: Step[Handle], projector: Projector[Handle], *,
+              prune: bool = False) -> BadInput | None:
+        """The first output of the step its schema refuses, the projection's or demand
+        signals' (the kit's output check; ``prune``: leave the refused ones out)."""
+        first = self.effects.check(step, projector, prune=prune)
+        if first is not None and not prune:
+            return first
+        side = demand_signals.demand_side(projector).step
+        return self.demand.check(side, prune=prune) or first
 
     # ------------------------------------------------------------------ lifecycle
 

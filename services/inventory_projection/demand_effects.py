@@ -35,6 +35,8 @@ from services.demand_signals.emit import (
 )
 from services.demand_signals.surge import Surge
 from services.inventory_projection.demand_signals import DemandStep
+from services.shared.errors import BadInput
+from services.shared.output_check import first_refused, publishable
 from services.shared.position import SourcePosition
 from services.shared.runtime import Service
 from services.shared.sinks import DeleteSpec, PositionGuardedSink, SinkWrite, UpsertSpec
@@ -126,6 +128,16 @@ class DemandEffects:
         # the feasibility latency: request commit -> answer written
         metrics.observe_end_to_end_lags(
             "feasibility_answer", [t.timestamp() for t in step.commit_times], time.time())
+
+    def check(self, step: DemandStep, *, prune: bool = False) -> BadInput | None:
+        """The first surge its schema refuses (the kit's output check); ``prune``: leave
+        every refused one out."""
+        codec = self.service.codec
+        events = step.outcome.events
+        if not prune:
+            return first_refused(codec, ((SURGE_SCHEMA, surge_record(s)) for s in events))
+        step.outcome.events, refused = publishable(codec, SURGE_SCHEMA, events, surge_record)
+        return refused
 
     async def unseen(self, events: Sequence[Surge]) -> list[Surge]:
         """The events the supply-priority table does not show yet: a surge raised is

@@ -43,7 +43,7 @@ from services.demand_signals.ports import ItemRef, Supply
 from services.demand_signals.records import BadRow, Table
 from services.demand_signals.surge import SurgeRules
 from services.inventory_projection.available_to_promise import AvailabilityKey
-from services.inventory_projection.projector import Projector, Step
+from services.inventory_projection.projector import Projector
 from services.inventory_projection.records import CrmOrder
 from services.inventory_projection.row_store import RowStore
 from services.inventory_projection.source_rows import (
@@ -52,6 +52,7 @@ from services.inventory_projection.source_rows import (
     UNKNOWN_REFERENCE_GRACE,
     ZERO,
 )
+from services.inventory_projection.step import Step
 from services.inventory_projection.truncates import load_truncated
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Pausable

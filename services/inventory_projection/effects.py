@@ -36,10 +36,13 @@ from services.inventory_projection.emit import (
     availability_topic_key,
 )
 from services.inventory_projection.metrics import ProjectionMetrics
-from services.inventory_projection.projector import Projector, Removed, Step
+from services.inventory_projection.projector import Projector
 from services.inventory_projection.recompute import AVAILABILITY_SPEC, availability_upsert
+from services.inventory_projection.step import Removed, Step
 from services.inventory_projection.writeback import write_availability
 from services.shared.cooperative import Slicer
+from services.shared.errors import BadInput, SchemaViolation
+from services.shared.output_check import first_refused, publishable
 from services.shared.position import SourcePosition
 from services.shared.runtime import Service
 from services.shared.sinks import PositionGuardedSink, SinkWrite
@@ -93,13 +96,13 @@ class Effects:
             # trips (both are done before the state records the batch as applied)
             await asyncio.gather(
                 self.write_back(step.availability, step.removed, position),
-                self.publish_availability(step.availability),
+                self.publish_availability(step.availability, step.encoded),
             )
             service.metrics.observe_end_to_end_lags(
                 "crm_write_back", [t.timestamp() for t in step.commit_times], time.time()
             )
         else:
-            await self.publish_availability(step.availability)
+            await self.publish_availability(step.availability, step.encoded)
         if step.shortages:
             await service.require_publisher().publish_many(
                 [
@@ -176,19 +179,56 @@ class Effects:
         ]
         await self.sink.apply(writes)
 
-    async def publish_availability(self, availability: Sequence[Availability]) -> None:
-        """Publish one record per availability and wait for the acks: one producer batch
-        per partition (the partition the default partitioner gives the key, as ``send``
-        would), not one ``send`` per record, which cost more than the projection."""
-        if not availability:
-            return
-        producer = self.service.producer
-        assert producer is not None
+    def _encoder(self) -> AvailabilityEncoder:
         if self.encoder is None:
             self.encoder = AvailabilityEncoder(
                 self.service.codec.catalogue.latest(AVAILABILITY_SCHEMA)
             )
-        encode, headers = self.encoder.encode, self.encoder.headers
+        return self.encoder
+
+    def check(self, step: Step[Handle], projector: Projector[Handle], *,
+              prune: bool = False) -> BadInput | None:
+        """The first of the step's records its schema refuses (the kit's output check:
+        an availability is encoded here, once, and published as encoded); ``prune``:
+        leave every refused one out (not written back, not published)."""
+        encode = self._encoder().encode
+        codec = self.service.codec
+        encoded: list[bytes] = []
+        kept: list[Availability] = []
+        first: BadInput | None = None
+        for a in step.availability:
+            try:
+                encoded.append(encode(a))
+            except ValueError as error:
+                refused = SchemaViolation(
+                    f"{AVAILABILITY_SCHEMA} of {a.sku} at {a.warehouse_code}: {error}")
+                if not prune:
+                    return refused
+                first = first or refused
+                continue
+            kept.append(a)
+        step.availability, step.encoded = kept, encoded
+        if not prune:
+            return first_refused(codec, ((SHORTAGE_SCHEMA, s.to_avro()) for s in step.shortages))
+        step.shortages, shortages = publishable(codec, SHORTAGE_SCHEMA, step.shortages,
+                                                lambda s: s.to_avro())
+        return first or shortages
+
+    async def publish_availability(
+        self, availability: Sequence[Availability], encoded: Sequence[bytes] | None = None
+    ) -> None:
+        """Publish one record per availability and wait for the acks: one producer batch
+        per partition (the partition the default partitioner gives the key, as ``send``
+        would), not one ``send`` per record, which cost more than the projection.
+        ``encoded``: the records already encoded (by :meth:`check`), in order."""
+        if not availability:
+            return
+        producer = self.service.producer
+        assert producer is not None
+        encoder = self._encoder()
+        encode, headers = encoder.encode, encoder.headers
+        values = iter(encoded) if encoded is not None and len(encoded) == len(
+            availability) else None
         key_and_hash = self.topic_keys.key_and_hash
         partitions = sorted(await producer.partitions_for(AVAILABILITY_TOPIC))
         count = len(partitions)
@@ -199,7 +239,7 @@ class Effects:
             if slicer.due():
                 await slicer.pause()
             key, hashed = key_and_hash(a.sku, a.warehouse_code)
-            value = encode(a)
+            value = encode(a) if values is None else next(values)
             # the default partitioner's choice (partition_for), from the cached hash
             partition = partitions[(hashed & 0x7FFFFFFF) % count]
             builder = builders.get(partition)

@@ -280,6 +280,13 @@ class StockLedger:
         for key, _ in self.kv.scan(b"a:", start):
             yield _decode_id(key[2:10]), _decode_id(key[10:18])
 
+    def rows_of(self, table: str) -> Iterator[tuple[int, SourcePosition, Contribution | None]]:
+        """Every stored row of one table (its keys only: a range of the state)."""
+        prefix = b"r:" + TABLE_CODES[table]
+        for key, raw in self.kv.scan(prefix):
+            position, contribution = _decode_row(raw)
+            yield _decode_id(key[3:11]), position, contribution
+
     def rows(self) -> Iterator[tuple[str, int, SourcePosition, Contribution | None]]:
         names = {code: table for table, code in TABLE_CODES.items()}
         for key, raw in self.kv.scan(b"r:"):

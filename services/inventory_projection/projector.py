@@ -69,11 +69,11 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import orjson
 
-from services.inventory_projection.available_to_promise import Availability, AvailabilityKey
+from services.inventory_projection.available_to_promise import AvailabilityKey
 from services.inventory_projection.records import (
     SOURCE_TABLES,
     STOCK_TABLES,
@@ -82,7 +82,7 @@ from services.inventory_projection.records import (
     storage_key,
 )
 from services.inventory_projection.row_store import RowStore
-from services.inventory_projection.shortages import Shortage, evaluate_order
+from services.inventory_projection.shortages import evaluate_order
 from services.inventory_projection.source_rows import (
     CRM,
     ERP,
@@ -90,6 +90,13 @@ from services.inventory_projection.source_rows import (
     UNKNOWN_REFERENCE_GRACE,
     Table,
     UnknownReference,
+)
+from services.inventory_projection.step import (
+    Companion,
+    EvaluatedVersions,
+    Removed,
+    Step,
+    evaluated_key,
 )
 from services.inventory_projection.truncates import (
     ANSWERS,
@@ -114,34 +121,8 @@ H = TypeVar("H")
 
 #: ``schema.table`` names (as in Debezium's transaction metadata) the projection folds.
 DATA_COLLECTIONS = frozenset(name for name in SOURCE_TABLES)
-#: State keys of the last evaluated version per CRM order (see :mod:`.state`).
-EVALUATED_PREFIX = b"e:"
-
-
-def evaluated_key(order_id: int) -> bytes:
-    return EVALUATED_PREFIX + order_id.to_bytes(8, "big", signed=True)
-
-
 #: :meth:`Projector.steps` yields after this many units of work (changes, keys, orders).
 PAUSE_EVERY = 64
-
-
-class EvaluatedVersions:
-    """The last evaluated version per CRM order, kept in the state (``e:<order id>``)
-    and read when an order is evaluated: nothing per order stays in memory (a dict of
-    every order ever seen grew for as long as the worker ran, found by bench/soak.py)."""
-
-    __slots__ = ("kv",)
-
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
-
-    def get(self, order_id: int) -> int | None:
-        raw = self.kv.get(evaluated_key(order_id))
-        return None if raw is None else int(raw)
-
-    def __setitem__(self, order_id: int, version: int) -> None:
-        self.kv.put(evaluated_key(order_id), str(version).encode())
 
 
 #: At most this many row versions await an unknown-reference verdict (their handles,
@@ -155,57 +136,6 @@ VERDICT_PREFIX = b"u:"
 
 def verdict_key(table: Table, row_id: int) -> bytes:
     return VERDICT_PREFIX + storage_key(table, row_id).encode()
-
-
-class Companion(Protocol):
-    """A second fold run over the same whole transactions and the same state (demand
-    signals, :mod:`.demand_signals`): after each transaction the projection folded,
-    and once at the end of the step (it may add dead letters and withhold handles)."""
-
-    collections: frozenset[str]
-
-    def transaction(self, whole: Whole[Any], caught_up: Collection[str]) -> Pausable[None]: ...
-
-    def finish(self, out: Step[Any], caught_up: Collection[str]) -> Pausable[None]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Removed:
-    """A key that no longer has an availability: tombstone it (DB row and topic key)."""
-
-    item_id: int
-    sku: str
-    warehouse_code: str
-
-
-@dataclass
-class Step(Generic[H]):
-    """The effects of one batch, in the order the shell makes them durable."""
-
-    availability: list[Availability] = field(default_factory=list)
-    removed: list[Removed] = field(default_factory=list)
-    shortages: list[Shortage] = field(default_factory=list)
-    dead_letters: list[tuple[H, BadInput]] = field(default_factory=list)
-    evaluated: dict[str, int] = field(default_factory=dict)
-    """CRM order id (text) -> last evaluated version (already written to the state)."""
-    meta: dict[str, Any] | None = None
-    """The store's meta (revision, watermarks) when it changed (already written)."""
-    release: list[H] = field(default_factory=list)
-    """Handles to acknowledge once everything above is durable."""
-    commit_times: list[datetime] = field(default_factory=list)
-    """Source commit time of each applied transaction (end-to-end latency)."""
-    truncates: list[tuple[ChangeEvent, TruncateAnswer]] = field(default_factory=list)
-    """TRUNCATEs folded in this step, with the answer given (the shell counts them)."""
-    given_up: list[GivenUp] = field(default_factory=list)
-    """Source transactions given up whole (their records are in :attr:`dead_letters`)."""
-    orphans: dict[str, int] = field(default_factory=dict)
-    """Per database: leftovers of transactions applied before a restart, released."""
-    applied: int = 0
-    stale: int = 0
-
-    @property
-    def writes_anything(self) -> bool:
-        return bool(self.availability or self.removed)
 
 
 #: one row version: (table, row id, position)
@@ -384,7 +314,7 @@ class Projector(Generic[H]):
                 if not work % PAUSE_EVERY:
                     yield
                 if event.op is ChangeOp.TRUNCATE:
-                    folded = self._truncate(event, handle, out, keys) or folded
+                    folded = (yield from self._truncate(event, handle, out, keys)) or folded
                     continue
                 if event.data_collection not in DATA_COLLECTIONS:
                     continue  # the companion's table alone
@@ -464,8 +394,9 @@ class Projector(Generic[H]):
 
     def _truncate(
         self, event: ChangeEvent, handle: H | None, out: Step[H], keys: set[AvailabilityKey]
-    ) -> bool:
-        """The declared answer to a TRUNCATE; whether it changed the state."""
+    ) -> Pausable[bool]:
+        """The declared answer to a TRUNCATE; whether it changed the state (pausable:
+        a cleared table may hold millions of rows)."""
         answer = self.truncates.answer(event)
         collection = event.data_collection
         since = self._truncated.get(collection)
@@ -478,7 +409,9 @@ class Projector(Generic[H]):
                 out.dead_letters.append((handle, self.truncates.error(event)))
             return False
         store = self.store
-        count, touched = clear_table(store, (event.database, event.table), event.position)
+        count, touched = yield from clear_table(
+            store, (event.database, event.table), event.position, pause_every=PAUSE_EVERY
+        )
         self._truncated[collection] = event.position
         store.kv.put(
             truncated_key(collection),

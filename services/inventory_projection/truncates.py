@@ -16,7 +16,7 @@ means, so it answers NEEDS_RESNAPSHOT (dead letter + alert, see
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 
 import orjson
 
@@ -67,22 +67,29 @@ def load_truncated(kv: KeyValue) -> dict[str, SourcePosition]:
 
 
 def clear_table(
-    store: RowStore, table: Table, position: SourcePosition
-) -> tuple[int, set[AvailabilityKey]]:
+    store: RowStore, table: Table, position: SourcePosition, *, pause_every: int = 256
+) -> Generator[None, None, tuple[int, set[AvailabilityKey]]]:
     """Delete every stored row of stock ``table`` older than ``position`` (a truncate
     there); ``(rows deleted, keys to recompute)``. Rows newer than the truncate (written
-    after it, seen first from another partition) stay."""
+    after it, seen first from another partition) stay.
+
+    Pausable (:mod:`services.shared.cooperative`): it reads only ``table``'s rows and
+    yields every ``pause_every`` rows read or deleted, so a truncate of a table of
+    millions of rows never holds the event loop."""
     if table not in STOCK_TABLES:
         raise ValueError(f"{table[0]}.{table[1]} is not a stock table: it cannot be cleared")
-    doomed = [
-        row_id
-        for name, row_id, stored, contribution in store.ledger.rows()
-        if name == table[1] and contribution is not None and stored < position
-    ]
+    doomed: list[int] = []
+    for n, (row_id, stored, contribution) in enumerate(store.ledger.rows_of(table[1]), 1):
+        if contribution is not None and stored < position:
+            doomed.append(row_id)
+        if not n % pause_every:
+            yield
     keys: set[AvailabilityKey] = set()
-    for row_id in doomed:
+    for n, row_id in enumerate(doomed, 1):
         applied = store.apply_row(table, row_id, position, None)
         keys |= applied.keys
+        if not n % pause_every:
+            yield
     return len(doomed), keys
 
 

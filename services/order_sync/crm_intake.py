@@ -19,6 +19,7 @@ order it touched is marked ``rejected`` with a reason in business words
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -63,12 +64,35 @@ class CrmIntake:
         self.collections = tuple(collections)
         self.sources = SourceTopics(markers={transaction_topic: "crm"})
         self.held: HeldTransactions[Handle] = self._holder()
-        self.source = BatchSource(service, "crm", self.topics, self.on_batch, on_reset=self.reset)
+        self.source = BatchSource(
+            service, "crm", self.topics, self.on_batch, on_reset=self.reset, progress=self
+        )
 
     async def reset(self) -> None:
-        """After a rebalance every uncommitted record is redelivered: start afresh."""
+        """After a rebalance or a failed batch every uncommitted record is redelivered:
+        start afresh, knowing what was finished (whatever of it is read again is a
+        leftover, never given up: :mod:`services.shared.holding`, "restarts")."""
+        finished = self.held.progress()
         self.held = self._holder()
+        self.held.resume(finished)
         self.held.report(self.service.metrics, self.held.drain())
+
+    # the holder's progress travels with the group's commits (order-sync keeps no state
+    # of its own: its offsets are the group's), for a restart (CommitProgress)
+
+    def recorded(self) -> str:
+        return json.dumps(self.held.progress(), separators=(",", ":"))
+
+    def resume(self, recorded: Sequence[str]) -> None:
+        newest: dict[str, int] = {}
+        for text in recorded:
+            try:
+                progress = json.loads(text)
+                for database, lsn in progress.items():
+                    newest[database] = max(newest.get(database, -1), int(lsn))
+            except (ValueError, TypeError, AttributeError):
+                log.warning("committed metadata %r is not a holder's progress: ignored", text)
+        self.held.resume(newest)
 
     def _holder(self) -> HeldTransactions[Handle]:
         bound = timedelta(seconds=self.service.settings.max_hold_seconds)

@@ -75,6 +75,7 @@ class Shell:
             sources=SOURCES,
             load=load,
             apply=self.effects.apply,
+            check=self.effects.check,
             published=StatusFold.published,
             reference_topics=REFERENCE_TOPICS,
             max_records=BATCH_MAX,

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import asyncpg
 from prometheus_client import Counter, Gauge
 
 from services.production_status import publish, writeback
 from services.production_status.service_fold import Outcome, StatusFold
+from services.shared.errors import BadInput
+from services.shared.output_check import first_refused, publishable
 from services.shared.runtime import Service
 from services.shared.sinks import PositionGuardedSink, SinkWrite, UpsertSpec
 from services.shared.transaction_fold import Applied, dead_letter_all
@@ -37,6 +40,17 @@ INSERT_RISK = (
     f"VALUES ({', '.join(f'${n}' for n in range(1, len(writeback.RISK_COLUMNS) + 1))}) "
     "ON CONFLICT (risk_id) DO NOTHING"
 )
+
+
+def outputs(out: Outcome) -> list[tuple[str, str, bytes, dict[str, Any]]]:
+    """The records a step publishes: (topic, schema, key, record)."""
+    items = [(STATUS_TOPIC, publish.FULFILMENT_STATUS, publish.topic_key(r["crm_order_id"]), r)
+             for r in out.statuses]
+    items += [(RISK_TOPIC, publish.DELAY_RISK, publish.topic_key(r["crm_order_id"]), r)
+              for r in out.risks]
+    items += [(TRIAGE_TOPIC, publish.CASE_TRIAGE, publish.topic_key(r["case_id"]), r)
+              for r in out.triages]
+    return items
 
 
 class StatusMetrics:
@@ -137,14 +151,21 @@ class Effects:
             await self.service.retry.call(insert, check="sink:fulfilment",
                                           what="delay-risk events")
 
+    def check(self, step: Applied[Outcome], fold: StatusFold, *, prune: bool = False
+              ) -> BadInput | None:
+        """The first of the step's records its schema refuses (the kit's output check);
+        ``prune``: leave every refused one out (not written back, not published)."""
+        out = step.outcome
+        codec = self.service.codec
+        if not prune:
+            return first_refused(codec, ((schema, r) for _, schema, _, r in outputs(out)))
+        out.statuses, statuses = publishable(codec, publish.FULFILMENT_STATUS, out.statuses)
+        out.risks, risks = publishable(codec, publish.DELAY_RISK, out.risks)
+        out.triages, triages = publishable(codec, publish.CASE_TRIAGE, out.triages)
+        return statuses or risks or triages
+
     async def publish(self, out: Outcome) -> None:
-        items = [(STATUS_TOPIC, publish.FULFILMENT_STATUS, publish.topic_key(r["crm_order_id"]), r)
-                 for r in out.statuses]
-        items += [(RISK_TOPIC, publish.DELAY_RISK, publish.topic_key(r["crm_order_id"]), r)
-                  for r in out.risks]
-        items += [(TRIAGE_TOPIC, publish.CASE_TRIAGE, publish.topic_key(r["case_id"]), r)
-                  for r in out.triages]
-        await self.service.require_publisher().publish_many(items)
+        await self.service.require_publisher().publish_many(outputs(out))
         if out.triages_removed:
             producer = self.service.producer
             assert producer is not None

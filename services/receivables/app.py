@@ -63,6 +63,7 @@ class Shell:
             load=partial(ReceivablesFold.load, max_hold=max_hold,
                          rules=Rules(grace_days=service.settings.receivables_grace_days)),
             apply=self.outputs.apply,
+            check=self.outputs.check,
             reference_topics=REFERENCE_TOPICS,
             max_records=BATCH_MAX,
             partition_fetch_bytes=4 * 1024 * 1024,

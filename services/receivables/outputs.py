@@ -45,6 +45,8 @@ from services.receivables.emit import (
 )
 from services.receivables.rules import Discrepancy, Kind
 from services.receivables.source_fold import ReceivablesFold, Step
+from services.shared.errors import BadInput
+from services.shared.output_check import first_refused, publishable
 from services.shared.position import SourcePosition
 from services.shared.runtime import Service
 from services.shared.sinks import PositionGuardedSink, SinkWrite, UpsertSpec
@@ -184,6 +186,34 @@ class Outputs:
         m.awaiting.set(fold.awaiting_verdicts)
         m.unjudged.set(fold.unjudged)
         m.as_of.set(datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC).timestamp())
+
+    def check(self, step: Step, fold: ReceivablesFold, *, prune: bool = False
+              ) -> BadInput | None:
+        """The first of the step's records its schema refuses (the kit's output check);
+        ``prune``: leave every refused one out (not written back, not published)."""
+        out = step.outcome
+        as_of, now = fold.core.as_of, datetime.now(UTC)
+        positions = [(cid, p) for cid, p in out.contracts.items() if p is not None]
+        alerts = [d for _, d in out.discrepancies.values() if d is not None]
+        alerts += [b for b, a in out.discrepancies.values() if b is not None and a is None]
+        codec = self.service.codec
+        if not prune:
+            return first_refused(codec, (
+                *((POSITION_SCHEMA, position_record(p, as_of)) for _, p in positions),
+                *((DISCREPANCY_SCHEMA, discrepancy_record(d, "raised", now)) for d in alerts)))
+        kept, first = publishable(codec, POSITION_SCHEMA, positions,
+                                  lambda item: position_record(item[1], as_of))
+        published = {cid for cid, _ in kept}
+        for cid, _ in positions:
+            if cid not in published:
+                del out.contracts[cid]
+        fine, refused = publishable(codec, DISCREPANCY_SCHEMA, alerts,
+                                    lambda d: discrepancy_record(d, "raised", now))
+        shown = {d.identity for d in fine}
+        for d in alerts:
+            if d.identity not in shown:
+                out.discrepancies.pop(d.identity, None)
+        return first or refused
 
     async def _shown(self, out: Outcome) -> dict[str, datetime | None]:
         """The step's discrepancies the table shows open now, with when raised."""

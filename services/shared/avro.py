@@ -1,13 +1,17 @@
-"""The wire format of every event Ambidex publishes, and its schema catalogue.
+"""The wire formats of every event Ambidex publishes, and its schema catalogue.
 
-Every value on a published topic (and on the dead-letter topics) is one Avro datum in
-Avro's **single-object encoding** (Avro specification, "Single object encoding")::
+Every value on a published topic (and on the dead-letter topics) is one Avro datum,
+framed in one of two ways (``docs/wire-format.md``): the ecosystem's **registry wire
+format** (``0x00``, 4-byte schema id, body: :mod:`services.shared.schema_registry`),
+used when a schema registry is configured, or Avro's **single-object encoding** (Avro
+specification, "Single object encoding")::
 
     0xC3 0x01 | 8-byte little-endian CRC-64-AVRO fingerprint | Avro binary body
                  of the writer schema's Parsing Canonical Form
 
-so any Avro library (Java ``BinaryMessageDecoder``, fastavro, the Rust ``apache-avro``
-crate ...) decodes it from the schema files alone, without a registry service. Two
+which any Avro library (Java ``BinaryMessageDecoder``, fastavro, the Rust ``apache-avro``
+crate ...) decodes from the schema files alone, without a registry service.
+:meth:`AvroCodec.decode` reads both, dispatching on the first byte. Two
 Kafka headers repeat the schema for humans and tools: ``ambidex.schema`` (the record's
 full name) and ``ambidex.schema.version`` (``N`` of ``vN.avsc``); decoders never need
 them, the fingerprint is authoritative.
@@ -37,7 +41,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint as _fastavro_fingerprint
@@ -45,6 +49,14 @@ from fastavro.schema import to_parsing_canonical_form
 
 from services.shared.avro_validation import compile_validator
 from services.shared.errors import MalformedEvent, SchemaViolation
+from services.shared.schema_registry import (
+    REGISTRY_MAGIC,
+    REGISTRY_PREFIX_LEN,
+    RegistryIds,
+    RegistryRefused,
+    registry_prefix,
+    registry_schema_id,
+)
 
 __all__ = [
     "DEFAULT_SCHEMA_ROOT",
@@ -55,8 +67,13 @@ __all__ = [
     "DecodedEvent",
     "SchemaCatalogue",
     "SchemaEntry",
+    "UnregisteredSchema",
+    "WireFormat",
     "fingerprint",
 ]
+
+WireFormat = Literal["registry", "single-object"]
+"""``registry``: magic byte 0, 4-byte schema id, body; ``single-object``: Avro's."""
 
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 """The two marker bytes that open every single-object encoded datum."""
@@ -296,27 +313,59 @@ class DecodedEvent:
     record: Record
 
 
-class AvroCodec:
-    """Encodes and decodes Ambidex events (single-object encoding).
+class UnregisteredSchema(RuntimeError):
+    """Registry format asked for a schema the registry has no id for in this process
+    (it publishes to a topic deploy/topics.yaml does not say it produces)."""
 
-    Thread-safe and cheap to share: all schemas are parsed once by the catalogue.
+
+class AvroCodec:
+    """Encodes Ambidex events in one wire format and decodes both.
+
+    ``wire="registry"`` frames with the ids in ``ids`` (filled at start-up by
+    :func:`~services.shared.schema_registry.register_subjects`); ``single-object``
+    (the default) needs no registry. Decoding a registry-framed value needs ``ids``
+    (with a fetch for ids not seen yet). Thread-safe and cheap to share: all schemas
+    are parsed once by the catalogue.
     """
 
-    def __init__(self, catalogue: SchemaCatalogue) -> None:
+    def __init__(
+        self,
+        catalogue: SchemaCatalogue,
+        *,
+        wire: WireFormat = "single-object",
+        ids: RegistryIds | None = None,
+    ) -> None:
+        if wire == "registry" and ids is None:
+            raise ValueError("the registry wire format needs registry ids")
         self.catalogue = catalogue
+        self.wire = wire
+        self.ids = ids
+
+    def _prefix(self, entry: SchemaEntry) -> bytes:
+        if self.wire == "single-object" or self.ids is None:
+            return entry.prefix
+        schema_id = self.ids.id_for(entry)
+        if schema_id is None:
+            raise UnregisteredSchema(
+                f"{entry.name} v{entry.version} has no schema registry id in this process: "
+                f"publish it only to topics deploy/topics.yaml names this service as the "
+                f"producer of (their subjects are registered at start-up)"
+            )
+        return registry_prefix(schema_id)
 
     def encode(
         self, schema_name: str, record: Mapping[str, Any], version: int | None = None
     ) -> bytes:
-        """Validate ``record`` against the schema and return its single-object encoding.
+        """Validate ``record`` against the schema and return it in this codec's format.
 
         Raises :class:`SchemaViolation` when the record does not conform (with the
-        field path and the reason), :class:`KeyError` for an unknown schema name.
+        field path and the reason), :class:`KeyError` for an unknown schema name,
+        :class:`UnregisteredSchema` (registry format) for a schema without an id.
         """
         entry = self.catalogue.get(schema_name, version)
         entry.validate(record)
         buf = io.BytesIO()
-        buf.write(entry.prefix)
+        buf.write(self._prefix(entry))
         try:
             schemaless_writer(buf, entry.parsed, record)
         except Exception as exc:  # the validator should have caught it; keep the reason
@@ -328,14 +377,21 @@ class AvroCodec:
         return list(self.catalogue.get(schema_name, version).headers)
 
     def decode(self, data: bytes, reader_schema_name: str | None = None) -> DecodedEvent:
-        """Decode a single-object encoded datum.
+        """Decode a datum in either wire format (the first byte says which).
 
-        The writer schema is found by fingerprint; the record is resolved to the latest
-        version of ``reader_schema_name`` (default: the writer's own name), so a
-        consumer always sees the newest shape. Raises :class:`MalformedEvent` for bytes
-        that are not single-object Avro (bad marker, truncated, trailing bytes) and
-        :class:`SchemaViolation` for an unknown fingerprint or a resolution failure.
+        The writer schema is found by fingerprint (single-object) or schema id
+        (registry); the record is resolved to the latest version of
+        ``reader_schema_name`` (default: the writer's own name), so a consumer always
+        sees the newest shape. Raises :class:`MalformedEvent` for bytes that are
+        neither format (bad marker, truncated, trailing bytes),
+        :class:`SchemaViolation` for an unknown fingerprint or id or a resolution
+        failure, and :class:`~services.shared.schema_registry.RegistryUnavailable`
+        (transient) when an unseen id cannot be asked of the registry.
         """
+        if data[:1] == bytes((REGISTRY_MAGIC,)):
+            return self._decode_body(
+                data, REGISTRY_PREFIX_LEN, self._registry_writer(data), reader_schema_name
+            )
         if len(data) < _PREFIX_LEN:
             raise MalformedEvent(
                 f"truncated: {len(data)} bytes, a single-object encoded Avro datum has at "
@@ -343,8 +399,8 @@ class AvroCodec:
             )
         if data[:2] != SINGLE_OBJECT_MARKER:
             raise MalformedEvent(
-                f"bad marker {bytes(data[:2]).hex()}: not Avro single-object encoding "
-                f"(expected c301)"
+                f"bad marker {bytes(data[:2]).hex()}: neither Avro single-object encoding "
+                f"(c301) nor the registry wire format (00)"
             )
         fp = bytes(data[2:_PREFIX_LEN])
         writer = self.catalogue.by_fingerprint(fp)
@@ -353,6 +409,34 @@ class AvroCodec:
                 f"unknown schema fingerprint {fp.hex()} (CRC-64-AVRO, little-endian): "
                 f"written with a schema this catalogue does not have"
             )
+        return self._decode_body(data, _PREFIX_LEN, writer, reader_schema_name)
+
+    def _registry_writer(self, data: bytes) -> SchemaEntry:
+        if len(data) < REGISTRY_PREFIX_LEN:
+            raise MalformedEvent(
+                f"truncated: {len(data)} bytes, a registry-framed Avro datum has at least "
+                f"{REGISTRY_PREFIX_LEN} (magic 00 + 4-byte schema id)"
+            )
+        schema_id = registry_schema_id(data)
+        if self.ids is None:
+            raise SchemaViolation(
+                f"registry wire format (schema id {schema_id}) but no schema registry is "
+                f"configured (AMBIDEX_SCHEMA_REGISTRY_URL)"
+            )
+        try:
+            writer = self.ids.entry_for(schema_id, self.catalogue)
+        except RegistryRefused as error:
+            raise SchemaViolation(f"schema id {schema_id}: {error}") from error
+        if writer is None:
+            raise SchemaViolation(
+                f"schema id {schema_id}: the registry's schema is not in this catalogue "
+                f"(written with a schema this checkout does not have)"
+            )
+        return writer
+
+    def _decode_body(
+        self, data: bytes, start: int, writer: SchemaEntry, reader_schema_name: str | None
+    ) -> DecodedEvent:
         if reader_schema_name is None:
             reader = self.catalogue.latest(writer.key)
         else:
@@ -361,7 +445,7 @@ class AvroCodec:
             except KeyError as exc:
                 raise SchemaViolation(f"unknown reader schema {reader_schema_name!r}") from exc
         buf = io.BytesIO(data)
-        buf.seek(_PREFIX_LEN)
+        buf.seek(start)
         record: Any
         try:
             if reader is writer:

@@ -86,7 +86,12 @@ class DeadLetterTopicError(LookupError):
 
 @functools.cache
 def _default_codec() -> AvroCodec:
-    return AvroCodec(SchemaCatalogue.load())
+    """Reads letters in both wire formats: with AMBIDEX_SCHEMA_REGISTRY_URL set,
+    registry-framed ones too (``services.shared.schema_registry``)."""
+    from services.shared.schema_registry import codec_for
+    from services.shared.settings import load_settings
+
+    return codec_for(load_settings("deadletters"), SchemaCatalogue.load())
 
 
 async def read_dead_letters(

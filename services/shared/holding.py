@@ -42,6 +42,15 @@ applied in part (invariants 3 and 4):
   partition in commit order, so once a *later* END is read, an open transaction without
   END never gets one: its records are acknowledged without applying anything
   (:attr:`Released.orphans` counts them; re-applying would be a no-op anyway).
+* **restarts**: the durable offsets of a topic stop at its lowest record still held,
+  so after a restart an END (and some events) of a transaction finished before may be
+  read again without the rest, which the offsets had passed. The holder's
+  :attr:`~TransactionHolder.finished_through` (the newest END LSN of a finished
+  transaction) is recorded with the state the transactions went into and handed back at
+  start (:meth:`~TransactionHolder.resume_after`): a transaction still incomplete when
+  overdue whose END is at or below it was finished before, and its records are
+  acknowledged like an orphan's, never given up. (One that was held, unfinished, at the
+  crash has every record read again — none of them was covered — and completes.)
 * Records of a transaction given up that arrive later go to :attr:`Released.dead` with
   the same reason (markers to :attr:`Released.ack_now`).
 * **redeliveries** of applied transactions (Debezium sends the tail of its output again
@@ -80,19 +89,22 @@ Pure: no I/O, handles are opaque.
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from datetime import datetime, timedelta
-from enum import StrEnum
 from functools import partial
 from typing import Generic, TypeVar
 
 from services.shared.changes import ChangeEvent, UndecodedChange
 from services.shared.errors import BadInput
 from services.shared.observability import ServiceMetrics
-from services.shared.position import SourcePosition
+from services.shared.released import GivenUp as GivenUp
+from services.shared.released import GiveUpCause as GiveUpCause
+from services.shared.released import Overdue as Overdue
+from services.shared.released import Released as Released
+from services.shared.released import Whole as Whole
 from services.shared.transactions import (
     REMEMBER_COMPLETED,
     CompleteTransaction,
@@ -103,80 +115,9 @@ from services.shared.transactions import (
     TransactionStatus,
 )
 
+log = logging.getLogger(__name__)
+
 H = TypeVar("H")
-
-
-class GiveUpCause(StrEnum):
-    """Why a transaction was given up whole (a label of the rejected-transactions metric)."""
-
-    UNDECODABLE = "undecodable"
-    INCONSISTENT = "inconsistent"
-    INCOMPLETE = "incomplete"
-    OVERFLOW = "overflow"
-    #: a row of it is bad input for the service's typed records (TransactionFold)
-    BAD_ROW = "bad_row"
-
-
-@dataclass(slots=True)  # not frozen: one per transaction, built on the hot path
-class Whole(Generic[H]):
-    """A complete transaction and the handles to ack once it is applied."""
-
-    transaction: CompleteTransaction
-    handles: list[H]
-    #: the handle of the record that carried each event, by ``total_order``
-    members: Mapping[int, H] = field(default_factory=dict)
-
-    def handle_of(self, event: ChangeEvent) -> H | None:
-        """The record that carried ``event`` (a snapshot read: its only record)."""
-        if event.total_order is None:
-            return self.handles[0] if len(self.handles) == 1 else None
-        return self.members.get(event.total_order)
-
-
-@dataclass(frozen=True, slots=True)
-class GivenUp:
-    """A transaction given up whole: its records are in :attr:`Released.dead`."""
-
-    database: str
-    transaction_id: str
-    cause: GiveUpCause
-    reason: str
-    #: what was held of it (for the service to report whose change was rejected)
-    events: tuple[ChangeEvent, ...] = ()
-    defects: tuple[UndecodedChange, ...] = ()
-
-    @property
-    def position(self) -> SourcePosition | None:
-        """The highest source position held of it (None: nothing but markers)."""
-        positions = [e.position for e in self.events] + [d.position for d in self.defects]
-        return max(positions, default=None)
-
-
-@dataclass
-class Released(Generic[H]):
-    """What adding a record (or ending overdue transactions) released; see the module."""
-
-    complete: list[Whole[H]] = field(default_factory=list)
-    ack_now: list[H] = field(default_factory=list)
-    dead: list[tuple[H, BadInput]] = field(default_factory=list)
-    given_up: list[GivenUp] = field(default_factory=list)
-    orphans: int = 0
-
-    def extend(self, other: Released[H]) -> None:
-        self.complete.extend(other.complete)
-        self.ack_now.extend(other.ack_now)
-        self.dead.extend(other.dead)
-        self.given_up.extend(other.given_up)
-        self.orphans += other.orphans
-
-
-@dataclass(frozen=True, slots=True)
-class Overdue:
-    """An open transaction held beyond the bound, and the topics it waits for: end it
-    (:meth:`TransactionHolder.expire`) once they are read to their end."""
-
-    transaction_id: str
-    waits_for: frozenset[str]
 
 
 #: per held record: its handle and the ``total_order`` of what it carries (None: a marker)
@@ -221,6 +162,12 @@ class TransactionHolder(Generic[H]):
         self._given_up: OrderedDict[str, str] = OrderedDict()
         self._remember = remember_completed
         self._last_end: datetime | None = None  # commit time of the newest END seen
+        # END LSNs of open transactions whose END was read; the newest END LSN of a
+        # transaction finished (applied whole, given up, orphaned); the same as recorded
+        # durably before this holder started (module docstring, "Restarts")
+        self._end_lsn: dict[str, int] = {}
+        self._finished_through = -1
+        self._restored_through = -1
 
     # ------------------------------------------------------------------ figures
 
@@ -251,6 +198,18 @@ class TransactionHolder(Generic[H]):
         """Ids of finished transactions kept (applied and given up): at most twice
         ``remember_completed`` whatever the history read (module docstring, "Memory")."""
         return self._assembler.remembered + len(self._given_up)
+
+    @property
+    def finished_through(self) -> int:
+        """The newest END LSN of a transaction this holder (or, per :meth:`resume_after`,
+        an earlier one) finished: what to record durably with the state it applied."""
+        return max(self._finished_through, self._restored_through)
+
+    def resume_after(self, finished_through: int) -> None:
+        """Start after a restart: transactions whose END LSN is at or below
+        ``finished_through`` (recorded durably with the state) were finished before;
+        their records read again are leftovers (module docstring, "Restarts")."""
+        self._restored_through = max(self._restored_through, finished_through)
 
     def oldest_age(self) -> float:
         """Source-time seconds the oldest open transaction has been held."""
@@ -365,6 +324,9 @@ class TransactionHolder(Generic[H]):
         if xid in self._given_up:
             self._follow(xid, handle, None, released)
             return released
+        lsn = marker.lsn
+        if lsn is not None:
+            self._end_lsn[xid] = lsn
         try:
             complete = self._assembler.add_marker(marker)
         except (InconsistentTransaction, TooManyOpenTransactions) as error:
@@ -381,6 +343,7 @@ class TransactionHolder(Generic[H]):
             for name, count in marker.data_collections.items()
         )
         if not ours or self._assembler.remembers(xid):
+            self._end_lsn.pop(xid, None)
             released.ack_now.append(handle)
             return released
         self._open.setdefault(xid, []).append((handle, None))
@@ -411,7 +374,21 @@ class TransactionHolder(Generic[H]):
         (incomplete), or released as an orphan when a later END was read before it."""
         released: Released[H] = Released()
         if xid not in self._open:
+            self._end_lsn.pop(xid, None)
             self._assembler.discard(xid)  # open in the assembler only: nothing held
+            return released
+        end_lsn = self._end_lsn.get(xid)
+        if end_lsn is not None and end_lsn <= self._restored_through:
+            # finished before a restart: its END (and maybe some events) read again,
+            # the rest covered by the durable offsets; nothing of it to apply again
+            log.info(
+                "source transaction %s was finished before this worker started: its "
+                "records read again are acknowledged", xid,
+                extra={"database": self.database, "transaction": xid},
+            )
+            released.ack_now.extend(h for h, _ in self._discard(xid))
+            self._remember_done(xid)
+            released.orphans += 1
             return released
         _, _, since = self._assembler.peek(xid)
         if (
@@ -489,6 +466,7 @@ class TransactionHolder(Generic[H]):
     ) -> None:
         """``xid`` completed with this record: applied whole, or given up (undecodable)."""
         # the assembler has let go of it already (complete)
+        self._finished(xid)
         records = self._open.pop(xid, None) or []
         records.append((handle, order))
         if xid in self._no_end:
@@ -573,7 +551,13 @@ class TransactionHolder(Generic[H]):
             return None
         return max(self._open, key=lambda xid: len(self._open[xid]))
 
+    def _finished(self, xid: str) -> None:
+        lsn = self._end_lsn.pop(xid, None)
+        if lsn is not None and lsn > self._finished_through:
+            self._finished_through = lsn
+
     def _discard(self, xid: str) -> list[_Record[H]]:
+        self._finished(xid)
         self._assembler.discard(xid)
         self._ended.discard(xid)
         self._no_end.pop(xid, None)

@@ -163,8 +163,16 @@ class ServiceMetrics:
         self.rejected_transactions_total = Counter(
             "ambidex_rejected_transactions_total",
             "Source transactions given up whole (every record to the dead letters), by "
-            "cause (undecodable, inconsistent, incomplete, overflow).",
+            "cause (undecodable, inconsistent, incomplete, overflow, bad_row, "
+            "unpublishable).",
             ("service", "database", "cause"),
+            registry=registry,
+        )
+        self.outputs_refused_total = Counter(
+            "ambidex_outputs_refused_total",
+            "Outputs their schema refuses that no transaction of the step made (left "
+            "out, not published; services/shared/output_check.py).",
+            ("service",),
             registry=registry,
         )
         self.awaiting_verdicts = Gauge(

@@ -44,6 +44,13 @@ from services.shared.kafka import client_options
 from services.shared.logs import configure_logging
 from services.shared.observability import EventLoopMonitor, ServiceMetrics
 from services.shared.resilience import Backoff, RetryPolicy
+from services.shared.schema_registry import (
+    RegistryIds,
+    SchemaRegistryClient,
+    published_subjects,
+    register_at_start,
+    registry_client,
+)
 from services.shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -62,7 +69,7 @@ class WorkerShell(BootStrategy):
 
 
 class AvroPublisher:
-    """Publishes Avro events (single-object encoding) and waits for the broker's ack."""
+    """Publishes Avro events (the codec's wire format) and waits for the broker's ack."""
 
     def __init__(self, producer: AIOKafkaProducer, codec: AvroCodec) -> None:
         self._producer = producer
@@ -113,6 +120,8 @@ class Service:
     publisher: AvroPublisher | None = None
     server: ObservabilityServer | None = None
     loop_monitor: EventLoopMonitor | None = None
+    #: set when AMBIDEX_SCHEMA_REGISTRY_URL is (its ids are in ``codec.ids``)
+    schema_registry: SchemaRegistryClient | None = None
 
     @property
     def name(self) -> str:
@@ -145,13 +154,18 @@ def build_service(settings: ServiceSettings, *, schemas_dir: Path | None = None)
     catalogue = SchemaCatalogue.load(schemas_root)
     health = HealthState()
     metrics = ServiceMetrics(settings.service_name, registry)
+    schema_registry, ids = None, None
+    if settings.schema_registry_url:
+        schema_registry = registry_client(settings)
+        ids = RegistryIds(schema_registry.schema_text)
     return Service(
         settings=settings,
         app=app,
         registry=registry,
         metrics=metrics,
         health=health,
-        codec=AvroCodec(catalogue),
+        codec=AvroCodec(catalogue, wire=settings.published_wire_format, ids=ids),
+        schema_registry=schema_registry,
         decoder=ChangeDecoder(load_envelope_schemas(schemas_root / "cdc")),
         retry=RetryPolicy(
             health,
@@ -186,6 +200,13 @@ async def _start_parts(service: Service) -> None:
     # from the start: a restore or a first large batch that blocks the loop shows too
     service.loop_monitor = EventLoopMonitor(service.metrics)
     service.loop_monitor.start()
+    if service.schema_registry is not None and service.codec.ids is not None:
+        # before anything is read or published: the ids frame what is published
+        await register_at_start(
+            service.schema_registry, service.codec.catalogue,
+            published_subjects(settings.service_name, settings.dead_letter_topic),
+            service.codec.ids, service.health, service.retry,
+        )
     producer = AIOKafkaProducer(
         **client_options(settings.kafka),
         acks="all",
@@ -244,6 +265,8 @@ async def _stop_parts(service: Service) -> None:
         await hook(service)
     if service.producer is not None:
         await service.producer.stop()
+    if service.schema_registry is not None:
+        await service.schema_registry.close()
     if service.server is not None:
         await service.server.close()
     service.health.stop_watchdog()

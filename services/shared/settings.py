@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -226,6 +227,32 @@ class ServiceSettings(BaseSettings):
         min_length=1,
         description="Prefix of the dead-letter topic; the topic is `<prefix><service_name>`.",
     )
+    schema_registry_url: str | None = Field(
+        default=None,
+        description=(
+            "Confluent-compatible schema registry (e.g. `http://registry:8080/apis/ccompat/v7` "
+            "for Apicurio). Set, the service registers the schemas of the topics it "
+            "publishes (subject `<topic>-value`, compatibility FULL) at start-up and reads "
+            "registry-framed values; credentials go in the two variables below, not here."
+        ),
+    )
+    schema_registry_username: str | None = Field(
+        default=None, description="Basic-auth user of the schema registry (optional)."
+    )
+    schema_registry_password: SecretStr | None = Field(
+        default=None,
+        description="That user's password. Secret: never logged.",
+    )
+    wire_format: Literal["registry", "single-object"] | None = Field(
+        default=None,
+        description=(
+            "How published values are framed (docs/wire-format.md): `registry` (magic byte "
+            "0, 4-byte schema id, Avro body: what Connect, ksqlDB, Flink and Kafka UIs read; "
+            "needs `AMBIDEX_SCHEMA_REGISTRY_URL`) or `single-object` (Avro single-object "
+            "encoding, no registry). Unset: `registry` when a registry URL is set. Both "
+            "are always read."
+        ),
+    )
 
     @field_validator("service_name")
     @classmethod
@@ -254,6 +281,21 @@ class ServiceSettings(BaseSettings):
             raise ValueError("must be a postgresql:// URL")
         return value
 
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _check_registry_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "must not carry credentials: use AMBIDEX_SCHEMA_REGISTRY_USERNAME and "
+                "AMBIDEX_SCHEMA_REGISTRY_PASSWORD"
+            )
+        return value.strip().rstrip("/")
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
@@ -273,6 +315,10 @@ class ServiceSettings(BaseSettings):
                 f"({env_var('kafka_sasl_mechanism')}, {env_var('kafka_sasl_username')}, "
                 f"{env_var('kafka_sasl_password')})"
             ) from None
+        if self.wire_format == "registry" and not self.schema_registry_url:
+            raise ValueError(
+                f"{env_var('wire_format')}=registry needs {env_var('schema_registry_url')}"
+            )
         return self
 
     # -- derived values --------------------------------------------------------------
@@ -289,6 +335,13 @@ class ServiceSettings(BaseSettings):
             sasl_password=password.get_secret_value() if password is not None else None,
             ssl_cafile=self.kafka_ssl_cafile,
         )
+
+    @property
+    def published_wire_format(self) -> Literal["registry", "single-object"]:
+        """The wire format this service publishes in (``wire_format``, else by URL)."""
+        if self.wire_format is not None:
+            return self.wire_format
+        return "registry" if self.schema_registry_url else "single-object"
 
     @property
     def dead_letter_topic(self) -> str:

@@ -35,6 +35,7 @@ from services.shared.changes import ChangeEvent, UndecodedChange
 from services.shared.cooperative import Pausable
 from services.shared.errors import BadInput
 from services.shared.holding import GivenUp, GiveUpCause, Whole
+from services.shared.output_check import reject_whole
 from services.shared.stateful import Handle
 from services.shared.transactions import CompleteTransaction, TransactionMarker
 from services.shared.whole_transactions import HeldTransactions
@@ -168,17 +169,12 @@ class TransactionFold(Generic[R, Out]):
     def _reject(
         database: str, whole: Whole[Handle], bad: ChangeEvent, error: BadInput, out: Applied[Out]
     ) -> None:
-        transaction = whole.transaction
-        xid = transaction.id or f"{bad.origin.topic}@{bad.origin.offset}"
+        xid = whole.transaction.id or f"{bad.origin.topic}@{bad.origin.offset}"
         reason = f"source transaction {xid} rejected whole: {bad.table} row: {error.reason}"
-        bad_handle = whole.handle_of(bad)
-        for handle in whole.handles:
-            if handle is bad_handle:
-                out.dead_letters.append((handle, error))
-            else:
-                out.dead_letters.append((handle, BadInput(reason)))
-        out.rejected.append(GivenUp(database, xid, GiveUpCause.BAD_ROW, reason,
-                                    events=transaction.events))
+        dead, given = reject_whole(database, whole, GiveUpCause.BAD_ROW, reason,
+                                   bad=(whole.handle_of(bad), error))
+        out.dead_letters.extend(dead)
+        out.rejected.append(given)
 
 
 async def dead_letter_all(

@@ -92,6 +92,13 @@ class TransactionMarker:
     data_collections: Mapping[str, int]
     ts: datetime | None = None
 
+    @property
+    def lsn(self) -> int | None:
+        """The LSN part of :attr:`raw_id` (for END: where the commit lies in the WAL;
+        ENDs of one database come in this order), or None if it has none."""
+        _, _, tail = self.raw_id.partition(":")
+        return int(tail) if tail.isdigit() else None
+
 
 @dataclass(frozen=True, slots=True)
 class CompleteTransaction:

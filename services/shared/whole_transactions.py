@@ -35,15 +35,29 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from services.shared.changes import ChangeEvent, UndecodedChange, undecoded_change
 from services.shared.cooperative import Slicer
 from services.shared.errors import BadInput, MalformedEvent, SchemaViolation
-from services.shared.holding import Released, TransactionHolder, expire_overdue
+from services.shared.holding import (
+    GiveUpCause,
+    Released,
+    TransactionHolder,
+    Whole,
+    expire_overdue,
+)
 from services.shared.intake import ChangeIntake, ConsumedRecord
 from services.shared.observability import ServiceMetrics
+from services.shared.output_check import Drained, Refusals, reject_whole
 from services.shared.transactions import TransactionMarker
+
+if TYPE_CHECKING:
+    from services.shared.state.store import KeyValue
+
+#: the state key of the holders' progress (:meth:`HeldTransactions.record_progress`);
+#: no service key starts with this byte
+PROGRESS_KEY = b"\x01held"
 
 H = TypeVar("H")
 H_in = TypeVar("H_in", contravariant=True)
@@ -193,6 +207,12 @@ class HeldTransactions(Generic[H]):
         self._released: dict[str, Released[H]] = {db: Released() for db in self.holders}
         #: handles with nothing to apply (tombstones, heartbeats, dead letters on the spot)
         self._let_go: list[H] = []
+        #: transactions to give up whole when complete (their outputs cannot be
+        #: published: services.shared.output_check); the runner's, kept across reloads
+        self.refusals: Refusals | None = None
+        #: the whole transactions the last :meth:`drain` handed on, in order
+        self.drained: list[Drained] = []
+        self._recorded: dict[str, int] = {}
 
     @property
     def databases(self) -> tuple[str, ...]:
@@ -243,6 +263,36 @@ class HeldTransactions(Generic[H]):
     def release(self, handle: H) -> None:
         self._let_go.append(handle)
 
+    # ------------------------------------------------------------------ restarts
+
+    def progress(self) -> dict[str, int]:
+        """Per source database, its holder's :attr:`~TransactionHolder.finished_through`:
+        what to record durably with what the finished transactions changed (module
+        docstring of :mod:`services.shared.holding`, "restarts")."""
+        return {db: h.finished_through for db, h in self.holders.items()}
+
+    def resume(self, progress: Mapping[str, int]) -> None:
+        """Hand each holder what was finished before it started (a restart, a redo)."""
+        for database, finished_through in progress.items():
+            holder = self.holders.get(database)
+            if holder is not None:
+                holder.resume_after(int(finished_through))
+
+    def record_progress(self, state: KeyValue) -> None:
+        """Put :meth:`progress` into ``state`` (the same commit as what the finished
+        transactions changed), only when it moved."""
+        progress = self.progress()
+        if progress != self._recorded:
+            state.put(PROGRESS_KEY, json.dumps(progress).encode())
+            self._recorded = progress
+
+    def resume_progress(self, state: KeyValue) -> None:
+        """:meth:`resume` from what ``state`` records (:meth:`record_progress`)."""
+        stored = state.get(PROGRESS_KEY)
+        if stored is not None:
+            self.resume(json.loads(stored))
+        self._recorded = self.progress()
+
     # ------------------------------------------------------------------ after the batch
 
     async def expire(self, caught_up: CaughtUp) -> None:
@@ -251,11 +301,37 @@ class HeldTransactions(Generic[H]):
             self._released[database].extend(await expire_overdue(holder, caught_up))
 
     def drain(self) -> Taken[H]:
-        """What was released since the last drain."""
+        """What was released since the last drain; a refused transaction (see
+        :attr:`refusals`) given up whole instead of complete."""
         taken = Taken(self._released, self._let_go)
         self._released = {db: Released() for db in self.holders}
         self._let_go = []
+        refusals = self.refusals
+        if refusals:
+            for database, released in taken.released.items():
+                kept: list[Whole[H]] = []
+                for whole in released.complete:
+                    reason = refusals.take(database, whole.transaction)
+                    if reason is None:
+                        kept.append(whole)
+                        continue
+                    dead, given = reject_whole(database, whole, GiveUpCause.UNPUBLISHABLE,
+                                               reason)
+                    released.dead.extend(dead)
+                    released.given_up.append(given)
+                released.complete = kept
+        self.drained = [(database, whole) for database, released in taken.released.items()
+                        for whole in released.complete]
         return taken
+
+    def replay(self, wholes: Iterable[Drained]) -> None:
+        """Hand exactly ``wholes`` on at the next :meth:`drain` (a probe's scratch fold:
+        services.shared.output_check)."""
+        released: dict[str, Released[H]] = {db: Released() for db in self.holders}
+        for database, whole in wholes:
+            released.setdefault(database, Released()).complete.append(whole)
+        self._released = released
+        self._let_go = []
 
     def report(self, metrics: ServiceMetrics, taken: Taken[H]) -> None:
         """The holding metrics, counting what ``taken`` gave up and orphaned."""

@@ -98,6 +98,25 @@ async def ship(erp: asyncpg.Connection, customer: Customer, *, freight: str, qua
     return shipment
 
 
+async def return_goods(erp: asyncpg.Connection, customer: Customer, shipment: int, *,
+                       quantity: int, credit: str, handling: str) -> int:
+    """A return of the shipment's line as the ERP keeps it: requested, the goods
+    received, then credited with its handling cost (one transaction each)."""
+    returned = int(await erp.fetchval(
+        """INSERT INTO erp.return_order (sales_order_id, sales_order_line_id,
+               shipment_line_id, quantity, reason)
+           SELECT $1, sales_order_line_id, id, $3, 'damaged' FROM erp.shipment_line
+           WHERE shipment_id = $2 RETURNING id""",
+        customer.order_id, shipment, quantity))
+    await erp.execute("""UPDATE erp.return_order SET state = 'received', received_at = now()
+                         WHERE id = $1""", returned)
+    await erp.execute(
+        """UPDATE erp.return_order SET state = 'credited', closed_at = now(),
+               credit_amount = $2, handling_cost = $3, currency_code = 'EUR'
+           WHERE id = $1""", returned, D(credit), D(handling))
+    return returned
+
+
 async def open_case(crm: asyncpg.Connection, customer: Customer) -> int:
     return int(await crm.fetchval(
         "INSERT INTO crm.service_case (account_id, subject) VALUES ($1, 'late') RETURNING id",

@@ -19,6 +19,8 @@ from ambidex.stack.processes import DetachedProcess, pid_alive
 from services.shared.avro import AvroCodec, SchemaCatalogue
 from services.shared.cdc_schemas import load_envelope_schemas
 from services.shared.changes import ChangeDecoder, ChangeEvent, Tombstone
+from services.shared.schema_registry import codec_for
+from services.shared.settings import load_settings
 from services.shared.transactions import CompleteTransaction, TransactionAssembler, decode_marker
 from tests.conftest import ServiceProcess
 
@@ -134,12 +136,18 @@ def kill_component(process: DetachedProcess) -> None:
         time.sleep(0.1)
 
 
+def reading_codec() -> AvroCodec:
+    """Reads both wire formats; registry ids through the stack's registry (the
+    ``local_stack`` fixture puts its URL in the environment)."""
+    return codec_for(load_settings("tests"), SchemaCatalogue.load())
+
+
 async def read_topic(
     bootstrap: str, topic: str, accept: Callable[[bytes | None], bool], *, raw: bool = False
 ) -> list[tuple[bytes | None, Any]]:
     """Every record of ``topic`` from the beginning whose key ``accept`` takes, as
     ``(key, decoded Avro value, None for a tombstone)`` (``raw``: the value's bytes)."""
-    codec = AvroCodec(SchemaCatalogue.load())
+    codec = reading_codec()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:

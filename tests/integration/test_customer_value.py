@@ -2,7 +2,8 @@
 
 * a fresh account's live figures (CRM order and contract revenue, receivables'
   invoiced/collected/outstanding, production at standard and actual, rework, freight,
-  cost of goods, service cases, and the derived variance, cost to serve and margin)
+  cost of goods, a return credited with its handling cost, service cases, and the
+  derived variance, cost to serve and margin)
   equal the recomputation from both databases, and the topic carries the same figures
   as the table;
 * an account's open delay risks (kept in the state for the dashboard) follow what
@@ -37,6 +38,7 @@ from tests.integration.customer_value_support import (
     open_case,
     produce,
     reconciled,
+    return_goods,
     ship,
     this_month,
     until_value,
@@ -63,19 +65,22 @@ async def test_live_figures_of_a_fresh_account_equal_the_recomputation_and_the_t
     mo = await produce(erp, customer, standard="300.00", material="200.00", labour="80.00",
                        machine="40.00")
     await fail_inspection(erp, mo, "25.00")
-    await ship(erp, customer, freight="30.00", quantity=5, unit_cost="50.00")
+    shipment = await ship(erp, customer, freight="30.00", quantity=5, unit_cost="50.00")
+    await return_goods(erp, customer, shipment, quantity=1, credit="60.00", handling="12.50")
     await open_case(crm, customer)
 
     month = this_month()
     contract_month = f"{today() - timedelta(days=60):%Y-%m}"  # sign(): started 60 days ago
     row = await until_value(crm, customer.account_id, month, freight=D("30.00"),
-                            service_cases=1, failed_inspections=1)
+                            service_cases=1, failed_inspections=1,
+                            return_handling=D("12.50"))
     assert (row["revenue_booked"], row["orders_booked"]) == (D("1000.00"), 1)
     assert (row["production_standard"], row["production_actual"],
             row["production_variance"]) == (D("300.00"), D("320.00"), D("20.00"))
     assert (row["rework"], row["cost_of_goods"]) == (D("25.00"), D("250.00"))
-    # goods 250 + variance 20 + rework 25 + freight 30
-    assert (row["cost_to_serve"], row["margin"]) == (D("325.00"), D("675.00"))
+    assert (row["returns"], row["return_credit"]) == (1, D("60.00"))
+    # goods 250 + variance 20 + rework 25 + freight 30 + returned 60 + handling 12.50
+    assert (row["cost_to_serve"], row["margin"]) == (D("397.50"), D("602.50"))
     assert row["erp_customer_id"] == customer.party.customer_id
     signed = await until_value(crm, customer.account_id, contract_month,
                                collected=D("250.00"))
@@ -88,10 +93,12 @@ async def test_live_figures_of_a_fresh_account_equal_the_recomputation_and_the_t
     assert published, "nothing published"
     last = published[-1]
     for name in ("revenue_booked", "cost_of_goods", "production_variance", "rework",
-                 "freight", "cost_to_serve", "margin", "service_cases", "failed_inspections"):
+                 "freight", "return_credit", "return_handling", "cost_to_serve", "margin",
+                 "service_cases", "failed_inspections", "returns"):
         assert last[name] == row[name], name
     sources = {s["source"]: s for s in last["sources"]}
     assert sources["erp.shipment"]["rows"] == 1
+    assert sources["erp.return_order"]["rows"] == 1
     assert json.loads(row["sources"])["erp.shipment"]["freight"] == "30.00"
 
 

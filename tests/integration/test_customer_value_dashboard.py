@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,18 +20,11 @@ import pytest
 
 from tests.browser import headless_chromium, missing
 from tests.conftest import ServiceProcess, wait_until
-from tests.integration.conftest import Dbs, running_service
+from tests.integration.conftest import Dbs
 
 pytestmark = pytest.mark.integration
 D = Decimal
 SHOWN = ("revenue_booked", "cost_to_serve", "margin", "invoiced", "collected", "outstanding")
-
-
-@pytest.fixture
-async def value_service(service_process: Callable[[str], ServiceProcess],
-                        receivables: ServiceProcess) -> ServiceProcess:
-    """customer-value (and receivables, whose positions it reads), ready."""
-    return await running_service(service_process, "customer-value")
 
 
 @pytest.fixture
@@ -123,7 +116,7 @@ def shown_figures(driver: Any, account: int) -> dict[tuple[str, str, str], str]:
 
 
 async def test_the_browser_shows_the_databases_figures(
-        value_service: ServiceProcess, dbs: Dbs, unique: str, browser: Any,
+        customer_value: ServiceProcess, dbs: Dbs, unique: str, browser: Any,
         tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -131,7 +124,7 @@ async def test_the_browser_shows_the_databases_figures(
     name = f'<i>Dash</i> & "Söhne" <script>window.pwned = 1</script> {unique}'
     account, customer = await new_account(crm, erp, name)
     await make_rows(crm, erp, account, customer)
-    base = f"http://127.0.0.1:{value_service.environment['AMBIDEX_CUSTOMER_VALUE_DASHBOARD_PORT']}"
+    base = f"http://127.0.0.1:{customer_value.environment['AMBIDEX_CUSTOMER_VALUE_DASHBOARD_PORT']}"
 
     expected: dict[tuple[str, str, str], str] = {}
 

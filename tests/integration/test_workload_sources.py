@@ -1,6 +1,6 @@
 """Invariant: the sample workload, run against the stack's captured databases, writes the
 source rows receivables, production-status and customer-value read — the ERP's costs
-(080) among them, captured with their rows — contracts with installment plans,
+(080) and returns (100) among them, captured with their rows — contracts with installment plans,
 installment invoices with payments, production orders with inspections, shipments and
 service cases about orders in fulfilment — every row valid input for both services,
 consistent except for the deliberate slips, each slip one of receivables' discrepancy
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 
 CRM_TABLES = ("contract", "installment", "service_case")
 ERP_TABLES = ("invoice", "payment", "production_order", "quality_inspection", "shipment",
-              "shipment_line")
+              "shipment_line", "return_order")
 #: the discrepancy kinds of the seed's reference cases: in every run
 SEEDED_KINDS = {Kind.INSTALLMENT_NOT_INVOICED, Kind.PAYMENT_SHORT}
 #: the kinds the workload's slips and customers cause by chance, a few of each per 30 s:
@@ -65,7 +65,8 @@ MONEY = {
 COST_COLUMNS = {("production_order", "standard_cost"), ("production_order", "material_cost"),
                 ("production_order", "labour_cost"), ("production_order", "machine_cost"),
                 ("quality_inspection", "rework_cost"), ("shipment", "freight_cost"),
-                ("shipment_line", "unit_cost")}
+                ("shipment_line", "unit_cost"), ("return_order", "credit_amount"),
+                ("return_order", "handling_cost")}
 
 
 def _captured_costs(tap: CdcTap) -> set[tuple[str, str]]:
@@ -265,14 +266,20 @@ async def _check_cost_sources(
              (SELECT count(*) FROM erp.shipment WHERE id > $3 AND freight_cost IS NULL)
                AS without_freight,
              (SELECT count(*) FROM erp.shipment_line WHERE id > $4 AND unit_cost IS NULL)
-               AS lines_without_cost""",
+               AS lines_without_cost,
+             (SELECT count(*) FROM erp.return_order WHERE id > $5
+                AND state IN ('credited', 'rejected') AND handling_cost IS NULL)
+               AS closed_without_handling,
+             (SELECT count(*) FROM erp.return_order WHERE id > $5 AND state = 'credited')
+               AS credited""",
         before["production_order"], before["quality_inspection"], before["shipment"],
-        before["shipment_line"]))
+        before["shipment_line"], before["return_order"]))
     # (overruns are a share of the few runs a 30 s workload finishes: the share itself is
     # tests/unit/test_workload_costs.py's; here only that every finished run has its cost)
     check(costs["done_without_cost"] == 0
           and costs["rework"] > 0 and costs["without_freight"] == 0
-          and costs["lines_without_cost"] == 0, "ERP costs recorded", costs)
+          and costs["lines_without_cost"] == 0 and costs["closed_without_handling"] == 0
+          and costs["credited"] > 0, "ERP costs recorded", costs)
     captured = _captured_costs(erp_tap)
     check(captured >= COST_COLUMNS, "cost columns captured", captured)
 

@@ -1,7 +1,7 @@
 """Random source histories for customer-value's property tests (a helper, no tests).
 
 A small world (a few accounts, ERP customers, orders, production orders, inspections,
-shipments and lines) in which every row gets a few versions with random links, states,
+shipments and lines, returns) in which every row gets a few versions with random links, states,
 dates, currencies and amounts, some ending deleted. Each version has a position
 (increasing per row, as a source's WAL gives). :func:`deliveries` interleaves the rows'
 versions (per-row order kept, as per-key Kafka order does), redelivers some older
@@ -98,6 +98,16 @@ def _version(rng: random.Random, source: str, i: int, n: int) -> Any:
         case "erp.shipment_line":
             return erp.ShipmentLine(i, rng.randint(1, 3), 1, 1, D(rng.randint(1, 9000)) / 1000,
                                     _maybe(rng, _money(rng, code, 90)))
+        case "erp.return_order":
+            state = rng.choice(list(erp.ReturnState))
+            back = state is not erp.ReturnState.REQUESTED or rng.random() < 0.3
+            credited = state is erp.ReturnState.CREDITED
+            return erp.ReturnOrder(
+                i, rng.randint(1, 4), 1, 1, D(rng.randint(1, 5000)) / 1000,
+                rng.choice(list(erp.ReturnReason)), state, _when(rng),
+                _when(rng) if back else None, None,
+                _maybe(rng, _money(rng, code, 400)) if credited else None,
+                _maybe(rng, _money(rng, code, 60)) if credited else None)
     raise AssertionError(source)
 
 
@@ -106,7 +116,7 @@ SIZES = {
     "crm.account": 3, "crm.sales_order": 4, "crm.contract": 3, "receivables.position": 3,
     "crm.service_case": 3, "erp.customer": 3, "erp.sales_order": 4,
     "erp.production_order": 4, "erp.quality_inspection": 4, "erp.shipment": 3,
-    "erp.shipment_line": 5,
+    "erp.shipment_line": 5, "erp.return_order": 3,
 }
 
 

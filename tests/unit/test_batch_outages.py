@@ -18,7 +18,7 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from services.shared.batches import BatchSource, RecordBatch
+from services.shared.batches import BatchSource, RecordBatch, RedoBatch
 from services.shared.health import HealthState
 from services.shared.resilience import Backoff, RetryPolicy
 
@@ -142,3 +142,30 @@ async def test_a_bug_in_the_handler_still_stops_the_worker() -> None:
     assert task.done() and isinstance(task.exception(), KeyError)
     assert source.service.app.crashed  # type: ignore[attr-defined]
     assert source.service.health.fatal is not None
+
+
+async def test_a_batch_the_handler_asks_to_redo_is_fetched_again_at_once() -> None:
+    """RedoBatch (a transaction refused for its outputs: services/shared/output_check.py)
+    is neither an outage nor a crash: the handler drops what it holds, the batch is
+    fetched again from the committed position, and readiness never fails for it."""
+    seen: list[list[int]] = []
+    resets = 0
+
+    async def handler(batch: RecordBatch) -> None:
+        offsets = [r.offset for r in batch.records]
+        seen.append(offsets)
+        if offsets[0] == 3 and seen.count(offsets) == 1:
+            raise RedoBatch("a transaction refused")
+
+    async def on_reset() -> None:
+        nonlocal resets
+        resets += 1
+
+    source, consumer = await _source(handler, on_reset, 9)
+    while len(seen) < 4:
+        await asyncio.sleep(0.001)
+    source._task.cancel()  # type: ignore[union-attr]
+    assert seen[:4] == [[0, 1, 2], [3, 4, 5], [3, 4, 5], [6, 7, 8]]
+    assert consumer.seeks == [3] and resets == 1
+    assert not source.service.app.crashed  # type: ignore[attr-defined]
+    assert source._failing is None and source.service.health.fatal is None

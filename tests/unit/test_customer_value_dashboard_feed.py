@@ -7,16 +7,21 @@ batch redone after a crash) changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from services.customer_value.dashboard.feed import LOAD_SLICE, DashboardObserver
 from services.customer_value.dashboard.view import DashboardView
+from services.customer_value.figures import CustomerValue
 from services.customer_value.observer import Snapshot, Update
 from services.customer_value.risks import AccountRisks, OrderRisk
 from tests.unit.test_customer_value_dashboard_view import value
 
 AS_OF = datetime(2026, 12, 3, tzinfo=UTC)
 LATER = datetime(2026, 12, 4, tzinfo=UTC)
+D = Decimal
 RISK = OrderRisk(9, "SO9", "late", "promise_missed", "in_production", None, None)
 
 
@@ -61,6 +66,48 @@ async def test_full_set_then_commits_in_order_while_the_loop_keeps_serving() -> 
     observer.committed(Update({(7, "2026-02", "USD"): value(7, "2026-02", "USD",
                                                             revenue="3.00")}, {}, LATER))
     assert view.currencies() == [("EUR", LOAD_SLICE * 6 - 1), ("USD", 1)]
+
+
+async def test_the_full_set_is_read_inside_loaded_and_held_packed_never_as_records() -> None:
+    """The snapshot's figures come from the state as iterated (the state moves once
+    ``loaded`` returns): the observer reads them all inside the call and keeps only the
+    view's packed form, never the records (560 MB at 10,000 customers x 12 months); a
+    record the view cannot hold is left out, the rest loaded."""
+    view = DashboardView()
+    observer = DashboardObserver(view)
+    inside = True
+    alive = [0]
+    live: list[int] = []
+
+    class Counted(CustomerValue):
+        """A record that counts how many of its kind are alive."""
+
+        __slots__ = ()
+
+        def __del__(self) -> None:
+            alive[0] -= 1
+
+    def from_state() -> Iterator[CustomerValue]:
+        for account in range(LOAD_SLICE * 3):
+            assert inside, "read after loaded() returned"
+            made = value(account, revenue="2.00")
+            if account == 7:
+                made = dataclasses.replace(made, figures={**made.figures,
+                                                          "revenue_booked": D("0.001")})
+            fields = {f.name: getattr(made, f.name) for f in dataclasses.fields(made)}
+            del made
+            alive[0] += 1
+            live.append(alive[0])
+            yield Counted(**fields)
+
+    observer.loaded(Snapshot(from_state(), [], AS_OF))
+    inside = False
+    assert observer.task is not None
+    await observer.task
+    assert view.loaded and len(view) == LOAD_SLICE * 3 - 1
+    assert view.get((7, "2026-01", "EUR")) is None
+    assert max(live) <= 2 and alive[0] == 0  # each record alive only while it is packed
+    assert view.overall("EUR") is not None
 
 
 async def test_the_service_serves_its_dashboard_and_a_taken_port_costs_only_the_dashboard(

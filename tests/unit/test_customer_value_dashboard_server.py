@@ -96,7 +96,8 @@ async def test_json_gives_the_same_figures_a_page_at_a_time(
     assert (row["rank"], row["account_id"], row["name"]) == (2, 1, EVIL)
     assert row["figures"]["margin"] == "475.00"
     assert row["cost"] == {"production": "1000.00", "quality": "5.00", "freight": "20.00",
-                           "total": "1025.00", "failed_inspections": 1, "service_cases": 0}
+                           "returns": "0.00", "total": "1025.00", "failed_inspections": 1,
+                           "service_cases": 0, "returned": 0}
     assert row["delay_risks"] == {"late": 1, "at_risk": 1}
     overview = await (await client.get("/api/overview")).json()
     assert overview["as_of"] == AS_OF.isoformat()

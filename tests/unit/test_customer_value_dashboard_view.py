@@ -28,7 +28,7 @@ D = Decimal
 def value(account: int, month: str = "2026-01", currency: str = "EUR", *,
           revenue: str = "0", goods: str = "0", standard: str = "0", actual: str = "0",
           rework: str = "0", freight: str = "0", outstanding: str = "0",
-          cases: int = 0) -> CustomerValue:
+          cases: int = 0, credit: str = "0", handling: str = "0") -> CustomerValue:
     bucket: dict[str, dict[str, Any]] = {}
     if D(revenue):
         bucket["crm.sales_order"] = {"rows": 1, "revenue_booked": D(revenue)}
@@ -45,6 +45,9 @@ def value(account: int, month: str = "2026-01", currency: str = "EUR", *,
         bucket["receivable_position"] = {"rows": 0, "outstanding": D(outstanding)}
     if cases:
         bucket["crm.service_case"] = {"rows": cases}
+    if D(credit) or D(handling):
+        bucket["erp.return_order"] = {"rows": 1, "return_credit": D(credit),
+                                      "return_handling": D(handling)}
     return CustomerValue.of(account, month, currency, bucket, [account + 1000])
 
 
@@ -54,7 +57,8 @@ def random_value(rng: random.Random, accounts: int) -> CustomerValue:
     return value(rng.randrange(accounts), f"2026-{rng.randrange(1, 7):02d}",
                  rng.choice(["EUR", "EUR", "USD", "JPY"]), revenue=amount(), goods=amount(),
                  standard=amount(), actual=amount(), rework=amount(), freight=amount(),
-                 outstanding=amount(), cases=rng.randrange(3))
+                 outstanding=amount(), cases=rng.randrange(3), credit=amount(),
+                 handling=amount())
 
 
 def expected(latest: dict[ValueKey, CustomerValue]) -> dict[str, Any]:
@@ -130,14 +134,15 @@ def test_totals_are_per_customer_and_currency_never_across_currencies() -> None:
 def test_cost_breakdown_adds_up_to_cost_to_serve() -> None:
     view = DashboardView()
     view.apply(value(3, goods="100.00", standard="40.00", actual="55.00", rework="7.50",
-                     freight="12.00", cases=2))
+                     freight="12.00", cases=2, credit="30.00", handling="4.25"))
     customer = view.customer(3)
     assert customer is not None
     totals = customer.currencies[0].totals
     cost = totals.cost
     assert cost.production == D("115.00")  # goods + (actual - standard)
     assert (cost.quality, cost.freight, cost.service_cases) == (D("7.50"), D("12.00"), 2)
-    assert cost.total == totals["cost_to_serve"] == D("134.50")
+    assert (cost.returns, cost.returned) == (D("34.25"), 1)  # credited + handling
+    assert cost.total == totals["cost_to_serve"] == D("168.75")
 
 
 def test_latest_record_per_key_wins_and_a_repeat_changes_nothing() -> None:

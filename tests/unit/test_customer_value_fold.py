@@ -64,7 +64,8 @@ def test_the_histories_exercise_every_figure() -> None:
             seen |= {name for name in MONEY if value[name]}
             seen |= {name for name, n in value.counts.items() if n}
     assert seen >= set(MONEY) | {"orders_booked", "contracts_booked", "production_orders",
-                                 "failed_inspections", "shipments", "service_cases"}
+                                 "failed_inspections", "shipments", "service_cases",
+                                 "returns"}
 
 
 class CountingState(MemoryState):

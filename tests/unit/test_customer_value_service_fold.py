@@ -57,6 +57,11 @@ ORDER = {"id": 5, "name": "S5", "customer_id": 3, "state": "open", "currency_cod
          "warehouse_id": 1, "origin": "erp", "amount_total": D("100.00")}
 
 
+RETURN = {"id": 21, "name": "RMA/21", "sales_order_id": 5, "sales_order_line_id": 1,
+          "shipment_line_id": 1, "quantity": D(2), "reason": "damaged",
+          "state": "requested", "requested_at": T0}
+
+
 def shipment(freight: Any, currency: str | None = "EUR", sid: int = 11) -> dict[str, Any]:
     return {"id": sid, "name": f"WH/OUT/{sid}", "sales_order_id": 5, "warehouse_id": 1,
             "state": "shipped", "shipped_at": T0, "carrier": "UPS", "freight_cost": freight,
@@ -155,6 +160,11 @@ def _columns(path: Path) -> set[str]:
             if m not in ("PRIMARY", "CHECK", "UNIQUE")}
 
 
+def _added_columns(path: Path) -> set[str]:
+    """Columns a later migration adds (``ADD COLUMN IF NOT EXISTS name``)."""
+    return set(re.findall(r"ADD COLUMN IF NOT EXISTS (\w+)", path.read_text()))
+
+
 def test_the_record_and_the_row_carry_the_same_figures() -> None:
     source = Source()
     source.commit("erp", [("customer", CUSTOMER), ("sales_order", ORDER),
@@ -167,7 +177,8 @@ def test_the_record_and_the_row_carry_the_same_figures() -> None:
     assert decoded["sources"] == [{"source": "erp.shipment", "rows": 1, "figures": [
         {"name": "freight", "amount": D("12.00")}]}]
     row = emit.row(value, T0)
-    assert set(row) == _columns(SQL / "crm" / "080_customer_value.sql") - {
+    assert set(row) == (_columns(SQL / "crm" / "080_customer_value.sql")
+                        | _added_columns(SQL / "crm" / "100_customer_value_returns.sql")) - {
         "source_commit_lsn", "source_lsn", "deleted", "updated_at"}
     for name, amount in row.items():
         if name in record and isinstance(amount, Decimal):
@@ -184,12 +195,48 @@ def test_the_record_and_the_row_carry_the_same_figures() -> None:
     (erp.ShipmentLine, {"id": 1, "shipment_id": 1, "sales_order_line_id": 1, "item_id": 1,
                         "quantity": D(1), "unit_cost": D("-1.00"),
                         "cost_currency_code": "EUR"}, "unit_cost"),
+    (erp.ReturnOrder, {**RETURN, "credit_amount": D("NaN"), "currency_code": "EUR"},
+     "credit_amount"),
+    (erp.ReturnOrder, {**RETURN, "handling_cost": D("-2.00"), "currency_code": "EUR"},
+     "handling_cost"),
+    (erp.ReturnOrder, {**RETURN, "handling_cost": D("2.00")}, "currency_code"),
 ])
 def test_a_bad_cost_names_table_and_column(record: Any, row: dict[str, Any],
                                            column: str) -> None:
     with pytest.raises(BadColumn) as caught:
         record.from_row(row)
     assert column in caught.value.reason
+
+
+def test_a_return_costs_its_credit_and_handling_once_its_goods_are_back() -> None:
+    """A requested return costs nothing yet; received, it counts (month received, the
+    order's customer); credited, its credit and handling add to the cost to serve."""
+    source = Source()
+    source.commit("erp", [("customer", CUSTOMER), ("sales_order", ORDER),
+                          ("shipment", shipment(D("12.00")))])
+    source.step()
+    source.commit("erp", [("return_order", RETURN)])
+    assert source.step().outcome.values == {}
+    received = {**RETURN, "state": "received", "received_at": T0}
+    source.commit("erp", [("return_order", received)])
+    value = source.step().outcome.values[(7, "2026-03", "EUR")]
+    assert value is not None and value.counts["returns"] == 1
+    assert value["cost_to_serve"] == D("12.00")
+    credited = {**received, "state": "credited", "credit_amount": D("80.00"),
+                "handling_cost": D("7.50"), "currency_code": "EUR"}
+    source.commit("erp", [("return_order", credited)])
+    value = source.step().outcome.values[(7, "2026-03", "EUR")]
+    assert value is not None
+    assert (value["return_credit"], value["return_handling"], value["cost_to_serve"]) == (
+        D("80.00"), D("7.50"), D("99.50"))
+    assert value.sources["erp.return_order"] == {
+        "rows": 1, "return_credit": D("80.00"), "return_handling": D("7.50")}
+    record = decode(CODEC.encode(emit.SCHEMA, emit.record(value, T0)))
+    assert (record["return_credit"], record["returns"]) == (D("80.00"), 1)
+    source.commit("erp", [("return_order", {**credited, "state": "cancelled"})])
+    value = source.step().outcome.values[(7, "2026-03", "EUR")]
+    assert value is not None and value.counts["returns"] == 0
+    assert value["cost_to_serve"] == D("12.00")
 
 
 def test_deletes_take_a_row_out_and_truncates_and_bad_positions_are_bad_input() -> None:

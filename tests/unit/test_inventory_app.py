@@ -22,8 +22,9 @@ from decimal import Decimal
 from typing import Any
 
 from services.inventory_projection.available_to_promise import AvailabilityKey
-from services.inventory_projection.projector import Projector, evaluated_key
+from services.inventory_projection.projector import Projector
 from services.inventory_projection.source_rows import NegativeStock
+from services.inventory_projection.step import evaluated_key
 from services.shared.changes import ChangeEvent
 from services.shared.transactions import TransactionMarker, TransactionStatus
 from services.shared.whole_transactions import parse_heartbeat

@@ -29,7 +29,6 @@ from services.inventory_projection.available_to_promise import AvailabilityKey
 from services.inventory_projection.projector import (
     VERDICT_PREFIX,
     Projector,
-    Step,
     verdict_key,
 )
 from services.inventory_projection.source_rows import (
@@ -37,6 +36,7 @@ from services.inventory_projection.source_rows import (
     NegativeStock,
     UnknownReference,
 )
+from services.inventory_projection.step import Step
 from services.shared.changes import ChangeEvent
 from services.shared.state.store import MemoryState
 from services.shared.transactions import TransactionMarker, TransactionStatus

@@ -135,3 +135,32 @@ def test_alert_rules_name_metrics_the_services_expose() -> None:
     for metric in set(re.findall(r"ambidex_[a-z_]+", exprs)):
         base = re.sub(r"_(bucket|count|sum)$", "", metric)
         assert f'"{base}"' in declared, f"alert uses unknown metric {metric}"
+
+
+def test_web_ports_are_served_and_admitted_from_the_ingress_namespace_only() -> None:
+    """A service's web page (customer-value's dashboard) is a port of its Service and
+    reaches the pod from the ingress controller's namespace only; metrics from the
+    monitoring namespace only; the production overlay's Ingress routes to that port."""
+    from ambidex.manifest_values import INGRESS_NAMESPACE, MONITORING_NAMESPACE, WEB_PORTS
+
+    policies = {p["metadata"]["name"]: p for p in _kind("NetworkPolicy")}
+    services = {s["metadata"]["name"]: s for s in _kind("Service")}
+    for service, (name, port, _) in WEB_PORTS.items():
+        ports = services[service]["spec"]["ports"]
+        assert {"name": name, "port": port, "targetPort": name} in ports
+        admitted = {
+            (rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+             rule["ports"][0]["port"])
+            for rule in policies[service]["spec"]["ingress"]
+        }
+        assert admitted == {(MONITORING_NAMESPACE, 9400), (INGRESS_NAMESPACE, port)}
+    for service, policy in policies.items():
+        if service not in WEB_PORTS and service != "default-deny-ingress":
+            assert len(policy["spec"]["ingress"]) == 1, service
+    overlay = Path(__file__).resolve().parents[2] / "deploy/kubernetes/overlays/production"
+    assert "dashboard-ingress.yaml" in yaml.safe_load(
+        (overlay / "kustomization.yaml").read_text())["resources"]
+    ingress = yaml.safe_load((overlay / "dashboard-ingress.yaml").read_text())
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "customer-value", "port": {"name": "dashboard"}}
+    assert ingress["spec"]["tls"][0]["hosts"] == [ingress["spec"]["rules"][0]["host"]]

@@ -440,6 +440,39 @@ def test_status_risk_and_triage_encode_with_the_published_schemas() -> None:
     assert publish.topic_key(CRM) == b"501"
 
 
+def test_a_status_its_schema_refuses_is_found_before_any_effect_and_can_be_left_out() -> None:
+    """The output check (services/shared/output_check.py): a status whose ordered sum
+    exceeds decimal(14, 3) is refused in the fold step; pruned, the others stay."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from services.production_status import publish
+    from services.production_status.effects import Effects
+    from services.production_status.risk import last_risk
+    from services.production_status.service_fold import Outcome
+    from services.shared.avro import AvroCodec, SchemaCatalogue
+    from services.shared.transaction_fold import Applied
+
+    w = shipped_order()
+    now = T0 + timedelta(days=3)
+    status = order_status(w.fold, CRM, now)
+    assert status is not None
+    good = publish.status_record(status, line_statuses(w.fold, ERP, now),
+                                 last_risk(w.kv, CRM), now)
+    bad = {**good, "crm_order_id": 502, "ordered": D("120000000000.000")}
+    service = SimpleNamespace(codec=AvroCodec(SchemaCatalogue.load()),
+                              registry=CollectorRegistry(), name="production-status")
+    effects = Effects(service)  # type: ignore[arg-type]
+    step = Applied(Outcome(statuses=[good, bad]))
+    refused = effects.check(step, None)  # type: ignore[arg-type]
+    assert refused is not None and "ordered" in refused.reason
+    assert step.outcome.statuses == [good, bad]  # checking changes nothing
+    assert effects.check(Applied(Outcome(statuses=[good])), None) is None  # type: ignore[arg-type]
+    assert effects.check(step, None, prune=True) is not None  # type: ignore[arg-type]
+    assert step.outcome.statuses == [good]
+
+
 def test_write_back_rows_have_exactly_the_columns_of_the_crm_tables() -> None:
     import re
     from pathlib import Path

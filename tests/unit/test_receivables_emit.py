@@ -65,3 +65,34 @@ def test_a_contract_that_is_gone_is_a_tombstone_and_open_changes_are_not_alerts(
     assert emit.positions(out, fold.as_of) == [(b"1", None)]
     assert [(k, r["status"]) for k, r in emit.alerts(out, NOW)] == [
         (b"installments_total_mismatch/contract=1", "resolved")]
+
+
+def test_a_position_its_schema_refuses_is_found_before_any_effect_and_can_be_left_out() -> None:
+    """The output check (services/shared/output_check.py): a contract position whose
+    contracted amount exceeds decimal(18, 2) is refused in the fold step; pruned, it is
+    neither published nor written, and the other positions stay."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from services.receivables.effects import Outcome
+    from services.receivables.outputs import Outputs, ReceivablesMetrics
+    from services.shared.transaction_fold import Applied
+
+    fold = Receivables(MemoryKV())
+    fold.advance(date(2026, 1, 1))
+    fold.apply(Table.CONTRACT, 1, SourcePosition(100, 0), contract(1, total="300.00"))
+    (good,) = fold.contract_positions().values()
+    bad = replace(good, contract_id=2, contracted=Decimal("1000000000000000000.00"))
+    service = SimpleNamespace(codec=CODEC, registry=CollectorRegistry(), name="receivables")
+    outputs = Outputs(service, ReceivablesMetrics(service))  # type: ignore[arg-type]
+    shell = SimpleNamespace(core=fold)
+    step = Applied(Outcome(contracts={1: good, 2: bad}))
+    refused = outputs.check(step, shell)  # type: ignore[arg-type]
+    assert refused is not None and "contracted" in refused.reason
+    assert set(step.outcome.contracts) == {1, 2}  # checking changes nothing
+    assert outputs.check(Applied(Outcome(contracts={1: good, 3: None})),
+                         shell) is None  # type: ignore[arg-type]
+    assert outputs.check(step, shell, prune=True) is not None  # type: ignore[arg-type]
+    assert step.outcome.contracts == {1: good}

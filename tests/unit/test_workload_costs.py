@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from ambidex.workload.costs import OVERRUN_SHARE, actual_cost, freight_cost, rework_cost
+from ambidex.workload.costs import (
+    OVERRUN_SHARE,
+    actual_cost,
+    freight_cost,
+    return_credit,
+    return_handling_cost,
+    rework_cost,
+)
 
 STANDARD = Decimal("1000.00")
 
@@ -39,3 +46,12 @@ def test_costs_are_money_at_the_minor_unit() -> None:
     assert rework_cost(2, Decimal("333.33"), "EUR").as_tuple().exponent == -2
     freight = freight_cost(1, 1, "Geodis", Decimal("12.5"), "EUR")
     assert freight > 0 and freight.as_tuple().exponent == -2
+
+
+def test_a_return_is_credited_at_its_sale_price_and_handled_at_a_stable_cost() -> None:
+    assert return_credit(Decimal("3"), Decimal("19.99"), Decimal("10"), "EUR") == Decimal("53.97")
+    assert return_credit(Decimal("1.5"), Decimal("333"), Decimal("0"), "JPY") == Decimal("500")
+    handling = [return_handling_cost(r, Decimal("4"), "EUR") for r in range(1, 200)]
+    assert handling == [return_handling_cost(r, Decimal("4"), "EUR") for r in range(1, 200)]
+    assert all(Decimal("18.88") <= h <= Decimal("29.50") for h in handling)  # 23.6 x 0.8-1.25
+    assert len(set(handling)) > 20 and all(h.as_tuple().exponent == -2 for h in handling)

@@ -84,6 +84,7 @@ def test_receivables_and_production_status_sources_are_planned() -> None:
         OperationKind.DISPATCH_SHIPMENT,
         OperationKind.CONFIRM_DELIVERY,
         OperationKind.HANDLE_SERVICE_CASE,
+        OperationKind.HANDLE_RETURN,
     ):
         assert mix[kind] > 100, kind
     assert WEIGHTS[OperationKind.INVOICE_INSTALLMENT] >= WEIGHTS[OperationKind.SIGN_CONTRACT]

@@ -120,8 +120,9 @@ def cost_chart(cost: CostBreakdown, *, title: str, currency: str) -> str:
     bars = [Bar(name, amount) for name, amount in cost.parts()]
     return (bar_chart(bars, title=title, currency=currency)
             + f'<p class="muted">Total {money_text(cost.total)} {escape(currency)}; '
-            f"{cost.failed_inspections} failed inspections, {cost.service_cases} service "
-            "cases (the CRM records no cost for them).</p>")
+            f"{cost.failed_inspections} failed inspections, {cost.returned} returns "
+            "(credited and handling), "
+            f"{cost.service_cases} service cases (the CRM records no cost for them).</p>")
 
 
 def ranking_section(page: Page, names: Mapping[int, str],

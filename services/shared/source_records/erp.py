@@ -383,7 +383,60 @@ class ShipmentLine:
         )
 
 
+class ReturnState(StrEnum):
+    REQUESTED = "requested"
+    RECEIVED = "received"
+    CREDITED = "credited"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+class ReturnReason(StrEnum):
+    DAMAGED = "damaged"
+    DEFECTIVE = "defective"
+    WRONG_ITEM = "wrong_item"
+    NOT_NEEDED = "not_needed"
+    LATE = "late"
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnOrder:
+    """``erp.return_order`` (100): goods a customer sends back from a shipment line, and
+    once credited the amount credited and the handling cost."""
+
+    table: ClassVar[tuple[str, str]] = (ERP, "return_order")
+    id: int
+    sales_order_id: int
+    sales_order_line_id: int
+    shipment_line_id: int
+    quantity: Decimal
+    reason: ReturnReason
+    state: ReturnState
+    requested_at: datetime | None
+    received_at: datetime | None
+    closed_at: datetime | None
+    credit_amount: Money | None = None
+    handling_cost: Money | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> ReturnOrder:
+        t = "erp.return_order"
+        return cls(
+            id=rows.required_int(row, "id", t),
+            sales_order_id=rows.required_int(row, "sales_order_id", t),
+            sales_order_line_id=rows.required_int(row, "sales_order_line_id", t),
+            shipment_line_id=rows.required_int(row, "shipment_line_id", t),
+            quantity=rows.quantity(row, "quantity", t, sign=Sign.POSITIVE),
+            reason=rows.state(row, "reason", t, ReturnReason),
+            state=rows.state(row, "state", t, ReturnState),
+            requested_at=rows.optional_instant(row, "requested_at", t),
+            received_at=rows.optional_instant(row, "received_at", t),
+            closed_at=rows.optional_instant(row, "closed_at", t),
+            **_costs(row, t, "currency_code", ("credit_amount", "handling_cost")),
+        )
+
+
 RECORDS = (
     Item, Warehouse, Customer, SalesOrder, SalesOrderLine, StockQuant, StockReservation,
-    ProductionOrder, QualityInspection, Shipment, ShipmentLine,
+    ProductionOrder, QualityInspection, Shipment, ShipmentLine, ReturnOrder,
 )

@@ -141,6 +141,7 @@ class Checkpoint:
 
         self.source = BatchSource(
             service, name, topics, on_batch, on_reset=reset, resume_from=self.resume_from,
+            release_memory=False,  # commit() gives the free memory back once a batch
             **options,
         )
         return self.source

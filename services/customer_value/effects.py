@@ -16,7 +16,6 @@ risks to the observer once the checkpoint made them durable.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import asyncpg
 from prometheus_client import Counter, Gauge
@@ -27,7 +26,7 @@ from services.customer_value.observer import Update, ValueObserver
 from services.customer_value.service_fold import Outcome, ValueFold
 from services.shared.runtime import Service
 from services.shared.sinks import PositionGuardedSink, SinkWrite, UpsertSpec
-from services.shared.transaction_fold import Applied, dead_letter_all
+from services.shared.transaction_fold import Applied, effects_of_step
 
 VALUE_TOPIC = "ambidex.customer-value"
 #: ``schemas/published/customer_value/v1.avsc``
@@ -84,15 +83,12 @@ class Effects:
         service = self.service
         out = step.outcome
         self._pending = None
-        await dead_letter_all(service, step, fold.held)
-        if out.values:
-            await asyncio.gather(self.write_back(out), self.publish(out))
-            service.metrics.observe_end_to_end_lags(
-                "crm_write_back", [t.timestamp() for t in step.commit_times], time.time())
-        if step.applied:
-            service.metrics.event("cdc", "applied", step.applied)
-        if out.stale:
-            service.metrics.event("cdc", "skipped_stale", out.stale)
+        await effects_of_step(
+            service, step, fold.held,
+            (lambda: asyncio.gather(self.write_back(out), self.publish(out)))
+            if out.values else None,
+            stale=out.stale,
+        )
         m = self.metrics
         emptied = sum(1 for v in out.values.values() if v is None)
         m.figures.inc(len(out.values) - emptied)

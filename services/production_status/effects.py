@@ -13,7 +13,6 @@ topics are keyed (consumers keep the newest; risk events carry their id).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import asyncpg
@@ -25,7 +24,7 @@ from services.shared.errors import BadInput
 from services.shared.output_check import first_refused, publishable
 from services.shared.runtime import Service
 from services.shared.sinks import PositionGuardedSink, SinkWrite, UpsertSpec
-from services.shared.transaction_fold import Applied, dead_letter_all
+from services.shared.transaction_fold import Applied, effects_of_step
 
 STATUS_TOPIC = "ambidex.fulfilment-status"
 RISK_TOPIC = "ambidex.delay-risks"
@@ -106,15 +105,12 @@ class Effects:
         """Everything ``step`` decided, done and acknowledged (idempotent)."""
         service = self.service
         out = step.outcome
-        await dead_letter_all(service, step, fold.held)
-        if out.writes_anything:
-            await asyncio.gather(self.write_back(out), self.publish(out))
-            service.metrics.observe_end_to_end_lags(
-                "crm_write_back", [t.timestamp() for t in step.commit_times], time.time())
-        if step.applied:
-            service.metrics.event("cdc", "applied", step.applied)
-        if out.stale:
-            service.metrics.event("cdc", "skipped_stale", out.stale)
+        await effects_of_step(
+            service, step, fold.held,
+            (lambda: asyncio.gather(self.write_back(out), self.publish(out)))
+            if out.writes_anything else None,
+            stale=out.stale,
+        )
         m = self.metrics
         for risk in out.risks:
             m.risks.labels(m.name, "cleared" if risk["cleared"] else "raised",

@@ -24,8 +24,9 @@ simply :func:`first_refused` over the records it will publish), and when one is 
 
 A refused output that no transaction of the step explains (its fold alone fails: a
 value stored before this check existed, a record of a published topic) cannot be
-rejected whole; the runner stops the worker as before, with the reason
-(:class:`Unattributable`).
+rejected whole (:class:`Unattributable`); the runner then leaves the refused outputs out
+(not written back, not published), logs the reason and counts them in
+``ambidex_outputs_refused_total``, and the worker goes on.
 """
 
 from __future__ import annotations

@@ -20,13 +20,15 @@ A subclass supplies, in plain synchronous code over its state (``KeyValue``):
 
 The step it returns (:class:`Applied`) carries the outcome, the dead letters, and the
 records to release once the effects are durable (:func:`dead_letter_all` writes the
-dead letters and reports the rejected transactions, for the effects).
+dead letters and reports the rejected transactions, for the effects;
+:func:`effects_of_step` is the whole skeleton of a service's effects around its own
+write-back and publishing).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -192,3 +194,28 @@ async def dead_letter_all(
         service.metrics.orphan_transactions(database, count)
     for holder in held.holders.values():
         holder.report(service.metrics)
+
+
+async def effects_of_step(
+    service: Service,
+    applied: Applied[Out],
+    held: HeldTransactions[Handle],
+    writes: Callable[[], Awaitable[object]] | None,
+    *,
+    stale: int = 0,
+) -> None:
+    """What every stateful service's effects do with a step, in this order: its dead
+    letters and holding metrics (:func:`dead_letter_all`); its write-back and publishing
+    (``writes``; None when the step changed nothing to write) and the end-to-end lag
+    of what they made visible (``crm_write_back``, from each applied transaction's
+    source commit); the changes applied and those skipped as ``stale``."""
+    await dead_letter_all(service, applied, held)
+    metrics = service.metrics
+    if writes is not None:
+        await writes()
+        metrics.observe_end_to_end_lags(
+            "crm_write_back", [t.timestamp() for t in applied.commit_times], time.time())
+    if applied.applied:
+        metrics.event("cdc", "applied", applied.applied)
+    if stale:
+        metrics.event("cdc", "skipped_stale", stale)

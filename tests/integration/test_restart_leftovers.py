@@ -79,14 +79,16 @@ async def test_an_end_read_again_after_a_restart_is_not_given_up(
         production.start()
         await production.wait_ready()
 
-        async def read_again_and_ended() -> bool:
-            return await metric(production, "ambidex_orphan_transactions_total") >= 1
+        async def read_again_and_ended() -> bool:  # acknowledged, or given up
+            return (await metric(production, "ambidex_orphan_transactions_total")
+                    + await metric(production, "ambidex_rejected_transactions_total")) >= 1
 
         # the ENDs read again wait for their events (covered: they never come), then
         # end once heartbeats move source time past the bound
         await wait_until(read_again_and_ended, timeout=120)
         rejected = await metric(production, "ambidex_rejected_transactions_total")
         assert rejected == 0, "a transaction applied before the restart was given up"
+        assert await metric(production, "ambidex_orphan_transactions_total") >= 1
         assert await dead_letters(stack) == dead_before
         # and the worker goes on: a later change is folded
         await inspect(erp, mo, "pending")
@@ -148,11 +150,14 @@ async def test_order_sync_does_not_give_up_an_end_read_again_after_a_restart(
         order_sync.start()
         await order_sync.wait_ready()
 
-        async def read_again_and_ended() -> bool:
-            return await metric(order_sync, "ambidex_orphan_transactions_total") >= 1
+        async def read_again_and_ended() -> bool:  # acknowledged, or given up
+            return (await metric(order_sync, "ambidex_orphan_transactions_total")
+                    + await metric(order_sync, "ambidex_rejected_transactions_total")) >= 1
 
         await wait_until(read_again_and_ended, timeout=120)
-        assert await metric(order_sync, "ambidex_rejected_transactions_total") == 0
+        assert await metric(order_sync, "ambidex_rejected_transactions_total") == 0, (
+            "a transaction applied before the restart was given up")
+        assert await metric(order_sync, "ambidex_orphan_transactions_total") >= 1
         assert await dead_letters(stack, "order-sync") == dead_before
         assert (await wait_status(crm, order, "synced"))["status"] == "synced"
         later = await new_order(crm, account, [(1, cat.products[0][0], "1", "3.00")],

@@ -123,7 +123,11 @@ def test_service_pods_are_probed_limited_and_never_doubled() -> None:
         secrets = [e for e in container["env"] if e["name"].endswith(("_DSN", "_PASSWORD"))]
         assert len(secrets) == 3 and all("secretKeyRef" in e["valueFrom"] for e in secrets)
     monitored = {m["metadata"]["name"] for m in _kind("ServiceMonitor")}
-    assert monitored == {d["metadata"]["name"] for d in _kind("Deployment")}
+    ours = {  # every Deployment serving Ambidex's /metrics (not the schema registry's image)
+        d["metadata"]["name"] for d in _kind("Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] != "schema-registry"
+    }
+    assert monitored == ours and {d["metadata"]["name"] for d in deployments} <= ours
 
 
 def test_alert_rules_name_metrics_the_services_expose() -> None:

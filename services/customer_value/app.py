@@ -75,6 +75,7 @@ class Shell:
             sources=SOURCES,
             load=self.load,
             apply=self.effects.apply,
+            check=self.effects.check,
             after_commit=self.effects.committed,
             published=ValueFold.published,
             max_records=BATCH_MAX,

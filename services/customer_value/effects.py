@@ -24,6 +24,8 @@ from services.customer_value import emit
 from services.customer_value.figures import month_start
 from services.customer_value.observer import Update, ValueObserver
 from services.customer_value.service_fold import Outcome, ValueFold
+from services.shared.errors import BadInput
+from services.shared.output_check import first_refused, publishable
 from services.shared.runtime import Service
 from services.shared.sinks import PositionGuardedSink, SinkWrite, UpsertSpec
 from services.shared.transaction_fold import Applied, effects_of_step
@@ -119,6 +121,25 @@ class Effects:
             else:
                 writes.append(SPEC.upsert(emit.row(value, out.as_of), position))
         await self.sink.apply(writes)
+
+    def check(self, step: Applied[Outcome], fold: ValueFold, *, prune: bool = False
+              ) -> BadInput | None:
+        """The first of the step's records its schema refuses (the kit's output check:
+        its transaction is then rejected whole instead of failing the effects);
+        ``prune``: leave every refused one out (not written back, not published)."""
+        out = step.outcome
+        codec = self.service.codec
+        present = [(key, value) for key, value in out.values.items() if value is not None]
+        if not prune:
+            return first_refused(
+                codec, ((SCHEMA_NAME, emit.record(value, out.as_of)) for _, value in present))
+        kept, first = publishable(codec, SCHEMA_NAME, present,
+                                  lambda item: emit.record(item[1], out.as_of))
+        published = {key for key, _ in kept}
+        for key, _ in present:
+            if key not in published:
+                del out.values[key]
+        return first
 
     async def publish(self, out: Outcome) -> None:
         items = [(VALUE_TOPIC, SCHEMA_NAME, emit.key(key), emit.record(value, out.as_of))

@@ -261,3 +261,35 @@ def test_deletes_take_a_row_out_and_truncates_and_bad_positions_are_bad_input() 
         parse_position(b"1", record, 3)
     with pytest.raises(BadInput, match="not a contract id"):
         parse_position(b"x", None, 4)
+
+
+def test_a_figure_its_schema_refuses_is_found_before_any_effect_and_can_be_left_out() -> None:
+    """The output check (services/shared/output_check.py): a month whose freight exceeds
+    the record's decimal is refused in the fold step (its transaction is then rejected
+    whole, not crash-looping the effects); pruned, it is neither published nor written,
+    and the other months stay."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from services.customer_value.effects import Effects
+
+    source = Source()
+    source.commit("erp", [("customer", CUSTOMER), ("sales_order", ORDER),
+                          ("shipment", shipment(D("12.00")))])
+    step = source.step()
+    good = step.outcome.values[(7, "2026-03", "EUR")]
+    assert good is not None
+    huge = {**good.figures, "freight": D("1" + "0" * 30)}
+    bad = replace(good, month="2026-04", figures=huge)
+    step.outcome.values[(7, "2026-04", "EUR")] = bad
+    step.outcome.values[(7, "2026-05", "EUR")] = None  # emptied: nothing to check
+    service = SimpleNamespace(codec=CODEC, registry=CollectorRegistry(), name="customer-value")
+    effects = Effects(service)  # type: ignore[arg-type]
+    refused = effects.check(step, None)  # type: ignore[arg-type]
+    assert refused is not None and "freight" in refused.reason
+    assert len(step.outcome.values) == 3  # checking changes nothing
+    assert effects.check(step, None, prune=True) is not None  # type: ignore[arg-type]
+    assert set(step.outcome.values) == {(7, "2026-03", "EUR"), (7, "2026-05", "EUR")}
+    assert effects.check(step, None) is None  # type: ignore[arg-type]

@@ -78,6 +78,18 @@ def _rules() -> list[dict[str, Any]]:
             },
         },
         {
+            # services/shared/output_check.py: an output its schema refuses that no
+            # source transaction of the step explains is left out (not published, not
+            # written back): a figure downstream is missing or stale
+            "alert": "AmbidexOutputsRefused",
+            "expr": "increase(ambidex_outputs_refused_total[1h]) > 0",
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "{{ $labels.service }} left out outputs their schema refuses",
+                "description": "See the service log ('output refused, not published').",
+            },
+        },
+        {
             "alert": "AmbidexEndToEndLagHigh",
             "expr": (
                 "histogram_quantile(0.99, sum by (service, path, le) "

@@ -26,6 +26,9 @@ from ambidex.manifest_values import (
     RUNTIME_DEFAULT_SECCOMP,
     DeploymentValues,
     component_labels,
+    disruption_budget,
+    service_account,
+    single_pod_deployment,
 )
 from ambidex.monitoring_pipeline import service_groups_regex
 
@@ -141,43 +144,16 @@ def pipeline_exporter(values: DeploymentValues) -> list[dict[str, Any]]:
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    security = {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        **RUNTIME_DEFAULT_SECCOMP,
+    }
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": EXPORTER, "labels": labels},
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": EXPORTER, "labels": labels},
-            "spec": {
-                "replicas": 1,
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": selector},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": EXPORTER,
-                        "automountServiceAccountToken": False,
-                        "securityContext": {
-                            "runAsNonRoot": True,
-                            "runAsUser": 10001,
-                            "runAsGroup": 10001,
-                            **RUNTIME_DEFAULT_SECCOMP,
-                        },
-                        "containers": [container],
-                    },
-                },
-            },
-        },
-        {
-            "apiVersion": "policy/v1",
-            "kind": "PodDisruptionBudget",
-            "metadata": {"name": EXPORTER, "labels": labels},
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
-        },
+        service_account(EXPORTER, labels),
+        single_pod_deployment(EXPORTER, labels, selector, security, [container]),
+        disruption_budget(EXPORTER, labels, selector),
         {
             "apiVersion": "v1",
             "kind": "Service",

@@ -12,7 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from ambidex.manifest_kafka import secret_env
-from ambidex.manifest_values import RUNTIME_DEFAULT_SECCOMP, component_labels
+from ambidex.manifest_values import (
+    RUNTIME_DEFAULT_SECCOMP,
+    component_labels,
+    disruption_budget,
+    service_account,
+    single_pod_deployment,
+)
 
 NAME = "schema-registry"
 IMAGE = "apicurio/apicurio-registry:3.3.3"
@@ -34,66 +40,47 @@ def schema_registry_resources() -> list[dict[str, Any]]:
     labels = {"app.kubernetes.io/name": NAME, **component_labels("schema-registry")}
     selector = {"app.kubernetes.io/name": NAME}
     probe = {"port": "http"}
+    # one replica (its storage is the database): evictions allowed
+    container = {
+        "name": NAME,
+        "image": IMAGE,
+        "env": [
+            {"name": "APICURIO_STORAGE_KIND", "value": "sql"},
+            {"name": "APICURIO_STORAGE_SQL_KIND", "value": "postgresql"},
+            secret_env("APICURIO_DATASOURCE_URL", DB_SECRET, "url"),
+            secret_env("APICURIO_DATASOURCE_USERNAME", DB_SECRET, "username"),
+            secret_env("APICURIO_DATASOURCE_PASSWORD", DB_SECRET, "password"),
+        ],
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "readinessProbe": {
+            "httpGet": {"path": "/health/ready", **probe},
+            "periodSeconds": 5,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/health/live", **probe},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/health/live", **probe},
+            "periodSeconds": 5,
+            "failureThreshold": 60,
+        },
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "384Mi"},
+            "limits": {"memory": "768Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": NAME, "labels": labels},
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": NAME, "labels": labels},
-            "spec": {
-                # one replica (its storage is the database): evictions allowed, below
-                "replicas": 1,
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": selector},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": NAME,
-                        "automountServiceAccountToken": False,
-                        "securityContext": {"runAsNonRoot": True, **RUNTIME_DEFAULT_SECCOMP},
-                        "containers": [{
-                            "name": NAME,
-                            "image": IMAGE,
-                            "env": [
-                                {"name": "APICURIO_STORAGE_KIND", "value": "sql"},
-                                {"name": "APICURIO_STORAGE_SQL_KIND", "value": "postgresql"},
-                                secret_env("APICURIO_DATASOURCE_URL", DB_SECRET, "url"),
-                                secret_env("APICURIO_DATASOURCE_USERNAME", DB_SECRET, "username"),
-                                secret_env("APICURIO_DATASOURCE_PASSWORD", DB_SECRET, "password"),
-                            ],
-                            "ports": [{"name": "http", "containerPort": PORT}],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/health/ready", **probe},
-                                "periodSeconds": 5,
-                            },
-                            "livenessProbe": {
-                                "httpGet": {"path": "/health/live", **probe},
-                                "periodSeconds": 10,
-                                "failureThreshold": 6,
-                            },
-                            "startupProbe": {
-                                "httpGet": {"path": "/health/live", **probe},
-                                "periodSeconds": 5,
-                                "failureThreshold": 60,
-                            },
-                            "resources": {
-                                "requests": {"cpu": "100m", "memory": "384Mi"},
-                                "limits": {"memory": "768Mi"},
-                            },
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                        }],
-                    },
-                },
-            },
-        },
+        service_account(NAME, labels),
+        single_pod_deployment(
+            NAME, labels, selector, {"runAsNonRoot": True, **RUNTIME_DEFAULT_SECCOMP},
+            [container],
+        ),
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -103,12 +90,7 @@ def schema_registry_resources() -> list[dict[str, Any]]:
                 "ports": [{"name": "http", "port": PORT, "targetPort": "http"}],
             },
         },
-        {
-            "apiVersion": "policy/v1",
-            "kind": "PodDisruptionBudget",
-            "metadata": {"name": NAME, "labels": labels},
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
-        },
+        disruption_budget(NAME, labels, selector),
         {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",

@@ -74,3 +74,55 @@ def resource_name(topic: str) -> str:
 def pod_template() -> dict[str, Any]:
     """Strimzi pod template: the runtime's default seccomp profile."""
     return {"pod": {"securityContext": dict(RUNTIME_DEFAULT_SECCOMP)}}
+
+
+def service_account(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A ServiceAccount whose token is never mounted (no Ambidex pod calls the API)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "labels": labels},
+        "automountServiceAccountToken": False,
+    }
+
+
+def single_pod_deployment(
+    name: str,
+    labels: dict[str, str],
+    selector: dict[str, str],
+    security: dict[str, Any],
+    containers: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One pod, replaced (``Recreate``) rather than rolled, under its own service account
+    (:func:`service_account`) with no token; ``security``: the pod's security context."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": name,
+                    "automountServiceAccountToken": False,
+                    "securityContext": security,
+                    "containers": containers,
+                },
+            },
+        },
+    }
+
+
+def disruption_budget(
+    name: str, labels: dict[str, str], selector: dict[str, str]
+) -> dict[str, Any]:
+    """Evictions allowed (one replica: a drain must not block on it)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    }

@@ -54,14 +54,15 @@ async def test_racing_starts_apply_each_file_once_and_a_new_file_alone(
     before = await _records(dsn)
     assert [r["name"] for r in before] == files
 
-    (sql_root / "erp" / "095_test_extra.sql").write_text(
+    # a number above every real migration's: a file added later comes last
+    (sql_root / "erp" / "995_test_extra.sql").write_text(
         "CREATE TABLE erp_integration.migration_probe (id int PRIMARY KEY);\n"
     )
     again = await apply_reference_schema(dsn, "erp", sql_root=sql_root, **passwords)
-    assert again.applied == ("095_test_extra.sql",)
+    assert again.applied == ("995_test_extra.sql",)
     after = await _records(dsn)
     assert after[:-1] == before  # earlier records (and their applied_at) untouched
-    assert after[-1]["version"] == 95
+    assert after[-1]["version"] == 995
 
     assert (await apply_reference_schema(dsn, "erp", sql_root=sql_root, **passwords)).applied == ()
 
@@ -83,7 +84,7 @@ async def test_an_edited_applied_file_is_refused_and_nothing_runs(
 
     tables = sql_root / "crm" / "010_crm_tables.sql"
     tables.write_text(tables.read_text() + "\nCREATE TABLE crm.sneaked_in (id int);\n")
-    (sql_root / "crm" / "096_test_new.sql").write_text("CREATE TABLE crm.probe (id int);\n")
+    (sql_root / "crm" / "996_test_new.sql").write_text("CREATE TABLE crm.probe (id int);\n")
     with pytest.raises(MigrationError, match=r"010_crm_tables\.sql"):
         await apply_reference_schema(dsn, "crm", sql_root=sql_root, **passwords)
 
@@ -110,7 +111,7 @@ async def test_a_migration_yields_to_a_business_transaction_and_applies_after_it
         cdc_password=local_stack.secrets.cdc_password,
         app_password=local_stack.secrets.app_password,
     )
-    (sql_root / "erp" / "097_test_column.sql").write_text(
+    (sql_root / "erp" / "997_test_column.sql").write_text(
         "ALTER TABLE erp.item ADD COLUMN probe integer;\n"
     )
     business = await asyncpg.connect(dsn)
@@ -132,5 +133,5 @@ async def test_a_migration_yields_to_a_business_transaction_and_applies_after_it
     finally:
         await business.close()
         await migrator.close()
-    assert report.applied == ("097_test_column.sql",)
-    assert [r["name"] for r in await _records(dsn)][-1] == "097_test_column.sql"
+    assert report.applied == ("997_test_column.sql",)
+    assert [r["name"] for r in await _records(dsn)][-1] == "997_test_column.sql"

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from services.shared.kafka import KafkaConnection, SaslMechanism, SecurityProtocol
 
@@ -51,6 +51,20 @@ class ServiceSettings(BaseSettings):
         case_sensitive=False,
         validate_default=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings reads the environment it is given (os.environ by default) and
+        # passes the values in: no other source (os.environ itself, .env files) may add
+        # to them, or a test's settings would depend on the process's environment
+        return (init_settings,)
 
     service_name: str = Field(
         default="ambidex",
@@ -395,8 +409,8 @@ def load_settings(service_name: str, environ: Mapping[str, str] | None = None) -
         if raw is not None:
             values[name] = raw
     try:
-        # model_validate skips pydantic-settings' own sources: ``environ`` is the only input.
-        return ServiceSettings.model_validate(values)
+        # ``environ`` is the only input (ServiceSettings reads no source of its own)
+        return ServiceSettings(**values)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
 

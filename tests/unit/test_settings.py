@@ -193,3 +193,13 @@ def test_receivables_grace_days_come_from_the_environment_and_are_checked() -> N
     for bad in ("-1", "1.5", "NaN"):
         with pytest.raises(SettingsError, match="AMBIDEX_RECEIVABLES_GRACE_DAYS"):
             load_settings("receivables", {"AMBIDEX_RECEIVABLES_GRACE_DAYS": bad})
+
+
+def test_the_environment_given_is_the_only_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A variable of the process's environment never leaks into settings read from
+    another mapping (it did: pydantic-settings read os.environ as well)."""
+    monkeypatch.setenv("AMBIDEX_SCHEMA_REGISTRY_URL", "http://leaked:8081")
+    monkeypatch.setenv("AMBIDEX_MAX_HOLD_SECONDS", "7")
+    settings = load_settings("order-sync", {})
+    assert settings.schema_registry_url is None and settings.max_hold_seconds == 300
+    assert load_settings("order-sync").max_hold_seconds == 7  # os.environ by default

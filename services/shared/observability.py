@@ -19,6 +19,8 @@ from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.shared.memory_metrics import MemoryCollector
+
 # --------------------------------------------------------------------------- metrics
 
 EventOutcome = Literal["applied", "skipped_stale", "dead_lettered"]
@@ -216,6 +218,8 @@ class ServiceMetrics:
             ("service",),
             registry=registry,
         )
+        self.memory = MemoryCollector(service)
+        registry.register(self.memory)
         self._last_commit: dict[str, float] = {}
 
     # -- helpers --------------------------------------------------------------------

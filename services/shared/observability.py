@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from services.shared.memory_metrics import MemoryCollector
 
@@ -220,6 +220,9 @@ class ServiceMetrics:
         )
         self.memory = MemoryCollector(service)
         registry.register(self.memory)
+        # process_resident_memory_bytes, CPU seconds, open files (a registry of our own
+        # has none of prometheus_client's default collectors)
+        ProcessCollector(registry=registry)
         self._last_commit: dict[str, float] = {}
 
     # -- helpers --------------------------------------------------------------------

@@ -11,7 +11,8 @@ Against the real stack (the connectors emit truncates, ``skipped.operations=none
   order-sync, of ``crm.installment`` for receivables, of ``erp.quality_inspection``
   for production-status and of ``erp.return_order`` for customer-value: truncating
   those shared tables for real would wipe every other test's rows) is dead-lettered
-  with cause ``needs_resnapshot`` and counted with that answer, which is what the ``AmbidexSourceTruncated`` alert fires on; the service goes on.
+  with cause ``needs_resnapshot`` and counted with that answer, which is what the
+  ``AmbidexSourceTruncated`` alert fires on; the service goes on.
 """
 
 from __future__ import annotations

@@ -26,10 +26,6 @@ DASHBOARDS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "monitoring
 SCHEMA_VERSION = 39
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "[5m]"
-#: services that count the TRUNCATEs they see (services.shared.truncates.TruncateCounter);
-#: receivables, production-status and customer-value export no such counter (the live
-#: stack test found it), so their dashboards have no truncates panel
-TRUNCATES_COUNTED = ("order-sync", "inventory-projection")
 #: services keeping local state (RocksDB): the others have no state store memory
 WITHOUT_STATE = ("order-sync",)
 
@@ -415,16 +411,11 @@ def service_rows(service: str) -> list[Row]:
                     "ops",
                 ),
                 _p("Retries / s", by.format("kind", "ambidex_retries_total"), "{{kind}}", "ops"),
-                *(
-                    [
-                        _p(
-                            "Truncates",
-                            f"sum by (table, answer) (ambidex_source_truncates_total{{{s}}})",
-                            "{{table}} {{answer}}",
-                        )
-                    ]
-                    if service in TRUNCATES_COUNTED
-                    else []
+                # every service counts the TRUNCATEs it sees (services.shared.truncates)
+                _p(
+                    "Truncates",
+                    f"sum by (table, answer) (ambidex_source_truncates_total{{{s}}})",
+                    "{{table}} {{answer}}",
                 ),
             ),
         ),

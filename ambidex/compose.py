@@ -33,10 +33,15 @@ from ambidex.stack.config import REPO_ROOT
 COMPOSE_FILE = REPO_ROOT / "deploy" / "compose" / "compose.yaml"
 SCHEMA_FILE = REPO_ROOT / "tests" / "schemas" / "compose-spec.json"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
+ENV_EXAMPLE = COMPOSE_FILE.parent / ".env.example"
 
 _SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL", re.IGNORECASE)
 _DSN_PASSWORD = re.compile(r"://[^:/@\s]+:(?P<password>[^@\s]*)@")
 _REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?][^}]*)?\}$")
+#: a JAAS login's password or a broker's user_<name> entry
+_JAAS_PASSWORD = re.compile(r'(?:password|user_[^=\s"]+)="(?P<password>[^"]*)"')
+#: Kafka Connect's ${env:VARIABLE} (``$$`` in a compose file: not interpolated by compose)
+_ENV_PROVIDER = re.compile(r"^\$?\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$")
 _PINNED_TAG = re.compile(r":[^/:@]*\d+\.\d+[^/:@]*$")
 #: broker settings that name this deployment's hosts, ports and paths
 _BROKER_LOCAL_ONLY = {
@@ -96,6 +101,11 @@ def _secret_problems(name: str, environment: Mapping[str, str]) -> Iterator[str]
         match = _DSN_PASSWORD.search(value)
         if match and not _REFERENCE.match(match["password"]):
             yield f"{name}: {variable} holds an inline password; use ${{VARIABLE}}"
+        for login in _JAAS_PASSWORD.finditer(value):
+            if not _REFERENCE.match(login["password"]) and not _ENV_PROVIDER.match(
+                login["password"]
+            ):
+                yield f"{name}: {variable} holds an inline password; use ${{VARIABLE}}"
 
 
 def policy_problems(document: Mapping[str, Any]) -> list[str]:
@@ -166,6 +176,38 @@ def consistency_problems(document: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def security_problems(document: Mapping[str, Any]) -> list[str]:
+    """Kafka requires a login on every reachable listener and every client has one
+    (:mod:`ambidex.compose_kafka`)."""
+    from ambidex.compose_kafka import kafka_security_problems
+
+    services: Mapping[str, Any] = document.get("services") or {}
+    environments = {name: _environment(service) for name, service in services.items()}
+    return kafka_security_problems(services, environments)
+
+
+_REQUIRED_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?")
+
+
+def env_example_problems(compose_text: str, example: Path = ENV_EXAMPLE) -> list[str]:
+    """Every variable the file requires (``${NAME:?...}``) is listed in .env.example,
+    so an operator who fills it in starts a complete deployment."""
+    listed = {
+        line.split("=", 1)[0].strip()
+        for line in example.read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    }
+    required = set(_REQUIRED_VARIABLE.findall(compose_text))
+    missing = sorted(required - listed)
+    return [f"{example.name}: {name} is required but not listed" for name in missing]
+
+
 def validate(path: Path = COMPOSE_FILE) -> list[str]:
     document = load_compose(path)
-    return [*schema_problems(document), *policy_problems(document), *consistency_problems(document)]
+    return [
+        *schema_problems(document),
+        *policy_problems(document),
+        *consistency_problems(document),
+        *security_problems(document),
+        *env_example_problems(path.read_text(), path.parent / ".env.example"),
+    ]

@@ -3,10 +3,12 @@
 Invariants: the shipped file is valid Compose (the specification's JSON schema), follows
 the policy (a healthcheck on every long-running service, images pinned, no secret
 inline), has the local stack's broker, Connect and service settings, and Kafka takes no
-client without a login (no plaintext listener other containers reach; every service,
-the setup job and the Connect worker log in as their own user with the password the
-broker checks); and each check fails when the file breaks it (a validator that cannot
-fail protects nothing).
+client without a login (no plaintext listener other containers reach; every service, the
+setup job and the Connect worker log in as their own user with the password the broker
+checks), and its Prometheus loads the pipeline alerts and scrapes Kafka's and Connect's
+JMX exporter agent (the jar the jmx-agent job fetches, the rule files of
+deploy/monitoring/jmx) and the pipeline exporter; and each check fails when the file
+breaks it (a validator that cannot fail protects nothing).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ambidex.compose import (
     consistency_problems,
     env_example_problems,
     load_compose,
+    monitoring_problems,
     policy_problems,
     schema_problems,
     security_problems,
@@ -267,3 +270,54 @@ def test_every_required_variable_is_in_the_env_example(tmp_path: Path) -> None:
     problems = env_example_problems(text, example)
     assert ".env.example: AMBIDEX_CDC_PASSWORD is required but not listed" in problems
     assert not any("POSTGRES_PASSWORD" in p for p in problems)
+
+
+def test_kafka_and_connect_serve_the_jmx_exporter_prometheus_scrapes() -> None:
+    assert monitoring_problems(load_compose()) == []
+    services = load_compose()["services"]
+    assert services["jmx-agent"]["entrypoint"] == ["python", "-m", "ambidex.jmx_agent", "/state"]
+    for jvm in ("kafka", "connect"):
+        assert services[jvm]["depends_on"]["jmx-agent"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+def _opts(service: str, value: str) -> Callable[[Doc], None]:
+    return _set(service, KAFKA_OPTS=value)
+
+
+_AGENT = "/opt/jmx-agent/jmx_prometheus_javaagent-1.0.1.jar"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (_drop("kafka", "KAFKA_OPTS"), "kafka: no JMX exporter agent"),
+        (_opts("connect", f"-javaagent:{_AGENT}=9999:/etc/jmx/connect.yaml"),
+         "connect: the JMX agent serves 9999, scraped on 9411"),
+        (_opts("kafka", f"-javaagent:{_AGENT}=9410:/etc/jmx/connect.yaml"),
+         "kafka: the JMX agent's rules /etc/jmx/connect.yaml are not"),
+        (_opts("kafka", "-javaagent:/opt/other/agent.jar=9410:/etc/jmx/kafka.yaml"),
+         "kafka: the JMX agent's jar /opt/other/agent.jar is not in the volume"),
+        (_opts("kafka", "-javaagent:/opt/jmx-agent/jmx_prometheus_javaagent-0.20.0.jar"
+               "=9410:/etc/jmx/kafka.yaml"),
+         "kafka: the JMX agent's jar is jmx_prometheus_javaagent-0.20.0.jar"),
+        (lambda d: d["services"].pop("jmx-agent"), "not in the volume the jmx-agent job"),
+        (lambda d: d["services"].pop("pipeline-exporter"),
+         "job pipeline-exporter scrapes pipeline-exporter:9400, no such service"),
+    ],
+)
+def test_a_scrape_target_compose_does_not_serve_fails(
+    change: Callable[[Doc], None], expected: str
+) -> None:
+    problems = monitoring_problems(_broken(change))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_the_pipeline_jobs_are_the_local_stacks() -> None:
+    from ambidex.monitoring import COMPOSE_PIPELINE_JOBS
+    from ambidex.stack.config import StackConfig
+    from ambidex.stack.pipeline_metrics import metrics_endpoints
+
+    config = StackConfig(state_dir=Path("/nonexistent"), cache_dir=Path("/nonexistent"))
+    assert set(COMPOSE_PIPELINE_JOBS) == set(metrics_endpoints(config))

@@ -7,7 +7,8 @@
 2. Policy: every service has a healthcheck, or is a one-shot job (``restart: "no"``)
    that the services depending on it wait for with ``service_completed_successfully``;
    every image is pinned to an exact version (a digest, or a tag with major.minor, never
-   ``latest``) unless the service is built from the project's Dockerfile; no secret is
+   ``latest``) unless the service is built from the project's Dockerfile (a tag without
+   a digest is only a warning, :mod:`ambidex.images`); no secret is
    inline (a password variable or a DSN's password is a ``${VARIABLE}`` reference).
 3. One source with the local stack: the broker's and the Connect worker's settings equal
    the local stack's (:func:`ambidex.stack.processes.broker_properties`,

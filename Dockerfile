@@ -1,7 +1,8 @@
 # The Ambidex services image: `docker build -t ambidex .`, then
 # `docker run ambidex run order-sync` (settings from AMBIDEX_* variables, see
 # docs/configuration.md). Kubernetes manifests in deploy/kubernetes/ run it the same way.
-# Checked by hadolint in `bin/ambidex lint`.
+# Checked by hadolint in `bin/ambidex lint`. Base images are pinned by tag, not digest (no
+# registry access where this was written); `bin/ambidex compose pin-digests` pins them.
 FROM python:3.11-slim-bookworm AS build
 COPY --from=ghcr.io/astral-sh/uv:0.9 /uv /usr/local/bin/uv
 WORKDIR /app

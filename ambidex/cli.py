@@ -326,6 +326,7 @@ def compose() -> None:
 def compose_validate() -> None:
     """Check the compose file against the Compose schema, the policy and the local stack."""
     from ambidex.compose import COMPOSE_FILE, validate
+    from ambidex.images import declared_images, tag_only
 
     problems = validate()
     for problem in problems:
@@ -333,6 +334,25 @@ def compose_validate() -> None:
     if problems:
         raise SystemExit(1)
     _progress(f"{COMPOSE_FILE.relative_to(COMPOSE_FILE.parents[2])}: valid")
+    # a warning, not a failure: digests need registry access this check may not have
+    unpinned = tag_only(declared_images())
+    if unpinned:
+        listed = ", ".join(f"{i.image} ({i.path.name})" for i in unpinned)
+        click.echo(
+            f"warning: {len(unpinned)} images pinned by tag, not digest: {listed}. "
+            "With registry access, pin them: bin/ambidex compose pin-digests",
+            err=True,
+        )
+
+
+@compose.command("pin-digests")
+def compose_pin_digests() -> None:
+    """Pin every tag-only image of the compose file and the Dockerfile by the digest
+    its registry serves now (needs Docker with buildx and registry access)."""
+    from ambidex.images import declared_images, pin_digests
+
+    for line in pin_digests(declared_images()):
+        _progress(f"pinned {line}")
 
 
 # ----------------------------------------------------------------------- setup

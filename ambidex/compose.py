@@ -7,7 +7,8 @@
 2. Policy: every service has a healthcheck, or is a one-shot job (``restart: "no"``)
    that the services depending on it wait for with ``service_completed_successfully``;
    every image is pinned to an exact version (a digest, or a tag with major.minor, never
-   ``latest``) unless the service is built from the project's Dockerfile; no secret is
+   ``latest``) unless the service is built from the project's Dockerfile (a tag without
+   a digest is only a warning, :mod:`ambidex.images`); no secret is
    inline (a password variable or a DSN's password is a ``${VARIABLE}`` reference).
 3. One source with the local stack: the broker's and the Connect worker's settings equal
    the local stack's (:func:`ambidex.stack.processes.broker_properties`,
@@ -28,6 +29,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ambidex.compose_kafka import mounts
 from ambidex.jmx_agent import JAR as JMX_AGENT_JAR
 from ambidex.stack.config import REPO_ROOT
 
@@ -208,16 +210,6 @@ _JAVAAGENT = re.compile(r"-javaagent:(?P<jar>[^=\s]+)=(?P<port>\d+):(?P<rules>\S
 _JMX_RULES = {"kafka": "kafka.yaml", "connect": "connect.yaml"}
 
 
-def _mounts(service: Mapping[str, Any]) -> dict[str, str]:
-    """``{container path: source}`` of the service's short-syntax volumes."""
-    found = {}
-    for volume in service.get("volumes") or []:
-        if isinstance(volume, str) and ":" in volume:
-            source, target = volume.split(":")[:2]
-            found[target.rstrip("/")] = source.rstrip("/")
-    return found
-
-
 def _mounted_from(mounts: Mapping[str, str], path: str) -> tuple[str, str] | None:
     """``(source, path inside it)`` of the mount ``path`` lies in."""
     for target, source in mounts.items():
@@ -238,7 +230,7 @@ def monitoring_problems(document: Mapping[str, Any]) -> list[str]:
     if "pipeline-alerts.yaml" not in rule_files():
         problems.append("prometheus: the pipeline alerts (pipeline-alerts.yaml) are not loaded")
     fetched = {
-        _mounts(service).get("/state")
+        mounts(service).get("/state")
         for service in services.values()
         if "ambidex.jmx_agent" in (service.get("entrypoint") or [])
     } - {None}
@@ -255,14 +247,14 @@ def monitoring_problems(document: Mapping[str, Any]) -> list[str]:
             continue
         if agent["port"] != port:
             problems.append(f"{host}: the JMX agent serves {agent['port']}, scraped on {port}")
-        mounts = _mounts(services[host])
-        rules = _mounted_from(mounts, agent["rules"])
+        mounted = mounts(services[host])
+        rules = _mounted_from(mounted, agent["rules"])
         if rules != ("../monitoring/jmx", _JMX_RULES[host]):
             problems.append(
                 f"{host}: the JMX agent's rules {agent['rules']} are not "
                 f"deploy/monitoring/jmx/{_JMX_RULES[host]}"
             )
-        jar = _mounted_from(mounts, agent["jar"])
+        jar = _mounted_from(mounted, agent["jar"])
         if jar is None or jar[0] not in fetched:
             problems.append(
                 f"{host}: the JMX agent's jar {agent['jar']} is not in the volume the "

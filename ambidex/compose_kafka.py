@@ -4,8 +4,11 @@
 1. No plaintext door: every broker listener another container or the host can reach
    (bound to anything but the container's loopback) takes SASL; the broker's own
    controller and inter-broker listeners may stay plaintext on ``localhost``.
-2. The broker's user list (the PLAIN JAAS of each SASL listener) gives every user a
-   ``${VARIABLE}`` password, never an inline one.
+2. The broker's user list is the JAAS file the ``kafka-users`` job writes
+   (:mod:`ambidex.kafka_jaas`, one user per ``AMBIDEX_KAFKA_PASSWORD_<USER>`` variable,
+   each a ``${VARIABLE}`` reference), loaded by the broker's
+   ``-Djava.security.auth.login.config`` from the job's volume; no ``KAFKA_*`` variable
+   the image turns into a property holds an ``=`` (the image drops such a variable).
 3. Every Kafka client logs in: each compose service with ``AMBIDEX_KAFKA_BOOTSTRAP``
    (the services, the setup job, the pipeline exporter) and the Connect worker's own,
    producer, consumer and admin clients use a SASL protocol and a mechanism the broker
@@ -23,12 +26,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ambidex.access import AccessDeclaration, load_access
+from ambidex.kafka_jaas import JAAS_FILE, PREFIX, user_of
 from ambidex.stack.kafka_access import password_variable
 
 _LOOPBACK = re.compile(r"^(localhost|127\.\d+\.\d+\.\d+|\[::1\])$")
 _LISTENER = re.compile(r"^(?P<name>[A-Za-z0-9_]+)://(?P<host>[^:]*|\[[^\]]*\]):(?P<port>\d+)$")
-#: ``user_<name>="<password>"`` in a broker's PLAIN JAAS
-_BROKER_USER = re.compile(r'user_(?P<user>[^=\s"]+)="(?P<password>[^"]*)"')
+_JAAS_CONFIG = re.compile(r"-Djava\.security\.auth\.login\.config=(?P<path>\S+)")
+#: KAFKA_* variables the apache/kafka image passes to the JVM, not into server.properties
+_NOT_PROPERTIES = {
+    "KAFKA_VERSION", "KAFKA_HEAP_OPTS", "KAFKA_LOG4J_OPTS", "KAFKA_OPTS", "KAFKA_JMX_OPTS",
+    "KAFKA_JVM_PERFORMANCE_OPTS", "KAFKA_GC_LOG_OPTS", "KAFKA_LOG4J_ROOT_LOGLEVEL",
+    "KAFKA_LOG4J_LOGGERS", "KAFKA_TOOLS_LOG4J_LOGLEVEL",
+}
 _LOGIN = re.compile(r'username="(?P<user>[^"]*)"\s+password="(?P<password>[^"]*)"')
 #: a compose ``${VARIABLE}`` (with an optional ``:?message`` or ``:-default``)
 _VARIABLE = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}$")
@@ -74,9 +83,34 @@ class Broker:
     mechanisms: set[str]
     #: user -> the variable holding its password (None: inline, or unreadable)
     users: dict[str, str | None]
+    #: the JAAS file the broker loads is the one the kafka-users job writes
+    loads_user_list: bool
 
 
-def read_broker(kafka: Mapping[str, str]) -> Broker:
+def mounts(service: Mapping[str, Any]) -> dict[str, str]:
+    """``{container path: source}`` of the service's short-syntax volumes."""
+    found = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str) and ":" in volume:
+            source, target = volume.split(":")[:2]
+            found[target.rstrip("/")] = source.rstrip("/")
+    return found
+
+
+def _users_job(services: Mapping[str, Any]) -> str | None:
+    """The name of the job writing the broker's user list (``ambidex.kafka_jaas``)."""
+    return next(
+        (n for n, s in services.items() if "ambidex.kafka_jaas" in (s.get("entrypoint") or [])),
+        None,
+    )
+
+
+def read_broker(
+    kafka: Mapping[str, str],
+    kafka_service: Mapping[str, Any] | None = None,
+    users_job: Mapping[str, Any] | None = None,
+    users_environment: Mapping[str, str] | None = None,
+) -> Broker:
     protocols = _protocol_map(kafka.get("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", ""))
     listeners = _listeners(kafka.get("KAFKA_LISTENERS", ""), protocols)
     by_name = {listener.name: listener for listener in listeners}
@@ -90,23 +124,25 @@ def read_broker(kafka: Mapping[str, str]) -> Broker:
         if m.strip()
     }
     users: dict[str, str | None] = {}
-    for variable, value in kafka.items():
-        if variable.startswith("KAFKA_LISTENER_NAME_") and variable.endswith("_SASL_JAAS_CONFIG"):
-            for match in _BROKER_USER.finditer(value):
-                reference = _VARIABLE.match(match["password"])
-                users[match["user"]] = reference["name"] if reference else None
-    return Broker(listeners, advertised, mechanisms, users)
-
-
-def _jaas_of(kafka: Mapping[str, str], listener: Listener, mechanism: str) -> str | None:
-    # the apache/kafka image's naming: "." -> "_", "-" -> "___", upper case
-    key = f"listener.name.{listener.name}.{mechanism}.sasl.jaas.config".lower()
-    return kafka.get("KAFKA_" + key.replace("-", "___").replace(".", "_").upper())
+    for variable, value in (users_environment or {}).items():
+        if variable.startswith(PREFIX):
+            reference = _VARIABLE.match(value)
+            users[user_of(variable)] = reference["name"] if reference else None
+    loads = False
+    jaas = _JAAS_CONFIG.search(kafka.get("KAFKA_OPTS", ""))
+    if jaas and kafka_service is not None and users_job:
+        directory, _, name = jaas["path"].rpartition("/")
+        volume = mounts(kafka_service).get(directory)
+        loads = name == JAAS_FILE and volume is not None and volume == mounts(users_job).get(
+            "/state"
+        )
+    return Broker(listeners, advertised, mechanisms, users, loads)
 
 
 def broker_problems(kafka: Mapping[str, str], broker: Broker) -> Iterator[str]:
     if not broker.listeners:
         yield "kafka: no KAFKA_LISTENERS"
+    sasl = False
     for listener in broker.listeners:
         if not listener.reachable:
             continue
@@ -116,10 +152,17 @@ def broker_problems(kafka: Mapping[str, str], broker: Broker) -> Iterator[str]:
                 f"{listener.host or 'every address'}:{listener.port} is reachable without a "
                 "login; make it SASL_* or bind it to localhost"
             )
-        elif "PLAIN" in broker.mechanisms and not _jaas_of(kafka, listener, "plain"):
-            yield f"kafka: SASL listener {listener.name} has no PLAIN user list (JAAS)"
-    for user, variable in sorted(broker.users.items()):
-        if variable is None:
+        sasl = sasl or listener.protocol.startswith("SASL_")
+    if sasl and "PLAIN" in broker.mechanisms and not broker.loads_user_list:
+        yield (
+            "kafka: no PLAIN user list: KAFKA_OPTS must load the kafka-users job's "
+            f"{JAAS_FILE} (-Djava.security.auth.login.config) from the job's volume"
+        )
+    for name, value in sorted(kafka.items()):
+        if name.startswith("KAFKA_") and name not in _NOT_PROPERTIES and "=" in value:
+            yield f"kafka: {name} holds '=': the apache/kafka image drops such a variable"
+    for user, reference in sorted(broker.users.items()):
+        if reference is None:
             yield f"kafka: user {user}'s password is inline; reference it as ${{VARIABLE}}"
 
 
@@ -219,7 +262,13 @@ def kafka_security_problems(
     environment as a mapping)."""
     access = access or load_access()
     kafka = environments.get("kafka", {})
-    broker = read_broker(kafka)
+    job = _users_job(services)
+    broker = read_broker(
+        kafka,
+        services.get("kafka"),
+        services[job] if job else None,
+        environments[job] if job else None,
+    )
     problems = list(broker_problems(kafka, broker))
     connector_principals = any(
         "--connector-principals" in (service.get("command") or []) for service in services.values()

@@ -223,8 +223,25 @@ def test_the_shipped_file_requires_a_kafka_login_everywhere() -> None:
             "listener CLIENTS (PLAINTEXT) on every address:9092 is reachable without a login",
         ),
         (
-            _drop("kafka", "KAFKA_LISTENER_NAME_HOST_PLAIN_SASL_JAAS_CONFIG"),
-            "SASL listener HOST has no PLAIN user list",
+            _set("kafka", KAFKA_OPTS="-javaagent:/opt/jmx-agent/jmx_prometheus_javaagent-1.0.1"
+                 ".jar=9410:/etc/jmx/kafka.yaml"),
+            "kafka: no PLAIN user list",
+        ),
+        (lambda d: d["services"].pop("kafka-users"), "kafka: no PLAIN user list"),
+        (
+            lambda d: d["services"]["kafka-users"].update(volumes=["other:/state"]),
+            "kafka: no PLAIN user list",
+        ),
+        (
+            _drop("kafka-users", "AMBIDEX_KAFKA_PASSWORD_AMBIDEX_RECEIVABLES"),
+            "receivables: Kafka user ambidex-receivables is not one the broker knows",
+        ),
+        (
+            _set("kafka", KAFKA_LISTENER_NAME_CLIENTS_PLAIN_SASL_JAAS_CONFIG=(
+                'org.apache.kafka.common.security.plain.PlainLoginModule required '
+                'user_ambidex-admin="${AMBIDEX_KAFKA_PASSWORD_AMBIDEX_ADMIN}";')),
+            "KAFKA_LISTENER_NAME_CLIENTS_PLAIN_SASL_JAAS_CONFIG holds '=': the apache/kafka "
+            "image drops such a variable",
         ),
         (
             _drop("connect", "CONNECT_PRODUCER_SECURITY_PROTOCOL"),
@@ -249,17 +266,18 @@ def test_a_kafka_client_without_a_login_or_an_open_listener_fails(
 
 
 def test_an_inline_kafka_password_fails_the_policy() -> None:
-    def inline(document: Doc) -> None:
-        environment = _env(document, "kafka")
-        environment["KAFKA_LISTENER_NAME_HOST_PLAIN_SASL_JAAS_CONFIG"] = (
-            'org.apache.kafka.common.security.plain.PlainLoginModule required '
-            'user_ambidex-admin="hunter2";'
-        )
-
-    problems = [*policy_problems(_broken(inline)), *security_problems(_broken(inline))]
-    assert any("KAFKA_LISTENER_NAME_HOST_PLAIN_SASL_JAAS_CONFIG holds an inline password" in p
+    inline_user = _set("kafka-users", AMBIDEX_KAFKA_PASSWORD_AMBIDEX_ADMIN="hunter2")
+    problems = [*policy_problems(_broken(inline_user)), *security_problems(_broken(inline_user))]
+    assert any("kafka-users: AMBIDEX_KAFKA_PASSWORD_AMBIDEX_ADMIN is inline" in p
                for p in problems), problems
     assert any("user ambidex-admin's password is inline" in p for p in problems), problems
+    inline_login = _set("connect", CONNECT_ADMIN_SASL_JAAS_CONFIG=(
+        'org.apache.kafka.common.security.plain.PlainLoginModule required '
+        'username="ambidex-connect" password="hunter2";'))
+    problems = [*policy_problems(_broken(inline_login)),
+                *security_problems(_broken(inline_login))]
+    assert any("connect: CONNECT_ADMIN_SASL_JAAS_CONFIG holds an inline password" in p
+               for p in problems), problems
 
 
 def test_every_required_variable_is_in_the_env_example(tmp_path: Path) -> None:

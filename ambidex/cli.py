@@ -372,6 +372,7 @@ def setup(
     """Prepare a deployment other than the local stack (the compose file's setup job):
     schemas and seed, topics, connectors; each step a no-op when done."""
     from ambidex.setup import SetupTargets, set_up
+    from ambidex.targets import kafka_from_environment
 
     values = dict(value.split("=", 1) for value in connector_values)
     targets = SetupTargets(
@@ -379,7 +380,8 @@ def setup(
         erp_admin_dsn=erp_admin_dsn,
         cdc_password=cdc_password,
         app_password=app_password,
-        kafka_bootstrap=bootstrap,
+        # AMBIDEX_KAFKA_SECURITY_PROTOCOL and the SASL settings, as a service reads them
+        kafka=kafka_from_environment(bootstrap, client="ambidex-setup"),
         connect_url=connect_url,
         connector_values=values,
         max_replication=max_replication,

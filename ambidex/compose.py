@@ -28,15 +28,21 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ambidex.jmx_agent import JAR as JMX_AGENT_JAR
 from ambidex.stack.config import REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "deploy" / "compose" / "compose.yaml"
 SCHEMA_FILE = REPO_ROOT / "tests" / "schemas" / "compose-spec.json"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
+ENV_EXAMPLE = COMPOSE_FILE.parent / ".env.example"
 
 _SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL", re.IGNORECASE)
 _DSN_PASSWORD = re.compile(r"://[^:/@\s]+:(?P<password>[^@\s]*)@")
 _REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?][^}]*)?\}$")
+#: a JAAS login's password or a broker's user_<name> entry
+_JAAS_PASSWORD = re.compile(r'(?:password|user_[^=\s"]+)="(?P<password>[^"]*)"')
+#: Kafka Connect's ${env:VARIABLE} (``$$`` in a compose file: not interpolated by compose)
+_ENV_PROVIDER = re.compile(r"^\$?\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$")
 _PINNED_TAG = re.compile(r":[^/:@]*\d+\.\d+[^/:@]*$")
 #: broker settings that name this deployment's hosts, ports and paths
 _BROKER_LOCAL_ONLY = {
@@ -96,6 +102,11 @@ def _secret_problems(name: str, environment: Mapping[str, str]) -> Iterator[str]
         match = _DSN_PASSWORD.search(value)
         if match and not _REFERENCE.match(match["password"]):
             yield f"{name}: {variable} holds an inline password; use ${{VARIABLE}}"
+        for login in _JAAS_PASSWORD.finditer(value):
+            if not _REFERENCE.match(login["password"]) and not _ENV_PROVIDER.match(
+                login["password"]
+            ):
+                yield f"{name}: {variable} holds an inline password; use ${{VARIABLE}}"
 
 
 def policy_problems(document: Mapping[str, Any]) -> list[str]:
@@ -166,6 +177,111 @@ def consistency_problems(document: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def security_problems(document: Mapping[str, Any]) -> list[str]:
+    """Kafka requires a login on every reachable listener and every client has one
+    (:mod:`ambidex.compose_kafka`)."""
+    from ambidex.compose_kafka import kafka_security_problems
+
+    services: Mapping[str, Any] = document.get("services") or {}
+    environments = {name: _environment(service) for name, service in services.items()}
+    return kafka_security_problems(services, environments)
+
+
+_REQUIRED_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?")
+
+
+def env_example_problems(compose_text: str, example: Path = ENV_EXAMPLE) -> list[str]:
+    """Every variable the file requires (``${NAME:?...}``) is listed in .env.example,
+    so an operator who fills it in starts a complete deployment."""
+    listed = {
+        line.split("=", 1)[0].strip()
+        for line in example.read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    }
+    required = set(_REQUIRED_VARIABLE.findall(compose_text))
+    missing = sorted(required - listed)
+    return [f"{example.name}: {name} is required but not listed" for name in missing]
+
+
+_JAVAAGENT = re.compile(r"-javaagent:(?P<jar>[^=\s]+)=(?P<port>\d+):(?P<rules>\S+)")
+#: the JVM services whose JMX exporter agent Prometheus scrapes, and their rule files
+_JMX_RULES = {"kafka": "kafka.yaml", "connect": "connect.yaml"}
+
+
+def _mounts(service: Mapping[str, Any]) -> dict[str, str]:
+    """``{container path: source}`` of the service's short-syntax volumes."""
+    found = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str) and ":" in volume:
+            source, target = volume.split(":")[:2]
+            found[target.rstrip("/")] = source.rstrip("/")
+    return found
+
+
+def _mounted_from(mounts: Mapping[str, str], path: str) -> tuple[str, str] | None:
+    """``(source, path inside it)`` of the mount ``path`` lies in."""
+    for target, source in mounts.items():
+        if path.startswith(target + "/"):
+            return source, path[len(target) + 1 :]
+    return None
+
+
+def monitoring_problems(document: Mapping[str, Any]) -> list[str]:
+    """Prometheus loads both rule files and reaches each scrape target: a compose
+    service, and for Kafka and Connect the JMX exporter agent on the scraped port with
+    its rule file of deploy/monitoring/jmx, the jar from the volume a job running
+    ``ambidex.jmx_agent`` fills."""
+    from ambidex.monitoring import COMPOSE_PIPELINE_JOBS, expected_scrape_jobs, rule_files
+
+    services: Mapping[str, Any] = document.get("services") or {}
+    problems = []
+    if "pipeline-alerts.yaml" not in rule_files():
+        problems.append("prometheus: the pipeline alerts (pipeline-alerts.yaml) are not loaded")
+    fetched = {
+        _mounts(service).get("/state")
+        for service in services.values()
+        if "ambidex.jmx_agent" in (service.get("entrypoint") or [])
+    } - {None}
+    for job, target in expected_scrape_jobs().items():
+        host, port = target.rsplit(":", 1)
+        if host not in services:
+            problems.append(f"prometheus: job {job} scrapes {target}, no such service")
+            continue
+        if job not in COMPOSE_PIPELINE_JOBS or host not in _JMX_RULES:
+            continue
+        agent = _JAVAAGENT.search(_environment(services[host]).get("KAFKA_OPTS", ""))
+        if agent is None:
+            problems.append(f"{host}: no JMX exporter agent (-javaagent in KAFKA_OPTS)")
+            continue
+        if agent["port"] != port:
+            problems.append(f"{host}: the JMX agent serves {agent['port']}, scraped on {port}")
+        mounts = _mounts(services[host])
+        rules = _mounted_from(mounts, agent["rules"])
+        if rules != ("../monitoring/jmx", _JMX_RULES[host]):
+            problems.append(
+                f"{host}: the JMX agent's rules {agent['rules']} are not "
+                f"deploy/monitoring/jmx/{_JMX_RULES[host]}"
+            )
+        jar = _mounted_from(mounts, agent["jar"])
+        if jar is None or jar[0] not in fetched:
+            problems.append(
+                f"{host}: the JMX agent's jar {agent['jar']} is not in the volume the "
+                "jmx-agent job (python -m ambidex.jmx_agent) fills"
+            )
+        elif jar[1] != JMX_AGENT_JAR:
+            problems.append(
+                f"{host}: the JMX agent's jar is {jar[1]}, the job fetches {JMX_AGENT_JAR}"
+            )
+    return problems
+
+
 def validate(path: Path = COMPOSE_FILE) -> list[str]:
     document = load_compose(path)
-    return [*schema_problems(document), *policy_problems(document), *consistency_problems(document)]
+    return [
+        *schema_problems(document),
+        *policy_problems(document),
+        *consistency_problems(document),
+        *security_problems(document),
+        *monitoring_problems(document),
+        *env_example_problems(path.read_text(), path.parent / ".env.example"),
+    ]

@@ -26,10 +26,8 @@ DASHBOARDS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "monitoring
 SCHEMA_VERSION = 39
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "[5m]"
-#: services that count the TRUNCATEs they see (services.shared.truncates.TruncateCounter);
-#: receivables, production-status and customer-value export no such counter (the live
-#: stack test found it), so their dashboards have no truncates panel
-TRUNCATES_COUNTED = ("order-sync", "inventory-projection")
+#: services keeping local state (RocksDB): the others have no state store memory
+WITHOUT_STATE = ("order-sync",)
 
 
 @dataclass(frozen=True)
@@ -413,16 +411,11 @@ def service_rows(service: str) -> list[Row]:
                     "ops",
                 ),
                 _p("Retries / s", by.format("kind", "ambidex_retries_total"), "{{kind}}", "ops"),
-                *(
-                    [
-                        _p(
-                            "Truncates",
-                            f"sum by (table, answer) (ambidex_source_truncates_total{{{s}}})",
-                            "{{table}} {{answer}}",
-                        )
-                    ]
-                    if service in TRUNCATES_COUNTED
-                    else []
+                # every service counts the TRUNCATEs it sees (services.shared.truncates)
+                _p(
+                    "Truncates",
+                    f"sum by (table, answer) (ambidex_source_truncates_total{{{s}}})",
+                    "{{table}} {{answer}}",
                 ),
             ),
         ),
@@ -450,8 +443,37 @@ def service_rows(service: str) -> list[Row]:
                 _p("State table keys", f"ambidex_table_rows{{{s}}}", "{{table}}"),
             ),
         ),
+        Row("Memory", memory_panels(service)),
         Row(service, service_panels(service)),
     ]
+
+
+def memory_panels(service: str) -> tuple[Panel, ...]:
+    """Where the worker's memory is (services/shared/memory_metrics.py): a leak grows
+    the heap in use beyond the state store; caches stop at their caps."""
+    s = f'service="{service}"'
+    return (
+        _p(
+            "Resident memory",
+            f'process_resident_memory_bytes{{job="{service}"}}',
+            "{{instance}}",
+            "bytes",
+        ),
+        _p("C heap", f"sum by (state) (ambidex_c_heap_bytes{{{s}}})", "{{state}}", "bytes"),
+        *(
+            []
+            if service in WITHOUT_STATE
+            else [
+                _p(
+                    "State store memory",
+                    f"sum by (part) (ambidex_state_store_memory_bytes{{{s}}})",
+                    "{{part}}",
+                    "bytes",
+                )
+            ]
+        ),
+        _p("Python allocated blocks", f"ambidex_python_allocated_blocks{{{s}}}", "blocks"),
+    )
 
 
 def _panels(rows: list[Row]) -> Iterator[dict[str, Any]]:

@@ -16,7 +16,9 @@
 Run as ``python -m ambidex.pipeline_exporter``: the local stack starts one
 (``ambidex.stack.pipeline_metrics``); on Kubernetes a Deployment runs it for the slots
 only (no ``AMBIDEX_KAFKA_BOOTSTRAP``: Kafka Exporter does the lag there). Settings:
-``AMBIDEX_CRM_DSN``/``AMBIDEX_ERP_DSN`` (either may be absent), ``AMBIDEX_KAFKA_BOOTSTRAP``,
+``AMBIDEX_CRM_DSN``/``AMBIDEX_ERP_DSN`` (either may be absent), ``AMBIDEX_KAFKA_BOOTSTRAP``
+(with ``AMBIDEX_KAFKA_SECURITY_PROTOCOL`` and the SASL settings, as a service reads them:
+docker-compose's Kafka takes only logins),
 ``AMBIDEX_METRICS_HOST``/``AMBIDEX_METRICS_PORT`` (default 9400),
 ``AMBIDEX_EXPORTER_INTERVAL_S`` (default 10): values are refreshed on that interval, a
 scrape reads the last ones (a slow database never holds a scrape).
@@ -35,6 +37,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from ambidex.targets import kafka_from_environment
+from services.shared.kafka import Kafka, client_options
 
 log = logging.getLogger("ambidex.pipeline_exporter")
 
@@ -55,7 +60,8 @@ WHERE slot_type = 'logical' AND database = current_database()
 @dataclass(frozen=True)
 class ExporterSettings:
     dsns: Mapping[str, str] = field(repr=False)
-    kafka_bootstrap: str | None
+    #: the brokers and how to log in (None: no consumer-group lag)
+    kafka: Kafka | None = field(repr=False)
     host: str = "0.0.0.0"
     port: int = 9400
     interval_s: float = 10.0
@@ -69,7 +75,9 @@ class ExporterSettings:
                 for db in DATABASES
                 if env.get(f"AMBIDEX_{db.upper()}_DSN")
             },
-            kafka_bootstrap=env.get("AMBIDEX_KAFKA_BOOTSTRAP") or None,
+            kafka=kafka_from_environment(bootstrap, env, client="ambidex-pipeline-exporter")
+            if (bootstrap := env.get("AMBIDEX_KAFKA_BOOTSTRAP"))
+            else None,
             host=env.get("AMBIDEX_METRICS_HOST", "0.0.0.0"),
             port=int(env.get("AMBIDEX_METRICS_PORT", 9400)),
             interval_s=float(env.get("AMBIDEX_EXPORTER_INTERVAL_S", 10)),
@@ -202,14 +210,14 @@ async def read_slots(database: str, dsn: str) -> list[SlotReading]:
 
 
 async def read_group_offsets(
-    bootstrap: str,
+    kafka: Kafka,
 ) -> tuple[list[GroupOffset], dict[tuple[str, int], int]]:
     """Every consumer group's committed offsets with their partitions' end offsets."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(**client_options(kafka), request_timeout_ms=10_000)
+    consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False)
     await admin.start()
     try:
         await consumer.start()
@@ -243,11 +251,11 @@ async def refresh(settings: ExporterSettings, snapshot: Snapshot) -> None:
             snapshot.database_up[database] = False
             log.warning("reading %s replication slots failed: %s", database, type(error).__name__)
     snapshot.slots = slots
-    if settings.kafka_bootstrap is None:
+    if settings.kafka is None:
         return
     try:
         snapshot.groups, snapshot.ends = await asyncio.wait_for(
-            read_group_offsets(settings.kafka_bootstrap), timeout=30
+            read_group_offsets(settings.kafka), timeout=30
         )
         snapshot.kafka_up = True
     except Exception as error:  # reported as up=0, retried next round
@@ -257,7 +265,7 @@ async def refresh(settings: ExporterSettings, snapshot: Snapshot) -> None:
 
 
 async def run(settings: ExporterSettings) -> None:
-    snapshot = Snapshot(kafka_up=None if settings.kafka_bootstrap is None else False)
+    snapshot = Snapshot(kafka_up=None if settings.kafka is None else False)
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(snapshot))
     await refresh(settings, snapshot)

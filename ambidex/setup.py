@@ -15,7 +15,9 @@ from ambidex.access import load_access
 from ambidex.connectors import ConnectClient, load_connectors
 from ambidex.referencedb import apply_reference_schema, seed_once
 from ambidex.stack.kafka_access import connector_overrides
+from ambidex.stack.processes import SASL_MECHANISM
 from ambidex.topics import apply_topics, load_topic_declaration
+from services.shared.kafka import Kafka
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,8 @@ class SetupTargets:
     erp_admin_dsn: str = field(repr=False)
     cdc_password: str = field(repr=False)
     app_password: str = field(repr=False)
-    kafka_bootstrap: str
+    #: the brokers, with the setup job's own SASL user when the listener requires one
+    kafka: Kafka
     connect_url: str
     #: the connectors' {{placeholders}} (database hosts and ports as Connect reaches them)
     connector_values: dict[str, str]
@@ -52,7 +55,7 @@ async def set_up(
         summary = await seed_once(targets.crm_admin_dsn, targets.erp_admin_dsn)
         progress("seed: already loaded" if summary is None else f"seed: {summary.total} rows")
     topics = await apply_topics(
-        targets.kafka_bootstrap,
+        targets.kafka,
         load_topic_declaration(),
         max_replication=targets.max_replication,
     )
@@ -62,8 +65,13 @@ async def set_up(
     connectors = load_connectors(targets.connector_values)
     if targets.connector_principals:
         declaration = load_access()
+        mechanism = (
+            SASL_MECHANISM
+            if isinstance(targets.kafka, str)
+            else targets.kafka.sasl_mechanism or SASL_MECHANISM
+        )  # the worker's mechanism: the broker that takes the setup job's login takes it
         connectors = [
-            replace(c, config={**c.config, **connector_overrides(declaration, c.name)})
+            replace(c, config={**c.config, **connector_overrides(declaration, c.name, mechanism)})
             for c in connectors
         ]
     async with ConnectClient(targets.connect_url) as client:

@@ -80,13 +80,23 @@ def resolve_targets(
         }
         for name in missing:
             values[name], origins[name] = local[name], "local stack"
-    security = None
-    if env.get(env_var("kafka_security_protocol"), "PLAINTEXT").upper() != "PLAINTEXT":
-        from services.shared.settings import load_settings
-
-        bootstrap = {env_var("kafka_bootstrap"): values["kafka_bootstrap"]}
-        security = load_settings("ambidex-cli", {**env, **bootstrap}).kafka
+    kafka = kafka_from_environment(values["kafka_bootstrap"], env)
+    security = None if isinstance(kafka, str) else kafka
     return Targets(origins=origins, kafka_security=security, **values)
+
+
+def kafka_from_environment(
+    bootstrap: str, environ: Mapping[str, str] | None = None, client: str = "ambidex-cli"
+) -> Kafka:
+    """``bootstrap`` with the services' ``AMBIDEX_KAFKA_SECURITY_PROTOCOL`` and SASL/SSL
+    settings from ``environ`` (a plain string when the protocol is PLAINTEXT), checked
+    the way a service checks them (a SASL protocol without a user fails here)."""
+    env = os.environ if environ is None else environ
+    if env.get(env_var("kafka_security_protocol"), "PLAINTEXT").upper() == "PLAINTEXT":
+        return bootstrap
+    from services.shared.settings import load_settings
+
+    return load_settings(client, {**env, env_var("kafka_bootstrap"): bootstrap}).kafka
 
 
 def unreachable(targets: Targets, name: str, error: BaseException) -> str:

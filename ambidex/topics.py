@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from services.shared.kafka import Kafka, client_options
+
 DEFAULT_DECLARATION = Path(__file__).resolve().parent.parent / "deploy" / "topics.yaml"
 
 
@@ -116,9 +118,12 @@ class TopicReport:
 
 
 async def apply_topics(
-    bootstrap: str, specs: Iterable[TopicSpec], *, max_replication: int | None = None
+    kafka: Kafka, specs: Iterable[TopicSpec], *, max_replication: int | None = None
 ) -> TopicReport:
     """Create every declared topic that is missing; report (not fix) partition drift.
+
+    ``kafka``: a bootstrap string (the local stack's plain listener) or a connection
+    with its SASL/SSL settings (docker-compose's setup job authenticates).
 
     Partition counts are only ever raised by hand: raising them silently would move
     keys to other partitions and break per-key ordering for running consumers.
@@ -126,7 +131,7 @@ async def apply_topics(
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     specs = list(specs)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="ambidex-topics")
+    admin = AIOKafkaAdminClient(**client_options(kafka), client_id="ambidex-topics")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack
-from bench.common import reproduce_line, start_private_stack
+from bench.common import reproduce_line, run_bench, start_private_stack
 
 TOPIC = "cdc.crm.contact"
 
@@ -280,4 +280,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_bench(main())

@@ -17,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
@@ -42,7 +43,9 @@ class BenchedService:
         self.environment = {
             # customer-value's dashboard, unless given (other services ignore it)
             "AMBIDEX_CUSTOMER_VALUE_DASHBOARD_PORT": str(self.dashboard_port),
-            **environment, "AMBIDEX_METRICS_PORT": str(self.port)}
+            **environment,
+            "AMBIDEX_METRICS_PORT": str(self.port),
+        }
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss = 0.0
@@ -133,6 +136,27 @@ async def start_private_stack(
         shutil.rmtree(state_dir, ignore_errors=True)
         raise
     return stack, state_dir
+
+
+T = TypeVar("T")
+
+
+def run_bench(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` where SIGTERM (``kill``, a CI timeout) cancels it as Ctrl-C
+    does, so the bench's ``finally`` stops every server it started (a killed
+    million-change run left its stack running); exits 130 when interrupted."""
+
+    async def guarded() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await main
+
+    try:
+        return asyncio.run(guarded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted: everything the bench started is stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 def reproduce_line(module: str) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 from ambidex.stack.local import LocalStack
 from ambidex.workload import run_workload
 from ambidex.workload.runner import WorkloadProgress
-from bench.common import BenchedService, reproduce_line, start_private_stack
+from bench.common import BenchedService, reproduce_line, run_bench, start_private_stack
 from bench.replay import LoopWatch, log, offsets, partitions_of, replay_group
 from services.customer_value.app import CHANGE_TOPICS as VALUE_TOPICS
 from services.customer_value.reconcile_cli import compare as reconcile_value
@@ -134,4 +134,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_bench(main())

@@ -34,7 +34,7 @@ import asyncpg
 
 from ambidex.stack.local import LocalStack
 from ambidex.workload.runner import run_workload
-from bench.common import BenchedService, reproduce_line, start_private_stack
+from bench.common import BenchedService, reproduce_line, run_bench, start_private_stack
 from bench.order_sync import histogram_quantiles
 
 SERVICE = "inventory-projection"
@@ -176,4 +176,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_bench(main())

@@ -40,7 +40,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ambidex.stack.config import StackConfig
 from ambidex.stack.local import LocalStack
-from bench.common import reproduce_line
+from bench.common import reproduce_line, run_bench
 from bench.decode import envelope
 from services.shared.batches import BatchSource, RecordBatch
 from services.shared.runtime import build_service
@@ -287,4 +287,4 @@ if __name__ == "__main__":
         sys.argv[1:] = ["worker"]  # what Faust's command line expects
         faust_worker(bootstrap_, topic_, int(records_), int(take_) or None, Path(result_))
     else:
-        asyncio.run(main())
+        run_bench(main())

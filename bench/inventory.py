@@ -55,7 +55,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ambidex.stack.local import LocalStack
 from bench import inventory_orders
-from bench.common import BenchedService, reproduce_line, start_private_stack
+from bench.common import BenchedService, reproduce_line, run_bench, start_private_stack
 from bench.flink_peer import FlinkRun, ensure_flink, run_flink
 from services.shared.runtime import relax_garbage_collector
 
@@ -532,4 +532,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_bench(main())

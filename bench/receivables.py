@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from bench.common import BenchedService, reproduce_line, start_private_stack
+from bench.common import BenchedService, reproduce_line, run_bench, start_private_stack
 from bench.inventory import (
     ServiceUnderTest,
     _envelope,
@@ -198,5 +198,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_bench(main())
 

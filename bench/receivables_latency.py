@@ -32,7 +32,7 @@ from decimal import Decimal
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import BenchedService, reproduce_line, start_private_stack
+from bench.common import BenchedService, reproduce_line, run_bench, start_private_stack
 from bench.inventory import histogram, log, quantile
 from bench.replay import LoopWatch
 
@@ -256,4 +256,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_bench(main())

@@ -32,6 +32,7 @@ from ambidex.stack.jars import copy_dependencies
 from ambidex.stack.local import LocalStack
 from ambidex.stack.schema_registry import registry_url
 from bench.flink_peer import CACHE, HERE, ensure_flink
+from bench.replay import partitions_of
 from services.receivables.emit import POSITION_TOPIC
 from services.shared.avro import SchemaCatalogue
 from services.shared.schema_registry import codec_for
@@ -54,17 +55,26 @@ def flink_jars() -> tuple[Path, list[Path]]:
     return python, [connector, found[-1]]
 
 
+async def position_partitions(bootstrap: str) -> list[TopicPartition]:
+    """The published topic's partitions, from fresh metadata: a new consumer knows no
+    topic until it asks (its ``partitions_for_topic`` was empty, so the first run read
+    an empty list and waited for a topic that had long been written)."""
+    partitions = await partitions_of(bootstrap, [POSITION_TOPIC])
+    if not partitions:
+        raise RuntimeError(f"{POSITION_TOPIC} has no partitions: is the topic declared?")
+    return partitions
+
+
 async def read_ours(bootstrap: str, registry: str) -> tuple[dict[tuple[int, int], Any], int]:
     """Ambidex's decoding of every value, by (partition, offset); and the count framed
     in the registry format."""
     codec = codec_for(
         load_settings("bench", {"AMBIDEX_SCHEMA_REGISTRY_URL": registry}), SchemaCatalogue.load()
     )
+    partitions = await position_partitions(bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [TopicPartition(POSITION_TOPIC, p)
-                      for p in consumer.partitions_for_topic(POSITION_TOPIC) or ()]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
@@ -84,11 +94,10 @@ async def read_ours(bootstrap: str, registry: str) -> tuple[dict[tuple[int, int]
 
 async def settle(bootstrap: str, quiet_for: float = 20.0, at_most: float = 300.0) -> int:
     """Wait until the published topic has not grown for ``quiet_for`` seconds."""
+    partitions = await position_partitions(bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [TopicPartition(POSITION_TOPIC, p)
-                      for p in consumer.partitions_for_topic(POSITION_TOPIC) or ()]
         consumer.assign(partitions)  # aiokafka's stop() fails on a consumer never assigned
 
         async def size() -> int:

@@ -13,9 +13,13 @@ production, shipping, invoicing) at ``--rate`` operations per second for ``--min
 Every ``--interval`` seconds each service's resident memory (``VmRSS`` of
 ``/proc/<pid>/status``), its consumer lag (sum of ``ambidex_consumer_lag_messages``) and
 the events it applied (``ambidex_events_total{outcome="applied"}``) are sampled and a
-progress line printed. At the end: the table of samples, and per service the RSS
-growth per hour fitted (least squares) over the samples after ``--warm-up`` minutes
-(the first minutes fill caches, pools and RocksDB's memtables).
+progress line printed, with where the memory is (:mod:`services.shared.memory_metrics`):
+the C heap in use and kept free, the state store (memtables, block cache, table
+readers) and Python's allocated blocks. At the end: the table of samples, the memory
+breakdown every ten minutes, and per service the growth per hour of each (least
+squares) over the samples after ``--warm-up`` minutes (the first minutes fill caches,
+pools and RocksDB's memtables): a leak grows the heap in use beyond the state store, a
+cache filling to its cap stops.
 
 ``--tracemalloc`` runs each service under :mod:`bench.traced`: every interval a report
 of the allocation sites and object types that grew since the end of the warm-up is
@@ -61,6 +65,25 @@ class Sample:
     rss: dict[str, float] = field(default_factory=dict)
     lag: dict[str, float] = field(default_factory=dict)
     applied: dict[str, float] = field(default_factory=dict)
+    #: per service, MB by part (MEMORY_PARTS)
+    memory: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+#: where the memory is, by the name the report gives it (MB; Python's in k blocks)
+MEMORY_PARTS: dict[str, tuple[str, str]] = {
+    "heap in use": ("ambidex_c_heap_bytes", 'state="in_use"'),
+    "heap free": ("ambidex_c_heap_bytes", 'state="free"'),
+    "state store": ("ambidex_state_store_memory_bytes", ""),
+    "python kblocks": ("ambidex_python_allocated_blocks", ""),
+}
+
+
+def memory_parts(text: str) -> dict[str, float]:
+    parts = {}
+    for part, (name, label) in MEMORY_PARTS.items():
+        amount = metric_sum(text, name, label)
+        parts[part] = amount / 1000 if part == "python kblocks" else amount / 1e6
+    return parts
 
 
 def metric_sum(text: str, name: str, label: str = "") -> float:
@@ -97,8 +120,13 @@ def service_under_soak(
     command = None
     if traced:
         command = [
-            sys.executable, "-m", "bench.traced", name,
-            str(reports / f"soak-{name}-tracemalloc.txt"), str(interval), str(warm_up),
+            sys.executable,
+            "-m",
+            "bench.traced",
+            name,
+            str(reports / f"soak-{name}-tracemalloc.txt"),
+            str(interval),
+            str(warm_up),
         ]
     return BenchedService(name, environment, stack.config.logs_dir / f"soak-{name}.log", command)
 
@@ -115,9 +143,8 @@ async def sample(services: list[BenchedService], minute: float, operations: int)
             taken.lag[service.name] = taken.applied[service.name] = float("nan")
             continue
         taken.lag[service.name] = metric_sum(text, "ambidex_consumer_lag_messages")
-        taken.applied[service.name] = metric_sum(
-            text, "ambidex_events_total", 'outcome="applied"'
-        )
+        taken.applied[service.name] = metric_sum(text, "ambidex_events_total", 'outcome="applied"')
+        taken.memory[service.name] = memory_parts(text)
     return taken
 
 
@@ -125,10 +152,32 @@ def progress_line(s: Sample, minutes: float) -> str:
     parts = [f"{s.minute:5.1f}/{minutes:.0f} min  {s.operations:,} operations"]
     for name in s.rss:
         parts.append(
-            f"{name} RSS {s.rss[name]:.0f} MB lag {s.lag[name]:,.0f} "
-            f"applied {s.applied[name]:,.0f}"
+            f"{name} RSS {s.rss[name]:.0f} MB lag {s.lag[name]:,.0f} applied {s.applied[name]:,.0f}"
         )
     return " | ".join(parts)
+
+
+def part_growth(samples: list[Sample], name: str, part: str) -> float:
+    return growth_per_hour(
+        [(s.minute, s.memory.get(name, {}).get(part, math.nan)) for s in samples]
+    )
+
+
+def print_breakdown(samples: list[Sample], names: list[str], every: float = 10.0) -> None:
+    """Where each service's memory was, at the samples nearest every ``every`` minutes."""
+    chosen: list[Sample] = []
+    for s in samples:
+        if not chosen or s.minute >= chosen[-1].minute + every or s is samples[-1]:
+            chosen.append(s)
+    print("  memory breakdown (MB; Python's allocated blocks in thousands):")
+    print(f"  {'min':>6} {'service':<22} {'RSS':>7}" + "".join(f" {p:>15}" for p in MEMORY_PARTS))
+    for s in chosen:
+        for name in names:
+            parts = s.memory.get(name, {})
+            print(
+                f"  {s.minute:6.1f} {name:<22} {s.rss.get(name, math.nan):7.1f}"
+                + "".join(f" {parts.get(p, math.nan):15.1f}" for p in MEMORY_PARTS)
+            )
 
 
 ORDER_TABLES = {
@@ -141,7 +190,8 @@ async def order_rows(stack: LocalStack) -> dict[str, int]:
     """Rows of the order tables at the end (what per-order state would grow with)."""
     counts: dict[str, int] = {}
     for database, dsn in (
-        ("crm", stack.addresses.crm_admin_dsn), ("erp", stack.addresses.erp_admin_dsn)
+        ("crm", stack.addresses.crm_admin_dsn),
+        ("erp", stack.addresses.erp_admin_dsn),
     ):
         connection = await asyncpg.connect(dsn)
         try:
@@ -153,8 +203,13 @@ async def order_rows(stack: LocalStack) -> dict[str, int]:
 
 
 def print_report(
-    samples: list[Sample], names: list[str], warm_up: float, args: argparse.Namespace,
-    progress: WorkloadProgress | None, command: str, rows: dict[str, int],
+    samples: list[Sample],
+    names: list[str],
+    warm_up: float,
+    args: argparse.Namespace,
+    progress: WorkloadProgress | None,
+    command: str,
+    rows: dict[str, int],
 ) -> None:
     print()
     print(
@@ -181,16 +236,19 @@ def print_report(
                 f" {s.applied.get(name, math.nan):9,.0f}"
             )
         print(line)
+    print_breakdown(samples, names)
     after = [s for s in samples if s.minute >= warm_up]
     for name in names:
         points = [(s.minute, s.rss.get(name, math.nan)) for s in after]
         if len(points) < 2:
             print(f"  {name}: too few samples after the {warm_up:g} min warm-up to fit")
             continue
+        parts = ", ".join(f"{part} {part_growth(after, name, part):+.1f}" for part in MEMORY_PARTS)
         print(
             f"  {name}: RSS {points[0][1]:.0f} -> {points[-1][1]:.0f} MB from minute "
             f"{points[0][0]:.1f} to {points[-1][0]:.1f}; fitted growth "
-            f"{growth_per_hour(points):+.1f} MB/h after the {warm_up:g} min warm-up"
+            f"{growth_per_hour(points):+.1f} MB/h after the {warm_up:g} min warm-up "
+            f"({parts} per hour)"
         )
     print(f"  reproduce: {command}")
 
@@ -259,8 +317,13 @@ async def soak(args: argparse.Namespace) -> None:
         shutil.rmtree(state_dir, ignore_errors=True)
         if samples:  # also what an interrupted run got so far
             print_report(
-                samples, list(args.services), warm_up, args, last[-1] if last else None,
-                reproduce_line("bench.soak"), rows,
+                samples,
+                list(args.services),
+                warm_up,
+                args,
+                last[-1] if last else None,
+                reproduce_line("bench.soak"),
+                rows,
             )
 
 
@@ -273,13 +336,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7, help="workload seed")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
     parser.add_argument(
-        "--warm-up", type=float, default=None,
+        "--warm-up",
+        type=float,
+        default=None,
         help="minutes left out of the growth fit (default: a quarter of the run, at most 5)",
     )
     parser.add_argument("--services", nargs="+", default=list(SERVICES), choices=SERVICES)
     parser.add_argument("--tracemalloc", action="store_true", help="run services traced")
     parser.add_argument(
-        "--report-dir", default=str(Path(tempfile.gettempdir()) / "ambidex-soak"),
+        "--report-dir",
+        default=str(Path(tempfile.gettempdir()) / "ambidex-soak"),
         help="where service logs and tracemalloc reports are kept",
     )
     args = parser.parse_args()

@@ -182,11 +182,19 @@ def password_variable(user: str) -> str:
     return "AMBIDEX_KAFKA_PASSWORD_" + user.upper().replace("-", "_")
 
 
-def jaas(user: str) -> str:
-    """A SCRAM login for ``user`` whose password the worker resolves from its environment
-    (``${env:...}``: never in a properties file or the REST API)."""
+#: the JAAS login module of each SASL mechanism a Kafka client may use
+LOGIN_MODULES = {
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+}
+
+
+def jaas(user: str, mechanism: str = SASL_MECHANISM) -> str:
+    """A ``mechanism`` login for ``user`` whose password the worker resolves from its
+    environment (``${env:...}``: never in a properties file or the REST API)."""
     return (
-        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f"{LOGIN_MODULES[mechanism]} required "
         f'username="{user}" password="${{env:{password_variable(user)}}}";'
     )
 
@@ -219,6 +227,10 @@ def connect_worker_security(config: StackConfig) -> tuple[dict[str, str], dict[s
     return properties, environment
 
 
-def connector_overrides(declaration: AccessDeclaration, connector: str) -> dict[str, str]:
-    """Config that makes ``connector``'s producer authenticate as its own principal."""
-    return {"producer.override.sasl.jaas.config": jaas(declaration.connectors[connector].user)}
+def connector_overrides(
+    declaration: AccessDeclaration, connector: str, mechanism: str = SASL_MECHANISM
+) -> dict[str, str]:
+    """Config that makes ``connector``'s producer authenticate as its own principal
+    (``mechanism``: the worker's; docker-compose's broker takes PLAIN)."""
+    user = declaration.connectors[connector].user
+    return {"producer.override.sasl.jaas.config": jaas(user, mechanism)}

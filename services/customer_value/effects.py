@@ -29,6 +29,7 @@ from services.shared.output_check import first_refused, publishable
 from services.shared.runtime import Service
 from services.shared.sinks import PositionGuardedSink, SinkWrite, UpsertSpec
 from services.shared.transaction_fold import Applied, effects_of_step
+from services.shared.truncates import TruncateCounter
 
 VALUE_TOPIC = "ambidex.customer-value"
 #: ``schemas/published/customer_value/v1.avsc``
@@ -71,6 +72,8 @@ class Effects:
         self.service = service
         self.observer = observer
         self.metrics = ValueMetrics(service)
+        #: ``ambidex_source_truncates_total`` (the answers: .truncates)
+        self.truncates = TruncateCounter(service.registry, service.name)
         self.sink: PositionGuardedSink | None = None
         #: the outcome of the step being committed (handed to the observer after)
         self._pending: Outcome | None = None
@@ -89,7 +92,7 @@ class Effects:
             service, step, fold.held,
             (lambda: asyncio.gather(self.write_back(out), self.publish(out)))
             if out.values else None,
-            stale=out.stale,
+            truncates=self.truncates, stale=out.stale,
         )
         m = self.metrics
         emptied = sum(1 for v in out.values.values() if v is None)

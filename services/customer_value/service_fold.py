@@ -4,9 +4,10 @@ A :class:`~services.shared.transaction_fold.TransactionFold` around the core
 (:class:`~.fold.CustomerValues`):
 
 * :meth:`ValueFold.parse` types each change with the canonical records
-  (``services/shared/source_records``) into a :class:`Change` (a bad row, a truncate, a
-  change without an integer id: :class:`BadInput`; the kit rejects its transaction
-  whole);
+  (``services/shared/source_records``) into a :class:`Change` (a bad row or a change
+  without an integer id: :class:`BadInput`; the kit rejects its transaction whole); a
+  TRUNCATE gets its table's declared answer (:mod:`.truncates`: ``needs_resnapshot``,
+  dead letter + alert, the rest of its transaction applied);
 * :meth:`ValueFold.apply` folds the rows of a whole transaction;
 * receivables' positions (``ambidex.receivable-position``, Avro, in no source
   transaction) come in through :meth:`ValueFold.published` and are folded at the end
@@ -46,6 +47,7 @@ from services.customer_value.risks import (
     order_key,
 )
 from services.customer_value.sources import POSITION, TABLES, Node, ReceivablePosition, node_of
+from services.customer_value.truncates import TRUNCATES
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Pausable
 from services.shared.errors import BadInput
@@ -124,9 +126,8 @@ def as_of_ms(at: datetime) -> int:
 def parse_change(event: ChangeEvent) -> Change:
     """One captured change as the node of its row (pure; ``BadInput`` when bad)."""
     source = f"{event.database}.{event.table}"
-    if event.op is ChangeOp.TRUNCATE:
-        raise BadInput(f"TRUNCATE of {source}: customer-value folds row by row and needs "
-                       "the rows' deletes (re-snapshot the table)")
+    if event.op is ChangeOp.TRUNCATE:  # the fold answers it before parse (.truncates)
+        raise BadInput(f"TRUNCATE of {source}: not a row (re-snapshot the table)")
     if source not in TABLES:
         raise BadInput(f"customer-value does not read {source}")
     row_id = event.key.get("id")
@@ -161,7 +162,7 @@ class ValueFold(TransactionFold[Change, Outcome]):
 
     def __init__(self, kv: KeyValue, *, decode: Callable[[bytes], Mapping[str, Any]],
                  max_hold: timedelta = timedelta(seconds=300)) -> None:
-        super().__init__(COLLECTIONS, max_hold=max_hold)
+        super().__init__(COLLECTIONS, truncates=TRUNCATES, max_hold=max_hold)
         self.kv = kv
         self.core = CustomerValues(kv)
         self.risks = DelayRisks(kv)

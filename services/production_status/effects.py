@@ -25,6 +25,7 @@ from services.shared.output_check import first_refused, publishable
 from services.shared.runtime import Service
 from services.shared.sinks import PositionGuardedSink, SinkWrite, UpsertSpec
 from services.shared.transaction_fold import Applied, effects_of_step
+from services.shared.truncates import TruncateCounter
 
 STATUS_TOPIC = "ambidex.fulfilment-status"
 RISK_TOPIC = "ambidex.delay-risks"
@@ -93,6 +94,8 @@ class Effects:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.metrics = StatusMetrics(service)
+        #: ``ambidex_source_truncates_total`` (the answers: .truncates)
+        self.truncates = TruncateCounter(service.registry, service.name)
         self.pool: asyncpg.Pool | None = None
         self.sink: PositionGuardedSink | None = None
 
@@ -109,7 +112,7 @@ class Effects:
             service, step, fold.held,
             (lambda: asyncio.gather(self.write_back(out), self.publish(out)))
             if out.writes_anything else None,
-            stale=out.stale,
+            truncates=self.truncates, stale=out.stale,
         )
         m = self.metrics
         for risk in out.risks:

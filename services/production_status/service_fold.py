@@ -2,9 +2,10 @@
 
 A :class:`~services.shared.transaction_fold.TransactionFold` around the pure core:
 
-* :meth:`StatusFold.parse` types each row with :mod:`.records` (a bad row, a truncate,
-  a change without an integer id: :class:`BadInput`, and its whole transaction is
-  rejected by the kit);
+* :meth:`StatusFold.parse` types each row with :mod:`.records` (a bad row or a change
+  without an integer id: :class:`BadInput`, and its whole transaction is rejected by
+  the kit); a TRUNCATE gets its table's declared answer (:mod:`.truncates`:
+  ``needs_resnapshot``, dead letter + alert, the rest of its transaction applied);
 * :meth:`StatusFold.apply` folds the rows into :class:`~.fold.ProgressFold`;
 * a row naming a parent not seen yet (:data:`.records.PARENTS`: an order line,
   production order or shipment of an unknown ERP order, an inspection of an unknown
@@ -79,6 +80,7 @@ from services.production_status.records import (
 from services.production_status.risk import assess, last_risk, transition
 from services.production_status.status import line_statuses, order_status
 from services.production_status.triage import triage
+from services.production_status.truncates import TRUNCATES
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Pausable
 from services.shared.errors import BadInput
@@ -213,7 +215,7 @@ class StatusFold(TransactionFold[Change, Outcome]):
                  max_hold: timedelta = timedelta(seconds=300),
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        super().__init__(COLLECTIONS, max_hold=max_hold, clock=clock)
+        super().__init__(COLLECTIONS, truncates=TRUNCATES, max_hold=max_hold, clock=clock)
         self._monotonic = clock
         self._wall = wall
         #: when the deferred set last became non-empty (process clock); a worker that
@@ -263,9 +265,8 @@ class StatusFold(TransactionFold[Change, Outcome]):
 
     def parse(self, event: ChangeEvent) -> Change:
         table = event.table if event.database == ERP else f"{event.database}.{event.table}"
-        if event.op is ChangeOp.TRUNCATE:
-            raise BadInput(f"TRUNCATE of {event.data_collection}: production-status folds "
-                           "row by row and does not forget a table's history")
+        if event.op is ChangeOp.TRUNCATE:  # answered by the kit before parse (.truncates)
+            raise BadInput(f"TRUNCATE of {event.data_collection}: not a row")
         row_id = event.key.get("id")
         if isinstance(row_id, bool) or not isinstance(row_id, int):
             raise BadInput(f"{event.data_collection} change without an integer id")

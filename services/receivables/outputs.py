@@ -51,6 +51,7 @@ from services.shared.position import SourcePosition
 from services.shared.runtime import Service
 from services.shared.sinks import PositionGuardedSink, SinkWrite, UpsertSpec
 from services.shared.transaction_fold import dead_letter_all
+from services.shared.truncates import TruncateCounter
 
 
 def _spec(table: str, row: dict[str, Any], *, tombstones: bool = True) -> UpsertSpec:
@@ -135,6 +136,8 @@ class Outputs:
     def __init__(self, service: Service, metrics: ReceivablesMetrics) -> None:
         self.service = service
         self.metrics = metrics
+        #: ``ambidex_source_truncates_total`` (the answers: .truncates)
+        self.truncates = TruncateCounter(service.registry, service.name)
         self.crm: asyncpg.Pool | None = None
         self.erp: asyncpg.Pool | None = None
         self.crm_sink: PositionGuardedSink | None = None
@@ -177,7 +180,7 @@ class Outputs:
                                  self._write_erp(out, position))
             service.metrics.observe_end_to_end_lags(
                 "crm_write_back", [t.timestamp() for t in step.commit_times], time.time())
-        await dead_letter_all(service, step, fold.held)
+        await dead_letter_all(service, step, fold.held, self.truncates)
         m = self.metrics
         if step.applied:
             m.changes_applied.inc(step.applied)

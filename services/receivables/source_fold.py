@@ -8,7 +8,8 @@ around the core (:class:`~services.receivables.fold.Receivables`):
   :mod:`~services.receivables.records`; one :class:`~.records.BadRow` (NaN or negative
   money, a non-ISO currency, ...) rejects its source transaction whole (dead letters,
   nothing of it applied). A TRUNCATE of a consumed table is answered
-  ``needs_resnapshot`` (:mod:`.truncates`). A whole, well-formed transaction is folded
+  ``needs_resnapshot`` (:mod:`.truncates`: dead letter + alert, the rest of its
+  transaction applied). A whole, well-formed transaction is folded
   at once (``apply_all``: its contracts evaluated once, its outcome netted).
 * **The as-of date** is the older of the two databases' source times (their commits and
   Debezium heartbeats, ``heartbeat.cdc.crm`` / ``heartbeat.cdc.erp``), as a UTC date,
@@ -40,6 +41,7 @@ from services.receivables.effects import Outcome
 from services.receivables.fold import Change, Receivables
 from services.receivables.records import Installment, Table, parse
 from services.receivables.rules import Kind, Rules
+from services.receivables.truncates import TRUNCATES
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Pausable
 from services.shared.errors import BadInput, NeedsResnapshot
@@ -95,7 +97,7 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
 
     def __init__(self, kv: KeyValue, *, rules: Rules | None = None,
                  max_hold: timedelta = timedelta(seconds=300)) -> None:
-        super().__init__(COLLECTIONS, max_hold=max_hold)
+        super().__init__(COLLECTIONS, truncates=TRUNCATES, max_hold=max_hold)
         self.core = Receivables(kv, rules)
         self.watermarks = Watermarks()
         #: installments naming an unknown contract, by id
@@ -120,9 +122,8 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
 
     def parse(self, event: ChangeEvent) -> Change:
         name = f"{event.database}.{event.table}"
-        if event.op is ChangeOp.TRUNCATE:
-            raise NeedsResnapshot(f"TRUNCATE of {name}: receivables needs a new snapshot "
-                                  "of the table (its rows' deletes were not captured)")
+        if event.op is ChangeOp.TRUNCATE:  # answered by the kit before parse (.truncates)
+            raise NeedsResnapshot(f"TRUNCATE of {name}: receivables needs a new snapshot")
         table = Table(name)
         row_id = event.key.get("id")
         if isinstance(row_id, bool) or not isinstance(row_id, int):

@@ -17,7 +17,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from services.shared.memory_metrics import MemoryCollector
 
 # --------------------------------------------------------------------------- metrics
 
@@ -216,6 +218,11 @@ class ServiceMetrics:
             ("service",),
             registry=registry,
         )
+        self.memory = MemoryCollector(service)
+        registry.register(self.memory)
+        # process_resident_memory_bytes, CPU seconds, open files (a registry of our own
+        # has none of prometheus_client's default collectors)
+        ProcessCollector(registry=registry)
         self._last_commit: dict[str, float] = {}
 
     # -- helpers --------------------------------------------------------------------

@@ -169,6 +169,17 @@ class ServiceSettings(BaseSettings):
             "restored from the changelog at every start)."
         ),
     )
+    state_cache_mb: int = Field(
+        default=32,
+        ge=1,
+        le=65_536,
+        description=(
+            "RocksDB block cache of a service's local state, in MiB. It holds the table "
+            "files' data, index and filter blocks, so with the two 16 MiB memtables it "
+            "bounds what the state store takes of the worker's memory whatever the "
+            "state's size (`ambidex_state_store_memory_bytes` shows each part)."
+        ),
+    )
     sink_batch_max_rows: int = Field(
         default=1000,
         ge=1,

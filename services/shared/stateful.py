@@ -175,7 +175,9 @@ class StatefulRunner(Generic[F, S]):
         settings = self.service.settings
         producer = self.service.producer
         assert producer is not None
-        restored = await self.checkpoint.open(open_state(settings), settings.kafka, producer)
+        store = open_state(settings)
+        self.service.metrics.memory.watch_state(store.memory)
+        restored = await self.checkpoint.open(store, settings.kafka, producer)
         if restored is not None:
             self.service.metrics.state_restored(restored.seconds, restored.records)
         self._fold = self._loaded()
@@ -190,6 +192,7 @@ class StatefulRunner(Generic[F, S]):
         return fold
 
     def close(self) -> None:
+        self.service.metrics.memory.watch_state(None)
         self.checkpoint.close()
 
     async def on_reset(self) -> None:

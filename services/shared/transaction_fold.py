@@ -9,6 +9,16 @@ own, the others "rejected with it"), nothing of it is applied, and it is reporte
 (``ambidex_rejected_transactions_total{cause="bad_row"}``). Transactions the holder gave
 up (undecodable member, inconsistent, incomplete, overflow) come out the same way.
 
+A TRUNCATE in a transaction gets the table's declared answer (``truncates``, a
+:class:`~services.shared.truncates.TruncateAnswers` naming every consumed table,
+checked when the fold is built): a fold of whole transactions answers only
+``needs_resnapshot`` — the truncate record is dead-lettered with that cause and listed
+in :attr:`Applied.truncates` (the effects count it in ``ambidex_source_truncates_total``,
+which ``AmbidexSourceTruncated`` alerts on), and the rest of its transaction is parsed
+and applied as usual. ``clear`` needs the service to remove a table's rows at the
+truncate's position in commit order (inventory-projection's projector does); this base
+does not, so a fold declaring it fails when built.
+
 A subclass supplies, in plain synchronous code over its state (``KeyValue``):
 
 - ``parse(event) -> record`` (raise :class:`~services.shared.errors.BadInput`);
@@ -40,6 +50,12 @@ from services.shared.holding import GivenUp, GiveUpCause, Whole
 from services.shared.output_check import reject_whole
 from services.shared.stateful import Handle
 from services.shared.transactions import CompleteTransaction, TransactionMarker
+from services.shared.truncates import (
+    TruncateAnswer,
+    TruncateAnswers,
+    TruncateCounter,
+    split_truncates,
+)
 from services.shared.whole_transactions import HeldTransactions
 
 if TYPE_CHECKING:
@@ -63,6 +79,8 @@ class Applied(Generic[Out]):
     #: source commit time of each applied transaction (end-to-end latency)
     commit_times: list[datetime] = field(default_factory=list)
     applied: int = 0
+    #: the truncates answered (their records are in dead_letters), for the counter
+    truncates: list[tuple[ChangeEvent, TruncateAnswer]] = field(default_factory=list)
 
 
 class TransactionFold(Generic[R, Out]):
@@ -72,9 +90,21 @@ class TransactionFold(Generic[R, Out]):
         self,
         collections: Iterable[str],
         *,
+        truncates: TruncateAnswers,
         max_hold: timedelta = timedelta(seconds=300),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        collections = tuple(collections)
+        missing = sorted(set(collections) - set(truncates.answers))
+        if missing:
+            raise ValueError(f"{truncates.service}: no declared TRUNCATE answer for "
+                             f"{', '.join(missing)}")
+        cleared = sorted(c for c, a in truncates.answers.items() if a is TruncateAnswer.CLEAR)
+        if cleared:
+            raise ValueError(f"{truncates.service}: a fold of whole transactions cannot "
+                             f"clear {', '.join(cleared)} (declare needs_resnapshot)")
+        #: the declared answer per consumed table (all needs_resnapshot, see above)
+        self.truncates = truncates
         self.held: HeldTransactions[Handle] = HeldTransactions(
             collections, max_hold=max_hold, clock=clock
         )
@@ -148,14 +178,24 @@ class TransactionFold(Generic[R, Out]):
         return out
 
     def _fold_whole(self, database: str, whole: Whole[Handle], out: Applied[Out]) -> None:
-        transaction = whole.transaction
         out.release.extend(whole.handles)
+        transaction, truncates = split_truncates(whole.transaction)
+        answered: list[Handle] = []
+        for event in truncates:  # all needs_resnapshot (checked in __init__)
+            out.truncates.append((event, self.truncates.answer(event)))
+            handle = whole.handle_of(event)
+            if handle is not None:
+                out.dead_letters.append((handle, self.truncates.error(event)))
+                answered.append(handle)
+        if truncates and not transaction.events:
+            self.observe(database, transaction.commit_time)
+            return  # nothing but truncates: nothing to apply
         records: list[R] = []
         for event in transaction.events:
             try:
                 records.append(self.parse(event))
             except BadInput as error:
-                self._reject(database, whole, event, error, out)
+                self._reject(database, whole, event, error, out, answered)
                 return
         if transaction.events:
             self.observe(database, transaction.commit_time)
@@ -169,25 +209,32 @@ class TransactionFold(Generic[R, Out]):
 
     @staticmethod
     def _reject(
-        database: str, whole: Whole[Handle], bad: ChangeEvent, error: BadInput, out: Applied[Out]
+        database: str, whole: Whole[Handle], bad: ChangeEvent, error: BadInput,
+        out: Applied[Out], answered: Sequence[Handle] = (),
     ) -> None:
+        """``whole`` rejected for ``bad``; the ``answered`` truncates keep their own
+        dead letter (needs_resnapshot), one per record."""
         xid = whole.transaction.id or f"{bad.origin.topic}@{bad.origin.offset}"
         reason = f"source transaction {xid} rejected whole: {bad.table} row: {error.reason}"
         dead, given = reject_whole(database, whole, GiveUpCause.BAD_ROW, reason,
                                    bad=(whole.handle_of(bad), error))
-        out.dead_letters.extend(dead)
+        out.dead_letters.extend((h, e) for h, e in dead
+                                if not any(h is a for a in answered))
         out.rejected.append(given)
 
 
 async def dead_letter_all(
-    service: Service, applied: Applied[Out], held: HeldTransactions[Handle]
+    service: Service, applied: Applied[Out], held: HeldTransactions[Handle],
+    truncates: TruncateCounter,
 ) -> None:
-    """The step's dead letters written (once per origin), its rejected transactions
-    and the holding gauges reported: for a service's effects, before anything of the
-    step is released."""
+    """The step's dead letters written (once per origin), its truncates counted, its
+    rejected transactions and the holding gauges reported: for a service's effects,
+    before anything of the step is released."""
     intake = service.require_intake()
     for handle, error in applied.dead_letters:
         await intake.reject(handle, error)
+    for change, answer in applied.truncates:
+        truncates.seen(change, answer)
     for rejected in applied.rejected:
         service.metrics.transaction_rejected(rejected.database, rejected.cause.value)
     for database, count in applied.orphans.items():
@@ -202,14 +249,15 @@ async def effects_of_step(
     held: HeldTransactions[Handle],
     writes: Callable[[], Awaitable[object]] | None,
     *,
+    truncates: TruncateCounter,
     stale: int = 0,
 ) -> None:
     """What every stateful service's effects do with a step, in this order: its dead
-    letters and holding metrics (:func:`dead_letter_all`); its write-back and publishing
+    letters, truncates and holding metrics (:func:`dead_letter_all`); its write-back and publishing
     (``writes``; None when the step changed nothing to write) and the end-to-end lag
     of what they made visible (``crm_write_back``, from each applied transaction's
     source commit); the changes applied and those skipped as ``stale``."""
-    await dead_letter_all(service, applied, held)
+    await dead_letter_all(service, applied, held, truncates)
     metrics = service.metrics
     if writes is not None:
         await writes()

@@ -7,10 +7,12 @@ Against the real stack (the connectors emit truncates, ``skipped.operations=none
   the batch recomputation), counted in ``ambidex_source_truncates_total`` with answer
   ``clear``; a reservation made after it counts again.
 * A truncate of a table a service cannot clear (here one Debezium-shaped truncate
-  record of ``erp.item`` for inventory-projection and of ``crm.sales_order_line`` for
-  order-sync: truncating those shared tables for real would wipe every other test's
-  rows) is dead-lettered with cause ``needs_resnapshot`` and counted with that answer,
-  which is what the ``AmbidexSourceTruncated`` alert fires on; the service goes on.
+  record of ``erp.item`` for inventory-projection, of ``crm.sales_order_line`` for
+  order-sync, of ``crm.installment`` for receivables, of ``erp.quality_inspection``
+  for production-status and of ``erp.return_order`` for customer-value: truncating
+  those shared tables for real would wipe every other test's rows) is dead-lettered
+  with cause ``needs_resnapshot`` and counted with that answer, which is what the
+  ``AmbidexSourceTruncated`` alert fires on; the service goes on.
 """
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ async def _letters_of(
     [
         ("inventory-projection", "erp", "item"),
         ("order-sync", "crm", "sales_order_line"),
+        ("receivables", "crm", "installment"),
+        ("production-status", "erp", "quality_inspection"),
+        ("customer-value", "erp", "return_order"),
     ],
 )
 async def test_truncate_a_service_cannot_clear_is_dead_lettered_and_counted(

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from ambidex.compose import load_compose
 from ambidex.manifests import prometheus_rule
-from ambidex.monitoring import RULES_FILE, alert_rules, render, rendered_files, scrape_jobs
+from ambidex.monitoring import (
+    RULES_FILE,
+    alert_rules,
+    render,
+    rendered_files,
+    rule_files,
+    scrape_jobs,
+)
 from ambidex.monitoring_pipeline import connector_names, service_groups_regex
 from services.registry import SERVICE_MODULES
 
@@ -75,7 +82,13 @@ def test_the_prometheusrule_carries_the_same_rules() -> None:
 
 
 def test_the_compose_prometheus_scrapes_each_service_under_its_name() -> None:
-    assert scrape_jobs() == {name: f"{name}:9400" for name in SERVICE_MODULES}
+    assert scrape_jobs() == {
+        **{name: f"{name}:9400" for name in SERVICE_MODULES},
+        "kafka": "kafka:9410",
+        "kafka-connect": "connect:9411",
+        "pipeline-exporter": "pipeline-exporter:9400",
+    }
+    assert {"alerts.yaml", "pipeline-alerts.yaml"} <= set(rule_files())
     compose = load_compose()["services"]
     assert "../monitoring:/etc/prometheus:ro" in compose["prometheus"]["volumes"]
     for name in SERVICE_MODULES:

@@ -40,6 +40,7 @@ from services.shared.stateful import Handle
 from services.shared.transaction_fold import Applied, TransactionFold
 from services.shared.transactions import CompleteTransaction
 from tests.builders import change_event
+from tests.unit.test_transaction_fold import TRUNCATES
 from tests.unit.test_transactions import end
 
 COMMIT = datetime(2026, 3, 1, tzinfo=UTC)
@@ -51,7 +52,7 @@ class Totals(TransactionFold[tuple[int, Decimal], set[int]]):
     """A toy fold: the total per account, in the state (the outcome: accounts moved)."""
 
     def __init__(self, kv: KeyValue) -> None:
-        super().__init__(("crm.payment",))
+        super().__init__(("crm.payment",), truncates=TRUNCATES)
         self.kv = kv
 
     def total(self, account: int) -> Decimal:

@@ -1,6 +1,8 @@
 """The pipeline exporter shows what it last read, under the names the dashboards and
 alerts use: slots per database, consumer-group lag under Kafka Exporter's names (only
-where it computes lag), and a failed source as ``up`` 0 instead of stale values."""
+where it computes lag), and a failed source as ``up`` 0 instead of stale values; it logs
+in to Kafka with the services' ``AMBIDEX_KAFKA_*`` settings (docker-compose's broker
+takes only logins)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from ambidex.pipeline_exporter import (
     Snapshot,
     SnapshotCollector,
 )
+from services.shared.kafka import KafkaConnection
 
 
 def scrape(snapshot: Snapshot) -> str:
@@ -59,6 +62,22 @@ def test_settings_take_only_the_databases_given() -> None:
         {"AMBIDEX_ERP_DSN": "postgresql://x@h/erp", "AMBIDEX_METRICS_PORT": "9500"}
     )
     assert list(settings.dsns) == ["erp"]
-    assert settings.kafka_bootstrap is None
+    assert settings.kafka is None
     assert settings.port == 9500
     assert "postgresql" not in repr(settings)
+
+
+def test_settings_log_in_to_kafka_as_a_service_does() -> None:
+    plain = ExporterSettings.from_env({"AMBIDEX_KAFKA_BOOTSTRAP": "kafka:9092"})
+    assert plain.kafka == "kafka:9092"
+    secured = ExporterSettings.from_env({
+        "AMBIDEX_KAFKA_BOOTSTRAP": "kafka:9092",
+        "AMBIDEX_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "AMBIDEX_KAFKA_SASL_MECHANISM": "PLAIN",
+        "AMBIDEX_KAFKA_SASL_USERNAME": "ambidex-pipeline-exporter",
+        "AMBIDEX_KAFKA_SASL_PASSWORD": "s3cret-value",
+    })
+    assert isinstance(secured.kafka, KafkaConnection)
+    assert (secured.kafka.bootstrap, secured.kafka.sasl_username, secured.kafka.sasl_password) == (
+        "kafka:9092", "ambidex-pipeline-exporter", "s3cret-value")
+    assert "s3cret-value" not in repr(secured)

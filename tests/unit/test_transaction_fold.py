@@ -5,7 +5,11 @@ is there; one bad row rejects the whole transaction — every record of it goes 
 dead letters (the bad row with its own reason, the others naming it), nothing of it is
 applied, it is reported — and the fold goes on with the next; every record is released
 exactly once, only in the step that decided it; a step of many transactions gives the
-event loop back between any two of them. Pure: a toy fold, no Kafka.
+event loop back between any two of them. A TRUNCATE gets its table's declared answer
+(needs_resnapshot: its record dead-lettered with that cause, listed for the counter,
+the rest of its transaction applied; one dead letter per record even when a bad row
+rejects the rest), and a fold without an answer for a table, or declaring one it
+cannot give (clear), fails when built. Pure: a toy fold, no Kafka.
 """
 
 from __future__ import annotations
@@ -16,26 +20,29 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from aiokafka.structs import ConsumerRecord
 
-from services.shared.changes import ChangeEvent
+from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Slicer, run_to_end
-from services.shared.errors import SchemaViolation
+from services.shared.errors import Cause, SchemaViolation
 from services.shared.holding import GiveUpCause
 from services.shared.stateful import Handle
 from services.shared.transaction_fold import Applied, TransactionFold
 from services.shared.transactions import CompleteTransaction
+from services.shared.truncates import TruncateAnswer, TruncateAnswers
 from tests.builders import change_event
 from tests.unit.test_transactions import end
 
 COMMIT = datetime(2026, 3, 1, tzinfo=UTC)
+TRUNCATES = TruncateAnswers("toy", {"crm.payment": TruncateAnswer.NEEDS_RESNAPSHOT})
 
 
 class Totals(TransactionFold[tuple[int, Decimal], list[str]]):
     """A toy fold: the total amount per account (the outcome: accounts changed)."""
 
     def __init__(self) -> None:
-        super().__init__(("crm.payment",))
+        super().__init__(("crm.payment",), truncates=TRUNCATES)
         self.totals: dict[int, Decimal] = {}
         self.seen: list[tuple[str, datetime]] = []
 
@@ -117,6 +124,67 @@ def test_one_bad_row_rejects_the_whole_transaction_and_the_fold_goes_on() -> Non
     assert {(h.topic, h.offset) for h in out.release} == {
         *dead, *((h.topic, h.offset) for h in good), ("cdc.crm.transaction", 2)
     }
+
+
+def truncate(xid: str, order: int) -> ChangeEvent:
+    return change_event("crm", "payment", op=ChangeOp.TRUNCATE, commit_lsn=1_000 * int(xid),
+                        lsn=1_000 * int(xid) + order, transaction_id=xid, order=order,
+                        commit_time=COMMIT)
+
+
+def test_a_truncate_is_dead_lettered_for_a_resnapshot_and_the_rest_is_applied() -> None:
+    fold = Totals()
+    before, cut, after = (record("cdc.crm.payment", n) for n in (30, 31, 32))
+    fold.change(payment("4", 1, 7, "3.00", 30), before)
+    fold.change(truncate("4", 2), cut)
+    fold.change(payment("4", 3, 7, "2.00", 32), after)
+    marker = record("cdc.crm.transaction", 4)
+    fold.marker("crm", end("4", {"crm.payment": 3}), marker)
+    out = step(fold)
+    assert fold.totals == {7: Decimal("5.00")} and out.applied == 2
+    assert [(h.offset, e.cause) for h, e in out.dead_letters] == [(31, Cause.NEEDS_RESNAPSHOT)]
+    assert "TRUNCATE of crm.payment" in out.dead_letters[0][1].reason
+    assert [(c.data_collection, a) for c, a in out.truncates] == [
+        ("crm.payment", TruncateAnswer.NEEDS_RESNAPSHOT)]
+    assert out.rejected == []
+    assert {(h.topic, h.offset) for h in out.release} == {
+        ("cdc.crm.payment", 30), ("cdc.crm.payment", 31), ("cdc.crm.payment", 32),
+        ("cdc.crm.transaction", 4)}
+
+
+def test_a_transaction_of_only_a_truncate_applies_nothing_and_moves_source_time() -> None:
+    fold = Totals()
+    cut = record("cdc.crm.payment", 40)
+    fold.change(truncate("5", 1), cut)
+    fold.marker("crm", end("5", {"crm.payment": 1}), record("cdc.crm.transaction", 5))
+    out = step(fold)
+    assert fold.totals == {} and out.applied == 0 and out.commit_times == []
+    assert [h.offset for h, _ in out.dead_letters] == [40] and len(out.truncates) == 1
+    assert fold.seen == [("crm", COMMIT)]
+
+
+def test_a_truncate_rejected_with_a_bad_row_keeps_its_own_dead_letter_only() -> None:
+    fold = Totals()
+    cut, bad = record("cdc.crm.payment", 50), record("cdc.crm.payment", 51)
+    fold.change(truncate("6", 1), cut)
+    fold.change(payment("6", 2, 7, "NaN", 51), bad)
+    marker = record("cdc.crm.transaction", 6)
+    fold.marker("crm", end("6", {"crm.payment": 2}), marker)
+    out = step(fold)
+    assert fold.totals == {}
+    causes = [((h.topic, h.offset), e.cause) for h, e in out.dead_letters]
+    assert sorted(causes) == sorted([(("cdc.crm.payment", 50), Cause.NEEDS_RESNAPSHOT),
+                                     (("cdc.crm.payment", 51), Cause.BAD_INPUT),
+                                     (("cdc.crm.transaction", 6), Cause.BAD_INPUT)])
+    assert len(out.truncates) == 1 and [r.cause for r in out.rejected] == [GiveUpCause.BAD_ROW]
+
+
+def test_a_fold_without_an_answer_or_declaring_clear_fails_when_built() -> None:
+    with pytest.raises(ValueError, match=r"no declared TRUNCATE answer for crm\.payment"):
+        TransactionFold(("crm.payment",), truncates=TruncateAnswers("toy", {}))
+    clear = TruncateAnswers("toy", {"crm.payment": TruncateAnswer.CLEAR})
+    with pytest.raises(ValueError, match=r"cannot clear crm\.payment"):
+        TransactionFold(("crm.payment",), truncates=clear)
 
 
 def test_a_heartbeat_moves_source_time_and_is_released() -> None:

@@ -7,6 +7,8 @@ Invariants protected here:
 * Every captured table a service consumes has ONE declared answer (clear, or dead
   letter + alert: needs re-snapshot); a declaration missing a consumed table fails
   when the service is built.
+* receivables, production-status and customer-value (the kit's whole-transaction
+  fold, tests/unit/test_transaction_fold.py) answer every table needs_resnapshot.
 * order-sync dead-letters a truncate (cause needs_resnapshot) and applies the rest of
   its source transaction; nothing stays held.
 * inventory-projection clears a stock table: every row's contribution is gone at the
@@ -29,6 +31,8 @@ from typing import Any
 import orjson
 import pytest
 
+from services.customer_value import app as customer_value_app
+from services.customer_value import truncates as customer_value_truncates
 from services.inventory_projection import app as inventory_app
 from services.inventory_projection import truncates as inventory_truncates
 from services.inventory_projection.available_to_promise import AvailabilityKey
@@ -36,6 +40,10 @@ from services.inventory_projection.projector import Projector
 from services.inventory_projection.step import Step
 from services.order_sync import app as order_sync_app
 from services.order_sync import truncates as order_sync_truncates
+from services.production_status import app as production_status_app
+from services.production_status import truncates as production_status_truncates
+from services.receivables import app as receivables_app
+from services.receivables import truncates as receivables_truncates
 from services.shared.cdc_schemas import load_envelope_schemas
 from services.shared.changes import ChangeDecoder, ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.errors import Cause, NeedsResnapshot
@@ -82,10 +90,18 @@ def test_every_consumed_captured_table_has_a_declared_answer() -> None:
             if not t.endswith(".transaction")
         },
         "inventory-projection": {topic_collection(t) for t in inventory_app.CHANGE_TOPICS},
+        "receivables": {topic_collection(t) for t in receivables_app.CHANGE_TOPICS},
+        "production-status": {
+            topic_collection(t) for t in production_status_app.CHANGE_TOPICS
+        },
+        "customer-value": {topic_collection(t) for t in customer_value_app.CHANGE_TOPICS},
     }
     declared = {
         "order-sync": order_sync_truncates.ANSWERS,
         "inventory-projection": inventory_truncates.ANSWERS,
+        "receivables": receivables_truncates.ANSWERS,
+        "production-status": production_status_truncates.ANSWERS,
+        "customer-value": customer_value_truncates.ANSWERS,
     }
     for service, tables in consumed.items():
         assert tables, service
@@ -105,7 +121,9 @@ def test_a_declaration_missing_a_consumed_table_fails() -> None:
 def test_only_stock_tables_are_cleared_by_inventory_projection() -> None:
     cleared = {t for t, a in inventory_truncates.ANSWERS.items() if a is TruncateAnswer.CLEAR}
     assert cleared == {"erp.stock_quant", "erp.stock_reservation", "erp.production_order"}
-    assert set(order_sync_truncates.ANSWERS.values()) == {TruncateAnswer.NEEDS_RESNAPSHOT}
+    for declared in (order_sync_truncates, receivables_truncates, production_status_truncates,
+                     customer_value_truncates):
+        assert set(declared.ANSWERS.values()) == {TruncateAnswer.NEEDS_RESNAPSHOT}
 
 
 def test_needs_resnapshot_error_has_its_cause() -> None:

@@ -90,7 +90,7 @@ def open_state(settings: ServiceSettings) -> StateStore:
     """The worker's local state: RocksDB under the state dir, or memory (tests)."""
     if settings.table_store == "memory":
         return MemoryState()
-    return RocksState(settings.service_state_dir / "state")
+    return RocksState(settings.service_state_dir / "state", settings.state_cache_mb * 1024 * 1024)
 
 
 class Checkpoint:

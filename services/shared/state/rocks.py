@@ -4,7 +4,9 @@ One RocksDB per state (today one per worker) under ``<service_state_dir>/state``
 (rocksdict, raw bytes). A batch's change set is applied with ONE ``WriteBatch`` (atomic:
 the service's entries and the source offsets they cover land together or not at all).
 RocksDB keeps the data on disk with a bounded block cache, which is what keeps the
-worker's memory flat with a million keys.
+worker's memory flat with a million keys: the cache also holds the table files' index
+and filter blocks (otherwise they sit outside any cap and grow with the data), so the
+store's memory is at most the cache plus the memtables (:meth:`RocksState.memory`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,33 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from rocksdict import BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
 
 from services.shared.state.store import prefix_end
 
+#: RocksDB's own default block cache size
+DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
+
+#: what :meth:`RocksState.memory` reports, by the metric's ``part`` label
+_MEMORY_PROPERTIES = {
+    # active and unflushed immutable memtables (and those pinned by iterators)
+    "memtables": "rocksdb.size-all-mem-tables",
+    "block_cache": "rocksdb.block-cache-usage",
+    # index and filter blocks held outside the cache (none once they are cached)
+    "table_readers": "rocksdb.estimate-table-readers-mem",
+}
+
 
 class RocksState:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         path.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
@@ -34,10 +56,23 @@ class RocksState:
         options.set_write_buffer_size(16 * 1024 * 1024)
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
+        # Index and filter blocks in the (capped) cache, as Kafka Streams' bounded-memory
+        # RocksDB config does: outside it they grow with every table file. Level 0's stay
+        # pinned there, being read by every lookup.
+        table.set_block_cache(Cache(cache_bytes))
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
         options.set_block_based_table_factory(table)
         self.path = path
         self.options = options
         self.db = Rdict(str(path), options)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes the store holds in memory, by part (read at each metrics scrape)."""
+        return {
+            part: int(self.db.property_int_value(name) or 0)
+            for part, name in _MEMORY_PROPERTIES.items()
+        }
 
     def get(self, key: bytes) -> bytes | None:
         value = self.db.get(key)

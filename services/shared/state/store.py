@@ -83,6 +83,10 @@ class StateStore(Protocol):
 
     def is_empty(self) -> bool: ...
 
+    def memory(self) -> Mapping[str, int]:
+        """Bytes held in memory by part (``ambidex_state_store_memory_bytes``)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -113,6 +117,9 @@ class MemoryState:
 
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
+
+    def memory(self) -> Mapping[str, int]:
+        return {}  # Python objects: in ambidex_python_allocated_blocks
 
     def put(self, key: bytes, value: bytes) -> None:
         if key not in self.data:

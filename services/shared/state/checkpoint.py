@@ -39,12 +39,12 @@ topic is declared under ``service_state`` in ``deploy/topics.yaml``)::
     # reload:     rebuild what the service keeps in memory from checkpoint.overlay
     # stop hook:  checkpoint.close()
 
-Scale-out (issue 16, not built yet): one Checkpoint per *shard*, a set of source
-partitions whose records a worker's fold keys by the business key the state is
-partitioned by (the shared transaction holder hands whole source transactions on by
-that key). Each shard has its own local state and its own changelog partition
+Scale-out (issue 16, not built yet; ``docs/adr/0003-scale-out.md``): one Checkpoint
+per *shard*, a partition of a route topic on which a router stage hands each source
+transaction on as slices keyed by the business key the state is partitioned by. Each
+shard has its own local state and its own changelog partition
 (``Changelog(topic, partition=shard)``; the topic gets one partition per shard), its
-offsets entry covers only the shard's partitions, and :meth:`resume_from` and a restore
+offsets entry covers only the shard's partition, and :meth:`resume_from` and a restore
 read only the shard's. A worker that gains a shard restores it from its changelog
 partition; one that loses it closes it. Today every service runs one shard (partition 0
 of its changelog, every source partition: ``WholeSourceAssignor``).

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,13 +116,19 @@ class BenchedService:
             return (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
 
 
-async def start_private_stack(progress: Callable[[str], None]) -> tuple[LocalStack, Path]:
+async def start_private_stack(
+    progress: Callable[[str], None], *, connect_plugins: Sequence[str] = ()
+) -> tuple[LocalStack, Path]:
     """A seeded stack on free ports in a new temporary directory (the caller stops it
     and removes the directory). A start that fails stops what did start (e.g. both
-    PostgreSQL servers) and removes the directory before the error goes on."""
+    PostgreSQL servers) and removes the directory before the error goes on.
+    ``connect_plugins``: optional Connect plugins (``ambidex.stack.jars.OPTIONAL_PLUGINS``)."""
     state_dir = Path(tempfile.mkdtemp(prefix="ambidex-bench-"))
     state_dir.chmod(0o755)
-    stack = LocalStack(StackConfig.from_env().ephemeral(state_dir), progress=progress)
+    config = StackConfig.from_env().ephemeral(state_dir)
+    if connect_plugins:
+        config = replace(config, connect_plugins=tuple(connect_plugins))
+    stack = LocalStack(config, progress=progress)
     try:
         await stack.up(seed=True)
     except BaseException:

@@ -68,6 +68,9 @@ class StackConfig:
     kafka_metrics_port: int = 9410
     connect_metrics_port: int = 9411
     exporter_port: int = 9412
+    #: AMBIDEX_STACK_CONNECT_PLUGINS: optional Connect plugins beside Debezium's PostgreSQL
+    #: connector, comma-separated (``ambidex.stack.jars.OPTIONAL_PLUGINS``, e.g. ``jdbc-sink``)
+    connect_plugins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
@@ -101,6 +104,10 @@ class StackConfig:
             kafka_metrics_port=port("KAFKA_METRICS", 9410),
             connect_metrics_port=port("CONNECT_METRICS", 9411),
             exporter_port=port("EXPORTER", 9412),
+            connect_plugins=tuple(
+                p.strip() for p in env.get("AMBIDEX_STACK_CONNECT_PLUGINS", "").split(",")
+                if p.strip()
+            ),
         )
 
     def ephemeral(self, state_dir: Path, *, secured: bool = False) -> StackConfig:
@@ -149,6 +156,8 @@ class StackConfig:
             env["AMBIDEX_JAVA_HOME"] = self.java_home
         if self.kafka_sasl_port is not None:
             env["AMBIDEX_STACK_KAFKA_SASL_PORT"] = str(self.kafka_sasl_port)
+        if self.connect_plugins:
+            env["AMBIDEX_STACK_CONNECT_PLUGINS"] = ",".join(self.connect_plugins)
         return env
 
     @property

@@ -21,6 +21,11 @@ KAFKA_POM = POM_DIR / "jars" / "pom.xml"
 DEBEZIUM_POM = POM_DIR / "debezium" / "pom.xml"
 #: the Prometheus JMX exporter's Java agent (kept apart: adding it changed no other jar)
 JMX_AGENT_POM = POM_DIR / "jmx" / "pom.xml"
+#: optional Connect plugins a stack may ask for (``StackConfig.connect_plugins``), each
+#: kept apart like the agent: name -> (pom, the plugin's directory name)
+OPTIONAL_PLUGINS = {
+    "jdbc-sink": (POM_DIR / "jdbc-sink" / "pom.xml", "debezium-connector-jdbc"),
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,25 @@ def ensure_jmx_agent(jars_dir: Path, progress: Callable[[str], None] = lambda _:
     if not jars:
         raise JarFetchError(f"no jmx_prometheus_javaagent jar in {root}")
     return jars[-1]
+
+
+def ensure_optional_plugin(
+    jars_dir: Path, name: str, progress: Callable[[str], None] = lambda _: None
+) -> Path:
+    """An optional plugin (:data:`OPTIONAL_PLUGINS`) fetched once into its own directory
+    keyed by its pom; returns the directory to add to Connect's ``plugin.path`` (it holds
+    the one plugin directory)."""
+    if name not in OPTIONAL_PLUGINS:
+        raise JarFetchError(f"unknown Connect plugin {name!r}; known: {sorted(OPTIONAL_PLUGINS)}")
+    pom, directory = OPTIONAL_PLUGINS[name]
+    root = jars_dir / f"{name}-{hashlib.sha256(pom.read_bytes()).hexdigest()[:12]}"
+    if not (root / ".complete").exists():
+        if shutil.which("mvn") is None:
+            raise JarFetchError("mvn is not installed (apt-get install maven)")
+        shutil.rmtree(root, ignore_errors=True)
+        copy_dependencies(pom, root / "plugins" / directory, progress)
+        (root / ".complete").write_text("ok\n")
+    return root / "plugins"
 
 
 def copy_dependencies(pom: Path, target: Path, progress: Callable[[str], None]) -> None:

@@ -12,7 +12,7 @@ import asyncpg
 from ambidex.access import Access, load_access
 from ambidex.connectors import ConnectClient, ConnectorDefinition, load_connectors
 from ambidex.stack.config import REPO_ROOT, StackConfig, StackSecrets, _free_ports
-from ambidex.stack.jars import JarLayout, ensure_jars
+from ambidex.stack.jars import JarLayout, ensure_jars, ensure_optional_plugin
 from ambidex.stack.kafka_access import (
     apply_kafka_access,
     connect_worker_security,
@@ -92,6 +92,10 @@ class LocalStack:
             self.secrets,
             security,
             jvm_options=jmx_agent_options(self.config, "connect"),
+            extra_plugin_paths=[
+                ensure_optional_plugin(self.config.jars_dir, name, self.progress)
+                for name in self.config.connect_plugins
+            ],
         )
 
     def connectors(self) -> list[ConnectorDefinition]:
@@ -218,6 +222,10 @@ class LocalStack:
         """Bring every component up; each step is a no-op when already done."""
         self.progress("jars: checking the cache")
         await asyncio.to_thread(lambda: self.jars)
+        for name in self.config.connect_plugins:  # fetched once, off the event loop
+            await asyncio.to_thread(
+                ensure_optional_plugin, self.config.jars_dir, name, self.progress
+            )
         self.progress("postgres: starting the CRM and ERP clusters")
         await asyncio.gather(*(cluster.start() for cluster in self.postgres.values()))
         await self._prepare_databases(seed=seed)

@@ -418,8 +418,11 @@ class ConnectWorker(DetachedProcess):
         secrets: StackSecrets,
         security: tuple[dict[str, str], dict[str, str]] | None = None,
         jvm_options: list[str] | None = None,
+        extra_plugin_paths: list[Path] | None = None,
     ) -> None:
         super().__init__("connect", config)
+        #: directories of optional plugins (``ambidex.stack.jars.ensure_optional_plugin``)
+        self.extra_plugin_paths = extra_plugin_paths or []
         #: extra JVM options (the JMX exporter agent, ambidex.stack.pipeline_metrics)
         self.jvm_options = jvm_options or []
         self.jars = jars
@@ -440,7 +443,9 @@ class ConnectWorker(DetachedProcess):
             "listeners": f"http://{c.host}:{c.connect_port}",
             "rest.advertised.host.name": c.host,
             "rest.advertised.port": str(c.connect_port),
-            "plugin.path": str(self.jars.plugin_path),
+            "plugin.path": ",".join(
+                str(p) for p in (self.jars.plugin_path, *self.extra_plugin_paths)
+            ),
             "plugin.discovery": "hybrid_warn",
             "scheduled.rebalance.max.delay.ms": "0",
             **(self.security[0] if self.security else {}),

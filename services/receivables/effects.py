@@ -87,6 +87,12 @@ class Outcome:
     each row counts as absent and its contract's position says it is incomplete."""
 
     @property
+    def writes_anything(self) -> bool:
+        """Anything to publish or write back."""
+        return bool(self.contracts or self.installments or self.customers or self.plan
+                    or self.plan_headers or self.discrepancies)
+
+    @property
     def raised(self) -> list[Discrepancy]:
         return [a for b, a in self.discrepancies.values() if b is None and a is not None]
 

@@ -2,22 +2,25 @@
 
 :meth:`Outputs.apply` is the service's *effects* for the kit's checkpoint, run before
 the state and the source offsets are made durable (a crash redoes the batch, so every
-one is idempotent):
+one is idempotent), in the kit's order (:func:`effects_of_step`, as every stateful
+service):
 
-1. the alerts: of the step's netted discrepancies, ``raised`` is published only for one
+1. the dead letters, the truncates counted and the holding metrics;
+2. the alerts: of the step's netted discrepancies, ``raised`` is published only for one
    the CRM's ``receivable_discrepancy`` table does not show open, ``resolved`` only for
    one it does (so a redone batch or a replay from the beginning does not raise an open
    cause twice), and the position records (compacted ``ambidex.receivable-position``,
    key = contract id, tombstone when the contract is gone) — published, acks awaited;
-2. the six integration tables written with the position-guarded sink
+3. the six integration tables written with the position-guarded sink
    (:mod:`services.shared.sinks`) at the service's own write position (the figures
    derive from both databases, whose LSNs do not compare, as inventory's
    availability): the four ``crm_integration.receivable_*`` tables in one CRM
    transaction, the ERP's expected-receivables plan in one ERP transaction;
-3. the dead letters and the holding metrics (:func:`dead_letter_all`).
+4. the end-to-end lag of what they made visible, the changes applied.
 
-Publishing comes before the table write: a crash between them publishes an alert
-again (at least once), never loses one.
+Publishing comes before the table write: what is published is decided against what the
+table shows open, so a crash between them publishes an alert again (at least once),
+never loses one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncio
 import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -50,7 +54,7 @@ from services.shared.output_check import first_refused, publishable
 from services.shared.position import SourcePosition
 from services.shared.runtime import Service
 from services.shared.sinks import PositionGuardedSink, SinkWrite, UpsertSpec
-from services.shared.transaction_fold import dead_letter_all
+from services.shared.transaction_fold import effects_of_step
 from services.shared.truncates import TruncateCounter
 
 
@@ -167,28 +171,29 @@ class Outputs:
 
     async def apply(self, step: Step, fold: ReceivablesFold) -> None:
         """Everything ``step`` decided, done and acknowledged (idempotent)."""
-        service = self.service
         out = step.outcome
         as_of = fold.core.as_of
-        if out.contracts or out.installments or out.customers or out.plan \
-                or out.plan_headers or out.discrepancies:
-            shown = await self._shown(out)
-            now = datetime.now(UTC)
-            await self._publish(out, shown, as_of, now)
-            position = self.next_position()
-            await asyncio.gather(self._write_crm(out, shown, as_of, now, position),
-                                 self._write_erp(out, position))
-            service.metrics.observe_end_to_end_lags(
-                "crm_write_back", [t.timestamp() for t in step.commit_times], time.time())
-        await dead_letter_all(service, step, fold.held, self.truncates)
+        await effects_of_step(
+            self.service, step, fold.held,
+            partial(self._writes, out, as_of) if out.writes_anything else None,
+            truncates=self.truncates,
+        )
         m = self.metrics
         if step.applied:
             m.changes_applied.inc(step.applied)
-            service.metrics.event("cdc", "applied", step.applied)
         m.moved(out)
         m.awaiting.set(fold.awaiting_verdicts)
         m.unjudged.set(fold.unjudged)
         m.as_of.set(datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC).timestamp())
+
+    async def _writes(self, out: Outcome, as_of: date) -> None:
+        """Publish, then write back (see the module docstring for why in this order)."""
+        shown = await self._shown(out)
+        now = datetime.now(UTC)
+        await self._publish(out, shown, as_of, now)
+        position = self.next_position()
+        await asyncio.gather(self._write_crm(out, shown, as_of, now, position),
+                             self._write_erp(out, position))
 
     def check(self, step: Step, fold: ReceivablesFold, *, prune: bool = False
               ) -> BadInput | None:

@@ -4,7 +4,9 @@
 Invariants protected here: every position and discrepancy the fold produces encodes
 with the published schema and decodes back to the same figures (money exact, as
 Decimal with its currency); tombstones for contracts that are gone; a netted outcome
-publishes resolved and raised events only, never a change of an open cause.
+publishes resolved and raised events only, never a change of an open cause. The
+effects of a step go in the kit's order (effects_of_step, as every stateful service):
+dead letters and truncates counted, then publish and write back, then the lag.
 """
 
 from __future__ import annotations
@@ -96,3 +98,54 @@ def test_a_position_its_schema_refuses_is_found_before_any_effect_and_can_be_lef
                          shell) is None  # type: ignore[arg-type]
     assert outputs.check(step, shell, prune=True) is not None  # type: ignore[arg-type]
     assert step.outcome.contracts == {1: good}
+
+
+async def test_a_steps_effects_go_in_the_kits_order() -> None:
+    from types import SimpleNamespace
+
+    from aiokafka.structs import ConsumerRecord
+    from prometheus_client import CollectorRegistry
+
+    from services.receivables.effects import Outcome
+    from services.receivables.outputs import Outputs, ReceivablesMetrics
+    from services.shared.changes import ChangeOp
+    from services.shared.errors import BadInput
+    from services.shared.transaction_fold import Applied
+    from services.shared.truncates import TruncateAnswer
+    from tests.builders import change_event
+
+    done: list[str] = []
+
+    class Intake:
+        async def reject(self, handle: Any, error: BadInput) -> None:
+            done.append(f"dead letter {error.cause.value}")
+
+    platform = SimpleNamespace(
+        observe_end_to_end_lags=lambda *_: done.append("lag"),
+        event=lambda *_: done.append("applied"),
+    )
+    service = SimpleNamespace(codec=CODEC, registry=CollectorRegistry(), name="receivables",
+                              metrics=platform, require_intake=Intake)
+    outputs = Outputs(service, ReceivablesMetrics(service))  # type: ignore[arg-type]
+
+    async def writes(out: Outcome, as_of: date) -> None:
+        done.append("publish and write back")
+
+    outputs._writes = writes  # type: ignore[method-assign]
+    core = Receivables(MemoryKV())
+    core.advance(date(2026, 1, 1))
+    core.apply(Table.CONTRACT, 1, SourcePosition(100, 0), contract(1, total="300.00"))
+    (position,) = core.contract_positions().values()
+    fold = SimpleNamespace(core=core, held=SimpleNamespace(holders={}), awaiting_verdicts=0,
+                           unjudged=0)
+    cut = change_event("erp", "payment", op=ChangeOp.TRUNCATE, commit_lsn=5)
+    record = ConsumerRecord("cdc.erp.payment", 0, 5, 0, 0, None, b"v", None, 0, 1, ())
+    step = Applied(Outcome(contracts={1: position}), applied=1, commit_times=[NOW],
+                   dead_letters=[(record, BadInput("bad"))],
+                   truncates=[(cut, TruncateAnswer.NEEDS_RESNAPSHOT)])
+    await outputs.apply(step, fold)  # type: ignore[arg-type]
+    assert done == ["dead letter bad_input", "publish and write back", "lag", "applied"]
+    counted = service.registry.get_sample_value(
+        "ambidex_source_truncates_total",
+        {"service": "receivables", "table": "erp.payment", "answer": "needs_resnapshot"})
+    assert counted == 1

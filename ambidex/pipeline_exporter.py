@@ -217,8 +217,8 @@ async def read_group_offsets(
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(**client_options(kafka), request_timeout_ms=10_000)
+    await admin.start()  # a refused login fails here, before a consumer exists to leak
     consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False)
-    await admin.start()
     try:
         await consumer.start()
         committed: dict[str, dict[Any, int]] = {}

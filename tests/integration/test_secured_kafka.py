@@ -276,3 +276,31 @@ async def test_inventory_projection_runs_end_to_end_as_its_own_user(
     for log in [secured.log_path, *local_stack.config.logs_dir.glob("*.log")]:
         text = log.read_text(errors="replace")
         assert not [p for p in passwords if p in text], f"a Kafka password is in {log}"
+
+
+async def test_the_setup_job_and_the_pipeline_exporter_log_in_with_the_services_settings(
+    local_stack: LocalStack, stack: StackAddresses
+) -> None:
+    """docker-compose's broker takes only logins: ``ambidex setup``'s topic step and the
+    pipeline exporter read ``AMBIDEX_KAFKA_SECURITY_PROTOCOL`` and the SASL settings as a
+    service does (``kafka_from_environment``) and reach the SASL listener as the user
+    given; a wrong password is a failed read, not a plain connection."""
+    from ambidex.pipeline_exporter import ExporterSettings, Snapshot, refresh
+    from ambidex.targets import kafka_from_environment
+    from ambidex.topics import apply_topics, load_topic_declaration
+
+    access = SERVICES["receivables"]
+    environment = sasl_client_environment(local_stack.config, access.user)
+    kafka = kafka_from_environment(environment["AMBIDEX_KAFKA_BOOTSTRAP"], environment)
+    assert isinstance(kafka, KafkaConnection) and kafka.sasl_username == access.user
+    # topics it may describe and all present: the step lists and checks them, creates none
+    readable = [spec for spec in load_topic_declaration() if spec.name in access.reads]
+    report = await apply_topics(kafka, readable)
+    assert report.created == [] and sorted(report.existing) == sorted(s.name for s in readable)
+
+    snapshot = Snapshot()
+    await refresh(ExporterSettings.from_env(environment), snapshot)
+    assert snapshot.kafka_up is True
+    wrong = {**environment, "AMBIDEX_KAFKA_SASL_PASSWORD": "not-the-password"}
+    await refresh(ExporterSettings.from_env(wrong), snapshot)
+    assert snapshot.kafka_up is False

@@ -146,3 +146,15 @@ def test_connect_and_its_connectors_authenticate_with_passwords_from_the_environ
             'username="ambidex-crm" password="${env:AMBIDEX_KAFKA_PASSWORD_AMBIDEX_CRM}";'
         )
     }
+
+
+def test_a_connector_logs_in_with_the_workers_mechanism() -> None:
+    """docker-compose's broker takes PLAIN: the override the setup job writes must use
+    PLAIN's login module, or the connector's producer cannot log in there."""
+    override = connector_overrides(load_access(), "ambidex-erp", "PLAIN")
+    assert override == {
+        "producer.override.sasl.jaas.config": (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            'username="ambidex-erp" password="${env:AMBIDEX_KAFKA_PASSWORD_AMBIDEX_ERP}";'
+        )
+    }

@@ -55,7 +55,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from ambidex.connectors import ConnectClient, ConnectorDefinition
 from ambidex.stack.local import LocalStack
 from ambidex.stack.processes import DetachedProcess
-from bench.common import reproduce_line, start_private_stack
+from bench.common import reproduce_line, run_bench, start_private_stack
 from bench.order_sync import Worker, _catalogue, _drive, _wait_captured, _wait_synced
 from bench.stats import percentile
 
@@ -417,4 +417,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_bench(main())

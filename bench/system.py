@@ -45,7 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ambidex.stack.local import LocalStack
 from ambidex.stack.pipeline_metrics import EXPORTER, metrics_endpoints
 from ambidex.stack.ports import recorded_ports
-from bench.common import reproduce_line, start_private_stack
+from bench.common import reproduce_line, run_bench, start_private_stack
 from bench.stats import LagTrend, lag_trend, percentile
 from services.registry import available_services
 
@@ -274,4 +274,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_bench(main())

@@ -12,7 +12,8 @@ compacted ``ambidex.customer-value``, dead letters). State: the kit's local stor
 its changelog :data:`STATE_TOPIC` (restored from it when the disk is empty).
 
 At start the write position is floored at the one the CRM table already holds, so a
-worker rebuilt from the source topics never writes below what is there.
+worker rebuilt from the source topics never writes below what is there (the kit's
+:class:`~services.shared.write_back_shell.WriteBackShell`).
 
 An in-process reader (the dashboard) passes a :class:`~.observer.ValueObserver` to
 :func:`build_service`: it is given the full set once the state is open and every
@@ -26,10 +27,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import partial
-
-import asyncpg
 
 from services.customer_value.dashboard.attach import attach_dashboard
 from services.customer_value.effects import TABLE, Effects
@@ -37,15 +36,13 @@ from services.customer_value.observer import Snapshot, ValueObserver
 from services.customer_value.service_fold import PUBLISHED_TOPICS, Outcome, ValueFold
 from services.customer_value.sources import TABLES
 from services.shared.batches import attach_sources
-from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
-from services.shared.sinks import newest_position
-from services.shared.state.store import KeyValue
 from services.shared.stateful import StatefulRunner
 from services.shared.transaction_fold import Applied
 from services.shared.whole_transactions import SourceTopics
+from services.shared.write_back_shell import WriteBackShell
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +53,17 @@ STATE_TOPIC = "state.customer-value"
 BATCH_MAX = 5_000
 
 
-class Shell:
+class Shell(WriteBackShell[ValueFold, Applied[Outcome]]):
     """The I/O around a :class:`ValueFold`, run by the kit's :class:`StatefulRunner`."""
 
     def __init__(self, service: Service, observer: ValueObserver | None = None) -> None:
-        self.service = service
+        codec = service.codec
+        super().__init__(service, TABLE, partial(
+            ValueFold.load, decode=lambda value: codec.decode(value).record,
+            max_hold=timedelta(seconds=service.settings.max_hold_seconds)))
         self.observer = observer
         self.effects = Effects(service, observer)
-        codec = service.codec
-        self._load = partial(ValueFold.load, decode=lambda value: codec.decode(value).record,
-                             max_hold=timedelta(seconds=service.settings.max_hold_seconds))
-        #: the write position the table held at start (kept for every reload of the fold)
-        self._written: tuple[datetime, int] | None = None
-        self.runner: StatefulRunner[ValueFold, Applied[Outcome]] = StatefulRunner(
+        self.runner = StatefulRunner(
             service,
             state_topic=STATE_TOPIC,
             topics=CHANGE_TOPICS,
@@ -81,25 +76,13 @@ class Shell:
             max_records=BATCH_MAX,
         )
         self.source = self.runner.source
-        self.pool: asyncpg.Pool | None = None
-
-    def load(self, kv: KeyValue) -> ValueFold:
-        """The fold over the durable state, floored at the table's write position: a
-        reload after a failed batch (before the floor reached the state) keeps it."""
-        fold = self._load(kv)
-        if self._written is not None:
-            fold.floor(*self._written)
-        return fold
 
     async def start(self, service: Service) -> None:
         """Open (or rebuild) the local state, open the write-back, floor the write
         position, hand the observer the full set."""
         started = time.monotonic()
-        restored = await self.runner.open()
-
-        # a CRM database that is down at start-up is waited for (readiness says so)
-        self.pool = await open_pool(service, "crm")
-        await service.retry.call(self._floor, what="reading the write position")
+        restored = await self.open()
+        assert self.pool is not None
         self.effects.started(self.pool)
         fold = self.runner.fold
         if self.observer is not None:
@@ -117,18 +100,6 @@ class Shell:
         figures are made as iterated, never all at once (observer.py)."""
         fold = self.runner.fold
         return Snapshot(fold.current(), list(fold.open_risks()), fold.as_of)
-
-    async def stop(self, _: Service) -> None:
-        if self.pool is not None:
-            await self.pool.close()
-        self.runner.close()
-
-    async def _floor(self) -> None:
-        assert self.pool is not None
-        newest = await newest_position(self.pool, TABLE)
-        if newest is not None:
-            self._written = (datetime.fromtimestamp(newest[0] / 1000, UTC), newest[1])
-            self.runner.fold.floor(*self._written)
 
 
 def build_service(settings: ServiceSettings, observer: ValueObserver | None = None) -> Service:

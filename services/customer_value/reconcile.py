@@ -10,13 +10,13 @@ way round) is a difference of field ``row``. Not compared: ``as_of`` (when, not 
 
 Source rows the service refuses (bad input: their transactions are dead-lettered whole)
 are left out of the recomputation and listed, so a figure they would change is not
-reported twice.
+reported twice. The report's shapes and the comparison are the kit's
+(:mod:`services.shared.reconcile`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -30,43 +30,18 @@ from services.customer_value.fold import ValueKey
 from services.customer_value.recompute import load, recompute
 from services.customer_value.sources import node_of
 from services.shared.errors import BadInput
+from services.shared.reconcile import Difference, RefusedRow, diff_rows
 
 COMPARED = ("erp_customer_id", *MONEY, *emit.DERIVED, *COUNTS.values(), "sources")
 WRITTEN = f"SELECT * FROM {TABLE} WHERE NOT deleted"
 
 
-@dataclass(frozen=True, slots=True)
-class Difference:
-    key: ValueKey
-    field: str  # a column, or "row" (one side has no such month)
-    written: Any
-    recomputed: Any
-
-    def __str__(self) -> str:
-        account, month, currency = self.key
-        return (f"account {account} {month} {currency}: {self.field}: written "
-                f"{self.written!r}, recomputed {self.recomputed!r}")
-
-    def as_json(self) -> dict[str, Any]:
-        account, month, currency = self.key
-        return {"account_id": account, "month": month, "currency": currency,
-                "field": self.field, "written": str(self.written),
-                "recomputed": str(self.recomputed)}
-
-
-@dataclass(frozen=True, slots=True)
-class RefusedRow:
-    """A source row the service dead-letters (its transaction rejected whole)."""
-
-    source: str
-    row_id: Any
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source} {self.row_id} refused: {self.reason}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {"source": self.source, "id": self.row_id, "refused": self.reason}
+def difference(key: ValueKey, field: str, written: Any, recomputed: Any) -> Difference:
+    """A difference of one (account, month, currency)."""
+    account, month, currency = key
+    return Difference(f"account {account} {month} {currency}",
+                      (("account_id", account), ("month", month), ("currency", currency)),
+                      field, written, recomputed)
 
 
 def _comparable(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,16 +81,7 @@ async def recomputed(crm: asyncpg.Connection, erp: asyncpg.Connection,
 
 def diff(written: Mapping[ValueKey, Mapping[str, Any]],
          expected: Mapping[ValueKey, Mapping[str, Any]]) -> list[Difference]:
-    out: list[Difference] = []
-    for key in sorted(set(written) | set(expected)):
-        have, want = written.get(key), expected.get(key)
-        if have is None or want is None:
-            out.append(Difference(key, "row", "present" if have else "absent",
-                                  "present" if want else "absent"))
-            continue
-        out += [Difference(key, name, have[name], want[name])
-                for name in COMPARED if have[name] != want[name]]
-    return out
+    return diff_rows(written, expected, COMPARED, difference)
 
 
 async def reconcile_once(crm_dsn: str, erp_dsn: str, accounts: Collection[int] | None = None,
@@ -135,3 +101,6 @@ async def reconcile_once(crm_dsn: str, erp_dsn: str, accounts: Collection[int] |
         expected = {k: v for k, v in expected.items() if k[0] in mine}
         written = {k: v for k, v in written.items() if k[0] in mine}
     return len(set(expected) | set(written)), diff(written, expected), refused
+
+
+__all__ = ["COMPARED", "Difference", "RefusedRow", "diff", "reconcile_once"]

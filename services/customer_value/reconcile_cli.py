@@ -11,20 +11,11 @@ command's shape is the kit's :func:`~services.shared.reconcile_cli.reconcile_com
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from services.customer_value.reconcile import reconcile_once
-from services.shared.reconcile_cli import RowsReport, reconcile_command
+from services.shared.reconcile_cli import rows_command
 
-
-async def compare(crm_dsn: str, erp_dsn: str, options: Mapping[str, Any]) -> RowsReport:
-    compared, differences, refused = await reconcile_once(crm_dsn, erp_dsn)
-    return RowsReport(compared, "account months", differences, refused)
-
-
-reconcile_customer_value = reconcile_command("customer-value", compare)
-reconcile_customer_value.help = (
+reconcile_customer_value = rows_command(
+    "customer-value", reconcile_once, "account months",
     "Compare customer-value's figures with a recomputation from both databases; print "
     "every difference (exit code 1 if any)."
 )

@@ -12,9 +12,10 @@ order-sync's ``ambidex.order-identity`` (consumer group
 store and its changelog :data:`STATE_TOPIC` (restored from it when the disk is empty).
 
 The clock is source time (see :mod:`.service_fold`); at start the *write position* is
-floored at the one the CRM table already holds (the clock is not), so a worker rebuilt
-from the source topics alone never writes below what is there and still assesses each
-change at its own source time.
+floored at the one the CRM table already holds (the clock is not; the kit's
+:class:`~services.shared.write_back_shell.WriteBackShell`, which keeps the floor across
+reloads of the fold), so a worker rebuilt from the source topics alone never writes
+below what is there and still assesses each change at its own source time.
 
 Scaling: a status reads rows of several topics and both databases, so the service runs
 as ONE worker (one shard of the state), like inventory-projection.
@@ -24,23 +25,20 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import partial
-
-import asyncpg
 
 from services.production_status.effects import Effects
 from services.production_status.service_fold import CRM_TABLES, ERP_TABLES, Outcome, StatusFold
 from services.production_status.writeback import FULFILMENT_STATUS
 from services.shared.batches import attach_sources
-from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
-from services.shared.sinks import newest_position
 from services.shared.stateful import StatefulRunner
 from services.shared.transaction_fold import Applied
 from services.shared.whole_transactions import SourceTopics
+from services.shared.write_back_shell import WriteBackShell
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +57,21 @@ STATE_TOPIC = "state.production-status"
 BATCH_MAX = 5_000
 
 
-class Shell:
+class Shell(WriteBackShell[StatusFold, Applied[Outcome]]):
     """The I/O around a :class:`StatusFold`, run by the kit's :class:`StatefulRunner`."""
 
     def __init__(self, service: Service) -> None:
-        self.service = service
-        self.effects = Effects(service)
         codec = service.codec
-        load = partial(StatusFold.load, decode=lambda value: codec.decode(value).record,
-                       max_hold=timedelta(seconds=service.settings.max_hold_seconds))
-        self.runner: StatefulRunner[StatusFold, Applied[Outcome]] = StatefulRunner(
+        super().__init__(service, FULFILMENT_STATUS, partial(
+            StatusFold.load, decode=lambda value: codec.decode(value).record,
+            max_hold=timedelta(seconds=service.settings.max_hold_seconds)))
+        self.effects = Effects(service)
+        self.runner = StatefulRunner(
             service,
             state_topic=STATE_TOPIC,
             topics=CHANGE_TOPICS,
             sources=SOURCES,
-            load=load,
+            load=self.load,
             apply=self.effects.apply,
             check=self.effects.check,
             published=StatusFold.published,
@@ -81,17 +79,13 @@ class Shell:
             max_records=BATCH_MAX,
         )
         self.source = self.runner.source
-        self.pool: asyncpg.Pool | None = None
 
     async def start(self, service: Service) -> None:
         """Open (or rebuild) the local state, open the write-back, floor the write
         position."""
         started = time.monotonic()
-        restored = await self.runner.open()
-
-        # a CRM database that is down at start-up is waited for (readiness says so)
-        self.pool = await open_pool(service, "crm")
-        await service.retry.call(self._floor, what="reading the write position")
+        restored = await self.open()
+        assert self.pool is not None
         self.effects.started(self.pool)
         fold = self.runner.fold
         self.effects.metrics.counts(fold)
@@ -100,18 +94,6 @@ class Shell:
             "restored_from_changelog": 0 if restored is None else restored.entries,
             "revision": fold.meta.revision, "now": fold.now.isoformat(),
             "seconds": round(time.monotonic() - started, 3)})
-
-    async def stop(self, _: Service) -> None:
-        if self.pool is not None:
-            await self.pool.close()
-        self.runner.close()
-
-    async def _floor(self) -> None:
-        assert self.pool is not None
-        newest = await newest_position(self.pool, FULFILMENT_STATUS)
-        if newest is not None:
-            at = datetime.fromtimestamp(newest[0] / 1000, UTC)
-            self.runner.fold.floor(at, newest[1])
 
 
 def build_service(settings: ServiceSettings) -> Service:

@@ -13,14 +13,15 @@ Compared: what follows from the rows alone (stage, quantities, counts, carrier a
 tracking, promised date, ids, per line the same). Not compared: the predicted dates
 and the risk level, which depend on the time they were assessed at and on durations
 learned from other orders since (a status is rewritten when its order changes, not
-when another order's delivery moves a learned p90).
+when another order's delivery moves a learned p90). The report's shapes and the
+comparison are the kit's (:mod:`services.shared.reconcile`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -43,6 +44,7 @@ from services.production_status.status import line_statuses, order_status
 from services.production_status.writeback import FULFILMENT_LINE, FULFILMENT_STATUS
 from services.shared.errors import BadInput
 from services.shared.position import SourcePosition
+from services.shared.reconcile import Difference, RefusedRow, diff_rows
 from services.shared.state.store import MemoryState
 
 COMPARED = ("crm_order_number", "erp_order_id", "erp_order_name", "stage", "ordered",
@@ -63,35 +65,11 @@ FROM erp_integration.order_identity i LEFT JOIN erp.sales_order o ON o.id = i.er
 Status = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Difference:
-    crm_order_id: int
-    field: str  # a column, "line <n>.<column>", or "row"
-    written: Any
-    recomputed: Any
-
-    def __str__(self) -> str:
-        return (f"CRM order {self.crm_order_id}: {self.field}: written {self.written!r}, "
-                f"recomputed {self.recomputed!r}")
-
-    def as_json(self) -> dict[str, Any]:
-        return {"crm_order_id": self.crm_order_id, "field": self.field,
-                "written": str(self.written), "recomputed": str(self.recomputed)}
-
-
-@dataclass(frozen=True, slots=True)
-class RefusedRow:
-    """A source row the service dead-letters (its transaction rejected whole)."""
-
-    table: str
-    row_id: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.table} {self.row_id} refused: {self.reason}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {"table": self.table, "id": self.row_id, "refused": self.reason}
+def difference(crm_order_id: int, field: str, written: Any, recomputed: Any) -> Difference:
+    """A difference of one CRM order's status (``field``: a column, "line <n>.<column>",
+    "line <n>" or "row")."""
+    return Difference(f"CRM order {crm_order_id}", (("crm_order_id", crm_order_id),), field,
+                      written, recomputed)
 
 
 def _comparable(record: Mapping[str, Any]) -> Status:
@@ -102,6 +80,12 @@ def _comparable(record: Mapping[str, Any]) -> Status:
                       for line in record.get("line_rows", record["lines"])
                       if isinstance(line, Mapping)}
     return status
+
+
+def line_difference(crm_order_id: int, line_no: int, field: str, written: Any,
+                    recomputed: Any) -> Difference:
+    name = f"line {line_no}" if field == "row" else f"line {line_no}.{field}"
+    return difference(crm_order_id, name, written, recomputed)
 
 
 async def recompute_statuses(
@@ -175,22 +159,12 @@ def diff_statuses(written: Mapping[int, Status], recomputed: Mapping[int, Status
     out: list[Difference] = []
     for crm_order_id in sorted(set(written) | set(recomputed)):
         mine, theirs = written.get(crm_order_id), recomputed.get(crm_order_id)
-        if mine is None or theirs is None:
-            out.append(Difference(crm_order_id, "row", "present" if mine else "missing",
-                                  "present" if theirs else "missing"))
-            continue
-        for name in COMPARED:
-            if mine[name] != theirs[name]:
-                out.append(Difference(crm_order_id, name, mine[name], theirs[name]))
-        for line_no in sorted(set(mine["line"]) | set(theirs["line"])):
-            a, b = mine["line"].get(line_no), theirs["line"].get(line_no)
-            if a is None or b is None:
-                out.append(Difference(crm_order_id, f"line {line_no}",
-                                      "present" if a else "missing",
-                                      "present" if b else "missing"))
-                continue
-            out += [Difference(crm_order_id, f"line {line_no}.{n}", a[n], b[n])
-                    for n in LINE_COMPARED if a[n] != b[n]]
+        out += diff_rows({} if mine is None else {crm_order_id: mine},
+                         {} if theirs is None else {crm_order_id: theirs}, COMPARED,
+                         difference)
+        if mine is not None and theirs is not None:
+            out += diff_rows(mine["line"], theirs["line"], LINE_COMPARED,
+                             partial(line_difference, crm_order_id))
     return out
 
 

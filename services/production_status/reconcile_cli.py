@@ -12,20 +12,11 @@ a live system an order changed between the reads may differ once; run it again
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from services.production_status.reconcile import reconcile_once
-from services.shared.reconcile_cli import RowsReport, reconcile_command
+from services.shared.reconcile_cli import rows_command
 
-
-async def compare(crm_dsn: str, erp_dsn: str, options: Mapping[str, Any]) -> RowsReport:
-    compared, differences, refused = await reconcile_once(crm_dsn, erp_dsn)
-    return RowsReport(compared, "orders", differences, refused)
-
-
-reconcile_production_status = reconcile_command("production-status", compare)
-reconcile_production_status.help = (
+reconcile_production_status = rows_command(
+    "production-status", reconcile_once, "orders",
     "Compare production-status's fulfilment statuses with a recomputation from both "
     "databases; print every difference (exit code 1 if any)."
 )

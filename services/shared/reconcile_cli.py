@@ -69,6 +69,23 @@ class RowsReport:
 
 #: ``compare(crm_dsn, erp_dsn, options)`` -> the report
 Compare = Callable[[str, str, Mapping[str, Any]], Awaitable[Report]]
+#: ``reconcile_once(crm_dsn, erp_dsn)`` -> (things compared, differences, refused rows)
+ReconcileRows = Callable[
+    [str, str], Awaitable[tuple[int, Sequence[Difference], Sequence[Difference]]]]
+
+
+def rows_command(name: str, reconcile_once: ReconcileRows, what: str, help: str
+                 ) -> click.Command:
+    """The ``reconcile <name>`` command of a service whose comparison gives a
+    :class:`RowsReport` (``what``: the things compared, "orders")."""
+
+    async def compare(crm_dsn: str, erp_dsn: str, options: Mapping[str, Any]) -> RowsReport:
+        compared, differences, refused = await reconcile_once(crm_dsn, erp_dsn)
+        return RowsReport(compared, what, differences, refused)
+
+    command = reconcile_command(name, compare)
+    command.help = help
+    return command
 
 
 def reconcile_command(

@@ -23,7 +23,8 @@ def status(**changes: Any) -> dict[str, Any]:
 def test_equal_statuses_give_no_difference_and_each_field_is_reported() -> None:
     assert diff_statuses({7: status()}, {7: status()}) == []  # 5 == 5.000
     differences = diff_statuses({7: status(stage="ready")}, {7: status(), 8: status()})
-    assert [(d.crm_order_id, d.field, d.written, d.recomputed) for d in differences] == [
+    assert [(dict(d.ids)["crm_order_id"], d.field, d.written, d.recomputed)
+            for d in differences] == [
         (7, "stage", "ready", "shipped"), (8, "row", "missing", "present")]
     changed = status()
     changed["line"] = {1: {**changed["line"][1], "carrier": "DHL"}, 2: changed["line"][1]}

@@ -228,15 +228,19 @@ def _kafka_targets(bootstrap: str | None) -> Targets:
 
 
 def _dead_letter_run(targets: Targets, work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work``; a missing topic or a broker gone mid-way is one line, not a traceback."""
+    """Run ``work``; a missing topic, a letter that cannot be decoded or a broker gone
+    mid-way is one line, not a traceback."""
     from aiokafka.errors import KafkaError
 
     from ambidex.targets import unreachable
     from services.shared.deadletter_tools import DeadLetterTopicError
+    from services.shared.errors import BadInput
 
     try:
         return _run(work)
     except DeadLetterTopicError as error:
+        raise click.ClickException(str(error)) from None
+    except BadInput as error:  # a letter that cannot be read (e.g. no registry configured)
         raise click.ClickException(str(error)) from None
     except (KafkaError, OSError, TimeoutError) as error:
         raise click.ClickException(unreachable(targets, "kafka_bootstrap", error)) from None

@@ -25,8 +25,10 @@ import datetime as dt
 import json
 from typing import Any, cast
 
+import click
 import pytest
 
+from ambidex.cli_operator import _dead_letter_run
 from services.shared.avro import HEADER_SCHEMA, AvroCodec, SchemaCatalogue
 from services.shared.deadletter_tools import render_dead_letter, replay_headers, replay_selection
 from services.shared.deadletters import (
@@ -283,3 +285,16 @@ def test_replay_offers_each_origin_once_and_no_erp_state_unless_forced() -> None
 
     chosen, _, _ = replay_selection(letters, offsets={1, 3}, force=False)
     assert [o for o, _ in chosen] == [3]
+
+
+def test_a_letter_the_command_cannot_decode_is_one_line_not_a_traceback() -> None:
+    """Registry-format letters read without AMBIDEX_SCHEMA_REGISTRY_URL: the operator
+    gets the reason (which names the setting), not a traceback."""
+    async def reading() -> None:
+        raise SchemaViolation(
+            "dlq.x offset 0: registry wire format (schema id 2) but no schema registry "
+            "is configured (AMBIDEX_SCHEMA_REGISTRY_URL)"
+        )
+
+    with pytest.raises(click.ClickException, match="AMBIDEX_SCHEMA_REGISTRY_URL"):
+        _dead_letter_run(None, reading())  # type: ignore[arg-type]

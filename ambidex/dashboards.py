@@ -15,43 +15,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ambidex.dashboard_panels import (
+    RATE,
+    Row,
+    memory_panels,
+    panel_of,
+    quantile,
+    service_panels,
+)
 from ambidex.monitoring_pipeline import service_groups_regex
 from services.registry import SERVICE_MODULES
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "monitoring" / "dashboards"
 SCHEMA_VERSION = 39
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-RATE = "[5m]"
-#: services keeping local state (RocksDB): the others have no state store memory
-WITHOUT_STATE = ("order-sync",)
-
-
-@dataclass(frozen=True)
-class Panel:
-    title: str
-    targets: tuple[tuple[str, str], ...]  # (expr, legend)
-    unit: str = "short"
-    kind: str = "timeseries"
-    width: int = 12
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Row:
-    title: str
-    panels: tuple[Panel, ...]
-
-
-def _p(title: str, expr: str, legend: str, unit: str = "short", **kw: Any) -> Panel:
-    return Panel(title, ((expr, legend),), unit, **kw)
-
-
-def _quantile(q: float, metric: str, by: str, where: str = "") -> str:
-    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{where}{RATE})))"
 
 
 def pipeline_rows() -> list[Row]:
@@ -60,14 +40,14 @@ def pipeline_rows() -> list[Row]:
         Row(
             "Capture (Debezium in Kafka Connect)",
             (
-                _p(
+                panel_of(
                     "Connector status",
                     "kafka_connect_connector_status == 1",
                     "{{connector}} {{status}}",
                     kind="stat",
                     width=6,
                 ),
-                _p(
+                panel_of(
                     "Failed tasks",
                     "sum by (connector) "
                     "(kafka_connect_worker_connector_connector_failed_task_count)",
@@ -75,27 +55,27 @@ def pipeline_rows() -> list[Row]:
                     kind="stat",
                     width=6,
                 ),
-                _p(
+                panel_of(
                     "Connected to the database",
                     "debezium_postgres_streaming_connected",
                     "{{server}}",
                     kind="stat",
                     width=6,
                 ),
-                _p(
+                panel_of(
                     "Capture lag (behind source)",
                     "debezium_postgres_streaming_millisecondsbehindsource",
                     "{{server}}",
                     "ms",
                     width=6,
                 ),
-                _p(
+                panel_of(
                     "Changes captured / s",
                     f"rate(debezium_postgres_streaming_totalnumberofeventsseen{RATE})",
                     "{{server}}",
                     "ops",
                 ),
-                _p(
+                panel_of(
                     "Queue fill",
                     "1 - debezium_postgres_streaming_queueremainingcapacity "
                     "/ debezium_postgres_streaming_queuetotalcapacity",
@@ -107,13 +87,13 @@ def pipeline_rows() -> list[Row]:
         Row(
             "Replication slots",
             (
-                _p(
+                panel_of(
                     "Retained WAL",
                     "ambidex_replication_slot_retained_wal_bytes",
                     "{{database}} {{slot}}",
                     "bytes",
                 ),
-                _p(
+                panel_of(
                     "Slot active",
                     "ambidex_replication_slot_active",
                     "{{database}} {{slot}}",
@@ -124,14 +104,14 @@ def pipeline_rows() -> list[Row]:
         Row(
             "Kafka",
             (
-                _p(
+                panel_of(
                     "CDC messages in / s",
                     "sum by (topic) (rate(kafka_server_brokertopicmetrics_"
                     f'messagesin_total{{topic=~"cdc\\\\..+"}}{RATE}))',
                     "{{topic}}",
                     "ops",
                 ),
-                _p(
+                panel_of(
                     "Under-replicated / offline partitions",
                     "sum(kafka_server_replicamanager_"
                     "underreplicatedpartitions) + sum(kafka_controller_kafkacontroller_"
@@ -139,13 +119,13 @@ def pipeline_rows() -> list[Row]:
                     "partitions",
                     kind="stat",
                 ),
-                _p(
+                panel_of(
                     "Bytes in / out",
                     f"sum(rate(kafka_server_brokertopicmetrics_bytesin_total{RATE}))",
                     "in",
                     "Bps",
                 ),
-                _p(
+                panel_of(
                     "Log size by topic", "sum by (topic) (kafka_log_log_size)", "{{topic}}", "bytes"
                 ),
             ),
@@ -153,30 +133,30 @@ def pipeline_rows() -> list[Row]:
         Row(
             "Services",
             (
-                _p(
+                panel_of(
                     "Consumer-group lag",
                     f"sum by (consumergroup) (kafka_consumergroup_lag{groups})",
                     "{{consumergroup}}",
                 ),
-                _p(
+                panel_of(
                     "Events / s by outcome",
                     f"sum by (service, outcome) (rate(ambidex_events_total{RATE}))",
                     "{{service}} {{outcome}}",
                     "ops",
                 ),
-                _p(
+                panel_of(
                     "Dead letters / s",
                     f"sum by (service, reason_kind) (rate(ambidex_dead_letters_total{RATE}))",
                     "{{service}} {{reason_kind}}",
                     "ops",
                 ),
-                _p(
+                panel_of(
                     "Rejected transactions / s",
                     f"sum by (service, cause) (rate(ambidex_rejected_transactions_total{RATE}))",
                     "{{service}} {{cause}}",
                     "ops",
                 ),
-                _p(
+                panel_of(
                     "Services up",
                     'up{job=~"' + "|".join(SERVICE_MODULES) + '"}',
                     "{{job}}",
@@ -188,25 +168,25 @@ def pipeline_rows() -> list[Row]:
         Row(
             "Write-back and publication",
             (
-                _p(
+                panel_of(
                     "End-to-end lag p99 (source commit to effect)",
-                    _quantile(0.99, "ambidex_end_to_end_lag_seconds", "service, path"),
+                    quantile(0.99, "ambidex_end_to_end_lag_seconds", "service, path"),
                     "{{service}} {{path}}",
                     "s",
                 ),
-                _p(
+                panel_of(
                     "Sink transaction p99",
-                    _quantile(0.99, "ambidex_sink_latency_seconds", "service, sink"),
+                    quantile(0.99, "ambidex_sink_latency_seconds", "service, sink"),
                     "{{service}} {{sink}}",
                     "s",
                 ),
-                _p(
+                panel_of(
                     "Rows written / s",
                     f"sum by (service, sink, outcome) (rate(ambidex_sink_rows_total{RATE}))",
                     "{{service}} {{sink}} {{outcome}}",
                     "ops",
                 ),
-                _p(
+                panel_of(
                     "Retries / s",
                     f"sum by (service, kind) (rate(ambidex_retries_total{RATE}))",
                     "{{service}} {{kind}}",
@@ -217,129 +197,6 @@ def pipeline_rows() -> list[Row]:
     ]
 
 
-def service_panels(service: str) -> tuple[Panel, ...]:
-    """Each service's own metrics, beside the platform ones every service has."""
-    S = f'service="{service}"'
-    return {
-        "order-sync": (
-            _p(
-                "Order decisions / s",
-                f"sum by (outcome) (rate(ambidex_order_sync_orders_total{{{S}}}{RATE}))",
-                "{{outcome}}",
-                "ops",
-            ),
-            _p(
-                "Status changes / s",
-                f"sum by (side) (rate(ambidex_order_sync_status_changes_total{{{S}}}{RATE}))",
-                "{{side}}",
-                "ops",
-            ),
-            _p(
-                "Own writes recognised / s",
-                f"rate(ambidex_order_sync_echoes_total{{{S}}}{RATE})",
-                "echoes",
-                "ops",
-            ),
-            _p(
-                "Customers written / s",
-                f"rate(ambidex_order_sync_customers_written_total{{{S}}}{RATE})",
-                "customers",
-                "ops",
-            ),
-        ),
-        "inventory-projection": (
-            _p(
-                "Changes applied / s",
-                f"rate(ambidex_inventory_changes_applied_total{{{S}}}{RATE})",
-                "applied",
-                "ops",
-            ),
-            _p(
-                "Shortages raised / s",
-                f"rate(ambidex_inventory_shortages_total{{{S}}}{RATE})",
-                "shortages",
-                "ops",
-            ),
-            _p(
-                "Projection age",
-                f"time() - ambidex_inventory_as_of_timestamp_seconds{{{S}}}",
-                "as of",
-                "s",
-            ),
-            _p("Demand requests held", f"ambidex_demand_held_requests{{{S}}}", "held"),
-        ),
-        "receivables": (
-            _p(
-                "Changes applied / s",
-                f"rate(ambidex_receivables_changes_applied_total{{{S}}}{RATE})",
-                "applied",
-                "ops",
-            ),
-            _p(
-                "Discrepancies / s",
-                "sum by (kind, event) "
-                f"(rate(ambidex_receivables_discrepancies_total{{{S}}}{RATE}))",
-                "{{kind}} {{event}}",
-                "ops",
-            ),
-            _p(
-                "Positions written / s",
-                f"rate(ambidex_receivables_positions_written_total{{{S}}}{RATE})",
-                "positions",
-                "ops",
-            ),
-        ),
-        "production-status": (
-            _p(
-                "Orders by stage", f"sum by (stage) (ambidex_fulfilment_orders{{{S}}})", "{{stage}}"
-            ),
-            _p(
-                "Orders by delay risk",
-                f"sum by (level) (ambidex_fulfilment_risk_orders{{{S}}})",
-                "{{level}}",
-            ),
-            _p(
-                "Delay risks / s",
-                f"sum by (event, reason) (rate(ambidex_delay_risks_total{{{S}}}{RATE}))",
-                "{{event}} {{reason}}",
-                "ops",
-            ),
-            _p(
-                "Cases triaged / s",
-                f"sum by (culprit) (rate(ambidex_cases_triaged_total{{{S}}}{RATE}))",
-                "{{culprit}}",
-                "ops",
-            ),
-        ),
-        "customer-value": (
-            _p(
-                "Figures published / s",
-                f"rate(ambidex_customer_values_published_total{{{S}}}{RATE})",
-                "published",
-                "ops",
-            ),
-            _p(
-                "Positions folded / s",
-                f"rate(ambidex_customer_value_positions_folded_total{{{S}}}{RATE})",
-                "positions",
-                "ops",
-            ),
-            _p(
-                "Statuses folded / s",
-                f"rate(ambidex_customer_value_statuses_folded_total{{{S}}}{RATE})",
-                "statuses",
-                "ops",
-            ),
-            _p(
-                "Figures age",
-                f"time() - ambidex_customer_value_as_of_timestamp_seconds{{{S}}}",
-                "as of",
-                "s",
-            ),
-        ),
-    }[service]
-
-
 def service_rows(service: str) -> list[Row]:
     s = f'service="{service}"'
     by = "sum by ({}) (rate({}{{" + s + "}}" + RATE + "))"
@@ -347,22 +204,22 @@ def service_rows(service: str) -> list[Row]:
         Row(
             "Health",
             (
-                _p("Up", f'up{{job="{service}"}}', "{{instance}}", kind="stat", width=6),
-                _p(
+                panel_of("Up", f'up{{job="{service}"}}', "{{instance}}", kind="stat", width=6),
+                panel_of(
                     "Event loop blocked (max, 1 min)",
                     f"ambidex_event_loop_lag_max_seconds{{{s}}}",
                     "max",
                     "s",
                     width=6,
                 ),
-                _p(
+                panel_of(
                     "Source silence",
                     f"time() - ambidex_last_source_commit_timestamp_seconds{{{s}}}",
                     "{{database}}",
                     "s",
                     width=6,
                 ),
-                _p(
+                panel_of(
                     "State restore at start",
                     f"ambidex_state_restore_seconds{{{s}}}",
                     "seconds",
@@ -375,19 +232,19 @@ def service_rows(service: str) -> list[Row]:
         Row(
             "Intake",
             (
-                _p(
+                panel_of(
                     "Events / s",
                     by.format("topic, outcome", "ambidex_events_total"),
                     "{{topic}} {{outcome}}",
                     "ops",
                 ),
-                _p(
+                panel_of(
                     "Consumer lag",
                     f"sum by (topic) (ambidex_consumer_lag_messages{{{s}}})",
                     "{{topic}}",
                 ),
-                _p("Held transactions", f"ambidex_held_transactions{{{s}}}", "{{database}}"),
-                _p(
+                panel_of("Held transactions", f"ambidex_held_transactions{{{s}}}", "{{database}}"),
+                panel_of(
                     "Oldest held transaction",
                     f"ambidex_oldest_held_transaction_age_seconds{{{s}}}",
                     "{{database}}",
@@ -398,21 +255,23 @@ def service_rows(service: str) -> list[Row]:
         Row(
             "Errors",
             (
-                _p(
+                panel_of(
                     "Dead letters / s",
                     by.format("reason_kind", "ambidex_dead_letters_total"),
                     "{{reason_kind}}",
                     "ops",
                 ),
-                _p(
+                panel_of(
                     "Rejected transactions / s",
                     by.format("database, cause", "ambidex_rejected_transactions_total"),
                     "{{database}} {{cause}}",
                     "ops",
                 ),
-                _p("Retries / s", by.format("kind", "ambidex_retries_total"), "{{kind}}", "ops"),
+                panel_of(
+                    "Retries / s", by.format("kind", "ambidex_retries_total"), "{{kind}}", "ops"
+                ),
                 # every service counts the TRUNCATEs it sees (services.shared.truncates)
-                _p(
+                panel_of(
                     "Truncates",
                     f"sum by (table, answer) (ambidex_source_truncates_total{{{s}}})",
                     "{{table}} {{answer}}",
@@ -422,58 +281,30 @@ def service_rows(service: str) -> list[Row]:
         Row(
             "Effects",
             (
-                _p(
+                panel_of(
                     "End-to-end lag p99",
-                    _quantile(0.99, "ambidex_end_to_end_lag_seconds", "path", f"{{{s}}}"),
+                    quantile(0.99, "ambidex_end_to_end_lag_seconds", "path", f"{{{s}}}"),
                     "p99 {{path}}",
                     "s",
                 ),
-                _p(
+                panel_of(
                     "Sink transaction p99",
-                    _quantile(0.99, "ambidex_sink_latency_seconds", "sink", f"{{{s}}}"),
+                    quantile(0.99, "ambidex_sink_latency_seconds", "sink", f"{{{s}}}"),
                     "{{sink}}",
                     "s",
                 ),
-                _p(
+                panel_of(
                     "Rows written / s",
                     by.format("sink, outcome", "ambidex_sink_rows_total"),
                     "{{sink}} {{outcome}}",
                     "ops",
                 ),
-                _p("State table keys", f"ambidex_table_rows{{{s}}}", "{{table}}"),
+                panel_of("State table keys", f"ambidex_table_rows{{{s}}}", "{{table}}"),
             ),
         ),
         Row("Memory", memory_panels(service)),
         Row(service, service_panels(service)),
     ]
-
-
-def memory_panels(service: str) -> tuple[Panel, ...]:
-    """Where the worker's memory is (services/shared/memory_metrics.py): a leak grows
-    the heap in use beyond the state store; caches stop at their caps."""
-    s = f'service="{service}"'
-    return (
-        _p(
-            "Resident memory",
-            f'process_resident_memory_bytes{{job="{service}"}}',
-            "{{instance}}",
-            "bytes",
-        ),
-        _p("C heap", f"sum by (state) (ambidex_c_heap_bytes{{{s}}})", "{{state}}", "bytes"),
-        *(
-            []
-            if service in WITHOUT_STATE
-            else [
-                _p(
-                    "State store memory",
-                    f"sum by (part) (ambidex_state_store_memory_bytes{{{s}}})",
-                    "{{part}}",
-                    "bytes",
-                )
-            ]
-        ),
-        _p("Python allocated blocks", f"ambidex_python_allocated_blocks{{{s}}}", "blocks"),
-    )
 
 
 def _panels(rows: list[Row]) -> Iterator[dict[str, Any]]:

@@ -56,7 +56,15 @@ from ambidex.connectors import ConnectClient, ConnectorDefinition
 from ambidex.stack.local import LocalStack
 from ambidex.stack.processes import DetachedProcess
 from bench.common import reproduce_line, run_bench, start_private_stack
-from bench.order_sync import Worker, _catalogue, _drive, _wait_captured, _wait_synced
+from bench.order_sync import (
+    Worker,
+    _catalogue,
+    _drive,
+    _wait_captured,
+    _wait_synced,
+    commit_times,
+    latencies_ms,
+)
 from bench.stats import percentile
 
 SOURCE = "bench-crm-with-schemas"
@@ -258,27 +266,17 @@ async def _capture_latency(bootstrap: str, stop: asyncio.Event,
 async def _commit_latencies(stack: LocalStack, live: list[int]) -> tuple[list[float], list[float]]:
     """Per order, CRM commit -> ERP commit (ms): order-sync's, the sink's."""
     addresses = stack.addresses
-    crm = await asyncpg.connect(addresses.crm_admin_dsn)
+    created, synced = await commit_times(addresses.crm_admin_dsn, addresses.erp_admin_dsn, live)
     erp = await asyncpg.connect(addresses.erp_admin_dsn)
     try:
-        created = {r["id"]: r["created_at"] for r in await crm.fetch(
-            "SELECT id, created_at FROM crm.sales_order WHERE id = ANY($1::bigint[])", live)}
-        synced = {r["crm_order_id"]: r["created_at"] for r in await erp.fetch(
-            """SELECT crm_order_id, created_at FROM erp.sales_order
-               WHERE crm_order_id = ANY($1::bigint[])""", live)}
         staged = {r["id"]: r["at"] for r in await erp.fetch(
             """SELECT o.id, greatest(o.erp_committed_at, max(l.erp_committed_at)) AS at
                FROM bench_staging.sales_order o
                JOIN bench_staging.sales_order_line l ON l.order_id = o.id
                WHERE o.id = ANY($1::bigint[]) GROUP BY o.id, o.erp_committed_at""", live)}
     finally:
-        await crm.close()
         await erp.close()
-
-    def ms(done: dict[int, Any]) -> list[float]:
-        return sorted((done[i] - created[i]).total_seconds() * 1000 for i in live if i in done)
-
-    return ms(synced), ms(staged)
+    return latencies_ms(created, synced, live), latencies_ms(created, staged, live)
 
 
 def _py_spy(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:

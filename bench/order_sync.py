@@ -32,6 +32,7 @@ import shutil
 import statistics
 import sys
 import time
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -197,6 +198,31 @@ async def _sampler(worker: Worker, stop: asyncio.Event) -> None:
         await asyncio.sleep(1)
 
 
+async def commit_times(
+    crm_dsn: str, erp_dsn: str, orders: list[int]
+) -> tuple[dict[int, datetime], dict[int, datetime]]:
+    """Per CRM order: when it was committed in the CRM, and when its ERP order was."""
+    crm = await asyncpg.connect(crm_dsn)
+    erp = await asyncpg.connect(erp_dsn)
+    try:
+        created = {r["id"]: r["created_at"] for r in await crm.fetch(
+            "SELECT id, created_at FROM crm.sales_order WHERE id = ANY($1::bigint[])", orders)}
+        synced = {r["crm_order_id"]: r["created_at"] for r in await erp.fetch(
+            """SELECT crm_order_id, created_at FROM erp.sales_order
+               WHERE crm_order_id = ANY($1::bigint[])""", orders)}
+    finally:
+        await crm.close()
+        await erp.close()
+    return created, synced
+
+
+def latencies_ms(
+    created: dict[int, datetime], done: dict[int, datetime], orders: list[int]
+) -> list[float]:
+    """CRM commit -> ``done`` per order that is done, in ms, sorted."""
+    return sorted((done[i] - created[i]).total_seconds() * 1000 for i in orders if i in done)
+
+
 async def _wait_synced(erp_dsn: str, orders: list[int], timeout: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -343,20 +369,10 @@ async def main() -> None:
                             count=None, rate=half, seconds=args.latency_seconds, seed=2)
         await _wait_synced(addresses.erp_admin_dsn, live, timeout=600)
         quantiles = histogram_quantiles(buckets_before, await worker.lag_buckets())
-        crm = await asyncpg.connect(addresses.crm_admin_dsn)
-        erp = await asyncpg.connect(addresses.erp_admin_dsn)
-        try:
-            created = {r["id"]: r["created_at"] for r in await crm.fetch(
-                "SELECT id, created_at FROM crm.sales_order WHERE id = ANY($1::bigint[])", live)}
-            synced = {r["crm_order_id"]: r["created_at"] for r in await erp.fetch(
-                """SELECT crm_order_id, created_at FROM erp.sales_order
-                   WHERE crm_order_id = ANY($1::bigint[])""", live)}
-        finally:
-            await crm.close()
-            await erp.close()
-        latencies = sorted(
-            (synced[i] - created[i]).total_seconds() * 1000 for i in live if i in synced
+        created, synced = await commit_times(
+            addresses.crm_admin_dsn, addresses.erp_admin_dsn, live
         )
+        latencies = latencies_ms(created, synced, live)
         achieved = len(live) / args.latency_seconds
     finally:
         stop.set()

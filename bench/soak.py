@@ -49,6 +49,7 @@ import asyncpg
 from ambidex.stack.local import LocalStack
 from ambidex.workload import WorkloadProgress, run_workload
 from bench.common import BenchedService, reproduce_line, start_private_stack
+from bench.stats import least_squares_slope
 from services.registry import SERVICE_MODULES
 
 SERVICES = tuple(SERVICE_MODULES)
@@ -97,16 +98,7 @@ def metric_sum(text: str, name: str, label: str = "") -> float:
 
 def growth_per_hour(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of ``(minute, MB)`` points, in MB per hour (NaN if < 2)."""
-    points = [(x, y) for x, y in points if y == y]
-    if len(points) < 2:
-        return float("nan")
-    mean_x = sum(x for x, _ in points) / len(points)
-    mean_y = sum(y for _, y in points) / len(points)
-    spread = sum((x - mean_x) ** 2 for x, _ in points)
-    if spread == 0:
-        return float("nan")
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
-    return slope * 60
+    return least_squares_slope([(x, y) for x, y in points if y == y]) * 60
 
 
 def service_under_soak(

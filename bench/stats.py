@@ -24,6 +24,18 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
+def least_squares_slope(points: Sequence[tuple[float, float]]) -> float:
+    """The least-squares slope of ``(x, y)`` points; NaN with fewer than two distinct x."""
+    if len(points) < 2:
+        return math.nan
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        return math.nan
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
 @dataclass(frozen=True)
 class LagTrend:
     """A lag series (records behind, sampled about once a second) summed up."""
@@ -54,12 +66,9 @@ def lag_trend(
     if len(points) < 3:
         return LagTrend(len(points), math.nan, math.nan, math.nan, False, "fewer than 3 samples")
     n = len(points)
-    mean_t = sum(t for t, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    spread = sum((t - mean_t) ** 2 for t, _ in points)
-    slope = (
-        sum((t - mean_t) * (y - mean_y) for t, y in points) / spread if spread > 0 else 0.0
-    )
+    slope = least_squares_slope(points)
+    if math.isnan(slope):  # every sample at one instant
+        slope = 0.0
     max_lag = max(y for _, y in points)
     last = points[-1][1]
     slope_limit = max(1.0, growth_s * rate)

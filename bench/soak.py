@@ -6,6 +6,10 @@ Not a test: it prints figures and the command that reproduces them.
     uv run python -m bench.soak --minutes 15 --rate 60   # a shorter trend
     uv run python -m bench.soak --tracemalloc            # find what grows (slower)
 
+``--late-start 5`` starts the services only after five minutes of workload: they work
+through that backlog while the workload goes on, and the samples show what a backlog
+makes them hold (``held``: source transactions open, waiting for their other records).
+
 A private stack (seeded, free ports) with inventory-projection and order-sync each as
 its own process (``ambidex run <service>``, as in production), and the sample workload
 (:mod:`ambidex.workload`: CRM sales, amendments, cancellations, ERP stock, reservations,
@@ -66,6 +70,8 @@ class Sample:
     rss: dict[str, float] = field(default_factory=dict)
     lag: dict[str, float] = field(default_factory=dict)
     applied: dict[str, float] = field(default_factory=dict)
+    #: source transactions held open (waiting for their other records), both databases
+    held: dict[str, float] = field(default_factory=dict)
     #: per service, MB by part (MEMORY_PARTS)
     memory: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -126,16 +132,20 @@ def service_under_soak(
 async def sample(services: list[BenchedService], minute: float, operations: int) -> Sample:
     taken = Sample(minute, operations)
     for service in services:
-        if service.process is not None and service.process.poll() is not None:
+        if service.process is None:
+            continue  # a late start (--late-start): not started yet
+        if service.process.poll() is not None:
             raise RuntimeError(f"{service.name} exited, see {service.log_path}")
         taken.rss[service.name] = service.sample_rss()
         try:
             text = await service.metrics()
         except Exception:  # a busy or restarting service: keep the RSS, skip the rest
             taken.lag[service.name] = taken.applied[service.name] = float("nan")
+            taken.held[service.name] = float("nan")
             continue
         taken.lag[service.name] = metric_sum(text, "ambidex_consumer_lag_messages")
         taken.applied[service.name] = metric_sum(text, "ambidex_events_total", 'outcome="applied"')
+        taken.held[service.name] = metric_sum(text, "ambidex_held_transactions")
         taken.memory[service.name] = memory_parts(text)
     return taken
 
@@ -144,7 +154,8 @@ def progress_line(s: Sample, minutes: float) -> str:
     parts = [f"{s.minute:5.1f}/{minutes:.0f} min  {s.operations:,} operations"]
     for name in s.rss:
         parts.append(
-            f"{name} RSS {s.rss[name]:.0f} MB lag {s.lag[name]:,.0f} applied {s.applied[name]:,.0f}"
+            f"{name} RSS {s.rss[name]:.0f} MB lag {s.lag[name]:,.0f} applied "
+            f"{s.applied[name]:,.0f} held {s.held.get(name, math.nan):,.0f}"
         )
     return " | ".join(parts)
 
@@ -218,14 +229,14 @@ def print_report(
         print("  order rows at the end: " + ", ".join(f"{t} {n:,}" for t, n in rows.items()))
     header = f"  {'min':>6} {'operations':>11}"
     for name in names:
-        header += f"  {name[:20] + ' RSS MB':>27} {'lag':>7} {'applied':>9}"
+        header += f"  {name[:20] + ' RSS MB':>27} {'lag':>7} {'applied':>9} {'held':>6}"
     print(header)
     for s in samples:
         line = f"  {s.minute:6.1f} {s.operations:11,d}"
         for name in names:
             line += (
                 f"  {s.rss.get(name, math.nan):27.1f} {s.lag.get(name, math.nan):7,.0f}"
-                f" {s.applied.get(name, math.nan):9,.0f}"
+                f" {s.applied.get(name, math.nan):9,.0f} {s.held.get(name, math.nan):6,.0f}"
             )
         print(line)
     print_breakdown(samples, names)
@@ -259,12 +270,16 @@ async def soak(args: argparse.Namespace) -> None:
     last: list[WorkloadProgress] = []
     stop = asyncio.Event()
     workload: asyncio.Task[object] | None = None
-    try:
+    async def start_services() -> None:
         for service in services:
             service.start()
         for service in services:
             await service.wait_ready()
             log(f"{service.name}: ready (pid {service.process.pid if service.process else '?'})")
+
+    try:
+        if not args.late_start:
+            await start_services()
         addresses = stack.addresses
         log(f"workload: {args.rate:g} operations/s for {args.minutes:g} min (seed {args.seed})")
         workload = asyncio.create_task(
@@ -291,6 +306,9 @@ async def soak(args: argparse.Namespace) -> None:
                 workload.result()  # a workload that failed fails the soak
                 rows = await order_rows(stack)
                 break
+            if args.late_start and minute >= args.late_start and services[0].process is None:
+                log(f"starting the services behind a {minute:.1f}-minute backlog")
+                await start_services()
             if minute >= args.minutes:
                 # behind its rate (a busy machine) the workload would run on until it
                 # has dispatched minutes x rate operations: the soak is wall time
@@ -334,6 +352,13 @@ def main() -> None:
         help="minutes left out of the growth fit (default: a quarter of the run, at most 5)",
     )
     parser.add_argument("--services", nargs="+", default=list(SERVICES), choices=SERVICES)
+    parser.add_argument(
+        "--late-start",
+        type=float,
+        default=0.0,
+        help="start the services only after this many minutes of workload: they catch up "
+        "a backlog while the workload goes on (what a backlog makes them hold)",
+    )
     parser.add_argument("--tracemalloc", action="store_true", help="run services traced")
     parser.add_argument(
         "--report-dir",

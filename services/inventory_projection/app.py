@@ -206,8 +206,8 @@ class Shell:
         for as_of_ms, revision in [p for p in (written, priority) if p]:
             if as_of_ms > 0:
                 at = datetime.fromtimestamp(int(as_of_ms) / 1000, UTC)
-                store.observe(CRM, at)
-                store.observe(ERP, at)
+                store.observe(CRM, at, streamed=False)
+                store.observe(ERP, at, streamed=False)
             store.revision = max(store.revision, int(revision))
 
 

@@ -195,7 +195,7 @@ class DemandSide(Generic[H]):
         transaction = whole.transaction
         events = transaction.events
         if events and events[0].database == CRM and self.store.observe(
-                CRM, transaction.commit_time):
+                CRM, transaction.commit_time, streamed=not transaction.snapshot_read):
             self._moved = True  # a quote-only transaction moves the CRM watermark too
         self._merge((yield from self.signals.advance_steps(self.store.as_of)))
         for count, event in enumerate(events, start=1):
@@ -271,7 +271,7 @@ class DemandSide(Generic[H]):
 
     def _hold(self, commit_time: datetime, caught_up: Collection[str]) -> Hold | None:
         settled = CRM in caught_up and (
-            self.store.watermark(CRM) >= commit_time + UNKNOWN_REFERENCE_GRACE)
+            self.store.streamed_time(CRM) >= commit_time + UNKNOWN_REFERENCE_GRACE)
         if settled or len(self._held) >= HOLD_LIMIT:
             return None
         return _unknown_reference

@@ -31,15 +31,16 @@ Invariants kept here (DESIGN.md 3, 4, 6):
   (the rule is in :mod:`.unknown_references`). A change the store returns
   with :attr:`~.row_store.Applied.held` *awaits its verdict*: its handle is kept out of
   :attr:`Step.release` (like an event of an open transaction: its offset is not
-  covered, so a restart redelivers it) until the watermark of the database that
-  supplies the reference reaches its commit time +
+  covered, so a restart redelivers it) until the streamed time of the database that
+  supplies the reference (:meth:`~.row_store.RowStore.streamed_time`: commits and
+  heartbeats, not snapshot reads) reaches its commit time +
   :data:`~.source_rows.UNKNOWN_REFERENCE_GRACE` AND the consumer has read that database's
   reference topics to their end (``step(caught_up=...)``: in a backlog one topic runs
   far ahead of another in source time). At most :data:`AWAITING_LIMIT` row versions
   wait; beyond that they are released unjudged (:attr:`Projector.unjudged`), still
   held. Verdicts are given in source order: before a transaction of that database
   with a commit time at or past the due time is applied, and at the end of every step
-  against the store's watermarks (heartbeats included), so a verdict already due is
+  against the store's streamed times (heartbeats included), so a verdict already due is
   given in the step that applied the change.
   Still held then: the handle goes to :attr:`Step.dead_letters` as
   :class:`~.source_rows.UnknownReference`; resolved (or superseded by a newer version of
@@ -304,7 +305,9 @@ class Projector(Generic[H]):
         for whole in ready:
             transaction = whole.transaction
             folded = False
-            if self._awaiting and transaction.events:  # due before this commit
+            # due before this commit (a snapshot read's time is when it was read: no
+            # verdict by it, see RowStore.streamed_time)
+            if self._awaiting and transaction.events and not transaction.snapshot_read:
                 database = transaction.events[0].database
                 if database in caught_up:
                     self._verdicts(database, transaction.commit_time, out)
@@ -462,13 +465,13 @@ class Projector(Generic[H]):
         return SourcePosition(commit_lsn, lsn) == position
 
     def _due_verdicts(self, caught_up: Collection[str], out: Step[H]) -> None:
-        """Every verdict due by the store's watermarks (heartbeats included); a row whose
-        reason moved to the other database is judged by that one's watermark."""
+        """Every verdict due by the store's streamed times (heartbeats included); a row
+        whose reason moved to the other database is judged by that one's time."""
         moved = True
         while moved:
             moved = False
             for database in caught_up:
-                watermark = self.store.watermark(database)
+                watermark = self.store.streamed_time(database)
                 moved = self._verdicts(database, watermark, out) or moved
 
     def _verdicts(self, database: str, until: datetime, out: Step[H]) -> bool:

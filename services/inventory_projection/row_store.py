@@ -170,6 +170,9 @@ class RowStore:
     kv: KeyValue = field(default_factory=MemoryState)
     revision: int = 0
     watermarks: _Watermarks = field(default_factory=_Watermarks)
+    #: the same, of streamed commits and heartbeats only: the time a verdict on an
+    #: unknown reference reads (:meth:`streamed_time`)
+    streamed: _Watermarks = field(default_factory=_Watermarks)
 
     def __post_init__(self) -> None:
         self.catalogue = Catalogue.load(self.kv)  # the rest is read from kv as needed
@@ -187,6 +190,8 @@ class RowStore:
             "revision": self.revision,
             "crm": self.watermarks.crm.isoformat(),
             "erp": self.watermarks.erp.isoformat(),
+            "crm_streamed": self.streamed.crm.isoformat(),
+            "erp_streamed": self.streamed.erp.isoformat(),
             "stock_keys": self.ledger.key_count,
             "layout": LAYOUT,
         }
@@ -212,6 +217,11 @@ class RowStore:
         self.revision = int(meta["revision"])
         self.watermarks = _Watermarks(
             datetime.fromisoformat(meta["crm"]), datetime.fromisoformat(meta["erp"])
+        )
+        # a state from before the streamed times: its watermarks, as verdicts read then
+        self.streamed = _Watermarks(
+            datetime.fromisoformat(meta.get("crm_streamed", meta["crm"])),
+            datetime.fromisoformat(meta.get("erp_streamed", meta["erp"])),
         )
         if "stock_keys" in meta:
             self.ledger.key_count = int(meta["stock_keys"])
@@ -241,11 +251,15 @@ class RowStore:
     def as_of(self) -> datetime:
         return self.watermarks.as_of()
 
-    def observe(self, database: str, at: datetime) -> bool:
+    def observe(self, database: str, at: datetime, *, streamed: bool = True) -> bool:
         """Advance ``database``'s watermark (commit time or heartbeat); True if ``as_of``
-        moved (then republish/rewrite every key with the new ``as_of``)."""
+        moved (then republish/rewrite every key with the new ``as_of``). ``streamed``:
+        a streamed commit or a heartbeat, which also advances :meth:`streamed_time`
+        (a snapshot read's time is when it was read)."""
         if at.tzinfo is None:
             raise BadInput(f"time {at!r} has no time zone")
+        if streamed:
+            self._stream(database, at)
         marks = self.watermarks
         # called per change: return early when the watermark does not move (the max()
         # and the two as_of computations were a visible share of the fold)
@@ -263,12 +277,30 @@ class RowStore:
             raise ValueError(f"unknown source database {database!r}")
         return min(marks.crm, marks.erp) != before
 
+    def _stream(self, database: str, at: datetime) -> None:
+        marks = self.streamed
+        if database == CRM:
+            marks.crm = max(marks.crm, at)
+        elif database == ERP:
+            marks.erp = max(marks.erp, at)
+
     def watermark(self, database: str) -> datetime:
         """Latest commit or heartbeat time seen from ``database``."""
         if database == CRM:
             return self.watermarks.crm
         if database == ERP:
             return self.watermarks.erp
+        raise ValueError(f"unknown source database {database!r}")
+
+    def streamed_time(self, database: str) -> datetime:
+        """Latest streamed commit or heartbeat time of ``database``: what a verdict on
+        an unknown reference waits for. A snapshot reads one table after another, so
+        the time a row was read says nothing of the tables read after it; a row read
+        in a snapshot is judged once streaming has passed it by the grace."""
+        if database == CRM:
+            return self.streamed.crm
+        if database == ERP:
+            return self.streamed.erp
         raise ValueError(f"unknown source database {database!r}")
 
     def write_position(self) -> SourcePosition:
@@ -283,7 +315,7 @@ class RowStore:
         if target is None:
             return _UNCHANGED
         applied = self.apply_row(*target)
-        if self.observe(change.database, change.commit_time):
+        if self.observe(change.database, change.commit_time, streamed=not change.is_snapshot):
             return applied._replace(as_of_moved=True)
         return applied
 
@@ -300,7 +332,7 @@ class RowStore:
             applied = self._fold_stock(table, row_id, position, record, flagged)
         else:
             applied = yield from self._fold_record(table, row_id, position, record)
-        if self.observe(change.database, change.commit_time):
+        if self.observe(change.database, change.commit_time, streamed=not change.is_snapshot):
             return applied._replace(as_of_moved=True)
         return applied
 

@@ -17,9 +17,11 @@ Unknown references: hold, and dead-letter once when really missing
       (order or product not seen). A CRM order's own change is judged for its
       unresolved lines when it makes them demand (a draft confirmed: no line change
       does) or changes its warehouse code.
-      The verdict is due when the watermark of the database that supplies the
+      The verdict is due when the streamed time of the database that supplies the
       reference reaches the change's commit time + :data:`UNKNOWN_REFERENCE_GRACE`
-      (source time: commits and Debezium heartbeats, so replays decide the same way).
+      (source time: streamed commits and Debezium heartbeats, so replays decide the
+      same way; not snapshot reads, whose time is when they were read, table after
+      table: a row read early in a slow snapshot waits for its end).
       :meth:`RowStore.held_reference` then says whether that row version is still
       held; if so the change is dead-lettered as :class:`UnknownReference` (once per
       row version, see :mod:`.projector`), and the row *stays held*: it is counted

@@ -353,7 +353,7 @@ class StatusFold(TransactionFold[Change, Outcome]):
         out.release.extend(handles)
         out.dead_letters.extend(self._bad)
         self._bad = []
-        self.verdicts.judge(out, caught_up=caught_up, times=self.meta.seen,
+        self.verdicts.judge(out, caught_up=caught_up, times=self.streamed,
                             settled=self._settled, error=self._unknown_parent)
         return out
 

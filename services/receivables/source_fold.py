@@ -176,7 +176,7 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
         notes = self._note_rejected(out.rejected)
         if notes:
             out.outcome.merge(self.core.note_incomplete(notes))
-        self.verdicts.judge(out, caught_up=caught_up, times=self.watermarks.times,
+        self.verdicts.judge(out, caught_up=caught_up, times=self.streamed,
                             settled=self._settled, error=self._unknown_contract)
         return out
 

@@ -111,6 +111,12 @@ class TransactionFold(Generic[R, Out]):
         #: the whole transaction :meth:`apply` is folding (its records' handles, e.g. for
         #: a verdict given in a later step); None outside ``apply``
         self.applying: Whole[Handle] | None = None
+        #: each database's source time as a verdict on an unknown reference reads it
+        #: (:meth:`~services.shared.verdicts.Verdicts.judge`'s ``times``): streamed
+        #: commits and heartbeats only. A snapshot read carries the time it was read,
+        #: and a snapshot reads one table after another: a row read early is not "5 s
+        #: after" the rows of a table read later, however long the snapshot takes.
+        self.streamed: dict[str, datetime] = {}
 
     # ------------------------------------------------------------------ to supply
 
@@ -146,8 +152,14 @@ class TransactionFold(Generic[R, Out]):
         self.held.marker(database, marker, handle)
 
     def heartbeat(self, database: str, at: datetime, handle: Handle) -> None:
+        self._streamed(database, at)
         self.observe(database, at)
         self.held.heartbeat(database, at, handle)
+
+    def _streamed(self, database: str, at: datetime) -> None:
+        last = self.streamed.get(database)
+        if last is None or at > last:
+            self.streamed[database] = at
 
     def release(self, handle: Handle) -> None:
         self.held.release(handle)
@@ -187,6 +199,8 @@ class TransactionFold(Generic[R, Out]):
             if handle is not None:
                 out.dead_letters.append((handle, self.truncates.error(event)))
                 answered.append(handle)
+        if not transaction.snapshot_read:
+            self._streamed(database, transaction.commit_time)
         if truncates and not transaction.events:
             self.observe(database, transaction.commit_time)
             return  # nothing but truncates: nothing to apply

@@ -120,6 +120,12 @@ class CompleteTransaction:
     def rejected(self) -> bool:
         return bool(self.defects)
 
+    @property
+    def snapshot_read(self) -> bool:
+        """A snapshot read (delivered alone): its ``commit_time`` is when the row was
+        read, not when it was committed."""
+        return bool(self.events) and self.events[0].is_snapshot
+
 
 #: ids of completed transactions kept for END markers redelivered after their events
 #: (module docstring, "Redeliveries"): ~150 bytes each

@@ -11,7 +11,11 @@ consumed offset does not pass it and a restart redelivers it, until
 
 - the topics of the database that must bring the reference are read to their end (the
   step's ``caught_up``: the runner's ``reference_topics``), and
-- that database's source time passes the row's commit by :data:`UNKNOWN_REFERENCE_GRACE`.
+- that database's streamed source time (commits and heartbeats, not snapshot reads:
+  :attr:`TransactionFold.streamed <services.shared.transaction_fold.TransactionFold.streamed>`)
+  passes the row's commit by :data:`UNKNOWN_REFERENCE_GRACE`. A snapshot reads one
+  table after another, so a row read early waits for the end of the snapshot, however
+  slow it is.
 
 Then (:meth:`Verdicts.judge`, at the end of a step): the reference known by then, or
 the row changed or gone meanwhile (``settled``), the record is simply released; still

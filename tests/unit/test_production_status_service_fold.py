@@ -29,7 +29,7 @@ from aiokafka.structs import ConsumerRecord
 
 from services.production_status.service_fold import EPOCH, StatusFold
 from services.shared.avro import AvroCodec, SchemaCatalogue
-from services.shared.changes import ChangeEvent
+from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import run_to_end
 from services.shared.state.store import MemoryState
 from services.shared.stateful import Handle
@@ -92,6 +92,19 @@ class Source:
             counts[f"{database}.{table}"] = counts.get(f"{database}.{table}", 0) + 1
         self.fold.marker(database, end(str(xid), counts, lsn=1_000 * xid + 999),
                          self.record(f"cdc.{database}.transaction"))
+
+    def snapshot(self, database: str, rows: list[tuple[str, dict[str, Any]]],
+                 at: datetime = T0) -> list[Handle]:
+        """Rows read by Debezium's snapshot at ``at`` (each delivered alone)."""
+        handles = []
+        for table, row in rows:
+            event = change_event(database, table, op=ChangeOp.READ, after=row, commit_lsn=0,
+                                 lsn=500, transaction_id=None, order=None, commit_time=at,
+                                 snapshot=True)
+            handle = self.record(f"cdc.{database}.{table}")
+            self.fold.change(event, handle)
+            handles.append(handle)
+        return handles
 
     def beat(self, database: str, at: datetime) -> None:
         self.fold.heartbeat(database, at, self.record(f"heartbeat.cdc.{database}"))

@@ -185,3 +185,20 @@ def test_a_row_still_waiting_at_a_restart_is_judged_once() -> None:
     source.beat("erp", LATER)
     assert len(step(source).dead_letters) == 1
     assert step(source).dead_letters == [] and len(source.fold.verdicts) == 0
+
+
+def test_a_slow_snapshot_makes_no_verdict_due_only_streaming_does() -> None:
+    """The kit judges by the streamed time (commits, heartbeats): a snapshot reads one
+    table after another, so rows read long after an orphan's read say nothing of the
+    tables read later (issue 9: false letters during a slow initial snapshot)."""
+    source = Source()
+    source.snapshot("erp", [orphan_mo()], at=T0)
+    read_later = source.snapshot("erp", [orphan_mo(mo_id=33)], at=LATER)
+    out = step(source)
+    assert out.dead_letters == [] and len(source.fold.verdicts) == 2
+    assert source.fold.streamed == {}
+    source.beat("erp", LATER)  # streaming has begun, past the first read by the grace
+    out = step(source)
+    assert [str(e.reason).split(":")[0] for _, e in out.dead_letters] == [
+        "erp.production_order 32"]
+    assert read_later[0] not in out.release  # read at LATER: within its grace still

@@ -10,20 +10,23 @@ of the rest of its transaction is held in memory until the rest comes; in the 90
 soak inventory-projection held 6,796 ERP transactions at a lag of 100k changes.
 
 :func:`within_window` bounds it by record time (Connect's production time, in capture
-order across partitions): of a fetched batch, only the records at most ``window_ms``
-after the earliest record not yet handed out are kept; each partition's remainder is
-given back (the source seeks it to its first record given back, and Kafka delivers it
-again with a later fetch). The earliest record is the first of the batch on some
-partition, or the next one of a partition still behind that this batch has nothing of
-(estimated from the last record handed out there, or the first one given back), so the
-partition with the earliest record always keeps at least that one: reading always
-progresses. A partition's estimate moves up to its first record given back, so a
-partition that is not behind any more never keeps the others waiting.
+order across partitions), as a merge of the partitions by time would: a fetched
+partition that still has records to fetch is known only up to its last record fetched,
+and a partition still behind that this batch has nothing of only up to where it was
+read (its last record handed out, or its first one given back). Of the batch, only the
+records at most ``window_ms`` after the earliest of those points are handed out; each
+partition's remainder is given back (the source seeks it to its first record given
+back, and Kafka delivers it again with a later fetch). So a batch spans as much time as
+its shortest-reaching partition (large batches in a backlog: a fetch of every
+partition), and no partition runs ahead of another by more than the window plus what
+one fetch brings. The partition that sets the limit keeps every record it brought, so
+reading always progresses; a partition's estimate moves up to its first record given
+back, so one that is not behind any more never keeps the others waiting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 P = TypeVar("P")
@@ -44,12 +47,15 @@ def within_window(
     fetched: Mapping[P, Sequence[R]],
     waiting: Mapping[P, int],
     window_ms: int,
+    read_to_end: Collection[P] = (),
 ) -> tuple[dict[P, list[R]], dict[P, R]]:
     """The records of ``fetched`` to hand out now, and per partition its first record
     given back (read again from its offset; its time is where that partition stands).
     ``waiting``: partitions still behind that ``fetched`` has nothing of, with the time
-    they were read up to."""
-    frontiers = [part[0].timestamp for part in fetched.values() if part]
+    they were read up to; ``read_to_end``: fetched partitions with nothing more to fetch
+    now (they set no limit)."""
+    frontiers = [part[-1].timestamp for p, part in fetched.items()
+                 if part and p not in read_to_end]
     frontiers.extend(waiting.values())
     if not frontiers:
         return {p: list(part) for p, part in fetched.items()}, {}

@@ -185,7 +185,7 @@ class BatchSource:
         max_records: int = 5000,
         partition_fetch_bytes: int = 512 * 1024,
         align_window_ms: int | None = 250,
-        hand_out_window_ms: int = 1000,
+        hand_out_window_ms: int = 250,
         fetch_wait_ms: int = 20,
         commit_interval: float = 1.0,
         progress: CommitProgress | None = None,
@@ -454,21 +454,27 @@ class BatchSource:
         self, fetched: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> tuple[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
                dict[TopicPartition, ConsumerRecord[bytes, bytes]]]:
-        """The records of a fetch within ``hand_out_window_ms`` of the earliest one not
-        handed out yet; the others' partitions are sought back to their first record
-        given back, to be fetched again (:mod:`services.shared.alignment`: one fetch can
-        run seconds ahead)."""
+        """The records of a fetch up to ``hand_out_window_ms`` past the point every
+        partition still behind is known to (:mod:`services.shared.alignment`: one fetch
+        can run seconds ahead of another); the others' partitions are sought back to
+        their first record given back, to be fetched again."""
         assert self.consumer is not None
         consumer = self.consumer
         waiting: dict[TopicPartition, int] = {}
+        read_to_end: list[TopicPartition] = []
         for tp in consumer.assignment():
             last = self._last_timestamp.get(tp)
-            if tp in fetched or last is None:
+            if tp not in fetched and last is None:
                 continue
             highwater = consumer.highwater(tp)
-            if highwater is not None and await consumer.position(tp) < highwater:
+            behind = highwater is not None and await consumer.position(tp) < highwater
+            if tp in fetched:
+                if not behind:
+                    read_to_end.append(tp)
+            elif behind and last is not None:
                 waiting[tp] = last
-        kept, given_back = within_window(fetched, waiting, self._hand_out_window_ms)
+        kept, given_back = within_window(fetched, waiting, self._hand_out_window_ms,
+                                         read_to_end)
         for tp, record in given_back.items():
             consumer.seek(tp, record.offset)
         return kept, given_back

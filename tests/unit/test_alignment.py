@@ -1,11 +1,13 @@
 """Fetched records are handed out side by side in capture time (services.shared.alignment).
 
-Invariant (issue 9: inventory-projection's memory followed a backlog): of a fetched
-batch only the records within the window of the earliest record not yet handed out are
-handed to the handler; every partition's remainder is given back whole (its offset to
-read again from), so what waits in memory for the rest of its source transaction is
-bounded by the window, not by how much one fetch of one partition covers. The partition
-with the earliest record always keeps it: reading never stops.
+Invariant (issue 9: inventory-projection's memory followed a backlog): a batch hands a
+partition's records out only up to the window past the point every partition still
+behind is known to (the last record fetched of each, or where one not in the batch was
+read to); every partition's remainder is given back whole (read again from its first
+record given back). So what waits in memory for the rest of its source transaction is
+bounded by the window and one fetch, not by how far one fetch of one partition runs
+ahead. The partition that sets the limit keeps all it brought, and one with a gap in
+time never stops the others: reading never stops, nothing is lost or repeated.
 """
 
 from __future__ import annotations
@@ -54,6 +56,21 @@ def test_the_earliest_record_is_always_handed_out() -> None:
     assert kept == {"a": part(0, 100_000)} and given_back == {"b": Rec(0, 200_000)}
 
 
+def test_a_batch_spans_as_far_as_its_shortest_reaching_partition() -> None:
+    fetched = {"a": part(0, 0, 1000, 2000, 3000), "b": part(0, 0, 500, 1500, 8000)}
+    kept, given_back = within_window(fetched, {}, window_ms=250)
+    assert kept == {"a": part(0, 0, 1000, 2000, 3000), "b": part(0, 0, 500, 1500)}
+    assert given_back == {"b": Rec(3, 8000)}
+
+
+def test_a_partition_fetched_to_its_end_sets_no_limit() -> None:
+    fetched = {"a": part(0, 0, 100), "b": part(0, 0, 50, 5000)}
+    assert within_window(fetched, {}, window_ms=250, read_to_end={"a"}) == (fetched, {})
+    kept, given_back = within_window(fetched, {}, window_ms=250)
+    assert kept == {"a": part(0, 0, 100), "b": part(0, 0, 50)}
+    assert given_back == {"b": Rec(2, 5000)}
+
+
 def test_a_batch_within_the_window_is_handed_out_whole() -> None:
     fetched = {"a": part(3, 1, 2, 3), "b": part(9, 2, 999)}
     kept, given_back = within_window(fetched, {"c": 0}, window_ms=1000)
@@ -64,12 +81,14 @@ def test_a_batch_within_the_window_is_handed_out_whole() -> None:
 
 
 class TwoPartitions:
-    """A consumer fake: each getmany hands out everything left of every partition not
-    paused (one fetch covering a whole backlog); seek and pause as aiokafka's."""
+    """A consumer fake: each getmany hands out the next ``fetch[tp]`` records of every
+    partition not paused (a fetch of a partition is bounded in bytes, so in records);
+    seek and pause as aiokafka's."""
 
-    def __init__(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-                 ) -> None:
+    def __init__(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+                 fetch: dict[TopicPartition, int]) -> None:
         self.records = records
+        self.fetch = fetch
         self.positions = {tp: 0 for tp in records}
         self.paused_: set[TopicPartition] = set()
         self.seeks: list[tuple[TopicPartition, int]] = []
@@ -78,10 +97,10 @@ class TwoPartitions:
         await asyncio.sleep(0)  # a fetch gives the loop back, as aiokafka's does
         out = {}
         for tp, records in self.records.items():
-            left = records[self.positions[tp]:]
+            left = records[self.positions[tp]:self.positions[tp] + self.fetch[tp]]
             if left and tp not in self.paused_:
                 out[tp] = left
-                self.positions[tp] = len(records)
+                self.positions[tp] += len(left)
         if not out:
             await asyncio.sleep(0.001)
         return out
@@ -121,10 +140,10 @@ def _records(tp: TopicPartition, times: list[int]) -> list[ConsumerRecord[bytes,
             for i, t in enumerate(times)]
 
 
-async def _hand_out(times: dict[TopicPartition, list[int]]) -> tuple[
-        list[dict[str, list[int]]], TwoPartitions]:
+async def _hand_out(times: dict[TopicPartition, list[int]], fetch: dict[TopicPartition, int]
+                    ) -> tuple[list[dict[str, list[int]]], TwoPartitions]:
     """Run a source over ``times`` until every record is handed out (the batches)."""
-    consumer = TwoPartitions({tp: _records(tp, ts) for tp, ts in times.items()})
+    consumer = TwoPartitions({tp: _records(tp, ts) for tp, ts in times.items()}, fetch)
     batches: list[dict[str, list[int]]] = []
 
     async def handler(batch: RecordBatch) -> None:
@@ -138,7 +157,7 @@ async def _hand_out(times: dict[TopicPartition, list[int]]) -> tuple[
 
     service = FakeService()
     source = BatchSource(service, "erp", [tp.topic for tp in times], handler,  # type: ignore[arg-type]
-                         align_window_ms=250, hand_out_window_ms=1000)
+                         align_window_ms=250, hand_out_window_ms=250)
     source.consumer = consumer  # type: ignore[assignment]
     task = asyncio.create_task(source._run())
 
@@ -158,16 +177,22 @@ async def _hand_out(times: dict[TopicPartition, list[int]]) -> tuple[
     return batches, consumer
 
 
-async def test_the_source_hands_out_a_far_ahead_fetch_in_windows_and_loses_nothing() -> None:
+async def test_the_source_keeps_partitions_side_by_side_and_loses_nothing() -> None:
+    """A fetch of markers reaches 5 s, one of changes 3 s: without the limit the
+    markers ran 2 s ahead of the changes after each batch, and further with every
+    batch the changes' handler could not keep up with."""
     batches, consumer = await _hand_out({
-        MARKERS: list(range(0, 20_000, 100)),  # 20 s of markers in one fetch
+        MARKERS: list(range(0, 20_000, 100)),
         CHANGES: list(range(0, 20_000, 1_000)),
-    })
-    # no batch spans more than the window (+ the pause window) of capture time
+    }, fetch={MARKERS: 50, CHANGES: 3})
+    reached = {MARKERS.topic: -1, CHANGES.topic: -1}
     for b in batches:
-        times = [t for ts in b.values() for t in ts]
-        assert max(times) - min(times) <= 1_000
-    assert consumer.seeks  # the far-ahead fetch was given back, not held
+        for topic, ts in b.items():
+            reached[topic] = max(reached[topic], *ts)
+        if reached[CHANGES.topic] < 19_000:  # both still have records to come
+            # ahead of the other by at most the changes' spacing and the window
+            assert reached[MARKERS.topic] - reached[CHANGES.topic] <= 1_000 + 250
+    assert consumer.seeks  # what ran ahead was given back, not held
 
 
 async def test_a_partition_with_a_gap_in_time_does_not_stop_the_others() -> None:
@@ -177,4 +202,4 @@ async def test_a_partition_with_a_gap_in_time_does_not_stop_the_others() -> None
     await _hand_out({
         MARKERS: list(range(0, 30_000, 100)),
         CHANGES: [0, 500, 25_000, 25_500],
-    })
+    }, fetch={MARKERS: 50, CHANGES: 3})

@@ -11,9 +11,9 @@ then passed — every 5th order's first one fails and a second one passes — a 
 shipped then delivered and its line; each change its own source transaction; each
 order's identity as order-sync publishes it), as decoded change events without a
 transaction block (as the stack benchmark produces them), read in batches of
-``--batch`` records taken from the topics in turn (as a consumer fetches them), folded by the service's
-:class:`~services.production_status.service_fold.StatusFold` over the checkpoint's
-overlay on a :class:`~services.shared.state.rocks.RocksState` (the runner's step, then
+``--batch`` records taken from the topics in turn (as a consumer fetches them), folded
+by the service's :class:`~services.production_status.service_fold.StatusFold` over the
+checkpoint's overlay on a :class:`~services.shared.state.rocks.RocksState` (the runner's step, then
 the output check, the records' Avro encoding, the overlay drained into RocksDB).
 
 Two clocks: ``backlog`` (the source clock far behind the wall clock, the sources not

@@ -166,7 +166,7 @@ def run(changes: int, batch: int, mode: str, folder: Path) -> dict[str, Any]:
         (lambda: end + timedelta(days=1)) if mode == "backlog" else (lambda: fold.now))
     fold = StatusFold(overlay, lambda value: codec.decode(value).record, wall=wall)
     caught: tuple[str, ...] = () if mode == "backlog" else ("crm", "erp")
-    counts = {"statuses": 0, "risks": 0, "triages": 0, "steps": 0}
+    counts = {"statuses": 0, "risks": 0, "triages": 0, "steps": 0, "entries": 0}
 
     def step(caught_up: tuple[str, ...]) -> None:
         out = run_to_end(fold.steps(caught_up))
@@ -177,7 +177,9 @@ def run(changes: int, batch: int, mode: str, folder: Path) -> dict[str, Any]:
         assert error is None, error
         for _, schema, _, record in items:
             codec.encode(schema, record)
-        store.write(overlay.drain())
+        changes = overlay.drain()
+        counts["entries"] += len(changes)
+        store.write(changes)
         counts["statuses"] += len(out.outcome.statuses)
         counts["risks"] += len(out.outcome.risks)
         counts["triages"] += len(out.outcome.triages)
@@ -211,6 +213,7 @@ def main() -> None:
         print(f"{r['mode']:>7}: {r['changes']:,} changes in {r['steps']:,} steps, "
               f"{r['changes'] / r['cpu']:>8,.0f} changes/s of CPU "
               f"({1e6 * r['cpu'] / r['changes']:.0f} us a change; {r['elapsed']:.1f} s); "
+              f"{r['entries'] / r['changes']:.1f} state entries written a change; "
               f"{r['statuses']:,} statuses, {r['risks']:,} risk events sent; "
               f"{r['delivered']:,} orders delivered")
     print(f"reproduce: {reproduce_line('bench.production_status_fold')}")

@@ -47,6 +47,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.production_status import progress
+from services.production_status.decoded import MISSING, Decoded
 from services.production_status.durations import QC, TRANSPORT, Durations, Sample, sample
 from services.production_status.progress import Contribution, Figures
 from services.production_status.records import (
@@ -82,6 +83,10 @@ CODES = {
     SHIPMENT: b"s", SHIPMENT_LINE: b"t", CRM_ORDER: b"c", SERVICE_CASE: b"k",
 }
 ZERO = Decimal(0)
+#: decoded rows kept between changes (:mod:`.decoded`; twice this many at most)
+CACHED_ROWS = 20_000
+#: decoded figures and identities kept between changes, per kind
+CACHED_ORDERS = 10_000
 
 
 def key_id(raw: bytes) -> int:
@@ -132,36 +137,55 @@ class ProgressFold:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
         self.durations = Durations(kv)
+        # write-through caches of decoded entries: every write below goes to the state
+        # AND here; nothing else writes these keys (.decoded)
+        self._records: Decoded[bytes, Record | None] = Decoded(CACHED_ROWS)
+        self._figures: Decoded[int, Figures] = Decoded(CACHED_ORDERS)
+        #: ERP order -> (CRM order, version, identity) from ``i:``
+        self._by_erp: Decoded[int, tuple[int, int, Identity] | None] = Decoded(CACHED_ORDERS)
+        #: CRM order -> (version, ERP order) from ``j:``
+        self._by_crm: Decoded[int, tuple[int, int] | None] = Decoded(CACHED_ORDERS)
 
     # ------------------------------------------------------------------ records
 
     def record(self, table: str, row_id: int) -> Record | None:
-        raw = self.kv.get(row_key(table, row_id))
-        if raw is None:
-            return None
-        commit, lsn, fields, extra = loads(raw)
-        row = None if fields is None else decode(TABLES[table], fields)
-        return Record(SourcePosition(commit, lsn), row, extra)
+        """The row's stored record (shared with the cache: change it only to write it)."""
+        key = row_key(table, row_id)
+        cached = self._records.find(key)
+        if cached is not MISSING:
+            return cached
+        raw = self.kv.get(key)
+        rec = None
+        if raw is not None:
+            commit, lsn, fields, extra = loads(raw)
+            row = None if fields is None else decode(TABLES[table], fields)
+            rec = Record(SourcePosition(commit, lsn), row, extra)
+        self._records.keep(key, rec)
+        return rec
 
     def _write(self, table: str, row_id: int, rec: Record) -> None:
         fields = None if rec.row is None else encode(rec.row)
-        self.kv.put(
-            row_key(table, row_id),
-            dumps([rec.position.commit_lsn, rec.position.lsn, fields, rec.extra]),
-        )
+        key = row_key(table, row_id)
+        self.kv.put(key, dumps([rec.position.commit_lsn, rec.position.lsn, fields, rec.extra]))
+        self._records.keep(key, rec)
 
     def present(self, table: str, row_id: int) -> bool:
         """Whether the row is known (seen, and not deleted since)."""
-        raw = self.kv.get(row_key(table, row_id))
-        return raw is not None and loads(raw)[2] is not None
+        rec = self.record(table, row_id)
+        return rec is not None and rec.row is not None
 
     def row(self, table: str, row_id: int) -> Any:
         rec = self.record(table, row_id)
         return None if rec is None else rec.row
 
     def figures(self, erp_order_id: int) -> Figures:
-        raw = self.kv.get(figures_key(erp_order_id))
-        return {} if raw is None else progress.decode_figures(loads(raw))
+        """The order's figures (a copy: the caller may change it)."""
+        cached = self._figures.find(erp_order_id)
+        if cached is MISSING:
+            raw = self.kv.get(figures_key(erp_order_id))
+            cached = {} if raw is None else progress.decode_figures(loads(raw))
+            self._figures.keep(erp_order_id, cached)
+        return dict(cached)
 
     def children(self, prefix: bytes, parent: int) -> Iterator[int]:
         for key, _ in self.kv.scan(prefix + _pack(parent)):
@@ -190,10 +214,10 @@ class ProgressFold:
     def apply_identity(self, identity: Identity) -> Applied:
         """Fold one order identity record; the highest ``crm_order_version`` wins."""
         crm = identity.crm_order_id
-        raw = self.kv.get(b"j:" + _pack(crm))
+        link = self._link_of_crm(crm)
         touched = _Touched(crm={crm})
-        if raw is not None:
-            version, erp = loads(raw)
+        if link is not None:
+            version, erp = link
             if identity.crm_order_version < version:
                 return Applied(False)
             current = self.identity_of_erp(erp)
@@ -201,27 +225,52 @@ class ProgressFold:
                 return Applied(False)
             if erp != identity.erp_order_id:
                 self.kv.delete(b"i:" + _pack(erp))
+                self._by_erp.keep(erp, None)
                 touched.erp.add(erp)
         touched.erp.add(identity.erp_order_id)
         self.kv.put(b"j:" + _pack(crm), dumps([identity.crm_order_version,
                                                identity.erp_order_id]))
+        self._by_crm.keep(crm, (identity.crm_order_version, identity.erp_order_id))
         self.kv.put(b"i:" + _pack(identity.erp_order_id),
                     dumps([crm, identity.crm_order_version, encode(identity)]))
+        self._by_erp.keep(identity.erp_order_id, (crm, identity.crm_order_version, identity))
         for erp_order_id in touched.erp:
             self._refresh_order(erp_order_id)
         return Applied(True, frozenset(touched.erp), frozenset(touched.crm))
 
+    def _link_of_erp(self, erp_order_id: int) -> tuple[int, int, Identity] | None:
+        """``i:``: (CRM order, version, identity) of an ERP order."""
+        cached = self._by_erp.find(erp_order_id)
+        if cached is MISSING:
+            raw = self.kv.get(b"i:" + _pack(erp_order_id))
+            if raw is None:
+                cached = None
+            else:
+                crm, version, fields = loads(raw)
+                cached = (int(crm), int(version), decode(Identity, fields))
+            self._by_erp.keep(erp_order_id, cached)
+        return cached
+
+    def _link_of_crm(self, crm_order_id: int) -> tuple[int, int] | None:
+        """``j:``: (version, ERP order) of a CRM order."""
+        cached = self._by_crm.find(crm_order_id)
+        if cached is MISSING:
+            raw = self.kv.get(b"j:" + _pack(crm_order_id))
+            cached = None if raw is None else (int(loads(raw)[0]), int(loads(raw)[1]))
+            self._by_crm.keep(crm_order_id, cached)
+        return cached
+
     def identity_of_erp(self, erp_order_id: int) -> Identity | None:
-        raw = self.kv.get(b"i:" + _pack(erp_order_id))
-        return None if raw is None else decode(Identity, loads(raw)[2])
+        link = self._link_of_erp(erp_order_id)
+        return None if link is None else link[2]
 
     def crm_order_of(self, erp_order_id: int) -> int | None:
-        raw = self.kv.get(b"i:" + _pack(erp_order_id))
-        return None if raw is None else int(loads(raw)[0])
+        link = self._link_of_erp(erp_order_id)
+        return None if link is None else link[0]
 
     def erp_order_of(self, crm_order_id: int) -> int | None:
-        raw = self.kv.get(b"j:" + _pack(crm_order_id))
-        return None if raw is None else int(loads(raw)[1])
+        link = self._link_of_crm(crm_order_id)
+        return None if link is None else link[1]
 
     # ------------------------------------------------------------------ figures
 
@@ -249,6 +298,7 @@ class ProgressFold:
             self.kv.put(figures_key(erp_order_id), dumps(progress.encode_figures(figures)))
         else:
             self.kv.delete(figures_key(erp_order_id))
+        self._figures.keep(erp_order_id, dict(figures))
 
     def _refresh_order(self, erp_order_id: int) -> None:
         """Keep the order's waiting (``w:o``) and open (``op:``) marks true."""

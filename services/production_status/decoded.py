@@ -48,10 +48,9 @@ class Decoded(Generic[K, V]):
 
     def find(self, key: K) -> V | Literal[_Missing.MISSING]:
         """The cached value, or :data:`MISSING`."""
-        try:
-            return self._young[key]
-        except KeyError:
-            pass
+        value = self._young.get(key, MISSING)
+        if value is not MISSING or not self._old:
+            return value
         value = self._old.pop(key, MISSING)
         if value is not MISSING:
             self.keep(key, value)

@@ -10,6 +10,9 @@ Cost per change (DESIGN.md 4): a change reads and writes its own row, its unit (
 production order with its inspections, a shipment with its line sum) and one or two
 order figure entries; never the other lines, production orders or shipments of its
 order. A shipment line moves its shipment's quantity sum (``n:``) by its difference.
+What it reads is decoded once and kept, bounded (:mod:`.decoded`; written through, so
+the state stays the truth), and an order's waiting and open marks are made true once
+per step (:meth:`ProgressFold.settle`), not at each of its changes.
 
 State is a function of the latest version of each row (DESIGN.md 6): every row is
 position-guarded (``r:``, deletes keep a tombstone with their position), and each unit
@@ -87,6 +90,10 @@ ZERO = Decimal(0)
 CACHED_ROWS = 20_000
 #: decoded figures and identities kept between changes, per kind
 CACHED_ORDERS = 10_000
+#: the indexes read whole (a production order's inspections at each of its changes, a
+#: line's production orders and shipment lines and an order's lines at each status):
+#: their children are kept per parent, the index written through (``_link``)
+CACHED_INDEXES = (b"qi:", b"lm:", b"ls:", b"ol:")
 
 
 def key_id(raw: bytes) -> int:
@@ -145,6 +152,11 @@ class ProgressFold:
         self._by_erp: Decoded[int, tuple[int, int, Identity] | None] = Decoded(CACHED_ORDERS)
         #: CRM order -> (version, ERP order) from ``j:``
         self._by_crm: Decoded[int, tuple[int, int] | None] = Decoded(CACHED_ORDERS)
+        #: prefix + parent -> its children, for :data:`CACHED_INDEXES`
+        self._children: Decoded[bytes, set[int]] = Decoded(CACHED_ORDERS)
+        #: ERP orders changed since their marks (``w:o``, ``op:``) were last made true
+        #: (:meth:`settle`): once per step, not at each change
+        self._unsettled: set[int] = set()
 
     # ------------------------------------------------------------------ records
 
@@ -188,8 +200,35 @@ class ProgressFold:
         return dict(cached)
 
     def children(self, prefix: bytes, parent: int) -> Iterator[int]:
-        for key, _ in self.kv.scan(prefix + _pack(parent)):
-            yield key_id(key)
+        """The children of ``parent`` in an index, in key order."""
+        group = prefix + _pack(parent)
+        if prefix not in CACHED_INDEXES:
+            for key, _ in self.kv.scan(group):
+                yield key_id(key)
+            return
+        ids = self._children.find(group)
+        if ids is MISSING:
+            ids = {key_id(key) for key, _ in self.kv.scan(group)}
+            self._children.keep(group, ids)
+        yield from sorted(ids, key=_pack)  # the scan's order
+
+    def _link(self, prefix: bytes, parent: int, child: int, present: bool) -> None:
+        """Write (``present``) or delete an index entry of :data:`CACHED_INDEXES`; an
+        entry the kept children already show as it should be is not written again."""
+        group = prefix + _pack(parent)
+        ids = self._children.find(group)
+        if ids is not MISSING:
+            if (child in ids) == present:
+                return
+            if present:
+                ids.add(child)
+            else:
+                ids.discard(child)
+        key = group + _pack(child)
+        if present:
+            self.kv.put(key, b"")
+        else:
+            self.kv.delete(key)
 
     # ------------------------------------------------------------------ apply
 
@@ -202,8 +241,7 @@ class ProgressFold:
         new = Record(position, row, None if old is None else old.extra)
         handler = _HANDLERS[table]
         handler(self, row_id, old, new, touched)
-        for erp_order_id in touched.erp:
-            self._refresh_order(erp_order_id)
+        self._unsettled |= touched.erp
         for erp_order_id in touched.erp:
             crm = self.crm_order_of(erp_order_id)
             if crm is not None:
@@ -234,8 +272,7 @@ class ProgressFold:
         self.kv.put(b"i:" + _pack(identity.erp_order_id),
                     dumps([crm, identity.crm_order_version, encode(identity)]))
         self._by_erp.keep(identity.erp_order_id, (crm, identity.crm_order_version, identity))
-        for erp_order_id in touched.erp:
-            self._refresh_order(erp_order_id)
+        self._unsettled |= touched.erp
         return Applied(True, frozenset(touched.erp), frozenset(touched.crm))
 
     def _link_of_erp(self, erp_order_id: int) -> tuple[int, int, Identity] | None:
@@ -299,6 +336,13 @@ class ProgressFold:
         else:
             self.kv.delete(figures_key(erp_order_id))
         self._figures.keep(erp_order_id, dict(figures))
+
+    def settle(self) -> None:
+        """Make the marks of every ERP order changed since the last call true (the
+        service fold calls it once per step; the queries below call it first)."""
+        taken, self._unsettled = self._unsettled, set()
+        for erp_order_id in sorted(taken):
+            self._refresh_order(erp_order_id)
 
     def _refresh_order(self, erp_order_id: int) -> None:
         """Keep the order's waiting (``w:o``) and open (``op:``) marks true."""
@@ -410,9 +454,9 @@ class ProgressFold:
         self._move(old_order, old_c, new_order, new_c, t)
         t.erp.update(o for o in (old_order, new_order) if o is not None)
         if old_order is not None and old_order != new_order:
-            self.kv.delete(_index(b"ol:", old_order, row_id))
+            self._link(b"ol:", old_order, row_id, False)
         if new_order is not None:
-            self.kv.put(_index(b"ol:", new_order, row_id), b"")
+            self._link(b"ol:", new_order, row_id, True)
         new.extra = [new_order, progress.encode_figures(new_c)]
         self._write(ERP_ORDER_LINE, row_id, new)
 
@@ -423,9 +467,9 @@ class ProgressFold:
         old_line = None if before is None else before.sales_order_line_id
         new_line = None if after is None else after.sales_order_line_id
         if old_line is not None and old_line != new_line:
-            self.kv.delete(_index(b"lm:", old_line, row_id))
+            self._link(b"lm:", old_line, row_id, False)
         if new_line is not None:
-            self.kv.put(_index(b"lm:", new_line, row_id), b"")
+            self._link(b"lm:", new_line, row_id, True)
         self._recompute_mo(row_id, t, new)  # writes it
 
     def _inspection(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
@@ -439,12 +483,12 @@ class ProgressFold:
             order, _ = _unit(self.record(PRODUCTION_ORDER, old_mo))
             if order is not None:
                 self.kv.delete(_index(b"of:", order, row_id))
-            self.kv.delete(_index(b"qi:", old_mo, row_id))
+            self._link(b"qi:", old_mo, row_id, False)
         new.extra = None
         self._write(INSPECTION, row_id, new)
         new_mo = None if after is None else after.production_order_id
         if new_mo is not None:
-            self.kv.put(_index(b"qi:", new_mo, row_id), b"")
+            self._link(b"qi:", new_mo, row_id, True)
         for mo_id in {m for m in (old_mo, new_mo) if m is not None}:
             self._recompute_mo(mo_id, t)
 
@@ -467,11 +511,7 @@ class ProgressFold:
                 self.kv.put(key, dumps([str(quantity), count]))
             else:
                 self.kv.delete(key)
-            index = _index(b"ls:", line.sales_order_line_id, row_id)
-            if sign > 0:
-                self.kv.put(index, b"")
-            else:
-                self.kv.delete(index)
+            self._link(b"ls:", line.sales_order_line_id, row_id, sign > 0)
         self._write(SHIPMENT_LINE, row_id, new)
         for shipment_id in {x.shipment_id for x in (before, after) if x is not None}:
             self._recompute_shipment(shipment_id, t)
@@ -495,6 +535,7 @@ class ProgressFold:
     def waiting(self) -> Iterator[tuple[str, int]]:
         """Rows waiting for a parent: ``("erp_order", id)`` (figures without a header),
         ``("production_order", id)`` (inspections), ``("shipment", id)`` (lines)."""
+        self.settle()
         names = {b"o": "erp_order", b"p": "production_order", b"s": "shipment"}
         for key, _ in self.kv.scan(b"w:"):
             yield names[key[2:3]], key_id(key)
@@ -502,6 +543,7 @@ class ProgressFold:
     def open_orders(self) -> Iterator[int]:
         """ERP orders not yet delivered nor cancelled (the shell re-assesses their risk
         as time passes)."""
+        self.settle()
         for key, _ in self.kv.scan(b"op:"):
             yield key_id(key)
 

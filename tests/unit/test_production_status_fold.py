@@ -68,6 +68,7 @@ def feed(fold: ProgressFold, versions: list[Version]) -> None:
             fold.apply_identity(v.row)
         else:
             fold.apply(v.table, v.row_id, v.position, v.row)
+    fold.settle()
 
 
 def figures_of(fold: ProgressFold, kv: MemoryState) -> dict[int, dict[str, Decimal]]:

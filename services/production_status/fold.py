@@ -114,11 +114,15 @@ def _index(prefix: bytes, parent: int, child: int) -> bytes:
 
 @dataclass(slots=True)
 class Record:
-    """A stored row version: its position, the row (None: deleted) and its unit state."""
+    """A stored row version: its position, the row (None: deleted) and its unit state.
+
+    ``fields``: the row as stored (:func:`~.records.encode`), kept once known: a row is
+    written again each time its unit state moves, and is never changed itself."""
 
     position: SourcePosition
     row: Any
     extra: Any = None
+    fields: list[Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,12 +175,14 @@ class ProgressFold:
         if raw is not None:
             commit, lsn, fields, extra = loads(raw)
             row = None if fields is None else decode(TABLES[table], fields)
-            rec = Record(SourcePosition(commit, lsn), row, extra)
+            rec = Record(SourcePosition(commit, lsn), row, extra, fields)
         self._records.keep(key, rec)
         return rec
 
     def _write(self, table: str, row_id: int, rec: Record) -> None:
-        fields = None if rec.row is None else encode(rec.row)
+        fields = rec.fields
+        if fields is None and rec.row is not None:
+            fields = rec.fields = encode(rec.row)
         key = row_key(table, row_id)
         self.kv.put(key, dumps([rec.position.commit_lsn, rec.position.lsn, fields, rec.extra]))
         self._records.keep(key, rec)

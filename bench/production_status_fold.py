@@ -25,6 +25,7 @@ rate is changes / CPU seconds of the whole run (fold + output check + encoding).
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -216,6 +217,8 @@ def main() -> None:
               f"{r['entries'] / r['changes']:.1f} state entries written a change; "
               f"{r['statuses']:,} statuses, {r['risks']:,} risk events sent; "
               f"{r['delivered']:,} orders delivered")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {peak:,.0f} MB (the synthetic changes included)")
     print(f"reproduce: {reproduce_line('bench.production_status_fold')}")
 
 

@@ -87,13 +87,13 @@ CODES = {
 }
 ZERO = Decimal(0)
 #: decoded rows kept between changes (:mod:`.decoded`; twice this many at most)
-CACHED_ROWS = 20_000
+CACHED_ROWS = 50_000
 #: decoded figures and identities kept between changes, per kind
-CACHED_ORDERS = 10_000
+CACHED_ORDERS = 25_000
 #: the indexes read whole (a production order's inspections at each of its changes, a
-#: line's production orders and shipment lines and an order's lines at each status):
-#: their children are kept per parent, the index written through (``_link``)
-CACHED_INDEXES = (b"qi:", b"lm:", b"ls:", b"ol:")
+#: line's production orders and shipment lines, an order's lines and cases at each
+#: status): their children are kept per parent, the index written through (``_link``)
+CACHED_INDEXES = (b"qi:", b"lm:", b"ls:", b"ol:", b"kc:")
 
 
 def key_id(raw: bytes) -> int:
@@ -530,9 +530,9 @@ class ProgressFold:
         before: ServiceCase | None = None if old is None else old.row
         after: ServiceCase | None = new.row
         if before is not None and before.sales_order_id is not None:
-            self.kv.delete(_index(b"kc:", before.sales_order_id, row_id))
+            self._link(b"kc:", before.sales_order_id, row_id, False)
         if after is not None and after.sales_order_id is not None:
-            self.kv.put(_index(b"kc:", after.sales_order_id, row_id), b"")
+            self._link(b"kc:", after.sales_order_id, row_id, True)
         self._write(SERVICE_CASE, row_id, new)
         t.cases.add(row_id)
 

@@ -54,6 +54,7 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from services.shared.alignment import within_window
 from services.shared.kafka import client_options
 from services.shared.memory import release_free_memory
 from services.shared.offsets import Hold as Hold
@@ -184,6 +185,7 @@ class BatchSource:
         max_records: int = 5000,
         partition_fetch_bytes: int = 512 * 1024,
         align_window_ms: int | None = 250,
+        hand_out_window_ms: int = 1000,
         fetch_wait_ms: int = 20,
         commit_interval: float = 1.0,
         progress: CommitProgress | None = None,
@@ -204,6 +206,7 @@ class BatchSource:
         self._max_records = max_records
         self._partition_fetch_bytes = partition_fetch_bytes
         self._align_window_ms = align_window_ms
+        self._hand_out_window_ms = hand_out_window_ms
         self._last_timestamp: dict[TopicPartition, int] = {}
         self._fetch_wait_ms = fetch_wait_ms
         self._commit_interval = commit_interval
@@ -336,6 +339,13 @@ class BatchSource:
 
     async def _handle(self, fetched: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
                       ) -> None:
+        given_back: dict[TopicPartition, ConsumerRecord[bytes, bytes]] = {}
+        if self._align_window_ms is not None:
+            fetched, given_back = await self._within_window(fetched)
+            if not fetched:
+                self._read_up_to(given_back)
+                await self._align()
+                return
         generation = self.ledger.generation
         records: list[ConsumerRecord[bytes, bytes]] = []
         for part in fetched.values():
@@ -356,6 +366,7 @@ class BatchSource:
             for tp, part in fetched.items():
                 self.ledger.fetched(tp, ends[tp])
                 self._last_timestamp[tp] = part[-1].timestamp
+            self._read_up_to(given_back)
         self.records_handled += len(records)
         if self._release_memory:
             now = time.monotonic()
@@ -411,7 +422,9 @@ class BatchSource:
         timestamps are Connect's production times, in capture order across all
         partitions, so a partition whose last record is more than the window ahead of
         the slowest partition that still has records to fetch is paused until that one
-        catches up. The slowest is never paused, so reading always progresses.
+        catches up. The slowest is never paused, so reading always progresses. (Pausing
+        acts between fetches; within one, :meth:`_within_window` gives back what runs
+        more than ``hand_out_window_ms`` ahead.)
         """
         assert self.consumer is not None
         consumer = self.consumer
@@ -436,6 +449,38 @@ class BatchSource:
             consumer.pause(*to_pause)
         if to_resume:
             consumer.resume(*to_resume)
+
+    async def _within_window(
+        self, fetched: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> tuple[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+               dict[TopicPartition, ConsumerRecord[bytes, bytes]]]:
+        """The records of a fetch within ``hand_out_window_ms`` of the earliest one not
+        handed out yet; the others' partitions are sought back to their first record
+        given back, to be fetched again (:mod:`services.shared.alignment`: one fetch can
+        run seconds ahead)."""
+        assert self.consumer is not None
+        consumer = self.consumer
+        waiting: dict[TopicPartition, int] = {}
+        for tp in consumer.assignment():
+            last = self._last_timestamp.get(tp)
+            if tp in fetched or last is None:
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is not None and await consumer.position(tp) < highwater:
+                waiting[tp] = last
+        kept, given_back = within_window(fetched, waiting, self._hand_out_window_ms)
+        for tp, record in given_back.items():
+            consumer.seek(tp, record.offset)
+        return kept, given_back
+
+    def _read_up_to(self, given_back: Mapping[TopicPartition, ConsumerRecord[bytes, bytes]]
+                    ) -> None:
+        """A partition given back stands just before its first record given back (not
+        at its last record handed out, which may be far earlier): so it does not hold
+        the window, or keep the others paused, below where it really is."""
+        for tp, record in given_back.items():
+            self._last_timestamp[tp] = max(self._last_timestamp.get(tp, -1),
+                                           record.timestamp - 1)
 
     async def caught_up(self, topics: Collection[str]) -> bool:
         """Whether every assigned partition of ``topics`` has been read to its end (as

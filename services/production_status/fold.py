@@ -158,6 +158,8 @@ class ProgressFold:
         self._by_crm: Decoded[int, tuple[int, int] | None] = Decoded(CACHED_ORDERS)
         #: prefix + parent -> its children, for :data:`CACHED_INDEXES`
         self._children: Decoded[bytes, set[int]] = Decoded(CACHED_ORDERS)
+        #: ERP order -> its marks (waiting, open) as written
+        self._marks: Decoded[int, tuple[bool, bool]] = Decoded(CACHED_ORDERS)
         #: ERP orders changed since their marks (``w:o``, ``op:``) were last made true
         #: (:meth:`settle`): once per step, not at each change
         self._unsettled: set[int] = set()
@@ -354,16 +356,19 @@ class ProgressFold:
         """Keep the order's waiting (``w:o``) and open (``op:``) marks true."""
         header = self.row(ERP_ORDER, erp_order_id)
         figures = self.figures(erp_order_id)
-        waiting = b"w:o" + _pack(erp_order_id)
-        if figures and header is None:
-            self.kv.put(waiting, b"")
-        else:
-            self.kv.delete(waiting)
-        opened = b"op:" + _pack(erp_order_id)
-        if is_open(header, figures):
-            self.kv.put(opened, b"")
-        else:
-            self.kv.delete(opened)
+        marks = (bool(figures) and header is None, is_open(header, figures))
+        waiting, opened = b"w:o" + _pack(erp_order_id), b"op:" + _pack(erp_order_id)
+        known = self._marks.find(erp_order_id)
+        if known is MISSING:  # as the state has them
+            known = (self.kv.get(waiting) is not None, self.kv.get(opened) is not None)
+        if marks != known:  # else nothing to write again
+            for key, mark, was in ((waiting, marks[0], known[0]),
+                                   (opened, marks[1], known[1])):
+                if mark and not was:
+                    self.kv.put(key, b"")
+                elif was and not mark:
+                    self.kv.delete(key)
+        self._marks.keep(erp_order_id, marks)
 
     # ------------------------------------------------------------------ units
 

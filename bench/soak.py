@@ -307,8 +307,11 @@ async def soak(args: argparse.Namespace) -> None:
                 rows = await order_rows(stack)
                 break
             if args.late_start and minute >= args.late_start and services[0].process is None:
+                # started, not awaited: a service catches up before it is ready, and
+                # the catching up is what the samples are for
                 log(f"starting the services behind a {minute:.1f}-minute backlog")
-                await start_services()
+                for service in services:
+                    service.start()
             if minute >= args.minutes:
                 # behind its rate (a busy machine) the workload would run on until it
                 # has dispatched minutes x rate operations: the soak is wall time

@@ -47,6 +47,8 @@ BUCKETS = 52
 EDGES: tuple[float, ...] = tuple(FIRST_HOURS * GROWTH**i for i in range(BUCKETS))
 #: fewer samples than this under a key: use the broader key
 MIN_SAMPLES = 5
+#: decoded histograms (and quantiles looked up) kept, at most
+MAX_HISTOGRAMS_KEPT = 4_096
 #: when nothing at all was learned yet (hours)
 DEFAULT_HOURS = {QC: 24.0, TRANSPORT: 72.0}
 
@@ -155,6 +157,19 @@ class Durations:
 
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
+        # every histogram is written through :meth:`move`: what it read is kept, and the
+        # quantiles looked up until the next move (a status reads a few per line)
+        self._histograms: dict[bytes, Histogram] = {}
+        self._quantiles: dict[tuple[str, int | None, str | None], Quantiles] = {}
+
+    def _histogram(self, key: bytes) -> Histogram:
+        """The decoded histogram (shared: changed only by :meth:`move`)."""
+        histogram = self._histograms.get(key)
+        if histogram is None:
+            if len(self._histograms) >= MAX_HISTOGRAMS_KEPT:
+                self._histograms.clear()
+            histogram = self._histograms[key] = Histogram.decode(self.kv.get(key))
+        return histogram
 
     def _keys(self, sample: Sample) -> list[bytes]:
         warehouse = str(sample.warehouse_id)
@@ -167,11 +182,12 @@ class Durations:
         """Replace a row's old sample by its new one (either may be None)."""
         if old == new:
             return
+        self._quantiles.clear()
         for sample, sign in ((old, -1), (new, 1)):
             if sample is None:
                 continue
             for key in self._keys(sample):
-                histogram = Histogram.decode(self.kv.get(key))
+                histogram = self._histogram(key)
                 histogram.add(sample.bucket, sign)
                 if histogram.counts:
                     self.kv.put(key, histogram.encode())
@@ -180,12 +196,20 @@ class Durations:
 
     def histogram(self, kind: str, warehouse_id: int | None, carrier: str | None) -> Histogram:
         warehouse = ANY if warehouse_id is None else str(warehouse_id)
-        return Histogram.decode(self.kv.get(_key(kind, warehouse,
-                                                 carrier_name(carrier) or ANY)))
+        return self._histogram(_key(kind, warehouse, carrier_name(carrier) or ANY))
 
     def quantiles(self, kind: str, warehouse_id: int | None, carrier: str | None = None
                   ) -> Quantiles:
         """p50/p90 from the narrowest key with enough samples (see the module docstring)."""
+        asked = (kind, warehouse_id, carrier)
+        known = self._quantiles.get(asked)
+        if known is None:
+            if len(self._quantiles) >= MAX_HISTOGRAMS_KEPT:
+                self._quantiles.clear()
+            known = self._quantiles[asked] = self._look_up(kind, warehouse_id, carrier)
+        return known
+
+    def _look_up(self, kind: str, warehouse_id: int | None, carrier: str | None) -> Quantiles:
         carrier = carrier_name(carrier)
         candidates: list[tuple[int | None, str | None]] = []
         if warehouse_id is not None and carrier is not None:

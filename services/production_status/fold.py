@@ -10,6 +10,9 @@ Cost per change (DESIGN.md 4): a change reads and writes its own row, its unit (
 production order with its inspections, a shipment with its line sum) and one or two
 order figure entries; never the other lines, production orders or shipments of its
 order. A shipment line moves its shipment's quantity sum (``n:``) by its difference.
+What it reads is decoded once and kept, bounded (:mod:`.decoded`; written through, so
+the state stays the truth), and an order's waiting and open marks are made true once
+per step (:meth:`ProgressFold.settle`), not at each of its changes.
 
 State is a function of the latest version of each row (DESIGN.md 6): every row is
 position-guarded (``r:``, deletes keep a tombstone with their position), and each unit
@@ -47,6 +50,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.production_status import progress
+from services.production_status.decoded import MISSING, Decoded
 from services.production_status.durations import QC, TRANSPORT, Durations, Sample, sample
 from services.production_status.progress import Contribution, Figures
 from services.production_status.records import (
@@ -82,6 +86,14 @@ CODES = {
     SHIPMENT: b"s", SHIPMENT_LINE: b"t", CRM_ORDER: b"c", SERVICE_CASE: b"k",
 }
 ZERO = Decimal(0)
+#: decoded rows kept between changes (:mod:`.decoded`; twice this many at most)
+CACHED_ROWS = 50_000
+#: decoded figures and identities kept between changes, per kind
+CACHED_ORDERS = 25_000
+#: the indexes read whole (a production order's inspections at each of its changes, a
+#: line's production orders and shipment lines, an order's lines and cases at each
+#: status): their children are kept per parent, the index written through (``_link``)
+CACHED_INDEXES = (b"qi:", b"lm:", b"ls:", b"ol:", b"kc:")
 
 
 def key_id(raw: bytes) -> int:
@@ -102,11 +114,15 @@ def _index(prefix: bytes, parent: int, child: int) -> bytes:
 
 @dataclass(slots=True)
 class Record:
-    """A stored row version: its position, the row (None: deleted) and its unit state."""
+    """A stored row version: its position, the row (None: deleted) and its unit state.
+
+    ``fields``: the row as stored (:func:`~.records.encode`), kept once known: a row is
+    written again each time its unit state moves, and is never changed itself."""
 
     position: SourcePosition
     row: Any
     extra: Any = None
+    fields: list[Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,40 +148,95 @@ class ProgressFold:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
         self.durations = Durations(kv)
+        # write-through caches of decoded entries: every write below goes to the state
+        # AND here; nothing else writes these keys (.decoded)
+        self._records: Decoded[bytes, Record | None] = Decoded(CACHED_ROWS)
+        self._figures: Decoded[int, Figures] = Decoded(CACHED_ORDERS)
+        #: ERP order -> (CRM order, version, identity) from ``i:``
+        self._by_erp: Decoded[int, tuple[int, int, Identity] | None] = Decoded(CACHED_ORDERS)
+        #: CRM order -> (version, ERP order) from ``j:``
+        self._by_crm: Decoded[int, tuple[int, int] | None] = Decoded(CACHED_ORDERS)
+        #: prefix + parent -> its children, for :data:`CACHED_INDEXES`
+        self._children: Decoded[bytes, set[int]] = Decoded(CACHED_ORDERS)
+        #: ERP order -> its marks (waiting, open) as written
+        self._marks: Decoded[int, tuple[bool, bool]] = Decoded(CACHED_ORDERS)
+        #: ERP orders changed since their marks (``w:o``, ``op:``) were last made true
+        #: (:meth:`settle`): once per step, not at each change
+        self._unsettled: set[int] = set()
 
     # ------------------------------------------------------------------ records
 
     def record(self, table: str, row_id: int) -> Record | None:
-        raw = self.kv.get(row_key(table, row_id))
-        if raw is None:
-            return None
-        commit, lsn, fields, extra = loads(raw)
-        row = None if fields is None else decode(TABLES[table], fields)
-        return Record(SourcePosition(commit, lsn), row, extra)
+        """The row's stored record (shared with the cache: change it only to write it)."""
+        key = row_key(table, row_id)
+        cached = self._records.find(key)
+        if cached is not MISSING:
+            return cached
+        raw = self.kv.get(key)
+        rec = None
+        if raw is not None:
+            commit, lsn, fields, extra = loads(raw)
+            row = None if fields is None else decode(TABLES[table], fields)
+            rec = Record(SourcePosition(commit, lsn), row, extra, fields)
+        self._records.keep(key, rec)
+        return rec
 
     def _write(self, table: str, row_id: int, rec: Record) -> None:
-        fields = None if rec.row is None else encode(rec.row)
-        self.kv.put(
-            row_key(table, row_id),
-            dumps([rec.position.commit_lsn, rec.position.lsn, fields, rec.extra]),
-        )
+        fields = rec.fields
+        if fields is None and rec.row is not None:
+            fields = rec.fields = encode(rec.row)
+        key = row_key(table, row_id)
+        self.kv.put(key, dumps([rec.position.commit_lsn, rec.position.lsn, fields, rec.extra]))
+        self._records.keep(key, rec)
 
     def present(self, table: str, row_id: int) -> bool:
         """Whether the row is known (seen, and not deleted since)."""
-        raw = self.kv.get(row_key(table, row_id))
-        return raw is not None and loads(raw)[2] is not None
+        rec = self.record(table, row_id)
+        return rec is not None and rec.row is not None
 
     def row(self, table: str, row_id: int) -> Any:
         rec = self.record(table, row_id)
         return None if rec is None else rec.row
 
     def figures(self, erp_order_id: int) -> Figures:
-        raw = self.kv.get(figures_key(erp_order_id))
-        return {} if raw is None else progress.decode_figures(loads(raw))
+        """The order's figures (a copy: the caller may change it)."""
+        cached = self._figures.find(erp_order_id)
+        if cached is MISSING:
+            raw = self.kv.get(figures_key(erp_order_id))
+            cached = {} if raw is None else progress.decode_figures(loads(raw))
+            self._figures.keep(erp_order_id, cached)
+        return dict(cached)
 
     def children(self, prefix: bytes, parent: int) -> Iterator[int]:
-        for key, _ in self.kv.scan(prefix + _pack(parent)):
-            yield key_id(key)
+        """The children of ``parent`` in an index, in key order."""
+        group = prefix + _pack(parent)
+        if prefix not in CACHED_INDEXES:
+            for key, _ in self.kv.scan(group):
+                yield key_id(key)
+            return
+        ids = self._children.find(group)
+        if ids is MISSING:
+            ids = {key_id(key) for key, _ in self.kv.scan(group)}
+            self._children.keep(group, ids)
+        yield from sorted(ids, key=_pack)  # the scan's order
+
+    def _link(self, prefix: bytes, parent: int, child: int, present: bool) -> None:
+        """Write (``present``) or delete an index entry of :data:`CACHED_INDEXES`; an
+        entry the kept children already show as it should be is not written again."""
+        group = prefix + _pack(parent)
+        ids = self._children.find(group)
+        if ids is not MISSING:
+            if (child in ids) == present:
+                return
+            if present:
+                ids.add(child)
+            else:
+                ids.discard(child)
+        key = group + _pack(child)
+        if present:
+            self.kv.put(key, b"")
+        else:
+            self.kv.delete(key)
 
     # ------------------------------------------------------------------ apply
 
@@ -178,8 +249,7 @@ class ProgressFold:
         new = Record(position, row, None if old is None else old.extra)
         handler = _HANDLERS[table]
         handler(self, row_id, old, new, touched)
-        for erp_order_id in touched.erp:
-            self._refresh_order(erp_order_id)
+        self._unsettled |= touched.erp
         for erp_order_id in touched.erp:
             crm = self.crm_order_of(erp_order_id)
             if crm is not None:
@@ -190,10 +260,10 @@ class ProgressFold:
     def apply_identity(self, identity: Identity) -> Applied:
         """Fold one order identity record; the highest ``crm_order_version`` wins."""
         crm = identity.crm_order_id
-        raw = self.kv.get(b"j:" + _pack(crm))
+        link = self._link_of_crm(crm)
         touched = _Touched(crm={crm})
-        if raw is not None:
-            version, erp = loads(raw)
+        if link is not None:
+            version, erp = link
             if identity.crm_order_version < version:
                 return Applied(False)
             current = self.identity_of_erp(erp)
@@ -201,27 +271,51 @@ class ProgressFold:
                 return Applied(False)
             if erp != identity.erp_order_id:
                 self.kv.delete(b"i:" + _pack(erp))
+                self._by_erp.keep(erp, None)
                 touched.erp.add(erp)
         touched.erp.add(identity.erp_order_id)
         self.kv.put(b"j:" + _pack(crm), dumps([identity.crm_order_version,
                                                identity.erp_order_id]))
+        self._by_crm.keep(crm, (identity.crm_order_version, identity.erp_order_id))
         self.kv.put(b"i:" + _pack(identity.erp_order_id),
                     dumps([crm, identity.crm_order_version, encode(identity)]))
-        for erp_order_id in touched.erp:
-            self._refresh_order(erp_order_id)
+        self._by_erp.keep(identity.erp_order_id, (crm, identity.crm_order_version, identity))
+        self._unsettled |= touched.erp
         return Applied(True, frozenset(touched.erp), frozenset(touched.crm))
 
+    def _link_of_erp(self, erp_order_id: int) -> tuple[int, int, Identity] | None:
+        """``i:``: (CRM order, version, identity) of an ERP order."""
+        cached = self._by_erp.find(erp_order_id)
+        if cached is MISSING:
+            raw = self.kv.get(b"i:" + _pack(erp_order_id))
+            if raw is None:
+                cached = None
+            else:
+                crm, version, fields = loads(raw)
+                cached = (int(crm), int(version), decode(Identity, fields))
+            self._by_erp.keep(erp_order_id, cached)
+        return cached
+
+    def _link_of_crm(self, crm_order_id: int) -> tuple[int, int] | None:
+        """``j:``: (version, ERP order) of a CRM order."""
+        cached = self._by_crm.find(crm_order_id)
+        if cached is MISSING:
+            raw = self.kv.get(b"j:" + _pack(crm_order_id))
+            cached = None if raw is None else (int(loads(raw)[0]), int(loads(raw)[1]))
+            self._by_crm.keep(crm_order_id, cached)
+        return cached
+
     def identity_of_erp(self, erp_order_id: int) -> Identity | None:
-        raw = self.kv.get(b"i:" + _pack(erp_order_id))
-        return None if raw is None else decode(Identity, loads(raw)[2])
+        link = self._link_of_erp(erp_order_id)
+        return None if link is None else link[2]
 
     def crm_order_of(self, erp_order_id: int) -> int | None:
-        raw = self.kv.get(b"i:" + _pack(erp_order_id))
-        return None if raw is None else int(loads(raw)[0])
+        link = self._link_of_erp(erp_order_id)
+        return None if link is None else link[0]
 
     def erp_order_of(self, crm_order_id: int) -> int | None:
-        raw = self.kv.get(b"j:" + _pack(crm_order_id))
-        return None if raw is None else int(loads(raw)[1])
+        link = self._link_of_crm(crm_order_id)
+        return None if link is None else link[1]
 
     # ------------------------------------------------------------------ figures
 
@@ -249,21 +343,32 @@ class ProgressFold:
             self.kv.put(figures_key(erp_order_id), dumps(progress.encode_figures(figures)))
         else:
             self.kv.delete(figures_key(erp_order_id))
+        self._figures.keep(erp_order_id, dict(figures))
+
+    def settle(self) -> None:
+        """Make the marks of every ERP order changed since the last call true (the
+        service fold calls it once per step; the queries below call it first)."""
+        taken, self._unsettled = self._unsettled, set()
+        for erp_order_id in sorted(taken):
+            self._refresh_order(erp_order_id)
 
     def _refresh_order(self, erp_order_id: int) -> None:
         """Keep the order's waiting (``w:o``) and open (``op:``) marks true."""
         header = self.row(ERP_ORDER, erp_order_id)
         figures = self.figures(erp_order_id)
-        waiting = b"w:o" + _pack(erp_order_id)
-        if figures and header is None:
-            self.kv.put(waiting, b"")
-        else:
-            self.kv.delete(waiting)
-        opened = b"op:" + _pack(erp_order_id)
-        if is_open(header, figures):
-            self.kv.put(opened, b"")
-        else:
-            self.kv.delete(opened)
+        marks = (bool(figures) and header is None, is_open(header, figures))
+        waiting, opened = b"w:o" + _pack(erp_order_id), b"op:" + _pack(erp_order_id)
+        known = self._marks.find(erp_order_id)
+        if known is MISSING:  # as the state has them
+            known = (self.kv.get(waiting) is not None, self.kv.get(opened) is not None)
+        if marks != known:  # else nothing to write again
+            for key, mark, was in ((waiting, marks[0], known[0]),
+                                   (opened, marks[1], known[1])):
+                if mark and not was:
+                    self.kv.put(key, b"")
+                elif was and not mark:
+                    self.kv.delete(key)
+        self._marks.keep(erp_order_id, marks)
 
     # ------------------------------------------------------------------ units
 
@@ -360,9 +465,9 @@ class ProgressFold:
         self._move(old_order, old_c, new_order, new_c, t)
         t.erp.update(o for o in (old_order, new_order) if o is not None)
         if old_order is not None and old_order != new_order:
-            self.kv.delete(_index(b"ol:", old_order, row_id))
+            self._link(b"ol:", old_order, row_id, False)
         if new_order is not None:
-            self.kv.put(_index(b"ol:", new_order, row_id), b"")
+            self._link(b"ol:", new_order, row_id, True)
         new.extra = [new_order, progress.encode_figures(new_c)]
         self._write(ERP_ORDER_LINE, row_id, new)
 
@@ -373,9 +478,9 @@ class ProgressFold:
         old_line = None if before is None else before.sales_order_line_id
         new_line = None if after is None else after.sales_order_line_id
         if old_line is not None and old_line != new_line:
-            self.kv.delete(_index(b"lm:", old_line, row_id))
+            self._link(b"lm:", old_line, row_id, False)
         if new_line is not None:
-            self.kv.put(_index(b"lm:", new_line, row_id), b"")
+            self._link(b"lm:", new_line, row_id, True)
         self._recompute_mo(row_id, t, new)  # writes it
 
     def _inspection(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
@@ -389,12 +494,12 @@ class ProgressFold:
             order, _ = _unit(self.record(PRODUCTION_ORDER, old_mo))
             if order is not None:
                 self.kv.delete(_index(b"of:", order, row_id))
-            self.kv.delete(_index(b"qi:", old_mo, row_id))
+            self._link(b"qi:", old_mo, row_id, False)
         new.extra = None
         self._write(INSPECTION, row_id, new)
         new_mo = None if after is None else after.production_order_id
         if new_mo is not None:
-            self.kv.put(_index(b"qi:", new_mo, row_id), b"")
+            self._link(b"qi:", new_mo, row_id, True)
         for mo_id in {m for m in (old_mo, new_mo) if m is not None}:
             self._recompute_mo(mo_id, t)
 
@@ -417,11 +522,7 @@ class ProgressFold:
                 self.kv.put(key, dumps([str(quantity), count]))
             else:
                 self.kv.delete(key)
-            index = _index(b"ls:", line.sales_order_line_id, row_id)
-            if sign > 0:
-                self.kv.put(index, b"")
-            else:
-                self.kv.delete(index)
+            self._link(b"ls:", line.sales_order_line_id, row_id, sign > 0)
         self._write(SHIPMENT_LINE, row_id, new)
         for shipment_id in {x.shipment_id for x in (before, after) if x is not None}:
             self._recompute_shipment(shipment_id, t)
@@ -434,9 +535,9 @@ class ProgressFold:
         before: ServiceCase | None = None if old is None else old.row
         after: ServiceCase | None = new.row
         if before is not None and before.sales_order_id is not None:
-            self.kv.delete(_index(b"kc:", before.sales_order_id, row_id))
+            self._link(b"kc:", before.sales_order_id, row_id, False)
         if after is not None and after.sales_order_id is not None:
-            self.kv.put(_index(b"kc:", after.sales_order_id, row_id), b"")
+            self._link(b"kc:", after.sales_order_id, row_id, True)
         self._write(SERVICE_CASE, row_id, new)
         t.cases.add(row_id)
 
@@ -445,6 +546,7 @@ class ProgressFold:
     def waiting(self) -> Iterator[tuple[str, int]]:
         """Rows waiting for a parent: ``("erp_order", id)`` (figures without a header),
         ``("production_order", id)`` (inspections), ``("shipment", id)`` (lines)."""
+        self.settle()
         names = {b"o": "erp_order", b"p": "production_order", b"s": "shipment"}
         for key, _ in self.kv.scan(b"w:"):
             yield names[key[2:3]], key_id(key)
@@ -452,6 +554,7 @@ class ProgressFold:
     def open_orders(self) -> Iterator[int]:
         """ERP orders not yet delivered nor cancelled (the shell re-assesses their risk
         as time passes)."""
+        self.settle()
         for key, _ in self.kv.scan(b"op:"):
             yield key_id(key)
 

@@ -22,6 +22,7 @@ instants as ISO text, quantities as decimal text (never floats).
 from __future__ import annotations
 
 import dataclasses
+import operator
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -231,8 +232,10 @@ def build(cls: type[T], table: str, row: Mapping[str, Any]) -> T:
         value = row.get(name)
         if (value is None and optional) or read is None:
             values.append(value)
-        else:
+        elif value is None:  # missing or null: the reader's own refusal
             values.append(read({name: value}, name, table))
+        else:
+            values.append(read(row, name, table))
     return cls(*values)
 
 
@@ -300,7 +303,9 @@ _DECODERS: dict[Any, Convert] = {
 }
 
 
-Codec = tuple[tuple[str, ...], tuple[Convert, ...], tuple[Convert, ...]]
+#: (all field values at once, the (index, converter) of the fields to convert, decoders)
+Codec = tuple[Callable[[Any], Any], tuple[tuple[int, Callable[[Any], Any]], ...],
+              tuple[Convert, ...]]
 
 
 def _codec(cls: Any) -> Codec:
@@ -312,17 +317,22 @@ def _codec_of(cls: type[Any]) -> Codec:
     hints = _hints(cls)
     names = tuple(f.name for f in dataclasses.fields(cls))
     bases = [_base(hints[n]) for n in names]
-    return (names, tuple(_ENCODERS.get(b) for b in bases),
-            tuple(_DECODERS.get(b) for b in bases))
+    many: Callable[[Any], Any] = operator.attrgetter(*names)
+    # attrgetter of one name gives the value, not a tuple
+    getter = many if len(names) > 1 else (lambda row: (many(row),))
+    converts = tuple((i, convert) for i, b in enumerate(bases)
+                     if (convert := _ENCODERS.get(b)) is not None)
+    return getter, converts, tuple(_DECODERS.get(b) for b in bases)
 
 
 def encode(row: Any) -> list[Any]:
     """The row's field values, JSON-ready, in field order."""
-    names, encoders, _ = _codec(type(row))
-    values = []
-    for name, convert in zip(names, encoders, strict=True):
-        value = getattr(row, name)
-        values.append(value if convert is None or value is None else convert(value))
+    getter, converts, _ = _codec(type(row))
+    values = list(getter(row))
+    for i, convert in converts:
+        value = values[i]
+        if value is not None:
+            values[i] = convert(value)
     return values
 
 

@@ -363,6 +363,7 @@ class StatusFold(TransactionFold[Change, Outcome]):
         """The step's statuses, risks and triages; pausable between any two orders (a
         step's few thousand orders held the event loop for seconds)."""
         self._fold_identities(outcome)
+        self.core.settle()  # the open orders' marks, before the sweep reads them
         now = self.now
         orders = set(outcome.crm_orders)
         if self.clock_known and now - self._last_sweep >= SWEEP_EVERY:

@@ -9,6 +9,9 @@ Invariants protected here (issue 12; DESIGN.md 4 and 6):
   waiting for a parent equal :func:`~services.production_status.recompute.recompute`
   over the final rows; every status, line status and triage equals the one of a fold
   fed only the final rows. Several seeds.
+* The fold's caches of decoded entries change nothing: a fold whose caches hold one
+  entry (forgetting at every turn) writes the same state bytes, and a fold loaded
+  afresh over that state gives the same statuses as the one that wrote it.
 * Replay changes nothing: feeding the whole history again leaves every state byte as
   it was, and raises no delay risk a second time.
 * The cost of one change does not grow with its order: changing a line, a production
@@ -24,6 +27,7 @@ from decimal import Decimal
 
 import pytest
 
+from services.production_status import fold as fold_module
 from services.production_status.fold import ProgressFold, key_id
 from services.production_status.recompute import final_rows, recompute
 from services.production_status.records import (
@@ -64,6 +68,7 @@ def feed(fold: ProgressFold, versions: list[Version]) -> None:
             fold.apply_identity(v.row)
         else:
             fold.apply(v.table, v.row_id, v.position, v.row)
+    fold.settle()
 
 
 def figures_of(fold: ProgressFold, kv: MemoryState) -> dict[int, dict[str, Decimal]]:
@@ -114,6 +119,27 @@ def test_incremental_equals_recompute_from_final_rows(seed: int) -> None:
     for case in sorted(final.get("crm.service_case", {})):
         assert triage(fold, case, NOW) == triage(batch, case, NOW)
     assert sorted(fold.open_orders()) == sorted(batch.open_orders())
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_the_caches_of_decoded_entries_change_no_state_byte(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = deliveries(history(seed), seed)
+    kv = MemoryState()
+    warm = ProgressFold(kv)
+    feed(warm, versions)
+    monkeypatch.setattr(fold_module, "CACHED_ROWS", 1)
+    monkeypatch.setattr(fold_module, "CACHED_ORDERS", 1)
+    forgetful_kv = MemoryState()
+    feed(ProgressFold(forgetful_kv), versions)
+    assert forgetful_kv.data == kv.data
+    cold = ProgressFold(kv)
+    crm_orders = sorted({v.row_id for v in versions if v.table == "identity"})
+    assert crm_orders
+    for crm in crm_orders:
+        assert order_status(warm, crm, NOW) == order_status(cold, crm, NOW)
+    for erp in sorted({v.row_id for v in versions if v.table == ERP_ORDER}):
+        assert line_statuses(warm, erp, NOW) == line_statuses(cold, erp, NOW)
 
 
 @pytest.mark.parametrize("seed", SEEDS[:4])

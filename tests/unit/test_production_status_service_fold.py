@@ -12,7 +12,8 @@ Invariants (issue 12; DESIGN.md 3, 4, 6):
   an unreadable identity record is dead-lettered;
 * a redelivered transaction publishes nothing again (state is a function of the latest
   row versions; the records sent are remembered by digest);
-* a case is triaged, and a delay raises a risk once;
+* a case is triaged, and a delay raises a risk once; an open order left alone is
+  re-assessed as the source clock passes (its risk raised without a change);
 * a worker rebuilt from the sources writes above what the write-back holds, yet judges
   each change at its own source time (the floor is the write position's, not the
   clock's).
@@ -269,3 +270,18 @@ def test_a_rebuilt_worker_writes_above_the_table_but_keeps_the_source_clock() ->
     position = out.outcome.position
     assert position is not None and position.lsn == 41
     assert position.commit_lsn == int((written - EPOCH).total_seconds() * 1000)
+
+
+def test_time_alone_raises_the_risk_of_an_open_order() -> None:
+    # no change comes after the first step: only the sweep of the open orders, as the
+    # source clock passes the promised date, can find the order late
+    source = started()
+    source.identity()
+    first = source.step()
+    assert statuses(first)[CRM_ORDER]["risk_level"] == "none"
+    source.beat("crm", datetime(2026, 12, 5, tzinfo=UTC))
+    source.beat("erp", datetime(2026, 12, 5, tzinfo=UTC))
+    swept = source.step()
+    assert [(r["level"], r["reason"]) for r in swept.outcome.risks] == [
+        ("late", "promise_missed")]
+    assert statuses(swept)[CRM_ORDER]["risk_level"] == "late"

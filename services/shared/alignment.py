@@ -5,31 +5,28 @@ A source transaction's changes sit on several topics' partitions and its END mar
 the transaction topic's. Pausing a partition that ran ahead (``BatchSource._align``)
 acts between fetches only, and one fetch of one partition (up to
 ``max_partition_fetch_bytes``) can cover many seconds of capture in a backlog: on the
-transaction topic, ~850 transactions' markers in 512 KiB. Whatever arrives that far ahead
-of the rest of its transaction is held in memory until the rest comes; in the 90-minute
-soak inventory-projection held 6,796 ERP transactions at a lag of 100k changes.
+transaction topic, ~850 transactions' markers in 512 KiB. Whatever is handed out that
+far ahead of the rest of its transaction is decoded and held in memory until the rest
+comes: inventory-projection held 13,272 source transactions catching up a five-minute
+backlog (``bench.soak --late-start 5``), and 6,796 in the 90-minute soak.
 
-:func:`within_window` bounds it by record time (Connect's production time, in capture
-order across partitions), as a merge of the partitions by time would: a fetched
-partition that still has records to fetch is known only up to its last record fetched,
-and a partition still behind that this batch has nothing of only up to where it was
-read (its last record handed out, or its first one given back). Of the batch, only the
-records at most ``window_ms`` after the earliest of those points are handed out; each
-partition's remainder is given back (the source seeks it to its first record given
-back, and Kafka delivers it again with a later fetch). So a batch spans as much time as
-its shortest-reaching partition (large batches in a backlog: a fetch of every
-partition), and no partition runs ahead of another by more than the window plus what
-one fetch brings. The partition that sets the limit keeps every record it brought, so
-reading always progresses; a partition's estimate moves up to its first record given
-back, so one that is not behind any more never keeps the others waiting.
+So a source keeps what it fetched as the raw records (:class:`Buffers`, a fetch of a
+partition at most: a partition with records kept is not fetched again until they are
+handed out) and hands them out as a merge by record time (Connect's production time, in
+capture order across partitions) would: up to ``window_ms`` past the earliest point to
+which every partition with more to come is known — its last record kept, or, with none
+kept, the last one handed out (:func:`limit`). The partition that sets the limit hands
+out all it has, so reading always progresses, and a batch spans as much as the
+shortest-reaching partition's fetch: batches stay large in a backlog.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from typing import Protocol, TypeVar
+from collections import deque
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Generic, Protocol, TypeVar
 
-P = TypeVar("P")
+P = TypeVar("P", bound=Hashable)
 
 
 class Timed(Protocol):
@@ -42,37 +39,62 @@ class Timed(Protocol):
 
 R = TypeVar("R", bound=Timed)
 
-
-def within_window(
-    fetched: Mapping[P, Sequence[R]],
-    waiting: Mapping[P, int],
-    window_ms: int,
-    read_to_end: Collection[P] = (),
-) -> tuple[dict[P, list[R]], dict[P, R]]:
-    """The records of ``fetched`` to hand out now, and per partition its first record
-    given back (read again from its offset; its time is where that partition stands).
-    ``waiting``: partitions still behind that ``fetched`` has nothing of, with the time
-    they were read up to; ``read_to_end``: fetched partitions with nothing more to fetch
-    now (they set no limit)."""
-    frontiers = [part[-1].timestamp for p, part in fetched.items()
-                 if part and p not in read_to_end]
-    frontiers.extend(waiting.values())
-    if not frontiers:
-        return {p: list(part) for p, part in fetched.items()}, {}
-    limit = min(frontiers) + window_ms
-    kept: dict[P, list[R]] = {}
-    given_back: dict[P, R] = {}
-    for partition, part in fetched.items():
-        if not part:
-            continue
-        if part[-1].timestamp <= limit:
-            kept[partition] = list(part)
-            continue
-        cut = next(i for i, record in enumerate(part) if record.timestamp > limit)
-        if cut:
-            kept[partition] = list(part[:cut])
-        given_back[partition] = part[cut]
-    return kept, given_back
+#: a partition with more to come that has not been read yet: nothing before it is known
+UNREAD = -(2**62)
 
 
-__all__ = ["within_window"]
+def limit(known_to: Iterable[int], window_ms: int) -> int | None:
+    """The latest record time to hand out: ``window_ms`` past the earliest point every
+    partition with more to come is known to (None: no such partition, hand out all)."""
+    earliest = min(known_to, default=None)
+    return None if earliest is None else earliest + window_ms
+
+
+class Buffers(Generic[P, R]):
+    """The records fetched and not handed out yet, per partition, in offset order."""
+
+    def __init__(self) -> None:
+        self._parts: dict[P, deque[R]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self._parts.values())
+
+    def add(self, fetched: Mapping[P, Iterable[R]]) -> None:
+        for partition, records in fetched.items():
+            self._parts.setdefault(partition, deque()).extend(records)
+
+    def holding(self) -> set[P]:
+        """The partitions with records kept (not to be fetched meanwhile)."""
+        return {p for p, part in self._parts.items() if part}
+
+    def first_time(self, partition: P) -> int | None:
+        """The time of the first record kept of ``partition`` (None: none kept)."""
+        part = self._parts.get(partition)
+        return part[0].timestamp if part else None
+
+    def last_time(self, partition: P) -> int | None:
+        """The time of the last record kept of ``partition`` (None: none kept)."""
+        part = self._parts.get(partition)
+        return part[-1].timestamp if part else None
+
+    def take(self, until: int | None) -> dict[P, list[R]]:
+        """Hand out every record up to time ``until`` (None: all), per partition."""
+        taken: dict[P, list[R]] = {}
+        for partition, part in self._parts.items():
+            out: list[R] = []
+            while part and (until is None or part[0].timestamp <= until):
+                out.append(part.popleft())
+            if out:
+                taken[partition] = out
+        return taken
+
+    def first_offsets(self) -> dict[P, int]:
+        """Per partition with records kept, the offset of the first: where to read
+        again from when they are dropped."""
+        return {p: part[0].offset for p, part in self._parts.items() if part}
+
+    def clear(self) -> None:
+        self._parts.clear()
+
+
+__all__ = ["UNREAD", "Buffers", "limit"]

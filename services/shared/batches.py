@@ -54,7 +54,7 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from services.shared.alignment import within_window
+from services.shared.alignment import UNREAD, Buffers, limit
 from services.shared.kafka import client_options
 from services.shared.memory import release_free_memory
 from services.shared.offsets import Hold as Hold
@@ -207,6 +207,8 @@ class BatchSource:
         self._partition_fetch_bytes = partition_fetch_bytes
         self._align_window_ms = align_window_ms
         self._hand_out_window_ms = hand_out_window_ms
+        #: records fetched and not handed out yet (services.shared.alignment)
+        self._buffers: Buffers[TopicPartition, ConsumerRecord[bytes, bytes]] = Buffers()
         self._last_timestamp: dict[TopicPartition, int] = {}
         self._fetch_wait_ms = fetch_wait_ms
         self._commit_interval = commit_interval
@@ -300,7 +302,9 @@ class BatchSource:
                 fetched = await consumer.getmany(
                     timeout_ms=200, max_records=self._max_records
                 )
-                if fetched:
+                if fetched or len(self._buffers):
+                    # records kept from earlier fetches are handed out once the others
+                    # are known far enough, even when this fetch brought nothing
                     await self._handle(fetched)
                 now = time.monotonic()
                 if now - self._last_commit >= self._commit_interval:
@@ -339,11 +343,9 @@ class BatchSource:
 
     async def _handle(self, fetched: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
                       ) -> None:
-        given_back: dict[TopicPartition, ConsumerRecord[bytes, bytes]] = {}
         if self._align_window_ms is not None:
-            fetched, given_back = await self._within_window(fetched)
+            fetched = await self._aligned(fetched)
             if not fetched:
-                self._read_up_to(given_back)
                 await self._align()
                 return
         generation = self.ledger.generation
@@ -366,7 +368,6 @@ class BatchSource:
             for tp, part in fetched.items():
                 self.ledger.fetched(tp, ends[tp])
                 self._last_timestamp[tp] = part[-1].timestamp
-            self._read_up_to(given_back)
         self.records_handled += len(records)
         if self._release_memory:
             now = time.monotonic()
@@ -384,9 +385,13 @@ class BatchSource:
         seek back (to ``resume_from``'s positions when the handler keeps its own)."""
         assert self.consumer is not None and self._rewind is not None
         self._last_timestamp.clear()
+        # records kept and not handed out are read again (the redo positions may not
+        # name their partitions: nothing of them was handed out)
+        kept = self._buffers.first_offsets()
+        self._buffers.clear()
         if self._on_reset is not None:
             await self._on_reset()
-        positions = dict(self._rewind)
+        positions = {**kept, **self._rewind}
         assigned = self.consumer.assignment()
         if self._resume_from is not None and assigned:
             positions.update(await self._resume_from(list(assigned)))
@@ -423,70 +428,57 @@ class BatchSource:
         partitions, so a partition whose last record is more than the window ahead of
         the slowest partition that still has records to fetch is paused until that one
         catches up. The slowest is never paused, so reading always progresses. (Pausing
-        acts between fetches; within one, :meth:`_within_window` gives back what runs
-        more than ``hand_out_window_ms`` ahead.)
+        acts between fetches; within one, :meth:`_aligned` keeps what runs ahead, and
+        a partition with records kept stays paused until they are handed out.)
         """
         assert self.consumer is not None
         consumer = self.consumer
+        holding = self._buffers.holding()  # not fetched again until handed out
         behind: list[int] = []
         for tp in consumer.assignment():
+            first_kept = self._buffers.first_time(tp)
+            if first_kept is not None:
+                behind.append(first_kept - 1)  # where it stands: before its next record
+                continue
             highwater = consumer.highwater(tp)
             if highwater is None or await consumer.position(tp) >= highwater:
                 continue  # caught up (or not fetched yet): constrains nobody
             behind.append(self._last_timestamp.get(tp, -1))
         paused = consumer.paused()
-        if not behind:
-            if paused:
-                consumer.resume(*paused)
-            return
-        limit = min(behind) + self._align_window_ms  # type: ignore[operator]
+        window = self._align_window_ms or 0
+        until = min(behind) + window if behind else None
         to_pause = [
-            tp for tp, ts in self._last_timestamp.items()
-            if ts > limit and tp not in paused and tp in consumer.assignment()
+            tp for tp in consumer.assignment()
+            if tp not in paused and (tp in holding or (
+                until is not None and self._last_timestamp.get(tp, -1) > until))
         ]
-        to_resume = [tp for tp in paused if self._last_timestamp.get(tp, -1) <= limit]
+        to_resume = [
+            tp for tp in paused
+            if tp not in holding and (until is None or self._last_timestamp.get(tp, -1) <= until)
+        ]
         if to_pause:
             consumer.pause(*to_pause)
         if to_resume:
             consumer.resume(*to_resume)
 
-    async def _within_window(
+    async def _aligned(
         self, fetched: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> tuple[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
-               dict[TopicPartition, ConsumerRecord[bytes, bytes]]]:
-        """The records of a fetch up to ``hand_out_window_ms`` past the point every
-        partition still behind is known to (:mod:`services.shared.alignment`: one fetch
-        can run seconds ahead of another); the others' partitions are sought back to
-        their first record given back, to be fetched again."""
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """Keep what was fetched, and hand out what is within ``hand_out_window_ms`` of
+        the point every partition with more to come is known to
+        (:mod:`services.shared.alignment`: one fetch can run seconds ahead)."""
         assert self.consumer is not None
         consumer = self.consumer
-        waiting: dict[TopicPartition, int] = {}
-        read_to_end: list[TopicPartition] = []
+        self._buffers.add(fetched)
+        known_to: list[int] = []
         for tp in consumer.assignment():
-            last = self._last_timestamp.get(tp)
-            if tp not in fetched and last is None:
-                continue
             highwater = consumer.highwater(tp)
-            behind = highwater is not None and await consumer.position(tp) < highwater
-            if tp in fetched:
-                if not behind:
-                    read_to_end.append(tp)
-            elif behind and last is not None:
-                waiting[tp] = last
-        kept, given_back = within_window(fetched, waiting, self._hand_out_window_ms,
-                                         read_to_end)
-        for tp, record in given_back.items():
-            consumer.seek(tp, record.offset)
-        return kept, given_back
-
-    def _read_up_to(self, given_back: Mapping[TopicPartition, ConsumerRecord[bytes, bytes]]
-                    ) -> None:
-        """A partition given back stands just before its first record given back (not
-        at its last record handed out, which may be far earlier): so it does not hold
-        the window, or keep the others paused, below where it really is."""
-        for tp, record in given_back.items():
-            self._last_timestamp[tp] = max(self._last_timestamp.get(tp, -1),
-                                           record.timestamp - 1)
+            if highwater is None or await consumer.position(tp) >= highwater:
+                continue  # nothing more to come (or no answer from its leader yet)
+            kept = self._buffers.last_time(tp)
+            known_to.append(kept if kept is not None
+                            else self._last_timestamp.get(tp, UNREAD))
+        return self._buffers.take(limit(known_to, self._hand_out_window_ms))
 
     async def caught_up(self, topics: Collection[str]) -> bool:
         """Whether every assigned partition of ``topics`` has been read to its end (as
@@ -497,6 +489,8 @@ class BatchSource:
         for tp in consumer.assignment():
             if tp.topic not in topics:
                 continue
+            if tp in self._buffers.holding():
+                return False  # fetched, not handed out yet
             highwater = consumer.highwater(tp)
             if highwater is None or await consumer.position(tp) < highwater:
                 return False
@@ -520,6 +514,7 @@ class BatchSource:
         self._rewind = None  # the next assignment resumes from the committed offsets
         self.ledger.reset()
         self._last_timestamp.clear()
+        self._buffers.clear()
         if self._on_reset is not None:
             await self._on_reset()
 

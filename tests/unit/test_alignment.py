@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from services.shared.alignment import within_window
+from services.shared.alignment import UNREAD, Buffers, limit
 from services.shared.batches import BatchSource, RecordBatch
 from tests.unit.test_batch_outages import FakeService
 
@@ -33,48 +33,23 @@ def part(start_offset: int, *times: int) -> list[Rec]:
     return [Rec(start_offset + i, t) for i, t in enumerate(times)]
 
 
-def test_a_partition_a_fetch_took_far_ahead_is_cut_at_the_window() -> None:
-    fetched = {"markers": part(100, 0, 400, 900, 1500, 9000), "changes": part(7, 10, 20)}
-    kept, given_back = within_window(fetched, {}, window_ms=1000)
-    assert kept == {"markers": part(100, 0, 400, 900), "changes": part(7, 10, 20)}
-    assert given_back == {"markers": Rec(103, 1500)}
+def test_the_limit_is_the_window_past_the_earliest_point_every_partition_is_known_to() -> None:
+    assert limit([3000, 8000, 1200], window_ms=250) == 1450
+    assert limit([], window_ms=250) is None  # nothing more to come anywhere: all
+    assert limit([UNREAD, 5000], window_ms=250) == UNREAD + 250  # one not read yet: none
 
 
-def test_a_partition_still_behind_that_the_batch_has_nothing_of_sets_the_pace() -> None:
-    fetched = {"markers": part(50, 5000, 5200, 7000)}
-    kept, given_back = within_window(fetched, {"changes": 4500}, window_ms=1000)
-    assert kept == {"markers": part(50, 5000, 5200)}
-    assert given_back == {"markers": Rec(52, 7000)}
-    # everything ahead of the window: nothing handed out, all given back
-    kept, given_back = within_window(fetched, {"changes": 1000}, window_ms=1000)
-    assert kept == {} and given_back == {"markers": Rec(50, 5000)}
-
-
-def test_the_earliest_record_is_always_handed_out() -> None:
-    fetched = {"a": part(0, 100_000), "b": part(0, 200_000, 300_000)}
-    kept, given_back = within_window(fetched, {}, window_ms=0)
-    assert kept == {"a": part(0, 100_000)} and given_back == {"b": Rec(0, 200_000)}
-
-
-def test_a_batch_spans_as_far_as_its_shortest_reaching_partition() -> None:
-    fetched = {"a": part(0, 0, 1000, 2000, 3000), "b": part(0, 0, 500, 1500, 8000)}
-    kept, given_back = within_window(fetched, {}, window_ms=250)
-    assert kept == {"a": part(0, 0, 1000, 2000, 3000), "b": part(0, 0, 500, 1500)}
-    assert given_back == {"b": Rec(3, 8000)}
-
-
-def test_a_partition_fetched_to_its_end_sets_no_limit() -> None:
-    fetched = {"a": part(0, 0, 100), "b": part(0, 0, 50, 5000)}
-    assert within_window(fetched, {}, window_ms=250, read_to_end={"a"}) == (fetched, {})
-    kept, given_back = within_window(fetched, {}, window_ms=250)
-    assert kept == {"a": part(0, 0, 100), "b": part(0, 0, 50)}
-    assert given_back == {"b": Rec(2, 5000)}
-
-
-def test_a_batch_within_the_window_is_handed_out_whole() -> None:
-    fetched = {"a": part(3, 1, 2, 3), "b": part(9, 2, 999)}
-    kept, given_back = within_window(fetched, {"c": 0}, window_ms=1000)
-    assert kept == fetched and given_back == {}
+def test_buffers_hand_out_up_to_the_limit_and_keep_the_rest_in_order() -> None:
+    buffers: Buffers[str, Rec] = Buffers()
+    buffers.add({"markers": part(100, 0, 400, 900, 1500, 9000), "changes": part(7, 10, 20)})
+    assert buffers.last_time("markers") == 9000 and buffers.last_time("x") is None
+    taken = buffers.take(until=1000)
+    assert taken == {"markers": part(100, 0, 400, 900), "changes": part(7, 10, 20)}
+    assert buffers.holding() == {"markers"} and len(buffers) == 2
+    assert buffers.first_offsets() == {"markers": 103}
+    buffers.add({"markers": part(105, 9100)})
+    assert buffers.take(until=None) == {"markers": part(103, 1500, 9000, 9100)}
+    assert buffers.holding() == set() and buffers.take(until=None) == {}
 
 
 # ------------------------------------------------------------------ in the batch source
@@ -192,7 +167,7 @@ async def test_the_source_keeps_partitions_side_by_side_and_loses_nothing() -> N
         if reached[CHANGES.topic] < 19_000:  # both still have records to come
             # ahead of the other by at most the changes' spacing and the window
             assert reached[MARKERS.topic] - reached[CHANGES.topic] <= 1_000 + 250
-    assert consumer.seeks  # what ran ahead was given back, not held
+    assert not consumer.paused_  # nothing left kept
 
 
 async def test_a_partition_with_a_gap_in_time_does_not_stop_the_others() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from rocksdict import (
+    BlockBasedIndexType,
     BlockBasedOptions,
     Cache,
     Options,
@@ -39,30 +40,45 @@ _MEMORY_PROPERTIES = {
 }
 
 
+def state_options(cache_bytes: int = DEFAULT_CACHE_BYTES) -> Options:
+    """The options every state is opened with (a function so tests read its counters)."""
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    # Every change reads its row's key and its aggregate's key, and for a new row
+    # or key (a receipt in a new place, a replay) the key is absent: a Bloom filter
+    # (10 bits a key, ~1% false positives) answers those reads without searching
+    # the table files (~3 -> ~2 us a read measured with 2M keys). Files written
+    # before it had none; compactions add it.
+    # Memtables of 16 MiB (RocksDB's default is 64 MiB, two of them while one
+    # flushes): the worker's memory budget is 512 MB with a million keys, and the
+    # default memtables alone took ~100 MB of it in a replay; flushing more often
+    # costs background I/O, not the event loop.
+    options.set_write_buffer_size(16 * 1024 * 1024)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    # Index and filter blocks in the (capped) cache, as Kafka Streams' bounded-memory
+    # RocksDB config does: outside it they grow with every table file. Level 0's stay
+    # pinned there, being read by every lookup.
+    table.set_block_cache(Cache(cache_bytes))
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    # ... cut in 4 KiB partitions under a small pinned top level (RocksDB's advice for a
+    # capped cache): whole, a compacted file's index and filter are ~1 MB each per
+    # million keys, larger than a shard of the cache (512 KiB), so never kept: every read
+    # loaded and parsed them again: a read cost ~100 us instead of ~6 (issue 11:
+    # receivables' replay slowed to a quarter once its first files were compacted).
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_metadata_block_size(4096)
+    table.set_pin_top_level_index_and_filter(True)
+    options.set_block_based_table_factory(table)
+    return options
+
+
 class RocksState:
     def __init__(self, path: Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        # Every change reads its row's key and its aggregate's key, and for a new row
-        # or key (a receipt in a new place, a replay) the key is absent: a Bloom filter
-        # (10 bits a key, ~1% false positives) answers those reads without searching
-        # the table files (~3 -> ~2 us a read measured with 2M keys). Files written
-        # before it had none; compactions add it.
-        # Memtables of 16 MiB (RocksDB's default is 64 MiB, two of them while one
-        # flushes): the worker's memory budget is 512 MB with a million keys, and the
-        # default memtables alone took ~100 MB of it in a replay; flushing more often
-        # costs background I/O, not the event loop.
-        options.set_write_buffer_size(16 * 1024 * 1024)
-        table = BlockBasedOptions()
-        table.set_bloom_filter(10, False)
-        # Index and filter blocks in the (capped) cache, as Kafka Streams' bounded-memory
-        # RocksDB config does: outside it they grow with every table file. Level 0's stay
-        # pinned there, being read by every lookup.
-        table.set_block_cache(Cache(cache_bytes))
-        table.set_cache_index_and_filter_blocks(True)
-        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-        options.set_block_based_table_factory(table)
+        options = state_options(cache_bytes)
         self.path = path
         self.options = options
         self.db = Rdict(str(path), options)

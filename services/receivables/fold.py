@@ -86,6 +86,11 @@ Change = tuple[Table, int, SourcePosition, Mapping[str, Any] | Record | None]
 
 _TYPED = (Contract, Installment, Invoice, Payment)
 
+#: calendar entries read between two pauses of an as-of move: a replay's first as-of
+#: date reads the whole calendar once a crossing (five), over a second unpaused with a
+#: million changes
+SCAN_SLICE = 1000
+
 
 def _awaits_invoice(facts: SlotFacts) -> bool:
     inst = facts.installment
@@ -504,16 +509,20 @@ class Receivables(StateView):
             if high <= low:
                 continue
             start, stop = b"G" + _ordinal(low), b"G" + _ordinal(high)
-            for key, _ in self.kv.scan(b"G", start):
+            for n, (key, _) in enumerate(self.kv.scan(b"G", start), 1):
                 if key >= stop:
                     break
                 due_dates.add((codec.decode_day(key[1:5]), codec.decode_int(key[5:13])))
+                if n % SCAN_SLICE == 0:
+                    yield None
             start, stop = b"H" + _ordinal(low), b"H" + _ordinal(high)
             if limit == self.rules.grace_days:
-                for key, _ in self.kv.scan(b"H", start):
+                for n, (key, _) in enumerate(self.kv.scan(b"H", start), 1):
                     if key >= stop:
                         break
                     touched.invoices.add(codec.decode_int(key[5:13]))
+                    if n % SCAN_SLICE == 0:
+                        yield None
         for due, contract_id in sorted(due_dates):
             raw = self.kv.get(codec.dated_key(contract_id, due))
             if raw is None:

@@ -156,6 +156,13 @@ class _Watermarks:
     def as_of(self) -> datetime:
         return min(self.crm, self.erp)
 
+    def of(self, database: str) -> datetime:
+        if database == CRM:
+            return self.crm
+        if database == ERP:
+            return self.erp
+        raise ValueError(f"unknown source database {database!r}")
+
 
 @dataclass
 class RowStore:
@@ -286,22 +293,14 @@ class RowStore:
 
     def watermark(self, database: str) -> datetime:
         """Latest commit or heartbeat time seen from ``database``."""
-        if database == CRM:
-            return self.watermarks.crm
-        if database == ERP:
-            return self.watermarks.erp
-        raise ValueError(f"unknown source database {database!r}")
+        return self.watermarks.of(database)
 
     def streamed_time(self, database: str) -> datetime:
         """Latest streamed commit or heartbeat time of ``database``: what a verdict on
         an unknown reference waits for. A snapshot reads one table after another, so
         the time a row was read says nothing of the tables read after it; a row read
         in a snapshot is judged once streaming has passed it by the grace."""
-        if database == CRM:
-            return self.streamed.crm
-        if database == ERP:
-            return self.streamed.erp
-        raise ValueError(f"unknown source database {database!r}")
+        return self.streamed.of(database)
 
     def write_position(self) -> SourcePosition:
         """Position for the guarded write-back: (as_of in ms, revision); see module doc."""

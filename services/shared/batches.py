@@ -302,7 +302,7 @@ class BatchSource:
                 fetched = await consumer.getmany(
                     timeout_ms=200, max_records=self._max_records
                 )
-                if fetched or len(self._buffers):
+                if fetched or self._buffers.holding():
                     # records kept from earlier fetches are handed out once the others
                     # are known far enough, even when this fetch brought nothing
                     await self._handle(fetched)
@@ -486,11 +486,12 @@ class BatchSource:
         consumer = self.consumer
         if consumer is None:
             return False
+        holding = self._buffers.holding()  # fetched, not handed out yet
         for tp in consumer.assignment():
             if tp.topic not in topics:
                 continue
-            if tp in self._buffers.holding():
-                return False  # fetched, not handed out yet
+            if tp in holding:
+                return False
             highwater = consumer.highwater(tp)
             if highwater is None or await consumer.position(tp) < highwater:
                 return False

@@ -127,14 +127,19 @@ def deadletters() -> None:
 )
 def deadletters_inspect(service: str, limit: int | None, bootstrap: str | None) -> None:
     """Print each dead letter as one JSON object per line."""
-    from services.shared.deadletter_tools import read_dead_letters, render_dead_letter
+    from services.shared.deadletter_tools import (
+        dead_letter_codec,
+        read_dead_letters,
+        render_dead_letter,
+    )
 
     targets = _kafka_targets(bootstrap)
 
     async def inspect() -> int:
         count = 0
         async for offset, letter in read_dead_letters(
-            targets.kafka, service, limit=limit
+            targets.kafka, service, limit=limit,
+            codec=dead_letter_codec(targets.schema_registry_url),
         ):
             click.echo(json.dumps({"offset": offset, **render_dead_letter(letter)}))
             count += 1
@@ -181,7 +186,11 @@ def deadletters_replay(
 ) -> None:
     """Send the original bytes back to their topic once the cause is fixed (once per
     origin; letters whose cause is ERP state or a truncate only with --force)."""
-    from services.shared.deadletter_tools import render_dead_letter, replay_dead_letters
+    from services.shared.deadletter_tools import (
+        dead_letter_codec,
+        render_dead_letter,
+        replay_dead_letters,
+    )
 
     targets = _kafka_targets(bootstrap)
     result = _dead_letter_run(
@@ -193,6 +202,7 @@ def deadletters_replay(
             target_topic=target_topic,
             force=force,
             dry_run=dry_run,
+            codec=dead_letter_codec(targets.schema_registry_url),
         ),
     )
     if dry_run:

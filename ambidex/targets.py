@@ -31,6 +31,9 @@ class Targets:
     #: how to connect to ``kafka_bootstrap`` (AMBIDEX_KAFKA_SECURITY_PROTOCOL and the
     #: SASL/SSL settings, as the services read them); None: plain
     kafka_security: KafkaConnection | None = field(default=None, repr=False)
+    #: where registry-framed values' schemas are read (AMBIDEX_SCHEMA_REGISTRY_URL, else
+    #: the local stack's registry when Kafka is the local stack's); None: none
+    schema_registry_url: str | None = None
 
     @property
     def kafka(self) -> Kafka:
@@ -66,10 +69,12 @@ def resolve_targets(
             values[name], origins[name] = option, "option"
         elif env.get(variable):
             values[name], origins[name] = env[variable], variable
+    registry = env.get(env_var("schema_registry_url")) or None
     missing = [name for name in given if name not in values]
     if missing:
         from ambidex.stack.config import StackConfig
         from ambidex.stack.local import LocalStack
+        from ambidex.stack.schema_registry import registry_url
 
         stack = LocalStack(StackConfig.from_env())
         local = {
@@ -80,9 +85,13 @@ def resolve_targets(
         }
         for name in missing:
             values[name], origins[name] = local[name], "local stack"
+        if registry is None and "kafka_bootstrap" in missing:
+            # the stack's services publish registry-framed letters: read them the same way
+            registry = registry_url(stack.config)
     kafka = kafka_from_environment(values["kafka_bootstrap"], env)
     security = None if isinstance(kafka, str) else kafka
-    return Targets(origins=origins, kafka_security=security, **values)
+    return Targets(origins=origins, kafka_security=security,
+                   schema_registry_url=registry, **values)
 
 
 def kafka_from_environment(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ from services.shared.kafka import Kafka, client_options
 __all__ = [
     "DeadLetterTopicError",
     "ReplayResult",
+    "dead_letter_codec",
     "read_dead_letters",
     "render_dead_letter",
     "replay_dead_letters",
@@ -85,13 +87,17 @@ class DeadLetterTopicError(LookupError):
 
 
 @functools.cache
-def _default_codec() -> AvroCodec:
-    """Reads letters in both wire formats: with AMBIDEX_SCHEMA_REGISTRY_URL set,
-    registry-framed ones too (``services.shared.schema_registry``)."""
+def dead_letter_codec(schema_registry_url: str | None = None) -> AvroCodec:
+    """Reads letters in both wire formats: with a registry (``schema_registry_url``, else
+    AMBIDEX_SCHEMA_REGISTRY_URL), registry-framed ones too
+    (``services.shared.schema_registry``)."""
     from services.shared.schema_registry import codec_for
-    from services.shared.settings import load_settings
+    from services.shared.settings import env_var, load_settings
 
-    return codec_for(load_settings("deadletters"), SchemaCatalogue.load())
+    environ = dict(os.environ)
+    if schema_registry_url:
+        environ[env_var("schema_registry_url")] = schema_registry_url
+    return codec_for(load_settings("deadletters", environ), SchemaCatalogue.load())
 
 
 async def read_dead_letters(
@@ -114,7 +120,7 @@ async def read_dead_letters(
     dead letter, :class:`TimeoutError` if the broker delivers nothing for
     ``idle_timeout_s`` before the end is reached.
     """
-    codec = codec or _default_codec()
+    codec = codec or dead_letter_codec()
     topic = dead_letter_topic(service)
     if limit is not None and limit <= 0:
         return

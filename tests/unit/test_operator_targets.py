@@ -62,3 +62,26 @@ def test_status_as_json_masks_passwords_unless_asked() -> None:
     }
     shown = status.as_dict(show_secrets=True)["addresses"]["crm_dsn"]
     assert "hunter2" in shown
+
+
+def test_the_local_stacks_kafka_comes_with_the_local_stacks_schema_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the stack's services frame their dead letters for its registry: reading them
+    # without it would fail on every letter
+    from ambidex.stack.config import StackConfig
+    from ambidex.stack.schema_registry import registry_url
+
+    monkeypatch.setenv("AMBIDEX_STATE_DIR", str(tmp_path))
+    targets = resolve_targets(environ={})
+    assert targets.schema_registry_url == registry_url(StackConfig.from_env())
+
+
+def test_a_registry_setting_wins_and_another_kafka_brings_no_local_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AMBIDEX_STATE_DIR", str(tmp_path))
+    given = resolve_targets(environ={"AMBIDEX_SCHEMA_REGISTRY_URL": "http://reg.prod:8080"})
+    assert given.schema_registry_url == "http://reg.prod:8080"
+    elsewhere = resolve_targets(kafka_bootstrap="kafka.prod:9093", environ={})
+    assert elsewhere.schema_registry_url is None

@@ -196,7 +196,7 @@ class BatchSource:
         # give the C heap's free pages back after a batch, at most once per commit
         # interval (a handler whose checkpoint already does it each batch says False)
         self._release_memory = release_memory
-        self._last_release = 0.0
+        self._last_release = float("-inf")  # the first batch may trim, whatever the clock
         self.name = name
         self.topics = tuple(topics)
         self.group_id = f"ambidex-{service.name}.{name}"

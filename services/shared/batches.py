@@ -210,6 +210,8 @@ class BatchSource:
         #: records fetched and not handed out yet (services.shared.alignment)
         self._buffers: Buffers[TopicPartition, ConsumerRecord[bytes, bytes]] = Buffers()
         self._last_timestamp: dict[TopicPartition, int] = {}
+        #: the last hand-out stopped at ``max_records`` with more records due
+        self._more_due = False
         self._fetch_wait_ms = fetch_wait_ms
         self._commit_interval = commit_interval
         self.ledger = OffsetLedger()
@@ -300,7 +302,8 @@ class BatchSource:
                 if self._rewind is not None:
                     await self._redo_from_committed()
                 fetched = await consumer.getmany(
-                    timeout_ms=200, max_records=self._max_records
+                    # records kept and due already: hand them out without a fetch wait
+                    timeout_ms=0 if self._more_due else 200, max_records=self._max_records
                 )
                 if fetched or self._buffers.holding():
                     # records kept from earlier fetches are handed out once the others
@@ -389,6 +392,7 @@ class BatchSource:
         # name their partitions: nothing of them was handed out)
         kept = self._buffers.first_offsets()
         self._buffers.clear()
+        self._more_due = False
         if self._on_reset is not None:
             await self._on_reset()
         positions = {**kept, **self._rewind}
@@ -478,7 +482,9 @@ class BatchSource:
             kept = self._buffers.last_time(tp)
             known_to.append(kept if kept is not None
                             else self._last_timestamp.get(tp, UNREAD))
-        return self._buffers.take(limit(known_to, self._hand_out_window_ms))
+        taken = self._buffers.take(limit(known_to, self._hand_out_window_ms), self._max_records)
+        self._more_due = sum(len(part) for part in taken.values()) >= self._max_records
+        return taken
 
     async def caught_up(self, topics: Collection[str]) -> bool:
         """Whether every assigned partition of ``topics`` has been read to its end (as
@@ -516,6 +522,7 @@ class BatchSource:
         self.ledger.reset()
         self._last_timestamp.clear()
         self._buffers.clear()
+        self._more_due = False
         if self._on_reset is not None:
             await self._on_reset()
 

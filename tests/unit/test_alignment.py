@@ -178,3 +178,50 @@ async def test_a_partition_with_a_gap_in_time_does_not_stop_the_others() -> None
         MARKERS: list(range(0, 30_000, 100)),
         CHANGES: [0, 500, 25_000, 25_500],
     }, fetch={MARKERS: 50, CHANGES: 3})
+
+
+def test_with_a_cap_the_earliest_records_by_time_are_handed_out_first() -> None:
+    buffers: Buffers[str, Rec] = Buffers()
+    buffers.add({"markers": part(100, 0, 400, 900, 1500), "changes": part(7, 10, 20, 950)})
+    first = buffers.take(until=1000, most=4)
+    assert first == {"markers": part(100, 0, 400), "changes": part(7, 10, 20)}
+    # the rest due, then nothing past the limit
+    assert buffers.take(until=1000, most=4) == {"markers": part(102, 900),
+                                                "changes": part(9, 950)}
+    assert buffers.take(until=1000, most=4) == {}
+    assert buffers.first_offsets() == {"markers": 103}
+
+
+async def test_a_batch_never_holds_more_than_the_sources_max_records() -> None:
+    """One fetch of a compressed partition can hold tens of thousands of records; kept
+    fetches of every partition were handed out as one batch (139,472 records with
+    max_records 20,000: 1.1 GB RSS in receivables' replay)."""
+    sizes: list[int] = []
+    times = {MARKERS: list(range(0, 5_000, 10)), CHANGES: list(range(0, 5_000, 20))}
+    consumer = TwoPartitions({tp: _records(tp, ts) for tp, ts in times.items()},
+                             fetch={MARKERS: 200, CHANGES: 100})
+    handed: dict[str, list[int]] = {MARKERS.topic: [], CHANGES.topic: []}
+
+    async def handler(batch: RecordBatch) -> None:
+        sizes.append(len(batch.records))
+        for record in batch.records:
+            handed[record.topic].append(record.timestamp)
+
+    source = BatchSource(FakeService(), "erp", [tp.topic for tp in times], handler,  # type: ignore[arg-type]
+                         max_records=64, align_window_ms=250, hand_out_window_ms=250)
+    source.consumer = consumer  # type: ignore[assignment]
+    task = asyncio.create_task(source._run())
+
+    async def all_handed() -> None:
+        while any(len(handed[tp.topic]) < len(ts) for tp, ts in times.items()):
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(all_handed(), timeout=60)  # liveness, not speed
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert max(sizes) <= 64 and max(sizes) == 64  # capped, and the cap was reached
+    for tp, ts in times.items():
+        assert handed[tp.topic] == ts  # every record once, in order

@@ -96,12 +96,16 @@ def customer_position_key(account_id: int, currency: str) -> bytes:
     return b"K" + _id(account_id) + currency.encode()
 
 
-def next_due_prefix(account_id: int, currency: str) -> bytes:
-    return b"Q" + _id(account_id) + currency.encode()
+#: a customer's amounts next due per date (:mod:`.due_days`)
+DUE_DAY = b"W"
 
 
-def next_due_key(account_id: int, currency: str, due: date, contract_id: int) -> bytes:
-    return next_due_prefix(account_id, currency) + day(due) + _id(contract_id)
+def due_day_prefix(account_id: int, currency: str) -> bytes:
+    return DUE_DAY + _id(account_id) + currency.encode()
+
+
+def due_day_key(account_id: int, currency: str, due: date) -> bytes:
+    return due_day_prefix(account_id, currency) + day(due)
 
 
 def open_key(identity: str) -> bytes:

@@ -27,10 +27,12 @@ payments of an invoice; ``A<contract>`` sums per currency; ``D<contract><date>``
 slots of a due date with their outstanding, mirrored by the calendar ``G<date><contract>``;
 ``H<date><invoice>`` invoices paid in part, by due date; ``N<contract><seq>`` installments
 without an invoice; ``P<contract>`` contract position; ``C/K<account><currency>``
-customer sums and position; ``Q<account><currency><date><contract>`` next due amounts;
-``O<identity>`` open discrepancies; ``X<contract>`` why its figures are incomplete;
-``B<invoice><payment>`` rejected payments of an invoice; ``M`` the as-of date. Reading
-and evaluating are in :mod:`services.receivables.views`.
+customer sums and position; ``W<account><currency><date>`` what the customer's contracts
+next fall due on that date, summed (:mod:`.due_days`; layout 1 had one ``Q`` entry a
+contract); ``O<identity>`` open discrepancies; ``X<contract>`` why its figures are
+incomplete; ``B<invoice><payment>`` rejected payments of an invoice; ``M`` the as-of
+date and the layout (:data:`.due_days.LAYOUT`: an older state is migrated before
+anything folds). Reading and evaluating are in :mod:`services.receivables.views`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from services.receivables import codec
+from services.receivables import codec, due_days
 from services.receivables.effects import Outcome, header_of, plan_header
 from services.receivables.records import (
     ZERO,
@@ -153,6 +155,7 @@ class Receivables(StateView):
         contract whose invoices and payments come one per transaction was evaluated
         (positions, its customer's, every open discrepancy) after each of them, most of
         a replay's time (issue 11)."""
+        self._migrate()
         out = Outcome(stale=True)
         try:
             for table, row_id, position, row in changes:
@@ -166,6 +169,7 @@ class Receivables(StateView):
     def settling(self) -> Pausable[Outcome]:
         """Evaluate everything folded since the last evaluation, once (pausable
         between any two contracts, slots, invoices, payments or customers)."""
+        yield from self.migrating()
         touched, self._pending = self._pending, Touched()
         out = Outcome(stale=True)
         try:
@@ -281,6 +285,7 @@ class Receivables(StateView):
         """Say on each contract that its figures are incomplete and why (a reason of
         None takes the note back): ``(contract id, label, reason)``; for rows the shell
         rejected before folding them (a source transaction rejected whole)."""
+        self._migrate()
         out = Outcome(stale=True)
         touched = Touched()
         for contract_id, label, reason in notes:
@@ -490,6 +495,7 @@ class Receivables(StateView):
         before = self.as_of
         if as_of <= before:
             return Outcome()
+        yield from self.migrating()
         try:
             out = yield from self._advance(before, as_of)
         except BaseException:
@@ -544,7 +550,8 @@ class Receivables(StateView):
                     out.installments[(contract_id, seq)] = new
             yield None
         self.as_of = as_of
-        self.kv.put(codec.META, codec.dumps({"as_of": as_of.toordinal()}))
+        self.kv.put(codec.META, codec.dumps({"as_of": as_of.toordinal(),
+                                             "layout": due_days.LAYOUT}))
         yield from self._settling(touched, out)
         return out
 

@@ -172,6 +172,10 @@ class ReceivablesFold(TransactionFold[Change, Outcome]):
                 outcome.discrepancies[d.identity] = (None, d)
 
     def steps(self, caught_up: Collection[str]) -> Pausable[Step]:
+        # a state of an older layout is migrated before anything folds, pausably (the
+        # runner gives the loop back in between), through the checkpoint's overlay: it
+        # is durable, in the changelog too, with this step's batch (.due_days)
+        yield from self.core.migrating()
         out: Step = yield from super().steps(caught_up)
         notes = self._note_rejected(out.rejected)
         if notes:

@@ -17,7 +17,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from services.receivables import codec
+from services.receivables import codec, due_days
 from services.receivables.effects import Outcome, PlanEntry, header_of
 from services.receivables.records import ZERO, Contract, Invoice, Payment, Record, Table
 from services.receivables.rules import (
@@ -87,7 +87,12 @@ class StateView:
         self.kv = kv
         self.rules = rules or Rules()
         raw = kv.get(codec.META)
-        self.as_of = EPOCH if raw is None else date.fromordinal(codec.loads(raw)["as_of"])
+        meta = None if raw is None else codec.loads(raw)
+        ordinal = None if meta is None else meta.get("as_of")
+        self.as_of = EPOCH if ordinal is None else date.fromordinal(ordinal)
+        #: whether the state has the current layout (:mod:`.due_days`); until it does,
+        #: nothing may be folded (:meth:`migrating` first)
+        self.migrated = due_days.layout_of(meta) == due_days.LAYOUT
         # Entries decoded during the current step (row versions, slots, sums, payments:
         # point reads only, never scanned mid-step), written back encoded once by
         # :meth:`_flush`. A batch folds dozens of changes into the same contract's sums
@@ -96,6 +101,22 @@ class StateView:
         self._encoders: dict[bytes, Callable[[Any], bytes | None]] = {}
         #: what was folded and is not evaluated yet (see Receivables.fold_pending)
         self._pending = Touched()
+
+    def migrating(self) -> Pausable[int]:
+        """Bring a state of an older layout to :data:`~.due_days.LAYOUT` (pausable; the
+        entries migrated). Through :attr:`kv`: in the service, the checkpoint's overlay,
+        so the migration reaches the changelog with the next batch."""
+        moved = 0
+        if not self.migrated:
+            moved = yield from due_days.migrating(self.kv)
+            self.migrated = True
+        return moved
+
+    def _migrate(self) -> None:
+        """:meth:`migrating` in one go, if due (the service pauses for it first:
+        :meth:`~.source_fold.ReceivablesFold.steps`)."""
+        if not self.migrated:
+            run_to_end(self.migrating())
 
     def _load(self, key: bytes, decode: Callable[[bytes | None], Any]) -> Any:
         if key in self._objects:
@@ -241,12 +262,8 @@ class StateView:
             else:
                 self.kv.put(key, codec.dumps([codec.encode_sums(totals), str(contracted)]))
             if position.next_due_date is not None and position.next_due_amount is not None:
-                next_key = codec.next_due_key(position.account_id, position.currency,
-                                              position.next_due_date, contract_id)
-                if sign > 0:
-                    self.kv.put(next_key, str(position.next_due_amount).encode())
-                else:
-                    self.kv.delete(next_key)
+                due_days.move(self.kv, position.account_id, position.currency,
+                              position.next_due_date, position.next_due_amount, sign)
 
     def _customer_figures(self, account_id: int, currency: str, out: Outcome) -> None:
         raw = self.kv.get(codec.customer_key(account_id, currency))
@@ -266,16 +283,12 @@ class StateView:
             self.kv.put(key, codec.encode_customer_position(new))
 
     def _customer_next_due(self, account_id: int, currency: str) -> tuple[date, Decimal] | None:
-        prefix = codec.next_due_prefix(account_id, currency)
-        first: date | None = None
-        total = ZERO
+        """The first date from the as-of date on with something next due, and its sum:
+        one entry read, however many contracts fall due (:mod:`.due_days`)."""
+        prefix = codec.due_day_prefix(account_id, currency)
         for key, raw in self.kv.scan(prefix, prefix + codec.day(self.as_of)):
-            due = codec.decode_day(key[12:16])
-            if first is not None and due != first:
-                break
-            first = due
-            total += Decimal(raw.decode())
-        return None if first is None else (first, total)
+            return codec.decode_day(key[-4:]), due_days.decode(raw).amount
+        return None
 
     def _reconcile(self, identities: list[str], found: list[Discrepancy], out: Outcome) -> None:
         by_identity = {d.identity: d for d in found}

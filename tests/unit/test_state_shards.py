@@ -319,3 +319,30 @@ async def test_the_rebalance_listener_opens_before_it_resumes_and_closes_on_revo
     await other_source._assigned([tp(0)])
     assert other_consumer.seeks == {tp(0): 4}
     assert other.shards[0].state.get(b"k:a") == b"3"
+
+
+async def test_a_batch_failing_in_one_shard_is_redone_there_alone() -> None:
+    broker = Broker()
+    shards, io = worker(broker)
+    await shards.assigned([tp(0), tp(1)])
+    failing = True
+
+    async def flaky(partition: int, overlay: KeyValue, part: RecordBatch) -> Any:
+        if partition == 1 and failing:
+            overlay.put(b"k:half", b"done")  # half of shard 1's part, then an outage
+            raise ConnectionError("database gone")
+        return await fold(partition, overlay, part)
+
+    shards._fold = flaky
+    with_both = batch((0, 0, b"a=1"), (1, 0, b"b=1"))
+    try:
+        await shards.on_batch(with_both)
+    except ConnectionError:
+        await shards.reset()  # what the source does before it seeks back
+    # shard 0's part is durable and will not be read again; shard 1 redoes its own
+    assert await shards.resume_from([tp(0), tp(1)]) == {tp(0): 1, tp(1): 0}
+    assert io.disks[1].get(b"k:half") is None and shards.shards[1].overlay.pending == {}
+    failing = False
+    await shards.on_batch(batch((1, 0, b"b=1")))
+    assert io.disks[0].get(b"k:a") == b"1" and io.disks[1].get(b"k:b") == b"1"
+    assert await shards.resume_from([tp(0), tp(1)]) == {tp(0): 1, tp(1): 1}

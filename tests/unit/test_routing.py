@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import CollectorRegistry
 
 from services.shared.batches import OffsetLedger, RecordBatch
 from services.shared.changes import ChangeEvent
@@ -33,6 +35,7 @@ from services.shared.routing import (
     Reference,
     Routed,
     RouterFold,
+    build_router,
     produce_routed,
     reference_key,
 )
@@ -42,6 +45,7 @@ from services.shared.state.checkpoint import Checkpoint
 from services.shared.state.store import KeyValue, MemoryState
 from services.shared.transaction_fold import Applied
 from services.shared.truncates import TruncateAnswer, TruncateAnswers
+from services.shared.whole_transactions import SourceTopics
 from tests.builders import COMMIT_TIME, change_event
 from tests.unit.test_state_checkpoint import Crash, FakeProducer, LoggedState
 from tests.unit.test_transactions import end
@@ -296,3 +300,17 @@ def test_stale_never_wins_per_key_and_source_database() -> None:
     assert guard.applied("crm", b"a") == 300
     bad = ConsumerRecord(ROUTE, 0, 9, 0, 0, b"a", b"\x01", None, 1, 1, ())
     assert [r.offset for r, _ in SliceFold(state).take([bad]).bad] == [9]
+
+
+def test_the_router_is_a_stateful_service_of_the_kit_on_its_own_topics() -> None:
+    service = SimpleNamespace(name="toy", registry=CollectorRegistry(),
+                              settings=SimpleNamespace(max_hold_seconds=60))
+    router = build_router(service, route_key=route_key, collections=TABLES,  # type: ignore[arg-type]
+                          sources=SourceTopics.of(("crm",)), truncates=TRUNCATES)
+    assert router.source.group_id == "ambidex-toy.router"
+    assert set(router.source.topics) == {
+        "cdc.crm.sales_order", "cdc.crm.sales_order_line", "cdc.crm.warehouse",
+        "cdc.crm.transaction"}
+    assert router.checkpoint.changelog.topic == "state.toy.router"
+    fold = router._load(MemoryState())
+    assert isinstance(fold, RouterFold) and fold.held.holders["crm"].max_hold.seconds == 60

@@ -140,6 +140,17 @@ class RecordBatch:
         """Keep ``record`` uncommitted past this handler call, until released."""
         return self._ledger.hold(TopicPartition(record.topic, record.partition), record.offset)
 
+    def per_partition(self) -> dict[TopicPartition, RecordBatch]:
+        """This batch cut by partition (a sharded state folds each shard's on its own);
+        holds taken on a part are holds on this batch's source."""
+        parts: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        for record in self.records:
+            parts.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
+        return {
+            tp: RecordBatch(records, self._ledger, {tp: self.ends.get(tp, records[-1].offset + 1)})
+            for tp, records in parts.items()
+        }
+
 
 def _ends_of(records: Sequence[ConsumerRecord[bytes, bytes]]) -> dict[TopicPartition, int]:
     ends: dict[TopicPartition, int] = {}
@@ -168,6 +179,9 @@ class CommitProgress(Protocol):
 BatchHandler = Callable[[RecordBatch], Awaitable[None]]
 ResetHandler = Callable[[], Awaitable[None]]
 ResumePositions = Callable[[Sequence[TopicPartition]], Awaitable[Mapping[TopicPartition, int]]]
+#: told the partitions a rebalance assigned or revoked (a sharded state opens and
+#: closes its shards: :mod:`services.shared.state.shards`)
+PartitionsHook = Callable[[Sequence[TopicPartition]], Awaitable[None]]
 
 
 class BatchSource:
@@ -190,6 +204,9 @@ class BatchSource:
         commit_interval: float = 1.0,
         progress: CommitProgress | None = None,
         release_memory: bool = True,
+        assignor: AbstractPartitionAssignor | type[AbstractPartitionAssignor] | None = None,
+        on_assigned: PartitionsHook | None = None,
+        on_revoked: PartitionsHook | None = None,
     ) -> None:
         self.service = service
         self._progress = progress
@@ -203,6 +220,10 @@ class BatchSource:
         self._handler = handler
         self._on_reset = on_reset
         self._resume_from = resume_from
+        #: None: every partition to one member (WholeSourceAssignor)
+        self._assignor = assignor
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
         self._max_records = max_records
         self._partition_fetch_bytes = partition_fetch_bytes
         self._align_window_ms = align_window_ms
@@ -232,7 +253,7 @@ class BatchSource:
             group_id=self.group_id,
             client_id=self.group_id,
             enable_auto_commit=False,
-            partition_assignment_strategy=(WholeSourceAssignor(),),
+            partition_assignment_strategy=(self._assignor or WholeSourceAssignor(),),
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=self._max_records,
@@ -525,11 +546,16 @@ class BatchSource:
         self._more_due = False
         if self._on_reset is not None:
             await self._on_reset()
+        if self._on_revoked is not None:
+            await self._on_revoked(list(revoked))
 
     async def _assigned(self, assigned: Iterable[TopicPartition]) -> None:
         partitions = list(assigned)
         if not partitions or self.consumer is None:
             return
+        if self._on_assigned is not None:
+            # before resume_from: what it reads (a shard's state) is opened here
+            await self._on_assigned(partitions)
         if self._progress is not None:
             # the committed metadata (aiokafka's committed() returns the offset alone)
             committed = await self.consumer._coordinator.fetch_committed_offsets(partitions)

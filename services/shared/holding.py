@@ -74,14 +74,11 @@ time in minutes and an alert must not fire on that) per database,
 
 Scale-out (several workers per service, each owning a share of the keys): the holder
 hands on *whole source transactions*; it never splits or orders them by business key.
-A keyed step fits after it without a rewrite: a service supplies ``keys_of(event)``
-(the business keys its state is partitioned by, e.g. product+warehouse or CRM order
-id), the step splits each :class:`Whole` into per-key parts, produces them to an
-internal topic keyed by that key (every part of one transaction carrying its id,
-:attr:`CompleteTransaction.position` and the number of parts, so the owner of a key
-applies its part whole and in source order), and acknowledges :attr:`Whole.handles`
-once every part is acknowledged by the broker. :class:`Whole.members` gives the record
-of each event for per-record dead letters on either side of that step.
+The keyed step after it is :mod:`services.shared.routing` (issue 16, ADR 0003): a
+router's fold resolves each event to its business keys (``route_key``), cuts each
+:class:`Whole` into one slice per key (its id, :attr:`CompleteTransaction.position`,
+"n of m"), produces them keyed by the key, and only then lets the handles go;
+:class:`Whole.members` gives the record of each event, which a slice carries as it was.
 
 Pure: no I/O, handles are opaque.
 """

@@ -7,5 +7,6 @@ the in-memory store and the per-batch :class:`~.store.Overlay`; :mod:`.rocks`: t
 RocksDB; :mod:`.changelog`: the compacted changelog topic, produce and restore;
 :mod:`.checkpoint`: the :class:`~.checkpoint.Checkpoint` that owns the durability order
 (effects -> changelog entries -> state + source offsets in one write), resume offsets,
-and the design for several workers (one checkpoint per shard).
+and the design for several workers; :mod:`.shards`: one checkpoint per shard of a route
+topic, opened and closed with the consumer's assignment (issue 16).
 """

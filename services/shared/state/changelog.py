@@ -216,7 +216,7 @@ class ChangelogCopy:
 async def restore_from_changelog(
     kafka: Kafka, state: StateStore, changelog: Changelog
 ) -> Restored:
-    """Copy ``changelog`` (its one partition) into an empty ``state`` (:class:`ChangelogCopy`).
+    """Copy ``changelog`` (its partition) into an empty ``state`` (:class:`ChangelogCopy`).
 
     Large fetches, and nothing per record but a header check and an entry in the state's
     write batch (:meth:`~services.shared.state.store.StateStore.writer`): the rate is
@@ -258,6 +258,47 @@ async def restore_from_changelog(
         await consumer.stop()
 
 
+class Tail(NamedTuple):
+    """The last record of a changelog partition (what a shard checks its local state
+    against before trusting it: :mod:`services.shared.state.shards`)."""
+
+    empty: bool
+    """The partition holds no record."""
+    offsets: bytes | None
+    """The value of the last record if it is an offsets entry (a complete batch), else None."""
+
+
+async def read_tail(kafka: Kafka, changelog: Changelog) -> Tail:
+    """The last record of ``changelog``'s partition: one fetch of one record.
+
+    Compaction never removes it (it is in the active segment), so a state whose offsets
+    entry equals it is the one the last complete batch wrote."""
+    consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tp = TopicPartition(changelog.topic, changelog.partition)
+        if changelog.partition not in (consumer.partitions_for_topic(changelog.topic) or ()):
+            return Tail(True, None)
+        consumer.assign([tp])
+        first = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        if end <= first:
+            return Tail(True, None)
+        consumer.seek(tp, end - 1)
+        while True:
+            fetched = await consumer.getmany(tp, timeout_ms=500, max_records=1)
+            records = fetched.get(tp)
+            if records:
+                last = records[-1]
+                return Tail(False, last.value if last.key == OFFSETS_KEY else None)
+            if await consumer.position(tp) >= end:
+                # the last offset was not a data record (a control record): not provable
+                return Tail(False, None)
+    finally:
+        await consumer.stop()
+
+
 __all__ = [
     "BATCH_HEADER",
     "OFFSETS_KEY",
@@ -266,8 +307,10 @@ __all__ = [
     "ChangelogCopy",
     "ChangelogProducer",
     "Restored",
+    "Tail",
     "decode_offsets",
     "encode_offsets",
     "needs_restore",
+    "read_tail",
     "restore_from_changelog",
 ]

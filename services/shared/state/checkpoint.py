@@ -39,15 +39,17 @@ topic is declared under ``service_state`` in ``deploy/topics.yaml``)::
     # reload:     rebuild what the service keeps in memory from checkpoint.overlay
     # stop hook:  checkpoint.close()
 
-Scale-out (issue 16, not built yet; ``docs/adr/0003-scale-out.md``): one Checkpoint
-per *shard*, a partition of a route topic on which a router stage hands each source
-transaction on as slices keyed by the business key the state is partitioned by. Each
-shard has its own local state and its own changelog partition
-(``Changelog(topic, partition=shard)``; the topic gets one partition per shard), its
+Scale-out (issue 16, ``docs/adr/0003-scale-out.md``): one Checkpoint per *shard*, a
+partition of a route topic on which a router stage hands each source transaction on as
+slices keyed by the business key the state is partitioned by. Built in the kit, no
+service uses it yet: :class:`~.shards.ShardedCheckpoints` opens a shard's Checkpoint
+when the consumer is assigned its partition (its own local state ``state/<p>``, used if
+current, else restored from its own changelog partition,
+``Changelog(topic, partition=p)``) and closes it when the partition is revoked; its
 offsets entry covers only the shard's partition, and :meth:`resume_from` and a restore
-read only the shard's. A worker that gains a shard restores it from its changelog
-partition; one that loses it closes it. Today every service runs one shard (partition 0
-of its changelog, every source partition: ``WholeSourceAssignor``).
+read only the shard's. The router is :mod:`services.shared.routing`, the slices and the
+workers' guard over them :mod:`services.shared.slices`. Every service still runs one
+shard (partition 0 of its changelog, every source partition: ``WholeSourceAssignor``).
 """
 
 from __future__ import annotations

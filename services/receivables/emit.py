@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import date, datetime
 from typing import Any
 
@@ -61,12 +62,16 @@ def discrepancy_record(discrepancy: Discrepancy, status: str,
     }
 
 
-def alerts(outcome: Outcome, detected_at: datetime) -> list[tuple[bytes, dict[str, Any]]]:
-    """The discrepancy events of a (netted) outcome, resolved before raised."""
+def alerts(outcome: Outcome, shown: Collection[str],
+           detected_at: datetime) -> list[tuple[bytes, dict[str, Any]]]:
+    """The discrepancy events of a (netted) outcome, resolved before raised: ``resolved``
+    only for a cause ``shown`` open (the identities the integration table has open),
+    ``raised`` only for one it does not (a cause raised, or changed while its raise was
+    withheld), so a redone batch or a replay raises an open cause once."""
     events = [(discrepancy_key(d), discrepancy_record(d, "resolved", detected_at))
-              for d in outcome.resolved]
+              for d in outcome.resolved if d.identity in shown]
     events += [(discrepancy_key(d), discrepancy_record(d, "raised", detected_at))
-               for d in outcome.raised]
+               for d in outcome.raised + outcome.changed if d.identity not in shown]
     return events
 
 

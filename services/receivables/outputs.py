@@ -42,7 +42,7 @@ from services.receivables.emit import (
     DISCREPANCY_TOPIC,
     POSITION_SCHEMA,
     POSITION_TOPIC,
-    discrepancy_key,
+    alerts,
     discrepancy_record,
     position_key,
     position_record,
@@ -237,18 +237,10 @@ class Outputs:
     async def _publish(self, out: Outcome, shown: dict[str, datetime | None], as_of: Any,
                        now: datetime) -> None:
         items: list[tuple[str, str, bytes, dict[str, Any]]] = []
-        for d in out.resolved:
-            if d.identity in shown:
-                items.append((DISCREPANCY_TOPIC, DISCREPANCY_SCHEMA, discrepancy_key(d),
-                              discrepancy_record(d, "resolved", now)))
-                self.metrics.discrepancies.labels(self.metrics.name, d.kind.value,
-                                                  "resolved").inc()
-        for d in out.raised + out.changed:
-            if d.identity not in shown:
-                items.append((DISCREPANCY_TOPIC, DISCREPANCY_SCHEMA, discrepancy_key(d),
-                              discrepancy_record(d, "raised", now)))
-                self.metrics.discrepancies.labels(self.metrics.name, d.kind.value,
-                                                  "raised").inc()
+        for key, record in alerts(out, shown, now):
+            items.append((DISCREPANCY_TOPIC, DISCREPANCY_SCHEMA, key, record))
+            self.metrics.discrepancies.labels(self.metrics.name, record["kind"],
+                                              record["status"]).inc()
         tombstones: list[bytes] = []
         for contract_id, p in sorted(out.contracts.items()):
             if p is None:

@@ -63,6 +63,7 @@ class Shell:
             load=partial(ReceivablesFold.load, max_hold=max_hold,
                          rules=Rules(grace_days=service.settings.receivables_grace_days)),
             apply=self.outputs.apply,
+            after_commit=self.metrics.committed,
             check=self.outputs.check,
             reference_topics=REFERENCE_TOPICS,
             max_records=BATCH_MAX,

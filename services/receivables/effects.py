@@ -19,6 +19,7 @@ from services.receivables.rules import (
     CustomerPosition,
     Discrepancy,
     InstallmentPosition,
+    Kind,
 )
 
 
@@ -70,7 +71,12 @@ class Outcome:
 
     :meth:`merge` nets the outcomes of several steps (a source transaction, a batch):
     a discrepancy raised and resolved within them is neither; a position written twice
-    is written once. So the shell publishes each cause once per batch, not per change."""
+    is written once. So the shell publishes each cause once per batch, not per change.
+
+    ``discrepancies`` is what to publish and write back, which the policy trims and adds
+    to (alerts withheld while the CRM is behind, every open one handed over once it is
+    caught up, refused records pruned); ``open_moved`` is what the steps did to the
+    state's open discrepancies, which nothing else touches (the gauge follows it)."""
 
     installments: dict[tuple[int, int], InstallmentPosition | None] = field(default_factory=dict)
     contracts: dict[int, ContractPosition | None] = field(default_factory=dict)
@@ -80,6 +86,9 @@ class Outcome:
     discrepancies: dict[str, tuple[Discrepancy | None, Discrepancy | None]] = field(
         default_factory=dict)
     """Per identity: (before, after) the steps; None = not open."""
+    open_moved: dict[Kind, int] = field(default_factory=dict)
+    """Per kind: the open discrepancies the steps added to the state (negative: took
+    out), netted; only :meth:`note` and :meth:`merge` change it."""
     stale: bool = False
     """The version was not newer than the one folded: nothing moved."""
     rejected: list[str] = field(default_factory=list)
@@ -105,6 +114,20 @@ class Outcome:
         return [b for b, a in self.discrepancies.values() if b is not None and a is None]
 
     def note(self, before: Discrepancy | None, after: Discrepancy | None) -> None:
+        """The state's open discrepancy went from ``before`` to ``after``."""
+        for d, sign in ((before, -1), (after, 1)):
+            if d is not None:
+                self._move(d.kind, sign)
+        self._net(before, after)
+
+    def _move(self, kind: Kind, n: int) -> None:
+        total = self.open_moved.get(kind, 0) + n
+        if total:
+            self.open_moved[kind] = total
+        else:
+            self.open_moved.pop(kind, None)
+
+    def _net(self, before: Discrepancy | None, after: Discrepancy | None) -> None:
         identity = (after or before).identity  # type: ignore[union-attr]
         first = self.discrepancies[identity][0] if identity in self.discrepancies else before
         if first == after:
@@ -120,7 +143,9 @@ class Outcome:
         self.plan.update(other.plan)
         self.plan_headers.update(other.plan_headers)
         for before, after in other.discrepancies.values():
-            self.note(before, after)
+            self._net(before, after)
+        for kind, moved in other.open_moved.items():
+            self._move(kind, moved)
         self.rejected += other.rejected
         self.stale = self.stale and other.stale
         return self

@@ -116,22 +116,40 @@ class ReceivablesMetrics:
                            ).labels(name)
         self.name = name
         self._open: dict[str, int] = {k.value: 0 for k in Kind}
+        #: what the last step did to the state's open discrepancies, until it is durable
+        self._moving: dict[Kind, int] = {}
 
     def count_open(self, fold: ReceivablesFold) -> None:
         """The open discrepancies by kind, from the state (at start)."""
         self._open = {k.value: 0 for k in Kind}
+        self._moving = {}
         for d in fold.core.open_discrepancies().values():
             self._open[d.kind.value] += 1
         for kind, n in self._open.items():
             self.open.labels(self.name, kind).set(n)
 
-    def moved(self, outcome: Outcome) -> None:
-        for before, after in outcome.discrepancies.values():
-            if (before is None) == (after is None):
-                continue
-            kind = (after or before).kind.value  # type: ignore[union-attr]
-            self._open[kind] += 1 if before is None else -1
-            self.open.labels(self.name, kind).set(self._open[kind])
+    def stepped(self, step: Step, fold: ReceivablesFold) -> None:
+        """A step's effects are done (its state is made durable next)."""
+        if step.applied:
+            self.changes_applied.inc(step.applied)
+        self.awaiting.set(fold.awaiting_verdicts)
+        self.unjudged.set(fold.unjudged)
+        as_of = fold.core.as_of
+        self.as_of.set(datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC).timestamp())
+        self._moving = dict(step.outcome.open_moved)
+
+    async def committed(self, _: ReceivablesFold) -> None:
+        """The step's state is durable: the open gauge follows it (the runner's
+        ``after_commit``). Moved by what the fold did to the state, not by what was
+        published: the alerts withheld while the CRM is behind were never counted up
+        and their resolutions counted down (the gauge went negative in a replay), and
+        the ones handed over once it is caught up counted again what the count at load
+        had. Not before the commit: a batch redone after a failed commit would count
+        twice."""
+        for kind, n in self._moving.items():
+            self._open[kind.value] += n
+            self.open.labels(self.name, kind.value).set(self._open[kind.value])
+        self._moving = {}
 
 
 class Outputs:
@@ -178,13 +196,7 @@ class Outputs:
             partial(self._writes, out, as_of) if out.writes_anything else None,
             truncates=self.truncates,
         )
-        m = self.metrics
-        if step.applied:
-            m.changes_applied.inc(step.applied)
-        m.moved(out)
-        m.awaiting.set(fold.awaiting_verdicts)
-        m.unjudged.set(fold.unjudged)
-        m.as_of.set(datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC).timestamp())
+        self.metrics.stepped(step, fold)
 
     async def _writes(self, out: Outcome, as_of: date) -> None:
         """Publish, then write back (see the module docstring for why in this order)."""

@@ -129,11 +129,13 @@ def test_the_crm_falling_behind_again_and_a_restart_do_not_count_twice() -> None
     transaction(w.fold, "erp", [("invoice", invoice(21, 6, 1, "100.00", due=DUE))])
     w.step("erp")  # behind again: 6 withheld
     w.step("crm", "erp")  # every open one handed over again (5 was already counted)
-    restarted = Worker(kv)  # the gauge counted from the state at load
+    assert w.events["unknown_contract/contract=5"] == ["raised"]  # not raised again
+    restarted = Worker(kv, w.table, w.events)  # the gauge counted from the state at load
     restarted.step("erp")
     restarted.step("crm", "erp")  # handed over once more after the restart
     transaction(restarted.fold, "crm", [("contract", contract(6, total="100.00"))])
     restarted.step("crm", "erp")
+    assert restarted.events["unknown_contract/contract=5"] == ["raised"]
     assert restarted.events["unknown_contract/contract=6"] == ["raised", "resolved"]
 
 

@@ -49,13 +49,13 @@ from services.production_status.app import IDENTITY_TOPIC
 from services.production_status.effects import outputs
 from services.production_status.service_fold import StatusFold
 from services.shared.avro import AvroCodec, SchemaCatalogue
+from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import run_to_end
 from services.shared.output_check import first_refused
 from services.shared.state.rocks import RocksState
 from services.shared.state.store import Overlay
 from services.shared.stateful import Handle
 from services.shared.transactions import TransactionMarker, TransactionStatus
-from services.shared.changes import ChangeEvent, ChangeOp
 from tests.builders import change_event
 
 T0 = datetime(2026, 11, 2, 8, tzinfo=UTC)

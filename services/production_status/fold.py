@@ -75,6 +75,7 @@ from services.production_status.records import (
     decode,
     dumps,
     encode,
+    encode_like,
     loads,
 )
 from services.shared.position import SourcePosition
@@ -117,12 +118,17 @@ class Record:
     """A stored row version: its position, the row (None: deleted) and its unit state.
 
     ``fields``: the row as stored (:func:`~.records.encode`), kept once known: a row is
-    written again each time its unit state moves, and is never changed itself."""
+    written again each time its unit state moves, and is never changed itself.
+    ``unit``: ``(extra, its contribution decoded)``, kept by :func:`unit` while ``extra``
+    is that very object (``extra`` is always replaced, never changed in place): a
+    production order's contribution was decoded from its text at each of its changes and
+    again at each status of its line."""
 
     position: SourcePosition
     row: Any
     extra: Any = None
     fields: list[Any] | None = field(default=None, compare=False)
+    unit: tuple[Any, Contribution] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +252,12 @@ class ProgressFold:
         if old is not None and position <= old.position:
             return Applied(False)  # stale, redelivered or replayed
         touched = _Touched()
-        new = Record(position, row, None if old is None else old.extra)
+        new = Record(position, row, None if old is None else old.extra,
+                     unit=None if old is None else old.unit)
+        if (row is not None and old is not None and old.fields is not None
+                and type(old.row) is type(row)):
+            # the row as stored, its unchanged dates kept as they were written
+            new.fields = encode_like(row, old.row, old.fields)
         handler = _HANDLERS[table]
         handler(self, row_id, old, new, touched)
         self._unsettled |= touched.erp
@@ -324,7 +335,7 @@ class ProgressFold:
         if old_order == new_order:
             if old_order is None or old_c == new_c:
                 return
-            figures = self.figures(old_order)
+            figures = self._own_figures(old_order)
             progress.combine(figures, old_c, -1)
             progress.combine(figures, new_c, 1)
             self._store_figures(old_order, figures)
@@ -333,17 +344,26 @@ class ProgressFold:
         for order, c, sign in ((old_order, old_c, -1), (new_order, new_c, 1)):
             if order is None:
                 continue
-            figures = self.figures(order)
+            figures = self._own_figures(order)
             progress.combine(figures, c, sign)
             self._store_figures(order, figures)
             touched.erp.add(order)
+
+    def _own_figures(self, erp_order_id: int) -> Figures:
+        """The order's figures as kept (not a copy: changed only to be stored at once by
+        :meth:`_store_figures`, which keeps them again)."""
+        cached = self._figures.find(erp_order_id)
+        if cached is MISSING:
+            raw = self.kv.get(figures_key(erp_order_id))
+            cached = {} if raw is None else progress.decode_figures(loads(raw))
+        return cached
 
     def _store_figures(self, erp_order_id: int, figures: Figures) -> None:
         if figures:
             self.kv.put(figures_key(erp_order_id), dumps(progress.encode_figures(figures)))
         else:
             self.kv.delete(figures_key(erp_order_id))
-        self._figures.keep(erp_order_id, dict(figures))
+        self._figures.keep(erp_order_id, figures)
 
     def settle(self) -> None:
         """Make the marks of every ERP order changed since the last call true (the
@@ -378,7 +398,7 @@ class ProgressFold:
         if rec is None:
             rec = self.record(PRODUCTION_ORDER, mo_id)
         mo: ProductionOrder | None = None if rec is None else rec.row
-        old_order, old_c = _unit(rec)
+        old_order, old_c = unit(rec)
         inspections: list[tuple[Record, Inspection]] = []
         for inspection_id in self.children(b"qi:", mo_id):
             irec = self.record(INSPECTION, inspection_id)
@@ -409,7 +429,7 @@ class ProgressFold:
             if new_order is not None and inspection.state == "failed":
                 self.kv.put(_index(b"of:", new_order, inspection.id), b"")
         if rec is not None:
-            rec.extra = [new_order, progress.encode_figures(new_c)]
+            _set_unit(rec, [new_order, progress.encode_figures(new_c)], new_c)
             self._write(PRODUCTION_ORDER, mo_id, rec)
         waiting = b"w:p" + _pack(mo_id)
         if mo is None and inspections:
@@ -425,7 +445,7 @@ class ProgressFold:
         shipment: Shipment | None = None if rec is None else rec.row
         raw = self.kv.get(b"n:" + _pack(shipment_id))
         quantity, lines = (ZERO, 0) if raw is None else (Decimal(loads(raw)[0]), loads(raw)[1])
-        old_order, old_c = _unit(rec)
+        old_order, old_c = unit(rec)
         new_order = None if shipment is None else shipment.sales_order_id
         new_c = {} if shipment is None else progress.shipment_contribution(shipment, quantity)
         self._move(old_order, old_c, new_order, new_c, touched)
@@ -442,8 +462,8 @@ class ProgressFold:
                 new_sample = sample(TRANSPORT, shipment.warehouse_id, shipment.carrier,
                                     shipment.shipped_at, shipment.delivered_at)
             self.durations.move(old_sample, new_sample)
-            rec.extra = [new_order, progress.encode_figures(new_c),
-                         None if new_sample is None else new_sample.encode()]
+            _set_unit(rec, [new_order, progress.encode_figures(new_c),
+                            None if new_sample is None else new_sample.encode()], new_c)
             self._write(SHIPMENT, shipment_id, rec)
         waiting = b"w:s" + _pack(shipment_id)
         if shipment is None and lines > 0:
@@ -459,7 +479,7 @@ class ProgressFold:
 
     def _erp_order_line(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
         line: ErpOrderLine | None = new.row
-        old_order, old_c = _unit(old)
+        old_order, old_c = unit(old)
         new_order = None if line is None else line.order_id
         new_c = {} if line is None else progress.line_contribution(line)
         self._move(old_order, old_c, new_order, new_c, t)
@@ -468,7 +488,7 @@ class ProgressFold:
             self._link(b"ol:", old_order, row_id, False)
         if new_order is not None:
             self._link(b"ol:", new_order, row_id, True)
-        new.extra = [new_order, progress.encode_figures(new_c)]
+        _set_unit(new, [new_order, progress.encode_figures(new_c)], new_c)
         self._write(ERP_ORDER_LINE, row_id, new)
 
     def _production_order(self, row_id: int, old: Record | None, new: Record,
@@ -491,7 +511,7 @@ class ProgressFold:
             # take the old version out of its production order first (its sample, its
             # failed-index entry), then let the recomputation add the new one
             self.durations.move(Sample.decode(old.extra), None)
-            order, _ = _unit(self.record(PRODUCTION_ORDER, old_mo))
+            order, _ = unit(self.record(PRODUCTION_ORDER, old_mo))
             if order is not None:
                 self.kv.delete(_index(b"of:", order, row_id))
             self._link(b"qi:", old_mo, row_id, False)
@@ -562,12 +582,26 @@ class ProgressFold:
         return list(self.children(b"kc:", crm_order_id))
 
 
-def _unit(rec: Record | None) -> tuple[int | None, Contribution]:
-    """The order and contribution a unit last added (none yet: ``(None, {})``)."""
+def unit(rec: Record | None) -> tuple[int | None, Contribution]:
+    """The order and contribution a unit last added (none yet: ``(None, {})``); the
+    contribution is shared with the record: do not change it."""
     if rec is None or not rec.extra:
         return None, {}
-    order, figures = rec.extra[0], rec.extra[1]
-    return order, progress.decode_figures(figures)
+    extra = rec.extra
+    kept = rec.unit
+    if kept is None or kept[0] is not extra:
+        kept = rec.unit = (extra, progress.decode_figures(extra[1]))
+    return extra[0], kept[1]
+
+
+def _set_unit(rec: Record, extra: list[Any], contribution: Contribution) -> None:
+    """Give ``rec`` its new unit state (``contribution`` encoded in ``extra[1]``), the
+    decoded contribution kept with it (equal to decoding the text: a Decimal's text
+    gives it back exactly, and the keys keep their order)."""
+    rec.extra = extra
+    rec.unit = (extra, contribution)
+
+
 
 
 def is_open(header: ErpOrder | None, figures: Figures) -> bool:
@@ -591,4 +625,4 @@ _HANDLERS = {
     SERVICE_CASE: ProgressFold._service_case,
 }
 
-__all__ = ["Applied", "CrmOrder", "ProgressFold", "Record", "is_open"]
+__all__ = ["Applied", "CrmOrder", "ProgressFold", "Record", "is_open", "unit"]

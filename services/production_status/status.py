@@ -39,7 +39,7 @@ from enum import StrEnum
 
 from services.production_status import progress
 from services.production_status.durations import QC, TRANSPORT, Durations, Quantiles
-from services.production_status.fold import ProgressFold, key_id
+from services.production_status.fold import ProgressFold, key_id, unit
 from services.production_status.progress import Figures, MoStage, parse_instant
 from services.production_status.records import (
     CRM_ORDER,
@@ -343,7 +343,7 @@ def line_figures(fold: ProgressFold, line: ErpOrderLine) -> tuple[Figures, Shipm
     for mo_id in fold.children(b"lm:", line.id):
         rec = fold.record(PRODUCTION_ORDER, mo_id)
         if rec is not None and rec.row is not None and rec.extra:
-            progress.combine(figures, progress.decode_figures(rec.extra[1]), 1)
+            progress.combine(figures, unit(rec)[1], 1)
     latest: Shipment | None = None
     for shipment_line_id in fold.children(b"ls:", line.id):
         shipment_line: ShipmentLine | None = fold.row(SHIPMENT_LINE, shipment_line_id)

@@ -11,8 +11,12 @@ production order with its inspections, a shipment with its line sum) and one or 
 order figure entries; never the other lines, production orders or shipments of its
 order. A shipment line moves its shipment's quantity sum (``n:``) by its difference.
 What it reads is decoded once and kept, bounded (:mod:`.decoded`; written through, so
-the state stays the truth), and an order's waiting and open marks are made true once
-per step (:meth:`ProgressFold.settle`), not at each of its changes.
+the state stays the truth, but for the figures: see below), and an order's waiting and
+open marks are made true once per step (:meth:`ProgressFold.settle`), not at each of its
+changes. So are its figures written (``a:``): a step's changes move them in memory
+(every read goes through the fold: :meth:`ProgressFold.figures`), and
+:meth:`ProgressFold.settle` writes each order's once (an order's ten production orders
+changed in one transaction wrote its figures ten times, encoded each time).
 
 State is a function of the latest version of each row (DESIGN.md 6): every row is
 position-guarded (``r:``, deletes keep a tombstone with their position), and each unit
@@ -93,8 +97,9 @@ CACHED_ROWS = 50_000
 CACHED_ORDERS = 25_000
 #: the indexes read whole (a production order's inspections at each of its changes, a
 #: line's production orders and shipment lines, an order's lines and cases at each
-#: status): their children are kept per parent, the index written through (``_link``)
-CACHED_INDEXES = (b"qi:", b"lm:", b"ls:", b"ol:", b"kc:")
+#: status, an order's shipments at each status): their children are kept per parent,
+#: the index written through (``_link``)
+CACHED_INDEXES = (b"qi:", b"lm:", b"ls:", b"ol:", b"kc:", b"os:")
 
 
 def key_id(raw: bytes) -> int:
@@ -169,6 +174,9 @@ class ProgressFold:
         #: ERP orders changed since their marks (``w:o``, ``op:``) were last made true
         #: (:meth:`settle`): once per step, not at each change
         self._unsettled: set[int] = set()
+        #: ERP order -> its figures moved since :meth:`settle` last wrote them (kept
+        #: here, whatever the cache forgets, until written)
+        self._unwritten: dict[int, Figures] = {}
 
     # ------------------------------------------------------------------ records
 
@@ -206,6 +214,9 @@ class ProgressFold:
 
     def figures(self, erp_order_id: int) -> Figures:
         """The order's figures (a copy: the caller may change it)."""
+        unwritten = self._unwritten.get(erp_order_id)
+        if unwritten is not None:
+            return dict(unwritten)
         cached = self._figures.find(erp_order_id)
         if cached is MISSING:
             raw = self.kv.get(figures_key(erp_order_id))
@@ -352,6 +363,9 @@ class ProgressFold:
     def _own_figures(self, erp_order_id: int) -> Figures:
         """The order's figures as kept (not a copy: changed only to be stored at once by
         :meth:`_store_figures`, which keeps them again)."""
+        unwritten = self._unwritten.get(erp_order_id)
+        if unwritten is not None:
+            return unwritten
         cached = self._figures.find(erp_order_id)
         if cached is MISSING:
             raw = self.kv.get(figures_key(erp_order_id))
@@ -359,15 +373,20 @@ class ProgressFold:
         return cached
 
     def _store_figures(self, erp_order_id: int, figures: Figures) -> None:
-        if figures:
-            self.kv.put(figures_key(erp_order_id), dumps(progress.encode_figures(figures)))
-        else:
-            self.kv.delete(figures_key(erp_order_id))
+        """Keep the order's new figures; :meth:`settle` writes them."""
+        self._unwritten[erp_order_id] = figures
         self._figures.keep(erp_order_id, figures)
 
     def settle(self) -> None:
         """Make the marks of every ERP order changed since the last call true (the
-        service fold calls it once per step; the queries below call it first)."""
+        service fold calls it once per step; the queries below call it first), and
+        write the figures moved since."""
+        unwritten, self._unwritten = self._unwritten, {}
+        for erp_order_id, figures in unwritten.items():
+            if figures:
+                self.kv.put(figures_key(erp_order_id), dumps(progress.encode_figures(figures)))
+            else:
+                self.kv.delete(figures_key(erp_order_id))
         taken, self._unsettled = self._unsettled, set()
         for erp_order_id in sorted(taken):
             self._refresh_order(erp_order_id)
@@ -451,9 +470,9 @@ class ProgressFold:
         self._move(old_order, old_c, new_order, new_c, touched)
         touched.erp.update(o for o in (old_order, new_order) if o is not None)
         if old_order is not None and old_order != new_order:
-            self.kv.delete(_index(b"os:", old_order, shipment_id))
+            self._link(b"os:", old_order, shipment_id, False)
         if new_order is not None:
-            self.kv.put(_index(b"os:", new_order, shipment_id), b"")
+            self._link(b"os:", new_order, shipment_id, True)
         if rec is not None:
             old_sample = Sample.decode(rec.extra[2]) if rec.extra else None
             new_sample = None

@@ -5,10 +5,14 @@ Invariants protected here (issue 12: a change's CPU in a live worker; DESIGN.md 
 * A new version's stored fields reuse the text of its unchanged dates and instants
   (:func:`~services.production_status.records.encode_like`), a unit's contribution is
   decoded once and kept with its record (:func:`~services.production_status.fold.unit`),
-  and an order's figures are changed as kept, not copied: a fold with these shortcuts
-  writes the same state bytes, after every change of random histories delivered out of
-  order with redeliveries, and gives the same statuses and line statuses, as a fold that
-  encodes every row whole, decodes every contribution from its text and copies figures.
+  an order's figures are changed as kept, not copied, and written once per step
+  (:meth:`~services.production_status.fold.ProgressFold.settle`): a fold with these
+  shortcuts writes the same state bytes at the end of every step (steps of 1 and of 25
+  changes; caches as configured and forgetting at every turn), over random histories
+  delivered out of order with redeliveries, reads the same figures of every order after
+  every change, and gives the same statuses and line statuses, as a fold that encodes
+  every row whole, decodes every contribution from its text, copies figures and writes
+  them at each change.
 * ``encode_like`` equals ``encode`` whatever changed: an instant equal to the old one
   at another UTC offset is written with its own offset, a date that moved is written
   anew.
@@ -50,38 +54,58 @@ def _plain_set_unit(rec: Record, extra: list[Any], contribution: Any) -> None:
     rec.extra = extra
 
 
-def _states(fold: ProgressFold, kv: MemoryState, versions: list[Version]) -> list[bytes]:
-    """The state after each change, as one text (a digest would hide nothing more)."""
-    out = []
-    for v in versions:
+def _store_at_once(fold: ProgressFold, erp_order_id: int, figures: dict[str, Decimal]) -> None:
+    if figures:
+        fold.kv.put(fold_module.figures_key(erp_order_id),
+                    fold_module.dumps(progress.encode_figures(figures)))
+    else:
+        fold.kv.delete(fold_module.figures_key(erp_order_id))
+    fold._figures.keep(erp_order_id, dict(figures))
+
+
+def _states(fold: ProgressFold, kv: MemoryState, versions: list[Version], step: int,
+            erps: list[int]) -> list[Any]:
+    """Every order's figures after each change, and the state at the end of each step
+    (as one text: a digest would hide nothing more)."""
+    out: list[Any] = []
+    for n, v in enumerate(versions, start=1):
         if v.table == "identity":
             fold.apply_identity(v.row)
         else:
             fold.apply(v.table, v.row_id, v.position, v.row)
-        fold.settle()
-        out.append(repr(sorted(kv.data.items())).encode())
+        out.append([fold.figures(e) for e in erps])
+        if n % step == 0 or n == len(versions):
+            fold.settle()
+            out.append(repr(sorted(kv.data.items())).encode())
     return out
 
 
+@pytest.mark.parametrize("cached", [None, 1])
+@pytest.mark.parametrize("step", [1, 25])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_the_shortcuts_change_no_state_byte(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_shortcuts_change_no_state_byte(seed: int, step: int, cached: int | None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     versions = deliveries(history(seed), seed)
+    erps = sorted({v.row_id for v in versions if v.table == ERP_ORDER})
+    crms = sorted({v.row_id for v in versions if v.table == "identity"})
     with monkeypatch.context() as m:
         m.setattr(fold_module, "encode_like", lambda row, old_row, old_fields: encode(row))
         m.setattr(fold_module, "unit", _plain_unit)
         m.setattr(status_module, "unit", _plain_unit)
         m.setattr(fold_module, "_set_unit", _plain_set_unit)
         m.setattr(ProgressFold, "_own_figures", ProgressFold.figures)
+        m.setattr(ProgressFold, "_store_figures", _store_at_once)
         plain_kv = MemoryState()
         plain = ProgressFold(plain_kv)
-        expected = _states(plain, plain_kv, versions)
-        erps = sorted({v.row_id for v in versions if v.table == ERP_ORDER})
-        crms = sorted({v.row_id for v in versions if v.table == "identity"})
+        expected = _states(plain, plain_kv, versions, step, erps)
         expected_statuses = [order_status(plain, c, NOW) for c in crms]
         expected_lines = [line_statuses(plain, e, NOW) for e in erps]
+    if cached is not None:  # caches that forget at every turn
+        monkeypatch.setattr(fold_module, "CACHED_ROWS", cached)
+        monkeypatch.setattr(fold_module, "CACHED_ORDERS", cached)
     kv = MemoryState()
     fold = ProgressFold(kv)
-    assert _states(fold, kv, versions) == expected
+    assert _states(fold, kv, versions, step, erps) == expected
     assert [order_status(fold, c, NOW) for c in crms] == expected_statuses
     assert [line_statuses(fold, e, NOW) for e in erps] == expected_lines
     assert crms and erps and any(expected_lines)

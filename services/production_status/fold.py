@@ -82,6 +82,7 @@ from services.production_status.records import (
     encode_like,
     loads,
 )
+from services.production_status.stored import Record, set_unit, unit
 from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
 
@@ -116,24 +117,6 @@ def figures_key(erp_order_id: int) -> bytes:
 
 def _index(prefix: bytes, parent: int, child: int) -> bytes:
     return prefix + _pack(parent) + _pack(child)
-
-
-@dataclass(slots=True)
-class Record:
-    """A stored row version: its position, the row (None: deleted) and its unit state.
-
-    ``fields``: the row as stored (:func:`~.records.encode`), kept once known: a row is
-    written again each time its unit state moves, and is never changed itself.
-    ``unit``: ``(extra, its contribution decoded)``, kept by :func:`unit` while ``extra``
-    is that very object (``extra`` is always replaced, never changed in place): a
-    production order's contribution was decoded from its text at each of its changes and
-    again at each status of its line."""
-
-    position: SourcePosition
-    row: Any
-    extra: Any = None
-    fields: list[Any] | None = field(default=None, compare=False)
-    unit: tuple[Any, Contribution] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +431,7 @@ class ProgressFold:
             if new_order is not None and inspection.state == "failed":
                 self.kv.put(_index(b"of:", new_order, inspection.id), b"")
         if rec is not None:
-            _set_unit(rec, [new_order, progress.encode_figures(new_c)], new_c)
+            set_unit(rec, [new_order, progress.encode_figures(new_c)], new_c)
             self._write(PRODUCTION_ORDER, mo_id, rec)
         waiting = b"w:p" + _pack(mo_id)
         if mo is None and inspections:
@@ -481,7 +464,7 @@ class ProgressFold:
                 new_sample = sample(TRANSPORT, shipment.warehouse_id, shipment.carrier,
                                     shipment.shipped_at, shipment.delivered_at)
             self.durations.move(old_sample, new_sample)
-            _set_unit(rec, [new_order, progress.encode_figures(new_c),
+            set_unit(rec, [new_order, progress.encode_figures(new_c),
                             None if new_sample is None else new_sample.encode()], new_c)
             self._write(SHIPMENT, shipment_id, rec)
         waiting = b"w:s" + _pack(shipment_id)
@@ -507,7 +490,7 @@ class ProgressFold:
             self._link(b"ol:", old_order, row_id, False)
         if new_order is not None:
             self._link(b"ol:", new_order, row_id, True)
-        _set_unit(new, [new_order, progress.encode_figures(new_c)], new_c)
+        set_unit(new, [new_order, progress.encode_figures(new_c)], new_c)
         self._write(ERP_ORDER_LINE, row_id, new)
 
     def _production_order(self, row_id: int, old: Record | None, new: Record,
@@ -599,28 +582,6 @@ class ProgressFold:
 
     def cases_of(self, crm_order_id: int) -> list[int]:
         return list(self.children(b"kc:", crm_order_id))
-
-
-def unit(rec: Record | None) -> tuple[int | None, Contribution]:
-    """The order and contribution a unit last added (none yet: ``(None, {})``); the
-    contribution is shared with the record: do not change it."""
-    if rec is None or not rec.extra:
-        return None, {}
-    extra = rec.extra
-    kept = rec.unit
-    if kept is None or kept[0] is not extra:
-        kept = rec.unit = (extra, progress.decode_figures(extra[1]))
-    return extra[0], kept[1]
-
-
-def _set_unit(rec: Record, extra: list[Any], contribution: Contribution) -> None:
-    """Give ``rec`` its new unit state (``contribution`` encoded in ``extra[1]``), the
-    decoded contribution kept with it (equal to decoding the text: a Decimal's text
-    gives it back exactly, and the keys keep their order)."""
-    rec.extra = extra
-    rec.unit = (extra, contribution)
-
-
 
 
 def is_open(header: ErpOrder | None, figures: Figures) -> bool:

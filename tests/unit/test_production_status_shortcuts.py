@@ -4,7 +4,7 @@ Invariants protected here (issue 12: a change's CPU in a live worker; DESIGN.md 
 
 * A new version's stored fields reuse the text of its unchanged dates and instants
   (:func:`~services.production_status.records.encode_like`), a unit's contribution is
-  decoded once and kept with its record (:func:`~services.production_status.fold.unit`),
+  decoded once and kept with its record (:func:`~services.production_status.stored.unit`),
   an order's figures are changed as kept, not copied, and written once per step
   (:meth:`~services.production_status.fold.ProgressFold.settle`): a fold with these
   shortcuts writes the same state bytes at the end of every step (steps of 1 and of 25
@@ -30,7 +30,7 @@ import pytest
 from services.production_status import fold as fold_module
 from services.production_status import progress
 from services.production_status import status as status_module
-from services.production_status.fold import ProgressFold, Record
+from services.production_status.fold import ProgressFold
 from services.production_status.records import (
     ERP_ORDER,
     ProductionOrder,
@@ -38,6 +38,7 @@ from services.production_status.records import (
     encode_like,
 )
 from services.production_status.status import line_statuses, order_status
+from services.production_status.stored import Record
 from services.shared.state.store import MemoryState
 from tests.unit.production_status_history import NOW, Version, deliveries, history
 
@@ -92,7 +93,7 @@ def test_the_shortcuts_change_no_state_byte(seed: int, step: int, cached: int | 
         m.setattr(fold_module, "encode_like", lambda row, old_row, old_fields: encode(row))
         m.setattr(fold_module, "unit", _plain_unit)
         m.setattr(status_module, "unit", _plain_unit)
-        m.setattr(fold_module, "_set_unit", _plain_set_unit)
+        m.setattr(fold_module, "set_unit", _plain_set_unit)
         m.setattr(ProgressFold, "_own_figures", ProgressFold.figures)
         m.setattr(ProgressFold, "_store_figures", _store_at_once)
         plain_kv = MemoryState()

@@ -20,6 +20,13 @@ Two clocks: ``backlog`` (the source clock far behind the wall clock, the sources
 read to their end: statuses are deferred until the end, as in a replay) and ``live``
 (the source clock is the wall clock: every step builds the statuses it touched). The
 rate is changes / CPU seconds of the whole run (fold + output check + encoding).
+
+A third, ``latency``, mimics the stack benchmark's latency phase (its phase 2): ``--orders``
+ERP orders of one line and 10 production orders in progress each, folded untimed; then
+``--changes`` updates of ``qty_produced`` alone (+1), 10 per source transaction (with its
+END marker), each transaction one order's production orders, orders round robin, steps
+of ``--step`` changes (a CRM heartbeat each step), the clock live. Only that phase is
+timed.
 """
 
 from __future__ import annotations
@@ -42,11 +49,13 @@ from services.production_status.app import IDENTITY_TOPIC
 from services.production_status.effects import outputs
 from services.production_status.service_fold import StatusFold
 from services.shared.avro import AvroCodec, SchemaCatalogue
+from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import run_to_end
 from services.shared.output_check import first_refused
 from services.shared.state.rocks import RocksState
 from services.shared.state.store import Overlay
 from services.shared.stateful import Handle
+from services.shared.transactions import TransactionMarker, TransactionStatus
 from tests.builders import change_event
 
 T0 = datetime(2026, 11, 2, 8, tzinfo=UTC)
@@ -202,15 +211,120 @@ def run(changes: int, batch: int, mode: str, folder: Path) -> dict[str, Any]:
             "delivered": delivered, **counts}
 
 
+def run_latency(changes: int, step_size: int, orders: int, folder: Path) -> dict[str, Any]:
+    """The ``latency`` mode (module docstring)."""
+    codec = AvroCodec(SchemaCatalogue.load())
+    source = Orders(codec)
+    mos: list[list[dict[str, Any]]] = []
+    today = source.at.date()
+    for n in range(orders):
+        oid = BASE_ID + n
+        source.commit("crm", "sales_order", {
+            "id": oid, "number": f"BSO{oid}", "state": "confirmed",
+            "requested_date": today + timedelta(days=60), "version": 1})
+        source.identity(oid)
+        source.commit("erp", "sales_order", {
+            "id": oid, "name": f"BS{oid}", "state": "in_production", "warehouse_id": WAREHOUSE,
+            "requested_date": today + timedelta(days=60), "crm_order_id": oid})
+        source.commit("erp", "sales_order_line", {
+            "id": oid, "order_id": oid, "line_no": 1, "item_id": ITEM, "quantity": D("10.000")})
+        rows = []
+        for m in range(10):
+            mo = {"id": oid * 10 + m, "name": f"BMO{oid}-{m}", "item_id": ITEM,
+                  "warehouse_id": WAREHOUSE, "sales_order_id": oid,
+                  "sales_order_line_id": oid, "quantity": D("1000000.000"),
+                  "qty_produced": D("0.000"), "state": "in_progress",
+                  "date_planned_start": today, "date_planned_finish": today + timedelta(days=30),
+                  "date_started": source.at, "date_finished": None}
+            source.commit("erp", "production_order", mo)
+            rows.append(mo)
+        mos.append(rows)
+    setup = list(source.batches(5_000))
+    store = RocksState(folder)
+    overlay = Overlay(store)
+    fold = StatusFold(overlay, lambda value: codec.decode(value).record, wall=lambda: fold.now)
+    counts = {"statuses": 0, "risks": 0, "triages": 0, "steps": 0, "entries": 0}
+
+    def step() -> None:
+        out = run_to_end(fold.steps(("crm", "erp")))
+        fold.held.drained = []
+        fold.held.record_progress(overlay)
+        items = outputs(out.outcome)
+        error = first_refused(codec, ((schema, r) for _, schema, _, r in items))
+        assert error is None, error
+        for _, schema, _, record in items:
+            codec.encode(schema, record)
+        entries = overlay.drain()
+        counts["entries"] += len(entries)
+        store.write(entries)
+        counts["statuses"] += len(out.outcome.statuses)
+        counts["risks"] += len(out.outcome.risks)
+        counts["triages"] += len(out.outcome.triages)
+        counts["steps"] += 1
+
+    for records in setup:
+        for handle, (_, feed) in records:
+            feed(fold, handle)
+        step()
+    # the timed phase's feed, made beforehand
+    transactions: list[list[ChangeEvent]] = []
+    markers: list[TransactionMarker] = []
+    at, lsn, n = source.at, source.lsn, 0
+    while n < changes:
+        rows = mos[len(transactions) % orders]
+        lsn += 100
+        at += timedelta(milliseconds=10)  # 1,000 changes/s
+        xid = str(lsn)
+        events = []
+        for order, mo in enumerate(rows, start=1):
+            mo["qty_produced"] += 1
+            events.append(change_event("erp", "production_order", op=ChangeOp.UPDATE,
+                                       after=dict(mo), commit_lsn=lsn, lsn=lsn + order,
+                                       transaction_id=xid, order=order, commit_time=at))
+        transactions.append(events)
+        markers.append(TransactionMarker(TransactionStatus.END, xid, f"{xid}:{lsn}",
+                                         len(events), {"erp.production_order": len(events)},
+                                         at))
+        n += len(events)
+    offset = 0
+
+    def handle(topic: str) -> Handle:
+        nonlocal offset
+        offset += 1
+        return ConsumerRecord(topic, 0, offset, 0, 0, b"k", b"v", None, 1, 1, ())
+
+    per_step = max(step_size // 10, 1)
+    begin, wall_begin = time.process_time(), time.perf_counter()
+    for first in range(0, len(transactions), per_step):
+        for events, marker in zip(transactions[first:first + per_step],
+                                  markers[first:first + per_step], strict=True):
+            for event in events:
+                fold.change(event, handle("cdc.erp.production_order"))
+            fold.marker("erp", marker, handle("erp.transaction"))
+        fold.heartbeat("crm", marker.ts or at, handle("crm.heartbeat"))
+        step()
+    cpu, elapsed = time.process_time() - begin, time.perf_counter() - wall_begin
+    store.close()
+    return {"mode": "latency", "changes": n, "cpu": cpu, "elapsed": elapsed,
+            "delivered": 0, **{k: v for k, v in counts.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--changes", type=int, default=60_000)
     parser.add_argument("--batch", type=int, default=5_000, help="records a batch (a fetch)")
-    parser.add_argument("--mode", choices=("backlog", "live", "both"), default="both")
+    parser.add_argument("--mode", choices=("backlog", "live", "both", "latency"),
+                        default="both")
+    parser.add_argument("--step", type=int, default=500,
+                        help="latency mode: changes a step")
+    parser.add_argument("--orders", type=int, default=100, help="latency mode: ERP orders")
     args = parser.parse_args()
     for mode in ("backlog", "live") if args.mode == "both" else (args.mode,):
         with tempfile.TemporaryDirectory() as folder:
-            r = run(args.changes, args.batch, mode, Path(folder))
+            if mode == "latency":
+                r = run_latency(args.changes, args.step, args.orders, Path(folder))
+            else:
+                r = run(args.changes, args.batch, mode, Path(folder))
         print(f"{r['mode']:>7}: {r['changes']:,} changes in {r['steps']:,} steps, "
               f"{r['changes'] / r['cpu']:>8,.0f} changes/s of CPU "
               f"({1e6 * r['cpu'] / r['changes']:.0f} us a change; {r['elapsed']:.1f} s); "

@@ -11,8 +11,12 @@ production order with its inspections, a shipment with its line sum) and one or 
 order figure entries; never the other lines, production orders or shipments of its
 order. A shipment line moves its shipment's quantity sum (``n:``) by its difference.
 What it reads is decoded once and kept, bounded (:mod:`.decoded`; written through, so
-the state stays the truth), and an order's waiting and open marks are made true once
-per step (:meth:`ProgressFold.settle`), not at each of its changes.
+the state stays the truth, but for the figures: see below), and an order's waiting and
+open marks are made true once per step (:meth:`ProgressFold.settle`), not at each of its
+changes. So are its figures written (``a:``): a step's changes move them in memory
+(every read goes through the fold: :meth:`ProgressFold.figures`), and
+:meth:`ProgressFold.settle` writes each order's once (an order's ten production orders
+changed in one transaction wrote its figures ten times, encoded each time).
 
 State is a function of the latest version of each row (DESIGN.md 6): every row is
 position-guarded (``r:``, deletes keep a tombstone with their position), and each unit
@@ -75,8 +79,10 @@ from services.production_status.records import (
     decode,
     dumps,
     encode,
+    encode_like,
     loads,
 )
+from services.production_status.stored import Record, set_unit, unit
 from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
 
@@ -92,8 +98,9 @@ CACHED_ROWS = 50_000
 CACHED_ORDERS = 25_000
 #: the indexes read whole (a production order's inspections at each of its changes, a
 #: line's production orders and shipment lines, an order's lines and cases at each
-#: status): their children are kept per parent, the index written through (``_link``)
-CACHED_INDEXES = (b"qi:", b"lm:", b"ls:", b"ol:", b"kc:")
+#: status, an order's shipments at each status): their children are kept per parent,
+#: the index written through (``_link``)
+CACHED_INDEXES = (b"qi:", b"lm:", b"ls:", b"ol:", b"kc:", b"os:")
 
 
 def key_id(raw: bytes) -> int:
@@ -110,19 +117,6 @@ def figures_key(erp_order_id: int) -> bytes:
 
 def _index(prefix: bytes, parent: int, child: int) -> bytes:
     return prefix + _pack(parent) + _pack(child)
-
-
-@dataclass(slots=True)
-class Record:
-    """A stored row version: its position, the row (None: deleted) and its unit state.
-
-    ``fields``: the row as stored (:func:`~.records.encode`), kept once known: a row is
-    written again each time its unit state moves, and is never changed itself."""
-
-    position: SourcePosition
-    row: Any
-    extra: Any = None
-    fields: list[Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +157,9 @@ class ProgressFold:
         #: ERP orders changed since their marks (``w:o``, ``op:``) were last made true
         #: (:meth:`settle`): once per step, not at each change
         self._unsettled: set[int] = set()
+        #: ERP order -> its figures moved since :meth:`settle` last wrote them (kept
+        #: here, whatever the cache forgets, until written)
+        self._unwritten: dict[int, Figures] = {}
 
     # ------------------------------------------------------------------ records
 
@@ -200,6 +197,9 @@ class ProgressFold:
 
     def figures(self, erp_order_id: int) -> Figures:
         """The order's figures (a copy: the caller may change it)."""
+        unwritten = self._unwritten.get(erp_order_id)
+        if unwritten is not None:
+            return dict(unwritten)
         cached = self._figures.find(erp_order_id)
         if cached is MISSING:
             raw = self.kv.get(figures_key(erp_order_id))
@@ -246,7 +246,12 @@ class ProgressFold:
         if old is not None and position <= old.position:
             return Applied(False)  # stale, redelivered or replayed
         touched = _Touched()
-        new = Record(position, row, None if old is None else old.extra)
+        new = Record(position, row, None if old is None else old.extra,
+                     unit=None if old is None else old.unit)
+        if (row is not None and old is not None and old.fields is not None
+                and type(old.row) is type(row)):
+            # the row as stored, its unchanged dates kept as they were written
+            new.fields = encode_like(row, old.row, old.fields)
         handler = _HANDLERS[table]
         handler(self, row_id, old, new, touched)
         self._unsettled |= touched.erp
@@ -324,7 +329,7 @@ class ProgressFold:
         if old_order == new_order:
             if old_order is None or old_c == new_c:
                 return
-            figures = self.figures(old_order)
+            figures = self._own_figures(old_order)
             progress.combine(figures, old_c, -1)
             progress.combine(figures, new_c, 1)
             self._store_figures(old_order, figures)
@@ -333,21 +338,38 @@ class ProgressFold:
         for order, c, sign in ((old_order, old_c, -1), (new_order, new_c, 1)):
             if order is None:
                 continue
-            figures = self.figures(order)
+            figures = self._own_figures(order)
             progress.combine(figures, c, sign)
             self._store_figures(order, figures)
             touched.erp.add(order)
 
+    def _own_figures(self, erp_order_id: int) -> Figures:
+        """The order's figures as kept (not a copy: changed only to be stored at once by
+        :meth:`_store_figures`, which keeps them again)."""
+        unwritten = self._unwritten.get(erp_order_id)
+        if unwritten is not None:
+            return unwritten
+        cached = self._figures.find(erp_order_id)
+        if cached is MISSING:
+            raw = self.kv.get(figures_key(erp_order_id))
+            cached = {} if raw is None else progress.decode_figures(loads(raw))
+        return cached
+
     def _store_figures(self, erp_order_id: int, figures: Figures) -> None:
-        if figures:
-            self.kv.put(figures_key(erp_order_id), dumps(progress.encode_figures(figures)))
-        else:
-            self.kv.delete(figures_key(erp_order_id))
-        self._figures.keep(erp_order_id, dict(figures))
+        """Keep the order's new figures; :meth:`settle` writes them."""
+        self._unwritten[erp_order_id] = figures
+        self._figures.keep(erp_order_id, figures)
 
     def settle(self) -> None:
         """Make the marks of every ERP order changed since the last call true (the
-        service fold calls it once per step; the queries below call it first)."""
+        service fold calls it once per step; the queries below call it first), and
+        write the figures moved since."""
+        unwritten, self._unwritten = self._unwritten, {}
+        for erp_order_id, figures in unwritten.items():
+            if figures:
+                self.kv.put(figures_key(erp_order_id), dumps(progress.encode_figures(figures)))
+            else:
+                self.kv.delete(figures_key(erp_order_id))
         taken, self._unsettled = self._unsettled, set()
         for erp_order_id in sorted(taken):
             self._refresh_order(erp_order_id)
@@ -378,7 +400,7 @@ class ProgressFold:
         if rec is None:
             rec = self.record(PRODUCTION_ORDER, mo_id)
         mo: ProductionOrder | None = None if rec is None else rec.row
-        old_order, old_c = _unit(rec)
+        old_order, old_c = unit(rec)
         inspections: list[tuple[Record, Inspection]] = []
         for inspection_id in self.children(b"qi:", mo_id):
             irec = self.record(INSPECTION, inspection_id)
@@ -409,7 +431,7 @@ class ProgressFold:
             if new_order is not None and inspection.state == "failed":
                 self.kv.put(_index(b"of:", new_order, inspection.id), b"")
         if rec is not None:
-            rec.extra = [new_order, progress.encode_figures(new_c)]
+            set_unit(rec, [new_order, progress.encode_figures(new_c)], new_c)
             self._write(PRODUCTION_ORDER, mo_id, rec)
         waiting = b"w:p" + _pack(mo_id)
         if mo is None and inspections:
@@ -425,15 +447,15 @@ class ProgressFold:
         shipment: Shipment | None = None if rec is None else rec.row
         raw = self.kv.get(b"n:" + _pack(shipment_id))
         quantity, lines = (ZERO, 0) if raw is None else (Decimal(loads(raw)[0]), loads(raw)[1])
-        old_order, old_c = _unit(rec)
+        old_order, old_c = unit(rec)
         new_order = None if shipment is None else shipment.sales_order_id
         new_c = {} if shipment is None else progress.shipment_contribution(shipment, quantity)
         self._move(old_order, old_c, new_order, new_c, touched)
         touched.erp.update(o for o in (old_order, new_order) if o is not None)
         if old_order is not None and old_order != new_order:
-            self.kv.delete(_index(b"os:", old_order, shipment_id))
+            self._link(b"os:", old_order, shipment_id, False)
         if new_order is not None:
-            self.kv.put(_index(b"os:", new_order, shipment_id), b"")
+            self._link(b"os:", new_order, shipment_id, True)
         if rec is not None:
             old_sample = Sample.decode(rec.extra[2]) if rec.extra else None
             new_sample = None
@@ -442,8 +464,8 @@ class ProgressFold:
                 new_sample = sample(TRANSPORT, shipment.warehouse_id, shipment.carrier,
                                     shipment.shipped_at, shipment.delivered_at)
             self.durations.move(old_sample, new_sample)
-            rec.extra = [new_order, progress.encode_figures(new_c),
-                         None if new_sample is None else new_sample.encode()]
+            set_unit(rec, [new_order, progress.encode_figures(new_c),
+                            None if new_sample is None else new_sample.encode()], new_c)
             self._write(SHIPMENT, shipment_id, rec)
         waiting = b"w:s" + _pack(shipment_id)
         if shipment is None and lines > 0:
@@ -459,7 +481,7 @@ class ProgressFold:
 
     def _erp_order_line(self, row_id: int, old: Record | None, new: Record, t: _Touched) -> None:
         line: ErpOrderLine | None = new.row
-        old_order, old_c = _unit(old)
+        old_order, old_c = unit(old)
         new_order = None if line is None else line.order_id
         new_c = {} if line is None else progress.line_contribution(line)
         self._move(old_order, old_c, new_order, new_c, t)
@@ -468,7 +490,7 @@ class ProgressFold:
             self._link(b"ol:", old_order, row_id, False)
         if new_order is not None:
             self._link(b"ol:", new_order, row_id, True)
-        new.extra = [new_order, progress.encode_figures(new_c)]
+        set_unit(new, [new_order, progress.encode_figures(new_c)], new_c)
         self._write(ERP_ORDER_LINE, row_id, new)
 
     def _production_order(self, row_id: int, old: Record | None, new: Record,
@@ -491,7 +513,7 @@ class ProgressFold:
             # take the old version out of its production order first (its sample, its
             # failed-index entry), then let the recomputation add the new one
             self.durations.move(Sample.decode(old.extra), None)
-            order, _ = _unit(self.record(PRODUCTION_ORDER, old_mo))
+            order, _ = unit(self.record(PRODUCTION_ORDER, old_mo))
             if order is not None:
                 self.kv.delete(_index(b"of:", order, row_id))
             self._link(b"qi:", old_mo, row_id, False)
@@ -562,14 +584,6 @@ class ProgressFold:
         return list(self.children(b"kc:", crm_order_id))
 
 
-def _unit(rec: Record | None) -> tuple[int | None, Contribution]:
-    """The order and contribution a unit last added (none yet: ``(None, {})``)."""
-    if rec is None or not rec.extra:
-        return None, {}
-    order, figures = rec.extra[0], rec.extra[1]
-    return order, progress.decode_figures(figures)
-
-
 def is_open(header: ErpOrder | None, figures: Figures) -> bool:
     if header is None and not figures:
         return False
@@ -591,4 +605,4 @@ _HANDLERS = {
     SERVICE_CASE: ProgressFold._service_case,
 }
 
-__all__ = ["Applied", "CrmOrder", "ProgressFold", "Record", "is_open"]
+__all__ = ["Applied", "CrmOrder", "ProgressFold", "Record", "is_open", "unit"]

@@ -336,6 +336,28 @@ def encode(row: Any) -> list[Any]:
     return values
 
 
+def encode_like(row: Any, old_row: Any, old_fields: list[Any]) -> list[Any]:
+    """:func:`encode` of ``row``, given ``old_fields`` = ``encode(old_row)`` of the same
+    type: a date or instant equal to the old one (an instant with the same UTC offset:
+    the same text) takes the old text instead of being formatted again (most of a
+    row's encoding; a new version changes few columns)."""
+    getter, converts, _ = _codec(type(row))
+    values = list(getter(row))
+    old_values = getter(old_row)
+    for i, convert in converts:
+        value = values[i]
+        if value is None:
+            continue
+        if convert is _to_text:
+            old = old_values[i]
+            if (type(value) is type(old) and value == old
+                    and (type(value) is date or value.utcoffset() == old.utcoffset())):
+                values[i] = old_fields[i]
+                continue
+        values[i] = convert(value)
+    return values
+
+
 def decode(cls: type[T], values: list[Any]) -> T:
     _, _, decoders = _codec(cls)
     return cls(*[v if d is None or v is None else d(v)

@@ -39,7 +39,7 @@ from enum import StrEnum
 
 from services.production_status import progress
 from services.production_status.durations import QC, TRANSPORT, Durations, Quantiles
-from services.production_status.fold import ProgressFold, key_id
+from services.production_status.fold import ProgressFold, unit
 from services.production_status.progress import Figures, MoStage, parse_instant
 from services.production_status.records import (
     CRM_ORDER,
@@ -274,10 +274,10 @@ def predict(figures: Figures, warehouse_id: int | None, durations: Durations, no
 
 def _latest_shipment(fold: ProgressFold, erp_order_id: int) -> Shipment | None:
     latest: Shipment | None = None
-    for n, (key, _) in enumerate(fold.kv.scan(b"os:" + key_id_bytes(erp_order_id))):
+    for n, shipment_id in enumerate(fold.children(b"os:", erp_order_id)):
         if n >= MAX_SHIPMENTS_READ:
             break
-        shipment = fold.row(SHIPMENT, key_id(key))
+        shipment = fold.row(SHIPMENT, shipment_id)
         if shipment is not None and shipment.state != "cancelled":
             latest = shipment  # ascending ids: the last one read is the newest
     return latest
@@ -343,7 +343,7 @@ def line_figures(fold: ProgressFold, line: ErpOrderLine) -> tuple[Figures, Shipm
     for mo_id in fold.children(b"lm:", line.id):
         rec = fold.record(PRODUCTION_ORDER, mo_id)
         if rec is not None and rec.row is not None and rec.extra:
-            progress.combine(figures, progress.decode_figures(rec.extra[1]), 1)
+            progress.combine(figures, unit(rec)[1], 1)
     latest: Shipment | None = None
     for shipment_line_id in fold.children(b"ls:", line.id):
         shipment_line: ShipmentLine | None = fold.row(SHIPMENT_LINE, shipment_line_id)

@@ -82,15 +82,11 @@ from services.production_status.records import (
     encode_like,
     loads,
 )
-from services.production_status.stored import Record, set_unit, unit
+from services.production_status.stored import Record, figures_key, key_id, row_key, set_unit, unit
 from services.shared.position import SourcePosition
 from services.shared.state.store import KeyValue
 
 _pack = struct.Struct(">q").pack
-CODES = {
-    ERP_ORDER: b"o", ERP_ORDER_LINE: b"l", PRODUCTION_ORDER: b"p", INSPECTION: b"q",
-    SHIPMENT: b"s", SHIPMENT_LINE: b"t", CRM_ORDER: b"c", SERVICE_CASE: b"k",
-}
 ZERO = Decimal(0)
 #: decoded rows kept between changes (:mod:`.decoded`; twice this many at most)
 CACHED_ROWS = 50_000
@@ -101,18 +97,6 @@ CACHED_ORDERS = 25_000
 #: status, an order's shipments at each status): their children are kept per parent,
 #: the index written through (``_link``)
 CACHED_INDEXES = (b"qi:", b"lm:", b"ls:", b"ol:", b"kc:", b"os:")
-
-
-def key_id(raw: bytes) -> int:
-    return int.from_bytes(raw[-8:], "big", signed=True)
-
-
-def row_key(table: str, row_id: int) -> bytes:
-    return b"r:" + CODES[table] + _pack(row_id)
-
-
-def figures_key(erp_order_id: int) -> bytes:
-    return b"a:" + _pack(erp_order_id)
 
 
 def _index(prefix: bytes, parent: int, child: int) -> bytes:

@@ -62,7 +62,7 @@ from typing import Any
 import orjson
 
 from services.production_status import publish
-from services.production_status.fold import CODES, ProgressFold, key_id
+from services.production_status.fold import ProgressFold
 from services.production_status.records import (
     CRM_ORDER,
     ERP_ORDER,
@@ -79,6 +79,7 @@ from services.production_status.records import (
 )
 from services.production_status.risk import assess, last_risk, transition
 from services.production_status.status import line_statuses, order_status
+from services.production_status.stored import CODES, key_id
 from services.production_status.triage import triage
 from services.production_status.truncates import TRUNCATES
 from services.shared.changes import ChangeEvent, ChangeOp

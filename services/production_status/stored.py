@@ -1,4 +1,5 @@
-"""A stored row version of production-status's fold (:mod:`.fold`), and its unit state.
+"""A stored row version of production-status's fold (:mod:`.fold`), its unit state, and the
+state's key codes.
 
 A unit (an order line; a production order with its inspections; a shipment) keeps in
 its record, as ``extra``, the ERP order and the contribution (:mod:`.progress`) it last
@@ -9,12 +10,43 @@ encodes.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.production_status import progress
 from services.production_status.progress import Contribution
+from services.production_status.records import (
+    CRM_ORDER,
+    ERP_ORDER,
+    ERP_ORDER_LINE,
+    INSPECTION,
+    PRODUCTION_ORDER,
+    SERVICE_CASE,
+    SHIPMENT,
+    SHIPMENT_LINE,
+)
 from services.shared.position import SourcePosition
+
+_pack = struct.Struct(">q").pack
+#: a table's one-byte code in the state's keys
+CODES = {
+    ERP_ORDER: b"o", ERP_ORDER_LINE: b"l", PRODUCTION_ORDER: b"p", INSPECTION: b"q",
+    SHIPMENT: b"s", SHIPMENT_LINE: b"t", CRM_ORDER: b"c", SERVICE_CASE: b"k",
+}
+
+
+def key_id(raw: bytes) -> int:
+    """The id a key ends with (8-byte big-endian)."""
+    return int.from_bytes(raw[-8:], "big", signed=True)
+
+
+def row_key(table: str, row_id: int) -> bytes:
+    return b"r:" + CODES[table] + _pack(row_id)
+
+
+def figures_key(erp_order_id: int) -> bytes:
+    return b"a:" + _pack(erp_order_id)
 
 
 @dataclass(slots=True)
@@ -55,4 +87,4 @@ def set_unit(rec: Record, extra: list[Any], contribution: Contribution) -> None:
     rec.unit = (extra, contribution)
 
 
-__all__ = ["Record", "set_unit", "unit"]
+__all__ = ["CODES", "Record", "figures_key", "key_id", "row_key", "set_unit", "unit"]

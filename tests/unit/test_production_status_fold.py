@@ -28,7 +28,7 @@ from decimal import Decimal
 import pytest
 
 from services.production_status import fold as fold_module
-from services.production_status.fold import ProgressFold, key_id
+from services.production_status.fold import ProgressFold
 from services.production_status.recompute import final_rows, recompute
 from services.production_status.records import (
     ERP_ORDER,
@@ -47,6 +47,7 @@ from services.production_status.records import (
 )
 from services.production_status.risk import assess, transition
 from services.production_status.status import line_statuses, order_status
+from services.production_status.stored import key_id
 from services.production_status.triage import triage
 from services.shared.position import SourcePosition
 from services.shared.state.store import MemoryState

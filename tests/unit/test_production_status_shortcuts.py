@@ -38,7 +38,7 @@ from services.production_status.records import (
     encode_like,
 )
 from services.production_status.status import line_statuses, order_status
-from services.production_status.stored import Record
+from services.production_status.stored import Record, figures_key
 from services.shared.state.store import MemoryState
 from tests.unit.production_status_history import NOW, Version, deliveries, history
 
@@ -57,10 +57,10 @@ def _plain_set_unit(rec: Record, extra: list[Any], contribution: Any) -> None:
 
 def _store_at_once(fold: ProgressFold, erp_order_id: int, figures: dict[str, Decimal]) -> None:
     if figures:
-        fold.kv.put(fold_module.figures_key(erp_order_id),
+        fold.kv.put(figures_key(erp_order_id),
                     fold_module.dumps(progress.encode_figures(figures)))
     else:
-        fold.kv.delete(fold_module.figures_key(erp_order_id))
+        fold.kv.delete(figures_key(erp_order_id))
     fold._figures.keep(erp_order_id, dict(figures))
 
 

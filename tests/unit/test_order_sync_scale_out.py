@@ -41,11 +41,13 @@ from services.shared.batches import OffsetLedger, RecordBatch
 from services.shared.changes import ChangeEvent, ChangeOp, RecordOrigin
 from services.shared.cooperative import run_to_end
 from services.shared.errors import BadInput
-from services.shared.routing import RouterFold
+from services.shared.released import GivenUp, GiveUpCause
+from services.shared.routing import Routed, RouterEffects, RouterFold
 from services.shared.runtime import build_service
 from services.shared.settings import load_settings
 from services.shared.slices import Slice, encode_slice
 from services.shared.state.store import MemoryState
+from services.shared.transaction_fold import Applied
 from services.shared.transactions import TransactionMarker
 from tests.builders import change_event
 from tests.unit.test_order_sync_domain import ACCOUNT_ID, header, line
@@ -351,3 +353,38 @@ def test_the_role_chooses_the_consumer_groups_and_single_is_the_default(
     if role == "worker":  # N workers share the route topic's partitions
         (source,) = sync.sources()
         assert source.topics == (ROUTE_TOPIC,) and source._assignor is not None
+
+
+async def test_the_router_reports_the_orders_of_a_transaction_given_up_rejected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the single process's CRM intake does: the dead letters (the kit's effects)
+    alone would leave the salesperson without an answer."""
+    sync = OrderSync(build_service(load_settings(
+        "order-sync", {"AMBIDEX_ORDER_SYNC_ROLE": "router"})))
+    assert sync.router is not None
+    produced: list[Any] = []
+
+    async def kit_effects(self: Any, step: Any, fold: Any) -> None:
+        produced.append(step)
+
+    reported: list[tuple[Any, Any]] = []
+
+    async def report_rejected(rejection: Any, position: Any) -> None:
+        reported.append((rejection, position))
+
+    monkeypatch.setattr(RouterEffects, "apply", kit_effects)
+    monkeypatch.setattr(sync.syncing, "report_rejected", report_rejected)
+    crm = Crm()
+    scenario(crm)
+    events = [cast(ChangeEvent, crm.items[(r.topic, r.offset)])
+              for r in crm.transactions[0][:-1]]
+    given_up = GivenUp("crm", "1", GiveUpCause.INCOMPLETE, "incomplete", tuple(events))
+    step: Applied[Routed] = Applied(Routed(), rejected=[given_up])
+
+    await sync.router._apply(step, cast(Any, None))  # the fold: only the kit reads it
+
+    assert produced == [step]
+    ((rejection, position),) = reported
+    assert set(rejection.orders) == {ORDER_A, ORDER_B}
+    assert position == events[-1].position

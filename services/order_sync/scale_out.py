@@ -169,6 +169,7 @@ class SliceWorker:
         each chunk in one ERP transaction (as the single process applies a fetch)."""
         intake = self.service.require_intake()
         limit = self.service.settings.sink_batch_max_rows
+        self._scope.clear()  # nothing of a batch that failed half way (ids are reused)
         chunk: list[tuple[CompleteTransaction, list[Handle]]] = []
         size = 0
         for record in batch.records:

@@ -31,6 +31,11 @@ databases. More than one worker is safe (row locks serialize per order) but only
 is needed. Bad input, refusals and truncates: :mod:`~services.order_sync.crm_intake`,
 :mod:`~services.order_sync.syncing`, :mod:`~services.order_sync.truncates`. Connection
 problems are retried with backoff (readiness reports them).
+
+Scale-out (opt-in, ``AMBIDEX_ORDER_SYNC_ROLE``, default ``single`` = all of the above in
+one process): ``router`` runs the CRM router (:mod:`~services.order_sync.scale_out`) and
+the ERP source; ``worker`` runs a share of the routed CRM -> ERP work. Run one router and
+any number of workers.
 """
 
 from __future__ import annotations
@@ -45,9 +50,11 @@ from services.order_sync.erp_progress import ProgressReader
 from services.order_sync.erp_unit_of_work import ErpStore
 from services.order_sync.erp_writes import TransientStoreError
 from services.order_sync.metrics import OrderSyncMetrics
+from services.order_sync.scale_out import SliceWorker
+from services.order_sync.scale_out import build_router as build_crm_router
 from services.order_sync.syncing import Stores, Syncing
 from services.order_sync.truncates import ANSWERS, TruncateHandler
-from services.shared.batches import attach_sources
+from services.shared.batches import BatchSource, attach_sources
 from services.shared.databases import open_pool
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_shared_service
@@ -102,6 +109,22 @@ class OrderSync:
         )
         self.erp = ErpIntake(service, self.metrics, self.syncing, truncates,
                              topics=ERP_TOPICS)
+        role = service.settings.order_sync_role
+        #: scale-out (opt-in): the CRM router, or a worker of its route topic
+        self.router = None if role != "router" else build_crm_router(
+            service, self.syncing, collections=CRM_COLLECTIONS,
+            transaction_topic=CRM_TRANSACTION_TOPIC, truncates=TRUNCATES,
+            counter=truncates.counter,
+        )
+        self.worker = SliceWorker(service, self.syncing) if role == "worker" else None
+
+    def sources(self) -> tuple[BatchSource, ...]:
+        """The batch sources of this process's role (``AMBIDEX_ORDER_SYNC_ROLE``)."""
+        if self.router is not None:
+            return self.router.source, self.erp.source
+        if self.worker is not None:
+            return (self.worker.source,)
+        return self.crm.source, self.erp.source
 
     async def start(self, service: Service) -> None:
 
@@ -113,8 +136,12 @@ class OrderSync:
             ProgressReader(self.erp_pool, self.echo_memory),
             StatusWriter(self.crm_pool, service.require_publisher()),
         ))
+        if self.router is not None:
+            await self.router.open()
 
     async def stop(self, service: Service) -> None:
+        if self.router is not None:
+            self.router.close()
         for pool in (self.crm_pool, self.erp_pool):
             if pool is not None:
                 await pool.close()
@@ -126,5 +153,5 @@ def build_service(settings: ServiceSettings) -> Service:
     sync = OrderSync(service)
     service.on_start.append(sync.start)
     service.on_stop.append(sync.stop)
-    attach_sources(service, sync.crm.source, sync.erp.source)
+    attach_sources(service, *sync.sources())
     return service

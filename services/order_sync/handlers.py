@@ -68,6 +68,11 @@ class SyncBatch:
     redecide: Iterable[int] = ()
     changed_accounts: Iterable[int] = ()
     refused: str | None = None
+    #: the only CRM orders ``events`` may decide (None: every order they touch). A
+    #: scale-out worker (:mod:`services.order_sync.scale_out`) owns the orders of its
+    #: slices; a line moved between orders is in the slices of both, and each worker
+    #: decides its own order only, from its own key's commit order
+    only: frozenset[int] | None = None
 
 
 def _ids(values: Iterable[int]) -> list[int]:
@@ -109,6 +114,8 @@ async def sync_orders(
     """
     slicer = slicer if slicer is not None else Slicer()
     changed = await slicer.drive(_order_ids_steps(batch.events))
+    if batch.only is not None:
+        changed &= batch.only
     order_ids = _ids([*changed, *batch.redecide])
     account_changes = _ids(batch.changed_accounts)
     result = BatchResult()
@@ -116,9 +123,15 @@ async def sync_orders(
         return result
     async with uow:
         stored = await uow.lock_orders(order_ids) if order_ids else {}
+        deciding = set(order_ids)
         drafts = {order_id: s.draft for order_id, s in stored.items()}
         folded = dict(drafts)
-        folded.update(await slicer.drive(fold_transaction_steps(drafts, batch.events)))
+        folded.update({
+            order_id: draft
+            for order_id, draft in (
+                await slicer.drive(fold_transaction_steps(drafts, batch.events))).items()
+            if order_id in deciding  # not an order ``batch.only`` leaves out
+        })
         await _reread_rejected(uow, folded, changed)
         orders, bad = await _orders_of(folded, slicer)
 

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: A held source record: the Kafka record and its hold (released once applied).
 Handle = tuple["ConsumerRecord[bytes, bytes]", Hold]
+#: the CRM orders a transaction may decide (a scale-out worker's: its slice's orders)
+Scope = Callable[[CompleteTransaction], frozenset[int]]
 
 
 def error_text(error: BaseException | None) -> str:
@@ -94,12 +96,15 @@ class Syncing:
         return self._stores
 
     async def apply_transactions(
-        self, chunk: list[tuple[CompleteTransaction, list[Handle]]]
+        self, chunk: list[tuple[CompleteTransaction, list[Handle]]], scope: Scope | None = None
     ) -> None:
+        """Apply whole CRM transactions in one ERP transaction; ``scope``: the orders
+        each may decide (None: every order it touches; see ``SyncBatch.only``)."""
         events = [event for transaction, _ in chunk for event in transaction.events]
+        only = None if scope is None else frozenset(i for t, _ in chunk for i in scope(t))
 
         async def attempt() -> None:
-            await self.apply_events(events)
+            await self.apply_events(events, only=only)
 
         failure = await self.with_retries(attempt)
         if failure is None:
@@ -107,9 +112,9 @@ class Syncing:
         if len(chunk) > 1:
             self.metrics.retries.labels("split").inc()
             for item in chunk:
-                await self.apply_transactions([item])
+                await self.apply_transactions([item], scope)
             return
-        if await self.record_refusal(events, failure):
+        if await self.record_refusal(events, failure, only=only):
             return
         intake = self.service.require_intake()
         # the ERP's own state refused it: a replay of the same records fails again
@@ -121,7 +126,8 @@ class Syncing:
                 await intake.reject(record, reason)
         await self.report_refused(chunk[0][0], refusal_reason(None, None, None))
 
-    async def record_refusal(self, events: Sequence[ChangeEvent], failure: Exception) -> bool:
+    async def record_refusal(self, events: Sequence[ChangeEvent], failure: Exception, *,
+                             only: frozenset[int] | None = None) -> bool:
         """The ERP refused one whole CRM transaction: record that in an ERP transaction
         of its own (the refused one was rolled back) — the CRM change kept in the
         drafts, the orders in conflict with a reason in business words, re-decided on
@@ -137,7 +143,7 @@ class Syncing:
         outcome: list[BatchResult] = []
 
         async def attempt() -> None:
-            batch = SyncBatch(events, refused=reason)
+            batch = SyncBatch(events, refused=reason, only=only)
             outcome[:] = [await sync_orders(batch, store.unit_of_work())]
 
         again = await self.with_retries(attempt)
@@ -187,7 +193,8 @@ class Syncing:
             log.error("could not report a refused transaction to the CRM: %s",
                       error_text(failure))
 
-    async def apply_events(self, events: Sequence[ChangeEvent]) -> None:
+    async def apply_events(self, events: Sequence[ChangeEvent], *,
+                           only: frozenset[int] | None = None) -> None:
         """Fold, decide and apply CRM changes (whole transactions) and write back."""
         store = self.stores().erp
         accounts = sorted({
@@ -201,7 +208,7 @@ class Syncing:
             redecide = await store.rejected_orders(accounts)
         with self.service.metrics.sink_timer("erp"):
             result = await sync_orders(
-                SyncBatch(events, redecide=redecide, changed_accounts=accounts),
+                SyncBatch(events, redecide=redecide, changed_accounts=accounts, only=only),
                 store.unit_of_work(),
             )
         await self.write_back(result)

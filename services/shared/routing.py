@@ -214,11 +214,14 @@ class RouterEffects:
     """A router step's effects: dead letters and the holding metrics (as every fold's),
     then the slices and reference rows produced and acknowledged."""
 
-    def __init__(self, service: Service, *, route_topic: str, reference_topic: str) -> None:
+    def __init__(self, service: Service, *, route_topic: str, reference_topic: str,
+                 truncates: TruncateCounter | None = None) -> None:
         self.service = service
         self.route_topic = route_topic
         self.reference_topic = reference_topic
-        self.truncates = TruncateCounter(service.registry, service.name)
+        #: the service's own counter when the process has one already (a metric is
+        #: registered once per process: order-sync's router runs its ERP source too)
+        self.truncates = truncates or TruncateCounter(service.registry, service.name)
 
     async def apply(self, step: Applied[Routed], fold: RouterFold) -> None:
         await dead_letter_all(self.service, step, fold.held, self.truncates)

@@ -140,6 +140,15 @@ class ServiceSettings(BaseSettings):
             "`AMBIDEX_METRICS_HOST` address; 0 = any free port). Other services ignore it."
         ),
     )
+    order_sync_role: Literal["single", "router", "worker"] = Field(
+        default="single",
+        description=(
+            "order-sync's scale-out, opt-in (ADR 0003): `single` (one process does "
+            "everything), `router` (CRM transactions to `route.order-sync`, plus the ERP "
+            "-> CRM direction; run one) or `worker` (applies the routed CRM changes to the "
+            "ERP; run any number). Other services ignore it."
+        ),
+    )
     log_format: LogFormat = Field(
         default="json",
         description="`json` (one object per line, for collectors) or `console` (humans).",

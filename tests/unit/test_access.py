@@ -20,6 +20,7 @@ from services.demand_signals.emit import SURGE_TOPIC
 from services.inventory_projection import app as inventory
 from services.order_sync import app as order_sync
 from services.order_sync import codec as order_codec
+from services.order_sync import scale_out as order_scale_out
 from services.production_status import app as production
 from services.production_status import effects as production_effects
 from services.receivables import app as receivables
@@ -37,9 +38,13 @@ DOCUMENTS = [
 #: what each service's code consumes and produces (besides its dead-letter topic)
 CODE = {
     "order-sync": (
-        {*order_sync.CRM_TOPICS, *order_sync.ERP_TOPICS},
-        {order_codec.IDENTITY_TOPIC, order_codec.STATUS_TOPIC, order_codec.CONFLICT_TOPIC},
-        {"ambidex-order-sync.crm", "ambidex-order-sync.erp"},
+        {*order_sync.CRM_TOPICS, *order_sync.ERP_TOPICS, order_scale_out.ROUTE_TOPIC,
+         order_scale_out.ROUTER_STATE_TOPIC},
+        {order_codec.IDENTITY_TOPIC, order_codec.STATUS_TOPIC, order_codec.CONFLICT_TOPIC,
+         order_scale_out.ROUTE_TOPIC, order_scale_out.ROUTER_STATE_TOPIC},
+        {"ambidex-order-sync.crm", "ambidex-order-sync.erp",
+         f"ambidex-order-sync.{order_scale_out.ROUTER}",
+         f"ambidex-order-sync.{order_scale_out.WORKER}"},
     ),
     "inventory-projection": (
         {

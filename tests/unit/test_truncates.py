@@ -334,7 +334,7 @@ async def test_order_sync_dead_letters_a_truncate_and_applies_the_rest_of_it() -
         async def reject(self, record: Any, error: BadInput) -> None:
             rejected.append((record.offset, error))
 
-    async def apply_events(events: Any) -> None:
+    async def apply_events(events: Any, **_: Any) -> None:
         applied.append(list(events))
 
     sync = OrderSync(build_service(load_settings("order-sync", {})))

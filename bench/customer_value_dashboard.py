@@ -12,7 +12,7 @@ With ``--stack``: a private stack (seeded) and ``ambidex run customer-value`` as
 process; a CRM order confirmed (committed) at a time, each for one of 20 fresh
 accounts, and its revenue read from the dashboard's ``/api/customers/<id>`` every 10 ms:
 source commit -> figure on the dashboard, through Debezium, Kafka, the service's step,
-its checkpoint and the observer (run it through /work/wt/with-stack or alone).
+its checkpoint and the observer.
 
 The dashboard runs in its own thread and event loop (as in the service process); the
 benchmark asks it over HTTP. Server time is the time of a whole HTTP request from this

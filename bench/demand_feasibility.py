@@ -2,7 +2,7 @@
 
 Not a test: it prints figures and the command that reproduces them.
 
-    /work/wt/with-stack uv run python -m bench.demand_feasibility          # private stack
+    uv run python -m bench.demand_feasibility          # private stack
     ... --rate 100 --seconds 60 --workload-rate 20
 
 A private seeded stack; inventory-projection (which runs demand signals) as its own
@@ -172,7 +172,7 @@ async def main() -> None:
     print(f"  service histogram          p50 <= {quantiles['p50_le']} s, "
           f"p99 <= {quantiles['p99_le']} s (bucket bounds)")
     print(f"  worker CPU                 {cpu:.0f} s, RSS max {worker.peak_rss:,.0f} MB")
-    print(f"reproduce: /work/wt/with-stack {reproduce_line('bench.demand_feasibility')}")
+    print(f"reproduce: {reproduce_line('bench.demand_feasibility')}")
 
 
 if __name__ == "__main__":

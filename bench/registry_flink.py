@@ -1,6 +1,6 @@
 """Flink SQL reads what receivables published, in the registry wire format.
 
-``/work/wt/with-stack uv run python -m bench.registry_flink [--duration 60]`` starts a
+``uv run python -m bench.registry_flink [--duration 60]`` starts a
 private stack (its schema registry included), runs receivables and the sample workload
 for ``--duration`` seconds, waits until the published topic stops growing, then reads
 ``ambidex.receivable-position`` twice: with Ambidex's own reader, and with a Flink SQL

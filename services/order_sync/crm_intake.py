@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -30,7 +28,7 @@ from aiokafka.structs import ConsumerRecord
 
 from services.order_sync.metrics import OrderSyncMetrics
 from services.order_sync.rejection import rejection_of_given_up
-from services.order_sync.syncing import Handle, Syncing
+from services.order_sync.syncing import Handle, Syncing, report_applied
 from services.order_sync.truncates import TruncateHandler
 from services.shared.batches import BatchSource, RecordBatch
 from services.shared.holding import Released
@@ -134,15 +132,7 @@ class CrmIntake:
         self, chunk: list[tuple[CompleteTransaction, list[Handle]]]
     ) -> None:
         await self.syncing.apply_transactions(chunk)
-        now = time.time()
-        metrics = self.service.metrics
-        applied: Counter[str] = Counter()
-        for transaction, handles in chunk:
-            metrics.observe_end_to_end_lag("crm_to_erp", transaction.commit_time.timestamp(), now)
-            applied.update(event.origin.topic for event in transaction.events)
-            self.source.release(h for _, h in handles)
-        for topic, count in applied.items():
-            metrics.event(topic, "applied", count)
+        report_applied(self.service, self.source.release, chunk)
 
     async def _end_given_up(self, released: Released[Handle]) -> None:
         """Records of transactions given up to the dead letters, their CRM orders

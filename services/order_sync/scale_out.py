@@ -44,8 +44,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Literal
@@ -61,7 +59,7 @@ from services.order_sync.domain.crm_orders import (
 )
 from services.order_sync.domain.folding import order_ids_of
 from services.order_sync.rejection import rejection_of_given_up
-from services.order_sync.syncing import Handle, Syncing
+from services.order_sync.syncing import Handle, Syncing, report_applied
 from services.shared.batches import BatchSource, RecordBatch
 from services.shared.changes import ChangeEvent
 from services.shared.errors import BadInput, Cause
@@ -196,15 +194,7 @@ class SliceWorker:
             await self.syncing.apply_transactions(chunk, self.scope)
         finally:
             self._scope.clear()
-        now = time.time()
-        metrics = self.service.metrics
-        applied: Counter[str] = Counter()
-        for transaction, handles in chunk:
-            metrics.observe_end_to_end_lag("crm_to_erp", transaction.commit_time.timestamp(), now)
-            applied.update(event.origin.topic for event in transaction.events)
-            self.source.release(h for _, h in handles)
-        for topic, count in applied.items():
-            metrics.event(topic, "applied", count)
+        report_applied(self.service, self.source.release, chunk)
 
 
 def build_router(

@@ -21,7 +21,9 @@ after the ERP commit. Around it:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,6 +61,21 @@ Scope = Callable[[CompleteTransaction], frozenset[int]]
 def error_text(error: BaseException | None) -> str:
     """A database error for logs and dead letters (never for the CRM status)."""
     return "" if error is None else f"{type(error).__name__}: {error}"
+
+
+def report_applied(service: Service, release: Callable[[Iterable[Hold]], None],
+                   chunk: Sequence[tuple[CompleteTransaction, list[Handle]]]) -> None:
+    """After a chunk of whole CRM transactions is applied: their CRM -> ERP lag and
+    changes applied in the metrics, their records released (``release``: the source's)."""
+    now = time.time()
+    metrics = service.metrics
+    applied: Counter[str] = Counter()
+    for transaction, handles in chunk:
+        metrics.observe_end_to_end_lag("crm_to_erp", transaction.commit_time.timestamp(), now)
+        applied.update(event.origin.topic for event in transaction.events)
+        release(h for _, h in handles)
+    for topic, count in applied.items():
+        metrics.event(topic, "applied", count)
 
 
 @dataclass(frozen=True, slots=True)

@@ -322,10 +322,9 @@ class BatchSource:
             try:
                 if self._rewind is not None:
                     await self._redo_from_committed()
-                fetched = await consumer.getmany(
-                    # records kept and due already: hand them out without a fetch wait
-                    timeout_ms=0 if self._more_due else 200, max_records=self._max_records
-                )
+                # records kept and due already are handed out without a fetch wait
+                wait_ms = 0 if self._more_due else 200
+                fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self._max_records)
                 if fetched or self._buffers.holding():
                     # records kept from earlier fetches are handed out once the others
                     # are known far enough, even when this fetch brought nothing

@@ -11,6 +11,7 @@ worker, then by itself when it comes back) changes none of that.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from decimal import Decimal

@@ -163,6 +163,27 @@ class Orders:
             yield batch
 
 
+def fold_step(fold: StatusFold, overlay: Overlay, store: RocksState, codec: AvroCodec,
+              counts: dict[str, int], caught_up: tuple[str, ...]) -> None:
+    """One runner step as the service takes it: fold, output check, the records' Avro
+    encoding, the overlay drained into RocksDB; the counts moved."""
+    out = run_to_end(fold.steps(caught_up))
+    fold.held.drained = []
+    fold.held.record_progress(overlay)
+    items = outputs(out.outcome)
+    error = first_refused(codec, ((schema, r) for _, schema, _, r in items))
+    assert error is None, error
+    for _, schema, _, record in items:
+        codec.encode(schema, record)
+    changes = overlay.drain()
+    counts["entries"] += len(changes)
+    store.write(changes)
+    counts["statuses"] += len(out.outcome.statuses)
+    counts["risks"] += len(out.outcome.risks)
+    counts["triages"] += len(out.outcome.triages)
+    counts["steps"] += 1
+
+
 def run(changes: int, batch: int, mode: str, folder: Path) -> dict[str, Any]:
     codec = AvroCodec(SchemaCatalogue.load())
     source = Orders(codec)
@@ -179,21 +200,7 @@ def run(changes: int, batch: int, mode: str, folder: Path) -> dict[str, Any]:
     counts = {"statuses": 0, "risks": 0, "triages": 0, "steps": 0, "entries": 0}
 
     def step(caught_up: tuple[str, ...]) -> None:
-        out = run_to_end(fold.steps(caught_up))
-        fold.held.drained = []
-        fold.held.record_progress(overlay)
-        items = outputs(out.outcome)
-        error = first_refused(codec, ((schema, r) for _, schema, _, r in items))
-        assert error is None, error
-        for _, schema, _, record in items:
-            codec.encode(schema, record)
-        changes = overlay.drain()
-        counts["entries"] += len(changes)
-        store.write(changes)
-        counts["statuses"] += len(out.outcome.statuses)
-        counts["risks"] += len(out.outcome.risks)
-        counts["triages"] += len(out.outcome.triages)
-        counts["steps"] += 1
+        fold_step(fold, overlay, store, codec, counts, caught_up)
 
     begin, wall_begin = time.process_time(), time.perf_counter()
     for records in batches:
@@ -246,21 +253,7 @@ def run_latency(changes: int, step_size: int, orders: int, folder: Path) -> dict
     counts = {"statuses": 0, "risks": 0, "triages": 0, "steps": 0, "entries": 0}
 
     def step() -> None:
-        out = run_to_end(fold.steps(("crm", "erp")))
-        fold.held.drained = []
-        fold.held.record_progress(overlay)
-        items = outputs(out.outcome)
-        error = first_refused(codec, ((schema, r) for _, schema, _, r in items))
-        assert error is None, error
-        for _, schema, _, record in items:
-            codec.encode(schema, record)
-        entries = overlay.drain()
-        counts["entries"] += len(entries)
-        store.write(entries)
-        counts["statuses"] += len(out.outcome.statuses)
-        counts["risks"] += len(out.outcome.risks)
-        counts["triages"] += len(out.outcome.triages)
-        counts["steps"] += 1
+        fold_step(fold, overlay, store, codec, counts, ("crm", "erp"))
 
     for records in setup:
         for handle, (_, feed) in records:

@@ -52,6 +52,7 @@ from services.shared.transactions import TransactionMarker
 from tests.builders import change_event
 from tests.unit.test_order_sync_domain import ACCOUNT_ID, header, line
 from tests.unit.test_order_sync_handlers import FakeUnitOfWork
+from tests.unit.test_order_sync_shell import FakeIntake
 from tests.unit.test_transactions import end
 
 Row = tuple[str, ChangeOp, Mapping[str, Any] | None, Mapping[str, Any] | None]
@@ -95,23 +96,6 @@ class Crm:
         return [record for records in self.transactions for record in records]
 
 
-class FakeIntake:
-    """The intake port: records decode to what the CRM sent; rejections recorded."""
-
-    def __init__(self, crm: Crm) -> None:
-        self.items = crm.items
-        self.rejected: list[tuple[str, int, str]] = []
-
-    def decode(self, record: Any) -> Any:
-        return self.items[(record.topic, record.offset)]
-
-    async def marker(self, record: Any) -> Any:
-        return self.items[(record.topic, record.offset)]
-
-    async def reject(self, record: Any, error: BadInput) -> None:
-        self.rejected.append((record.topic, record.offset, error.reason))
-
-
 class FakeErp:
     """The ERP store port over one :class:`FakeUnitOfWork` (the ERP every process of
     the test writes to)."""
@@ -143,7 +127,7 @@ def process(crm: Crm, role: str, uow: FakeUnitOfWork, status: FakeStatus) -> Ord
     """An order-sync process of ``role`` over the fakes."""
     sync = OrderSync(build_service(load_settings(
         "order-sync", {"AMBIDEX_ORDER_SYNC_ROLE": role})))
-    sync.service.intake = FakeIntake(crm)  # type: ignore[assignment]
+    sync.service.intake = FakeIntake(crm.items)  # type: ignore[assignment]
     sync.syncing.attach(Stores(cast(Any, FakeErp(uow)), cast(Any, None), cast(Any, status)))
     return sync
 
@@ -269,7 +253,7 @@ def test_a_slice_decodes_back_to_its_part_of_the_transaction() -> None:
     crm = Crm()
     scenario(crm)
     (first, _) = route(crm, crm.transactions[0])
-    transaction = transaction_of(first, FakeIntake(crm).decode)
+    transaction = transaction_of(first, FakeIntake(crm.items).decode)
     assert transaction.id == "1" and transaction.position == first.position
     assert [(e.table, e.row and e.row["id"]) for e in transaction.events] == [
         ("sales_order", ORDER_A), ("sales_order_line", 1001), ("sales_order_line", 1002)]

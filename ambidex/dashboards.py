@@ -287,6 +287,14 @@ def service_rows(service: str) -> list[Row]:
                     "p99 {{path}}",
                     "s",
                 ),
+                # the service's own share (from the transaction's last record in Kafka):
+                # end to end minus this is Debezium's capture
+                panel_of(
+                    "Service's own lag p99 (Kafka to effect)",
+                    quantile(0.99, "ambidex_service_lag_seconds", "path", f"{{{s}}}"),
+                    "p99 {{path}}",
+                    "s",
+                ),
                 panel_of(
                     "Sink transaction p99",
                     quantile(0.99, "ambidex_sink_latency_seconds", "sink", f"{{{s}}}"),

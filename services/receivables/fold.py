@@ -112,6 +112,10 @@ def _listing(facts: SlotFacts, sums: Mapping[str, Sums]) -> tuple[date, str, Dec
     return None
 
 
+def _unmatched(payment: Payment | None) -> bool:
+    return payment is not None and payment.posted and payment.invoice_id is None
+
+
 def _billed_invoice(invoice: Invoice, payments: list[Any]) -> BilledInvoice:
     paid: dict[str, Decimal] = {}
     last: int | None = None
@@ -352,7 +356,10 @@ class Receivables(StateView):
 
     def _payment(self, payment_id: int, old: Payment | None, new: Payment | None,
                  touched: Touched, out: Outcome) -> None:
-        touched.payments[payment_id] = new
+        if _unmatched(old) or _unmatched(new):
+            # only a posted payment without an invoice is a discrepancy, so one whose
+            # versions never were cannot open or close one (no read of its ``O`` entry)
+            touched.payments[payment_id] = new
         affected: set[int] = set()
         for version in (old, new):
             if version is not None and version.invoice_id is not None:

@@ -105,6 +105,14 @@ class ServiceMetrics:
             buckets=END_TO_END_LAG_BUCKETS,
             registry=registry,
         )
+        self.service_lag_seconds = Histogram(
+            "ambidex_service_lag_seconds",
+            "Time from the source transaction's last record in Kafka (its timestamp) to "
+            "its effect: the service's own share of the end-to-end lag, capture excluded.",
+            ("service", "path"),
+            buckets=END_TO_END_LAG_BUCKETS,
+            registry=registry,
+        )
         self.consumer_lag_messages = Gauge(
             "ambidex_consumer_lag_messages",
             "Messages between the consumer's position and the partition's high watermark.",
@@ -254,6 +262,16 @@ class ServiceMetrics:
             self.end_to_end_lag_seconds.labels(self.service, path),
             [max(0.0, at - ts) for ts in source_commit_ts],
         )
+
+    def observe_service_lags(
+        self, path: str, appended_ts: Iterable[float], now: float | None = None
+    ) -> None:
+        """``now`` minus each transaction's last record timestamp (Unix seconds) for
+        ``path``: what the service itself took, Debezium's capture left out (the
+        end-to-end lag minus it is the capture's share)."""
+        at = time.time() if now is None else now
+        observe_many(self.service_lag_seconds.labels(self.service, path),
+                     [max(0.0, at - ts) for ts in appended_ts])
 
     def retried(self, kind: str) -> None:
         self.retries_total.labels(self.service, kind).inc()

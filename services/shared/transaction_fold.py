@@ -78,6 +78,9 @@ class Applied(Generic[Out]):
     orphans: dict[str, int] = field(default_factory=dict)
     #: source commit time of each applied transaction (end-to-end latency)
     commit_times: list[datetime] = field(default_factory=list)
+    #: when each applied transaction's last record reached Kafka (Unix seconds, the
+    #: records' timestamps): the service's own share of the latency starts there
+    appended_times: list[float] = field(default_factory=list)
     applied: int = 0
     #: the truncates answered (their records are in dead_letters), for the counter
     truncates: list[tuple[ChangeEvent, TruncateAnswer]] = field(default_factory=list)
@@ -219,6 +222,8 @@ class TransactionFold(Generic[R, Out]):
         finally:
             self.applying = None
         out.commit_times.append(transaction.commit_time)
+        if whole.handles:
+            out.appended_times.append(max(h.timestamp for h in whole.handles) / 1000)
         out.applied += len(records)
 
     @staticmethod
@@ -268,15 +273,18 @@ async def effects_of_step(
 ) -> None:
     """What every stateful service's effects do with a step, in this order: its dead
     letters, truncates and holding metrics (:func:`dead_letter_all`); its write-back and publishing
-    (``writes``; None when the step changed nothing to write) and the end-to-end lag
-    of what they made visible (``crm_write_back``, from each applied transaction's
-    source commit); the changes applied and those skipped as ``stale``."""
+    (``writes``; None when the step changed nothing to write) and the lag of what they
+    made visible (``crm_write_back``: end to end from each applied transaction's source
+    commit, and the service's own share from its last record in Kafka); the changes
+    applied and those skipped as ``stale``."""
     await dead_letter_all(service, applied, held, truncates)
     metrics = service.metrics
     if writes is not None:
         await writes()
+        now = time.time()
         metrics.observe_end_to_end_lags(
-            "crm_write_back", [t.timestamp() for t in applied.commit_times], time.time())
+            "crm_write_back", [t.timestamp() for t in applied.commit_times], now)
+        metrics.observe_service_lags("crm_write_back", applied.appended_times, now)
     if applied.applied:
         metrics.event("cdc", "applied", applied.applied)
     if stale:

@@ -42,6 +42,7 @@ def test_metric_names_labels_and_values() -> None:
     m.event("cdc.erp.stock_quant", "skipped_stale")
     m.dead_letter("SchemaViolation")
     m.observe_end_to_end_lag("stock->atp", source_commit_ts=100.0, now=100.25)
+    m.observe_service_lags("stock->atp", [100.2, 100.26], now=100.25)  # a clock skew: 0
     m.set_consumer_lag("cdc.erp.stock_quant", 2, 17)
     m.set_table_rows("atp", 1200)
     m.record_sink("crm", 0.004, written=5, stale=2)
@@ -60,6 +61,9 @@ def test_metric_names_labels_and_values() -> None:
     assert get("ambidex_end_to_end_lag_seconds_count", lag) == 1
     assert get("ambidex_end_to_end_lag_seconds_bucket", {**lag, "le": "0.25"}) == 1
     assert get("ambidex_end_to_end_lag_seconds_bucket", {**lag, "le": "0.1"}) == 0
+    assert get("ambidex_service_lag_seconds_count", lag) == 2
+    assert get("ambidex_service_lag_seconds_bucket", {**lag, "le": "0.005"}) == 1
+    assert get("ambidex_service_lag_seconds_bucket", {**lag, "le": "0.05"}) == 2
     assert get("ambidex_consumer_lag_messages", {**svc, "topic": "cdc.erp.stock_quant",
                                                  "partition": "2"}) == 17
     assert get("ambidex_table_rows", {**svc, "table": "atp"}) == 1200

@@ -123,6 +123,7 @@ async def test_a_steps_effects_go_in_the_kits_order() -> None:
 
     platform = SimpleNamespace(
         observe_end_to_end_lags=lambda *_: done.append("lag"),
+        observe_service_lags=lambda *_: done.append("service lag"),
         event=lambda *_: done.append("applied"),
     )
     service = SimpleNamespace(codec=CODEC, registry=CollectorRegistry(), name="receivables",
@@ -145,7 +146,8 @@ async def test_a_steps_effects_go_in_the_kits_order() -> None:
                    dead_letters=[(record, BadInput("bad"))],
                    truncates=[(cut, TruncateAnswer.NEEDS_RESNAPSHOT)])
     await outputs.apply(step, fold)  # type: ignore[arg-type]
-    assert done == ["dead letter bad_input", "publish and write back", "lag", "applied"]
+    assert done == ["dead letter bad_input", "publish and write back", "lag", "service lag",
+                    "applied"]
     counted = service.registry.get_sample_value(
         "ambidex_source_truncates_total",
         {"service": "receivables", "table": "erp.payment", "answer": "needs_resnapshot"})

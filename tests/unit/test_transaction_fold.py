@@ -68,8 +68,8 @@ class Totals(TransactionFold[tuple[int, Decimal], list[str]]):
         self.seen.append((database, at))
 
 
-def record(topic: str, offset: int) -> Handle:
-    return ConsumerRecord(topic, 0, offset, 0, 0, b"k", b"v", None, 1, 1, ())
+def record(topic: str, offset: int, timestamp: int = 0) -> Handle:
+    return ConsumerRecord(topic, 0, offset, timestamp, 0, b"k", b"v", None, 1, 1, ())
 
 
 def payment(xid: str, order: int, account: int, amount: Any, offset: int) -> ChangeEvent:
@@ -106,6 +106,16 @@ def test_a_transaction_is_applied_only_once_it_is_whole() -> None:
         [*handles, marker], key=lambda r: (r.topic, r.offset)
     )
     assert second.commit_times == [COMMIT] and second.applied == 2
+
+
+def test_a_transactions_time_in_kafka_is_when_its_last_record_was_appended() -> None:
+    """The service's own share of the latency starts when the whole transaction is in
+    Kafka: its latest record's timestamp (the END marker here), not its first."""
+    fold = Totals()
+    for n, at in enumerate((1_000, 1_250)):
+        fold.change(payment("1", n + 1, 7, "1.00", n), record("cdc.crm.payment", n, at))
+    fold.marker("crm", end("1", {"crm.payment": 2}), record("cdc.crm.transaction", 0, 1_400))
+    assert step(fold).appended_times == [1.4]
 
 
 def test_one_bad_row_rejects_the_whole_transaction_and_the_fold_goes_on() -> None:

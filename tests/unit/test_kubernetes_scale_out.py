@@ -8,7 +8,8 @@ deploy/topics.yaml, and granted to the principal the pod logs in as, as
 deploy/access.yaml declares; the workers never outnumber the route topic's
 partitions; their metrics carry the single process's job and service names.
 
-kustomize is needed (see tests/unit/test_kubernetes_overlays.py)."""
+kustomize and kubeconform are needed (skipped without them outside CI, as in
+tests/unit/test_kubernetes_overlays.py)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ SCALED = KUBERNETES_DIR / "overlays" / COMPONENT
 def _documents(target: Path) -> tuple[dict[str, Any], ...]:
     try:
         tool("kustomize")
+        tool("kubeconform")
     except ToolMissing as missing:
         if os.environ.get("CI"):
             raise
@@ -96,6 +98,24 @@ def test_one_router_and_workers_replace_the_single_process_in_the_scaled_overlay
     (autoscaler,) = _kind(target, "HorizontalPodAutoscaler")
     assert autoscaler["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1", "kind": "Deployment", "name": WORKER_NAME}
+
+
+def test_the_component_composes_onto_another_overlay(tmp_path: Path) -> None:
+    """What the runbook says: an overlay listing the component after its resources
+    (dev here) runs one router and the workers, and validates strictly."""
+    from ambidex.deploycheck import kubeconform
+
+    # kustomize takes relative paths only
+    root = os.path.relpath(KUBERNETES_DIR, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [f"{root}/overlays/dev"],
+        "components": [f"{root}/components/{COMPONENT}"],
+    }))
+    assert set(_order_sync_roles(tmp_path)) == {ROUTER, WORKER}
+    verdict = kubeconform(build(tmp_path), "dev+component")
+    assert verdict.ok, verdict.output
 
 
 def test_the_router_and_the_workers_run_the_same_container_but_for_the_role() -> None:

@@ -19,20 +19,21 @@ def manifests() -> None:
 @manifests.command("render")
 @click.option("--check", is_flag=True, help="Only report whether the files are up to date.")
 def manifests_render(check: bool) -> None:
-    """Render deploy/kubernetes/base/ from topics.yaml, the connectors and the services."""
-    from ambidex.manifests import DEFAULT_OUTPUT, render, write
+    """Render deploy/kubernetes/base/ (and components/) from topics.yaml, the connectors
+    and the services."""
+    from ambidex.manifests import REPO_ROOT, rendered_files, write
 
     if check:
         stale = [
-            name
-            for name, text in render().items()
-            if not (DEFAULT_OUTPUT / name).exists() or (DEFAULT_OUTPUT / name).read_text() != text
+            str(path.relative_to(REPO_ROOT))
+            for path, text in rendered_files().items()
+            if not path.exists() or path.read_text() != text
         ]
         if stale:
             raise click.ClickException(
                 "stale: " + ", ".join(stale) + " (run: ambidex manifests render)"
             )
-        progress("deploy/kubernetes/base is up to date")
+        progress("deploy/kubernetes/base and components are up to date")
         return
     for path in write():
         progress(f"wrote {path}")
@@ -88,13 +89,13 @@ def manifests_schemas(crd_files: tuple[str, ...]) -> None:
     import yaml
 
     from ambidex.deploycheck import write_schemas
-    from ambidex.manifests import render
+    from ambidex.manifests import rendered_files
 
     kinds = {
         document["kind"]
-        for text in render().values()
+        for text in rendered_files().values()
         for document in yaml.safe_load_all(text)
-        if document
+        if isinstance(document, dict)
     }
     for path in write_schemas([Path(f) for f in crd_files], kinds):
         progress(f"wrote {path}")

@@ -42,6 +42,7 @@ KUBERNETES_KINDS = (
     ("PodDisruptionBudget", "policy/v1"),
     ("NetworkPolicy", "networking.k8s.io/v1"),
     ("Ingress", "networking.k8s.io/v1"),
+    ("HorizontalPodAutoscaler", "autoscaling/v2"),
 )
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -29,6 +30,7 @@ from ambidex.deploycheck import (
     schema_file,
     tool,
 )
+from tests.unit.kubernetes_policy import pod_policy_violations
 
 
 def _require_tools() -> None:
@@ -114,11 +116,14 @@ def test_shipped_kubernetes_schemas_are_the_generated_ones() -> None:
 
 
 def test_every_kind_in_the_manifests_has_a_shipped_schema() -> None:
-    from ambidex.manifests import render
+    from ambidex.manifests import rendered_files
 
-    for text in render().values():
+    for text in rendered_files().values():
         for document in yaml.safe_load_all(text):
-            if document and document["kind"] != "Kustomization":
+            # a component's patch file is a list of operations, no resource
+            if isinstance(document, dict) and document["kind"] not in {
+                "Kustomization", "Component"
+            }:
                 name = schema_file(document["kind"], document["apiVersion"])
                 assert (SCHEMA_DIR / name).exists(), name
 
@@ -126,15 +131,27 @@ def test_every_kind_in_the_manifests_has_a_shipped_schema() -> None:
 @pytest.mark.parametrize("target", TARGETS, ids=lambda p: p.name)
 def test_replicas_and_disruption_budgets_tell_one_story(target: Path) -> None:
     """One replica: Recreate (two workers never overlap) and evictions allowed; more:
-    standbys kept through voluntary disruptions, rolled one pod at a time."""
+    standbys kept through voluntary disruptions, rolled one pod at a time. A Deployment
+    an autoscaler scales sets no count (an apply would reset it), rolls one pod at a
+    time and lets one eviction through at a time, whatever the count."""
     _require_tools()
     documents = [d for d in yaml.safe_load_all(build(target)) if d]
     budgets = {
         d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "PodDisruptionBudget"
     }
+    autoscaled = {
+        d["spec"]["scaleTargetRef"]["name"]: d["spec"]
+        for d in documents
+        if d["kind"] == "HorizontalPodAutoscaler"
+    }
     for deployment in (d for d in documents if d["kind"] == "Deployment"):
         spec, budget = deployment["spec"], budgets[deployment["metadata"]["name"]]
-        if spec["replicas"] == 1:
+        if deployment["metadata"]["name"] in autoscaled:
+            assert "replicas" not in spec
+            assert autoscaled[deployment["metadata"]["name"]]["minReplicas"] >= 2
+            assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+            assert budget == {"maxUnavailable": 1, "selector": budget["selector"]}
+        elif spec["replicas"] == 1:
             assert spec["strategy"]["type"] == "Recreate" and budget == {
                 "maxUnavailable": 1,
                 "selector": budget["selector"],
@@ -149,6 +166,50 @@ def test_replicas_and_disruption_budgets_tell_one_story(target: Path) -> None:
             if d["kind"] == "Deployment"
         }
         assert replicas["order-sync"] == 2
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda p: p.name)
+def test_service_pods_keep_the_policy_in_every_overlay(target: Path) -> None:
+    """What an overlay adds or patches keeps the base's pod policy (probes on the
+    health endpoints, requests and limits, non-root, read-only root, no token, secrets
+    from Secrets only), and each service's pods are selected by exactly one budget,
+    one network policy and one scraped Service: two budgets over one pod make every
+    eviction fail, a pod no policy selects takes any traffic, one no Service selects
+    is not scraped."""
+    _require_tools()
+    documents = [d for d in yaml.safe_load_all(build(target)) if d]
+
+    def of_kind(kind: str) -> list[dict[str, Any]]:
+        return [d for d in documents if d["kind"] == kind]
+
+    monitored = {
+        m["metadata"]["name"]
+        for m in of_kind("ServiceMonitor")
+        for s in of_kind("Service")
+        if _selects(m["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    }
+    services = [
+        d for d in of_kind("Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "service"
+    ]
+    assert services
+    for deployment in services:
+        assert pod_policy_violations(deployment) == []
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        budgets = [b for b in of_kind("PodDisruptionBudget")
+                   if _selects(b["spec"]["selector"]["matchLabels"], labels)]
+        policies = [p for p in of_kind("NetworkPolicy")
+                    if p["spec"]["podSelector"]
+                    and _selects(p["spec"]["podSelector"]["matchLabels"], labels)]
+        scraped = [s for s in of_kind("Service")
+                   if _selects(s["spec"]["selector"], labels)
+                   and s["metadata"]["name"] in monitored]
+        name = deployment["metadata"]["name"]
+        assert (len(budgets), len(policies), len(scraped)) == (1, 1, 1), name
 
 
 #: config keys Strimzi 1.0 manages itself and rejects in spec.config (KafkaClusterSpec

@@ -15,8 +15,15 @@ import pytest
 import yaml
 
 from ambidex.connectors import load_connectors
-from ambidex.manifests import DEFAULT_OUTPUT, DeploymentValues, render
+from ambidex.manifests import (
+    COMPONENTS_DIR,
+    DEFAULT_OUTPUT,
+    DeploymentValues,
+    render,
+    render_components,
+)
 from ambidex.topics import load_topic_declaration
+from tests.unit.kubernetes_policy import pod_policy_violations
 
 RENDERED = render()
 DOCUMENTS = [
@@ -47,6 +54,17 @@ def test_committed_manifests_are_what_the_declarations_render() -> None:
             f"deploy/kubernetes/base/{name} is stale: run `ambidex manifests render`"
         )
     assert {p.name for p in DEFAULT_OUTPUT.glob("*.yaml")} == set(RENDERED)
+
+
+def test_committed_components_are_what_the_declarations_render() -> None:
+    rendered = render_components()
+    for name, text in rendered.items():
+        path = COMPONENTS_DIR / name
+        assert path.exists() and path.read_text() == text, (
+            f"deploy/kubernetes/components/{name} is stale: run `ambidex manifests render`"
+        )
+    committed = {str(p.relative_to(COMPONENTS_DIR)) for p in COMPONENTS_DIR.rglob("*.yaml")}
+    assert committed == set(rendered)
 
 
 def test_kustomization_lists_every_file() -> None:
@@ -112,14 +130,8 @@ def test_service_pods_are_probed_limited_and_never_doubled() -> None:
     for deployment in deployments:
         spec = deployment["spec"]
         assert spec["strategy"]["type"] == "Recreate" and spec["replicas"] == 1
-        pod = spec["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert pod["automountServiceAccountToken"] is False
-        (container,) = pod["containers"]
-        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-        assert container["resources"]["limits"]["memory"]
+        assert pod_policy_violations(deployment) == []
+        (container,) = spec["template"]["spec"]["containers"]
         secrets = [e for e in container["env"] if e["name"].endswith(("_DSN", "_PASSWORD"))]
         assert len(secrets) == 3 and all("secretKeyRef" in e["valueFrom"] for e in secrets)
     monitored = {m["metadata"]["name"] for m in _kind("ServiceMonitor")}

@@ -13,7 +13,10 @@ is in the CRM. Then the ERP registers payments at ``--rate`` a second, one payme
 transaction (a payment of 0.01 against an open installment invoice, round-robin), for
 ``--seconds``. The latency is the service's own histogram
 ``ambidex_end_to_end_lag_seconds{path="crm_write_back"}`` (source commit time -> the
-step's CRM rows committed), read before and after the phase; the contracts' paid
+step's CRM rows committed), read before and after the phase, beside Debezium's share
+(read from ``cdc.erp.payment``) and the service's own (``ambidex_service_lag_seconds``:
+from the transaction's last record in Kafka), and the service's CPU per payment (its
+process's, over the phase, including the last records' wait); the contracts' paid
 figures in ``crm_integration.receivable_position`` are checked against the payments
 made.
 """
@@ -38,6 +41,8 @@ from bench.replay import LoopWatch
 
 INSTALLMENTS = 12
 LATENCY = ("ambidex_end_to_end_lag_seconds", 'path="crm_write_back"')
+#: the service's own share: from the transaction's last record in Kafka
+SERVICE_LATENCY = ("ambidex_service_lag_seconds", 'path="crm_write_back"')
 
 
 async def seed_contracts(crm_dsn: str, erp_dsn: str, contracts: int) -> list[int]:
@@ -213,7 +218,9 @@ async def main() -> None:
         await service.wait_ready()
         invoices = await seed_contracts(crm_dsn, erp_dsn, args.contracts)
         await wait_positions(crm_dsn, args.contracts, service)
-        before = histogram(await service.metrics(), *LATENCY)
+        text = await service.metrics()
+        before, own_before = histogram(text, *LATENCY), histogram(text, *SERVICE_LATENCY)
+        cpu_before = service.cpu_seconds()
         await watch.sample()
         capture = CaptureLags(stack.addresses.kafka_bootstrap)
         await capture.start()
@@ -228,7 +235,9 @@ async def main() -> None:
         shown = await paid_shown(crm_dsn)
         await capture.stop()
         await asyncio.sleep(2)  # the last step's histogram observation
-        after = histogram(await service.metrics(), *LATENCY)
+        cpu = service.cpu_seconds() - cpu_before
+        text = await service.metrics()
+        after, own_after = histogram(text, *LATENCY), histogram(text, *SERVICE_LATENCY)
         await watch.sample()
         rss = service.sample_rss()
     finally:
@@ -247,6 +256,12 @@ async def main() -> None:
     print(f"  of which Debezium's capture (commit -> change record appended): p50 "
           f"{capture.quantile(0.5) * 1000:,.0f} ms, p99 {capture.quantile(0.99) * 1000:,.0f} ms "
           f"({len(capture.lags):,} records)")
+    print(f"  and the service's own (transaction's last record in Kafka -> CRM write-back): "
+          f"p50 {quantile(own_before, own_after, 0.5) * 1000:,.0f} ms, "
+          f"p99 {quantile(own_before, own_after, 0.99) * 1000:,.0f} ms")
+    print(f"  service CPU             {cpu:,.1f} s for the phase, "
+          f"{cpu * 1e6 / max(made, 1):,.0f} µs a payment (fold, decoding, write-back, "
+          "publishing, checkpoint)")
     print(f"  paid shown in the CRM   {shown} of {expected} registered "
           f"({'all' if shown == expected else 'NOT all'})")
     print(f"  worker RSS              {rss:,.0f} MB at the end, peak sampled "

@@ -136,4 +136,9 @@ async def test_sigkill_during_a_burst_converges(
 
     await wait_until(converged, timeout=120, interval=0.5)
     row = await priority_row(stack, fx)
-    assert row is not None and row["surge_id"] == f"{fx.sku}:{fx.code}:1"
+    # the key's current episode: a burst folded around a kill may clear and raise the
+    # surge again (quotes turning into orders move the rate), so its number depends on
+    # the history, not on the final rows (it was :2 once); what converges is the row
+    assert row is not None
+    sku, code, episode = row["surge_id"].rsplit(":", 2)
+    assert (sku, code) == (fx.sku, fx.code) and int(episode) >= 1

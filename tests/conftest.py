@@ -189,11 +189,20 @@ class ServiceProcess:
 
 
 @pytest.fixture(scope="session")
-def service_process(local_stack: LocalStack) -> Iterator[Callable[[str], ServiceProcess]]:
+def session_services() -> dict[str, ServiceProcess]:
+    """The session's service processes by name, as ``service_process`` started them
+    (running, stopped or killed since): for a test that must run without one of them."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def service_process(
+    local_stack: LocalStack, session_services: dict[str, ServiceProcess]
+) -> Iterator[Callable[[str], ServiceProcess]]:
     """Factory: start a service (once per session and name) as a real process."""
     from ambidex.stack.config import _free_ports
 
-    running: dict[str, ServiceProcess] = {}
+    running = session_services
 
     def start(name: str) -> ServiceProcess:
         if name not in running:

@@ -1,15 +1,32 @@
 """The pod policy every Ambidex service Deployment keeps, in the base and in every overlay
-(tests/unit/test_manifests.py, tests/unit/test_kubernetes_overlays.py)."""
+(tests/unit/test_manifests.py, tests/unit/test_kubernetes_overlays.py), and the tools
+the manifest tests need."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
+
+import pytest
+
+from ambidex.deploycheck import ToolMissing, tool
 
 #: env names that carry a secret: only ever from a Secret (``secretKeyRef``)
 SECRET_NAME = re.compile(r"_(DSN|PASSWORD|SECRET|TOKEN|JAAS_CONFIG)$")
 #: a credential written into a plain value (``scheme://user:password@host``)
 INLINE_CREDENTIAL = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
+
+
+def require_tools() -> None:
+    """kustomize and kubeconform, or skip (fail in CI, which installs them)."""
+    try:
+        tool("kustomize")
+        tool("kubeconform")
+    except ToolMissing as missing:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(missing))
 
 
 def pod_policy_violations(deployment: dict[str, Any]) -> list[str]:

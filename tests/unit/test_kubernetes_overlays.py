@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,25 +22,12 @@ from ambidex.deploycheck import (
     KUBERNETES_DIR,
     KUBERNETES_KINDS,
     SCHEMA_DIR,
-    ToolMissing,
     kubeconform,
     kubernetes_schema,
     overlays,
     schema_file,
-    tool,
 )
-from tests.unit.kubernetes_policy import pod_policy_violations
-
-
-def _require_tools() -> None:
-    try:
-        tool("kustomize")
-        tool("kubeconform")
-    except ToolMissing as missing:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(missing))
-
+from tests.unit.kubernetes_policy import pod_policy_violations, require_tools
 
 TARGETS = [KUBERNETES_DIR / "base", *overlays()]
 
@@ -59,7 +45,7 @@ def test_there_is_a_dev_and_a_production_overlay() -> None:
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda p: p.name)
 def test_overlay_validates_strictly_against_the_shipped_schemas(target: Path) -> None:
-    _require_tools()
+    require_tools()
     verdict = kubeconform(build(target), target.name)
     assert verdict.ok, verdict.output
     assert "Skipped: 0" in verdict.output and "Invalid: 0" in verdict.output
@@ -78,7 +64,7 @@ def test_overlay_validates_strictly_against_the_shipped_schemas(target: Path) ->
     ids=["strimzi-unknown-field", "deployment-unknown-field", "wrong-type"],
 )
 def test_a_broken_field_fails(original: str, broken: str, expected: str) -> None:
-    _require_tools()
+    require_tools()
     rendered = build(KUBERNETES_DIR / "overlays" / "production")
     assert original in rendered
     verdict = kubeconform(rendered.replace(original, broken, 1), "broken")
@@ -86,7 +72,7 @@ def test_a_broken_field_fails(original: str, broken: str, expected: str) -> None
 
 
 def test_a_kind_without_a_shipped_schema_fails() -> None:
-    _require_tools()
+    require_tools()
     # Secrets are referenced, never shipped: no schema for them
     secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: x\n"
     verdict = kubeconform(secret, "unknown-kind")
@@ -95,7 +81,7 @@ def test_a_kind_without_a_shipped_schema_fails() -> None:
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda p: p.name)
 def test_connect_environment_resolves_every_connector_variable(target: Path) -> None:
-    _require_tools()
+    require_tools()
     documents = [d for d in yaml.safe_load_all(build(target)) if d]
     (connect,) = [d for d in documents if d["kind"] == "KafkaConnect"]
     env = {e["name"] for e in connect["spec"]["template"]["connectContainer"]["env"]}
@@ -134,7 +120,7 @@ def test_replicas_and_disruption_budgets_tell_one_story(target: Path) -> None:
     standbys kept through voluntary disruptions, rolled one pod at a time. A Deployment
     an autoscaler scales sets no count (an apply would reset it), rolls one pod at a
     time and lets one eviction through at a time, whatever the count."""
-    _require_tools()
+    require_tools()
     documents = [d for d in yaml.safe_load_all(build(target)) if d]
     budgets = {
         d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "PodDisruptionBudget"
@@ -180,7 +166,7 @@ def test_service_pods_keep_the_policy_in_every_overlay(target: Path) -> None:
     one network policy and one scraped Service: two budgets over one pod make every
     eviction fail, a pod no policy selects takes any traffic, one no Service selects
     is not scraped."""
-    _require_tools()
+    require_tools()
     documents = [d for d in yaml.safe_load_all(build(target)) if d]
 
     def of_kind(kind: str) -> list[dict[str, Any]]:
@@ -257,7 +243,7 @@ FORBIDDEN_CONFIG = {
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda p: p.name)
 def test_no_config_key_strimzi_manages_itself(target: Path) -> None:
-    _require_tools()
+    require_tools()
     for document in yaml.safe_load_all(build(target)):
         if document and document["kind"] in FORBIDDEN_CONFIG:
             spec = document["spec"]

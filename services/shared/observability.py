@@ -43,6 +43,12 @@ SINK_LATENCY_BUCKETS: Final = (
 )
 
 
+def _observe_ages(histogram: Histogram, stamps: Iterable[float], now: float | None) -> None:
+    """How long ago each of ``stamps`` (Unix seconds) was, at ``now`` (a clock skew: 0)."""
+    at = time.time() if now is None else now
+    observe_many(histogram, [max(0.0, at - ts) for ts in stamps])
+
+
 def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
     """``histogram.observe(a)`` for every amount, with one locked increment per bucket
     and one for the sum instead of two per observation: a replay observes thousands of
@@ -257,11 +263,8 @@ class ServiceMetrics:
     ) -> None:
         """:meth:`observe_end_to_end_lag` for many commits (e.g. every source transaction
         of a batch): the labelled histogram is looked up once, not per observation."""
-        at = time.time() if now is None else now
-        observe_many(
-            self.end_to_end_lag_seconds.labels(self.service, path),
-            [max(0.0, at - ts) for ts in source_commit_ts],
-        )
+        _observe_ages(self.end_to_end_lag_seconds.labels(self.service, path),
+                      source_commit_ts, now)
 
     def observe_service_lags(
         self, path: str, appended_ts: Iterable[float], now: float | None = None
@@ -269,9 +272,7 @@ class ServiceMetrics:
         """``now`` minus each transaction's last record timestamp (Unix seconds) for
         ``path``: what the service itself took, Debezium's capture left out (the
         end-to-end lag minus it is the capture's share)."""
-        at = time.time() if now is None else now
-        observe_many(self.service_lag_seconds.labels(self.service, path),
-                     [max(0.0, at - ts) for ts in appended_ts])
+        _observe_ages(self.service_lag_seconds.labels(self.service, path), appended_ts, now)
 
     def retried(self, kind: str) -> None:
         self.retries_total.labels(self.service, kind).inc()

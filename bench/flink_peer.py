@@ -11,7 +11,9 @@ in the cache (``~/.cache/ambidex/flink/venv``, ``apache-flink`` from
 connector comes from Maven Central (``bench/flink/pom.xml``). The job runs in Flink's
 local mini-cluster (one JVM started by PyFlink): its rate is changes / the job's own
 time (submission to the end of the bounded source, JVM start excluded); its memory is
-the peak RSS of the whole process tree (Python + JVM), sampled every 0.5 s.
+the peak RSS of the whole process tree (Python + JVM), sampled every 0.5 s; its CPU is
+that tree's user + system time over the job's own time, so the two can be compared per
+CPU-second as well as per second (the JVM uses more than one core at parallelism 1).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ CACHE = Path(os.environ.get("AMBIDEX_CACHE_DIR", Path.home() / ".cache" / "ambid
 class FlinkRun:
     seconds: float
     peak_rss_mb: float
+    #: user + system CPU of the Python + JVM tree over ``seconds`` (every core it used)
+    cpu_seconds: float
 
 
 def _log(message: str) -> None:
@@ -107,4 +111,5 @@ async def run_flink(bootstrap: str, source_topic: str, sink_topic: str) -> Flink
         tail = stderr.decode(errors="replace").splitlines()[-30:]
         raise RuntimeError("the Flink job failed:\n" + "\n".join(tail))
     figures = json.loads(stdout.decode().strip().splitlines()[-1])
-    return FlinkRun(seconds=float(figures["seconds"]), peak_rss_mb=peak)
+    return FlinkRun(seconds=float(figures["seconds"]), peak_rss_mb=peak,
+                    cpu_seconds=float(figures["cpu_seconds"]))

@@ -500,9 +500,15 @@ async def main() -> None:
             f"RocksDB, checkpoints 10 s, parallelism 1; {flink.seconds:.0f}s, JVM start "
             f"excluded), peak RSS {flink.peak_rss_mb:,.0f} MB"
         )
+        flink_cpu_us = flink.cpu_seconds * 1e6 / args.changes
+        print(
+            f"  Flink CPU per change    {flink_cpu_us:10.1f} us (user+system of its Python + "
+            f"JVM tree over the job's time: {flink.cpu_seconds / flink.seconds:.2f} cores busy)"
+        )
         print(
             f"  service / Flink         {results['replay'] * flink.seconds / args.changes:10.2f}"
-            f" x the rate at {results['rss_peak_replay'] / flink.peak_rss_mb:.2f} x the memory"
+            f" x the rate at {results['rss_peak_replay'] / flink.peak_rss_mb:.2f} x the memory;"
+            f" {flink_cpu_us / results['replay_cpu_us']:.2f} x the changes per CPU-second"
         )
     print(f"  replay / raw            {results['replay'] / results['raw']:10.2f}")
     print(

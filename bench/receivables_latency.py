@@ -5,6 +5,7 @@ Not a test: it prints figures and the command that reproduces them.
 
     uv run python -m bench.receivables_latency                        # 1,000/s for 30 s
     uv run python -m bench.receivables_latency --rate 500 --seconds 60
+    uv run python -m bench.receivables_latency --own-core             # a core of its own
 
 A private stack on free ports, the whole path: ``--contracts`` CRM contracts of 12
 monthly installments, each installment invoiced in the ERP, captured by Debezium and
@@ -18,7 +19,9 @@ step's CRM rows committed), read before and after the phase, beside Debezium's s
 from the transaction's last record in Kafka), and the service's CPU per payment (its
 process's, over the phase, including the last records' wait); the contracts' paid
 figures in ``crm_integration.receivable_position`` are checked against the payments
-made.
+made. The time the service's threads spent waiting for a core is printed beside
+(``bench/cpus.py``); ``--own-core`` gives the service a core of its own, as its CPU
+request would on Kubernetes, and the stack and the load the other core(s).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from bench.common import BenchedService, reproduce_line, run_bench, start_private_stack
+from bench.cpus import OwnCore, waited_for_cpu
 from bench.inventory import histogram, log, quantile
 from bench.replay import LoopWatch
 
@@ -205,6 +209,9 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="payments a second")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--contracts", type=int, default=500)
+    parser.add_argument("--own-core", action="store_true",
+                        help="the service alone on one core, the stack and the load on "
+                             "the others (bench/cpus.py)")
     args = parser.parse_args()
     stack, state_dir = await start_private_stack(log)
     crm_dsn, erp_dsn = stack.addresses.crm_admin_dsn, stack.addresses.erp_admin_dsn
@@ -213,14 +220,22 @@ async def main() -> None:
         "AMBIDEX_TABLE_STATE_DIR": str(state_dir / "services-receivables"),
     }, stack.config.logs_dir / "bench-receivables-latency.log")
     watch = LoopWatch(service)
+    placement = "the service, the stack and the load share every core"
     try:
         service.start()
         await service.wait_ready()
+        if args.own_core:
+            assert service.process is not None
+            own_core = OwnCore(service.process.pid, state_dir)
+            own_core.apply()
+            placement = own_core.describe()
         invoices = await seed_contracts(crm_dsn, erp_dsn, args.contracts)
         await wait_positions(crm_dsn, args.contracts, service)
         text = await service.metrics()
         before, own_before = histogram(text, *LATENCY), histogram(text, *SERVICE_LATENCY)
         cpu_before = service.cpu_seconds()
+        assert service.process is not None
+        waited_before = waited_for_cpu(service.process.pid)
         await watch.sample()
         capture = CaptureLags(stack.addresses.kafka_bootstrap)
         await capture.start()
@@ -236,6 +251,7 @@ async def main() -> None:
         await capture.stop()
         await asyncio.sleep(2)  # the last step's histogram observation
         cpu = service.cpu_seconds() - cpu_before
+        waited = waited_for_cpu(service.process.pid) - waited_before
         text = await service.metrics()
         after, own_after = histogram(text, *LATENCY), histogram(text, *SERVICE_LATENCY)
         await watch.sample()
@@ -246,7 +262,8 @@ async def main() -> None:
         shutil.rmtree(state_dir, ignore_errors=True)
     observed = (after[-1][1] if after else 0) - dict(before).get(float("inf"), 0)
     print()
-    print(f"Ambidex receivables latency benchmark (one machine, {os.cpu_count()} cores)")
+    print(f"Ambidex receivables latency benchmark (one machine, {os.cpu_count()} cores; "
+          f"{placement})")
     print(f"  payments                {made:,} in one-payment transactions, {offered:,.0f}/s "
           f"committed (asked {args.rate:,.0f}/s) over {args.contracts:,} contracts of "
           f"{INSTALLMENTS} installments")
@@ -262,6 +279,8 @@ async def main() -> None:
     print(f"  service CPU             {cpu:,.1f} s for the phase, "
           f"{cpu * 1e6 / max(made, 1):,.0f} µs a payment (fold, decoding, write-back, "
           "publishing, checkpoint)")
+    print(f"  waited for a core       {waited:,.1f} s of the service's threads' time runnable "
+          "but not running over the phase (scheduler statistics)")
     print(f"  paid shown in the CRM   {shown} of {expected} registered "
           f"({'all' if shown == expected else 'NOT all'})")
     print(f"  worker RSS              {rss:,.0f} MB at the end, peak sampled "

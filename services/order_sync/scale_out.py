@@ -33,7 +33,7 @@ Invariants:
   ignores every row change not newer than the row's stored position, in the same ERP
   transaction as the effects. That guard is durable and per row, so a redelivered or a
   re-produced older slice folds to the stored draft and decides NothingToDo; the
-  workers need no :class:`~services.shared.slices.SliceFold` and no local state.
+  workers need no :class:`~services.shared.slice_intake.SliceFold` and no local state.
 * **exactly one ERP order per CRM order**: one worker owns an order's key at a time;
   a handover mid-batch redoes the batch, and the order's row lock and the ERP's unique
   ``crm_order_id`` (a lost race is retried) refuse a second order whatever happens.
@@ -63,8 +63,10 @@ from services.order_sync.syncing import Handle, Syncing, report_applied
 from services.shared.batches import BatchSource, RecordBatch
 from services.shared.changes import ChangeEvent
 from services.shared.errors import BadInput, Cause
+from services.shared.offsets import Hold
 from services.shared.routing import Reference, Routed, RouterEffects, RouterFold
 from services.shared.runtime import Service
+from services.shared.slice_intake import SliceParts
 from services.shared.slices import Slice, decode_slice
 from services.shared.state.store import KeyValue
 from services.shared.stateful import StatefulRunner
@@ -124,6 +126,10 @@ def orders_of_key(key: bytes) -> frozenset[int]:
 Decode = Callable[[ConsumerRecord[bytes, bytes]], object]
 
 
+def _at(record: ConsumerRecord[bytes, bytes]) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
+
+
 def transaction_of(piece: Slice, decode: Decode) -> CompleteTransaction:
     """The slice as the whole transaction order-sync's write path takes: its rows
     decoded from the CDC records' own bytes, the transaction's id, commit time and
@@ -152,6 +158,11 @@ class SliceWorker:
         self.syncing = syncing
         #: the orders each transaction of the batch being applied may decide
         self._scope: dict[int, frozenset[int]] = {}
+        #: slices produced as parts, joined again (services/shared/slice_intake.py), and
+        #: the holds of route records not applied yet, from their offsets
+        self._parts = SliceParts()
+        self._held: dict[tuple[str, int, int], Hold] = {}
+        self._generation = -1
         self.source = BatchSource(
             service, WORKER, (route_topic,), self.on_batch,
             assignor=StickyPartitionAssignor,
@@ -170,17 +181,40 @@ class SliceWorker:
         self._scope.clear()  # nothing of a batch that failed half way (ids are reused)
         chunk: list[tuple[CompleteTransaction, list[Handle]]] = []
         size = 0
+        ledger = self.source.ledger
+        if self._generation != ledger.generation:
+            # rewound (a rebalance, a failed batch): holds are void, parts read again
+            self._parts.clear()
+            self._held.clear()
+            self._generation = ledger.generation
         for record in batch.records:
             try:
                 piece = decode_slice(record.key, record.value)
-                transaction = transaction_of(piece, intake.decode)
             except BadInput as error:
                 await intake.reject(record, error)
                 continue
-            hold = batch.hold(record)
-            # the rows as records: a refused transaction's dead letters name the CDC
-            # records they came from, as in the single process
-            chunk.append((transaction, [(row.record(), hold) for row in piece.rows]))
+            # each part's record held until its slice is applied (a whole slice's at once)
+            self._held[_at(record)] = batch.hold(record)
+            joined = self._parts.add(record, piece)
+            for bad, reason in joined.bad:
+                await intake.reject(bad, reason)
+            self.source.release(self._held.pop(_at(r)) for r, _ in joined.bad)
+            if joined.whole is None:
+                continue
+            piece = joined.whole
+            self.source.release(self._held.pop(_at(r)) for r in joined.stale)
+            holds = [(self._held.pop(_at(r)), part) for r, part in joined.parts]
+            try:
+                transaction = transaction_of(piece, intake.decode)
+            except BadInput as error:
+                for taken, _ in joined.parts:
+                    await intake.reject(taken, error)
+                self.source.release(hold for hold, _ in holds)
+                continue
+            # the rows as records (a refused transaction's dead letters name the CDC
+            # records they came from, as in the single process), each with its part's hold
+            chunk.append((transaction, [
+                (row.record(), hold) for hold, part in holds for row in part.rows]))
             self._scope[id(transaction)] = orders_of_key(piece.key)
             size += len(transaction.events)
             if size >= limit:

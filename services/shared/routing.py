@@ -30,7 +30,7 @@ the step's slices and reference rows are produced and their acks awaited (the ef
 only then the key map and the source offsets (with the holders' progress) are made
 durable in one write. A crash between the two redoes the batch from the previous
 offsets and the previous key map, so it produces the same slices again; the workers'
-:class:`~services.shared.slices.SliceFold` drops the repeats.
+:class:`~services.shared.slice_intake.SliceFold` drops the repeats.
 
 Use::
 
@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from services.shared.changes import ChangeEvent
 from services.shared.holding import Whole
-from services.shared.slices import Slice, SliceRow, encode_slice
+from services.shared.slices import Slice, SliceRow, encode_slice, split_slice
 from services.shared.state.store import KeyValue, Overlay, Prefixed, StateStore
 from services.shared.stateful import Handle, StatefulRunner
 from services.shared.transaction_fold import Applied, TransactionFold, dead_letter_all
@@ -198,14 +198,17 @@ async def produce_routed(
 ) -> None:
     """Produce a step's slices and reference rows, in order, and wait for every ack.
 
-    The producer keeps one batch in flight per partition (aiokafka mutes a partition
-    while its batch is out), so a key's slices stay in the order they were sent."""
+    A slice larger than a record may be goes as its parts (:func:`split_slice`), one
+    after another. The producer keeps one batch in flight per partition (aiokafka mutes
+    a partition while its batch is out), so a key's slices and parts stay in the order
+    they were sent."""
     sent: list[asyncio.Future[Any]] = []
     for topic, pieces in ((route_topic, routed.slices), (reference_topic, routed.references)):
         for piece in pieces:
-            sent.append(await producer.send(
-                topic, value=encode_slice(piece), key=piece.key,
-                timestamp_ms=int(piece.commit_time.timestamp() * 1000)))
+            for part in split_slice(piece):
+                sent.append(await producer.send(
+                    topic, value=encode_slice(part), key=part.key,
+                    timestamp_ms=int(part.commit_time.timestamp() * 1000)))
     if sent:
         await asyncio.gather(*sent)
 

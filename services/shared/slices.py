@@ -4,17 +4,18 @@ The router (:mod:`services.shared.routing`) cuts every whole source transaction 
 :class:`Slice` per business key it touches and produces each to ``route.<service>``,
 keyed by the key, so one worker owns a key and gets its slices in commit order. A worker
 applies a slice whole (it is the transaction's part for that key) after
-:class:`SliceFold` admits it.
+:class:`~services.shared.slice_intake.SliceFold` admits it.
 
 **Stale never wins** (invariant 2): the router runs at least once, so after a crash it
 produces again what it produced before its commit, and a worker reads a slice again
-after a handover. :class:`SliceFold` keeps, per key and source database (two databases'
-LSNs do not compare), the commit LSN of the last slice it admitted, in the shard's own
-state (the same write as what the slice changed), and drops a slice at or below it: a
-repeat or an older one. A snapshot read (commit LSN 0: no transaction, delivered alone)
-is admitted always and recorded never: a snapshot reads the rows of one key one by one,
-all at the same position, and an incremental snapshot runs during streaming; the
-service's own per-row position guard decides those, as it does today.
+after a handover. :class:`~services.shared.slice_intake.SliceFold` keeps, per key and
+source database (two databases' LSNs do not compare), the commit LSN of the last slice
+it admitted, in the shard's own state (the same write as what the slice changed), and
+drops a slice at or below it: a repeat or an older one. A snapshot read (commit LSN 0:
+no transaction, delivered alone) is admitted always and recorded never: a snapshot reads
+the rows of one key one by one, all at the same position, and an incremental snapshot
+runs during streaming; the service's own per-row position guard decides those, as it
+does today.
 
 Wire format: compact binary, like the changelog (an internal topic, read only by the
 same service's workers, raw bytes with no schema to evolve in step with anything else).
@@ -22,12 +23,14 @@ The rows are the CDC records' own bytes: the worker decodes them with its intake
 exactly as it decodes a change topic today, and a row's dead letter names the record
 it came from. The Kafka key is the business key; the value, all integers big-endian::
 
-    version       u8    1
+    version       u8    2 (1: as 2 without part and parts, read as part 1 of 1)
     commit_lsn    u64   } the transaction's highest source position
     lsn           u64   }
     commit_ms     i64   source commit time, ms since the epoch
     number        u32   this slice's number, 1..slices (keys in byte order)
     slices        u32   the transaction's slices (the keys it touches)
+    part          u32   this record's part of the slice, 1..parts
+    parts         u32   the records the slice is produced as
     database      str   (u16 length + UTF-8)
     transaction   str   (length 0xFFFF: none, a snapshot read)
     rows          u32 count, per row in transaction order:
@@ -38,32 +41,42 @@ it came from. The Kafka key is the business key; the value, all integers big-end
 A reference row (read by every key: currencies, warehouses, items) is one row framed
 the same way (1 of 1), keyed by its table and primary key on the compacted reference
 topic, so the topic keeps each row's latest change.
+
+**Parts.** A Kafka record has a size limit (the producer's ``max_request_size`` and the
+topic's ``max.message.bytes``, 1 MiB by default) and a key's part of one transaction has
+none: one CRM order of 5,000 lines is a 4.5 MB slice. :func:`split_slice` cuts a slice
+into parts of at most :data:`PART_BYTES` each (rows whole, in order; a row larger than
+that alone in its part), produced one after another to the key's partition, and a
+worker joins them again (:mod:`services.shared.slice_intake`) before it applies the
+slice whole.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from aiokafka.structs import ConsumerRecord
 
-from services.shared.errors import BadInput, MalformedEvent
+from services.shared.errors import MalformedEvent
 from services.shared.position import SourcePosition
-from services.shared.state.store import KeyValue
 
-VERSION = 1
+VERSION = 2
+#: the most bytes of rows one part of a slice holds (well under Kafka's 1 MiB default
+#: record limit, with room for the frame)
+PART_BYTES = 512 * 1024
 #: the state key prefix of the per-key last applied commit LSN (no service key starts
 #: with this byte; ``\x01`` is the holders' progress)
 APPLIED_PREFIX = b"\x02slice:"
 
 _HEAD = struct.Struct(">BQQqII")
+_PARTS = struct.Struct(">II")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _I32 = struct.Struct(">i")
 _ROW = struct.Struct(">IQq")
-_LSN = struct.Struct(">Q")
 _NONE = 0xFFFF
 
 
@@ -105,10 +118,17 @@ class Slice:
     number: int
     slices: int
     rows: tuple[SliceRow, ...] = field(default=())
+    #: this record's part of the slice, 1..parts (see the module)
+    part: int = 1
+    parts: int = 1
 
     @property
     def commit_lsn(self) -> int:
         return self.position.commit_lsn
+
+    @property
+    def whole(self) -> bool:
+        return self.parts == 1
 
 
 def _text(out: list[bytes], text: str) -> None:
@@ -129,7 +149,7 @@ def encode_slice(piece: Slice) -> bytes:
     """The value of ``piece`` on the route (or reference) topic; its key is ``piece.key``."""
     millis = int(piece.commit_time.timestamp() * 1000)
     out = [_HEAD.pack(VERSION, piece.position.commit_lsn, piece.position.lsn, millis,
-                      piece.number, piece.slices)]
+                      piece.number, piece.slices), _PARTS.pack(piece.part, piece.parts)]
     _text(out, piece.database)
     if piece.transaction_id is None:
         out.append(_U16.pack(_NONE))
@@ -184,8 +204,11 @@ def decode_slice(key: bytes | None, value: bytes | None) -> Slice:
     reader = _Reader(value)
     try:
         version, commit_lsn, lsn, millis, number, slices = reader.take(_HEAD)
-        if version != VERSION:
+        if version not in (1, VERSION):
             raise MalformedEvent(f"slice format version {version}, not {VERSION}")
+        part, parts = reader.take(_PARTS) if version == VERSION else (1, 1)
+        if not 1 <= part <= parts:
+            raise MalformedEvent(f"a slice's part {part} of {parts}")
         database = reader.text()
         if database is None:
             raise MalformedEvent("a slice without its source database")
@@ -205,63 +228,32 @@ def decode_slice(key: bytes | None, value: bytes | None) -> Slice:
     if reader.at != len(value):
         raise MalformedEvent(f"not a slice: {len(value) - reader.at} bytes after its rows")
     return Slice(key, database, transaction, SourcePosition(commit_lsn, lsn),
-                 datetime.fromtimestamp(millis / 1000, UTC), number, slices, tuple(rows))
+                 datetime.fromtimestamp(millis / 1000, UTC), number, slices, tuple(rows),
+                 part, parts)
 
 
-@dataclass
-class Admitted:
-    """What :meth:`SliceFold.take` made of a shard's records."""
-
-    slices: list[tuple[ConsumerRecord[bytes, bytes], Slice]] = field(default_factory=list)
-    #: slices dropped: at or below their key's last applied commit LSN
-    repeats: int = 0
-    #: records that are no slice (to the dead letters)
-    bad: list[tuple[ConsumerRecord[bytes, bytes], BadInput]] = field(default_factory=list)
+def _row_bytes(row: SliceRow) -> int:
+    """About what ``row`` takes in a slice's value (its frame fields included)."""
+    return (48 + len(row.topic) + len(row.key or b"") + len(row.value or b"")
+            + sum(8 + len(name) + len(value or b"") for name, value in row.headers))
 
 
-class SliceFold:
-    """A worker's guard over the slices of one shard (see the module): ``state`` is the
-    shard's overlay, so what it records is durable with what the slices changed."""
-
-    def __init__(self, state: KeyValue) -> None:
-        self.state = state
-
-    @staticmethod
-    def applied_key(database: str, key: bytes) -> bytes:
-        return APPLIED_PREFIX + database.encode() + b"\x00" + key
-
-    def applied(self, database: str, key: bytes) -> int | None:
-        """The commit LSN of the last slice of ``key`` from ``database`` admitted."""
-        raw = self.state.get(self.applied_key(database, key))
-        return None if raw is None else int(_LSN.unpack(raw)[0])
-
-    def admit(self, piece: Slice) -> bool:
-        """Whether to apply ``piece``: False for a repeat or an older slice; True
-        otherwise, and its commit LSN is recorded as the key's last."""
-        lsn = piece.commit_lsn
-        if lsn == 0:
-            return True  # a snapshot read: the service's per-row guard decides
-        last = self.applied(piece.database, piece.key)
-        if last is not None and lsn <= last:
-            return False
-        self.state.put(self.applied_key(piece.database, piece.key), _LSN.pack(lsn))
-        return True
-
-    def take(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> Admitted:
-        """The slices of ``records`` to apply, in order; repeats counted, records that
-        are no slice set aside for the dead letters."""
-        out = Admitted()
-        for record in records:
-            try:
-                piece = decode_slice(record.key, record.value)
-            except BadInput as error:
-                out.bad.append((record, error))
-                continue
-            if self.admit(piece):
-                out.slices.append((record, piece))
-            else:
-                out.repeats += 1
-        return out
+def split_slice(piece: Slice, most: int = PART_BYTES) -> list[Slice]:
+    """``piece`` as the parts it is produced as: rows in order, at most ``most`` bytes
+    of rows a part (a larger row alone); ``[piece]`` when it fits in one."""
+    groups: list[list[SliceRow]] = [[]]
+    size = 0
+    for row in piece.rows:
+        taken = _row_bytes(row)
+        if groups[-1] and size + taken > most:
+            groups.append([])
+            size = 0
+        groups[-1].append(row)
+        size += taken
+    if len(groups) == 1:
+        return [piece]
+    return [replace(piece, rows=tuple(rows), part=n, parts=len(groups))
+            for n, rows in enumerate(groups, 1)]
 
 
 def rows_of(pieces: Sequence[Slice]) -> list[ConsumerRecord[bytes, bytes]]:
@@ -270,6 +262,6 @@ def rows_of(pieces: Sequence[Slice]) -> list[ConsumerRecord[bytes, bytes]]:
 
 
 __all__ = [
-    "APPLIED_PREFIX", "VERSION", "Admitted", "Slice", "SliceFold", "SliceRow", "decode_slice",
-    "encode_slice", "rows_of",
+    "APPLIED_PREFIX", "PART_BYTES", "VERSION", "Slice", "SliceRow", "decode_slice",
+    "encode_slice", "rows_of", "split_slice",
 ]

@@ -14,7 +14,9 @@ Invariants protected (issue 16, docs/adr/0003-scale-out.md step 3 for order-sync
 * a slice decides only its own order (a line moved between orders is in both orders'
   slices): an order another worker owns is not decided from a foreign slice;
 * stale never wins: a slice delivered again, or an older one after newer ones, changes
-  nothing in the ERP.
+  nothing in the ERP;
+* a slice produced as parts (too large for one record) is applied whole, only once its
+  last part is in, and its first part's offset stays uncommitted until then.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import pytest
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from services.order_sync.app import CRM_COLLECTIONS, CRM_TRANSACTION_TOPIC, TRUNCATES, OrderSync
 from services.order_sync.domain.folding import OrderDraft
@@ -45,7 +47,7 @@ from services.shared.released import GivenUp, GiveUpCause
 from services.shared.routing import Routed, RouterEffects, RouterFold
 from services.shared.runtime import build_service
 from services.shared.settings import load_settings
-from services.shared.slices import Slice, encode_slice
+from services.shared.slices import Slice, decode_slice, encode_slice, split_slice
 from services.shared.state.store import MemoryState
 from services.shared.transaction_fold import Applied
 from services.shared.transactions import TransactionMarker
@@ -146,12 +148,15 @@ def route(crm: Crm, records: Iterable[ConsumerRecord[bytes, bytes]]) -> list[Sli
     return step.outcome.slices
 
 
-def route_records(slices: Iterable[Slice], partitions: int = 12
-                  ) -> list[ConsumerRecord[bytes, bytes]]:
-    """The slices as the route topic holds them: partition by key, offsets per partition."""
+def route_records(slices: Iterable[Slice], partitions: int = 12, *,
+                  part_bytes: int | None = None) -> list[ConsumerRecord[bytes, bytes]]:
+    """The slices as the route topic holds them: partition by key, offsets per partition
+    (``part_bytes``: each slice as its parts of at most that, as the router cuts them)."""
     offsets: Counter[int] = Counter()
     out = []
-    for piece in slices:
+    pieces = [p for s in slices
+              for p in ([s] if part_bytes is None else split_slice(s, part_bytes))]
+    for piece in pieces:
         partition = zlib.crc32(piece.key) % partitions
         value = encode_slice(piece)
         out.append(ConsumerRecord(ROUTE_TOPIC, partition, offsets[partition], 0, 0, piece.key,
@@ -319,6 +324,29 @@ async def test_a_slice_redelivered_or_older_changes_nothing() -> None:
     assert outcome_of(uow, status) == expected
     assert all(not w.creates and not w.amends and not w.cancels
                for w in uow.writes[writes:])
+
+
+async def test_a_slice_produced_as_parts_is_applied_whole_once_its_last_part_is_in() -> None:
+    crm = Crm()
+    scenario(crm)
+    expected = await single_process(crm)
+    records = route_records(route(crm, crm.all_records()), part_bytes=1)  # a row a part
+    uow, status = FakeUnitOfWork(), FakeStatus()
+    sync = process(crm, "worker", uow, status)
+    assert sync.worker is not None
+    worker, ledger = sync.worker, sync.worker.source.ledger
+    first = records[0]
+    assert decode_slice(first.key, first.value).parts == 3  # order A's draft, 3 rows
+    await worker.on_batch(RecordBatch(records[:2], ledger))  # the fetch ends mid-slice
+    ledger.fetched(TopicPartition(first.topic, first.partition), records[1].offset + 1)
+    assert ORDER_A not in uow.states  # nothing of the slice applied yet
+    # and its first part is not committable: a crash now reads it again
+    assert ledger.safe_offsets()[TopicPartition(first.topic, first.partition)] == first.offset
+
+    await worker.on_batch(RecordBatch(records[2:], ledger))
+
+    assert outcome_of(uow, status) == expected
+    assert ledger.held() == 0
 
 
 @pytest.mark.parametrize(("role", "groups"), [

@@ -39,7 +39,8 @@ from services.shared.routing import (
     produce_routed,
     reference_key,
 )
-from services.shared.slices import Slice, SliceFold, SliceRow, decode_slice, encode_slice
+from services.shared.slice_intake import SliceFold
+from services.shared.slices import Slice, SliceRow, decode_slice, encode_slice
 from services.shared.state.changelog import Changelog
 from services.shared.state.checkpoint import Checkpoint
 from services.shared.state.store import KeyValue, MemoryState
@@ -187,7 +188,7 @@ def test_the_wire_format_gives_the_slice_and_its_records_back() -> None:
                      (SliceRow("t", 3, 4, 5, None, None, (("h", None), ("g", b"1"))),))
     assert decode_slice(b"k", encode_slice(snapshot)) == snapshot
     value = encode_slice(piece)
-    for bad in (value[:-1], value + b"x", b"\x02" + value[1:], b""):
+    for bad in (value[:-1], value + b"x", b"\x03" + value[1:], b""):
         with pytest.raises(MalformedEvent):
             decode_slice(piece.key, bad)
 

@@ -15,7 +15,7 @@ import bisect
 import contextlib
 import time
 from collections.abc import Iterable, Iterator
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
@@ -41,6 +41,21 @@ EVENT_LOOP_LAG_BUCKETS: Final = (
 SINK_LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
+
+
+class Appended(Protocol):
+    """A consumed Kafka record: ``timestamp`` is when it reached Kafka (milliseconds)."""
+
+    @property
+    def timestamp(self) -> int: ...
+
+
+def last_appended(records: Iterable[Appended]) -> float | None:
+    """When the newest of ``records`` reached Kafka (Unix seconds; None for no record):
+    for a source transaction's records, where the service's own lag starts
+    (:meth:`ServiceMetrics.observe_service_lags`)."""
+    newest = max((record.timestamp for record in records), default=None)
+    return None if newest is None else newest / 1000
 
 
 def _observe_ages(histogram: Histogram, stamps: Iterable[float], now: float | None) -> None:

@@ -47,6 +47,7 @@ from services.shared.changes import ChangeEvent, UndecodedChange
 from services.shared.cooperative import Pausable
 from services.shared.errors import BadInput
 from services.shared.holding import GivenUp, GiveUpCause, Whole
+from services.shared.observability import last_appended
 from services.shared.output_check import reject_whole
 from services.shared.stateful import Handle
 from services.shared.transactions import CompleteTransaction, TransactionMarker
@@ -222,8 +223,9 @@ class TransactionFold(Generic[R, Out]):
         finally:
             self.applying = None
         out.commit_times.append(transaction.commit_time)
-        if whole.handles:
-            out.appended_times.append(max(h.timestamp for h in whole.handles) / 1000)
+        appended = last_appended(whole.handles)
+        if appended is not None:
+            out.appended_times.append(appended)
         out.applied += len(records)
 
     @staticmethod

@@ -33,6 +33,7 @@ from services.shared.batches import BatchSource, RecordBatch
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Slicer
 from services.shared.errors import BadInput
+from services.shared.observability import Appended, last_appended
 from services.shared.runtime import Service
 from services.shared.source_records.erp import ErpOrderState
 
@@ -70,6 +71,7 @@ class ErpIntake:
         reference data; nothing is held (each batch is applied before the next)."""
         intake = self.service.require_intake()
         changes: list[ChangeEvent] = []
+        records: list[Appended] = []  # the changes' (their timestamps: the service lag)
         slicer = Slicer()
         for record in batch.records:
             if slicer.due():
@@ -79,6 +81,7 @@ class ErpIntake:
                 await self.truncates.answer(change, record)
             elif type(change) is ChangeEvent:
                 changes.append(change)
+                records.append(record)
             elif isinstance(change, BadInput):
                 await intake.reject(record, change)
         if not changes:
@@ -94,8 +97,13 @@ class ErpIntake:
         metrics = self.service.metrics
         for topic, count in Counter(change.origin.topic for change in changes).items():
             metrics.event(topic, "applied", count)
+        # one observation a batch, of its newest change (nothing is held: the batch is
+        # the step): end to end from its commit, the service's own from its record
         newest = max(change.commit_time.timestamp() for change in changes)
         metrics.observe_end_to_end_lag("erp_to_crm", newest, now)
+        appended = last_appended(records)
+        if appended is not None:
+            metrics.observe_service_lags("erp_to_crm", [appended], now)
 
     async def apply_changes(self, changes: Sequence[ChangeEvent]) -> None:
         stores = self.syncing.stores()

@@ -212,7 +212,9 @@ class SliceWorker:
                 self.source.release(hold for hold, _ in holds)
                 continue
             # the rows as records (a refused transaction's dead letters name the CDC
-            # records they came from, as in the single process), each with its part's hold
+            # records they came from, as in the single process), each with its part's
+            # hold; their CDC timestamps start the service lag (syncing.report_applied:
+            # the route record's own timestamp is the source commit, not an append)
             chunk.append((transaction, [
                 (row.record(), hold) for hold, part in holds for row in part.rows]))
             self._scope[id(transaction)] = orders_of_key(piece.key)

@@ -42,6 +42,7 @@ from services.order_sync.rejection import Rejection, rejection_of
 from services.shared.batches import Hold
 from services.shared.changes import ChangeEvent
 from services.shared.errors import BadInput, Cause
+from services.shared.observability import last_appended
 from services.shared.position import SourcePosition
 from services.shared.resilience import ErrorKind, RetryPolicy
 from services.shared.runtime import Service
@@ -65,15 +66,31 @@ def error_text(error: BaseException | None) -> str:
 
 def report_applied(service: Service, release: Callable[[Iterable[Hold]], None],
                    chunk: Sequence[tuple[CompleteTransaction, list[Handle]]]) -> None:
-    """After a chunk of whole CRM transactions is applied: their CRM -> ERP lag and
-    changes applied in the metrics, their records released (``release``: the source's)."""
+    """After a chunk of whole CRM transactions is applied: their CRM -> ERP lag (end to
+    end from the source commit; the service's own from the newest of the transaction's
+    records in Kafka) and changes applied in the metrics, their records released
+    (``release``: the source's).
+
+    The records are the CDC records (changes and END marker) in the single process; in
+    a scale-out worker, the slice's rows as the router consumed them (their own
+    timestamps, carried in the slice: the route record's is the source commit time, the
+    router sets it), so there the service's lag starts at the newest CDC row of the
+    slice and covers the router's wait for the rest of the transaction, the routing and
+    the worker."""
     now = time.time()
     metrics = service.metrics
     applied: Counter[str] = Counter()
+    commits: list[float] = []
+    appends: list[float] = []
     for transaction, handles in chunk:
-        metrics.observe_end_to_end_lag("crm_to_erp", transaction.commit_time.timestamp(), now)
+        commits.append(transaction.commit_time.timestamp())
+        appended = last_appended(record for record, _ in handles)
+        if appended is not None:
+            appends.append(appended)
         applied.update(event.origin.topic for event in transaction.events)
         release(h for _, h in handles)
+    metrics.observe_end_to_end_lags("crm_to_erp", commits, now)
+    metrics.observe_service_lags("crm_to_erp", appends, now)
     for topic, count in applied.items():
         metrics.event(topic, "applied", count)
 

@@ -62,6 +62,7 @@ from services.inventory_projection.step import Step
 from services.shared.batches import attach_sources
 from services.shared.databases import open_pool
 from services.shared.errors import BadInput
+from services.shared.observability import last_appended
 from services.shared.runtime import Service
 from services.shared.runtime import build_service as build_base_service
 from services.shared.settings import ServiceSettings
@@ -117,10 +118,12 @@ class Shell:
             state_topic=STATE_TOPIC,
             topics=CHANGE_TOPICS,
             sources=SOURCES,
-            load=partial(demand_signals.load, max_hold=self._max_hold, rules=SurgeRules(
-                factor=service.settings.demand_surge_factor,
-                min_rate=service.settings.demand_surge_min_rate,
-            )),
+            # the handles are Kafka records: their timestamps start the service lag
+            load=partial(demand_signals.load, max_hold=self._max_hold,
+                         appended=last_appended, rules=SurgeRules(
+                             factor=service.settings.demand_surge_factor,
+                             min_rate=service.settings.demand_surge_min_rate,
+                         )),
             apply=self.apply,
             check=self.check,
             reference_topics=REFERENCE_TOPICS,

@@ -125,9 +125,12 @@ class DemandEffects:
             metrics.event(SURGE_TOPIC, "skipped_stale", len(step.outcome.events) - published)
         if step.outcome.answers:
             metrics.event(ANSWER_TABLE, "applied", len(step.outcome.answers))
-        # the feasibility latency: request commit -> answer written
+        # the feasibility latency: request commit (its last record in Kafka, for the
+        # service's own share) -> answer written
+        now = time.time()
         metrics.observe_end_to_end_lags(
-            "feasibility_answer", [t.timestamp() for t in step.commit_times], time.time())
+            "feasibility_answer", [t.timestamp() for t in step.commit_times], now)
+        metrics.observe_service_lags("feasibility_answer", step.appended_times, now)
 
     def check(self, step: DemandStep, *, prune: bool = False) -> BadInput | None:
         """The first surge its schema refuses (the kit's output check); ``prune``: leave

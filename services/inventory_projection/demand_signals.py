@@ -52,7 +52,7 @@ from services.inventory_projection.source_rows import (
     UNKNOWN_REFERENCE_GRACE,
     ZERO,
 )
-from services.inventory_projection.step import Step
+from services.inventory_projection.step import AppendedAt, Step
 from services.inventory_projection.truncates import load_truncated
 from services.shared.changes import ChangeEvent, ChangeOp
 from services.shared.cooperative import Pausable
@@ -147,6 +147,8 @@ class _Held(Generic[H]):
     row: Mapping[str, Any] | None
     position: SourcePosition
     commit_time: datetime
+    #: when its transaction's newest record reached Kafka (None: not measured)
+    appended: float | None
     withheld: list[H] = field(default_factory=list)
     """Handles kept out of an earlier step's release."""
     fresh: list[H] = field(default_factory=list)
@@ -161,6 +163,9 @@ class DemandStep:
     positions: dict[int, SourcePosition] = field(default_factory=dict)
     commit_times: list[datetime] = field(default_factory=list)
     """Source commit time of each request answered (the feasibility latency)."""
+    appended_times: list[float] = field(default_factory=list)
+    """When each answered request's transaction's newest record reached Kafka (the
+    service's own share of that latency; with :data:`AppendedAt` only)."""
     folded: int = 0
 
 
@@ -169,8 +174,10 @@ class DemandSide(Generic[H]):
 
     collections = OWN_COLLECTIONS
 
-    def __init__(self, store: RowStore, rules: SurgeRules | None = None) -> None:
+    def __init__(self, store: RowStore, rules: SurgeRules | None = None,
+                 appended: AppendedAt[H] | None = None) -> None:
         self.store = store
+        self.appended = appended
         self.kv = Prefixed(store.kv, DEMAND_PREFIX)
         self.view = ProjectionView(store, self.kv)
         self.signals = DemandSignals(self.kv, self.view, rules)
@@ -198,6 +205,8 @@ class DemandSide(Generic[H]):
                 CRM, transaction.commit_time, streamed=not transaction.snapshot_read):
             self._moved = True  # a quote-only transaction moves the CRM watermark too
         self._merge((yield from self.signals.advance_steps(self.store.as_of)))
+        appended: float | None = None
+        measured = self.appended is None  # computed once, for a transaction that counts
         for count, event in enumerate(events, start=1):
             if not count % PAUSE_EVERY:
                 yield
@@ -206,14 +215,16 @@ class DemandSide(Generic[H]):
                     collection not in TABLES and collection != ITEM_COLLECTION):
                 continue  # stock rows (most of a replay); truncates: the projector's
             handle = whole.handle_of(event)
+            if not measured and self.appended is not None:
+                appended, measured = self.appended(whole.handles), True
             try:
-                self._apply(event, handle, transaction.commit_time, caught_up)
+                self._apply(event, handle, transaction.commit_time, appended, caught_up)
             except BadInput as error:
                 if handle is not None:
                     self._dead.append((handle, error))
 
     def _apply(self, event: ChangeEvent, handle: H | None, commit_time: datetime,
-               caught_up: Collection[str]) -> None:
+               appended: float | None, caught_up: Collection[str]) -> None:
         collection = event.data_collection
         row_id = event.key.get("id")
         if row_id is None and event.row is not None:
@@ -237,21 +248,23 @@ class DemandSide(Generic[H]):
         entry = self._held.get(row_id)
         if out.held:
             if entry is None or entry.position < event.position:
-                new = _Held[H](row, event.position, commit_time)
+                new = _Held[H](row, event.position, commit_time, appended)
                 if entry is not None:
                     new.withheld, new.fresh = entry.withheld, entry.fresh
                 entry = self._held[row_id] = new
             if handle is not None:
                 entry.fresh.append(handle)
             return
-        self._answered(row_id, event.position, out, commit_time)
+        self._answered(row_id, event.position, out, commit_time, appended)
 
     def _answered(self, request_id: int, position: SourcePosition, out: Outcome,
-                  commit_time: datetime) -> None:
+                  commit_time: datetime, appended: float | None) -> None:
         self._merge(out)
         if request_id in out.answers:
             self.step.positions[request_id] = position
             self.step.commit_times.append(commit_time)
+            if appended is not None:
+                self.step.appended_times.append(appended)
         entry = self._held.get(request_id)
         if entry is not None and entry.position <= position:
             del self._held[request_id]  # answered or superseded: let its records go
@@ -288,7 +301,8 @@ class DemandSide(Generic[H]):
             again = self.signals.apply(Table.REQUEST, request_id, entry.position, entry.row,
                                        None if hold is None else _unknown_reference)
             if not again.held:
-                self._answered(request_id, entry.position, again, entry.commit_time)
+                self._answered(request_id, entry.position, again, entry.commit_time,
+                               entry.appended)
         changed = [(a.sku, a.warehouse_code) for a in out.availability]
         changed += [(r.sku, r.warehouse_code) for r in out.removed]
         for count, (sku, code) in enumerate(changed, start=1):
@@ -329,10 +343,13 @@ class DemandSide(Generic[H]):
         out.release = kept
 
 
-def load(kv: KeyValue, *, rules: SurgeRules | None = None, **kwargs: Any) -> Projector[Any]:
-    """The projector with its demand-signals companion, both over the state in ``kv``."""
+def load(kv: KeyValue, *, rules: SurgeRules | None = None,
+         appended: AppendedAt[Any] | None = None, **kwargs: Any) -> Projector[Any]:
+    """The projector with its demand-signals companion, both over the state in ``kv``
+    (``appended``: both measure the service lag with it)."""
     store = RowStore.load(kv)
-    return Projector(store, truncated=load_truncated(kv), companion=DemandSide(store, rules),
+    return Projector(store, truncated=load_truncated(kv),
+                     companion=DemandSide(store, rules, appended), appended=appended,
                      **kwargs)
 
 

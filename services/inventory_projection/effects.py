@@ -98,9 +98,11 @@ class Effects:
                 self.write_back(step.availability, step.removed, position),
                 self.publish_availability(step.availability, step.encoded),
             )
+            now = time.time()
             service.metrics.observe_end_to_end_lags(
-                "crm_write_back", [t.timestamp() for t in step.commit_times], time.time()
+                "crm_write_back", [t.timestamp() for t in step.commit_times], now
             )
+            service.metrics.observe_service_lags("crm_write_back", step.appended_times, now)
         else:
             await self.publish_availability(step.availability, step.encoded)
         if step.shortages:

@@ -93,6 +93,7 @@ from services.inventory_projection.source_rows import (
     UnknownReference,
 )
 from services.inventory_projection.step import (
+    AppendedAt,
     Companion,
     EvaluatedVersions,
     Removed,
@@ -168,8 +169,11 @@ class Projector(Generic[H]):
         clock: Callable[[], float] = time.monotonic,
         truncated: Mapping[str, SourcePosition] | None = None,
         companion: Companion | None = None,
+        appended: AppendedAt[H] | None = None,
     ) -> None:
         self.store = store or RowStore()
+        #: None: the service lag is not measured (handles that are no Kafka records)
+        self.appended = appended
         self.companion = companion
         collections = DATA_COLLECTIONS | (companion.collections if companion else frozenset())
         self.truncates = TruncateAnswers("inventory-projection", ANSWERS, collections)
@@ -352,6 +356,10 @@ class Projector(Generic[H]):
                     out.dead_letters.append((handle, applied.flagged))
             if folded:
                 out.commit_times.append(transaction.commit_time)
+                if self.appended is not None:
+                    appended = self.appended(whole.handles)
+                    if appended is not None:
+                        out.appended_times.append(appended)
             if self.companion is not None:
                 yield from self.companion.transaction(whole, caught_up)
         if self._awaiting:

@@ -5,7 +5,7 @@ order (kept in the state). Split from :mod:`.projector`, which builds them.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -20,6 +20,11 @@ from services.shared.state.store import KeyValue
 from services.shared.truncates import TruncateAnswer
 
 H = TypeVar("H")
+
+#: When a source transaction's newest record (of its handles) reached Kafka, in Unix
+#: seconds: where the service's own lag starts. The shell passes the kit's
+#: :func:`~services.shared.observability.last_appended` (its handles are Kafka records).
+AppendedAt = Callable[[Sequence[H]], float | None]
 
 #: State keys of the last evaluated version per CRM order (see :mod:`.state`).
 EVALUATED_PREFIX = b"e:"
@@ -84,6 +89,9 @@ class Step(Generic[H]):
     """Handles to acknowledge once everything above is durable."""
     commit_times: list[datetime] = field(default_factory=list)
     """Source commit time of each applied transaction (end-to-end latency)."""
+    appended_times: list[float] = field(default_factory=list)
+    """When each applied transaction's newest record reached Kafka (Unix seconds; the
+    service's own latency), when the projector is given :data:`AppendedAt`."""
     truncates: list[tuple[ChangeEvent, TruncateAnswer]] = field(default_factory=list)
     """TRUNCATEs folded in this step, with the answer given (the shell counts them)."""
     given_up: list[GivenUp] = field(default_factory=list)
@@ -101,5 +109,6 @@ class Step(Generic[H]):
 
 
 __all__ = [
-    "EVALUATED_PREFIX", "Companion", "EvaluatedVersions", "Removed", "Step", "evaluated_key",
+    "EVALUATED_PREFIX", "AppendedAt", "Companion", "EvaluatedVersions", "Removed", "Step",
+    "evaluated_key",
 ]

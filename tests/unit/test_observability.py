@@ -13,6 +13,7 @@ import io
 import json
 import logging
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -22,7 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.shared.health import HealthState, ObservabilityServer, start_observability_server
 from services.shared.logs import configure_logging, mask_secrets
-from services.shared.observability import END_TO_END_LAG_BUCKETS, ServiceMetrics, observe_many
+from services.shared.observability import (
+    END_TO_END_LAG_BUCKETS,
+    ServiceMetrics,
+    last_appended,
+    observe_many,
+)
 
 # ------------------------------------------------------------------------ metrics
 
@@ -33,6 +39,12 @@ def test_metrics_live_on_the_given_registry_only() -> None:
     ServiceMetrics("order-sync", r2)  # no clash: nothing global
     with pytest.raises(ValueError):
         ServiceMetrics("order-sync", r1)  # same registry twice is a programming error
+
+
+def test_the_service_lag_starts_at_the_newest_records_timestamp() -> None:
+    records = [SimpleNamespace(timestamp=ms) for ms in (1_000_250, 1_000_900, 1_000_100)]
+    assert last_appended(records) == 1_000.9  # milliseconds -> Unix seconds, the newest
+    assert last_appended([]) is None
 
 
 def test_metric_names_labels_and_values() -> None:

@@ -101,16 +101,23 @@ class OwnCore:
         self.service_pid, self.stack_dir = service_pid, stack_dir
         self.core, self.others = {cpus[-1]}, set(cpus[:-1])
 
+    def _everything(self) -> set[int]:
+        found = tree(os.getpid())
+        for pid in mentioning(str(self.stack_dir)):
+            found |= tree(pid)
+        return found
+
     def apply(self) -> None:
         """Pin the processes running now (their later threads and children inherit it:
         new PostgreSQL backends the postmaster's, so one call once the stack is up
         holds)."""
         service = tree(self.service_pid)
-        rest = tree(os.getpid())
-        for pid in mentioning(str(self.stack_dir)):
-            rest |= tree(pid)
-        pin(rest - service, self.others)
+        pin(self._everything() - service, self.others)
         pin(service, self.core)
+
+    def undo(self) -> None:
+        """Every process of the run on every core again."""
+        pin(self._everything(), self.core | self.others)
 
     def describe(self) -> str:
         return (f"the service alone on core {min(self.core)}, the stack and the load on "

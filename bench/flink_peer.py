@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,8 +88,10 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 1e6
 
 
-async def run_flink(bootstrap: str, source_topic: str, sink_topic: str) -> FlinkRun:
-    """Run the job over ``source_topic`` to its current end; ``sink_topic`` must exist."""
+async def run_flink(bootstrap: str, source_topic: str, sink_topic: str, *,
+                    started: Callable[[int], None] | None = None) -> FlinkRun:
+    """Run the job over ``source_topic`` to its current end; ``sink_topic`` must exist.
+    ``started``: called with the job's process id once it runs (before its JVM starts)."""
     python, jar = ensure_flink()
     command = [
         str(python), str(HERE / "job.py"), "--bootstrap", bootstrap,
@@ -97,6 +100,8 @@ async def run_flink(bootstrap: str, source_topic: str, sink_topic: str) -> Flink
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
+    if started is not None:
+        started(process.pid)
     peak = 0.0
     output = asyncio.ensure_future(process.communicate())
     started = last_log = time.monotonic()

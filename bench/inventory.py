@@ -6,6 +6,7 @@ Not a test: it prints figures and the command that reproduces them.
     uv run python -m bench.inventory --changes 200000     # smaller, quicker
     uv run python -m bench.inventory --orders             # large orders only, no stack
     uv run python -m bench.inventory --flink              # and Flink SQL on the same topic
+    uv run python -m bench.inventory --flink --one-core   # both held to one core each
 
 ``--orders`` (:mod:`bench.inventory_orders`): the time per folded line of orders of 10,
 100, 1,000 and 10,000 lines (CRM lines, ERP lines, reservations, one-line amendments),
@@ -56,6 +57,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from ambidex.stack.local import LocalStack
 from bench import inventory_orders
 from bench.common import BenchedService, reproduce_line, run_bench, start_private_stack
+from bench.cpus import OwnCore
 from bench.flink_peer import FlinkRun, ensure_flink, run_flink
 from services.shared.runtime import relax_garbage_collector
 
@@ -232,10 +234,12 @@ async def committed(bootstrap: str, partitions: list[TopicPartition]) -> int:
 
 
 async def replay(
-    stack: LocalStack, service: ServiceUnderTest, changes: int
+    stack: LocalStack, service: ServiceUnderTest, changes: int, *,
+    stack_dir: Path | None = None,
 ) -> tuple[float, float, float]:
-    """(changes/s, seconds from start, worker CPU seconds per change while replaying)."""
-    """(changes/s from the first committed progress to caught up, total seconds)."""
+    """(changes/s from the first committed progress to caught up, seconds from start,
+    worker CPU seconds per change while replaying); ``stack_dir``: the service alone
+    on one core meanwhile (``--one-core``)."""
     bootstrap = stack.addresses.kafka_bootstrap
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
@@ -247,6 +251,11 @@ async def replay(
     await consumer.stop()
     started = time.monotonic()
     service.start()
+    placement = None
+    if stack_dir is not None:
+        assert service.process is not None
+        placement = OwnCore(service.process.pid, stack_dir)
+        placement.apply()
     first: tuple[float, int] | None = None
     cpu_first = 0.0
     last_log = started
@@ -265,14 +274,18 @@ async def replay(
         if service.process is not None and service.process.poll() is not None:
             raise RuntimeError(f"service exited, see {service.log_path}")
         await asyncio.sleep(0.5)
+    if placement is not None:
+        placement.undo()
     assert first is not None
     elapsed = max(now - first[0], 1e-9)
     cpu_per_change = (service.cpu_seconds() - cpu_first) / max(end - first[1], 1)
     return (end - first[1]) / elapsed, now - started, cpu_per_change
 
 
-async def flink_phase(bootstrap: str, service: ServiceUnderTest) -> FlinkRun:
-    """The Flink SQL peer over the same topic, the service stopped meanwhile."""
+async def flink_phase(bootstrap: str, service: ServiceUnderTest,
+                      stack_dir: Path | None = None) -> FlinkRun:
+    """The Flink SQL peer over the same topic, the service stopped meanwhile;
+    ``stack_dir``: the job alone on one core, as the service was (``--one-core``)."""
     service.stop()
     sink = f"bench.flink.on-hand.{int(time.time())}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -282,7 +295,18 @@ async def flink_phase(bootstrap: str, service: ServiceUnderTest) -> FlinkRun:
     finally:
         await admin.close()
     log("flink: the same stock-quant topic through Flink SQL")
-    run = await run_flink(bootstrap, QUANT_TOPIC, sink)
+    placed: list[OwnCore] = []
+
+    def started(pid: int) -> None:
+        if stack_dir is not None:
+            placed.append(OwnCore(pid, stack_dir))
+            placed[-1].apply()
+
+    try:
+        run = await run_flink(bootstrap, QUANT_TOPIC, sink, started=started)
+    finally:
+        for placement in placed:
+            placement.undo()
     log(f"flink: {run.seconds:.1f}s, peak RSS {run.peak_rss_mb:,.0f} MB")
     return run
 
@@ -402,6 +426,11 @@ async def main() -> None:
         help="after the replay, the Flink SQL peer on the same topic (bench/flink_peer.py)",
     )
     parser.add_argument(
+        "--one-core", action="store_true",
+        help="the service's replay and the Flink job each alone on one core, the stack on "
+             "the others (bench/cpus.py): the two compared at the same CPU",
+    )
+    parser.add_argument(
         "--order-sizes",
         default=",".join(str(n) for n in inventory_orders.SIZES),
         help="lines per order for --orders (comma-separated)",
@@ -424,7 +453,8 @@ async def main() -> None:
         raw_n, raw_s = await raw_consume(bootstrap, [QUANT_TOPIC])
         results["raw"] = raw_n / raw_s
         log(f"raw consume: {raw_n:,} records in {raw_s:.1f}s")
-        rate, total, cpu = await replay(stack, service, args.changes)
+        one_core = state_dir if args.one_core else None
+        rate, total, cpu = await replay(stack, service, args.changes, stack_dir=one_core)
         results["replay"] = rate
         results["replay_cpu_us"] = cpu * 1e6
         results["replay_total"] = total
@@ -432,7 +462,7 @@ async def main() -> None:
         results["rss_peak_replay"] = service.peak_rss
         log(f"replay: {rate:,.0f} changes/s, RSS {results['rss_after_replay']:.0f} MB")
         if args.flink:
-            results["flink"] = await flink_phase(bootstrap, service)
+            results["flink"] = await flink_phase(bootstrap, service, one_core)
 
         log("phase 2: restore from the changelog")
         service.stop()
@@ -480,7 +510,10 @@ async def main() -> None:
 
     command = reproduce_line("bench.inventory")
     print()
-    print(f"Ambidex inventory-projection benchmark (one machine, {os.cpu_count()} cores)")
+    placement = ("; the replay and the Flink job each alone on one core, the stack on the "
+                 "others" if args.one_core else "")
+    print(f"Ambidex inventory-projection benchmark (one machine, {os.cpu_count()} cores"
+          f"{placement})")
     print(
         f"  replay                  {results['replay']:10,.0f} changes/s "
         f"({args.changes:,} stock changes, {args.items:,} items x {args.warehouses:,} "

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ambidex.stack.jars import copy_dependencies
+from bench.cpus import tree
 
 HERE = Path(__file__).resolve().parent / "flink"
 CACHE = Path(os.environ.get("AMBIDEX_CACHE_DIR", Path.home() / ".cache" / "ambidex")) / "flink"
@@ -69,22 +70,13 @@ def ensure_flink() -> tuple[Path, Path]:
 
 def _tree_rss_mb(pid: int) -> float:
     """RSS of ``pid`` and every descendant (the JVM is PyFlink's child)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    total = 0
+    for member in tree(pid):
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError, ValueError):
             continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        total += rss.get(current, 0)
-        todo.extend(children.get(current, []))
     return total / 1e6
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 def tree_cpu_seconds(root: int) -> float:
     """User + system CPU of ``root`` and every live descendant (the mini-cluster's JVM
-    is this process's child), from ``/proc``."""
+    is this process's child), from ``/proc``. (The project's ``bench.cpus`` walks the
+    same tree; this job runs under the Flink environment's Python, without it.)"""
     children: dict[int, list[int]] = {}
     cpu: dict[int, int] = {}
     for entry in Path("/proc").iterdir():

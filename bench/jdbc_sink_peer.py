@@ -59,6 +59,7 @@ from bench.common import reproduce_line, run_bench, start_private_stack
 from bench.cpus import waited_for_cpu
 from bench.inventory import histogram, quantile
 from bench.order_sync import (
+    OWN_SHARE,
     Worker,
     _catalogue,
     _drive,
@@ -90,11 +91,6 @@ ALTER TABLE bench_staging.sales_order ADD COLUMN erp_committed_at timestamptz NO
 ALTER TABLE bench_staging.sales_order_line ADD COLUMN erp_committed_at timestamptz NOT NULL
     DEFAULT now();
 """
-
-
-#: order-sync's own share of the CRM -> ERP latency (from the transaction's last record
-#: in Kafka), the histogram it exports
-OWN_SHARE = ("ambidex_service_lag_seconds", 'path="crm_to_erp"')
 
 
 def log(message: str) -> None:

@@ -26,6 +26,7 @@ import httpx
 
 from ambidex.stack.config import StackConfig, _free_ports
 from ambidex.stack.local import LocalStack
+from bench.cpus import OwnCore, waited_for_cpu
 
 
 class BenchedService:
@@ -110,6 +111,18 @@ class BenchedService:
             return 0.0
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def waited_for_cpu(self) -> float:
+        """Seconds its threads have been runnable but not running (:mod:`bench.cpus`)."""
+        return 0.0 if self.process is None else waited_for_cpu(self.process.pid)
+
+    def own_core(self, stack_dir: Path) -> OwnCore:
+        """Put the process alone on one core, the rest of the run (the stack under
+        ``stack_dir``, the load, the bench) on the others; the placement, applied."""
+        assert self.process is not None, "start the service first"
+        placement = OwnCore(self.process.pid, stack_dir)
+        placement.apply()
+        return placement
 
     async def metrics(self) -> str:
         async with httpx.AsyncClient(timeout=30) as client:

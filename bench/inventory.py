@@ -251,11 +251,7 @@ async def replay(
     await consumer.stop()
     started = time.monotonic()
     service.start()
-    placement = None
-    if stack_dir is not None:
-        assert service.process is not None
-        placement = OwnCore(service.process.pid, stack_dir)
-        placement.apply()
+    placement = None if stack_dir is None else service.own_core(stack_dir)
     first: tuple[float, int] | None = None
     cpu_first = 0.0
     last_log = started

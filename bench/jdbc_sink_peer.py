@@ -372,16 +372,15 @@ async def main() -> None:
         if args.py_spy is not None and worker.process is not None:
             spy = _py_spy(worker.process.pid, args.latency_seconds, args.py_spy)
         load_during = os.getloadavg()
-        assert worker.process is not None
         own_before = histogram(await worker.metrics(), *OWN_SHARE)
-        waited_before = (waited_for_cpu(worker.process.pid), waited_for_cpu(connect_pid))
+        waited_before = (worker.waited_for_cpu(), waited_for_cpu(connect_pid))
         live = await _drive(addresses.crm_admin_dsn, products, warehouse, account,
                             count=None, rate=rate, seconds=args.latency_seconds, seed=2)
         load_during = max(load_during, os.getloadavg())
         await _wait_synced(addresses.erp_admin_dsn, live, timeout=600)
         await asyncio.sleep(1)  # the last step's observation
         own_after = histogram(await worker.metrics(), *OWN_SHARE)
-        waited = (waited_for_cpu(worker.process.pid) - waited_before[0],
+        waited = (worker.waited_for_cpu() - waited_before[0],
                   waited_for_cpu(connect_pid) - waited_before[1])
         live_lines = await _line_count(addresses.crm_admin_dsn, live)
         await _wait_staged(stack, base_orders + len(backlog) + len(live),

@@ -45,7 +45,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ambidex.stack.local import LocalStack
 from bench.common import BenchedService, reproduce_line, start_private_stack
-from bench.cpus import OwnCore, waited_for_cpu
 from bench.inventory import histogram, quantile
 
 CRM_TOPICS = ["cdc.crm.sales_order", "cdc.crm.sales_order_line", "cdc.crm.transaction"]
@@ -375,21 +374,18 @@ async def main() -> None:
 
         half = sync_rate / 2
         print(f"phase 2: {half:,.0f} orders/s for {args.latency_seconds:.0f}s", file=sys.stderr)
-        assert worker.process is not None
         if args.own_core:
-            own_core = OwnCore(worker.process.pid, state_dir)
-            own_core.apply()
-            placement = own_core.describe()
+            placement = worker.own_core(state_dir).describe()
         buckets_before = await worker.lag_buckets()
         own_before = histogram(await worker.metrics(), *OWN_SHARE)
-        waited_before = waited_for_cpu(worker.process.pid)
+        waited_before = worker.waited_for_cpu()
         live = await _drive(addresses.crm_admin_dsn, products, warehouse, account,
                             count=None, rate=half, seconds=args.latency_seconds, seed=2)
         await _wait_synced(addresses.erp_admin_dsn, live, timeout=600)
         await asyncio.sleep(1)  # the last batch's observation
         quantiles = histogram_quantiles(buckets_before, await worker.lag_buckets())
         own_after = histogram(await worker.metrics(), *OWN_SHARE)
-        waited = waited_for_cpu(worker.process.pid) - waited_before
+        waited = worker.waited_for_cpu() - waited_before
         created, synced = await commit_times(
             addresses.crm_admin_dsn, addresses.erp_admin_dsn, live
         )

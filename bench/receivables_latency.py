@@ -39,7 +39,6 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from bench.common import BenchedService, reproduce_line, run_bench, start_private_stack
-from bench.cpus import OwnCore, waited_for_cpu
 from bench.inventory import histogram, log, quantile
 from bench.replay import LoopWatch
 
@@ -225,17 +224,13 @@ async def main() -> None:
         service.start()
         await service.wait_ready()
         if args.own_core:
-            assert service.process is not None
-            own_core = OwnCore(service.process.pid, state_dir)
-            own_core.apply()
-            placement = own_core.describe()
+            placement = service.own_core(state_dir).describe()
         invoices = await seed_contracts(crm_dsn, erp_dsn, args.contracts)
         await wait_positions(crm_dsn, args.contracts, service)
         text = await service.metrics()
         before, own_before = histogram(text, *LATENCY), histogram(text, *SERVICE_LATENCY)
         cpu_before = service.cpu_seconds()
-        assert service.process is not None
-        waited_before = waited_for_cpu(service.process.pid)
+        waited_before = service.waited_for_cpu()
         await watch.sample()
         capture = CaptureLags(stack.addresses.kafka_bootstrap)
         await capture.start()
@@ -251,7 +246,7 @@ async def main() -> None:
         await capture.stop()
         await asyncio.sleep(2)  # the last step's histogram observation
         cpu = service.cpu_seconds() - cpu_before
-        waited = waited_for_cpu(service.process.pid) - waited_before
+        waited = service.waited_for_cpu() - waited_before
         text = await service.metrics()
         after, own_after = histogram(text, *LATENCY), histogram(text, *SERVICE_LATENCY)
         await watch.sample()

@@ -55,6 +55,7 @@ from aiokafka.coordinator.protocol import (
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from services.shared.alignment import UNREAD, Buffers, limit
+from services.shared.fetch_ahead import FetchAhead
 from services.shared.kafka import client_options
 from services.shared.memory import release_free_memory
 from services.shared.offsets import Hold as Hold
@@ -237,6 +238,8 @@ class BatchSource:
         self._commit_interval = commit_interval
         self.ledger = OffsetLedger()
         self.consumer: AIOKafkaConsumer | None = None
+        #: records fetched while the last batch was handled (services.shared.fetch_ahead)
+        self._ahead: FetchAhead | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_commit = 0.0
         self._lag_reported = 0.0
@@ -315,6 +318,7 @@ class BatchSource:
     async def _run(self) -> None:
         assert self.consumer is not None
         consumer = self.consumer
+        ahead = self._ahead = FetchAhead(consumer, self._max_records)
         health = self.service.health
         policy = self.service.retry
         failures = 0
@@ -322,13 +326,17 @@ class BatchSource:
             try:
                 if self._rewind is not None:
                     await self._redo_from_committed()
-                # records kept and due already are handed out without a fetch wait
-                wait_ms = 0 if self._more_due else 200
-                fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self._max_records)
+                # records fetched beside the last batch are handed out without a fetch
+                # (and so are records kept and due already: no fetch wait)
+                fetched = ahead.take()
+                if not fetched:
+                    wait_ms = 0 if self._more_due else 200
+                    fetched = await consumer.getmany(timeout_ms=wait_ms,
+                                                     max_records=self._max_records)
                 if fetched or self._buffers.holding():
                     # records kept from earlier fetches are handed out once the others
                     # are known far enough, even when this fetch brought nothing
-                    await self._handle(fetched)
+                    await ahead.beside(self._handle(fetched))
                 now = time.monotonic()
                 if now - self._last_commit >= self._commit_interval:
                     await self.commit()
@@ -411,6 +419,10 @@ class BatchSource:
         # records kept and not handed out are read again (the redo positions may not
         # name their partitions: nothing of them was handed out)
         kept = self._buffers.first_offsets()
+        if self._ahead is not None:
+            # fetched after the buffers' records: the buffers' first offsets come first
+            kept = {**self._ahead.first_offsets(), **kept}
+            self._ahead.clear()
         self._buffers.clear()
         self._more_due = False
         if self._on_reset is not None:
@@ -464,8 +476,7 @@ class BatchSource:
             if first_kept is not None:
                 behind.append(first_kept - 1)  # where it stands: before its next record
                 continue
-            highwater = consumer.highwater(tp)
-            if highwater is None or await consumer.position(tp) >= highwater:
+            if not await self._more_to_come(tp):
                 continue  # caught up (or not fetched yet): constrains nobody
             behind.append(self._last_timestamp.get(tp, -1))
         paused = consumer.paused()
@@ -496,8 +507,7 @@ class BatchSource:
         self._buffers.add(fetched)
         known_to: list[int] = []
         for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is None or await consumer.position(tp) >= highwater:
+            if not await self._more_to_come(tp):
                 continue  # nothing more to come (or no answer from its leader yet)
             kept = self._buffers.last_time(tp)
             known_to.append(kept if kept is not None
@@ -519,9 +529,18 @@ class BatchSource:
             if tp in holding:
                 return False
             highwater = consumer.highwater(tp)
-            if highwater is None or await consumer.position(tp) < highwater:
+            if highwater is None or await self._more_to_come(tp):
                 return False
         return True
+
+    async def _more_to_come(self, tp: TopicPartition) -> bool:
+        """Whether ``tp`` has records not handed out yet beyond those kept in the
+        buffers: fetched ahead, or not fetched (False while its end is not known)."""
+        assert self.consumer is not None
+        if self._ahead is not None and self._ahead.holds(tp):
+            return True
+        highwater = self.consumer.highwater(tp)
+        return highwater is not None and await self.consumer.position(tp) < highwater
 
     def _report_lag(self) -> None:
         if self.consumer is None:
@@ -542,6 +561,8 @@ class BatchSource:
         self.ledger.reset()
         self._last_timestamp.clear()
         self._buffers.clear()
+        if self._ahead is not None:
+            self._ahead.clear()
         self._more_due = False
         if self._on_reset is not None:
             await self._on_reset()

@@ -140,6 +140,9 @@ class OrderSync:
             await self.router.open()
 
     async def stop(self, service: Service) -> None:
+        # the CRM status write in flight, before its pool closes (its records stay
+        # uncommitted if it cannot finish: redone at the next start)
+        await self.syncing.settle(quiet=True)
         if self.router is not None:
             self.router.close()
         for pool in (self.crm_pool, self.erp_pool):

@@ -69,7 +69,9 @@ class CrmIntake:
     async def reset(self) -> None:
         """After a rebalance or a failed batch every uncommitted record is redelivered:
         start afresh, knowing what was finished (whatever of it is read again is a
-        leftover, never given up: :mod:`services.shared.holding`, "restarts")."""
+        leftover, never given up: :mod:`services.shared.holding`, "restarts"). The CRM
+        status write in flight ends first (its releases are void by now)."""
+        await self.syncing.settle(quiet=True)
         finished = self.held.progress()
         self.held = self._holder()
         self.held.resume(finished)
@@ -131,8 +133,10 @@ class CrmIntake:
     async def _apply_and_release(
         self, chunk: list[tuple[CompleteTransaction, list[Handle]]]
     ) -> None:
-        await self.syncing.apply_transactions(chunk)
-        report_applied(self.service, self.source.release, chunk)
+        # the CRM status is written behind the next chunk's ERP work; the records are
+        # released (and the lag observed) once it is written (.syncing)
+        await self.syncing.apply_transactions(
+            chunk, then=lambda: report_applied(self.service, self.source.release, chunk))
 
     async def _end_given_up(self, released: Released[Handle]) -> None:
         """Records of transactions given up to the dead letters, their CRM orders

@@ -219,6 +219,7 @@ async def single_process(crm: Crm) -> tuple[Any, ...]:
     uow, status = FakeUnitOfWork(), FakeStatus()
     sync = process(crm, "single", uow, status)
     await sync.crm.on_batch(RecordBatch(crm.all_records(), OffsetLedger()))
+    await sync.syncing.settle()  # the last CRM status is written behind the ERP
     return outcome_of(uow, status)
 
 

@@ -104,6 +104,7 @@ async def test_crm_to_erp_lag_of_the_single_process_starts_at_each_transactions_
     uow = FakeUnitOfWork()
     sync = process(crm, "single", uow, FakeStatus())
     await sync.crm.on_batch(RecordBatch(crm.all_records(), OffsetLedger()))
+    await sync.syncing.settle()  # observed once the CRM status, written behind, is
     assert len(uow.erp_orders_by_crm) == 2  # applied (the test can fail)
 
     # each transaction's newest record is its END marker

@@ -304,6 +304,7 @@ async def test_order_sync_dead_letters_a_truncate_and_applies_the_rest_of_it() -
     from aiokafka.structs import ConsumerRecord
 
     from services.order_sync.app import CRM_TRANSACTION_TOPIC, OrderSync
+    from services.order_sync.domain.outcomes import BatchResult
     from services.shared.batches import RecordBatch
     from services.shared.errors import BadInput
     from services.shared.runtime import build_service
@@ -334,18 +335,24 @@ async def test_order_sync_dead_letters_a_truncate_and_applies_the_rest_of_it() -
         async def reject(self, record: Any, error: BadInput) -> None:
             rejected.append((record.offset, error))
 
-    async def apply_events(events: Any, **_: Any) -> None:
+    async def apply_events(events: Any, **_: Any) -> BatchResult:
         applied.append(list(events))
+        return BatchResult()
+
+    async def write_status(result: BatchResult) -> None:
+        return None
 
     sync = OrderSync(build_service(load_settings("order-sync", {})))
     sync.service.intake = Intake()  # type: ignore[assignment]
     setattr(sync.syncing, "apply_events", apply_events)  # noqa: B010  (no ERP here)
+    setattr(sync.syncing, "_write", write_status)  # noqa: B010  (nor a CRM)
     ledger = sync.crm.source.ledger
     records = [
         ConsumerRecord(t, 0, o, 0, 0, b"k", b"v", None, 1, 1, ())
         for t, o in ((lines, 0), (lines, 1), (CRM_TRANSACTION_TOPIC, 0))
     ]
     await sync.crm.on_batch(RecordBatch(records, ledger))
+    await sync.syncing.settle()  # the CRM status is written behind
     ledger.fetched(TopicPartition(lines, 0), 2)
     ledger.fetched(TopicPartition(CRM_TRANSACTION_TOPIC, 0), 1)
 

@@ -16,6 +16,11 @@ a held record becomes committable when it is released. Per partition the committ
 offset is the lowest offset still held, or the next offset to fetch when nothing is
 held, so a crash anywhere redelivers every record whose effect may be missing.
 
+Latency: while the handler works, the source keeps fetching
+(:mod:`services.shared.fetch_ahead`), so records that reach Kafka during a batch are in
+the next one rather than the one after (aiokafka fetches one response ahead per
+partition, and only once the last was taken).
+
 Rebalances: aiokafka revokes every partition before an assignment (eager protocol).
 On revocation the source commits what is committable, tells the handler to drop what
 it holds (``on_reset``), and forgets every hold; after the assignment aiokafka resumes

@@ -234,7 +234,7 @@ async def appended_times(bootstrap: str, orders: list[int]) -> dict[int, datetim
                                 max_poll_records=20_000)
     await consumer.start()
     try:
-        await consumer.topics()  # the metadata, for the partitions
+        await consumer._client.force_metadata_update()  # type: ignore[attr-defined]
         parts = [TopicPartition(topic, p)
                  for topic in ("cdc.crm.sales_order", "cdc.crm.transaction")
                  for p in sorted(consumer.partitions_for_topic(topic) or ())]

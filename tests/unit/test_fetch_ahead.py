@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -20,8 +19,7 @@ from aiokafka.structs import ConsumerRecord
 
 from services.shared.batches import BatchSource, RecordBatch
 from services.shared.fetch_ahead import FetchAhead
-from services.shared.health import HealthState
-from services.shared.resilience import Backoff, RetryPolicy
+from tests.unit.test_batch_outages import FakeService
 
 TP = TopicPartition("cdc.crm.sales_order", 0)
 
@@ -175,29 +173,6 @@ async def test_the_handler_finishing_stops_the_fetch() -> None:
 # ------------------------------------------------------------------ in the batch source
 
 
-@dataclass
-class _App:
-    crashed: list[BaseException] = field(default_factory=list)
-
-    async def crash(self, error: BaseException) -> None:
-        self.crashed.append(error)
-
-
-class _Metrics:
-    def set_consumer_lag(self, *_: object) -> None:
-        return None
-
-
-@dataclass
-class _Service:
-    name: str = "test"
-    health: HealthState = field(default_factory=HealthState)
-    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(
-        backoff=Backoff(0.001, 0.002)))
-    app: _App = field(default_factory=_App)
-    metrics: _Metrics = field(default_factory=_Metrics)
-
-
 async def _run(handler: Any, broker: Broker, until: int) -> list[list[int]]:
     """Run a source over ``broker`` until ``until`` records were handed out, once each
     or again; the offsets of every batch."""
@@ -207,7 +182,7 @@ async def _run(handler: Any, broker: Broker, until: int) -> list[list[int]]:
         seen.append([r.offset for r in batch.records])
         await handler(batch, len(seen))
 
-    source = BatchSource(_Service(), "crm", [TP.topic], recording,  # type: ignore[arg-type]
+    source = BatchSource(FakeService(), "crm", [TP.topic], recording,  # type: ignore[arg-type]
                          align_window_ms=None)
     source.consumer = broker
     task = asyncio.create_task(source._run())

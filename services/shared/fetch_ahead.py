@@ -7,7 +7,7 @@ that reach the broker while a batch is handled wait in Kafka until the handler r
 then for a fetch round trip, and are handled one batch later: about one and a half
 batch durations on average. Measured on order-sync live (issue 16, ~250 orders/s,
 batches of ~70 ms, its own core): from a transaction's last record in Kafka to its
-batch's start p50 93 ms, p99 284 ms; with :class:`FetchAhead` p50 40 ms, p99 153 ms.
+batch's start p50 93 ms, p99 284 ms; with :class:`FetchAhead` p50 40 ms, p99 121 ms.
 
 :class:`FetchAhead` runs ``getmany`` beside the handler and keeps what it returns (the
 raw records, at most ``max_records``), so aiokafka keeps a fetch in flight; the source

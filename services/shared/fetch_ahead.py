@@ -22,7 +22,6 @@ A fetch error is raised from the next :meth:`take`, where the source would have 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -72,8 +71,9 @@ class FetchAhead:
             await work
         finally:
             fetching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fetching
+            # wait for it to end without taking its CancelledError for our own: a
+            # cancellation of the caller arriving meanwhile (a stop) must go through
+            await asyncio.wait([fetching])
 
     def take(self) -> Fetched:
         """Everything kept, in offset order per partition (a kept fetch error first)."""

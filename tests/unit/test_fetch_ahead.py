@@ -170,6 +170,29 @@ async def test_the_handler_finishing_stops_the_fetch() -> None:
     assert ahead.take() == {} and broker.position == 0
 
 
+async def test_a_cancellation_of_the_caller_while_the_fetch_ends_goes_through() -> None:
+    class SlowToStop(Broker):
+        async def getmany(self, timeout_ms: int = 0, max_records: int = 1000) -> dict[Any, Any]:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.05)  # a fetch taking a while to end
+                raise
+            return {}
+
+    ahead = FetchAhead(SlowToStop(), max_records=100)
+
+    async def worker() -> None:
+        await ahead.beside(asyncio.sleep(0.01))
+        await asyncio.sleep(10)  # reached only if the stop below were swallowed
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(0.03)  # the batch is done; the fetch beside it is ending
+    task.cancel()  # the service stops
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1)
+
+
 # ------------------------------------------------------------------ in the batch source
 
 
@@ -192,7 +215,7 @@ async def _run(handler: Any, broker: Broker, until: int) -> list[list[int]]:
         await asyncio.sleep(0.005)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await task
+        await asyncio.wait_for(task, 5)  # a stop that does not go through fails here
     assert source.ledger.safe_offsets() == {TP: len(broker.log)}
     return seen
 

@@ -163,23 +163,22 @@ class Syncing:
         if failure is None:
             await self.write_behind(results[0], then)
             return
-        await self._apply_refused(chunk, scope, failure)
+        await self._apply_refused(chunk, scope, failure, events, only)
         if then is not None:
             then()
 
     async def _apply_refused(
         self, chunk: list[tuple[CompleteTransaction, list[Handle]]], scope: Scope | None,
-        failure: Exception,
+        failure: Exception, events: Sequence[ChangeEvent], only: frozenset[int] | None,
     ) -> None:
-        """The ERP refused the chunk: split it, record a single transaction's refusal,
-        or dead-letter it if even that cannot be recorded (module docstring)."""
-        only = None if scope is None else frozenset(i for t, _ in chunk for i in scope(t))
+        """The ERP refused the chunk (``events``, deciding ``only``): split it, record a
+        single transaction's refusal, or dead-letter it if even that cannot be recorded
+        (module docstring)."""
         if len(chunk) > 1:
             self.metrics.retries.labels("split").inc()
             for item in chunk:
                 await self.apply_transactions([item], scope)
             return
-        events = [event for transaction, _ in chunk for event in transaction.events]
         if await self.record_refusal(events, failure, only=only):
             return
         intake = self.service.require_intake()

@@ -53,19 +53,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
-from aiokafka.coordinator.protocol import (
-    ConsumerProtocolMemberAssignment,
-    ConsumerProtocolMemberMetadata,
-)
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from services.shared.alignment import UNREAD, Buffers, limit
+from services.shared.assignment import WholeSourceAssignor as WholeSourceAssignor
 from services.shared.fetch_ahead import FetchAhead
 from services.shared.kafka import client_options
 from services.shared.memory import release_free_memory
 from services.shared.offsets import Hold as Hold
 from services.shared.offsets import OffsetLedger as OffsetLedger
 from services.shared.offsets import redo_positions as redo_positions
+from services.shared.record_batch import RecordBatch as RecordBatch
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -78,92 +76,6 @@ log = logging.getLogger(__name__)
 class RedoBatch(Exception):
     """Raised by a batch handler: drop the batch and fetch it again from the committed
     (or ``resume_from``) position at once; neither an outage nor a crash."""
-
-
-class WholeSourceAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
-    """Every partition of the group to ONE member; the others stand by.
-
-    A source transaction's changes and its END marker sit on different partitions (the
-    marker topic has one), so a member holding only some of them could never complete
-    a transaction, and would keep the others from completing theirs. The owner keeps
-    ownership when a standby joins (it says so in its subscription's user data), so a
-    new replica causes one rebalance, not a handover.
-    """
-
-    name = "ambidex-whole-source"
-    version = 0
-
-    def __init__(self) -> None:
-        self.owns = False
-
-    def assign(
-        self, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
-    ) -> dict[str, ConsumerProtocolMemberAssignment]:
-        topics = sorted({t for m in members.values() for t in m.subscription})
-        owners = sorted(m for m, meta in members.items() if meta.user_data == b"owner")
-        chosen = owners[0] if owners else min(members)
-        partitions = [
-            (topic, sorted(cluster.partitions_for_topic(topic) or ())) for topic in topics
-        ]
-        return {
-            member: ConsumerProtocolMemberAssignment(
-                self.version, partitions if member == chosen else [], b""
-            )
-            for member in members
-        }
-
-    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        return ConsumerProtocolMemberMetadata(
-            self.version, list(topics), b"owner" if self.owns else b""
-        )
-
-    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
-        self.owns = bool(assignment.partitions())
-
-
-class RecordBatch:
-    """What one fetch returned, in offset order per partition, for one handler call."""
-
-    __slots__ = ("_ledger", "ends", "records")
-
-    def __init__(
-        self,
-        records: list[ConsumerRecord[bytes, bytes]],
-        ledger: OffsetLedger,
-        ends: Mapping[TopicPartition, int] | None = None,
-    ) -> None:
-        self.records = records
-        self._ledger = ledger
-        #: per partition, the offset after its last record in this batch
-        self.ends: Mapping[TopicPartition, int] = (
-            ends if ends is not None else _ends_of(records)
-        )
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def hold(self, record: ConsumerRecord[bytes, bytes]) -> Hold:
-        """Keep ``record`` uncommitted past this handler call, until released."""
-        return self._ledger.hold(TopicPartition(record.topic, record.partition), record.offset)
-
-    def per_partition(self) -> dict[TopicPartition, RecordBatch]:
-        """This batch cut by partition (a sharded state folds each shard's on its own);
-        holds taken on a part are holds on this batch's source."""
-        parts: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
-        for record in self.records:
-            parts.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
-        return {
-            tp: RecordBatch(records, self._ledger, {tp: self.ends.get(tp, records[-1].offset + 1)})
-            for tp, records in parts.items()
-        }
-
-
-def _ends_of(records: Sequence[ConsumerRecord[bytes, bytes]]) -> dict[TopicPartition, int]:
-    ends: dict[TopicPartition, int] = {}
-    for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        ends[tp] = max(ends.get(tp, 0), record.offset + 1)
-    return ends
 
 
 class CommitProgress(Protocol):

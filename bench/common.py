@@ -9,6 +9,7 @@ it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -170,6 +171,14 @@ def run_bench(main: Coroutine[Any, Any, T]) -> T:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted: everything the bench started is stopped", file=sys.stderr)
         sys.exit(130)
+
+
+def positive(text: str) -> float:
+    """An argparse type: a number above zero (a phase of no seconds measures nothing)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be above zero")
+    return value
 
 
 def reproduce_line(module: str) -> str:

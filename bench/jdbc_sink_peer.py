@@ -55,7 +55,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from ambidex.connectors import ConnectClient, ConnectorDefinition
 from ambidex.stack.local import LocalStack
 from ambidex.stack.processes import DetachedProcess
-from bench.common import reproduce_line, run_bench, start_private_stack
+from bench.common import positive, reproduce_line, run_bench, start_private_stack
 from bench.cpus import waited_for_cpu
 from bench.inventory import histogram, quantile
 from bench.order_sync import (
@@ -301,7 +301,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--orders", type=int, default=6000, help="phase 1 backlog")
-    parser.add_argument("--latency-seconds", type=float, default=30)
+    parser.add_argument("--latency-seconds", type=positive, default=30)
     parser.add_argument("--latency-rate", type=float, default=None,
                         help="orders/s in phase 2 (default: half the slower phase-1 rate)")
     parser.add_argument("--py-spy", type=Path, default=None,

@@ -47,7 +47,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ambidex.stack.local import LocalStack
-from bench.common import BenchedService, reproduce_line, start_private_stack
+from bench.common import BenchedService, positive, reproduce_line, start_private_stack
 from bench.inventory import histogram, quantile
 
 CRM_TOPICS = ["cdc.crm.sales_order", "cdc.crm.sales_order_line", "cdc.crm.transaction"]
@@ -374,7 +374,7 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--orders", type=int, default=10_000, help="phase 1 backlog")
-    parser.add_argument("--latency-seconds", type=float, default=30)
+    parser.add_argument("--latency-seconds", type=positive, default=30)
     parser.add_argument("--latency-rate", type=float, default=None,
                         help="phase 2 orders/s (default: half the phase-1 rate)")
     parser.add_argument("--own-core", action="store_true",

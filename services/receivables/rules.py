@@ -339,6 +339,29 @@ class CustomerPosition:
     next_due_amount: Decimal | None
 
 
+def merge_customer_parts(parts: Iterable[CustomerPosition]) -> CustomerPosition:
+    """One customer position from its parts: the same account and currency over disjoint
+    sets of contracts (the shards of a scaled-out receivables, each over its own
+    contracts). Every figure adds up; the next due date is the earliest, its amount what
+    falls due on it in every part."""
+    found = list(parts)
+    if not found or len({(p.account_id, p.currency) for p in found}) != 1:
+        raise ValueError("parts of one customer position: one account and currency")
+    first = found[0]
+    dates = [p.next_due_date for p in found if p.next_due_date is not None]
+    next_due = min(dates, default=None)
+    return CustomerPosition(
+        first.account_id, first.currency, sum(p.contracts for p in found),
+        sum((p.contracted for p in found), ZERO), sum((p.scheduled for p in found), ZERO),
+        sum((p.invoiced for p in found), ZERO), sum((p.paid for p in found), ZERO),
+        sum((p.outstanding for p in found), ZERO), sum((p.overdue for p in found), ZERO),
+        tuple(sum((p.aging[i] for p in found), ZERO) for i in range(4)),  # type: ignore[arg-type]
+        next_due,
+        None if next_due is None else sum(
+            (p.next_due_amount or ZERO for p in found if p.next_due_date == next_due), ZERO),
+    )
+
+
 def customer_position(account_id: int, currency: str, sums: Sums, contracted: Decimal,
                       next_due: tuple[date, Decimal] | None) -> CustomerPosition | None:
     if sums.installments <= 0:

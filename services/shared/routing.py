@@ -23,7 +23,20 @@ is a :class:`RouterFold`:
 - a row read by every key (:data:`REFERENCE`) to the compacted reference topic instead,
   keyed by its table and primary key (a GlobalKTable's input), never to every partition;
 - a row of no key (an empty route: e.g. a header that only feeds the key map) goes
-  nowhere beyond the key map.
+  nowhere beyond the key map;
+- a row that **moves** between keys (an invoice booked to another contract) is also sent
+  to the keys it left as a delete of itself just before the move (:attr:`Route.leaves`,
+  :func:`restamped`), so the worker of the old key forgets it instead of folding a row
+  of a key it does not own;
+- rows that follow another row's key (payments follow their invoice) are kept, their
+  latest version, under a *subscription* in the router's state (:attr:`Route.follows`;
+  a foreign-key join's subscription store); when that row moves they leave its old key
+  with it (:attr:`Route.takes`) and are brought to its new one (:attr:`Route.brings`),
+  so the new key's worker gets what it never saw and the old one keeps nothing of it;
+- with ``ticks``, each source database's time (its commits and heartbeats) goes to every
+  partition of the route topic as a tick (:func:`~services.shared.slices.tick_slice`)
+  when it moved by :data:`TICK_SECONDS` or the database became caught up: workers whose
+  figures run on source time (an as-of date) see it move while their keys are quiet.
 
 Order of the durable steps (the :class:`~services.shared.state.checkpoint.Checkpoint`'s):
 the step's slices and reference rows are produced and their acks awaited (the effects),
@@ -45,14 +58,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+import orjson
+
 from services.shared.changes import ChangeEvent
+from services.shared.cooperative import Pausable
 from services.shared.holding import Whole
-from services.shared.slices import Slice, SliceRow, encode_slice, split_slice
+from services.shared.position import SourcePosition
+from services.shared.slices import (
+    Slice,
+    SliceRow,
+    decode_row,
+    encode_row,
+    encode_slice,
+    split_slice,
+    tick_slice,
+)
 from services.shared.state.store import KeyValue, Overlay, Prefixed, StateStore
 from services.shared.stateful import Handle, StatefulRunner
 from services.shared.transaction_fold import Applied, TransactionFold, dead_letter_all
@@ -65,6 +90,10 @@ if TYPE_CHECKING:
 
 #: where the key map lives in the router's state (the holders' progress is ``\x01...``)
 KEY_MAP_PREFIX = b"m"
+#: where the subscriptions' rows live: ``f<subscription>\x00<topic>\x00<record key>``
+SUBSCRIPTION_PREFIX = b"f"
+#: the least move of a database's source time that is ticked to every partition
+TICK_SECONDS = 1.0
 
 
 class Reference:
@@ -77,9 +106,43 @@ class Reference:
 #: ``route_key``'s answer for a reference row (currency, warehouse, item, product)
 REFERENCE = Reference()
 
-#: ``route_key(event, key_map) -> keys | REFERENCE``: the business keys of one change
-#: (none: it only feeds the key map), reading and writing the key map
-RouteKey = Callable[[ChangeEvent, KeyValue], "Iterable[bytes] | Reference"]
+@dataclass(frozen=True)
+class Route:
+    """Where one change goes: ``route_key``'s full answer (a plain iterable of keys is
+    ``Route(keys=...)``)."""
+
+    #: the keys that get the row as it is
+    keys: tuple[bytes, ...] = ()
+    #: keys the row moved away from: each gets a delete of the row (:func:`deleted_row`)
+    leaves: tuple[bytes, ...] = ()
+    #: the subscription the row's latest version is kept under from now on
+    follows: bytes | None = None
+    #: the subscription it was kept under until now (dropped from there; a delete leaves
+    #: its subscription and follows none)
+    unfollows: bytes | None = None
+    #: ``(subscription, key)``: the rows kept under the subscription go to the key too
+    #: (after this row, at its position), e.g. a moved invoice brings its payments to
+    #: its new contract
+    brings: tuple[tuple[bytes, bytes], ...] = ()
+    #: ``(subscription, key)``: the rows kept under the subscription leave the key (a
+    #: delete of each, as the row's own leave), e.g. a moved invoice's payments leave
+    #: its old contract with it
+    takes: tuple[tuple[bytes, bytes], ...] = ()
+
+
+#: ``route_key(event, key_map) -> keys | Route | REFERENCE``: where one change goes
+#: (no key: it only feeds the key map), reading and writing the key map
+RouteKey = Callable[[ChangeEvent, KeyValue], "Iterable[bytes] | Route | Reference"]
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A database's source time for every worker (see the module)."""
+
+    database: str
+    at: datetime
+    #: the router had read the database's reference topics to their end
+    caught_up: bool
 
 
 @dataclass
@@ -89,6 +152,8 @@ class Routed:
     slices: list[Slice] = field(default_factory=list)
     #: single-row slices keyed by :func:`reference_key`, for the reference topic
     references: list[Slice] = field(default_factory=list)
+    #: source times to broadcast after the slices (routers built with ``ticks``)
+    ticks: list[Tick] = field(default_factory=list)
 
 
 def reference_key(row: SliceRow) -> bytes:
@@ -97,8 +162,44 @@ def reference_key(row: SliceRow) -> bytes:
     return row.topic.encode() + b"\x00" + (row.key or b"")
 
 
-#: one row with its route: the keys (in the order ``route_key`` gave), None: a reference
-_Row = tuple[ChangeEvent, tuple[bytes, ...] | None]
+def restamped(row: SliceRow, position: SourcePosition, *, delete: bool = False) -> SliceRow:
+    """``row``'s change carried to another key at ``position`` (Debezium's envelope, its
+    ``source.lsn`` and ``source.sequence`` set to it, a streamed change), as a delete
+    of the row (``op`` ``d``, its image as ``before``) with ``delete``: from the same
+    record, so a dead letter of it still names the record it came from.
+
+    A row that moves leaves its old key as a delete just before the move (the move's
+    LSN less one: a WAL record is longer than a byte, so no other change of the row is
+    there), and the rows that follow it (:attr:`Route.takes`) leave with it; what it
+    brings to its new key (:attr:`Route.brings`) arrives at the move's position. A
+    worker owning both keys folds both, in either order, and the arrival wins under a
+    per-row position guard; a later change of any of them is newer than both."""
+    if row.value is None:
+        raise ValueError(f"{row.topic}@{row.offset}: a tombstone cannot move between keys")
+    envelope = orjson.loads(row.value)
+    body = envelope["payload"] if "op" not in envelope and "payload" in envelope else envelope
+    image = body.get("after") or body.get("before")
+    if delete:
+        body.update(op="d", before=image, after=None)
+    elif body.get("op") == "r":
+        body["op"] = "c"
+    source = body.setdefault("source", {})
+    source.update(lsn=position.lsn, snapshot="false", sequence=orjson.dumps(
+        [str(position.commit_lsn), str(position.lsn)]).decode())
+    return SliceRow(row.topic, row.partition, row.offset, row.timestamp, row.key,
+                    orjson.dumps(envelope), row.headers)
+
+
+def _before(position: SourcePosition) -> SourcePosition:
+    return SourcePosition(position.commit_lsn, position.lsn - 1)
+
+
+def _subscribed(subscription: bytes, row: SliceRow) -> bytes:
+    return subscription + b"\x00" + row.topic.encode() + b"\x00" + (row.key or b"")
+
+
+#: one row with its route; None: a reference row
+_Row = tuple[ChangeEvent, Route | None]
 
 
 class RouterFold(TransactionFold[_Row, Routed]):
@@ -113,25 +214,35 @@ class RouterFold(TransactionFold[_Row, Routed]):
         truncates: TruncateAnswers,
         max_hold: timedelta = timedelta(seconds=300),
         clock: Callable[[], float] = time.monotonic,
+        subscriptions: KeyValue | None = None,
+        ticks: bool = False,
     ) -> None:
         super().__init__(collections, truncates=truncates, max_hold=max_hold, clock=clock)
         self.route_key = route_key
         self.key_map = key_map
+        #: the rows kept under subscriptions (:attr:`Route.follows`)
+        self.subscriptions = subscriptions if subscriptions is not None else key_map
         #: the key map as the transaction being routed changes it; kept only once the
         #: whole transaction is routed (a refused row drops it)
         self._scratch: Overlay | None = None
+        self.ticks = ticks
+        #: each database's source time, and what was last ticked (in memory: a restarted
+        #: router ticks again, which a worker takes as the same time)
+        self._times: dict[str, datetime] = {}
+        self._ticked: dict[str, tuple[datetime, bool]] = {}
 
     @classmethod
     def loader(
         cls, collections: Iterable[str], route_key: RouteKey, *, truncates: TruncateAnswers,
-        max_hold: timedelta = timedelta(seconds=300),
+        max_hold: timedelta = timedelta(seconds=300), ticks: bool = False,
     ) -> Callable[[KeyValue], RouterFold]:
         """``load(state)`` for the :class:`~services.shared.stateful.StatefulRunner`."""
         names = tuple(collections)
 
         def load(state: KeyValue) -> RouterFold:
             return cls(names, route_key, Prefixed(state, KEY_MAP_PREFIX),
-                       truncates=truncates, max_hold=max_hold)
+                       truncates=truncates, max_hold=max_hold, ticks=ticks,
+                       subscriptions=Prefixed(state, SUBSCRIPTION_PREFIX))
 
         return load
 
@@ -152,7 +263,12 @@ class RouterFold(TransactionFold[_Row, Routed]):
         route = self.route_key(event, self._scratch)
         if isinstance(route, Reference):
             return event, None
-        return event, tuple(dict.fromkeys(route))
+        if not isinstance(route, Route):
+            route = Route(keys=tuple(route))
+        keys = tuple(dict.fromkeys(route.keys))
+        leaves = tuple(k for k in dict.fromkeys(route.leaves) if k not in keys)
+        return event, Route(keys, leaves, route.follows, route.unfollows, route.brings,
+                            route.takes)
 
     def apply(self, records: Sequence[_Row], transaction: CompleteTransaction,
               outcome: Routed) -> None:
@@ -163,26 +279,71 @@ class RouterFold(TransactionFold[_Row, Routed]):
             else:
                 self.key_map.put(key, value)
         whole = self.applying
-        by_key: dict[bytes, list[SliceRow]] = {}
+        #: per key its rows, each once (a row brought and routed both), in order
+        by_key: dict[bytes, dict[tuple[str, int, int], SliceRow]] = {}
+
+        def add(key: bytes, row: SliceRow) -> None:
+            by_key.setdefault(key, {}).setdefault((row.topic, row.partition, row.offset), row)
+
         database = transaction.events[0].database if transaction.events else ""
-        for event, keys in records:
+        for event, route in records:
             handle = whole.handle_of(event)
             if handle is None:
                 raise RuntimeError(f"no record for {event.data_collection} change "
                                    f"{event.total_order} of transaction {transaction.id}")
             row = SliceRow.of(handle)
-            if keys is None:
+            if route is None:
                 outcome.references.append(Slice(
                     reference_key(row), database, transaction.id, event.position,
                     transaction.commit_time, 1, 1, (row,)))
                 continue
-            for key in keys:
-                by_key.setdefault(key, []).append(row)
+            for key in route.keys:
+                add(key, row)
+            if route.leaves:
+                gone = restamped(row, _before(event.position), delete=True)
+                for key in route.leaves:
+                    add(key, gone)
+            self._subscribe(row, route)
+            for subscription, key in route.takes:
+                for kept in self._kept(subscription):
+                    add(key, restamped(kept, _before(event.position), delete=True))
+            for subscription, key in route.brings:
+                for kept in self._kept(subscription):
+                    add(key, restamped(kept, event.position))
         ordered = sorted(by_key)
         for number, key in enumerate(ordered, 1):
             outcome.slices.append(Slice(
                 key, database, transaction.id, transaction.position, transaction.commit_time,
-                number, len(ordered), tuple(by_key[key])))
+                number, len(ordered), tuple(by_key[key].values())))
+
+    def _kept(self, subscription: bytes) -> list[SliceRow]:
+        return [decode_row(raw) for _, raw in self.subscriptions.scan(subscription + b"\x00")]
+
+    def _subscribe(self, row: SliceRow, route: Route) -> None:
+        """Keep ``row`` as its subscription's latest version of it (see :class:`Route`)."""
+        if route.unfollows is not None and route.unfollows != route.follows:
+            self.subscriptions.delete(_subscribed(route.unfollows, row))
+        if route.follows is not None:
+            self.subscriptions.put(_subscribed(route.follows, row), encode_row(row))
+
+    # ------------------------------------------------------------------ ticks
+
+    def observe(self, database: str, at: datetime) -> None:
+        last = self._times.get(database)
+        if last is None or at > last:
+            self._times[database] = at
+
+    def finish(self, outcome: Routed, caught_up: Collection[str]) -> Pausable[None] | None:
+        if not self.ticks:
+            return None
+        for database, at in sorted(self._times.items()):
+            ready = database in caught_up
+            last = self._ticked.get(database)
+            if (last is None or ready != last[1]
+                    or (at - last[0]).total_seconds() >= TICK_SECONDS):
+                outcome.ticks.append(Tick(database, at, ready))
+                self._ticked[database] = (at, ready)
+        return None
 
 
 class SliceProducer(Protocol):
@@ -191,6 +352,8 @@ class SliceProducer(Protocol):
     async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
                    partition: int | None = None, timestamp_ms: int | None = None,
                    headers: Any = None) -> asyncio.Future[Any]: ...
+
+    async def partitions_for(self, topic: str) -> Collection[int]: ...
 
 
 async def produce_routed(
@@ -209,6 +372,15 @@ async def produce_routed(
                 sent.append(await producer.send(
                     topic, value=encode_slice(part), key=part.key,
                     timestamp_ms=int(part.commit_time.timestamp() * 1000)))
+    if routed.ticks:
+        partitions = sorted(await producer.partitions_for(route_topic))
+        for tick in routed.ticks:
+            piece = tick_slice(tick.database, tick.at, caught_up=tick.caught_up)
+            value = encode_slice(piece)
+            for partition in partitions:
+                sent.append(await producer.send(
+                    route_topic, value=value, key=piece.key, partition=partition,
+                    timestamp_ms=int(tick.at.timestamp() * 1000)))
     if sent:
         await asyncio.gather(*sent)
 
@@ -247,10 +419,12 @@ def build_router(
     route_topic: str | None = None,
     reference_topic: str | None = None,
     state_topic: str | None = None,
+    ticks: bool = False,
     **options: Any,
 ) -> StatefulRunner[RouterFold, Applied[Routed]]:
     """The router of ``service`` (see the module): its topics default to
-    ``route.<service>``, ``route.<service>.reference`` and ``state.<service>.router``."""
+    ``route.<service>``, ``route.<service>.reference`` and ``state.<service>.router``;
+    ``ticks``: broadcast the source databases' time (:class:`Tick`)."""
     names = tuple(collections)
     effects = RouterEffects(
         service, route_topic=route_topic or f"route.{service.name}",
@@ -263,7 +437,8 @@ def build_router(
         state_topic=state_topic or f"state.{service.name}.router",
         topics=tuple(f"cdc.{name}" for name in names),
         sources=sources,
-        load=RouterFold.loader(names, route_key, truncates=truncates, max_hold=max_hold),
+        load=RouterFold.loader(names, route_key, truncates=truncates, max_hold=max_hold,
+                               ticks=ticks),
         apply=apply,
         consumer="router",
         **options,
@@ -271,6 +446,7 @@ def build_router(
 
 
 __all__ = [
-    "KEY_MAP_PREFIX", "REFERENCE", "Reference", "RouteKey", "Routed", "RouterEffects",
-    "RouterFold", "SliceProducer", "build_router", "produce_routed", "reference_key",
+    "KEY_MAP_PREFIX", "REFERENCE", "SUBSCRIPTION_PREFIX", "TICK_SECONDS", "Reference",
+    "Route", "RouteKey", "Routed", "RouterEffects", "RouterFold", "SliceProducer", "Tick",
+    "build_router", "produce_routed", "reference_key", "restamped",
 ]

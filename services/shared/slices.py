@@ -42,6 +42,13 @@ A reference row (read by every key: currencies, warehouses, items) is one row fr
 the same way (1 of 1), keyed by its table and primary key on the compacted reference
 topic, so the topic keeps each row's latest change.
 
+A **tick** (a router built with ``ticks``) is a slice numbered 0 of 0 with no rows, key
+:data:`TICK_KEY`, produced to every partition: its database's source time at
+``commit_ms`` (commit LSN 0), ``transaction`` :data:`CAUGHT_UP` when the router had
+read that database's reference topics to their end, else none. A worker whose figures
+run on source time (receivables' as-of date) reads its database's time from it while
+its own keys are quiet.
+
 **Parts.** A Kafka record has a size limit (the producer's ``max_request_size`` and the
 topic's ``max.message.bytes``, 1 MiB by default) and a key's part of one transaction has
 none: one CRM order of 5,000 lines is a 4.5 MB slice. :func:`split_slice` cuts a slice
@@ -70,6 +77,10 @@ PART_BYTES = 512 * 1024
 #: the state key prefix of the per-key last applied commit LSN (no service key starts
 #: with this byte; ``\x01`` is the holders' progress)
 APPLIED_PREFIX = b"\x02slice:"
+#: a tick's Kafka key (produced to each partition explicitly) and its "transaction" when
+#: the router was caught up with the database
+TICK_KEY = b"\x00tick"
+CAUGHT_UP = "caught-up"
 
 _HEAD = struct.Struct(">BQQqII")
 _PARTS = struct.Struct(">II")
@@ -130,6 +141,16 @@ class Slice:
     def whole(self) -> bool:
         return self.parts == 1
 
+    @property
+    def tick(self) -> bool:
+        """A tick of the database's source time, no transaction's rows (see the module)."""
+        return self.slices == 0
+
+    @property
+    def caught_up(self) -> bool:
+        """A tick's: the router had read the database's reference topics to their end."""
+        return self.tick and self.transaction_id == CAUGHT_UP
+
 
 def _text(out: list[bytes], text: str) -> None:
     raw = text.encode()
@@ -157,15 +178,41 @@ def encode_slice(piece: Slice) -> bytes:
         _text(out, piece.transaction_id)
     out.append(_U32.pack(len(piece.rows)))
     for row in piece.rows:
-        _text(out, row.topic)
-        out.append(_ROW.pack(row.partition, row.offset, row.timestamp))
-        _blob(out, row.key)
-        _blob(out, row.value)
-        out.append(_U16.pack(len(row.headers)))
-        for name, value in row.headers:
-            _text(out, name)
-            _blob(out, value)
+        _row(out, row)
     return b"".join(out)
+
+
+def _row(out: list[bytes], row: SliceRow) -> None:
+    _text(out, row.topic)
+    out.append(_ROW.pack(row.partition, row.offset, row.timestamp))
+    _blob(out, row.key)
+    _blob(out, row.value)
+    out.append(_U16.pack(len(row.headers)))
+    for name, value in row.headers:
+        _text(out, name)
+        _blob(out, value)
+
+
+def encode_row(row: SliceRow) -> bytes:
+    """One row alone, framed as in a slice (a router keeps rows so: its subscriptions)."""
+    out: list[bytes] = []
+    _row(out, row)
+    return b"".join(out)
+
+
+def decode_row(data: bytes) -> SliceRow:
+    """The row :func:`encode_row` framed."""
+    reader = _Reader(data)
+    row = reader.row()
+    if reader.at != len(data):
+        raise MalformedEvent(f"not a row: {len(data) - reader.at} bytes after it")
+    return row
+
+
+def tick_slice(database: str, at: datetime, *, caught_up: bool) -> Slice:
+    """A tick: ``database``'s source time ``at`` (see the module)."""
+    return Slice(TICK_KEY, database, CAUGHT_UP if caught_up else None, SourcePosition(0, 0),
+                 at, 0, 0)
 
 
 class _Reader:
@@ -195,6 +242,14 @@ class _Reader:
         (size,) = self.take(_I32)
         return None if size == -1 else self.bytes_(size)
 
+    def row(self) -> SliceRow:
+        topic = self.text() or ""
+        partition, offset, timestamp = self.take(_ROW)
+        row_key, row_value = self.blob(), self.blob()
+        (headers,) = self.take(_U16)
+        pairs = tuple((self.text() or "", self.blob()) for _ in range(headers))
+        return SliceRow(topic, partition, offset, timestamp, row_key, row_value, pairs)
+
 
 def decode_slice(key: bytes | None, value: bytes | None) -> Slice:
     """A route (or reference) record back as its :class:`Slice`; MalformedEvent (a dead
@@ -214,15 +269,7 @@ def decode_slice(key: bytes | None, value: bytes | None) -> Slice:
             raise MalformedEvent("a slice without its source database")
         transaction = reader.text()
         (count,) = reader.take(_U32)
-        rows = []
-        for _ in range(count):
-            topic = reader.text() or ""
-            partition, offset, timestamp = reader.take(_ROW)
-            row_key, row_value = reader.blob(), reader.blob()
-            (headers,) = reader.take(_U16)
-            pairs = tuple((reader.text() or "", reader.blob()) for _ in range(headers))
-            rows.append(SliceRow(topic, partition, offset, timestamp, row_key, row_value,
-                                 pairs))
+        rows = [reader.row() for _ in range(count)]
     except (struct.error, UnicodeDecodeError) as error:
         raise MalformedEvent(f"not a slice: {error}") from None
     if reader.at != len(value):
@@ -262,6 +309,7 @@ def rows_of(pieces: Sequence[Slice]) -> list[ConsumerRecord[bytes, bytes]]:
 
 
 __all__ = [
-    "APPLIED_PREFIX", "PART_BYTES", "VERSION", "Slice", "SliceRow", "decode_slice",
-    "encode_slice", "rows_of", "split_slice",
+    "APPLIED_PREFIX", "CAUGHT_UP", "PART_BYTES", "TICK_KEY", "VERSION", "Slice", "SliceRow",
+    "decode_row", "decode_slice", "encode_row", "encode_slice", "rows_of", "split_slice",
+    "tick_slice",
 ]

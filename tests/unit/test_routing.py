@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,7 +26,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from services.shared.batches import OffsetLedger, RecordBatch
-from services.shared.changes import ChangeEvent
+from services.shared.changes import ChangeDecoder, ChangeEvent, ChangeOp
 from services.shared.cooperative import run_to_end
 from services.shared.errors import BadInput, Cause, MalformedEvent
 from services.shared.position import SourcePosition
@@ -35,12 +36,14 @@ from services.shared.routing import (
     Reference,
     Routed,
     RouterFold,
+    Tick,
     build_router,
     produce_routed,
     reference_key,
+    restamped,
 )
 from services.shared.slice_intake import SliceFold
-from services.shared.slices import Slice, SliceRow, decode_slice, encode_slice
+from services.shared.slices import TICK_KEY, Slice, SliceRow, decode_slice, encode_slice
 from services.shared.state.changelog import Changelog
 from services.shared.state.checkpoint import Checkpoint
 from services.shared.state.store import KeyValue, MemoryState
@@ -48,6 +51,7 @@ from services.shared.transaction_fold import Applied
 from services.shared.truncates import TruncateAnswer, TruncateAnswers
 from services.shared.whole_transactions import SourceTopics
 from tests.builders import COMMIT_TIME, change_event
+from tests.unit import test_changes
 from tests.unit.test_state_checkpoint import Crash, FakeProducer, LoggedState
 from tests.unit.test_transactions import end
 
@@ -315,3 +319,76 @@ def test_the_router_is_a_stateful_service_of_the_kit_on_its_own_topics() -> None
     assert router.checkpoint.changelog.topic == "state.toy.router"
     fold = router._load(MemoryState())
     assert isinstance(fold, RouterFold) and fold.held.holders["crm"].max_hold.seconds == 60
+
+
+def test_a_row_carried_to_another_key_decodes_as_the_intake_reads_a_change() -> None:
+    """A moved row's leave (a delete just before the move) and a brought row (a snapshot
+    read, at the move's position) are Debezium envelopes the real decoder reads."""
+    decoder = ChangeDecoder(test_changes.schemas())
+    moved = test_changes.envelope("u", after=test_changes.order_row(), lsn=24_023_200,
+                                  last_commit_lsn=24_023_128)
+    row = SliceRow(test_changes.TOPIC, 0, 5, 0, test_changes.KEY,
+                   test_changes.encode(moved))
+    left = restamped(row, SourcePosition(24_023_128, 24_023_199), delete=True)
+    event = decoder.decode(left.topic, 0, left.offset, left.key, left.value)
+    assert isinstance(event, ChangeEvent)
+    assert event.op is ChangeOp.DELETE and event.after is None
+    assert event.position == SourcePosition(24_023_128, 24_023_199)
+    assert event.key == {"id": 42} and event.before is not None
+    read = test_changes.envelope("r", after=test_changes.order_row(), snapshot="true",
+                                 lsn=900, last_commit_lsn=None)
+    brought = restamped(SliceRow(test_changes.TOPIC, 0, 6, 0, test_changes.KEY,
+                                 test_changes.encode(read)), SourcePosition(24_023_128,
+                                                                            24_023_200))
+    event = decoder.decode(brought.topic, 0, brought.offset, brought.key, brought.value)
+    assert isinstance(event, ChangeEvent) and event.op is ChangeOp.CREATE
+    assert event.position == SourcePosition(24_023_128, 24_023_200)
+    assert event.after is not None and event.after["id"] == 42
+
+
+class PartitionedRouteTopic(RouteTopic):
+    """A route topic of three partitions: what went to which, in order."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.sent: list[tuple[int | None, bytes]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   partition: int | None = None, timestamp_ms: int | None = None,
+                   headers: Any = None) -> asyncio.Future[Any]:
+        assert value is not None
+        self.sent.append((partition, value))
+        return await super().send(topic, value, key or b"-", partition, timestamp_ms, headers)
+
+
+async def test_source_time_is_ticked_to_every_partition_after_the_slices() -> None:
+    """Workers whose figures run on source time see it move while their keys are quiet:
+    each database's time goes to every partition when it moved by a second or the
+    database became caught up, after the step's slices; a router built without ticks
+    sends none."""
+    router = Router()
+    router.fold.ticks = True
+    later = COMMIT_TIME + timedelta(seconds=3)
+    router.fold.heartbeat("crm", later, router.record("cdc.crm.transaction"))
+    step = router.feed(router.transaction(1, [header(1, "W1"), line(10, 1, 5)]))
+    assert step.outcome.ticks == [Tick("crm", later, True)]
+    route = PartitionedRouteTopic()
+    await produce_routed(route, step.outcome, route_topic=ROUTE, reference_topic=REFERENCES)
+    ticks = [(p, decode_slice(TICK_KEY, v)) for p, v in route.sent if p is not None]
+    assert [p for p, _ in ticks] == [0, 1, 2]
+    assert all(t.tick and t.caught_up and t.commit_time == later and t.database == "crm"
+               and not t.rows for _, t in ticks)
+    assert route.sent[0][0] is None and not decode_slice(b"5@W1", route.sent[0][1]).tick
+    # the same time again: no tick; half a second on: none; caught up no more: one
+    assert run_to_end(router.fold.steps(("crm",))).outcome.ticks == []
+    router.fold.heartbeat("crm", later + timedelta(milliseconds=500),
+                          router.record("cdc.crm.transaction"))
+    assert run_to_end(router.fold.steps(("crm",))).outcome.ticks == []
+    assert run_to_end(router.fold.steps(())).outcome.ticks == [
+        Tick("crm", later + timedelta(milliseconds=500), False)]
+    silent = Router()
+    silent.fold.heartbeat("crm", later, silent.record("cdc.crm.transaction"))
+    assert silent.feed(silent.transaction(1, [header(1, "W1")])).outcome.ticks == []

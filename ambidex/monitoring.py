@@ -76,6 +76,19 @@ def _rules() -> list[dict[str, Any]]:
             for service in SERVICE_MODULES
         ),
         {
+            # a service scaled out (docs/adr/0003-scale-out.md): workers are scraped, so
+            # neither alert above fires, while with its router gone no change reaches them
+            "alert": "AmbidexRouterAbsent",
+            "expr": 'count by (job) (up{role="worker"}) unless on (job) '
+            'count by (job) (up{role="router"} == 1)',
+            "for": "5m",
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "{{ $labels.job }} runs workers but no router: no source change "
+                "reaches them",
+            },
+        },
+        {
             "alert": "AmbidexDeadLetters",
             "expr": "increase(ambidex_dead_letters_total[10m]) > 0",
             "labels": {"severity": "warning"},

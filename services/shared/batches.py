@@ -45,7 +45,6 @@ client and no group of its own).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -64,6 +63,7 @@ from services.shared.offsets import Hold as Hold
 from services.shared.offsets import OffsetLedger as OffsetLedger
 from services.shared.offsets import redo_positions as redo_positions
 from services.shared.record_batch import RecordBatch as RecordBatch
+from services.shared.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -193,9 +193,7 @@ class BatchSource:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait(self._task)
         if self.consumer is not None:
             await self.commit()
             await self.consumer.stop()

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiokafka import TopicPartition
 
+from services.shared.tasks import cancel_and_wait
+
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
@@ -70,10 +72,8 @@ class FetchAhead:
         try:
             await work
         finally:
-            fetching.cancel()
-            # wait for it to end without taking its CancelledError for our own: a
-            # cancellation of the caller arriving meanwhile (a stop) must go through
-            await asyncio.wait([fetching])
+            # a cancellation of the caller arriving meanwhile (a stop) goes through
+            await cancel_and_wait(fetching)
 
     def take(self) -> Fetched:
         """Everything kept, in offset order per partition (a kept fetch error first)."""

@@ -9,7 +9,6 @@ figures: it is logged and tried again, the service carries on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from services.customer_value.dashboard.accounts import PostgresNames
@@ -18,6 +17,7 @@ from services.customer_value.dashboard.server import start_dashboard
 from services.customer_value.dashboard.view import DashboardView
 from services.shared.health import ObservabilityServer
 from services.shared.runtime import Service
+from services.shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,7 @@ class AttachedDashboard:
     async def stop(self, _: Service) -> None:
         for task in (self._serving, self.observer.task):
             if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
         if self.server is not None:
             await self.server.close()
         await self.names.close()

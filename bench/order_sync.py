@@ -14,7 +14,9 @@ upper bound of what it keeps up with; phase 2 checks it keeps up at half of it).
 The same records are then drained by a minimal hand-written aiokafka + asyncpg loop
 (JSON, group by transaction, one ERP transaction per poll batch into scratch tables
 with the same columns, no validation, no customers, no identity, no write-back), and
-the ratio is printed.
+the ratio is printed for reference: issue 16 retired it as a target (a loop that does
+none of the work is no yardstick; ``bench.jdbc_sink_peer`` compares with what a team
+would run instead).
 Phase 2 (latency): confirmed orders are committed at half the phase-1 rate (or
 ``--latency-rate``) for ``--latency-seconds``; per order, CRM commit
 (crm.sales_order.created_at) -> ERP commit (erp.sales_order.created_at) is measured
@@ -458,7 +460,8 @@ async def main() -> None:
           f"(committed at {offered:,.0f}/s)")
     print(f"  order-sync sustained       {sync_rate:,.0f} orders/s   (target >= 500)")
     print(f"  hand-written loop          {loop_rate:,.0f} orders/s")
-    print(f"  ratio order-sync / loop    {sync_rate / loop_rate:.2f}        (target >= 0.5)")
+    print(f"  ratio order-sync / loop    {sync_rate / loop_rate:.2f}        "
+          "(reference only: retired as a target by issue 16)")
     print(f"  CPU per order              order-sync {sync_cpu_ms:.2f} ms (worker process), "
           f"loop {loop_cpu_ms:.2f} ms")
     print(f"  phase 2 offered            {half:,.0f} orders/s, achieved {achieved:,.0f}/s, "

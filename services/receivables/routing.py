@@ -13,7 +13,8 @@ discrepancies are about. :func:`route_key` is the kit router's ``route_key``
   with its payments and brings them to the new one: the router keeps each payment's
   latest version under its invoice (a subscription), so the new contract's worker gets
   payments it never saw and the old one keeps none (were one to stay, it would count
-  again, wrongly, should the invoice come back after the payment moved on).
+  again, wrongly, should the invoice come back after the payment moved on). A deleted
+  invoice's payments leave its key the same way and come back with it.
 * ``erp.payment``: where its invoice is; a payment of no invoice is its own key (the
   ``payment_without_invoice`` discrepancy); a payment whose invoice the router has not
   seen yet goes nowhere but its subscription and comes with the invoice (the single
@@ -97,11 +98,15 @@ def _invoice(key_map: KeyValue, invoice_id: int, record: Invoice | None) -> Rout
     else:
         new = contract_key(record.contract_id)
     route = _moved(key_map, entry, new)
-    if new is None or new == old:
+    payments = payments_of(invoice_id)
+    if new is None:
+        # deleted: its payments leave with it (the router keeps them; they come back
+        # with the invoice, wherever it is then)
+        return Route(route.keys, takes=() if old is None else ((payments, old),))
+    if new == old:
         return route
     # first seen or moved: its payments (kept by the router) leave the key it was at
     # with it and come to the key it is at now
-    payments = payments_of(invoice_id)
     return Route(route.keys, route.leaves, brings=((payments, new),),
                  takes=() if old is None else ((payments, old),))
 

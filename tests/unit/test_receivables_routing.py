@@ -17,6 +17,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -219,3 +220,25 @@ def test_a_payment_before_its_invoice_comes_with_the_invoice() -> None:
     moved = router.change(Table.INVOICE, 8, SourcePosition(40, 0), invoice(8, 4, 1))
     new = next(s for s in moved.slices if s.key == contract_key(4))
     assert [(v.table, v.row_id) for v in router.read(new)] == [(Table.INVOICE, 8)]
+
+
+def test_a_payment_that_moved_on_while_its_invoice_was_deleted_does_not_count_again(
+) -> None:
+    """Deleted, an invoice's payments leave its contract with it; one that moves to
+    another invoice meanwhile is not there when the invoice comes back."""
+    router, shards = Router(), Shards(1)
+    steps: list[tuple[Table, int, int, dict[str, Any] | None]] = [
+        (Table.CONTRACT, 1, 10, contract(1)),
+        (Table.INVOICE, 7, 20, invoice(7, 1, 1)),
+        (Table.PAYMENT, 70, 30, payment(70, 7, "60.00")),
+        (Table.INVOICE, 7, 40, None),
+        (Table.PAYMENT, 70, 50, payment(70, 9, "60.00")),
+        (Table.INVOICE, 7, 60, invoice(7, 1, 1)),
+    ]
+    single = Receivables(MemoryKV(), RULES)
+    for table, row_id, lsn, row in steps:
+        shards.apply(router, router.change(table, row_id, SourcePosition(lsn, 1), row))
+        single.apply(table, row_id, SourcePosition(lsn, 1), row)
+    [fold] = shards.folds
+    assert fold.contract_positions() == single.contract_positions()
+    assert fold.contract_positions()[1].paid == Decimal("0.00")

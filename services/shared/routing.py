@@ -113,7 +113,7 @@ class Route:
 
     #: the keys that get the row as it is
     keys: tuple[bytes, ...] = ()
-    #: keys the row moved away from: each gets a delete of the row (:func:`deleted_row`)
+    #: keys the row moved away from: each gets a delete of the row (:func:`restamped`)
     leaves: tuple[bytes, ...] = ()
     #: the subscription the row's latest version is kept under from now on
     follows: bytes | None = None
@@ -279,11 +279,14 @@ class RouterFold(TransactionFold[_Row, Routed]):
             else:
                 self.key_map.put(key, value)
         whole = self.applying
-        #: per key its rows, each once (a row brought and routed both), in order
-        by_key: dict[bytes, dict[tuple[str, int, int], SliceRow]] = {}
+        #: per key its rows in order, each record once as itself, once as a leave, once
+        #: brought (a payment changed and then its invoice moved, in one transaction:
+        #: the payment goes to the old key as itself, then leaves it with the invoice)
+        by_key: dict[bytes, dict[tuple[str, int, int, str], SliceRow]] = {}
 
-        def add(key: bytes, row: SliceRow) -> None:
-            by_key.setdefault(key, {}).setdefault((row.topic, row.partition, row.offset), row)
+        def add(key: bytes, row: SliceRow, kind: str = "itself") -> None:
+            by_key.setdefault(key, {}).setdefault(
+                (row.topic, row.partition, row.offset, kind), row)
 
         database = transaction.events[0].database if transaction.events else ""
         for event, route in records:
@@ -302,14 +305,14 @@ class RouterFold(TransactionFold[_Row, Routed]):
             if route.leaves:
                 gone = restamped(row, _before(event.position), delete=True)
                 for key in route.leaves:
-                    add(key, gone)
+                    add(key, gone, "leaves")
             self._subscribe(row, route)
             for subscription, key in route.takes:
                 for kept in self._kept(subscription):
-                    add(key, restamped(kept, _before(event.position), delete=True))
+                    add(key, restamped(kept, _before(event.position), delete=True), "leaves")
             for subscription, key in route.brings:
                 for kept in self._kept(subscription):
-                    add(key, restamped(kept, event.position))
+                    add(key, restamped(kept, event.position), "brought")
         ordered = sorted(by_key)
         for number, key in enumerate(ordered, 1):
             outcome.slices.append(Slice(

@@ -14,6 +14,7 @@ position. A bad row rejects its transaction whole at the router: no shard gets a
 
 from __future__ import annotations
 
+import random
 import zlib
 from dataclasses import dataclass
 from datetime import date
@@ -66,28 +67,40 @@ class Router:
 
     def change(self, table: Table, row_id: int, position: SourcePosition,
                row: dict[str, Any] | None) -> Routed:
+        """A source transaction of one change."""
+        return self.transaction([(table, row_id, position, row)])
+
+    def transaction(self, changes: list[tuple[Table, int, SourcePosition,
+                                              dict[str, Any] | None]]) -> Routed:
+        """One source transaction (every change of one database), routed once whole."""
         self.xid += 1
-        database, name = table.value.split(".")
-        op = ChangeOp.DELETE if row is None else ChangeOp.UPDATE
-        event = change_event(database, name, op=op, after=row,
-                             before={"id": row_id} if row is None else None,
-                             commit_lsn=position.commit_lsn, lsn=position.lsn,
-                             transaction_id=str(self.xid))
-        topic = f"cdc.{table.value}"
-        self.offset += 1
-        source = {"lsn": position.lsn,
-                  "sequence": orjson.dumps([str(position.commit_lsn), str(position.lsn)]).decode()}
-        value = orjson.dumps({"op": op.value, "before": {"id": row_id} if row is None else None,
-                              "after": None if row is None else {"id": row_id},
-                              "source": source})
-        record = ConsumerRecord(topic, 0, self.offset, 0, 0, b"%d" % row_id, value, None,
-                                1, len(value), ())
-        self.versions[(topic, self.offset)] = Version(table, row_id, position, row)
-        self.fold.change(event, record)
+        databases = {table.value.split(".")[0] for table, *_ in changes}
+        assert len(databases) == 1
+        [database] = databases
+        counts: dict[str, int] = {}
+        for order, (table, row_id, position, row) in enumerate(changes, 1):
+            name = table.value.split(".")[1]
+            op = ChangeOp.DELETE if row is None else ChangeOp.UPDATE
+            event = change_event(database, name, op=op, after=row,
+                                 before={"id": row_id} if row is None else None,
+                                 commit_lsn=position.commit_lsn, lsn=position.lsn,
+                                 transaction_id=str(self.xid), order=order)
+            topic = f"cdc.{table.value}"
+            self.offset += 1
+            source = {"lsn": position.lsn, "sequence": orjson.dumps(
+                [str(position.commit_lsn), str(position.lsn)]).decode()}
+            value = orjson.dumps({
+                "op": op.value, "before": {"id": row_id} if row is None else None,
+                "after": None if row is None else {"id": row_id}, "source": source})
+            record = ConsumerRecord(topic, 0, self.offset, 0, 0, b"%d" % row_id, value, None,
+                                    1, len(value), ())
+            self.versions[(topic, self.offset)] = Version(table, row_id, position, row)
+            self.fold.change(event, record)
+            counts[table.value] = counts.get(table.value, 0) + 1
         marker = ConsumerRecord(f"cdc.{database}.transaction", 0, self.offset, 0, 0, None,
                                 b"end", None, -1, 3, ())
-        self.fold.marker(database, end(str(self.xid), {table.value: 1},
-                                       lsn=position.commit_lsn), marker)
+        last = max(position for _, _, position, _ in changes)
+        self.fold.marker(database, end(str(self.xid), counts, lsn=last.lsn), marker)
         return run_to_end(self.fold.steps(("crm", "erp"))).outcome
 
     def read(self, piece: Slice) -> list[Version]:
@@ -152,24 +165,59 @@ def _customers(shards: Shards) -> dict[tuple[int, str], CustomerPosition]:
     return {key: merge_customer_parts(found) for key, found in parts.items()}
 
 
+Change = tuple[Table, int, SourcePosition, dict[str, Any] | None]
+
+
+def _transactions(seed: int, most: int) -> list[tuple[str, Any]]:
+    """The fold tests' random history as source transactions of 1..``most`` changes of
+    one database each (positions renumbered: one commit LSN a transaction, the changes'
+    LSNs 100 apart inside it, as WAL records are), and the as-of date's moves."""
+    out: list[tuple[str, Any]] = []
+    rng = random.Random(seed)
+    pending: list[Change] = []
+    commit = 0
+
+    def flush() -> None:
+        nonlocal commit
+        if pending:
+            commit += 10_000
+            out.append(("transaction", [(t, i, SourcePosition(commit, 100 * n), r)
+                                        for n, (t, i, _, r) in enumerate(pending, 1)]))
+            pending.clear()
+
+    for step in _history(seed, steps=400):
+        if step[0] == "advance":
+            flush()
+            out.append(("advance", step[1]))
+            continue
+        if pending and (pending[0][0].value[:3] != step[0].value[:3]
+                        or len(pending) >= rng.randint(1, most)):
+            flush()
+        pending.append(step)
+    flush()
+    return out
+
+
+@pytest.mark.parametrize("most", [1, 4])
 @pytest.mark.parametrize("count", [1, 2, 3])
-@pytest.mark.parametrize("seed", range(12))
-def test_shards_fold_what_the_single_process_folds(seed: int, count: int) -> None:
+@pytest.mark.parametrize("seed", range(10))
+def test_shards_fold_what_the_single_process_folds(seed: int, count: int, most: int) -> None:
     single, sink = Receivables(MemoryKV(), RULES), Sink()
     router, shards = Router(), Shards(count)
     rejected = 0
-    for step in _history(seed, steps=400):
-        if step[0] == "advance":
-            sink.take(single.advance(step[1]))
-            shards.advance(step[1])
+    for kind, item in _transactions(seed, most):
+        if kind == "advance":
+            sink.take(single.advance(item))
+            shards.advance(item)
             continue
-        table, row_id, position, row = step
-        routed = router.change(table, row_id, position, row)
-        if _bad(table, row):  # rejected whole by the router: no shard gets any of it
+        routed = router.transaction(item)
+        if any(_bad(table, row) for table, _, _, row in item):
+            # rejected whole by the router: no shard gets any of it
             assert routed == Routed()
             rejected += 1
             continue
-        sink.take(single.apply(table, row_id, position, row))
+        for table, row_id, position, row in item:
+            sink.take(single.apply(table, row_id, position, row))
         shards.apply(router, routed)
     assert rejected  # the histories have bad rows
     assert _union([f.contract_positions() for f in shards.folds]) == single.contract_positions()
@@ -183,6 +231,30 @@ def test_shards_fold_what_the_single_process_folds(seed: int, count: int) -> Non
     assert _union([s.contracts for s in shards.sinks]) == sink.contracts
     assert _union([s.open for s in shards.sinks]) == sink.open
     assert all(shards.applied)  # the work is shared, each shard has its part
+
+
+def test_a_payment_changed_then_its_invoice_moved_in_one_transaction_leaves_with_it(
+) -> None:
+    """The payment goes to the old contract as itself (its invoice is there when it is
+    routed), then leaves it with the invoice, and arrives at the new one."""
+    router = Router()
+    router.change(Table.CONTRACT, 1, SourcePosition(10, 0), contract(1))
+    router.change(Table.CONTRACT, 2, SourcePosition(20, 0), contract(2))
+    router.change(Table.INVOICE, 7, SourcePosition(30, 0), invoice(7, 1, 1))
+    router.change(Table.PAYMENT, 70, SourcePosition(40, 0), payment(70, 7, "60.00"))
+    moved = router.transaction([
+        (Table.PAYMENT, 70, SourcePosition(50, 100), payment(70, 7, "80.00")),
+        (Table.INVOICE, 7, SourcePosition(50, 200), invoice(7, 2, 1)),
+    ])
+    by_key = {s.key: router.read(s) for s in moved.slices}
+    assert [(v.table, v.row_id, v.position, v.row is None)
+            for v in by_key[contract_key(1)]] == [
+        (Table.PAYMENT, 70, SourcePosition(50, 100), False),
+        (Table.INVOICE, 7, SourcePosition(50, 199), True),
+        (Table.PAYMENT, 70, SourcePosition(50, 199), True)]
+    assert [(v.table, v.row_id, v.position, v.row) for v in by_key[contract_key(2)]] == [
+        (Table.INVOICE, 7, SourcePosition(50, 200), invoice(7, 2, 1)),
+        (Table.PAYMENT, 70, SourcePosition(50, 200), payment(70, 7, "80.00"))]
 
 
 def test_a_moved_invoice_leaves_its_old_contract_and_brings_its_payments() -> None:

@@ -350,12 +350,14 @@ def merge_customer_parts(parts: Iterable[CustomerPosition]) -> CustomerPosition:
     first = found[0]
     dates = [p.next_due_date for p in found if p.next_due_date is not None]
     next_due = min(dates, default=None)
+    days_0_30, days_31_60, days_61_90, days_over_90 = (
+        sum((p.aging[i] for p in found), ZERO) for i in range(4))
     return CustomerPosition(
         first.account_id, first.currency, sum(p.contracts for p in found),
         sum((p.contracted for p in found), ZERO), sum((p.scheduled for p in found), ZERO),
         sum((p.invoiced for p in found), ZERO), sum((p.paid for p in found), ZERO),
         sum((p.outstanding for p in found), ZERO), sum((p.overdue for p in found), ZERO),
-        tuple(sum((p.aging[i] for p in found), ZERO) for i in range(4)),  # type: ignore[arg-type]
+        (days_0_30, days_31_60, days_61_90, days_over_90),
         next_due,
         None if next_due is None else sum(
             (p.next_due_amount or ZERO for p in found if p.next_due_date == next_due), ZERO),

@@ -203,7 +203,10 @@ def encode_row(row: SliceRow) -> bytes:
 def decode_row(data: bytes) -> SliceRow:
     """The row :func:`encode_row` framed."""
     reader = _Reader(data)
-    row = reader.row()
+    try:
+        row = reader.row()
+    except (struct.error, UnicodeDecodeError) as error:
+        raise MalformedEvent(f"not a row: {error}") from None
     if reader.at != len(data):
         raise MalformedEvent(f"not a row: {len(data) - reader.at} bytes after it")
     return row

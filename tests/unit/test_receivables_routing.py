@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from services.receivables.fold import Receivables
-from services.receivables.records import BadRow, Table, parse
+from services.receivables.records import ZERO, BadRow, Table, parse
 from services.receivables.routing import contract_key, payments_of, route_key
 from services.receivables.rules import CustomerPosition, merge_customer_parts
 from services.receivables.source_fold import COLLECTIONS
@@ -314,3 +314,26 @@ def test_a_payment_that_moved_on_while_its_invoice_was_deleted_does_not_count_ag
     [fold] = shards.folds
     assert fold.contract_positions() == single.contract_positions()
     assert fold.contract_positions()[1].paid == Decimal("0.00")
+
+
+def test_a_customers_parts_merge_figure_by_figure_and_to_the_earliest_due_date() -> None:
+    """What the shards' parts of one customer add up to (the view over them will do the
+    same): every figure summed, the next due date the earliest, its amount the sum of
+    the parts due that day; parts of other customers are refused."""
+    def part(amount: str, due: date | None) -> CustomerPosition:
+        money = Decimal(amount)
+        return CustomerPosition(5, "EUR", 1, money, money, money, ZERO, money, money,
+                                (money, ZERO, ZERO, ZERO), due, None if due is None else money)
+
+    merged = merge_customer_parts([part("10.00", date(2026, 5, 1)),
+                                   part("20.00", date(2026, 4, 1)),
+                                   part("30.00", date(2026, 4, 1)), part("40.00", None)])
+    assert merged == CustomerPosition(
+        5, "EUR", 4, Decimal("100.00"), Decimal("100.00"), Decimal("100.00"), ZERO,
+        Decimal("100.00"), Decimal("100.00"), (Decimal("100.00"), ZERO, ZERO, ZERO),
+        date(2026, 4, 1), Decimal("50.00"))
+    assert merge_customer_parts([part("40.00", None)]).next_due_amount is None
+    with pytest.raises(ValueError):
+        merge_customer_parts([part("1.00", None), replace(part("1.00", None), account_id=6)])
+    with pytest.raises(ValueError):
+        merge_customer_parts([])

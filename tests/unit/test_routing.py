@@ -43,7 +43,15 @@ from services.shared.routing import (
     restamped,
 )
 from services.shared.slice_intake import SliceFold
-from services.shared.slices import TICK_KEY, Slice, SliceRow, decode_slice, encode_slice
+from services.shared.slices import (
+    TICK_KEY,
+    Slice,
+    SliceRow,
+    decode_row,
+    decode_slice,
+    encode_row,
+    encode_slice,
+)
 from services.shared.state.changelog import Changelog
 from services.shared.state.checkpoint import Checkpoint
 from services.shared.state.store import KeyValue, MemoryState
@@ -392,3 +400,12 @@ async def test_source_time_is_ticked_to_every_partition_after_the_slices() -> No
     silent = Router()
     silent.fold.heartbeat("crm", later, silent.record("cdc.crm.transaction"))
     assert silent.feed(silent.transaction(1, [header(1, "W1")])).outcome.ticks == []
+
+
+def test_a_kept_row_reads_back_as_it_was_kept_and_garbage_is_malformed() -> None:
+    row = SliceRow("cdc.erp.payment", 2, 41, 1_700, b'{"id":1}', b'{"op":"c"}', (("h", b"v"),))
+    assert decode_row(encode_row(row)) == row
+    with pytest.raises(MalformedEvent):
+        decode_row(b"\x00\x05ab")
+    with pytest.raises(MalformedEvent):
+        decode_row(encode_row(row) + b"x")

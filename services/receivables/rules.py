@@ -347,21 +347,21 @@ def merge_customer_parts(parts: Iterable[CustomerPosition]) -> CustomerPosition:
     found = list(parts)
     if not found or len({(p.account_id, p.currency) for p in found}) != 1:
         raise ValueError("parts of one customer position: one account and currency")
-    first = found[0]
+    total = EMPTY
+    for p in found:  # a part as the sums it was made of (customer_position)
+        total = total.plus(Sums(installments=p.contracts, scheduled=p.scheduled,
+                                invoiced=p.invoiced, paid=p.paid, outstanding=p.outstanding,
+                                aging=p.aging))
     dates = [p.next_due_date for p in found if p.next_due_date is not None]
-    next_due = min(dates, default=None)
-    days_0_30, days_31_60, days_61_90, days_over_90 = (
-        sum((p.aging[i] for p in found), ZERO) for i in range(4))
-    return CustomerPosition(
-        first.account_id, first.currency, sum(p.contracts for p in found),
-        sum((p.contracted for p in found), ZERO), sum((p.scheduled for p in found), ZERO),
-        sum((p.invoiced for p in found), ZERO), sum((p.paid for p in found), ZERO),
-        sum((p.outstanding for p in found), ZERO), sum((p.overdue for p in found), ZERO),
-        (days_0_30, days_31_60, days_61_90, days_over_90),
-        next_due,
-        None if next_due is None else sum(
-            (p.next_due_amount or ZERO for p in found if p.next_due_date == next_due), ZERO),
-    )
+    next_due = None
+    if dates:
+        day = min(dates)
+        next_due = (day, sum((p.next_due_amount or ZERO for p in found
+                              if p.next_due_date == day), ZERO))
+    merged = customer_position(found[0].account_id, found[0].currency, total,
+                               sum((p.contracted for p in found), ZERO), next_due)
+    assert merged is not None  # every part counts at least one installment
+    return merged
 
 
 def customer_position(account_id: int, currency: str, sums: Sums, contracted: Decimal,

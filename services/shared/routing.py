@@ -176,14 +176,13 @@ def restamped(row: SliceRow, position: SourcePosition, *, delete: bool = False) 
     per-row position guard; a later change of any of them is newer than both."""
     if row.value is None:
         raise ValueError(f"{row.topic}@{row.offset}: a tombstone cannot move between keys")
-    envelope = orjson.loads(row.value)
-    body = envelope["payload"] if "op" not in envelope and "payload" in envelope else envelope
-    image = body.get("after") or body.get("before")
+    envelope = orjson.loads(row.value)  # schemaless JSON, as the intake reads it
+    image = envelope.get("after") or envelope.get("before")
     if delete:
-        body.update(op="d", before=image, after=None)
-    elif body.get("op") == "r":
-        body["op"] = "c"
-    source = body.setdefault("source", {})
+        envelope.update(op="d", before=image, after=None)
+    elif envelope.get("op") == "r":
+        envelope["op"] = "c"
+    source = envelope.setdefault("source", {})
     source.update(lsn=position.lsn, snapshot="false", sequence=orjson.dumps(
         [str(position.commit_lsn), str(position.lsn)]).decode())
     return SliceRow(row.topic, row.partition, row.offset, row.timestamp, row.key,
@@ -307,12 +306,15 @@ class RouterFold(TransactionFold[_Row, Routed]):
                 for key in route.leaves:
                     add(key, gone, "leaves")
             self._subscribe(row, route)
+            # a moved row takes and brings the same subscription: read it once
+            kept = {s: self._kept(s) for s, _ in (*route.takes, *route.brings)}
             for subscription, key in route.takes:
-                for kept in self._kept(subscription):
-                    add(key, restamped(kept, _before(event.position), delete=True), "leaves")
+                for follower in kept[subscription]:
+                    add(key, restamped(follower, _before(event.position), delete=True),
+                        "leaves")
             for subscription, key in route.brings:
-                for kept in self._kept(subscription):
-                    add(key, restamped(kept, event.position), "brought")
+                for follower in kept[subscription]:
+                    add(key, restamped(follower, event.position), "brought")
         ordered = sorted(by_key)
         for number, key in enumerate(ordered, 1):
             outcome.slices.append(Slice(
